@@ -1,0 +1,265 @@
+//! The `AgentSecretBinding` custom resource: what users write, and the status we report back.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every cubbyhole resource, label and annotation.
+pub const GROUP: &str = "cubbyhole.dev";
+
+/// Declares which pods get a response-wrapped Vault token, from which token role, with what TTLs.
+///
+/// The operator mints one single-use wrapping token per pod start and writes it into a Secret
+/// owned by the pod; the pod unwraps it (`cubbyhole unwrap` or `vault unwrap`).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "cubbyhole.dev",
+    version = "v1alpha1",
+    kind = "AgentSecretBinding",
+    plural = "agentsecretbindings",
+    shortname = "asb",
+    namespaced,
+    status = "AgentSecretBindingStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.vault.tokenRole"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","jsonPath":".status.pending"}"#,
+    printcolumn = r#"{"name":"Unwrapped","type":"integer","jsonPath":".status.unwrapped"}"#,
+    printcolumn = r#"{"name":"Expired","type":"integer","jsonPath":".status.expired"}"#,
+    printcolumn = r#"{"name":"Tampered","type":"integer","jsonPath":".status.tampered"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.podSelector.matchLabels) && size(self.podSelector.matchLabels) > 0) || (has(self.podSelector.matchExpressions) && size(self.podSelector.matchExpressions) > 0)",
+        "message": "podSelector must not be empty: an empty selector would hand tokens to every pod in the namespace"
+    }
+]))]
+pub struct AgentSecretBindingSpec {
+    /// Pods (in the binding's namespace) that get a wrapped token. Must not be empty.
+    pub pod_selector: LabelSelector,
+
+    /// What to ask Vault for.
+    pub vault: VaultTokenSpec,
+
+    /// Key of the per-pod Secret that holds the wrapping token. Default `token`.
+    #[serde(default = "default_secret_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub secret_key: String,
+
+    /// Name of the container (init or regular) whose restarts count as new starts: when its
+    /// restart count grows after the previous wrap was consumed or expired, the pod gets a fresh
+    /// wrap. Unset: one wrap per pod (per pod uid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_container: Option<String>,
+
+    /// Revoke the pod's Vault token when the pod goes away (deleted, succeeded or failed).
+    /// Default true; set false for tokens meant to outlive the pod (they still expire by TTL).
+    #[serde(default = "default_true")]
+    pub revoke_on_pod_deletion: bool,
+}
+
+/// The Vault token request made for each pod start.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "duration(self.wrapTTL) >= duration('5s') && duration(self.wrapTTL) <= duration('1h')",
+        "message": "wrapTTL must be between 5s and 1h"
+    },
+    {
+        "rule": "!has(self.tokenTTL) || (duration(self.tokenTTL) >= duration('1s') && duration(self.tokenTTL) <= duration('8760h'))",
+        "message": "tokenTTL must be between 1s and 8760h"
+    }
+]))]
+pub struct VaultTokenSpec {
+    /// Vault token role: the token is created at `auth/token/create/<tokenRole>`. The operator's
+    /// configuration lists which roles each namespace may use.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"), length(min = 1, max = 128))]
+    pub token_role: String,
+
+    /// Policies for the token; must be allowed by the role. Empty: the role's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+
+    /// TTL of the agent's token, as a Go duration (`30m`, `1h`). Unset: the role's default.
+    #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub token_ttl: Option<String>,
+
+    /// Number of uses of the agent's token. Unset or 0: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub num_uses: Option<u32>,
+
+    /// How long the wrapping token stays valid, as a Go duration. Default `60s`, 5s..1h.
+    #[serde(default = "default_wrap_ttl", rename = "wrapTTL")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub wrap_ttl: String,
+
+    /// Extra token metadata. The operator always adds `namespace`, `pod`, `pod_uid` and
+    /// `binding`, which cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn default_secret_key() -> String {
+    "token".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_wrap_ttl() -> String {
+    "60s".into()
+}
+
+/// What the operator observed. Never holds a token, only accessors.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSecretBindingStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (the binding is valid and being served) and `Degraded` (wraps expired unconsumed
+    /// or were tampered with).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Pods selected by this binding right now.
+    #[serde(default)]
+    pub pods: u32,
+    /// Wraps issued and not yet consumed, expired or revoked.
+    #[serde(default)]
+    pub pending: u32,
+    /// Current pod starts whose wrap was consumed.
+    #[serde(default)]
+    pub unwrapped: u32,
+    /// Current pod starts whose wrap expired unconsumed.
+    #[serde(default)]
+    pub expired: u32,
+    /// Current pod starts whose wrap was consumed by someone other than the pod's agent.
+    #[serde(default)]
+    pub tampered: u32,
+    /// Per-pod records, problems first, at most 50.
+    #[serde(default)]
+    pub records: Vec<WrapRecord>,
+}
+
+/// A condition in the usual Kubernetes shape.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason a person can search for.
+    pub reason: String,
+    /// What happened and what to do about it.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation this condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The fate of the wrap issued for one pod start.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WrapRecord {
+    /// Pod name.
+    pub pod: String,
+    /// Pod uid.
+    pub uid: String,
+    /// Start number: restart count of the agent container when the wrap was issued.
+    pub start: u32,
+    /// Per-pod Secret that holds (or held) the wrapping token.
+    pub secret: String,
+    /// Claimed, Issued, Unwrapped, Expired, Revoked, Tampered or Failed.
+    pub phase: String,
+    /// True when the pod's `cubbyhole unwrap` receipt named the expected token accessor.
+    #[serde(default)]
+    pub verified: bool,
+    /// Accessor of the wrapping token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrap_accessor: Option<String>,
+    /// Accessor of the agent's token inside the wrap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accessor: Option<String>,
+    /// When the wrap was issued (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<String>,
+    /// When the wrap expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The CRD as YAML, exactly what `cubbyhole crd` prints and `crds/` holds.
+pub fn crd_yaml() -> String {
+    let crd = AgentSecretBinding::crd();
+    format!(
+        "# Generated by `cubbyhole crd`; do not edit.\n---\n{}",
+        serde_yaml::to_string(&crd).expect("CRD serializes")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(path: &str, v: &serde_json::Value, missing: &mut Vec<String>) {
+        if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
+            for (k, sub) in props {
+                let p = format!("{path}.{k}");
+                if sub.get("description").is_none() {
+                    missing.push(p.clone());
+                }
+                walk(&p, sub, missing);
+            }
+        }
+        if let Some(items) = v.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+    }
+
+    #[test]
+    fn every_field_is_described() {
+        let crd = serde_json::to_value(AgentSecretBinding::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = vec![];
+        walk("", &schema["properties"]["spec"], &mut missing);
+        walk("", &schema["properties"]["status"], &mut missing);
+        assert!(missing.is_empty(), "fields without description: {missing:?}");
+    }
+
+    #[test]
+    fn checked_in_crd_is_current() {
+        let on_disk = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/agentsecretbinding.yaml"
+        ))
+        .expect("crds/agentsecretbinding.yaml exists (run `just crds`)");
+        assert_eq!(on_disk, crd_yaml(), "crds/ is stale: run `just crds`");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let spec: AgentSecretBindingSpec = serde_json::from_value(serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "a"}},
+            "vault": {"tokenRole": "agent"}
+        }))
+        .unwrap();
+        assert_eq!(spec.secret_key, "token");
+        assert_eq!(spec.vault.wrap_ttl, "60s");
+        assert!(spec.revoke_on_pod_deletion);
+    }
+}

@@ -1,0 +1,8 @@
+//! cubbyhole: one response-wrapped Vault token per pod start, delivered in a per-pod Secret.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod crd;
+pub mod metrics;
+pub mod receipt;
+pub mod vault;

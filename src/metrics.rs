@@ -1,0 +1,203 @@
+//! Prometheus metrics. Labels are fixed words, namespaces and binding names: never a token.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevocationLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BindingLabels {
+    namespace: String,
+    binding: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VaultErrorLabels {
+    operation: String,
+    category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabels {
+    category: String,
+}
+
+/// All of cubbyhole's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    wraps_issued: Counter,
+    transitions: Family<PhaseLabels, Counter>,
+    revocations: Family<RevocationLabels, Counter>,
+    outstanding: Family<BindingLabels, Gauge>,
+    vault_errors: Family<VaultErrorLabels, Counter>,
+    vault_latency: Family<OperationLabels, Histogram>,
+    reconcile_duration: Histogram,
+    reconcile_errors: Family<CategoryLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `cubbyhole_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cubbyhole");
+        let wraps_issued = Counter::default();
+        registry.register(
+            "wraps_issued",
+            "Wrapped tokens minted and delivered",
+            wraps_issued.clone(),
+        );
+        let transitions = Family::<PhaseLabels, Counter>::default();
+        registry.register(
+            "wrap_transitions",
+            "Wraps reaching a phase (Unwrapped, Expired, Revoked, Tampered, Failed)",
+            transitions.clone(),
+        );
+        let revocations = Family::<RevocationLabels, Counter>::default();
+        registry.register(
+            "revocations",
+            "Revocations by accessor that found a live token, by kind (wrap, token)",
+            revocations.clone(),
+        );
+        let outstanding = Family::<BindingLabels, Gauge>::default();
+        registry.register(
+            "outstanding_wraps",
+            "Wraps issued and not yet consumed, expired or revoked",
+            outstanding.clone(),
+        );
+        let vault_errors = Family::<VaultErrorLabels, Counter>::default();
+        registry.register(
+            "vault_errors",
+            "Failed Vault requests by operation and category",
+            vault_errors.clone(),
+        );
+        let vault_latency = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register(
+            "vault_request_duration_seconds",
+            "Vault request latency by operation",
+            vault_latency.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent reconciling one binding",
+            reconcile_duration.clone(),
+        );
+        let reconcile_errors = Family::<CategoryLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error category",
+            reconcile_errors.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            wraps_issued,
+            transitions,
+            revocations,
+            outstanding,
+            vault_errors,
+            vault_latency,
+            reconcile_duration,
+            reconcile_errors,
+        }
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics registry lock");
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encoding metrics");
+        out
+    }
+
+    /// A wrap was minted and delivered.
+    pub fn wrap_issued(&self) {
+        self.wraps_issued.inc();
+    }
+    /// A wrap reached `phase`.
+    pub fn transition(&self, phase: &str) {
+        self.transitions
+            .get_or_create(&PhaseLabels {
+                phase: phase.into(),
+            })
+            .inc();
+    }
+    /// A live token of `kind` (`wrap` or `token`) was revoked.
+    pub fn revoked(&self, kind: &str) {
+        self.revocations
+            .get_or_create(&RevocationLabels { kind: kind.into() })
+            .inc();
+    }
+    /// Sets the outstanding-wrap gauge of one binding.
+    pub fn set_outstanding(&self, namespace: &str, binding: &str, n: u32) {
+        self.outstanding
+            .get_or_create(&BindingLabels {
+                namespace: namespace.into(),
+                binding: binding.into(),
+            })
+            .set(n as i64);
+    }
+    /// Drops the gauge of a deleted binding.
+    pub fn forget_binding(&self, namespace: &str, binding: &str) {
+        self.outstanding.remove(&BindingLabels {
+            namespace: namespace.into(),
+            binding: binding.into(),
+        });
+    }
+    /// A Vault request failed.
+    pub fn vault_error(&self, operation: &str, category: &str) {
+        self.vault_errors
+            .get_or_create(&VaultErrorLabels {
+                operation: operation.into(),
+                category: category.into(),
+            })
+            .inc();
+    }
+    /// A Vault request took `d`.
+    pub fn vault_latency(&self, operation: &str, d: Duration) {
+        self.vault_latency
+            .get_or_create(&OperationLabels {
+                operation: operation.into(),
+            })
+            .observe(d.as_secs_f64());
+    }
+    /// A reconcile took `d`.
+    pub fn reconciled(&self, d: Duration) {
+        self.reconcile_duration.observe(d.as_secs_f64());
+    }
+    /// A reconcile failed with `category`.
+    pub fn reconcile_error(&self, category: &str) {
+        self.reconcile_errors
+            .get_or_create(&CategoryLabels {
+                category: category.into(),
+            })
+            .inc();
+    }
+}

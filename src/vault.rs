@@ -1,0 +1,596 @@
+//! A small Vault/OpenBao HTTP client with exactly the calls cubbyhole makes.
+//!
+//! Not vaultrs: its wrap helper hard-codes the wrap TTL and drops `wrapped_accessor`, and we
+//! need to tell "Vault never got the request" from "the answer may be lost" (see
+//! [`VaultError::may_have_been_processed`]). Tokens only ever live in [`SecretString`], whose
+//! `Debug` is redacted and which has no `Display`; error texts never include response bodies of
+//! successful calls.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::RwLock;
+
+use crate::metrics::Metrics;
+
+/// A token or wrapping token. `Debug` prints `<redacted>`; read it with [`SecretString::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; only for the request or file that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How the operator proves itself to Vault. No static token in flags or env.
+#[derive(Clone, Debug)]
+pub enum VaultAuth {
+    /// Read a token from this file (development); re-read when Vault refuses it.
+    TokenFile(PathBuf),
+    /// Log in with the Kubernetes auth method using the service account JWT at `jwt_path`.
+    Kubernetes {
+        /// Auth mount path, usually `kubernetes`.
+        mount: String,
+        /// Vault role of the Kubernetes auth method.
+        role: String,
+        /// Service account token file.
+        jwt_path: PathBuf,
+    },
+}
+
+/// Where Vault is and how to trust it.
+#[derive(Clone, Debug, Default)]
+pub struct VaultEndpoint {
+    /// Base address, e.g. `https://vault.example:8200`.
+    pub address: String,
+    /// PEM CA bundle to trust in addition to the system roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace (`X-Vault-Namespace`).
+    pub namespace: Option<String>,
+}
+
+/// Why a call failed. The category is a fixed label for metrics and conditions.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// Vault never received the request (connection refused, DNS, TLS handshake).
+    #[error("Vault unreachable during {op}: {detail}")]
+    Unreachable {
+        /// Operation name.
+        op: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The request may have reached Vault but no answer arrived (timeout, reset, 5xx gateway).
+    #[error("no answer from Vault during {op}: {detail}")]
+    NoAnswer {
+        /// Operation name.
+        op: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Vault answered with an error; `message` is Vault's own text.
+    #[error("Vault refused {op} ({status}): {message}")]
+    Refused {
+        /// Operation name.
+        op: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// Vault's `errors`, joined.
+        message: String,
+    },
+    /// We could not authenticate to Vault.
+    #[error("Vault login failed: {0}")]
+    Auth(String),
+    /// Vault answered something we do not understand.
+    #[error("unexpected answer from Vault during {op}: {detail}")]
+    Protocol {
+        /// Operation name.
+        op: &'static str,
+        /// What was unexpected (never the body).
+        detail: String,
+    },
+}
+
+impl VaultError {
+    /// Static label for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            VaultError::Unreachable { .. } => "unreachable",
+            VaultError::NoAnswer { .. } => "no_answer",
+            VaultError::Refused { status, .. } if *status >= 500 => "server_error",
+            VaultError::Refused { .. } => "refused",
+            VaultError::Auth(_) => "auth",
+            VaultError::Protocol { .. } => "protocol",
+        }
+    }
+
+    /// True when Vault may have carried out the request even though we got no usable answer.
+    /// A mint that fails this way may have produced a live wrap we never saw.
+    pub fn may_have_been_processed(&self) -> bool {
+        matches!(self, VaultError::NoAnswer { .. } | VaultError::Protocol { .. })
+    }
+
+    /// True when Vault itself is unavailable (as opposed to refusing the request).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.category(),
+            "unreachable" | "no_answer" | "server_error" | "auth"
+        )
+    }
+}
+
+/// What to mint for one pod start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRequest {
+    /// Token role (`auth/token/create/<role>`).
+    pub role: String,
+    /// Requested policies (empty: the role's).
+    pub policies: Vec<String>,
+    /// Token TTL, Go duration.
+    pub ttl: Option<String>,
+    /// Number of uses (0: unlimited).
+    pub num_uses: Option<u32>,
+    /// Token metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Wrap TTL in seconds.
+    pub wrap_ttl_secs: u64,
+}
+
+/// The answer to a wrapped create: a wrapping token plus facts about it.
+#[derive(Clone, Debug)]
+pub struct WrapInfo {
+    /// The single-use wrapping token.
+    pub token: SecretString,
+    /// Accessor of the wrapping token.
+    pub accessor: String,
+    /// Accessor of the token inside the wrap.
+    pub wrapped_accessor: String,
+    /// Granted wrap TTL in seconds.
+    pub ttl: u64,
+    /// Path the wrap was created at.
+    pub creation_path: String,
+}
+
+/// What `sys/wrapping/lookup` says about a still-valid wrapping token.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct WrapLookup {
+    /// Path the wrap was created at.
+    pub creation_path: String,
+    /// Creation time, RFC 3339.
+    pub creation_time: String,
+    /// TTL in seconds at creation.
+    pub creation_ttl: u64,
+}
+
+/// The token a wrap held.
+#[derive(Clone, Debug)]
+pub struct UnwrappedToken {
+    /// The agent's token.
+    pub token: SecretString,
+    /// Its accessor.
+    pub accessor: String,
+    /// Its policies.
+    pub policies: Vec<String>,
+}
+
+/// Outcome of revoking by accessor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// The token existed and is now revoked.
+    Existed,
+    /// No token with this accessor (already used, expired or revoked).
+    NotFound,
+}
+
+/// Vault client. Cheap to clone.
+#[derive(Clone)]
+pub struct VaultClient {
+    http: reqwest::Client,
+    endpoint: VaultEndpoint,
+    auth: Option<VaultAuth>,
+    token: std::sync::Arc<RwLock<Option<SecretString>>>,
+    metrics: Option<Metrics>,
+}
+
+const WRAP_INVALID: &str = "wrapping token is not valid or does not exist";
+
+impl VaultClient {
+    /// Builds a client; `auth` is `None` for the agent, which only uses unauthenticated calls.
+    pub fn new(endpoint: VaultEndpoint, auth: Option<VaultAuth>) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &endpoint.ca_cert {
+            let pem = std::fs::read(ca).map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("parsing CA {}: {e}", ca.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            endpoint: VaultEndpoint {
+                address: endpoint.address.trim_end_matches('/').to_string(),
+                ..endpoint
+            },
+            auth,
+            token: Default::default(),
+            metrics: None,
+        })
+    }
+
+    /// Records request latency and errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Mints a token at `auth/token/create/<role>`, response-wrapped for `wrap_ttl_secs`.
+    pub async fn create_wrapped_token(&self, req: &TokenRequest) -> Result<WrapInfo, VaultError> {
+        const OP: &str = "create";
+        let mut body = json!({ "meta": req.meta });
+        if !req.policies.is_empty() {
+            body["policies"] = json!(req.policies);
+        }
+        if let Some(ttl) = &req.ttl {
+            body["ttl"] = json!(ttl);
+        }
+        if let Some(n) = req.num_uses {
+            body["num_uses"] = json!(n);
+        }
+        let path = format!("auth/token/create/{}", req.role);
+        let wrap_ttl = format!("{}s", req.wrap_ttl_secs);
+        let resp = self
+            .authed(OP, |token| {
+                self.request(reqwest::Method::POST, &path)
+                    .header("X-Vault-Token", token)
+                    .header("X-Vault-Wrap-TTL", wrap_ttl.clone())
+                    .json(&body)
+            })
+            .await?;
+        #[derive(Deserialize)]
+        struct Raw {
+            wrap_info: Option<RawWrap>,
+        }
+        #[derive(Deserialize)]
+        struct RawWrap {
+            token: String,
+            accessor: String,
+            ttl: u64,
+            creation_path: String,
+            #[serde(default)]
+            wrapped_accessor: String,
+        }
+        let raw: Raw = parse(OP, resp).await?;
+        let w = raw.wrap_info.ok_or(VaultError::Protocol {
+            op: OP,
+            detail: "answer is not wrapped (is the operator allowed to receive plain tokens?)"
+                .into(),
+        })?;
+        if w.wrapped_accessor.is_empty() {
+            return Err(VaultError::Protocol {
+                op: OP,
+                detail: "wrap_info has no wrapped_accessor".into(),
+            });
+        }
+        Ok(WrapInfo {
+            token: SecretString(w.token),
+            accessor: w.accessor,
+            wrapped_accessor: w.wrapped_accessor,
+            ttl: w.ttl,
+            creation_path: w.creation_path,
+        })
+    }
+
+    /// Looks a wrapping token up without consuming it. `Ok(None)`: not valid (consumed, expired
+    /// or revoked: Vault gives one answer for all three).
+    pub async fn lookup_wrap(&self, token: &SecretString) -> Result<Option<WrapLookup>, VaultError> {
+        const OP: &str = "lookup";
+        let started = Instant::now();
+        let sent = self
+            .request(reqwest::Method::POST, "sys/wrapping/lookup")
+            .json(&json!({ "token": token.expose() }))
+            .send()
+            .await;
+        let resp = self.finish(OP, started, sent).await;
+        match resp {
+            Err(VaultError::Refused { message, .. }) if message.contains(WRAP_INVALID) => Ok(None),
+            Err(e) => Err(e),
+            Ok(resp) => {
+                #[derive(Deserialize)]
+                struct Raw {
+                    data: WrapLookup,
+                }
+                Ok(Some(parse::<Raw>(OP, resp).await?.data))
+            }
+        }
+    }
+
+    /// Consumes a wrapping token (sent only in the header) and returns the token inside.
+    pub async fn unwrap(&self, token: &SecretString) -> Result<UnwrappedToken, VaultError> {
+        const OP: &str = "unwrap";
+        let started = Instant::now();
+        let sent = self
+            .request(reqwest::Method::POST, "sys/wrapping/unwrap")
+            .header("X-Vault-Token", token.expose())
+            .send()
+            .await;
+        let resp = self.finish(OP, started, sent).await?;
+        #[derive(Deserialize)]
+        struct Raw {
+            auth: Option<RawAuth>,
+        }
+        #[derive(Deserialize)]
+        struct RawAuth {
+            client_token: String,
+            accessor: String,
+            #[serde(default)]
+            policies: Vec<String>,
+        }
+        let raw: Raw = parse(OP, resp).await?;
+        let auth = raw.auth.ok_or(VaultError::Protocol {
+            op: OP,
+            detail: "the wrap does not hold a token".into(),
+        })?;
+        Ok(UnwrappedToken {
+            token: SecretString(auth.client_token),
+            accessor: auth.accessor,
+            policies: auth.policies,
+        })
+    }
+
+    /// Revokes a token (wrapping or not) by accessor. Idempotent: a missing token is `NotFound`.
+    pub async fn revoke_accessor(&self, accessor: &str) -> Result<Revoked, VaultError> {
+        const OP: &str = "revoke";
+        let body = json!({ "accessor": accessor });
+        let resp = self
+            .authed(OP, |token| {
+                self.request(reqwest::Method::POST, "auth/token/revoke-accessor")
+                    .header("X-Vault-Token", token)
+                    .json(&body)
+            })
+            .await;
+        match resp {
+            Ok(resp) if resp.status() == reqwest::StatusCode::NO_CONTENT => Ok(Revoked::Existed),
+            Ok(resp) => {
+                let text = resp.text().await.unwrap_or_default();
+                if text.contains("No token found") {
+                    Ok(Revoked::NotFound)
+                } else {
+                    Ok(Revoked::Existed)
+                }
+            }
+            // Older Vault versions answer 400 for an unknown accessor.
+            Err(VaultError::Refused { status: 400, message, .. })
+                if message.contains("invalid accessor") || message.contains("No token found") =>
+            {
+                Ok(Revoked::NotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when a token with this accessor is alive (needs `auth/token/lookup-accessor`).
+    pub async fn accessor_is_live(&self, accessor: &str) -> Result<bool, VaultError> {
+        const OP: &str = "lookup_accessor";
+        let body = json!({ "accessor": accessor });
+        let resp = self
+            .authed(OP, |token| {
+                self.request(reqwest::Method::POST, "auth/token/lookup-accessor")
+                    .header("X-Vault-Token", token)
+                    .json(&body)
+            })
+            .await;
+        match resp {
+            Ok(_) => Ok(true),
+            Err(VaultError::Refused { status: 400, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .http
+            .request(method, format!("{}/v1/{}", self.endpoint.address, path));
+        if let Some(ns) = &self.endpoint.namespace {
+            rb = rb.header("X-Vault-Namespace", ns);
+        }
+        rb
+    }
+
+    /// Sends an authenticated request, logging in first if needed and once more on 403.
+    async fn authed(
+        &self,
+        op: &'static str,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, VaultError> {
+        for attempt in 0..2 {
+            let token = self.current_token().await?;
+            let started = Instant::now();
+            let sent = build(token.expose()).send().await;
+            match self.finish(op, started, sent).await {
+                Err(VaultError::Refused { status: 403, .. }) if attempt == 0 => {
+                    *self.token.write().await = None;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the second attempt always returns")
+    }
+
+    async fn current_token(&self) -> Result<SecretString, VaultError> {
+        if let Some(t) = self.token.read().await.clone() {
+            return Ok(t);
+        }
+        let token = self.login().await?;
+        *self.token.write().await = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn login(&self) -> Result<SecretString, VaultError> {
+        match &self.auth {
+            None => Err(VaultError::Auth("no Vault authentication configured".into())),
+            Some(VaultAuth::TokenFile(path)) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| VaultError::Auth(format!("reading {}: {e}", path.display())))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(VaultError::Auth(format!("{} is empty", path.display())));
+                }
+                Ok(SecretString::new(token))
+            }
+            Some(VaultAuth::Kubernetes {
+                mount,
+                role,
+                jwt_path,
+            }) => {
+                const OP: &str = "login";
+                let jwt = tokio::fs::read_to_string(jwt_path).await.map_err(|e| {
+                    VaultError::Auth(format!("reading {}: {e}", jwt_path.display()))
+                })?;
+                let started = Instant::now();
+                let sent = self
+                    .request(reqwest::Method::POST, &format!("auth/{mount}/login"))
+                    .json(&json!({ "role": role, "jwt": jwt.trim() }))
+                    .send()
+                    .await;
+                let resp = self
+                    .finish(OP, started, sent)
+                    .await
+                    .map_err(|e| VaultError::Auth(e.to_string()))?;
+                #[derive(Deserialize)]
+                struct Raw {
+                    auth: RawAuth,
+                }
+                #[derive(Deserialize)]
+                struct RawAuth {
+                    client_token: String,
+                }
+                let raw: Raw = parse(OP, resp)
+                    .await
+                    .map_err(|e| VaultError::Auth(e.to_string()))?;
+                Ok(SecretString(raw.auth.client_token))
+            }
+        }
+    }
+
+    /// Turns a sent request into a response or a classified error, and records metrics.
+    async fn finish(
+        &self,
+        op: &'static str,
+        started: Instant,
+        sent: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<reqwest::Response, VaultError> {
+        let result = match sent {
+            Err(e) if e.is_connect() => Err(VaultError::Unreachable {
+                op,
+                detail: describe(&e),
+            }),
+            Err(e) => Err(VaultError::NoAnswer {
+                op,
+                detail: describe(&e),
+            }),
+            Ok(resp) if resp.status().is_success() => Ok(resp),
+            Ok(resp) => {
+                let status = resp.status();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                Err(error_from(op, status, &bytes))
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.vault_latency(op, started.elapsed());
+        }
+        let resp = result.inspect_err(|e| self.count_error(op, e))?;
+        Ok(resp)
+    }
+
+    fn count_error(&self, op: &'static str, e: &VaultError) {
+        if let Some(m) = &self.metrics {
+            m.vault_error(op, e.category());
+        }
+    }
+}
+
+/// Reads a response: success bodies are parsed (never echoed), errors carry Vault's `errors`.
+async fn parse<T: serde::de::DeserializeOwned>(
+    op: &'static str,
+    resp: reqwest::Response,
+) -> Result<T, VaultError> {
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| VaultError::NoAnswer {
+        op,
+        detail: describe(&e),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|_| VaultError::Protocol {
+        op,
+        detail: format!("HTTP {status} with a body of an unexpected shape"),
+    })
+}
+
+/// Vault's error answer; its `errors` never contain the token we sent.
+fn error_from(op: &'static str, status: reqwest::StatusCode, body: &[u8]) -> VaultError {
+    #[derive(Deserialize)]
+    struct Errors {
+        #[serde(default)]
+        errors: Vec<String>,
+    }
+    let message = serde_json::from_slice::<Errors>(body)
+        .map(|e| e.errors.join("; "))
+        .unwrap_or_default();
+    let message = if message.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("no error text")
+            .to_string()
+    } else {
+        message
+    };
+    if matches!(status.as_u16(), 502 | 504) {
+        return VaultError::NoAnswer {
+            op,
+            detail: format!("HTTP {status}: {message}"),
+        };
+    }
+    VaultError::Refused {
+        op,
+        status: status.as_u16(),
+        message,
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
