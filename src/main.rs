@@ -1,1 +1,36 @@
-fn main() {}
+//! The `cubbyhole` binary: `operator`, `unwrap` and `crd`.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// One response-wrapped Vault token per pod start, delivered in a per-pod Secret.
+#[derive(Parser)]
+#[command(name = "cubbyhole", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator (controller, metrics and health endpoints).
+    Operator(cubbyhole::operator::OperatorArgs),
+    /// Unwrap the pod's wrapping token into a 0400 file and leave a receipt (agent side).
+    Unwrap(cubbyhole::unwrap::UnwrapArgs),
+    /// Print the AgentSecretBinding CRD as YAML.
+    Crd,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Operator(args) => cubbyhole::operator::run(args).await,
+        Command::Unwrap(args) => cubbyhole::unwrap::run(args).await,
+        Command::Crd => {
+            print!("{}", cubbyhole::crd::crd_yaml());
+            ExitCode::SUCCESS
+        }
+    }
+}

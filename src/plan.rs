@@ -1,0 +1,624 @@
+//! The pure decision core: given a binding's pods, its per-pod records and the clock, decide
+//! what to mint, look up, probe, settle and clean up. No I/O; every rule is unit-tested here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::model::{ObservedReceipt, Phase, PodView, WrapState, secret_name};
+use crate::receipt::result;
+
+/// A lost mint answer is assumed dead this long after its wrap would have expired.
+pub const LOST_MINT_SLACK: Duration = Duration::from_secs(10);
+/// A failed mint is retried after this long.
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
+
+/// Per-binding knobs the planner needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Binding name.
+    pub binding: String,
+    /// Wrap TTL.
+    pub wrap_ttl: Duration,
+    /// Lookup cadence per outstanding wrap.
+    pub lookup_period: Duration,
+    /// Container whose restarts are new starts.
+    pub agent_container: Option<String>,
+    /// Revoke a pod's token when the pod goes.
+    pub revoke_on_pod_deletion: bool,
+}
+
+impl Settings {
+    /// How long before expiry the wrap is revoked to learn whether it was consumed:
+    /// a sixth of the TTL, between 1 and 5 seconds.
+    pub fn expiry_margin(&self) -> Duration {
+        (self.wrap_ttl / 6).clamp(Duration::from_secs(1), Duration::from_secs(5))
+    }
+}
+
+/// Mint a wrap for a pod start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Issue {
+    /// Pod name.
+    pub pod: String,
+    /// Pod uid.
+    pub pod_uid: String,
+    /// Secret name.
+    pub secret: String,
+    /// Start number.
+    pub start: u32,
+    /// The record this replaces (a restart, a lost or failed mint); `None` creates the Secret.
+    pub replaces: Option<WrapState>,
+    /// Previous start's live token to revoke (agent restart).
+    pub revoke_previous: Option<String>,
+    /// Receipts finished at or before this belong to earlier starts.
+    pub receipts_after: Option<Timestamp>,
+}
+
+/// One step for the I/O layer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Claim, mint, deliver.
+    Issue(Issue),
+    /// `sys/wrapping/lookup`; if the wrap is no longer valid, settle as `if_invalid`.
+    Lookup {
+        /// The record.
+        wrap: WrapState,
+        /// Unwrapped (normal) or Tampered (the agent reported it invalid).
+        if_invalid: Phase,
+    },
+    /// Shortly before expiry: revoke the wrap; existed means Expired, else consumed.
+    ProbeExpiry {
+        /// The record.
+        wrap: WrapState,
+    },
+    /// Record a final phase, remove the wrapping token from the Secret, revoke as asked.
+    Settle {
+        /// The record.
+        wrap: WrapState,
+        /// New phase.
+        phase: Phase,
+        /// Receipt matched.
+        verified: bool,
+        /// Revoke the wrapping token.
+        revoke_wrap: bool,
+        /// Revoke the inner token.
+        revoke_token: bool,
+        /// Why.
+        message: String,
+    },
+    /// The pod is gone: revoke as asked and delete the Secret.
+    Cleanup {
+        /// The record.
+        wrap: WrapState,
+        /// Revoke the wrapping token.
+        revoke_wrap: bool,
+        /// Revoke the inner token.
+        revoke_token: bool,
+    },
+}
+
+/// What the I/O layer should do now, and when to look again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Steps, cleanups first.
+    pub actions: Vec<Action>,
+    /// Earliest time something becomes due.
+    pub wake_at: Option<Timestamp>,
+}
+
+impl Plan {
+    fn wake(&mut self, at: Timestamp) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// Everything the planner reads.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    /// Knobs.
+    pub settings: &'a Settings,
+    /// Pods the binding selects.
+    pub pods: &'a [PodView],
+    /// Pod name -> other bindings that also select it.
+    pub conflicts: &'a BTreeMap<String, Vec<String>>,
+    /// The binding's per-pod records.
+    pub wraps: &'a [WrapState],
+    /// Secret name -> last lookup time (in memory; a restart only causes early lookups).
+    pub last_lookup: &'a HashMap<String, Timestamp>,
+    /// The clock.
+    pub now: Timestamp,
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    t.saturating_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn sub(t: Timestamp, d: Duration) -> Timestamp {
+    t.saturating_sub(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MIN)
+}
+
+/// Decides the next steps for one binding.
+pub fn plan(input: &Input) -> Plan {
+    let mut plan = Plan::default();
+    let mut covered = std::collections::HashSet::new();
+    let mut cleanups = vec![];
+    let mut steps = vec![];
+    for wrap in input.wraps {
+        let pod = input.pods.iter().find(|p| p.uid == wrap.pod_uid);
+        match pod {
+            Some(pod) if !pod.finished && !wrap.deleting => {
+                covered.insert(pod.uid.clone());
+                if !pod.terminating {
+                    judge(input, pod, wrap, &mut plan, &mut steps);
+                }
+            }
+            _ => cleanups.push(cleanup(input.settings, wrap)),
+        }
+    }
+    for pod in input.pods {
+        if covered.contains(&pod.uid) || pod.terminating || pod.finished {
+            continue;
+        }
+        if input.conflicts.contains_key(&pod.name) {
+            continue;
+        }
+        // A record for an older pod of the same name is cleaned up first; mint next round.
+        let name = secret_name(pod, &input.settings.binding);
+        if input.wraps.iter().any(|w| w.secret == name) {
+            continue;
+        }
+        steps.push(Action::Issue(Issue {
+            pod: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            secret: name,
+            start: agent_restarts(input.settings, pod),
+            replaces: None,
+            revoke_previous: None,
+            receipts_after: None,
+        }));
+    }
+    plan.actions = cleanups.into_iter().chain(steps).collect();
+    plan
+}
+
+fn cleanup(settings: &Settings, wrap: &WrapState) -> Action {
+    let outstanding = matches!(wrap.phase, Phase::Issued | Phase::Claimed);
+    let token_live = wrap.accessor.is_some()
+        && matches!(wrap.phase, Phase::Issued | Phase::Claimed | Phase::Unwrapped);
+    Action::Cleanup {
+        wrap: wrap.clone(),
+        revoke_wrap: outstanding && wrap.wrap_accessor.is_some(),
+        revoke_token: token_live && (settings.revoke_on_pod_deletion || outstanding),
+    }
+}
+
+fn agent_restarts(settings: &Settings, pod: &PodView) -> u32 {
+    settings
+        .agent_container
+        .as_ref()
+        .and_then(|c| pod.restart_counts.get(c).copied())
+        .unwrap_or(0)
+}
+
+/// Receipts written for the current start.
+fn current_receipts<'a>(pod: &'a PodView, wrap: &WrapState) -> Vec<&'a ObservedReceipt> {
+    pod.receipts
+        .iter()
+        .filter(|r| match (r.finished_at, wrap.receipts_after) {
+            (Some(f), Some(after)) => f > after,
+            _ => true,
+        })
+        .filter(|r| {
+            r.receipt.accessor.is_none() || r.receipt.accessor != wrap.previous_accessor
+        })
+        .collect()
+}
+
+fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps: &mut Vec<Action>) {
+    let s = input.settings;
+    let now = input.now;
+    match wrap.phase {
+        Phase::Claimed => {
+            // The answer to this claim's mint was lost: wait until any wrap it made has expired.
+            let retry_at = add(
+                wrap.claimed_at.unwrap_or(now),
+                s.wrap_ttl + LOST_MINT_SLACK,
+            );
+            if now >= retry_at {
+                steps.push(reissue(pod, wrap, wrap.start, None));
+            } else {
+                plan.wake(retry_at);
+            }
+            return;
+        }
+        Phase::Failed => {
+            let retry_at = add(wrap.claimed_at.unwrap_or(now), RETRY_FAILED_AFTER);
+            if now >= retry_at {
+                steps.push(reissue(pod, wrap, wrap.start, None));
+            } else {
+                plan.wake(retry_at);
+            }
+            return;
+        }
+        _ => {}
+    }
+    if let Some(step) = judge_receipts(pod, wrap) {
+        steps.push(step);
+        return;
+    }
+    if wrap.phase == Phase::Issued {
+        let expires = wrap.expires_at.unwrap_or(now);
+        let probe_at = sub(expires, s.expiry_margin());
+        let last = input
+            .last_lookup
+            .get(&wrap.secret)
+            .copied()
+            .or(wrap.issued_at)
+            .unwrap_or(now);
+        let lookup_at = add(last, s.lookup_period);
+        if now >= probe_at {
+            steps.push(Action::ProbeExpiry { wrap: wrap.clone() });
+        } else if now >= lookup_at {
+            steps.push(Action::Lookup {
+                wrap: wrap.clone(),
+                if_invalid: Phase::Unwrapped,
+            });
+            plan.wake(add(now, s.lookup_period).min(probe_at));
+        } else {
+            plan.wake(lookup_at.min(probe_at));
+        }
+        return;
+    }
+    // Settled: a new start of the agent container gets a fresh wrap.
+    let restarts = agent_restarts(s, pod);
+    if wrap.phase.is_settled() && s.agent_container.is_some() && restarts > wrap.start {
+        let previous = wrap
+            .accessor
+            .clone()
+            .filter(|_| wrap.phase == Phase::Unwrapped);
+        let mut step = reissue(pod, wrap, restarts, previous);
+        if let Action::Issue(issue) = &mut step {
+            issue.receipts_after = pod.newest_receipt_time().or(wrap.receipts_after);
+        }
+        steps.push(step);
+    }
+}
+
+fn reissue(pod: &PodView, wrap: &WrapState, start: u32, revoke_previous: Option<String>) -> Action {
+    Action::Issue(Issue {
+        pod: pod.name.clone(),
+        pod_uid: pod.uid.clone(),
+        secret: wrap.secret.clone(),
+        start,
+        replaces: Some(wrap.clone()),
+        revoke_previous,
+        receipts_after: wrap.receipts_after,
+    })
+}
+
+/// What the agent's receipts say about an Issued or Unwrapped wrap.
+fn judge_receipts(pod: &PodView, wrap: &WrapState) -> Option<Action> {
+    if !matches!(wrap.phase, Phase::Issued | Phase::Unwrapped) || wrap.verified {
+        return None;
+    }
+    let settle = |phase, verified, revoke_token, message: &str| Action::Settle {
+        wrap: wrap.clone(),
+        phase,
+        verified,
+        revoke_wrap: wrap.phase == Phase::Issued && phase != Phase::Unwrapped,
+        revoke_token,
+        message: message.to_string(),
+    };
+    for r in current_receipts(pod, wrap) {
+        let receipt = &r.receipt;
+        if receipt.is_unwrapped() {
+            if receipt.accessor.is_some() && receipt.accessor == wrap.accessor {
+                return Some(settle(
+                    Phase::Unwrapped,
+                    true,
+                    false,
+                    "unwrapped by the pod's agent (receipt verified)",
+                ));
+            }
+            return Some(settle(
+                Phase::Tampered,
+                false,
+                true,
+                "the agent unwrapped a token that is not the one minted for this pod start",
+            ));
+        }
+        match receipt.result.as_str() {
+            result::INVALID_WRAPPING_TOKEN if wrap.phase == Phase::Unwrapped => {
+                return Some(settle(
+                    Phase::Tampered,
+                    false,
+                    true,
+                    "the wrap was consumed by someone other than the pod's agent",
+                ));
+            }
+            result::INVALID_WRAPPING_TOKEN => {
+                // Confirm with Vault: an agent reading a stale volume is not a theft.
+                return Some(Action::Lookup {
+                    wrap: wrap.clone(),
+                    if_invalid: Phase::Tampered,
+                });
+            }
+            result::UNEXPECTED_CREATION_PATH => {
+                return Some(settle(
+                    Phase::Failed,
+                    false,
+                    true,
+                    "the agent refused the wrap: unexpected creation path (check --expect-path, or the Secret was altered)",
+                ));
+            }
+            result::WRITE_FAILED => {
+                return Some(settle(
+                    Phase::Revoked,
+                    false,
+                    true,
+                    "the agent unwrapped the token but could not store it; token revoked",
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receipt::Receipt;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            binding: "b".into(),
+            wrap_ttl: Duration::from_secs(60),
+            lookup_period: Duration::from_secs(10),
+            agent_container: Some("agent".into()),
+            revoke_on_pod_deletion: true,
+        }
+    }
+
+    fn pod(name: &str) -> PodView {
+        PodView {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            ..Default::default()
+        }
+    }
+
+    fn issued(name: &str, at: i64) -> WrapState {
+        WrapState {
+            secret: format!("{name}-b-wrap"),
+            resource_version: Some("1".into()),
+            pod: name.into(),
+            pod_uid: format!("uid-{name}"),
+            start: 0,
+            phase: Phase::Issued,
+            claimed_at: None,
+            wrap_accessor: Some("wacc".into()),
+            accessor: Some("acc".into()),
+            previous_accessor: None,
+            issued_at: Some(t(at)),
+            expires_at: Some(t(at + 60)),
+            verified: false,
+            message: None,
+            receipts_after: None,
+            has_token: true,
+            deleting: false,
+        }
+    }
+
+    fn run(pods: &[PodView], wraps: &[WrapState], now: i64) -> Plan {
+        run_with(&settings(), pods, wraps, &BTreeMap::new(), now)
+    }
+
+    fn run_with(
+        s: &Settings,
+        pods: &[PodView],
+        wraps: &[WrapState],
+        conflicts: &BTreeMap<String, Vec<String>>,
+        now: i64,
+    ) -> Plan {
+        plan(&Input {
+            settings: s,
+            pods,
+            conflicts,
+            wraps,
+            last_lookup: &HashMap::new(),
+            now: t(now),
+        })
+    }
+
+    fn receipt(r: Receipt, at: i64) -> ObservedReceipt {
+        ObservedReceipt {
+            container: "unwrap".into(),
+            receipt: r,
+            finished_at: Some(t(at)),
+        }
+    }
+
+    #[test]
+    fn new_pod_gets_exactly_one_issue() {
+        let p = run(&[pod("a")], &[], 0);
+        assert_eq!(p.actions.len(), 1);
+        let Action::Issue(i) = &p.actions[0] else {
+            panic!("{p:?}")
+        };
+        assert_eq!((i.secret.as_str(), i.start, i.replaces.is_none()), ("a-b-wrap", 0, true));
+        // Once a record exists, nothing more is minted for this start.
+        let p = run(&[pod("a")], &[issued("a", 0)], 1);
+        assert!(p.actions.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn conflicted_terminating_and_finished_pods_get_nothing() {
+        let mut conflicts = BTreeMap::new();
+        conflicts.insert("a".to_string(), vec!["other".to_string()]);
+        let terminating = PodView {
+            terminating: true,
+            ..pod("c")
+        };
+        let finished = PodView {
+            finished: true,
+            ..pod("d")
+        };
+        let p = run_with(&settings(), &[pod("a"), terminating, finished], &[], &conflicts, 0);
+        assert!(p.actions.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn lookups_are_paced_and_expiry_is_probed() {
+        let w = issued("a", 0);
+        assert!(run(&[pod("a")], &[w.clone()], 5).actions.is_empty());
+        assert_eq!(run(&[pod("a")], &[w.clone()], 5).wake_at, Some(t(10)));
+        assert!(matches!(
+            run(&[pod("a")], &[w.clone()], 10).actions[0],
+            Action::Lookup { if_invalid: Phase::Unwrapped, .. }
+        ));
+        // Margin for 60s is 5s: at 55s the wrap is probed by revocation.
+        assert!(matches!(
+            run(&[pod("a")], &[w], 55).actions[0],
+            Action::ProbeExpiry { .. }
+        ));
+    }
+
+    #[test]
+    fn matching_receipt_verifies_without_vault() {
+        let mut p = pod("a");
+        p.receipts.push(receipt(Receipt::unwrapped("acc"), 3));
+        let plan = run(&[p], &[issued("a", 0)], 3);
+        assert!(matches!(
+            &plan.actions[0],
+            Action::Settle { phase: Phase::Unwrapped, verified: true, revoke_token: false, .. }
+        ));
+    }
+
+    #[test]
+    fn foreign_or_failed_receipts_are_tampering() {
+        let mut p = pod("a");
+        p.receipts.push(receipt(Receipt::unwrapped("someone-else"), 3));
+        let plan = run(&[p], &[issued("a", 0)], 3);
+        assert!(matches!(
+            &plan.actions[0],
+            Action::Settle { phase: Phase::Tampered, revoke_token: true, revoke_wrap: true, .. }
+        ));
+        // Consumed (by lookup) and the agent says invalid: someone else took it.
+        let mut p = pod("a");
+        p.receipts
+            .push(receipt(Receipt::failed(result::INVALID_WRAPPING_TOKEN), 3));
+        let mut w = issued("a", 0);
+        w.phase = Phase::Unwrapped;
+        let plan = run(&[p.clone()], &[w], 3);
+        assert!(matches!(
+            &plan.actions[0],
+            Action::Settle { phase: Phase::Tampered, revoke_token: true, revoke_wrap: false, .. }
+        ));
+        // Still Issued: confirm with Vault first.
+        let plan = run(&[p], &[issued("a", 0)], 3);
+        assert!(matches!(
+            &plan.actions[0],
+            Action::Lookup { if_invalid: Phase::Tampered, .. }
+        ));
+    }
+
+    #[test]
+    fn receipts_of_earlier_starts_are_ignored() {
+        let mut p = pod("a");
+        p.receipts
+            .push(receipt(Receipt::failed(result::INVALID_WRAPPING_TOKEN), 3));
+        let mut w = issued("a", 10);
+        w.receipts_after = Some(t(3));
+        assert!(run(&[p.clone()], &[w.clone()], 11).actions.is_empty());
+        w.receipts_after = None;
+        w.previous_accessor = Some("old".into());
+        p.receipts = vec![receipt(Receipt::unwrapped("old"), 3)];
+        assert!(run(&[p], &[w], 11).actions.is_empty());
+    }
+
+    #[test]
+    fn agent_restart_after_settle_reissues_and_revokes_previous_token() {
+        let mut p = pod("a");
+        p.restart_counts.insert("agent".into(), 1);
+        let mut w = issued("a", 0);
+        // Outstanding: the restarted agent can still unwrap it; no new wrap.
+        assert!(run(&[p.clone()], &[w.clone()], 5).actions.is_empty());
+        w.phase = Phase::Unwrapped;
+        w.verified = true;
+        let plan = run(&[p.clone()], &[w.clone()], 20);
+        let Action::Issue(i) = &plan.actions[0] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(i.start, 1);
+        assert_eq!(i.revoke_previous.as_deref(), Some("acc"));
+        assert!(i.replaces.is_some());
+        // Without an agent container, restarts do not count.
+        let s = Settings {
+            agent_container: None,
+            ..settings()
+        };
+        assert!(run_with(&s, &[p], &[w], &BTreeMap::new(), 20).actions.is_empty());
+    }
+
+    #[test]
+    fn lost_mint_waits_until_any_wrap_it_made_has_expired() {
+        let mut w = issued("a", 0);
+        w.phase = Phase::Claimed;
+        w.claimed_at = Some(t(0));
+        w.wrap_accessor = None;
+        w.accessor = None;
+        let early = run(&[pod("a")], &[w.clone()], 30);
+        assert!(early.actions.is_empty());
+        assert_eq!(early.wake_at, Some(t(70)));
+        assert!(matches!(run(&[pod("a")], &[w], 70).actions[0], Action::Issue(_)));
+    }
+
+    #[test]
+    fn failed_mint_is_retried_after_a_pause() {
+        let mut w = issued("a", 0);
+        w.phase = Phase::Failed;
+        w.claimed_at = Some(t(0));
+        assert!(run(&[pod("a")], &[w.clone()], 2).actions.is_empty());
+        assert!(matches!(run(&[pod("a")], &[w], 5).actions[0], Action::Issue(_)));
+    }
+
+    #[test]
+    fn gone_pods_are_cleaned_up_and_revoked() {
+        let plan = run(&[], &[issued("a", 0)], 5);
+        assert_eq!(
+            plan.actions,
+            vec![Action::Cleanup {
+                wrap: issued("a", 0),
+                revoke_wrap: true,
+                revoke_token: true
+            }]
+        );
+        // revokeOnPodDeletion=false keeps a consumed token alive, but never an unconsumed wrap.
+        let s = Settings {
+            revoke_on_pod_deletion: false,
+            ..settings()
+        };
+        let mut w = issued("a", 0);
+        w.phase = Phase::Unwrapped;
+        let plan = run_with(&s, &[], &[w], &BTreeMap::new(), 5);
+        assert!(matches!(
+            plan.actions[0],
+            Action::Cleanup { revoke_wrap: false, revoke_token: false, .. }
+        ));
+        // A recreated pod with the same name: old record cleaned first, new one next round.
+        let mut newer = pod("a");
+        newer.uid = "uid-new".into();
+        let plan = run(&[newer], &[issued("a", 0)], 5);
+        assert_eq!(plan.actions.len(), 1);
+        assert!(matches!(plan.actions[0], Action::Cleanup { .. }));
+    }
+}

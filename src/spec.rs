@@ -1,0 +1,225 @@
+//! Checks a binding's spec beyond what the schema can: the selector, durations, the role
+//! allowlist. The result says what a person should fix.
+
+use std::time::Duration;
+
+use kube::core::Selector;
+
+use crate::config::{RoleRule, role_allowed};
+use crate::crd::AgentSecretBindingSpec;
+
+/// A spec the operator can act on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSpec {
+    /// Parsed pod selector (never empty).
+    pub selector: Selector,
+    /// Wrap TTL.
+    pub wrap_ttl: Duration,
+}
+
+/// Why a binding cannot be served. `reason` is a condition reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// `InvalidSpec` or `RoleNotAllowed`.
+    pub reason: &'static str,
+    /// What to fix.
+    pub message: String,
+}
+
+fn invalid(message: impl Into<String>) -> Invalid {
+    Invalid {
+        reason: "InvalidSpec",
+        message: message.into(),
+    }
+}
+
+/// Validates `spec` for a binding in `namespace` under the operator's role rules.
+pub fn validate(
+    spec: &AgentSecretBindingSpec,
+    namespace: &str,
+    rules: &[RoleRule],
+) -> Result<ValidSpec, Invalid> {
+    let selector = pod_selector(spec)?;
+    let wrap_ttl = parse_go_duration(&spec.vault.wrap_ttl)
+        .ok_or_else(|| invalid(format!("wrapTTL {:?} is not a duration like 60s or 5m", spec.vault.wrap_ttl)))?;
+    if !(Duration::from_secs(5)..=Duration::from_secs(3600)).contains(&wrap_ttl) {
+        return Err(invalid("wrapTTL must be between 5s and 1h"));
+    }
+    if let Some(ttl) = &spec.vault.token_ttl {
+        parse_go_duration(ttl)
+            .ok_or_else(|| invalid(format!("tokenTTL {ttl:?} is not a duration like 30m or 1h")))?;
+    }
+    if spec.secret_key.is_empty()
+        || !spec
+            .secret_key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        return Err(invalid(format!(
+            "secretKey {:?} is not a valid Secret key",
+            spec.secret_key
+        )));
+    }
+    if !role_allowed(rules, namespace, &spec.vault.token_role) {
+        return Err(Invalid {
+            reason: "RoleNotAllowed",
+            message: format!(
+                "token role {:?} is not allowed in namespace {namespace:?}; ask the cluster admin to add it to the operator's allowedRoles",
+                spec.vault.token_role
+            ),
+        });
+    }
+    Ok(ValidSpec { selector, wrap_ttl })
+}
+
+/// The binding's selector, refusing an empty one (it would select every pod).
+pub fn pod_selector(spec: &AgentSecretBindingSpec) -> Result<Selector, Invalid> {
+    let ls = &spec.pod_selector;
+    for (k, v) in ls.match_labels.iter().flatten() {
+        check_label(k, Some(v))?;
+    }
+    for req in ls.match_expressions.iter().flatten() {
+        check_label(&req.key, None)?;
+        if matches!(req.operator.as_str(), "In" | "NotIn")
+            && req.values.as_ref().is_none_or(|v| v.is_empty())
+        {
+            return Err(invalid(format!(
+                "podSelector: operator {} on {:?} needs values",
+                req.operator, req.key
+            )));
+        }
+        for v in req.values.iter().flatten() {
+            check_label(&req.key, Some(v))?;
+        }
+    }
+    let selector = Selector::try_from(ls.clone())
+        .map_err(|e| invalid(format!("podSelector: {}", e.0)))?;
+    if selector.selects_all() {
+        return Err(invalid(
+            "podSelector is empty: it would select every pod in the namespace",
+        ));
+    }
+    Ok(selector)
+}
+
+fn check_label(key: &str, value: Option<&str>) -> Result<(), Invalid> {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let ok_part = |s: &str, max: usize| {
+        s.len() <= max
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && s.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
+            && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
+    };
+    if name.is_empty() || !ok_part(name, 63) || key.matches('/').count() > 1 {
+        return Err(invalid(format!("podSelector: {key:?} is not a valid label key")));
+    }
+    if let Some(v) = value
+        && !ok_part(v, 63)
+    {
+        return Err(invalid(format!(
+            "podSelector: {v:?} is not a valid label value for {key:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses Go-style durations made of `<n>h`, `<n>m`, `<n>s` parts (`90s`, `1h30m`).
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut digits = String::new();
+    if text.is_empty() {
+        return None;
+    }
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: u64 = digits.parse().ok()?;
+        digits.clear();
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    digits.is_empty().then_some(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::VaultTokenSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    fn spec(labels: &[(&str, &str)], role: &str, wrap: &str) -> AgentSecretBindingSpec {
+        AgentSecretBindingSpec {
+            pod_selector: LabelSelector {
+                match_labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                match_expressions: None,
+            },
+            vault: VaultTokenSpec {
+                token_role: role.into(),
+                policies: vec![],
+                token_ttl: None,
+                num_uses: None,
+                wrap_ttl: wrap.into(),
+                metadata: Default::default(),
+            },
+            secret_key: "token".into(),
+            agent_container: None,
+            revoke_on_pod_deletion: true,
+        }
+    }
+
+    fn rules() -> Vec<RoleRule> {
+        vec![RoleRule {
+            namespaces: vec!["*".into()],
+            roles: vec!["agent".into()],
+        }]
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_go_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("5"), None);
+        assert_eq!(parse_go_duration("5d"), None);
+        assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn accepts_a_good_spec() {
+        let v = validate(&spec(&[("app", "a")], "agent", "60s"), "ns", &rules()).unwrap();
+        assert_eq!(v.wrap_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn refuses_what_the_schema_cannot_catch() {
+        let empty = validate(&spec(&[], "agent", "60s"), "ns", &rules()).unwrap_err();
+        assert_eq!(empty.reason, "InvalidSpec");
+        assert!(empty.message.contains("empty"));
+        let bad_label = validate(&spec(&[("app", "a b")], "agent", "60s"), "ns", &rules());
+        assert_eq!(bad_label.unwrap_err().reason, "InvalidSpec");
+        let role = validate(&spec(&[("app", "a")], "admin", "60s"), "ns", &rules()).unwrap_err();
+        assert_eq!(role.reason, "RoleNotAllowed");
+        assert!(role.message.contains("admin"));
+        let ttl = validate(&spec(&[("app", "a")], "agent", "2s"), "ns", &rules()).unwrap_err();
+        assert!(ttl.message.contains("wrapTTL"));
+        let mut s = spec(&[("app", "a")], "agent", "60s");
+        s.pod_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: "tier".into(),
+            operator: "In".into(),
+            values: Some(vec![]),
+        }]);
+        assert!(validate(&s, "ns", &rules()).unwrap_err().message.contains("needs values"));
+    }
+}

@@ -1,0 +1,286 @@
+//! Computes a binding's status from plain data: counters, records and conditions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{AgentSecretBindingStatus, Condition, WrapRecord};
+use crate::model::{Phase, PodView, WrapState};
+use crate::spec::Invalid;
+
+/// Most per-pod records kept in the status.
+pub const MAX_RECORDS: usize = 50;
+
+/// What went wrong in this reconcile beyond the records themselves.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Problems {
+    /// The spec cannot be served.
+    pub invalid: Option<Invalid>,
+    /// Vault is down or could not be logged into (message without secrets).
+    pub vault_unavailable: Option<String>,
+    /// Pod name -> the Secret name that belongs to something else.
+    pub names_taken: BTreeMap<String, String>,
+}
+
+/// Everything the status is computed from.
+#[derive(Clone, Debug)]
+pub struct StatusInput<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Selected pods.
+    pub pods: &'a [PodView],
+    /// Records after this reconcile's actions.
+    pub wraps: &'a [WrapState],
+    /// Pod name -> other bindings selecting it.
+    pub conflicts: &'a BTreeMap<String, Vec<String>>,
+    /// Problems met.
+    pub problems: &'a Problems,
+    /// The previous status (keeps transition times).
+    pub previous: Option<&'a AgentSecretBindingStatus>,
+    /// The clock.
+    pub now: Timestamp,
+}
+
+/// The status to write.
+pub fn compute(input: &StatusInput) -> AgentSecretBindingStatus {
+    let live: Vec<&WrapState> = input
+        .wraps
+        .iter()
+        .filter(|w| {
+            input
+                .pods
+                .iter()
+                .any(|p| p.uid == w.pod_uid && !p.finished)
+        })
+        .collect();
+    let count = |f: &dyn Fn(&WrapState) -> bool| live.iter().filter(|w| f(w)).count() as u32;
+    let pending = count(&|w| matches!(w.phase, Phase::Issued | Phase::Claimed));
+    let unwrapped = count(&|w| w.phase == Phase::Unwrapped);
+    let expired = count(&|w| w.phase == Phase::Expired);
+    let tampered = count(&|w| w.phase == Phase::Tampered);
+    let failed: Vec<&&WrapState> = live.iter().filter(|w| w.phase == Phase::Failed).collect();
+
+    let ready = ready_condition(input, &failed);
+    let degraded = if tampered > 0 {
+        ("True", "Tampered", format!("{tampered} wrap(s) were consumed by someone other than the pod's agent; their tokens were revoked"))
+    } else if expired > 0 {
+        ("True", "WrapsExpired", format!("{expired} wrap(s) expired unconsumed: the pods' agents did not unwrap in time; check the agents' init containers"))
+    } else {
+        ("False", "AsExpected", "every wrap is pending or consumed".to_string())
+    };
+    let conditions = vec![
+        condition(input, "Ready", ready.0, ready.1, ready.2),
+        condition(input, "Degraded", degraded.0, degraded.1, degraded.2),
+    ];
+
+    let mut records: Vec<WrapRecord> = live.iter().map(|w| record(w)).collect();
+    records.sort_by_key(|r| (severity(&r.phase), r.pod.clone()));
+    records.truncate(MAX_RECORDS);
+
+    AgentSecretBindingStatus {
+        observed_generation: input.generation,
+        conditions,
+        pods: input.pods.iter().filter(|p| !p.finished).count() as u32,
+        pending,
+        unwrapped,
+        expired,
+        tampered,
+        records,
+    }
+}
+
+fn ready_condition(input: &StatusInput, failed: &[&&WrapState]) -> (&'static str, &'static str, String) {
+    let p = input.problems;
+    if let Some(invalid) = &p.invalid {
+        return ("False", invalid.reason, invalid.message.clone());
+    }
+    if let Some(msg) = &p.vault_unavailable {
+        return ("False", "VaultUnavailable", format!("{msg}; retrying with backoff"));
+    }
+    if let Some(w) = failed.first() {
+        return (
+            "False",
+            "VaultRefused",
+            format!(
+                "Vault refused the token for pod {}: {}",
+                w.pod,
+                w.message.as_deref().unwrap_or("no detail")
+            ),
+        );
+    }
+    if let Some((pod, others)) = input.conflicts.iter().next() {
+        return (
+            "False",
+            "Conflict",
+            format!(
+                "{} pod(s) are selected by other bindings too (pod {pod} also by {}); they get no token from either until the selectors no longer overlap",
+                input.conflicts.len(),
+                others.join(", ")
+            ),
+        );
+    }
+    if let Some((pod, secret)) = p.names_taken.iter().next() {
+        return (
+            "False",
+            "SecretNameTaken",
+            format!(
+                "Secret {secret} for pod {pod} exists and is not managed by this binding; it was left untouched: rename it or set the pod annotation cubbyhole.dev/secret-name"
+            ),
+        );
+    }
+    (
+        "True",
+        "Delivering",
+        format!("serving {} pod(s)", input.pods.iter().filter(|p| !p.finished).count()),
+    )
+}
+
+fn condition(input: &StatusInput, type_: &str, status: &str, reason: &str, message: String) -> Condition {
+    let previous = input
+        .previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+    let last_transition_time = match previous {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => input.now.to_string(),
+    };
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time,
+        observed_generation: input.generation,
+    }
+}
+
+fn severity(phase: &str) -> u8 {
+    match phase {
+        "Tampered" => 0,
+        "Failed" => 1,
+        "Expired" => 2,
+        "Claimed" => 3,
+        "Issued" => 4,
+        "Revoked" => 5,
+        _ => 6,
+    }
+}
+
+fn record(w: &WrapState) -> WrapRecord {
+    WrapRecord {
+        pod: w.pod.clone(),
+        uid: w.pod_uid.clone(),
+        start: w.start,
+        secret: w.secret.clone(),
+        phase: w.phase.as_str().into(),
+        verified: w.verified,
+        wrap_accessor: w.wrap_accessor.clone(),
+        accessor: w.accessor.clone(),
+        issued_at: w.issued_at.map(|t| t.to_string()),
+        expires_at: w.expires_at.map(|t| t.to_string()),
+        message: w.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(n: &str) -> PodView {
+        PodView {
+            name: n.into(),
+            uid: format!("u-{n}"),
+            ..Default::default()
+        }
+    }
+
+    fn wrap(n: &str, phase: Phase) -> WrapState {
+        WrapState {
+            secret: format!("{n}-s"),
+            resource_version: None,
+            pod: n.into(),
+            pod_uid: format!("u-{n}"),
+            start: 0,
+            phase,
+            claimed_at: None,
+            wrap_accessor: Some("wa".into()),
+            accessor: Some("a".into()),
+            previous_accessor: None,
+            issued_at: None,
+            expires_at: None,
+            verified: false,
+            message: Some("permission denied".into()),
+            receipts_after: None,
+            has_token: false,
+            deleting: false,
+        }
+    }
+
+    fn compute_with(pods: &[PodView], wraps: &[WrapState], problems: &Problems, conflicts: &BTreeMap<String, Vec<String>>) -> AgentSecretBindingStatus {
+        compute(&StatusInput {
+            generation: Some(3),
+            pods,
+            wraps,
+            conflicts,
+            problems,
+            previous: None,
+            now: Timestamp::from_second(1_800_000_000).unwrap(),
+        })
+    }
+
+    fn ready(s: &AgentSecretBindingStatus) -> (&str, &str) {
+        let c = &s.conditions[0];
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn counts_and_orders_records_problems_first() {
+        let pods = [pod("a"), pod("b"), pod("c"), pod("d")];
+        let wraps = [
+            wrap("a", Phase::Unwrapped),
+            wrap("b", Phase::Issued),
+            wrap("c", Phase::Expired),
+            wrap("gone", Phase::Issued),
+        ];
+        let s = compute_with(&pods, &wraps, &Problems::default(), &BTreeMap::new());
+        assert_eq!((s.pods, s.pending, s.unwrapped, s.expired, s.tampered), (4, 1, 1, 1, 0));
+        assert_eq!(s.records[0].phase, "Expired");
+        assert_eq!(s.records.len(), 3);
+        assert_eq!(ready(&s), ("True", "Delivering"));
+        assert_eq!(s.conditions[1].reason, "WrapsExpired");
+        assert_eq!(s.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn ready_reasons_in_priority_order() {
+        let pods = [pod("a")];
+        let mut problems = Problems {
+            invalid: Some(Invalid { reason: "RoleNotAllowed", message: "no".into() }),
+            vault_unavailable: Some("down".into()),
+            ..Default::default()
+        };
+        let none = BTreeMap::new();
+        assert_eq!(ready(&compute_with(&pods, &[], &problems, &none)), ("False", "RoleNotAllowed"));
+        problems.invalid = None;
+        assert_eq!(ready(&compute_with(&pods, &[], &problems, &none)), ("False", "VaultUnavailable"));
+        problems.vault_unavailable = None;
+        let s = compute_with(&pods, &[wrap("a", Phase::Failed)], &problems, &none);
+        assert_eq!(ready(&s), ("False", "VaultRefused"));
+        assert!(s.conditions[0].message.contains("permission denied"));
+        let mut conflicts = BTreeMap::new();
+        conflicts.insert("a".to_string(), vec!["other".to_string()]);
+        let s = compute_with(&pods, &[], &problems, &conflicts);
+        assert_eq!(ready(&s), ("False", "Conflict"));
+        assert!(s.conditions[0].message.contains("other"));
+        problems.names_taken.insert("a".into(), "taken".into());
+        assert_eq!(ready(&compute_with(&pods, &[], &problems, &none)), ("False", "SecretNameTaken"));
+    }
+
+    #[test]
+    fn records_are_bounded() {
+        let pods: Vec<PodView> = (0..80).map(|i| pod(&format!("p{i}"))).collect();
+        let wraps: Vec<WrapState> = (0..80).map(|i| wrap(&format!("p{i}"), Phase::Issued)).collect();
+        let s = compute_with(&pods, &wraps, &Problems::default(), &BTreeMap::new());
+        assert_eq!(s.records.len(), MAX_RECORDS);
+        assert_eq!(s.pending, 80);
+    }
+}

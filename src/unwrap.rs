@@ -1,0 +1,548 @@
+//! `cubbyhole unwrap`: the agent side, run as an init container (or by hand).
+//!
+//! It is the one auditable step between the wrapping token in the pod's Secret and the agent's
+//! token: it checks where the wrap was created *before* consuming it (a wrap made elsewhere is
+//! left intact for the operator to detect), unwraps it, writes the token to a file that is
+//! never readable by anyone else, and leaves a [`Receipt`] naming the token's accessor so the
+//! operator can tell a genuine unwrap from someone else's. Tokens never reach a log line.
+//!
+//! Exit codes (the receipt word in brackets):
+//!
+//! | code | meaning                                                         | receipt                    |
+//! |------|-----------------------------------------------------------------|----------------------------|
+//! | 0    | unwrapped, token written                                        | `unwrapped` + accessor     |
+//! | 2    | usage or configuration error (bad flags, unreadable CA)          | none                       |
+//! | 3    | Vault says the wrapping token is not valid (consumed, expired, revoked) | `invalid-wrapping-token`   |
+//! | 4    | the wrap was created at an unexpected path; it was NOT consumed  | `unexpected-creation-path` |
+//! | 5    | Vault unreachable after the retries, or no answer to the unwrap  | `vault-unreachable`        |
+//! | 6    | Vault answered with another error                                | `vault-error`              |
+//! | 7    | the wrapping token file is unreadable or empty                   | `token-file-unreadable`    |
+//! | 8    | unwrapped, but the token could not be written                    | `write-failed`             |
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::receipt::{Receipt, result};
+use crate::vault::{SecretString, VaultClient, VaultEndpoint, VaultError, WrapLookup};
+
+/// Every wrap the operator mints is created under this prefix (`auth/token/create/<role>`).
+pub const CREATE_PREFIX: &str = "auth/token/create/";
+
+/// First retry delay; doubled per retry up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest delay between two retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// How often `--wait-for-fresh` re-reads the token file.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Flags of `cubbyhole unwrap`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UnwrapArgs {
+    /// File holding the wrapping token (the operator's per-pod Secret, mounted).
+    #[arg(long, default_value = "/var/run/cubbyhole/wrap/token")]
+    pub token_file: PathBuf,
+    /// Where to write the unwrapped token (mode 0400; use an in-memory volume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Vault address.
+    #[arg(long, env = "VAULT_ADDR")]
+    pub vault_addr: String,
+    /// PEM CA bundle to trust for Vault's TLS certificate.
+    #[arg(long, env = "VAULT_CACERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace.
+    #[arg(long, env = "VAULT_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The only creation path to accept, `auth/token/create/<role>` (strongly recommended).
+    /// Without it, any path under `auth/token/create/` is accepted.
+    #[arg(long)]
+    pub expect_path: Option<String>,
+    /// Where to write the receipt (the container's termination message).
+    #[arg(long, default_value = "/dev/termination-log")]
+    pub receipt_file: PathBuf,
+    /// Retries on network errors before giving up (exponential backoff from 0.5 s).
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// When the wrap is invalid, wait this long for the token file to change (e.g. `30s`).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub wait_for_fresh: Duration,
+}
+
+/// Why an unwrap did not succeed; each maps to one exit code and one receipt word.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Bad flags or configuration.
+    #[error("configuration error: {0}")]
+    Usage(String),
+    /// Vault says the wrapping token is not valid.
+    #[error("the wrapping token is not valid (already used, expired or revoked)")]
+    InvalidWrap,
+    /// The wrap was created somewhere else; left unconsumed.
+    #[error("the wrap was created at {found:?}, expected {expected}; not unwrapping it")]
+    UnexpectedPath {
+        /// The path Vault reports.
+        found: String,
+        /// What we accept.
+        expected: String,
+    },
+    /// Vault could not be reached, or the unwrap got no answer.
+    #[error("{0}")]
+    Unreachable(VaultError),
+    /// Vault answered with another error.
+    #[error("{0}")]
+    Vault(VaultError),
+    /// The token file could not be read.
+    #[error("cannot read the wrapping token: {0}")]
+    TokenFile(String),
+    /// The token could not be written.
+    #[error("unwrapped, but cannot write the token: {0}")]
+    Write(String),
+}
+
+impl Failure {
+    /// The process exit code (see the module table).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::InvalidWrap => 3,
+            Failure::UnexpectedPath { .. } => 4,
+            Failure::Unreachable(_) => 5,
+            Failure::Vault(_) => 6,
+            Failure::TokenFile(_) => 7,
+            Failure::Write(_) => 8,
+        }
+    }
+
+    /// The receipt word; `None` for configuration errors, which never reached Vault.
+    pub fn result(&self) -> Option<&'static str> {
+        match self {
+            Failure::Usage(_) => None,
+            Failure::InvalidWrap => Some(result::INVALID_WRAPPING_TOKEN),
+            Failure::UnexpectedPath { .. } => Some(result::UNEXPECTED_CREATION_PATH),
+            Failure::Unreachable(_) => Some(result::VAULT_UNREACHABLE),
+            Failure::Vault(_) => Some(result::VAULT_ERROR),
+            Failure::TokenFile(_) => Some(result::TOKEN_FILE_UNREADABLE),
+            Failure::Write(_) => Some(result::WRITE_FAILED),
+        }
+    }
+}
+
+/// Runs the command: unwrap, write the token, leave a receipt, return the exit code.
+pub async fn run(args: UnwrapArgs) -> ExitCode {
+    let outcome = unwrap_to_file(&args).await;
+    let (receipt, code) = match &outcome {
+        Ok(accessor) => {
+            log(&format!("done: token with accessor {accessor} written"));
+            (Some(Receipt::unwrapped(accessor)), 0)
+        }
+        Err(failure) => {
+            log(&format!("failed: {failure}"));
+            (failure.result().map(Receipt::failed), failure.exit_code())
+        }
+    };
+    if let Some(receipt) = receipt {
+        write_receipt(&args.receipt_file, &receipt);
+    }
+    ExitCode::from(code)
+}
+
+/// The whole procedure; returns the accessor of the token written to `--out`.
+async fn unwrap_to_file(args: &UnwrapArgs) -> Result<String, Failure> {
+    let expected = expected_path(args.expect_path.as_deref())?;
+    let client = client(args)?;
+    let token = valid_wrap(&client, args, &expected).await?;
+    let inner = unwrap_once(&client, &token, args.retries).await?;
+    log(&format!(
+        "unwrapped: token accessor {}, policies {:?}",
+        inner.accessor, inner.policies
+    ));
+    write_token(&args.out, &inner.token).map_err(|e| Failure::Write(e.to_string()))?;
+    Ok(inner.accessor)
+}
+
+/// What creation paths to accept: exactly `--expect-path`, or anything under [`CREATE_PREFIX`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpectedPath {
+    /// Exactly this path.
+    Exact(String),
+    /// Any path starting with [`CREATE_PREFIX`].
+    AnyTokenRole,
+}
+
+impl std::fmt::Display for ExpectedPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedPath::Exact(path) => f.write_str(path),
+            ExpectedPath::AnyTokenRole => write!(f, "{CREATE_PREFIX}<role>"),
+        }
+    }
+}
+
+/// Validates `--expect-path`: it must name a token role.
+pub fn expected_path(flag: Option<&str>) -> Result<ExpectedPath, Failure> {
+    match flag.map(|p| p.trim().trim_matches('/')) {
+        None => Ok(ExpectedPath::AnyTokenRole),
+        Some(path) if is_role_path(path) => Ok(ExpectedPath::Exact(path.to_string())),
+        Some(path) => Err(Failure::Usage(format!(
+            "--expect-path {path:?} is not of the form {CREATE_PREFIX}<role>"
+        ))),
+    }
+}
+
+/// True for `auth/token/create/<role>` with a non-empty role.
+fn is_role_path(path: &str) -> bool {
+    path.strip_prefix(CREATE_PREFIX)
+        .is_some_and(|role| !role.is_empty() && !role.contains('/'))
+}
+
+/// Checks Vault's answer about the wrap against what we accept.
+pub fn check_path(lookup: &WrapLookup, expected: &ExpectedPath) -> Result<(), Failure> {
+    let found = lookup.creation_path.trim_matches('/');
+    let ok = match expected {
+        ExpectedPath::Exact(path) => found == path,
+        ExpectedPath::AnyTokenRole => is_role_path(found),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::UnexpectedPath {
+            found: lookup.creation_path.clone(),
+            expected: expected.to_string(),
+        })
+    }
+}
+
+/// Delay before retry number `retry` (0-based): 0.5 s, 1 s, 2 s, ... up to [`MAX_BACKOFF`].
+pub fn backoff(retry: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(2u32.saturating_pow(retry))
+        .min(MAX_BACKOFF)
+}
+
+/// True for errors where Vault never got (lookup: never acted on) the request.
+fn retriable_lookup(err: &VaultError) -> bool {
+    matches!(
+        err,
+        VaultError::Unreachable { .. } | VaultError::NoAnswer { .. }
+    )
+}
+
+/// Sorts a Vault error into a failure: network trouble is "unreachable", the rest is Vault's.
+pub fn classify(err: VaultError) -> Failure {
+    match err {
+        VaultError::Unreachable { .. } | VaultError::NoAnswer { .. } => Failure::Unreachable(err),
+        VaultError::Refused { ref message, .. } if is_invalid_wrap(message) => Failure::InvalidWrap,
+        other => Failure::Vault(other),
+    }
+}
+
+/// Vault's one answer for a consumed, expired or revoked wrapping token.
+fn is_invalid_wrap(message: &str) -> bool {
+    message.contains("wrapping token is not valid or does not exist")
+}
+
+/// Builds the unauthenticated agent client.
+fn client(args: &UnwrapArgs) -> Result<VaultClient, Failure> {
+    if args.vault_addr.trim().is_empty() {
+        return Err(Failure::Usage("--vault-addr (VAULT_ADDR) is empty".into()));
+    }
+    let endpoint = VaultEndpoint {
+        address: args.vault_addr.trim().to_string(),
+        ca_cert: args.ca_cert.clone(),
+        namespace: args.namespace.clone().filter(|ns| !ns.is_empty()),
+    };
+    VaultClient::new(endpoint, None).map_err(Failure::Usage)
+}
+
+/// Reads the token file and looks the wrap up until it is valid and made at the right path.
+/// An invalid wrap is waited on (the file re-read) for up to `--wait-for-fresh`.
+async fn valid_wrap(
+    client: &VaultClient,
+    args: &UnwrapArgs,
+    expected: &ExpectedPath,
+) -> Result<SecretString, Failure> {
+    let deadline = Instant::now() + args.wait_for_fresh;
+    let mut token = read_token(&args.token_file)?;
+    loop {
+        match lookup(client, &token, args.retries).await? {
+            Some(found) => {
+                log(&format!(
+                    "wrap is valid: created at {} on {}, TTL {} s",
+                    found.creation_path, found.creation_time, found.creation_ttl
+                ));
+                check_path(&found, expected)?;
+                return Ok(token);
+            }
+            None if Instant::now() < deadline => {
+                log("wrap is not valid; waiting for a fresh one in the token file");
+                token = wait_for_change(&args.token_file, &token, deadline)
+                    .await
+                    .ok_or(Failure::InvalidWrap)?;
+                log("the token file changed; checking the new wrap");
+            }
+            None => return Err(Failure::InvalidWrap),
+        }
+    }
+}
+
+/// `sys/wrapping/lookup` with retries on network errors (it never consumes the wrap).
+async fn lookup(
+    client: &VaultClient,
+    token: &SecretString,
+    retries: u32,
+) -> Result<Option<WrapLookup>, Failure> {
+    let mut retry = 0;
+    loop {
+        match client.lookup_wrap(token).await {
+            Ok(found) => return Ok(found),
+            Err(err) if retriable_lookup(&err) && retry < retries => {
+                log(&format!("{err}; retry {} of {retries}", retry + 1));
+                tokio::time::sleep(backoff(retry)).await;
+                retry += 1;
+            }
+            Err(err) => return Err(classify(err)),
+        }
+    }
+}
+
+/// `sys/wrapping/unwrap`, retried only when the request never reached Vault: after a lost
+/// answer the wrap may be consumed, and trying again would only hide that.
+async fn unwrap_once(
+    client: &VaultClient,
+    token: &SecretString,
+    retries: u32,
+) -> Result<crate::vault::UnwrappedToken, Failure> {
+    let mut retry = 0;
+    loop {
+        match client.unwrap(token).await {
+            Ok(inner) => return Ok(inner),
+            Err(err @ VaultError::Unreachable { .. }) if retry < retries => {
+                log(&format!("{err}; retry {} of {retries}", retry + 1));
+                tokio::time::sleep(backoff(retry)).await;
+                retry += 1;
+            }
+            Err(err) => return Err(classify(err)),
+        }
+    }
+}
+
+/// Reads and trims the wrapping token.
+fn read_token(path: &Path) -> Result<SecretString, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::TokenFile(format!("{}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Failure::TokenFile(format!("{} is empty", path.display())));
+    }
+    Ok(SecretString::new(token))
+}
+
+/// Polls `path` until it holds a token other than `old`; `None` at the deadline.
+async fn wait_for_change(
+    path: &Path,
+    old: &SecretString,
+    deadline: Instant,
+) -> Option<SecretString> {
+    while Instant::now() < deadline {
+        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        // The file may be mid-replacement: an unreadable or empty file is "not changed yet".
+        if let Ok(token) = read_token(path)
+            && token != *old
+        {
+            return Some(token);
+        }
+    }
+    None
+}
+
+/// Writes the token to `out` atomically: a new 0400 temp file in the same directory, then
+/// rename. The file is never readable by anyone else, not even for a moment.
+pub fn write_token(out: &Path, token: &SecretString) -> std::io::Result<()> {
+    let tmp = temp_path(out);
+    let written = write_new_private(&tmp, token.expose().as_bytes())
+        .and_then(|()| std::fs::rename(&tmp, out));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// `<dir>/.<name>.tmp-<pid>` next to `out`, so the rename stays on one file system.
+fn temp_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "token".into());
+    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Creates `path` (which must not exist) with mode 0400 and writes `bytes` to disk.
+fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path); // a leftover of a crashed earlier run
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Best effort: outside Kubernetes there may be no termination-log file; say so and go on.
+fn write_receipt(path: &Path, receipt: &Receipt) {
+    match std::fs::write(path, receipt.to_line()) {
+        Ok(()) => log(&format!("receipt written to {}", path.display())),
+        Err(e) => log(&format!(
+            "could not write the receipt to {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// Progress for humans, on stderr. Never pass a token here.
+fn log(message: &str) {
+    eprintln!("cubbyhole unwrap: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: UnwrapArgs,
+    }
+
+    fn lookup_at(path: &str) -> WrapLookup {
+        WrapLookup {
+            creation_path: path.into(),
+            creation_time: "2026-01-01T00:00:00Z".into(),
+            creation_ttl: 60,
+        }
+    }
+
+    #[test]
+    fn flags_have_the_documented_defaults() {
+        let cli = Cli::try_parse_from(["x", "--out", "/o", "--vault-addr", "http://v"]).unwrap();
+        let a = cli.args;
+        assert_eq!(a.token_file, Path::new("/var/run/cubbyhole/wrap/token"));
+        assert_eq!(a.receipt_file, Path::new("/dev/termination-log"));
+        assert_eq!(a.retries, 5);
+        assert_eq!(a.wait_for_fresh, Duration::ZERO);
+        assert_eq!(a.expect_path, None);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--out=/o",
+            "--vault-addr=http://v",
+            "--wait-for-fresh=1m30s",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.wait_for_fresh, Duration::from_secs(90));
+        assert!(Cli::try_parse_from(["x", "--vault-addr", "http://v"]).is_err());
+    }
+
+    #[test]
+    fn expected_path_must_name_a_token_role() {
+        assert_eq!(expected_path(None).unwrap(), ExpectedPath::AnyTokenRole);
+        assert_eq!(
+            expected_path(Some("auth/token/create/agents")).unwrap(),
+            ExpectedPath::Exact("auth/token/create/agents".into())
+        );
+        for bad in ["", "auth/token/create", "auth/token/create/", "sys/x", "auth/token/create/a/b"] {
+            let err = expected_path(Some(bad)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn creation_path_is_checked_before_unwrapping() {
+        let exact = ExpectedPath::Exact("auth/token/create/agents".into());
+        assert!(check_path(&lookup_at("auth/token/create/agents"), &exact).is_ok());
+        for other in ["auth/token/create/other", "auth/token/create", "sys/wrapping/wrap"] {
+            let err = check_path(&lookup_at(other), &exact).unwrap_err();
+            assert_eq!(err.exit_code(), 4);
+            assert_eq!(err.result(), Some(result::UNEXPECTED_CREATION_PATH));
+        }
+        let any = ExpectedPath::AnyTokenRole;
+        assert!(check_path(&lookup_at("auth/token/create/agents"), &any).is_ok());
+        assert!(check_path(&lookup_at("auth/token/create"), &any).is_err());
+        assert!(check_path(&lookup_at("sys/wrapping/wrap"), &any).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(10), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn vault_errors_map_to_exit_codes_and_receipts() {
+        let refused = |message: &str| VaultError::Refused {
+            op: "unwrap",
+            status: 400,
+            message: message.into(),
+        };
+        let unreachable = VaultError::Unreachable {
+            op: "lookup",
+            detail: "refused".into(),
+        };
+        let no_answer = VaultError::NoAnswer {
+            op: "unwrap",
+            detail: "timed out".into(),
+        };
+        let cases = [
+            (classify(unreachable), 5, result::VAULT_UNREACHABLE),
+            (classify(no_answer), 5, result::VAULT_UNREACHABLE),
+            (
+                classify(refused("wrapping token is not valid or does not exist")),
+                3,
+                result::INVALID_WRAPPING_TOKEN,
+            ),
+            (classify(refused("permission denied")), 6, result::VAULT_ERROR),
+        ];
+        for (failure, code, word) in cases {
+            assert_eq!(failure.exit_code(), code, "{failure}");
+            assert_eq!(failure.result(), Some(word));
+        }
+        assert_eq!(Failure::Usage("x".into()).result(), None);
+        assert_eq!(Failure::TokenFile("x".into()).exit_code(), 7);
+        assert_eq!(Failure::Write("x".into()).exit_code(), 8);
+    }
+
+    #[test]
+    fn token_file_is_written_0400_and_replaced_atomically() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cubbyhole-unwrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("token");
+        for value in ["first-token", "second-token"] {
+            write_token(&out, &SecretString::new(value)).unwrap();
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), value);
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o400);
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "temp file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_token_trims_and_refuses_empty_files() {
+        let dir = std::env::temp_dir().join(format!("cubbyhole-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, " s.abc\n").unwrap();
+        assert_eq!(read_token(&file).unwrap(), SecretString::new("s.abc"));
+        std::fs::write(&file, "\n").unwrap();
+        assert_eq!(read_token(&file).unwrap_err().exit_code(), 7);
+        assert_eq!(read_token(&dir.join("missing")).unwrap_err().exit_code(), 7);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

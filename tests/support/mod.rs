@@ -1,0 +1,322 @@
+//! Test harness: a private OpenBao dev server per test, set up with `config/vault/setup.sh`.
+//!
+//! Each [`Bao`] gets its own port pair (the dev server also listens on port + 1 for cluster
+//! traffic), root token and directory under `target/test-tmp/`, so tests run in parallel under
+//! cargo-nextest. The directory (with the server log) is kept when the test panics.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cubbyhole::vault::{TokenRequest, VaultAuth, VaultClient, VaultEndpoint, WrapInfo};
+
+/// The token role (and agent policy) `setup.sh` creates by default.
+pub const ROLE: &str = "cubbyhole-agent";
+/// The creation path of wraps minted through [`ROLE`].
+pub const ROLE_PATH: &str = "auth/token/create/cubbyhole-agent";
+
+/// A running OpenBao dev server, killed on drop.
+pub struct Bao {
+    /// Base address, `http://127.0.0.1:<port>`.
+    pub addr: String,
+    /// Root token of this server.
+    pub root_token: String,
+    /// File holding a token with only the `cubbyhole-operator` policy.
+    pub operator_token_file: PathBuf,
+    /// This server's scratch directory (log, token files, test outputs).
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Bao {
+    /// Starts a server and runs `setup.sh` against it. Panics when that fails.
+    pub fn start() -> Bao {
+        let dir = scratch_dir();
+        let root_token = format!("root-{}", random_hex(12));
+        for _ in 0..5 {
+            let port = free_port_pair();
+            if let Some(bao) = Bao::try_start(&dir, port, &root_token) {
+                bao.setup();
+                return bao;
+            }
+        }
+        panic!("OpenBao did not start; see {}", dir.join("bao.log").display());
+    }
+
+    /// Starts the server on `port`; `None` when it exits early (e.g. a port was taken).
+    fn try_start(dir: &Path, port: u16, root_token: &str) -> Option<Bao> {
+        let log = std::fs::File::create(dir.join("bao.log")).expect("create log");
+        let child = Command::new(bao_bin())
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={root_token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env_remove("VAULT_TOKEN")
+            .env_remove("VAULT_ADDR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn bao server (is `bao` on PATH?)");
+        let mut bao = Bao {
+            addr: format!("http://127.0.0.1:{port}"),
+            root_token: root_token.to_string(),
+            operator_token_file: dir.join("operator-token"),
+            dir: dir.to_path_buf(),
+            child,
+        };
+        bao.wait_healthy(port).then_some(bao)
+    }
+
+    /// Waits up to 30 s for `/v1/sys/health` to answer 200; false when the server died.
+    fn wait_healthy(&mut self, port: u16) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if health_ok(port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("OpenBao not healthy after 30 s:\n{}", self.log());
+    }
+
+    /// Runs the documented setup, writing the operator token file.
+    fn setup(&self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vault/setup.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("--dev-operator-token-file")
+            .arg(&self.operator_token_file)
+            .env("VAULT_BIN", bao_bin())
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", &self.root_token)
+            .env_remove("KUBERNETES_HOST")
+            .env_remove("CUBBYHOLE_ROLE")
+            .output()
+            .expect("run setup.sh");
+        assert!(
+            out.status.success(),
+            "setup.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but never answered.
+    pub fn pause(&self) {
+        assert!(signal(self.pid(), "-STOP"), "could not pause OpenBao");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        assert!(signal(self.pid(), "-CONT"), "could not resume OpenBao");
+    }
+
+    /// Everything the server printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bao.log")).unwrap_or_default()
+    }
+
+    /// Runs the `bao` CLI against this server with `token` as `VAULT_TOKEN`.
+    pub fn cli(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bao_bin())
+            .args(args)
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bao CLI")
+    }
+
+    /// Runs the CLI with the root token, asserts success and parses its `-format=json` output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("-format=json");
+        let out = self.cli(&self.root_token, &all);
+        assert!(
+            out.status.success(),
+            "bao {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("bao printed JSON")
+    }
+
+    /// The endpoint of this server.
+    pub fn endpoint(&self) -> VaultEndpoint {
+        VaultEndpoint {
+            address: self.addr.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A client authenticated as the operator (only the `cubbyhole-operator` policy).
+    pub fn operator_client(&self) -> VaultClient {
+        let auth = VaultAuth::TokenFile(self.operator_token_file.clone());
+        VaultClient::new(self.endpoint(), Some(auth)).expect("client")
+    }
+
+    /// A client authenticated with the root token (for checks the operator may not make).
+    pub fn root_client(&self) -> VaultClient {
+        let file = self.dir.join("root-token");
+        write_private(&file, &self.root_token);
+        VaultClient::new(self.endpoint(), Some(VaultAuth::TokenFile(file))).expect("client")
+    }
+
+    /// An unauthenticated client, as the agent uses.
+    pub fn agent_client(&self) -> VaultClient {
+        VaultClient::new(self.endpoint(), None).expect("client")
+    }
+
+    /// Mints a wrapped agent token the way the operator does.
+    pub async fn mint(&self, wrap_ttl_secs: u64) -> WrapInfo {
+        self.operator_client()
+            .create_wrapped_token(&agent_request(wrap_ttl_secs))
+            .await
+            .expect("mint a wrapped token")
+    }
+
+    /// Mints a wrap (30 s) and writes its token to `path`, as the operator's Secret would.
+    pub async fn mint_to_file(&self, path: &Path) -> WrapInfo {
+        let wrap = self.mint(30).await;
+        write_private(path, wrap.token.expose());
+        wrap
+    }
+
+    /// A path in this server's scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        signal(self.pid(), "-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The request the operator sends for one pod start of binding `b` in namespace `ns`.
+pub fn agent_request(wrap_ttl_secs: u64) -> TokenRequest {
+    let meta = BTreeMap::from([
+        ("namespace".to_string(), "ns".to_string()),
+        ("pod".to_string(), "agent-0".to_string()),
+        ("pod_uid".to_string(), "uid-1234".to_string()),
+        ("binding".to_string(), "b".to_string()),
+    ]);
+    TokenRequest {
+        role: ROLE.to_string(),
+        policies: vec![],
+        ttl: Some("1h".to_string()),
+        num_uses: None,
+        meta,
+        wrap_ttl_secs,
+    }
+}
+
+/// An address where nothing listens (a port we bound and released).
+pub fn closed_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Panics when `text` (named `what` in the message) contains any of `secrets`.
+pub fn assert_no_secrets(what: &str, text: &str, secrets: &[&str]) {
+    for (i, secret) in secrets.iter().enumerate() {
+        assert!(secret.len() >= 8, "secret #{i} is too short to check for");
+        assert!(!text.contains(secret), "{what} leaks secret #{i}");
+    }
+}
+
+/// Writes `content` to a new file readable only by us.
+pub fn write_private(path: &Path, content: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .expect("create private file");
+    std::io::Write::write_all(&mut file, content.as_bytes()).expect("write private file");
+    std::fs::rename(&tmp, path).expect("rename private file");
+}
+
+/// The CLI binary; `BAO_BIN` overrides `bao` from PATH.
+fn bao_bin() -> String {
+    std::env::var("BAO_BIN").unwrap_or_else(|_| "bao".to_string())
+}
+
+/// A fresh directory under `target/test-tmp/`.
+fn scratch_dir() -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("test-tmp");
+    let dir = base.join(format!("bao-{}-{}", std::process::id(), random_hex(6)));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A port P with P and P + 1 free right now (the dev server's API and cluster listeners).
+fn free_port_pair() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// True when `/v1/sys/health` answers 200 (plain HTTP/1.0, std only).
+fn health_ok(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = "GET /v1/sys/health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if std::io::Write::write_all(&mut stream, request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
+
+/// Sends a signal with `kill(1)` (the crate forbids unsafe code, so no libc); true on success.
+fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `2 * bytes` random hex digits from the kernel.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    hex::encode(buf)
+}
