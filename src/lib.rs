@@ -2,13 +2,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod children;
 pub mod config;
 pub mod crd;
 pub mod metrics;
 pub mod receipt;
 pub mod spec;
 pub mod status;
+pub mod sweep;
+pub mod telemetry;
 pub mod vault;
 pub mod model;
+pub mod operator;
 pub mod plan;
+pub mod reconcile;
+pub mod server;
 pub mod unwrap;

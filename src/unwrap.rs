@@ -453,7 +453,13 @@ mod tests {
             expected_path(Some("auth/token/create/agents")).unwrap(),
             ExpectedPath::Exact("auth/token/create/agents".into())
         );
-        for bad in ["", "auth/token/create", "auth/token/create/", "sys/x", "auth/token/create/a/b"] {
+        for bad in [
+            "",
+            "auth/token/create",
+            "auth/token/create/",
+            "sys/x",
+            "auth/token/create/a/b",
+        ] {
             let err = expected_path(Some(bad)).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}");
         }
@@ -463,7 +469,11 @@ mod tests {
     fn creation_path_is_checked_before_unwrapping() {
         let exact = ExpectedPath::Exact("auth/token/create/agents".into());
         assert!(check_path(&lookup_at("auth/token/create/agents"), &exact).is_ok());
-        for other in ["auth/token/create/other", "auth/token/create", "sys/wrapping/wrap"] {
+        for other in [
+            "auth/token/create/other",
+            "auth/token/create",
+            "sys/wrapping/wrap",
+        ] {
             let err = check_path(&lookup_at(other), &exact).unwrap_err();
             assert_eq!(err.exit_code(), 4);
             assert_eq!(err.result(), Some(result::UNEXPECTED_CREATION_PATH));
@@ -506,7 +516,11 @@ mod tests {
                 3,
                 result::INVALID_WRAPPING_TOKEN,
             ),
-            (classify(refused("permission denied")), 6, result::VAULT_ERROR),
+            (
+                classify(refused("permission denied")),
+                6,
+                result::VAULT_ERROR,
+            ),
         ];
         for (failure, code, word) in cases {
             assert_eq!(failure.exit_code(), code, "{failure}");
@@ -529,7 +543,11 @@ mod tests {
             let mode = std::fs::metadata(&out).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o400);
         }
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "temp file left");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "temp file left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

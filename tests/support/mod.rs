@@ -44,7 +44,10 @@ impl Bao {
                 return bao;
             }
         }
-        panic!("OpenBao did not start; see {}", dir.join("bao.log").display());
+        panic!(
+            "OpenBao did not start; see {}",
+            dir.join("bao.log").display()
+        );
     }
 
     /// Starts the server on `port`; `None` when it exits early (e.g. a port was taken).
@@ -141,11 +144,17 @@ impl Bao {
             .expect("run bao CLI")
     }
 
-    /// Runs the CLI with the root token, asserts success and parses its `-format=json` output.
+    /// Runs the CLI with the root token, asserts success and parses its JSON output.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("-format=json");
-        let out = self.cli(&self.root_token, &all);
+        let out = Command::new(bao_bin())
+            .args(args)
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", &self.root_token)
+            .env("VAULT_FORMAT", "json")
+            .env("BAO_FORMAT", "json")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bao CLI");
         assert!(
             out.status.success(),
             "bao {args:?} failed: {}",
@@ -266,8 +275,8 @@ fn bao_bin() -> String {
     std::env::var("BAO_BIN").unwrap_or_else(|_| "bao".to_string())
 }
 
-/// A fresh directory under `target/test-tmp/`.
-fn scratch_dir() -> PathBuf {
+/// A fresh directory under `target/test-tmp/` (not removed: for tests without a server).
+pub fn scratch_dir() -> PathBuf {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .expect("target dir")

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	goflag "flag"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apiserver/pkg/util/openapi"
 	"k8s.io/apiserver/pkg/util/webhook"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/klog/v2"
 )
 
 // noServices: there is no Service API here, so webhook conversions by service cannot resolve.
@@ -61,6 +63,8 @@ func main() {
 	}
 	cmd.SetContext(ctx)
 	o.AddFlags(cmd.Flags())
+	klog.InitFlags(nil)
+	cmd.Flags().AddGoFlagSet(goflag.CommandLine)
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "cubbyhole-apiserver:", err)
 		os.Exit(1)

@@ -1,0 +1,207 @@
+//! Wires the operator together: configuration, clients, the controller and its watches, the
+//! sweep, the HTTP endpoints, and shutdown on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ListParams;
+use kube::core::SelectorExt;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::OperatorConfig;
+use crate::crd::AgentSecretBinding;
+use crate::metrics::Metrics;
+use crate::model::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::reconcile::{self, Context, Readiness};
+use crate::vault::VaultClient;
+
+/// `cubbyhole operator` flags.
+#[derive(clap::Args, Debug)]
+pub struct OperatorArgs {
+    /// Configuration file (YAML): Vault connection, allowed roles, cadences.
+    #[arg(long, env = "CUBBYHOLE_CONFIG", default_value = "/etc/cubbyhole/config.yaml")]
+    pub config: PathBuf,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    pub json_logs: bool,
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(args: OperatorArgs) -> ExitCode {
+    crate::telemetry::init(args.json_logs);
+    match run_inner(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_inner(args: OperatorArgs) -> Result<(), String> {
+    let config = OperatorConfig::load(&args.config)?;
+    let metrics = Metrics::new();
+    let vault = VaultClient::new(config.vault_endpoint(), Some(config.vault_auth()?))?
+        .with_metrics(metrics.clone());
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
+    let bindings: Api<AgentSecretBinding> = Api::all(client.clone());
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    let controller = Controller::new(bindings.clone(), watcher::Config::default())
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
+    let store = controller.store();
+    let reporter = Reporter {
+        controller: "cubbyhole".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        vault,
+        config: config.clone(),
+        metrics,
+        recorder: Recorder::new(client.clone(), reporter),
+        bindings: store.clone(),
+        last_lookup: Default::default(),
+        failures: Default::default(),
+        readiness: Readiness::default(),
+    });
+
+    let initial = list_initial(&bindings, &shutdown).await?;
+    ctx.readiness.expect(initial);
+    info!(lookup_period = ?config.lookup_period, "operator starting");
+
+    let server = tokio::spawn(crate::server::serve(args.listen, ctx.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
+
+    let pod_store = store.clone();
+    controller
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            move |pod| bindings_selecting(&pod_store, &pod),
+        )
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+            |secret| {
+                let ns = secret.namespace()?;
+                let binding = secret.labels().get(BINDING_LABEL)?.clone();
+                Some(ObjectRef::<AgentSecretBinding>::new(&binding).within(&ns))
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    shutdown.cancel();
+    sweeper.await.ok();
+    match server.await {
+        Ok(Err(e)) => return Err(format!("HTTP server: {e}")),
+        Err(e) => return Err(format!("HTTP server task: {e}")),
+        Ok(Ok(())) => {}
+    }
+    info!("operator stopped cleanly");
+    Ok(())
+}
+
+/// Lists bindings once at start (retrying) so readiness can wait for each to be reconciled.
+async fn list_initial(
+    bindings: &Api<AgentSecretBinding>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<String>, String> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match bindings.list(&ListParams::default()).await {
+            Ok(list) => {
+                return Ok(list
+                    .items
+                    .iter()
+                    .map(|b| format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()))
+                    .collect());
+            }
+            Err(e) => warn!(error = %e, "listing bindings failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Err("shut down before the first sync".into()),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn bindings_selecting(store: &Store<AgentSecretBinding>, pod: &Pod) -> Vec<ObjectRef<AgentSecretBinding>> {
+    store
+        .state()
+        .iter()
+        .filter(|b| b.namespace() == pod.namespace())
+        .filter(|b| {
+            crate::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(pod.labels()))
+        })
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+}
+
+/// Periodically removes records whose binding is gone (e.g. force-deleted past its finalizer).
+async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut first = true;
+    loop {
+        let wait = if first { Duration::from_secs(5) } else { ctx.config.sweep_period };
+        first = false;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if !ctx.readiness.is_ready() {
+            continue;
+        }
+        match crate::sweep::orphaned_bindings(&ctx).await {
+            Ok(orphans) => {
+                for (ns, binding) in orphans {
+                    match reconcile::cleanup_records(&ctx, &ns, &binding).await {
+                        Ok(n) => info!(namespace = %ns, binding = %binding, removed = n, "sweep: binding gone, records revoked and removed"),
+                        Err(e) => warn!(namespace = %ns, binding = %binding, error = %e, "sweep failed; retrying next round"),
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "sweep list failed"),
+        }
+    }
+}
