@@ -6,18 +6,21 @@
 //! never readable by anyone else, and leaves a [`Receipt`] naming the token's accessor so the
 //! operator can tell a genuine unwrap from someone else's. Tokens never reach a log line.
 //!
-//! Exit codes (the receipt word in brackets):
+//! Exit codes and receipts:
 //!
-//! | code | meaning                                                         | receipt                    |
-//! |------|-----------------------------------------------------------------|----------------------------|
-//! | 0    | unwrapped, token written                                        | `unwrapped` + accessor     |
-//! | 2    | usage or configuration error (bad flags, unreadable CA)          | none                       |
-//! | 3    | Vault says the wrapping token is not valid (consumed, expired, revoked) | `invalid-wrapping-token`   |
-//! | 4    | the wrap was created at an unexpected path; it was NOT consumed  | `unexpected-creation-path` |
-//! | 5    | Vault unreachable after the retries, or no answer to the unwrap  | `vault-unreachable`        |
-//! | 6    | Vault answered with another error                                | `vault-error`              |
-//! | 7    | the wrapping token file is unreadable or empty                   | `token-file-unreadable`    |
-//! | 8    | unwrapped, but the token could not be written                    | `write-failed`             |
+//! | code | meaning                                                       | receipt                    |
+//! |------|---------------------------------------------------------------|----------------------------|
+//! | 0    | unwrapped, token written                                      | `unwrapped` + accessor     |
+//! | 2    | usage or configuration error (bad flags, unreadable CA)       | none                       |
+//! | 3    | the wrap is not valid (consumed, expired or revoked)          | `invalid-wrapping-token`   |
+//! | 4    | the wrap was created at an unexpected path; NOT consumed      | `unexpected-creation-path` |
+//! | 5    | Vault unreachable after the retries, or no answer to unwrap   | `vault-unreachable`        |
+//! | 6    | Vault answered with another error                             | `vault-error`              |
+//! | 7    | the wrapping token file is unreadable or empty                | `token-file-unreadable`    |
+//! | 8    | the token cannot be written (checked before unwrapping, too)  | `write-failed`             |
+//!
+//! Network errors are retried with exponential backoff (`--retries`), except an unwrap that
+//! may have reached Vault: its wrap may be consumed, so that is reported, never retried.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -153,6 +156,12 @@ async fn unwrap_to_file(args: &UnwrapArgs) -> Result<String, Failure> {
     let expected = expected_path(args.expect_path.as_deref())?;
     let client = client(args)?;
     let token = valid_wrap(&client, args, &expected).await?;
+    // A wrap is single-use: make sure the token can be delivered before consuming it.
+    check_writable(&args.out).map_err(|e| {
+        Failure::Write(format!(
+            "{e} (checked before unwrapping: the wrap is unused)"
+        ))
+    })?;
     let inner = unwrap_once(&client, &token, args.retries).await?;
     log(&format!(
         "unwrapped: token accessor {}, policies {:?}",
@@ -323,7 +332,12 @@ async fn unwrap_once(
                 tokio::time::sleep(backoff(retry)).await;
                 retry += 1;
             }
-            Err(err) => return Err(classify(err)),
+            Err(err) => {
+                if err.may_have_been_processed() {
+                    log("the unwrap may have reached Vault: not retrying, the wrap may be used");
+                }
+                return Err(classify(err));
+            }
         }
     }
 }
@@ -367,6 +381,14 @@ pub fn write_token(out: &Path, token: &SecretString) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Creates and removes the temp file [`write_token`] will use, to find an unwritable
+/// `--out` directory while the wrap is still unused.
+fn check_writable(out: &Path) -> std::io::Result<()> {
+    let tmp = temp_path(out);
+    write_new_private(&tmp, b"")?;
+    std::fs::remove_file(&tmp)
 }
 
 /// `<dir>/.<name>.tmp-<pid>` next to `out`, so the rename stays on one file system.
@@ -537,6 +559,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cubbyhole-unwrap-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("token");
+        check_writable(&out).unwrap();
+        assert!(check_writable(&dir.join("missing/token")).is_err());
         for value in ["first-token", "second-token"] {
             write_token(&out, &SecretString::new(value)).unwrap();
             assert_eq!(std::fs::read_to_string(&out).unwrap(), value);

@@ -165,6 +165,20 @@ async fn wrap_for_another_role_is_refused() {
 }
 
 #[tokio::test]
+async fn unwritable_output_fails_before_consuming_the_wrap() {
+    let bao = Bao::start();
+    let mut files = Files::in_dir(&bao.dir);
+    files.out = bao.path("no-such-dir/token");
+    let wrap = bao.mint_to_file(&files.wrap).await;
+    let run = unwrap(&bao.addr, &files, &EXPECT);
+    assert_eq!(run.code, Some(8));
+    assert_eq!(run.receipt(), Receipt::failed(result::WRITE_FAILED));
+    let still = bao.agent_client().lookup_wrap(&wrap.token).await.unwrap();
+    assert!(still.is_some(), "the wrap was consumed");
+    run.assert_clean(&[wrap.token.expose()]);
+}
+
+#[tokio::test]
 async fn consumed_wrap_is_reported_invalid() {
     let bao = Bao::start();
     let files = Files::in_dir(&bao.dir);

@@ -98,8 +98,7 @@ async fn operator_policy_bounds_the_wrap_ttl() {
 #[tokio::test]
 async fn operator_never_receives_a_plain_token() {
     let bao = Bao::start();
-    let operator_token = std::fs::read_to_string(&bao.operator_token_file).unwrap();
-    let operator_token = operator_token.trim();
+    let operator_token = &bao.operator_token();
     for path in [ROLE_PATH, "auth/token/create", "auth/token/create-orphan"] {
         let out = bao.cli(operator_token, &["write", "-force", path]);
         assert!(!out.status.success(), "plain create at {path} succeeded");
@@ -183,4 +182,62 @@ async fn paused_server_gives_no_answer() {
     assert_error_clean(&err, &[wrap.token.expose()]);
     // The request reached the server's socket: after thawing, Vault may or may not have
     // consumed the wrap, which is exactly why the agent must not retry an unwrap.
+}
+
+#[tokio::test]
+async fn setup_is_idempotent_and_configures_kubernetes_auth() {
+    use std::os::unix::fs::PermissionsExt;
+    let bao = Bao::start();
+    let ca = bao.path("ca.pem");
+    let openssl = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=test-ca", "-keyout"])
+        .arg(bao.path("ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .expect("run openssl");
+    assert!(openssl.status.success(), "openssl failed");
+    let envs = [
+        ("KUBERNETES_HOST", "https://127.0.0.1:6443"),
+        ("KUBERNETES_CA_CERT", ca.to_str().unwrap()),
+        ("CUBBYHOLE_ROLE", "cubbyhole-agent team-b"),
+    ];
+    let first_token = bao.operator_token();
+    let mut secrets = vec![bao.root_token.clone(), first_token];
+    for _ in 0..2 {
+        let out = bao.setup_with(&envs);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "setup.sh failed: {stderr}");
+        secrets.push(bao.operator_token());
+        let printed = format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        assert_no_secrets("setup.sh output", &printed, &secrets);
+    }
+    let mode = std::fs::metadata(&bao.operator_token_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let role = bao.cli_json(&["read", "auth/kubernetes/role/cubbyhole-operator"]);
+    assert_eq!(role["data"]["bound_service_account_names"][0], "cubbyhole");
+    assert_eq!(
+        role["data"]["bound_service_account_namespaces"][0],
+        "cubbyhole-system"
+    );
+    assert_eq!(role["data"]["token_policies"][0], "cubbyhole-operator");
+
+    // Both roles can be minted through; the first role still works after the rerun.
+    let mut req = agent_request(30);
+    req.role = "team-b".to_string();
+    let wrap = bao
+        .operator_client()
+        .create_wrapped_token(&req)
+        .await
+        .unwrap();
+    assert_eq!(wrap.creation_path, "auth/token/create/team-b");
+    assert_eq!(bao.mint(30).await.creation_path, ROLE_PATH);
 }

@@ -7,24 +7,26 @@
 #
 # Environment:
 #   VAULT_BIN                  CLI to use: bao (default) or vault
-#   CUBBYHOLE_ROLE             token role and agent policy name (default cubbyhole-agent)
+#   CUBBYHOLE_ROLE             token role and agent policy name (default cubbyhole-agent);
+#                              several roles separated by spaces share one operator policy
 #   CUBBYHOLE_OPERATOR_POLICY  operator policy and Kubernetes auth role (default cubbyhole-operator)
 #   KUBERNETES_HOST            when set, enable and configure the kubernetes auth method
-#   KUBERNETES_CA_CERT         optional PEM file with the API server CA
+#   KUBERNETES_CA_CERT         PEM file with the API server CA, when Vault runs outside the
+#                              cluster (then Vault reviews logins with the caller's own JWT)
 #   CUBBYHOLE_SA_NAME          operator service account (default cubbyhole)
 #   CUBBYHOLE_SA_NAMESPACE     its namespace (default cubbyhole-system)
 set -euo pipefail
 
 VAULT_BIN="${VAULT_BIN:-bao}"
-ROLE="${CUBBYHOLE_ROLE:-cubbyhole-agent}"
+ROLES="${CUBBYHOLE_ROLE:-cubbyhole-agent}"
 OPERATOR_POLICY="${CUBBYHOLE_OPERATOR_POLICY:-cubbyhole-operator}"
 SA_NAME="${CUBBYHOLE_SA_NAME:-cubbyhole}"
 SA_NAMESPACE="${CUBBYHOLE_SA_NAMESPACE:-cubbyhole-system}"
 TOKEN_FILE=""
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
-    exit 2
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
+    exit "${1:-2}"
 }
 
 while [ $# -gt 0 ]; do
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
             TOKEN_FILE="$2"
             shift 2
             ;;
-        -h | --help) usage ;;
+        -h | --help) usage 0 ;;
         *)
             echo "setup.sh: unknown argument: $1" >&2
             usage
@@ -49,33 +51,45 @@ export VAULT_ADDR VAULT_TOKEN
 v() { "$VAULT_BIN" "$@"; }
 log() { echo "setup.sh: $*" >&2; }
 
+for role in $ROLES; do
+    if ! [[ "$role" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
+        echo "setup.sh: invalid role name: $role" >&2
+        exit 2
+    fi
+done
+
 # 1. What agents may do with their token: an example; adapt the paths to your secrets.
-log "policy $ROLE (agent example)"
-v policy write "$ROLE" - >/dev/null <<POLICY
+# 2. The token role the operator mints with: orphan (survives the operator's own token),
+#    limited to the agent policy, bounded lifetime.
+for role in $ROLES; do
+    log "policy $role (agent example)"
+    v policy write "$role" - >/dev/null <<POLICY
 path "secret/data/agents/*" {
   capabilities = ["read"]
 }
 POLICY
+    log "token role $role"
+    v write "auth/token/roles/$role" \
+        allowed_policies="$role" \
+        orphan=true \
+        renewable=true \
+        token_type=service \
+        token_explicit_max_ttl=24h >/dev/null
+done
 
-# 2. The token role the operator mints with: orphan (survives the operator's own token),
-#    limited to the agent policy, bounded lifetime.
-log "token role $ROLE"
-v write "auth/token/roles/$ROLE" \
-    allowed_policies="$ROLE" \
-    orphan=true \
-    renewable=true \
-    token_type=service \
-    token_explicit_max_ttl=24h >/dev/null
-
-# 3. The operator: mint only through that role and only response-wrapped (min_wrapping_ttl
+# 3. The operator: mint only through those roles and only response-wrapped (min_wrapping_ttl
 #    forces wrapping), revoke what it minted, look wraps up. Nothing else.
-log "policy $OPERATOR_POLICY"
-v policy write "$OPERATOR_POLICY" - >/dev/null <<POLICY
-path "auth/token/create/$ROLE" {
+operator_policy() {
+    for role in $ROLES; do
+        cat <<POLICY
+path "auth/token/create/$role" {
   capabilities = ["create", "update"]
   min_wrapping_ttl = "5s"
   max_wrapping_ttl = "1h"
 }
+POLICY
+    done
+    cat <<POLICY
 path "auth/token/revoke-accessor" {
   capabilities = ["update"]
 }
@@ -83,6 +97,9 @@ path "sys/wrapping/lookup" {
   capabilities = ["update"]
 }
 POLICY
+}
+log "policy $OPERATOR_POLICY"
+operator_policy | v policy write "$OPERATOR_POLICY" - >/dev/null
 
 # 4. Optional: let the operator log in with its Kubernetes service account.
 if [ -n "${KUBERNETES_HOST:-}" ]; then
@@ -93,7 +110,9 @@ if [ -n "${KUBERNETES_HOST:-}" ]; then
     log "kubernetes auth config ($KUBERNETES_HOST)"
     config=(kubernetes_host="$KUBERNETES_HOST")
     if [ -n "${KUBERNETES_CA_CERT:-}" ]; then
-        config+=(kubernetes_ca_cert="@$KUBERNETES_CA_CERT")
+        # Vault outside the cluster: no local service account; the operator's own JWT is
+        # used for the TokenReview (its service account needs system:auth-delegator).
+        config+=(kubernetes_ca_cert="@$KUBERNETES_CA_CERT" disable_local_ca_jwt=true)
     fi
     v write auth/kubernetes/config "${config[@]}" >/dev/null
     log "kubernetes auth role $OPERATOR_POLICY ($SA_NAMESPACE/$SA_NAME)"

@@ -94,8 +94,19 @@ impl Bao {
 
     /// Runs the documented setup, writing the operator token file.
     fn setup(&self) {
+        let out = self.setup_with(&[]);
+        assert!(
+            out.status.success(),
+            "setup.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `config/vault/setup.sh --dev-operator-token-file <operator_token_file>` again as
+    /// admin, with extra environment `envs` (e.g. `KUBERNETES_HOST`).
+    pub fn setup_with(&self, envs: &[(&str, &str)]) -> Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vault/setup.sh");
-        let out = Command::new("bash")
+        Command::new("bash")
             .arg(script)
             .arg("--dev-operator-token-file")
             .arg(&self.operator_token_file)
@@ -103,14 +114,21 @@ impl Bao {
             .env("VAULT_ADDR", &self.addr)
             .env("VAULT_TOKEN", &self.root_token)
             .env_remove("KUBERNETES_HOST")
+            .env_remove("KUBERNETES_CA_CERT")
             .env_remove("CUBBYHOLE_ROLE")
+            .env_remove("CUBBYHOLE_OPERATOR_POLICY")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
             .output()
-            .expect("run setup.sh");
-        assert!(
-            out.status.success(),
-            "setup.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .expect("run setup.sh")
+    }
+
+    /// The operator's token, as `setup.sh` wrote it.
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(&self.operator_token_file)
+            .expect("operator token file")
+            .trim()
+            .to_string()
     }
 
     /// The server's process id.

@@ -48,7 +48,8 @@ func (b *bufferWriter) Write(p []byte) (int, error) {
 	}
 	return b.buf.Write(p)
 }
-func (b *bufferWriter) Flush() {}
+func (b *bufferWriter) Flush()                  {}
+func (b *bufferWriter) CloseNotify() <-chan bool { return closeNotify(b.w) }
 func (b *bufferWriter) finish() {
 	if b.code == 0 {
 		b.code = http.StatusOK
@@ -112,6 +113,17 @@ func (ww *watchWriter) Flush() {
 	}
 }
 func (ww *watchWriter) Unwrap() http.ResponseWriter { return ww.w }
+func (ww *watchWriter) CloseNotify() <-chan bool  { return closeNotify(ww.w) }
+
+// closeNotify: the apiserver's writer wrappers only offer Flush to watches when the writer
+// they wrap is also a CloseNotifier.
+func closeNotify(w http.ResponseWriter) <-chan bool {
+	//nolint:staticcheck // required by k8s.io/apiserver/pkg/endpoints/responsewriter
+	if cn, ok := w.(http.CloseNotifier); ok {
+		return cn.CloseNotify()
+	}
+	return make(chan bool)
+}
 func (ww *watchWriter) finish() {
 	if len(ww.pending) > 0 {
 		ww.w.Write(rewriteResponse(ww.pending))
@@ -124,7 +136,6 @@ var (
 	privGVJSON     = []byte(`"` + privGV + `"`)
 	v1JSON         = json.RawMessage(`"v1"`)
 	groupQualifier = []byte("." + privGroup)
-	groupField     = []byte(`"group":"` + privGroup + `"`)
 )
 
 // rewriteResponse turns privGV into v1 at the top level of an object, of list items, of Table
@@ -157,14 +168,16 @@ func fixTop(m map[string]json.RawMessage) bool {
 	json.Unmarshal(m["kind"], &kind)
 	switch {
 	case kind == "Status":
-		for k, v := range m {
-			if k == "message" || k == "details" {
-				nv := bytes.ReplaceAll(v, groupField, []byte(`"group":""`))
-				nv = bytes.ReplaceAll(nv, groupQualifier, nil)
-				if !bytes.Equal(nv, v) {
-					m[k] = nv
-					changed = true
-				}
+		if v := m["message"]; bytes.Contains(v, groupQualifier) {
+			m["message"] = bytes.ReplaceAll(v, groupQualifier, nil)
+			changed = true
+		}
+		var details map[string]interface{}
+		if json.Unmarshal(m["details"], &details) == nil && details["group"] == privGroup {
+			details["group"] = ""
+			if b, err := json.Marshal(details); err == nil {
+				m["details"] = b
+				changed = true
 			}
 		}
 	case kind == "Table":

@@ -34,6 +34,10 @@ func (s *shim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveAPIv1(w, r)
 	case strings.HasPrefix(p, "/api/v1/"):
 		s.serveResource(w, r, privGroup, strings.TrimPrefix(p, "/api/v1/"), true)
+	case p == "/openapi/v3" || p == "/openapi/v3/":
+		s.serveOpenAPIIndex(w, r)
+	case p == "/openapi/v3/api/v1":
+		s.serveOpenAPIv1(w, r)
 	case p == "/apis" || p == "/apis/":
 		s.serveAPIs(w, r)
 	case strings.HasPrefix(p, "/apis/"):

@@ -1,0 +1,602 @@
+//! End-to-end harness: a private local control plane (e2e/controlplane), a private OpenBao, the
+//! CRD, a namespace, and the operator binary as a separate process. The test plays kubelet by
+//! patching pod status.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cubbyhole::crd::{AgentSecretBinding, AgentSecretBindingStatus};
+use cubbyhole::receipt::Receipt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, ResourceExt};
+use serde_json::json;
+
+use crate::support::Bao;
+
+/// Namespace every e2e test works in.
+pub const NS: &str = "agents";
+
+/// A running local control plane, stopped on drop.
+pub struct Cluster {
+    /// State directory (kubeconfig, logs).
+    pub dir: PathBuf,
+    /// Kubeconfig path.
+    pub kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    /// Starts etcd + the API server with `e2e/controlplane/up.sh`.
+    pub fn start(dir: &Path) -> Cluster {
+        let up = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/controlplane/up.sh");
+        let out = Command::new(up).arg(dir).output().expect("run up.sh");
+        assert!(
+            out.status.success(),
+            "up.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Cluster {
+            dir: dir.to_path_buf(),
+            kubeconfig: dir.join("kubeconfig"),
+        }
+    }
+
+    /// A client for this cluster.
+    pub async fn client(&self) -> Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Freezes the API server (SIGSTOP).
+    pub fn pause(&self) {
+        signal(&self.dir.join("apiserver.pid"), "-STOP");
+    }
+
+    /// Thaws it.
+    pub fn resume(&self) {
+        signal(&self.dir.join("apiserver.pid"), "-CONT");
+    }
+}
+
+fn signal(pidfile: &Path, sig: &str) {
+    let pid = std::fs::read_to_string(pidfile).expect("pid file");
+    Command::new("kill")
+        .args([sig, pid.trim()])
+        .status()
+        .expect("kill");
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.resume();
+        let down = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/controlplane/down.sh");
+        let _ = Command::new(down)
+            .arg(&self.dir)
+            .env("CUBBYHOLE_WIPE", "1")
+            .stdout(Stdio::null())
+            .output();
+    }
+}
+
+/// The operator as a child process, its output in a log file.
+pub struct Operator {
+    child: Child,
+    /// Log file (stdout + stderr).
+    pub log: PathBuf,
+    /// Port of /metrics, /healthz, /readyz.
+    pub port: u16,
+}
+
+impl Operator {
+    /// Starts `cubbyhole operator` and waits for /readyz.
+    pub fn start(kubeconfig: &Path, config: &Path, log: &Path) -> Operator {
+        let port = free_port();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_cubbyhole"))
+            .args(["operator", "--config"])
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,cubbyhole=debug,kube=warn")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("start operator");
+        let op = Operator {
+            child,
+            log: log.to_path_buf(),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/readyz").map(|(c, _)| c) != Some(200) {
+            assert!(Instant::now() < deadline, "operator not ready:\n{}", op.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        op
+    }
+
+    /// Everything the operator printed.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GETs a path of the operator's HTTP endpoint.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "operator ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Options for an e2e environment.
+pub struct Options {
+    /// Operator lookup period.
+    pub lookup_period: &'static str,
+    /// Roles allowed in [`NS`].
+    pub allowed_roles: Vec<&'static str>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lookup_period: "1s",
+            allowed_roles: vec![crate::support::ROLE],
+        }
+    }
+}
+
+/// Everything one e2e test needs.
+pub struct Env {
+    /// The operator (None while stopped).
+    pub operator: Option<Operator>,
+    /// OpenBao.
+    pub bao: Bao,
+    /// Kubernetes client.
+    pub client: Client,
+    /// Operator config file.
+    pub config: PathBuf,
+    /// Scratch dir.
+    pub dir: PathBuf,
+    /// Every token the test saw (checked against all output at the end).
+    pub seen_tokens: Mutex<Vec<String>>,
+    /// The control plane (dropped last).
+    pub cluster: Cluster,
+}
+
+impl Env {
+    /// Starts the control plane, OpenBao (with an audit log), installs the CRD, creates the
+    /// namespace and starts the operator.
+    pub async fn start(options: Options) -> Env {
+        let bao = Bao::start();
+        let dir = bao.dir.join("e2e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cluster = Cluster::start(&dir.join("cluster"));
+        let client = cluster.client().await;
+        let out = bao.cli(
+            &bao.root_token,
+            &[
+                "audit",
+                "enable",
+                "file",
+                &format!("file_path={}", dir.join("audit.log").display()),
+                "hmac_accessor=false",
+            ],
+        );
+        assert!(out.status.success(), "audit enable: {out:?}");
+        install_crd(&client).await;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})).unwrap();
+        namespaces.create(&PostParams::default(), &ns).await.ok();
+        let config = dir.join("operator.yaml");
+        let roles = options
+            .allowed_roles
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &config,
+            format!(
+                "vault:\n  address: {}\n  auth:\n    tokenFile: {}\nallowedRoles:\n  - namespaces: [\"{NS}\"]\n    roles: [{roles}]\nlookupPeriod: {}\nsweepPeriod: 3s\n",
+                bao.addr,
+                bao.operator_token_file.display(),
+                options.lookup_period
+            ),
+        )
+        .unwrap();
+        let operator = Operator::start(&cluster.kubeconfig, &config, &dir.join("operator.log"));
+        Env {
+            operator: Some(operator),
+            bao,
+            client,
+            config,
+            dir,
+            seen_tokens: Mutex::new(vec![]),
+            cluster,
+        }
+    }
+
+    /// The running operator.
+    pub fn op(&self) -> &Operator {
+        self.operator.as_ref().expect("operator running")
+    }
+
+    /// Starts the operator again (after a kill or stop).
+    pub fn restart_operator(&mut self) {
+        self.operator = Some(Operator::start(
+            &self.cluster.kubeconfig,
+            &self.config,
+            &self.dir.join("operator.log"),
+        ));
+    }
+
+    /// Typed APIs.
+    pub fn bindings(&self) -> Api<AgentSecretBinding> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+    /// Pods in [`NS`].
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+    /// Secrets in [`NS`].
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Applies a binding from JSON `spec`.
+    pub async fn apply_binding(&self, name: &str, spec: serde_json::Value) {
+        let b = json!({
+            "apiVersion": "cubbyhole.dev/v1alpha1",
+            "kind": "AgentSecretBinding",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": spec,
+        });
+        self.bindings()
+            .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&b))
+            .await
+            .expect("apply binding");
+    }
+
+    /// The usual binding spec selecting `app=<app>`.
+    pub fn spec(app: &str, wrap_ttl: &str) -> serde_json::Value {
+        json!({
+            "podSelector": {"matchLabels": {"app": app}},
+            "vault": {"tokenRole": crate::support::ROLE, "wrapTTL": wrap_ttl, "tokenTTL": "1h"},
+            "agentContainer": "unwrap",
+        })
+    }
+
+    /// Creates a pod labelled `app=<app>`.
+    pub async fn create_pod(&self, name: &str, app: &str) -> Pod {
+        let pod = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": {"app": app}},
+            "spec": {
+                "initContainers": [{"name": "unwrap", "image": "cubbyhole"}],
+                "containers": [{"name": "agent", "image": "agent"}],
+            }
+        }))
+        .unwrap();
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod")
+    }
+
+    /// Deletes a pod (there is no kubelet: it goes at once).
+    pub async fn delete_pod(&self, name: &str) {
+        self.pods()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete pod");
+    }
+
+    /// Plays kubelet: the unwrap init container terminated with `receipt`, restart count `restarts`.
+    pub async fn report_receipt(&self, pod: &str, receipt: Option<&Receipt>, restarts: u32) {
+        let terminated = json!({
+            "exitCode": 0,
+            "finishedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
+            "message": receipt.map(|r| r.to_line()).unwrap_or_default(),
+        });
+        let patch = json!({"status": {"phase": "Running", "initContainerStatuses": [{
+            "name": "unwrap", "image": "cubbyhole", "imageID": "", "ready": true,
+            "restartCount": restarts,
+            "state": {"terminated": terminated},
+        }]}});
+        self.pods()
+            .patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch pod status");
+    }
+
+    /// Sets a pod's phase (e.g. Succeeded).
+    pub async fn set_pod_phase(&self, pod: &str, phase: &str) {
+        let patch = json!({"status": {"phase": phase}});
+        self.pods()
+            .patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch pod status");
+    }
+
+    /// The binding's status.
+    pub async fn status(&self, binding: &str) -> AgentSecretBindingStatus {
+        self.bindings()
+            .get(binding)
+            .await
+            .expect("get binding")
+            .status
+            .unwrap_or_default()
+    }
+
+    /// Ready condition (status, reason, message).
+    pub async fn ready(&self, binding: &str) -> (String, String, String) {
+        condition(&self.status(binding).await, "Ready")
+    }
+
+    /// Secrets managed for `binding`.
+    pub async fn records(&self, binding: &str) -> Vec<Secret> {
+        self.secrets()
+            .list(&ListParams::default().labels(&format!("cubbyhole.dev/binding={binding}")))
+            .await
+            .expect("list secrets")
+            .items
+    }
+
+    /// The wrapping token in a Secret, remembered for the leak scan.
+    pub fn token_of(&self, secret: &Secret) -> Option<String> {
+        let bytes = secret.data.as_ref()?.get("token")?;
+        let token = String::from_utf8(bytes.0.clone()).ok()?;
+        self.remember(&token);
+        Some(token)
+    }
+
+    /// Remembers a secret value for the leak scan.
+    pub fn remember(&self, token: &str) {
+        self.seen_tokens.lock().unwrap().push(token.to_string());
+    }
+
+    /// Runs the real `cubbyhole unwrap` as the pod's init container would, with the token from
+    /// the pod's Secret; returns the receipt and exit code; remembers the unwrapped token.
+    pub fn run_agent(&self, token: &str, name: &str) -> (Option<Receipt>, i32) {
+        let dir = self.dir.join(format!("agent-{name}-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::support::write_private(&dir.join("wrap"), token);
+        let out = Command::new(env!("CARGO_BIN_EXE_cubbyhole"))
+            .args(["unwrap", "--vault-addr", &self.bao.addr, "--retries", "1"])
+            .arg("--token-file")
+            .arg(dir.join("wrap"))
+            .arg("--out")
+            .arg(dir.join("token"))
+            .arg("--receipt-file")
+            .arg(dir.join("receipt"))
+            .args(["--expect-path", crate::support::ROLE_PATH])
+            .output()
+            .expect("run agent");
+        if let Ok(t) = std::fs::read_to_string(dir.join("token")) {
+            self.remember(t.trim());
+        }
+        let mut log = String::from_utf8_lossy(&out.stdout).to_string();
+        log.push_str(&String::from_utf8_lossy(&out.stderr));
+        std::fs::write(self.dir.join(format!("agent-{name}.log")), log).unwrap();
+        let receipt = std::fs::read_to_string(dir.join("receipt"))
+            .ok()
+            .and_then(|r| Receipt::parse(&r));
+        (receipt, out.status.code().unwrap_or(-1))
+    }
+
+    /// Accessors of every wrap Vault created (from the audit log) and whether each is alive.
+    pub async fn minted_wraps(&self) -> Vec<(String, bool)> {
+        let audit = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        let root = self.bao.root_client();
+        let mut out = vec![];
+        for line in audit.lines() {
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if v["type"] != "response" {
+                continue;
+            }
+            let path = v["request"]["path"].as_str().unwrap_or("");
+            if !path.starts_with("auth/token/create/") {
+                continue;
+            }
+            if let Some(acc) = v["response"]["wrap_info"]["accessor"].as_str() {
+                let live = root.accessor_is_live(acc).await.expect("lookup accessor");
+                out.push((acc.to_string(), live));
+            }
+        }
+        out
+    }
+
+    /// Number of requests to `path_prefix` in the audit log.
+    pub fn audit_requests(&self, path_prefix: &str) -> usize {
+        let audit = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "request")
+            .filter(|v| v["request"]["path"].as_str().is_some_and(|p| p.starts_with(path_prefix)))
+            .count()
+    }
+
+    /// Scans everything the operator, OpenBao, the agents, the statuses, Events, Secret
+    /// metadata and /metrics showed for every token this test saw.
+    pub async fn assert_no_leaks(&self) {
+        let tokens = self.seen_tokens.lock().unwrap().clone();
+        assert!(!tokens.is_empty(), "the test saw no token to scan for");
+        let mut corpus = String::new();
+        if let Some(op) = &self.operator {
+            corpus.push_str(&op.log_text());
+            corpus.push_str(&op.get("/metrics").map(|(_, b)| b).unwrap_or_default());
+        } else {
+            corpus.push_str(&std::fs::read_to_string(self.dir.join("operator.log")).unwrap_or_default());
+        }
+        corpus.push_str(&self.bao.log());
+        for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with("agent-") && name.ends_with(".log") {
+                corpus.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        let bindings = self.bindings().list(&ListParams::default()).await.unwrap();
+        corpus.push_str(&serde_json::to_string(&bindings.items).unwrap());
+        for secret in self.secrets().list(&ListParams::default()).await.unwrap().items {
+            corpus.push_str(&serde_json::to_string(&secret.metadata).unwrap());
+        }
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
+        let events = events.list(&ListParams::default()).await.unwrap();
+        corpus.push_str(&serde_json::to_string(&events.items).unwrap());
+        for (i, t) in tokens.iter().enumerate() {
+            assert!(t.len() >= 8, "token #{i} too short to scan for");
+            assert!(!corpus.contains(t.as_str()), "token #{i} leaked into the output");
+        }
+    }
+
+    /// Events (events.k8s.io) with `reason`.
+    pub async fn events_with_reason(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), NS);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+}
+
+/// (status, reason, message) of a condition.
+pub fn condition(status: &AgentSecretBindingStatus, type_: &str) -> (String, String, String) {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+/// Polls `check` every 200 ms until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn install_crd(client: &Client) {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/agentsecretbinding.yaml"),
+    )
+    .unwrap();
+    let doc = text.split("---").nth(1).expect("CRD document");
+    let crd: CustomResourceDefinition = serde_yaml::from_str(doc).expect("CRD yaml");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(
+        &crd.name_any(),
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("install CRD");
+    eventually("CRD established", Duration::from_secs(20), || async {
+        let c = api.get(&crd.name_any()).await.ok()?;
+        c.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    // The first write to a new CRD may be delayed; wait until listing works.
+    let bindings: Api<AgentSecretBinding> = Api::namespaced(client.clone(), NS);
+    eventually("bindings listable", Duration::from_secs(20), || async {
+        bindings.list(&ListParams::default()).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+fn rand_suffix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string()
+}
+
+/// Labels of a Secret's annotations by short key (`phase`, `wrap-accessor`, ...).
+pub fn ann(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .annotations()
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("cubbyhole.dev/").map(|k| (k.to_string(), v.clone())))
+        .collect()
+}

@@ -1,0 +1,461 @@
+//! End-to-end scenarios: the operator binary against a real API server and a real OpenBao.
+
+mod cluster;
+mod support;
+
+use std::time::Duration;
+
+use cluster::{Env, Options, ann, condition, eventually};
+use cubbyhole::receipt::{Receipt, result};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Waits until `pod` has an Issued record and returns (secret, wrapping token).
+async fn issued(env: &Env, binding: &str, pod: &str) -> (k8s_openapi::api::core::v1::Secret, String) {
+    eventually(&format!("wrap for {pod}"), T, || async {
+        let s = env
+            .records(binding)
+            .await
+            .into_iter()
+            .find(|s| ann(s).get("pod").map(String::as_str) == Some(pod))?;
+        (ann(&s).get("phase")? == "Issued").then_some(())?;
+        let token = env.token_of(&s)?;
+        Some((s, token))
+    })
+    .await
+}
+
+async fn record_phase(env: &Env, binding: &str, pod: &str) -> Option<String> {
+    env.records(binding)
+        .await
+        .into_iter()
+        .find(|s| ann(s).get("pod").map(String::as_str) == Some(pod))
+        .and_then(|s| ann(&s).get("phase").cloned())
+}
+
+#[tokio::test]
+async fn binding_ready_one_wrap_per_pod_unwrapped_and_verified() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("agents", Env::spec("research", "60s")).await;
+    for i in 0..3 {
+        env.create_pod(&format!("agent-{i}"), "research").await;
+    }
+    env.create_pod("bystander", "other").await;
+
+    let mut tokens = vec![];
+    for i in 0..3 {
+        tokens.push(issued(&env, "agents", &format!("agent-{i}")).await);
+    }
+    eventually("Ready", T, || async {
+        let (s, r, _) = env.ready("agents").await;
+        (s == "True" && r == "Delivering").then_some(())
+    })
+    .await;
+    let status = env.status("agents").await;
+    assert_eq!((status.pods, status.pending), (3, 3));
+    assert_eq!(env.records("agents").await.len(), 3, "exactly one Secret per selected pod");
+
+    // The wrap is single use, from the expected role, with the pod's metadata.
+    let (secret0, token0) = &tokens[0];
+    let (receipt, code) = env.run_agent(token0, "agent-0");
+    assert_eq!(code, 0, "agent unwrap failed: {receipt:?}");
+    let receipt = receipt.unwrap();
+    assert_eq!(receipt.accessor.as_deref(), ann(secret0).get("accessor").map(String::as_str));
+    let (again, code) = env.run_agent(token0, "agent-0-again");
+    assert_eq!((again.unwrap().result.as_str(), code), (result::INVALID_WRAPPING_TOKEN, 3));
+    let lookup = env.bao.cli_json(&["token", "lookup", "-accessor", receipt.accessor.as_deref().unwrap()]);
+    assert_eq!(lookup["data"]["meta"]["pod"], "agent-0");
+    assert_eq!(lookup["data"]["meta"]["namespace"], cluster::NS);
+    assert_eq!(lookup["data"]["meta"]["binding"], "agents");
+
+    // Verified with the receipt, no Vault call needed; token removed from the Secret.
+    env.report_receipt("agent-0", Some(&receipt), 0).await;
+    // Pod 1 unwrapped by plain `bao unwrap` (no receipt): seen by lookup within 2 periods.
+    let started = std::time::Instant::now();
+    let out = env.bao.cli(&tokens[1].1, &["unwrap", "-format=json"]);
+    assert!(out.status.success());
+    let inner: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    env.remember(inner["auth"]["client_token"].as_str().unwrap());
+    eventually("agent-1 Unwrapped", T, || async {
+        (record_phase(&env, "agents", "agent-1").await? == "Unwrapped").then_some(())
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(2) + Duration::from_millis(1500), "took {:?}", started.elapsed());
+    let s0 = eventually("agent-0 verified", T, || async {
+        let s = env.records("agents").await.into_iter().find(|s| ann(s).get("pod").map(String::as_str) == Some("agent-0"))?;
+        (ann(&s).get("verified").map(String::as_str) == Some("true")).then_some(s)
+    })
+    .await;
+    assert_eq!(ann(&s0)["phase"], "Unwrapped");
+    assert!(env.token_of(&s0).is_none(), "wrapping token removed after consumption");
+    let status = env.status("agents").await;
+    assert_eq!((status.pods, status.pending, status.unwrapped), (3, 1, 2));
+    assert!(status.records.iter().any(|r| r.pod == "agent-0" && r.verified));
+    assert!(!env.events_with_reason("WrapIssued").await.is_empty());
+    // kubectl works against the local control plane.
+    let out = std::process::Command::new("kubectl")
+        .args(["get", "pods,secrets,ns,leases,asb", "-A"])
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("agents"));
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn agent_restart_gets_a_new_wrap_and_the_old_token_is_revoked() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("web", "60s")).await;
+    env.create_pod("web-0", "web").await;
+    let (_, token) = issued(&env, "b", "web-0").await;
+    let (receipt, code) = env.run_agent(&token, "first");
+    assert_eq!(code, 0);
+    let receipt = receipt.unwrap();
+    env.report_receipt("web-0", Some(&receipt), 0).await;
+    eventually("verified", T, || async {
+        (record_phase(&env, "b", "web-0").await? == "Unwrapped").then_some(())
+    })
+    .await;
+    // The init container restarts: a new start.
+    env.report_receipt("web-0", Some(&receipt), 1).await;
+    let (secret, token2) = issued(&env, "b", "web-0").await;
+    assert_ne!(token, token2);
+    assert_eq!(ann(&secret)["start"], "1");
+    let old = receipt.accessor.unwrap();
+    let root = env.bao.root_client();
+    eventually("old token revoked", T, || async {
+        (!root.accessor_is_live(&old).await.ok()?).then_some(())
+    })
+    .await;
+    assert_eq!(env.records("b").await.len(), 1);
+    let (r2, code) = env.run_agent(&token2, "second");
+    assert_eq!(code, 0, "{r2:?}");
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn conflicting_bindings_both_report_and_mint_nothing() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("one", Env::spec("shared", "60s")).await;
+    env.apply_binding("two", json!({
+        "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["shared"]}]},
+        "vault": {"tokenRole": support::ROLE},
+    }))
+    .await;
+    env.create_pod("p", "shared").await;
+    for b in ["one", "two"] {
+        let (_, _, msg) = eventually("Conflict", T, || async {
+            let r = env.ready(b).await;
+            (r.1 == "Conflict").then_some(r)
+        })
+        .await;
+        assert!(msg.contains(if b == "one" { "two" } else { "one" }), "{msg}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(env.records("one").await.is_empty() && env.records("two").await.is_empty());
+    assert_eq!(env.audit_requests("auth/token/create"), 0);
+    // Deleting one binding resolves it: the other mints.
+    env.bindings().delete("two", &DeleteParams::default()).await.unwrap();
+    let (_, _token) = issued(&env, "one", "p").await;
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn disallowed_role_is_refused_without_a_vault_call_and_neighbours_keep_working() {
+    let env = Env::start(Options::default()).await;
+    let mut spec = Env::spec("x", "60s");
+    spec["vault"]["tokenRole"] = json!("admin-role");
+    env.apply_binding("bad", spec).await;
+    env.apply_binding("good", Env::spec("y", "60s")).await;
+    env.create_pod("x-0", "x").await;
+    env.create_pod("y-0", "y").await;
+    let (_, msg) = eventually("RoleNotAllowed", T, || async {
+        let (s, r, m) = env.ready("bad").await;
+        (s == "False" && r == "RoleNotAllowed").then_some((r, m))
+    })
+    .await;
+    assert!(msg.contains("admin-role"), "{msg}");
+    issued(&env, "good", "y-0").await;
+    assert!(env.records("bad").await.is_empty());
+    assert_eq!(env.audit_requests("auth/token/create/admin-role"), 0);
+    assert_eq!(env.audit_requests("auth/token/create"), 1);
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn vault_refusal_is_surfaced_with_vaults_message() {
+    let env = Env::start(Options::default()).await;
+    let mut spec = Env::spec("z", "60s");
+    spec["vault"]["policies"] = json!(["root"]);
+    env.apply_binding("greedy", spec).await;
+    env.apply_binding("fine", Env::spec("ok", "60s")).await;
+    env.create_pod("z-0", "z").await;
+    env.create_pod("ok-0", "ok").await;
+    let msg = eventually("VaultRefused", T, || async {
+        let (s, r, m) = env.ready("greedy").await;
+        (s == "False" && r == "VaultRefused").then_some(m)
+    })
+    .await;
+    assert!(msg.contains("subset"), "{msg}");
+    issued(&env, "fine", "ok-0").await;
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn unconsumed_wrap_expires_and_its_token_is_revoked() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("short", Env::spec("s", "5s")).await;
+    env.create_pod("s-0", "s").await;
+    let (secret, _token) = issued(&env, "short", "s-0").await;
+    let accessor = ann(&secret)["accessor"].clone();
+    let s = eventually("Expired", T, || async {
+        let s = env.records("short").await.pop()?;
+        (ann(&s)["phase"] == "Expired").then_some(s)
+    })
+    .await;
+    assert!(env.token_of(&s).is_none());
+    assert!(!env.bao.root_client().accessor_is_live(&accessor).await.unwrap());
+    let status = env.status("short").await;
+    assert_eq!(status.expired, 1);
+    let (d, reason, _) = condition(&status, "Degraded");
+    assert_eq!((d.as_str(), reason.as_str()), ("True", "WrapsExpired"));
+    assert!(!env.events_with_reason("WrapExpired").await.is_empty());
+    let metrics = env.op().get("/metrics").unwrap().1;
+    assert!(metrics.contains("cubbyhole_wrap_transitions_total{phase=\"Expired\"} 1"), "{metrics}");
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn pod_deletion_revokes_and_binding_deletion_revokes_everything() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("a", "60s")).await;
+    for p in ["a-0", "a-1", "a-2"] {
+        env.create_pod(p, "a").await;
+    }
+    let (_, t0) = issued(&env, "b", "a-0").await;
+    let (s1, _) = issued(&env, "b", "a-1").await;
+    let (s2, _) = issued(&env, "b", "a-2").await;
+    // a-0 unwrapped, then deleted: its token is revoked and the Secret removed.
+    let (r, _) = env.run_agent(&t0, "a-0");
+    let acc0 = r.unwrap().accessor.unwrap();
+    env.delete_pod("a-0").await;
+    let root = env.bao.root_client();
+    eventually("a-0 token revoked + Secret gone", T, || async {
+        let gone = !env.records("b").await.iter().any(|s| ann(s)["pod"] == "a-0");
+        (gone && !root.accessor_is_live(&acc0).await.ok()?).then_some(())
+    })
+    .await;
+    // a-1 succeeded (a finished Job): same.
+    env.set_pod_phase("a-1", "Succeeded").await;
+    let acc1 = ann(&s1)["wrap-accessor"].clone();
+    eventually("a-1 cleaned", T, || async {
+        let gone = !env.records("b").await.iter().any(|s| ann(s)["pod"] == "a-1");
+        (gone && !root.accessor_is_live(&acc1).await.ok()?).then_some(())
+    })
+    .await;
+    // Binding deleted: the finalizer revokes the rest and lets go.
+    let acc2 = ann(&s2)["accessor"].clone();
+    env.bindings().delete("b", &DeleteParams::default()).await.unwrap();
+    eventually("binding gone", T, || async {
+        env.bindings().get_opt("b").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(env.records("b").await.is_empty());
+    assert!(!root.accessor_is_live(&acc2).await.unwrap());
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn stolen_wrap_is_detected_as_tampered_and_the_stolen_token_revoked() {
+    let env = Env::start(Options { lookup_period: "30s", ..Options::default() }).await;
+    env.apply_binding("b", Env::spec("t", "60s")).await;
+    env.create_pod("t-0", "t").await;
+    let (secret, token) = issued(&env, "b", "t-0").await;
+    // A third party unwraps first.
+    let stolen = env.bao.agent_client().unwrap(&cubbyhole::vault::SecretString::new(token.clone())).await.unwrap();
+    env.remember(stolen.token.expose());
+    assert_eq!(Some(&stolen.accessor), ann(&secret).get("accessor"));
+    // The pod's agent then fails and says so in its receipt.
+    let (receipt, code) = env.run_agent(&token, "victim");
+    assert_eq!(code, 3);
+    let receipt = receipt.unwrap();
+    assert_eq!(receipt, Receipt::failed(result::INVALID_WRAPPING_TOKEN));
+    env.report_receipt("t-0", Some(&receipt), 0).await;
+    eventually("Tampered", T, || async {
+        (record_phase(&env, "b", "t-0").await? == "Tampered").then_some(())
+    })
+    .await;
+    let status = env.status("b").await;
+    assert_eq!(status.tampered, 1);
+    assert_eq!(condition(&status, "Degraded").1, "Tampered");
+    assert!(!env.events_with_reason("WrapTampered").await.is_empty());
+    assert!(!env.bao.root_client().accessor_is_live(&stolen.accessor).await.unwrap());
+    let metrics = env.op().get("/metrics").unwrap().1;
+    assert!(metrics.contains("phase=\"Tampered\""));
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn secret_name_taken_is_reported_and_left_untouched() {
+    let env = Env::start(Options::default()).await;
+    let squatter: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "n-0-b-wrap", "namespace": cluster::NS},
+        "stringData": {"token": "not-yours-keep-out"},
+    }))
+    .unwrap();
+    env.secrets().create(&Default::default(), &squatter).await.unwrap();
+    env.apply_binding("b", Env::spec("n", "60s")).await;
+    env.create_pod("n-0", "n").await;
+    env.create_pod("n-1", "n").await;
+    let msg = eventually("SecretNameTaken", T, || async {
+        let (_, r, m) = env.ready("b").await;
+        (r == "SecretNameTaken").then_some(m)
+    })
+    .await;
+    assert!(msg.contains("n-0-b-wrap"), "{msg}");
+    issued(&env, "b", "n-1").await;
+    let s = env.secrets().get("n-0-b-wrap").await.unwrap();
+    assert_eq!(s.data.unwrap()["token"].0, b"not-yours-keep-out");
+    assert!(s.metadata.annotations.is_none_or(|a| a.is_empty()));
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn schema_refuses_what_it_can() {
+    let env = Env::start(Options::default()).await;
+    let api = env.bindings();
+    for (what, spec) in [
+        ("empty selector", json!({"podSelector": {}, "vault": {"tokenRole": "r"}})),
+        ("wrapTTL too short", json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "r", "wrapTTL": "1s"}})),
+        ("wrapTTL not a duration", json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "r", "wrapTTL": "soon"}})),
+        ("bad role", json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "../sys"}})),
+    ] {
+        let b = json!({"apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+            "metadata": {"name": "x", "namespace": cluster::NS}, "spec": spec});
+        let err = api
+            .patch("x", &PatchParams::apply("e2e"), &Patch::Apply(&b))
+            .await
+            .expect_err(what);
+        assert!(matches!(&err, kube::Error::Api(s) if s.code == 422), "{what}: {err}");
+    }
+    assert!(api.list(&ListParams::default()).await.unwrap().items.is_empty());
+}
+
+#[tokio::test]
+async fn operator_killed_mid_burst_mints_nothing_twice() {
+    let mut env = Env::start(Options::default()).await;
+    env.apply_binding("burst", Env::spec("burst", "10s")).await;
+    for i in 0..20 {
+        env.create_pod(&format!("burst-{i}"), "burst").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.operator.take().unwrap().kill();
+    env.restart_operator();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.operator.take().unwrap().kill();
+    env.restart_operator();
+    let mut accessors = vec![];
+    for i in 0..20 {
+        let (s, _) = issued(&env, "burst", &format!("burst-{i}")).await;
+        accessors.push(ann(&s)["wrap-accessor"].clone());
+    }
+    assert_eq!(env.records("burst").await.len(), 20);
+    let minted = env.minted_wraps().await;
+    let live: Vec<&String> = minted.iter().filter(|(_, l)| *l).map(|(a, _)| a).collect();
+    assert_eq!(live.len(), 20, "exactly one live wrap per pod (minted {})", minted.len());
+    for a in &accessors {
+        assert!(live.contains(&a), "the delivered wrap is the live one");
+    }
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn vault_outage_leaves_no_pod_without_and_none_with_two_wraps() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("o", "10s")).await;
+    env.bao.pause();
+    for i in 0..5 {
+        env.create_pod(&format!("o-{i}"), "o").await;
+    }
+    let msg = eventually("VaultUnavailable", T, || async {
+        let (s, r, m) = env.ready("b").await;
+        (s == "False" && r == "VaultUnavailable").then_some(m)
+    })
+    .await;
+    assert!(!msg.is_empty());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    env.bao.resume();
+    let mut accessors = vec![];
+    for i in 0..5 {
+        let (s, _) = eventually_long(&env, &format!("o-{i}")).await;
+        accessors.push(ann(&s)["wrap-accessor"].clone());
+    }
+    let minted = env.minted_wraps().await;
+    let live: Vec<&String> = minted.iter().filter(|(_, l)| *l).map(|(a, _)| a).collect();
+    assert_eq!(live.len(), 5, "one live wrap per pod; minted {minted:?}");
+    for a in &accessors {
+        assert!(live.contains(&a));
+    }
+    env.assert_no_leaks().await;
+}
+
+async fn eventually_long(env: &Env, pod: &str) -> (k8s_openapi::api::core::v1::Secret, String) {
+    eventually(&format!("wrap for {pod} after outage"), Duration::from_secs(90), || async {
+        let s = env.records("b").await.into_iter().find(|s| ann(s)["pod"] == pod)?;
+        (ann(&s)["phase"] == "Issued").then_some(())?;
+        let t = env.token_of(&s)?;
+        Some((s, t))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sweep_cleans_records_of_a_force_deleted_binding() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("doomed", Env::spec("d", "60s")).await;
+    env.create_pod("d-0", "d").await;
+    let (s, _) = issued(&env, "doomed", "d-0").await;
+    let accessor = ann(&s)["wrap-accessor"].clone();
+    env.operator.as_ref().map(|_| ());
+    // Strip the finalizer and delete while the operator is stopped.
+    let mut env = env;
+    env.operator.take().unwrap().kill();
+    env.bindings()
+        .patch("doomed", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    env.bindings().delete("doomed", &DeleteParams::default()).await.unwrap();
+    env.restart_operator();
+    let root = env.bao.root_client();
+    eventually("swept", T, || async {
+        (env.records("doomed").await.is_empty() && !root.accessor_is_live(&accessor).await.ok()?).then_some(())
+    })
+    .await;
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn probes_metrics_and_clean_sigterm() {
+    let mut env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("m", "60s")).await;
+    env.create_pod("m-0", "m").await;
+    issued(&env, "b", "m-0").await;
+    assert_eq!(env.op().get("/healthz").unwrap().0, 200);
+    assert_eq!(env.op().get("/readyz").unwrap().0, 200);
+    let metrics = env.op().get("/metrics").unwrap().1;
+    for name in [
+        "cubbyhole_wraps_issued_total 1",
+        "cubbyhole_outstanding_wraps{",
+        "cubbyhole_vault_request_duration_seconds_bucket{",
+        "cubbyhole_reconcile_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    env.assert_no_leaks().await;
+    let status = env.operator.take().unwrap().terminate();
+    assert!(status.success(), "{status:?}");
+}
