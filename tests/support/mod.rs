@@ -53,12 +53,19 @@ impl Bao {
     /// Starts the server on `port`; `None` when it exits early (e.g. a port was taken).
     fn try_start(dir: &Path, port: u16, root_token: &str) -> Option<Bao> {
         let log = std::fs::File::create(dir.join("bao.log")).expect("create log");
+        // An audit log (accessors in clear) lets tests count Vault calls and find every wrap.
+        let audit = format!(
+            "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n    hmac_accessor = \"false\"\n  }}\n}}\n",
+            dir.join("audit.log").display()
+        );
+        std::fs::write(dir.join("audit.hcl"), audit).expect("write audit config");
         let child = Command::new(bao_bin())
             .args([
                 "server",
                 "-dev",
                 &format!("-dev-root-token-id={root_token}"),
                 &format!("-dev-listen-address=127.0.0.1:{port}"),
+                &format!("-config={}", dir.join("audit.hcl").display()),
             ])
             .env_remove("VAULT_TOKEN")
             .env_remove("VAULT_ADDR")
