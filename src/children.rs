@@ -92,7 +92,15 @@ pub async fn claim(
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
-    for k in [ann::WRAP_ACCESSOR, ann::ACCESSOR, ann::ISSUED_AT, ann::EXPIRES_AT, ann::VERIFIED, ann::MESSAGE] {
+    for k in [
+        ann::WRAP_ACCESSOR,
+        ann::ACCESSOR,
+        ann::ISSUED_AT,
+        ann::EXPIRES_AT,
+        ann::VERIFIED,
+        ann::MESSAGE,
+        ann::VAULT_SEEN_AT,
+    ] {
         ann_patch.insert(k.into(), Value::Null);
     }
     if issue.start != old.start {
@@ -157,6 +165,21 @@ pub async fn record_failure(
         "data": null,
     });
     guarded_patch(api, secret, &patch).await
+}
+
+/// Records that Vault answered again after a claim whose mint answer was lost.
+pub async fn mark_vault_seen(
+    api: &Api<Secret>,
+    wrap: &WrapState,
+    now: Timestamp,
+) -> Result<String, ClaimError> {
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": wrap.resource_version,
+            "annotations": { ann::VAULT_SEEN_AT: now.to_string() }
+        }
+    });
+    guarded_patch(api, &wrap.secret, &patch).await
 }
 
 /// Records a final phase and removes the wrapping token from the Secret.

@@ -48,6 +48,8 @@ pub mod ann {
     pub const VERIFIED: &str = "cubbyhole.dev/verified";
     /// Human-readable detail.
     pub const MESSAGE: &str = "cubbyhole.dev/message";
+    /// When Vault was seen answering after a claim whose mint answer was lost.
+    pub const VAULT_SEEN_AT: &str = "cubbyhole.dev/vault-seen-at";
     /// Receipts that finished at or before this time (kubelet clock) belong to earlier starts.
     pub const RECEIPTS_AFTER: &str = "cubbyhole.dev/receipts-after";
 }
@@ -209,6 +211,8 @@ pub struct WrapState {
     pub phase: Phase,
     /// When the current mint was claimed.
     pub claimed_at: Option<Timestamp>,
+    /// When Vault answered again after this claim's mint answer was lost.
+    pub vault_seen_at: Option<Timestamp>,
     /// Wrapping token accessor.
     pub wrap_accessor: Option<String>,
     /// Inner token accessor.
@@ -247,6 +251,7 @@ impl WrapState {
                 .and_then(|p| Phase::parse(&p))
                 .unwrap_or(Phase::Claimed),
             claimed_at: time(ann::CLAIMED_AT),
+            vault_seen_at: time(ann::VAULT_SEEN_AT),
             wrap_accessor: get(ann::WRAP_ACCESSOR),
             accessor: get(ann::ACCESSOR),
             previous_accessor: get(ann::PREVIOUS_ACCESSOR),

@@ -15,7 +15,7 @@ use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -91,11 +91,17 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let sweeper = tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
 
     let pod_store = store.clone();
+    let sibling_store = store.clone();
     controller
         .watches(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default(),
             move |pod| bindings_selecting(&pod_store, &pod),
+        )
+        .watches(
+            bindings.clone(),
+            watcher::Config::default(),
+            move |changed| siblings_to_recheck(&sibling_store, &changed),
         )
         .watches(
             Api::<Secret>::all(client.clone()),
@@ -157,6 +163,28 @@ fn bindings_selecting(store: &Store<AgentSecretBinding>, pod: &Pod) -> Vec<Objec
         .filter(|b| b.namespace() == pod.namespace())
         .filter(|b| {
             crate::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(pod.labels()))
+        })
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
+}
+
+/// A binding whose spec changed (or that is going away) may start or end a conflict with its
+/// namespace neighbours: recheck those that are in conflict, or all of them when it is new.
+fn siblings_to_recheck(
+    store: &Store<AgentSecretBinding>,
+    changed: &AgentSecretBinding,
+) -> Vec<ObjectRef<AgentSecretBinding>> {
+    let spec_changed = changed.meta().deletion_timestamp.is_some()
+        || changed.status.as_ref().and_then(|s| s.observed_generation) != changed.metadata.generation;
+    store
+        .state()
+        .iter()
+        .filter(|b| b.namespace() == changed.namespace() && b.name_any() != changed.name_any())
+        .filter(|b| {
+            spec_changed
+                || b.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "Conflict")
+                })
         })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()

@@ -68,6 +68,11 @@ pub enum Action {
         /// Unwrapped (normal) or Tampered (the agent reported it invalid).
         if_invalid: Phase,
     },
+    /// A mint's answer was lost: check that Vault answers again, and record when.
+    ConfirmVault {
+        /// The record.
+        wrap: WrapState,
+    },
     /// Shortly before expiry: revoke the wrap; existed means Expired, else consumed.
     ProbeExpiry {
         /// The record.
@@ -223,15 +228,20 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
     let now = input.now;
     match wrap.phase {
         Phase::Claimed => {
-            // The answer to this claim's mint was lost: wait until any wrap it made has expired.
-            let retry_at = add(
-                wrap.claimed_at.unwrap_or(now),
-                s.wrap_ttl + LOST_MINT_SLACK,
-            );
-            if now >= retry_at {
-                steps.push(reissue(pod, wrap, wrap.start, None));
-            } else {
-                plan.wake(retry_at);
+            // The answer to this claim's mint was lost. Vault may still carry the request out
+            // (e.g. it was frozen), so first see Vault answer again, then wait until any wrap
+            // made by that request has expired before minting anew.
+            let claimed = wrap.claimed_at.unwrap_or(now);
+            match wrap.vault_seen_at.filter(|seen| *seen > claimed) {
+                None => steps.push(Action::ConfirmVault { wrap: wrap.clone() }),
+                Some(seen) => {
+                    let retry_at = add(seen, s.wrap_ttl + LOST_MINT_SLACK);
+                    if now >= retry_at {
+                        steps.push(reissue(pod, wrap, wrap.start, None));
+                    } else {
+                        plan.wake(retry_at);
+                    }
+                }
             }
             return;
         }
@@ -405,6 +415,7 @@ mod tests {
             start: 0,
             phase: Phase::Issued,
             claimed_at: None,
+            vault_seen_at: None,
             wrap_accessor: Some("wacc".into()),
             accessor: Some("acc".into()),
             previous_accessor: None,
@@ -576,10 +587,17 @@ mod tests {
         w.claimed_at = Some(t(0));
         w.wrap_accessor = None;
         w.accessor = None;
-        let early = run(&[pod("a")], &[w.clone()], 30);
+        // First: is Vault answering again?
+        assert!(matches!(
+            run(&[pod("a")], &[w.clone()], 30).actions[0],
+            Action::ConfirmVault { .. }
+        ));
+        // Seen at 40: a request Vault still held then has expired by 40 + 60 + 10.
+        w.vault_seen_at = Some(t(40));
+        let early = run(&[pod("a")], &[w.clone()], 50);
         assert!(early.actions.is_empty());
-        assert_eq!(early.wake_at, Some(t(70)));
-        assert!(matches!(run(&[pod("a")], &[w], 70).actions[0], Action::Issue(_)));
+        assert_eq!(early.wake_at, Some(t(110)));
+        assert!(matches!(run(&[pod("a")], &[w], 110).actions[0], Action::Issue(_)));
     }
 
     #[test]

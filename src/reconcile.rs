@@ -195,6 +195,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 now,
             });
             wake = plan.wake_at;
+            tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
             if !plan.actions.is_empty() {
                 let mut step = Step {
                     ctx,
@@ -208,6 +209,10 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 for action in plan.actions {
                     if let Err(e) = step.run(action).await {
                         first_error.get_or_insert(e);
+                    }
+                    if step.problems.vault_unavailable.is_some() {
+                        // Every further step needs Vault too; report now, retry with backoff.
+                        break;
                     }
                 }
                 records = list_records(&secrets, &name, &b.spec.secret_key).await?;
@@ -229,10 +234,13 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         }));
     }
     let delay = wake
-        .map(|w| w.duration_since(Timestamp::now()))
-        .and_then(|d| Duration::try_from(d).ok())
+        .map(|w| {
+            let ms = w.as_millisecond() - Timestamp::now().as_millisecond();
+            Duration::from_millis(ms.max(0) as u64)
+        })
         .unwrap_or(IDLE_REQUEUE)
         .clamp(Duration::from_millis(500), IDLE_REQUEUE);
+    tracing::debug!(namespace = %ns, binding = %name, requeue_in = ?delay, "reconciled");
     Ok(Requeue::requeue(delay))
 }
 
@@ -333,6 +341,13 @@ impl Step<'_> {
             Action::Issue(issue) => self.issue(issue).await,
             Action::Lookup { wrap, if_invalid } => self.lookup(wrap, if_invalid).await,
             Action::ProbeExpiry { wrap } => self.probe_expiry(wrap).await,
+            Action::ConfirmVault { wrap } => match self.ctx.vault.health().await {
+                Ok(()) => match children::mark_vault_seen(self.secrets, &wrap, Timestamp::now()).await {
+                    Err(ClaimError::Kube(e)) => Err(e.into()),
+                    _ => Ok(()),
+                },
+                Err(e) => self.vault_failed(e),
+            },
             Action::Settle {
                 wrap,
                 phase,

@@ -388,6 +388,17 @@ impl VaultClient {
         }
     }
 
+    /// Succeeds when Vault answers `sys/health` as an initialized, unsealed node.
+    pub async fn health(&self) -> Result<(), VaultError> {
+        const OP: &str = "health";
+        let started = Instant::now();
+        let sent = self
+            .request(reqwest::Method::GET, "sys/health?standbyok=true&perfstandbyok=true")
+            .send()
+            .await;
+        self.finish(OP, started, sent).await.map(|_| ())
+    }
+
     /// True when a token with this accessor is alive (needs `auth/token/lookup-accessor`).
     pub async fn accessor_is_live(&self, accessor: &str) -> Result<bool, VaultError> {
         const OP: &str = "lookup_accessor";

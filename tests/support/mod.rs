@@ -52,6 +52,8 @@ impl Bao {
 
     /// Starts the server on `port`; `None` when it exits early (e.g. a port was taken).
     fn try_start(dir: &Path, port: u16, root_token: &str) -> Option<Bao> {
+        // A failed attempt's drop removed the directory.
+        std::fs::create_dir_all(dir).expect("create scratch dir");
         let log = std::fs::File::create(dir.join("bao.log")).expect("create log");
         // An audit log (accessors in clear) lets tests count Vault calls and find every wrap.
         let audit = format!(
@@ -146,6 +148,12 @@ impl Bao {
     /// Freezes the server (SIGSTOP): connections are accepted by the kernel but never answered.
     pub fn pause(&self) {
         assert!(signal(self.pid(), "-STOP"), "could not pause OpenBao");
+        // The stop is asynchronous: wait until the kernel reports the process stopped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_state(self.pid()) != Some('T') {
+            assert!(Instant::now() < deadline, "OpenBao did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Thaws a paused server (SIGCONT).
@@ -344,6 +352,13 @@ fn signal(pid: u32, sig: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The state letter of process `pid` from `/proc/<pid>/stat` (`T` when stopped).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the command may contain spaces, so split after the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// `2 * bytes` random hex digits from the kernel.
