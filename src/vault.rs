@@ -394,6 +394,7 @@ impl VaultClient {
         let started = Instant::now();
         let sent = self
             .request(reqwest::Method::GET, "sys/health?standbyok=true&perfstandbyok=true")
+            .timeout(Duration::from_secs(5))
             .send()
             .await;
         self.finish(OP, started, sent).await.map(|_| ())

@@ -21,6 +21,7 @@ stop() { # pidfile name
   rm -f "$f"
 }
 
+stop watchdog
 stop apiserver
 stop etcd
 if [[ -n "${CUBBYHOLE_WIPE:-}" ]]; then rm -rf "$DIR/etcd" "$DIR/kubeconfig" "$DIR/env" "$DIR/ports.env"; fi

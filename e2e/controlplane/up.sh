@@ -78,7 +78,7 @@ if ! alive "$DIR/etcd.pid"; then
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
     --initial-cluster "cubbyhole=http://127.0.0.1:$PEER_PORT" \
-    --unsafe-no-fsync --log-level warn --quota-backend-bytes 2147483648 \
+    --unsafe-no-fsync --heartbeat-interval 10 --election-timeout 100 --log-level warn --quota-backend-bytes 2147483648 \
     >"$DIR/etcd.log" 2>&1 </dev/null &
   echo $! >"$DIR/etcd.pid"
 fi
@@ -125,6 +125,15 @@ EOF
 mv "$DIR/kubeconfig.tmp" "$DIR/kubeconfig"; chmod 600 "$DIR/kubeconfig"
 printf 'KUBECONFIG=%s\nAPISERVER_URL=https://127.0.0.1:%s\nETCD_URL=http://127.0.0.1:%s\n' \
   "$DIR/kubeconfig" "$API_PORT" "$ETCD_PORT" >"$DIR/env"
+
+# Watchdog: if DIR is deleted without down.sh (a test harness removing its temp dir), stop
+# both processes instead of leaking them. down.sh stops the watchdog first.
+if ! alive "$DIR/watchdog.pid"; then
+  AP="$(cat "$DIR/apiserver.pid")" EP="$(cat "$DIR/etcd.pid")"
+  nohup bash -c 'while [[ -d "$0" ]] && kill -0 "$1" 2>/dev/null; do sleep 2; done
+    [[ -d "$0" ]] || kill -TERM "$1" "$2" 2>/dev/null' "$DIR" "$AP" "$EP" >/dev/null 2>&1 </dev/null &
+  echo $! >"$DIR/watchdog.pid"
+fi
 
 start=$SECONDS
 while ! readyz; do

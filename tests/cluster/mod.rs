@@ -205,12 +205,13 @@ impl Default for Options {
     }
 }
 
-/// Everything one e2e test needs.
+/// Everything one e2e test needs. Field order is drop order: the operator stops first, then
+/// the control plane (down.sh), then OpenBao (which removes the scratch directory).
 pub struct Env {
     /// The operator (None while stopped).
     pub operator: Option<Operator>,
-    /// OpenBao.
-    pub bao: Bao,
+    /// The control plane.
+    pub cluster: Cluster,
     /// Kubernetes client.
     pub client: Client,
     /// Operator config file.
@@ -219,8 +220,8 @@ pub struct Env {
     pub dir: PathBuf,
     /// Every token the test saw (checked against all output at the end).
     pub seen_tokens: Mutex<Vec<String>>,
-    /// The control plane (dropped last).
-    pub cluster: Cluster,
+    /// OpenBao.
+    pub bao: Bao,
 }
 
 impl Env {
