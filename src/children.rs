@@ -78,7 +78,9 @@ pub async fn claim(
         return match api.create(&PostParams::default(), &secret).await {
             Ok(s) => Ok(s.resource_version().unwrap_or_default()),
             Err(e) if is_conflict(&e) => match api.get_opt(&issue.secret).await {
-                Ok(Some(s)) if s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding) => {
+                Ok(Some(s))
+                    if s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding) =>
+                {
                     Err(ClaimError::Lost)
                 }
                 Ok(Some(_)) => Err(ClaimError::Taken),
@@ -260,7 +262,11 @@ mod base64_engine {
     pub fn encode(input: &[u8]) -> String {
         let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
         for chunk in input.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
@@ -277,7 +283,13 @@ mod base64_engine {
     mod tests {
         #[test]
         fn matches_rfc4648_vectors() {
-            for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+            for (i, o) in [
+                ("", ""),
+                ("f", "Zg=="),
+                ("fo", "Zm8="),
+                ("foo", "Zm9v"),
+                ("foobar", "Zm9vYmFy"),
+            ] {
                 assert_eq!(super::encode(i.as_bytes()), o);
             }
         }

@@ -80,7 +80,10 @@ pub struct AgentSecretBindingSpec {
 pub struct VaultTokenSpec {
     /// Vault token role: the token is created at `auth/token/create/<tokenRole>`. The operator's
     /// configuration lists which roles each namespace may use.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"), length(min = 1, max = 128))]
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
+        length(min = 1, max = 128)
+    )]
     pub token_role: String,
 
     /// Policies for the token; must be allowed by the role. Empty: the role's defaults.
@@ -238,7 +241,10 @@ mod tests {
         let mut missing = vec![];
         walk("", &schema["properties"]["spec"], &mut missing);
         walk("", &schema["properties"]["status"], &mut missing);
-        assert!(missing.is_empty(), "fields without description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fields without description: {missing:?}"
+        );
     }
 
     #[test]

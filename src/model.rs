@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::receipt::Receipt;
@@ -281,7 +281,11 @@ pub fn secret_name(pod: &PodView, binding: &str) -> String {
     }
     use sha2::Digest;
     let digest = hex::encode(sha2::Sha256::digest(full.as_bytes()));
-    format!("{}-{}", full[..240].trim_end_matches(['-', '.']), &digest[..10])
+    format!(
+        "{}-{}",
+        full[..240].trim_end_matches(['-', '.']),
+        &digest[..10]
+    )
 }
 
 /// True when `name` is a valid Secret name (DNS-1123 subdomain).
@@ -328,7 +332,15 @@ mod tests {
 
     #[test]
     fn phases_round_trip() {
-        for p in ["Claimed", "Issued", "Unwrapped", "Expired", "Revoked", "Tampered", "Failed"] {
+        for p in [
+            "Claimed",
+            "Issued",
+            "Unwrapped",
+            "Expired",
+            "Revoked",
+            "Tampered",
+            "Failed",
+        ] {
             assert_eq!(Phase::parse(p).unwrap().as_str(), p);
         }
         assert!(Phase::Expired.is_settled() && !Phase::Issued.is_settled());

@@ -30,7 +30,11 @@ use crate::vault::VaultClient;
 #[derive(clap::Args, Debug)]
 pub struct OperatorArgs {
     /// Configuration file (YAML): Vault connection, allowed roles, cadences.
-    #[arg(long, env = "CUBBYHOLE_CONFIG", default_value = "/etc/cubbyhole/config.yaml")]
+    #[arg(
+        long,
+        env = "CUBBYHOLE_CONFIG",
+        default_value = "/etc/cubbyhole/config.yaml"
+    )]
     pub config: PathBuf,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
@@ -87,7 +91,11 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     ctx.readiness.expect(initial);
     info!(lookup_period = ?config.lookup_period, "operator starting");
 
-    let server = tokio::spawn(crate::server::serve(args.listen, ctx.clone(), shutdown.clone()));
+    let server = tokio::spawn(crate::server::serve(
+        args.listen,
+        ctx.clone(),
+        shutdown.clone(),
+    ));
     let sweeper = tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
 
     let pod_store = store.clone();
@@ -156,14 +164,15 @@ async fn list_initial(
     }
 }
 
-fn bindings_selecting(store: &Store<AgentSecretBinding>, pod: &Pod) -> Vec<ObjectRef<AgentSecretBinding>> {
+fn bindings_selecting(
+    store: &Store<AgentSecretBinding>,
+    pod: &Pod,
+) -> Vec<ObjectRef<AgentSecretBinding>> {
     store
         .state()
         .iter()
         .filter(|b| b.namespace() == pod.namespace())
-        .filter(|b| {
-            crate::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(pod.labels()))
-        })
+        .filter(|b| crate::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(pod.labels())))
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()
 }
@@ -175,7 +184,8 @@ fn siblings_to_recheck(
     changed: &AgentSecretBinding,
 ) -> Vec<ObjectRef<AgentSecretBinding>> {
     let spec_changed = changed.meta().deletion_timestamp.is_some()
-        || changed.status.as_ref().and_then(|s| s.observed_generation) != changed.metadata.generation;
+        || changed.status.as_ref().and_then(|s| s.observed_generation)
+            != changed.metadata.generation;
     store
         .state()
         .iter()
@@ -183,7 +193,9 @@ fn siblings_to_recheck(
         .filter(|b| {
             spec_changed
                 || b.status.as_ref().is_some_and(|s| {
-                    s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "Conflict")
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == "Conflict")
                 })
         })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
@@ -192,13 +204,14 @@ fn siblings_to_recheck(
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
@@ -211,7 +224,11 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
 async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
     let mut first = true;
     loop {
-        let wait = if first { Duration::from_secs(5) } else { ctx.config.sweep_period };
+        let wait = if first {
+            Duration::from_secs(5)
+        } else {
+            ctx.config.sweep_period
+        };
         first = false;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -224,8 +241,12 @@ async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
             Ok(orphans) => {
                 for (ns, binding) in orphans {
                     match reconcile::cleanup_records(&ctx, &ns, &binding).await {
-                        Ok(n) => info!(namespace = %ns, binding = %binding, removed = n, "sweep: binding gone, records revoked and removed"),
-                        Err(e) => warn!(namespace = %ns, binding = %binding, error = %e, "sweep failed; retrying next round"),
+                        Ok(n) => {
+                            info!(namespace = %ns, binding = %binding, removed = n, "sweep: binding gone, records revoked and removed")
+                        }
+                        Err(e) => {
+                            warn!(namespace = %ns, binding = %binding, error = %e, "sweep failed; retrying next round")
+                        }
                     }
                 }
             }

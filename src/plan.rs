@@ -193,7 +193,10 @@ pub fn plan(input: &Input) -> Plan {
 fn cleanup(settings: &Settings, wrap: &WrapState) -> Action {
     let outstanding = matches!(wrap.phase, Phase::Issued | Phase::Claimed);
     let token_live = wrap.accessor.is_some()
-        && matches!(wrap.phase, Phase::Issued | Phase::Claimed | Phase::Unwrapped);
+        && matches!(
+            wrap.phase,
+            Phase::Issued | Phase::Claimed | Phase::Unwrapped
+        );
     Action::Cleanup {
         wrap: wrap.clone(),
         revoke_wrap: outstanding && wrap.wrap_accessor.is_some(),
@@ -217,9 +220,7 @@ fn current_receipts<'a>(pod: &'a PodView, wrap: &WrapState) -> Vec<&'a ObservedR
             (Some(f), Some(after)) => f > after,
             _ => true,
         })
-        .filter(|r| {
-            r.receipt.accessor.is_none() || r.receipt.accessor != wrap.previous_accessor
-        })
+        .filter(|r| r.receipt.accessor.is_none() || r.receipt.accessor != wrap.previous_accessor)
         .collect()
 }
 
@@ -465,7 +466,10 @@ mod tests {
         let Action::Issue(i) = &p.actions[0] else {
             panic!("{p:?}")
         };
-        assert_eq!((i.secret.as_str(), i.start, i.replaces.is_none()), ("a-b-wrap", 0, true));
+        assert_eq!(
+            (i.secret.as_str(), i.start, i.replaces.is_none()),
+            ("a-b-wrap", 0, true)
+        );
         // Once a record exists, nothing more is minted for this start.
         let p = run(&[pod("a")], &[issued("a", 0)], 1);
         assert!(p.actions.is_empty(), "{p:?}");
@@ -483,18 +487,34 @@ mod tests {
             finished: true,
             ..pod("d")
         };
-        let p = run_with(&settings(), &[pod("a"), terminating, finished], &[], &conflicts, 0);
+        let p = run_with(
+            &settings(),
+            &[pod("a"), terminating, finished],
+            &[],
+            &conflicts,
+            0,
+        );
         assert!(p.actions.is_empty(), "{p:?}");
     }
 
     #[test]
     fn lookups_are_paced_and_expiry_is_probed() {
         let w = issued("a", 0);
-        assert!(run(&[pod("a")], &[w.clone()], 5).actions.is_empty());
-        assert_eq!(run(&[pod("a")], &[w.clone()], 5).wake_at, Some(t(10)));
+        assert!(
+            run(&[pod("a")], std::slice::from_ref(&w), 5)
+                .actions
+                .is_empty()
+        );
+        assert_eq!(
+            run(&[pod("a")], std::slice::from_ref(&w), 5).wake_at,
+            Some(t(10))
+        );
         assert!(matches!(
-            run(&[pod("a")], &[w.clone()], 10).actions[0],
-            Action::Lookup { if_invalid: Phase::Unwrapped, .. }
+            run(&[pod("a")], std::slice::from_ref(&w), 10).actions[0],
+            Action::Lookup {
+                if_invalid: Phase::Unwrapped,
+                ..
+            }
         ));
         // Margin for 60s is 5s: at 55s the wrap is probed by revocation.
         assert!(matches!(
@@ -510,18 +530,29 @@ mod tests {
         let plan = run(&[p], &[issued("a", 0)], 3);
         assert!(matches!(
             &plan.actions[0],
-            Action::Settle { phase: Phase::Unwrapped, verified: true, revoke_token: false, .. }
+            Action::Settle {
+                phase: Phase::Unwrapped,
+                verified: true,
+                revoke_token: false,
+                ..
+            }
         ));
     }
 
     #[test]
     fn foreign_or_failed_receipts_are_tampering() {
         let mut p = pod("a");
-        p.receipts.push(receipt(Receipt::unwrapped("someone-else"), 3));
+        p.receipts
+            .push(receipt(Receipt::unwrapped("someone-else"), 3));
         let plan = run(&[p], &[issued("a", 0)], 3);
         assert!(matches!(
             &plan.actions[0],
-            Action::Settle { phase: Phase::Tampered, revoke_token: true, revoke_wrap: true, .. }
+            Action::Settle {
+                phase: Phase::Tampered,
+                revoke_token: true,
+                revoke_wrap: true,
+                ..
+            }
         ));
         // Consumed (by lookup) and the agent says invalid: someone else took it.
         let mut p = pod("a");
@@ -529,16 +560,24 @@ mod tests {
             .push(receipt(Receipt::failed(result::INVALID_WRAPPING_TOKEN), 3));
         let mut w = issued("a", 0);
         w.phase = Phase::Unwrapped;
-        let plan = run(&[p.clone()], &[w], 3);
+        let plan = run(std::slice::from_ref(&p), &[w], 3);
         assert!(matches!(
             &plan.actions[0],
-            Action::Settle { phase: Phase::Tampered, revoke_token: true, revoke_wrap: false, .. }
+            Action::Settle {
+                phase: Phase::Tampered,
+                revoke_token: true,
+                revoke_wrap: false,
+                ..
+            }
         ));
         // Still Issued: confirm with Vault first.
         let plan = run(&[p], &[issued("a", 0)], 3);
         assert!(matches!(
             &plan.actions[0],
-            Action::Lookup { if_invalid: Phase::Tampered, .. }
+            Action::Lookup {
+                if_invalid: Phase::Tampered,
+                ..
+            }
         ));
     }
 
@@ -549,7 +588,11 @@ mod tests {
             .push(receipt(Receipt::failed(result::INVALID_WRAPPING_TOKEN), 3));
         let mut w = issued("a", 10);
         w.receipts_after = Some(t(3));
-        assert!(run(&[p.clone()], &[w.clone()], 11).actions.is_empty());
+        assert!(
+            run(std::slice::from_ref(&p), std::slice::from_ref(&w), 11)
+                .actions
+                .is_empty()
+        );
         w.receipts_after = None;
         w.previous_accessor = Some("old".into());
         p.receipts = vec![receipt(Receipt::unwrapped("old"), 3)];
@@ -562,10 +605,14 @@ mod tests {
         p.restart_counts.insert("agent".into(), 1);
         let mut w = issued("a", 0);
         // Outstanding: the restarted agent can still unwrap it; no new wrap.
-        assert!(run(&[p.clone()], &[w.clone()], 5).actions.is_empty());
+        assert!(
+            run(std::slice::from_ref(&p), std::slice::from_ref(&w), 5)
+                .actions
+                .is_empty()
+        );
         w.phase = Phase::Unwrapped;
         w.verified = true;
-        let plan = run(&[p.clone()], &[w.clone()], 20);
+        let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 20);
         let Action::Issue(i) = &plan.actions[0] else {
             panic!("{plan:?}")
         };
@@ -577,7 +624,11 @@ mod tests {
             agent_container: None,
             ..settings()
         };
-        assert!(run_with(&s, &[p], &[w], &BTreeMap::new(), 20).actions.is_empty());
+        assert!(
+            run_with(&s, &[p], &[w], &BTreeMap::new(), 20)
+                .actions
+                .is_empty()
+        );
     }
 
     #[test]
@@ -589,15 +640,18 @@ mod tests {
         w.accessor = None;
         // First: is Vault answering again?
         assert!(matches!(
-            run(&[pod("a")], &[w.clone()], 30).actions[0],
+            run(&[pod("a")], std::slice::from_ref(&w), 30).actions[0],
             Action::ConfirmVault { .. }
         ));
         // Seen at 40: a request Vault still held then has expired by 40 + 60 + 10.
         w.vault_seen_at = Some(t(40));
-        let early = run(&[pod("a")], &[w.clone()], 50);
+        let early = run(&[pod("a")], std::slice::from_ref(&w), 50);
         assert!(early.actions.is_empty());
         assert_eq!(early.wake_at, Some(t(110)));
-        assert!(matches!(run(&[pod("a")], &[w], 110).actions[0], Action::Issue(_)));
+        assert!(matches!(
+            run(&[pod("a")], &[w], 110).actions[0],
+            Action::Issue(_)
+        ));
     }
 
     #[test]
@@ -605,8 +659,15 @@ mod tests {
         let mut w = issued("a", 0);
         w.phase = Phase::Failed;
         w.claimed_at = Some(t(0));
-        assert!(run(&[pod("a")], &[w.clone()], 2).actions.is_empty());
-        assert!(matches!(run(&[pod("a")], &[w], 5).actions[0], Action::Issue(_)));
+        assert!(
+            run(&[pod("a")], std::slice::from_ref(&w), 2)
+                .actions
+                .is_empty()
+        );
+        assert!(matches!(
+            run(&[pod("a")], &[w], 5).actions[0],
+            Action::Issue(_)
+        ));
     }
 
     #[test]
@@ -630,7 +691,11 @@ mod tests {
         let plan = run_with(&s, &[], &[w], &BTreeMap::new(), 5);
         assert!(matches!(
             plan.actions[0],
-            Action::Cleanup { revoke_wrap: false, revoke_token: false, .. }
+            Action::Cleanup {
+                revoke_wrap: false,
+                revoke_token: false,
+                ..
+            }
         ));
         // A recreated pod with the same name: old record cleaned first, new one next round.
         let mut newer = pod("a");

@@ -112,7 +112,10 @@ fn key(ns: &str, name: &str) -> String {
 }
 
 /// Reconciles one binding: finalizer first, then apply or clean up.
-pub async fn reconcile(binding: Arc<AgentSecretBinding>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+pub async fn reconcile(
+    binding: Arc<AgentSecretBinding>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, Error> {
     let started = Instant::now();
     let ns = binding.namespace().unwrap_or_default();
     let name = binding.name_any();
@@ -132,7 +135,10 @@ pub async fn reconcile(binding: Arc<AgentSecretBinding>, ctx: Arc<Context>) -> R
     ctx.metrics.reconciled(started.elapsed());
     ctx.readiness.reconciled(&key(&ns, &name));
     if result.is_ok() {
-        ctx.failures.lock().expect("failures lock").remove(&key(&ns, &name));
+        ctx.failures
+            .lock()
+            .expect("failures lock")
+            .remove(&key(&ns, &name));
     }
     result
 }
@@ -140,7 +146,10 @@ pub async fn reconcile(binding: Arc<AgentSecretBinding>, ctx: Arc<Context>) -> R
 /// Requeues a failed binding with exponential backoff (1 s doubling, at most 60 s).
 pub fn error_policy(binding: Arc<AgentSecretBinding>, error: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_error(error.category());
-    let k = key(&binding.namespace().unwrap_or_default(), &binding.name_any());
+    let k = key(
+        &binding.namespace().unwrap_or_default(),
+        &binding.name_any(),
+    );
     let mut failures = ctx.failures.lock().expect("failures lock");
     let n = failures.entry(k.clone()).or_default();
     *n = n.saturating_add(1);
@@ -183,7 +192,10 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 records
                     .0
                     .iter()
-                    .filter_map(|w| all.get(&key(&ns, &w.secret)).map(|t| (w.secret.clone(), *t)))
+                    .filter_map(|w| {
+                        all.get(&key(&ns, &w.secret))
+                            .map(|t| (w.secret.clone(), *t))
+                    })
                     .collect()
             };
             let plan = plan::plan(&plan::Input {
@@ -306,7 +318,8 @@ async fn write_status(
         previous: b.status.as_ref(),
         now: Timestamp::now(),
     });
-    ctx.metrics.set_outstanding(&ns, &b.name_any(), status.pending);
+    ctx.metrics
+        .set_outstanding(&ns, &b.name_any(), status.pending);
     if b.status.as_ref() == Some(&status) {
         return Ok(());
     }
@@ -342,10 +355,12 @@ impl Step<'_> {
             Action::Lookup { wrap, if_invalid } => self.lookup(wrap, if_invalid).await,
             Action::ProbeExpiry { wrap } => self.probe_expiry(wrap).await,
             Action::ConfirmVault { wrap } => match self.ctx.vault.health().await {
-                Ok(()) => match children::mark_vault_seen(self.secrets, &wrap, Timestamp::now()).await {
-                    Err(ClaimError::Kube(e)) => Err(e.into()),
-                    _ => Ok(()),
-                },
+                Ok(()) => {
+                    match children::mark_vault_seen(self.secrets, &wrap, Timestamp::now()).await {
+                        Err(ClaimError::Kube(e)) => Err(e.into()),
+                        _ => Ok(()),
+                    }
+                }
                 Err(e) => self.vault_failed(e),
             },
             Action::Settle {
@@ -416,8 +431,17 @@ impl Step<'_> {
                             "issued wrap (accessor {}) for pod {} start {}, expires {}",
                             wrap.accessor, issue.pod, issue.start, expires_at
                         );
-                        self.event_on_pod(&issue.pod, &issue.pod_uid, EventType::Normal, "WrapIssued", "Issue", &note).await;
-                        self.event(EventType::Normal, "WrapIssued", "Issue", &note).await;
+                        self.event_on_pod(
+                            &issue.pod,
+                            &issue.pod_uid,
+                            EventType::Normal,
+                            "WrapIssued",
+                            "Issue",
+                            &note,
+                        )
+                        .await;
+                        self.event(EventType::Normal, "WrapIssued", "Issue", &note)
+                            .await;
                         Ok(())
                     }
                     Err(e) => {
@@ -439,15 +463,26 @@ impl Step<'_> {
             }
             Err(e) => {
                 warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e, "mint failed");
-                children::record_failure(self.secrets, &issue.secret, &rv, &e.to_string(), Timestamp::now())
-                    .await
-                    .ok();
+                children::record_failure(
+                    self.secrets,
+                    &issue.secret,
+                    &rv,
+                    &e.to_string(),
+                    Timestamp::now(),
+                )
+                .await
+                .ok();
                 if e.is_unavailable() {
                     self.problems.vault_unavailable = Some(e.to_string());
                 }
                 self.ctx.metrics.transition(Phase::Failed.as_str());
-                self.event(EventType::Warning, "VaultError", "Issue", &format!("minting for pod {} failed: {e}", issue.pod))
-                    .await;
+                self.event(
+                    EventType::Warning,
+                    "VaultError",
+                    "Issue",
+                    &format!("minting for pod {} failed: {e}", issue.pod),
+                )
+                .await;
                 Ok(())
             }
         }
@@ -488,12 +523,26 @@ impl Step<'_> {
                 Ok(())
             }
             Ok(None) if if_invalid == Phase::Tampered => {
-                self.settle(&wrap, Phase::Tampered, false, false, true,
-                    "the wrap was consumed by someone other than the pod's agent").await
+                self.settle(
+                    &wrap,
+                    Phase::Tampered,
+                    false,
+                    false,
+                    true,
+                    "the wrap was consumed by someone other than the pod's agent",
+                )
+                .await
             }
             Ok(None) => {
-                self.settle(&wrap, Phase::Unwrapped, false, false, false, "consumed (seen by lookup)")
-                    .await
+                self.settle(
+                    &wrap,
+                    Phase::Unwrapped,
+                    false,
+                    false,
+                    false,
+                    "consumed (seen by lookup)",
+                )
+                .await
             }
             Err(e) => self.vault_failed(e),
         }
@@ -530,15 +579,8 @@ impl Step<'_> {
         revoke_token: bool,
         message: &str,
     ) -> Result<(), Error> {
-        if revoke_wrap && let Some(a) = &wrap.wrap_accessor {
-            if let Err(e) = self.revoke(a, "wrap").await {
-                return self.vault_failed(e);
-            }
-        }
-        if revoke_token && let Some(a) = &wrap.accessor {
-            if let Err(e) = self.revoke(a, "token").await {
-                return self.vault_failed(e);
-            }
+        if let Err(e) = self.revoke_record(wrap, revoke_wrap, revoke_token).await {
+            return self.vault_failed(e);
         }
         match children::settle(self.secrets, wrap, phase, verified, message).await {
             Ok(_) => {}
@@ -558,20 +600,19 @@ impl Step<'_> {
             _ => (EventType::Normal, "WrapUnwrapped"),
         };
         self.event(kind, reason, "Track", &note).await;
-        self.event_on_pod(&wrap.pod, &wrap.pod_uid, kind, reason, "Track", &note).await;
+        self.event_on_pod(&wrap.pod, &wrap.pod_uid, kind, reason, "Track", &note)
+            .await;
         Ok(())
     }
 
-    async fn cleanup(&mut self, wrap: WrapState, revoke_wrap: bool, revoke_token: bool) -> Result<(), Error> {
-        if revoke_wrap && let Some(a) = &wrap.wrap_accessor {
-            if let Err(e) = self.revoke(a, "wrap").await {
-                return self.vault_failed(e);
-            }
-        }
-        if revoke_token && let Some(a) = &wrap.accessor {
-            if let Err(e) = self.revoke(a, "token").await {
-                return self.vault_failed(e);
-            }
+    async fn cleanup(
+        &mut self,
+        wrap: WrapState,
+        revoke_wrap: bool,
+        revoke_token: bool,
+    ) -> Result<(), Error> {
+        if let Err(e) = self.revoke_record(&wrap, revoke_wrap, revoke_token).await {
+            return self.vault_failed(e);
         }
         children::remove(self.secrets, &wrap).await?;
         self.ctx
@@ -587,9 +628,30 @@ impl Step<'_> {
         let note = format!(
             "pod {} is gone: removed its Secret{}",
             wrap.pod,
-            if revoke_token { " and revoked its token" } else { "" }
+            if revoke_token {
+                " and revoked its token"
+            } else {
+                ""
+            }
         );
-        self.event(EventType::Normal, "WrapRevoked", "Cleanup", &note).await;
+        self.event(EventType::Normal, "WrapRevoked", "Cleanup", &note)
+            .await;
+        Ok(())
+    }
+
+    /// Revokes a record's wrapping token and/or inner token, as asked.
+    async fn revoke_record(
+        &self,
+        wrap: &WrapState,
+        revoke_wrap: bool,
+        revoke_token: bool,
+    ) -> Result<(), VaultError> {
+        if revoke_wrap && let Some(a) = &wrap.wrap_accessor {
+            self.revoke(a, "wrap").await?;
+        }
+        if revoke_token && let Some(a) = &wrap.accessor {
+            self.revoke(a, "token").await?;
+        }
         Ok(())
     }
 
@@ -615,7 +677,15 @@ impl Step<'_> {
         publish(&self.ctx.recorder, &reference, type_, reason, action, note).await;
     }
 
-    async fn event_on_pod(&self, pod: &str, uid: &str, type_: EventType, reason: &str, action: &str, note: &str) {
+    async fn event_on_pod(
+        &self,
+        pod: &str,
+        uid: &str,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
         let reference = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -669,8 +739,10 @@ pub async fn cleanup_records(
         {
             ctx.metrics.revoked("wrap");
         }
-        if !matches!(wrap.phase, Phase::Expired | Phase::Revoked | Phase::Tampered)
-            && let Some(a) = &wrap.accessor
+        if !matches!(
+            wrap.phase,
+            Phase::Expired | Phase::Revoked | Phase::Tampered
+        ) && let Some(a) = &wrap.accessor
             && ctx.vault.revoke_accessor(a).await? == Revoked::Existed
         {
             ctx.metrics.revoked("token");

@@ -11,10 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reconcile::Context;
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+async fn metrics(
+    State(ctx): State<Arc<Context>>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     (
         StatusCode::OK,
-        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         ctx.metrics.encode(),
     )
 }
@@ -28,7 +33,11 @@ async fn ready(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(addr: SocketAddr, ctx: Arc<Context>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -40,8 +40,12 @@ pub fn validate(
     rules: &[RoleRule],
 ) -> Result<ValidSpec, Invalid> {
     let selector = pod_selector(spec)?;
-    let wrap_ttl = parse_go_duration(&spec.vault.wrap_ttl)
-        .ok_or_else(|| invalid(format!("wrapTTL {:?} is not a duration like 60s or 5m", spec.vault.wrap_ttl)))?;
+    let wrap_ttl = parse_go_duration(&spec.vault.wrap_ttl).ok_or_else(|| {
+        invalid(format!(
+            "wrapTTL {:?} is not a duration like 60s or 5m",
+            spec.vault.wrap_ttl
+        ))
+    })?;
     if !(Duration::from_secs(5)..=Duration::from_secs(3600)).contains(&wrap_ttl) {
         return Err(invalid("wrapTTL must be between 5s and 1h"));
     }
@@ -92,8 +96,8 @@ pub fn pod_selector(spec: &AgentSecretBindingSpec) -> Result<Selector, Invalid> 
             check_label(&req.key, Some(v))?;
         }
     }
-    let selector = Selector::try_from(ls.clone())
-        .map_err(|e| invalid(format!("podSelector: {}", e.0)))?;
+    let selector =
+        Selector::try_from(ls.clone()).map_err(|e| invalid(format!("podSelector: {}", e.0)))?;
     if selector.selects_all() {
         return Err(invalid(
             "podSelector is empty: it would select every pod in the namespace",
@@ -112,7 +116,9 @@ fn check_label(key: &str, value: Option<&str>) -> Result<(), Invalid> {
             && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
     };
     if name.is_empty() || !ok_part(name, 63) || key.matches('/').count() > 1 {
-        return Err(invalid(format!("podSelector: {key:?} is not a valid label key")));
+        return Err(invalid(format!(
+            "podSelector: {key:?} is not a valid label key"
+        )));
     }
     if let Some(v) = value
         && !ok_part(v, 63)
@@ -220,6 +226,11 @@ mod tests {
             operator: "In".into(),
             values: Some(vec![]),
         }]);
-        assert!(validate(&s, "ns", &rules()).unwrap_err().message.contains("needs values"));
+        assert!(
+            validate(&s, "ns", &rules())
+                .unwrap_err()
+                .message
+                .contains("needs values")
+        );
     }
 }

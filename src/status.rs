@@ -46,12 +46,7 @@ pub fn compute(input: &StatusInput) -> AgentSecretBindingStatus {
     let live: Vec<&WrapState> = input
         .wraps
         .iter()
-        .filter(|w| {
-            input
-                .pods
-                .iter()
-                .any(|p| p.uid == w.pod_uid && !p.finished)
-        })
+        .filter(|w| input.pods.iter().any(|p| p.uid == w.pod_uid && !p.finished))
         .collect();
     let count = |f: &dyn Fn(&WrapState) -> bool| live.iter().filter(|w| f(w)).count() as u32;
     let pending = count(&|w| matches!(w.phase, Phase::Issued | Phase::Claimed));
@@ -62,11 +57,27 @@ pub fn compute(input: &StatusInput) -> AgentSecretBindingStatus {
 
     let ready = ready_condition(input, &failed);
     let degraded = if tampered > 0 {
-        ("True", "Tampered", format!("{tampered} wrap(s) were consumed by someone other than the pod's agent; their tokens were revoked"))
+        (
+            "True",
+            "Tampered",
+            format!(
+                "{tampered} wrap(s) were consumed by someone other than the pod's agent; their tokens were revoked"
+            ),
+        )
     } else if expired > 0 {
-        ("True", "WrapsExpired", format!("{expired} wrap(s) expired unconsumed: the pods' agents did not unwrap in time; check the agents' init containers"))
+        (
+            "True",
+            "WrapsExpired",
+            format!(
+                "{expired} wrap(s) expired unconsumed: the pods' agents did not unwrap in time; check the agents' init containers"
+            ),
+        )
     } else {
-        ("False", "AsExpected", "every wrap is pending or consumed".to_string())
+        (
+            "False",
+            "AsExpected",
+            "every wrap is pending or consumed".to_string(),
+        )
     };
     let conditions = vec![
         condition(input, "Ready", ready.0, ready.1, ready.2),
@@ -89,13 +100,20 @@ pub fn compute(input: &StatusInput) -> AgentSecretBindingStatus {
     }
 }
 
-fn ready_condition(input: &StatusInput, failed: &[&&WrapState]) -> (&'static str, &'static str, String) {
+fn ready_condition(
+    input: &StatusInput,
+    failed: &[&&WrapState],
+) -> (&'static str, &'static str, String) {
     let p = input.problems;
     if let Some(invalid) = &p.invalid {
         return ("False", invalid.reason, invalid.message.clone());
     }
     if let Some(msg) = &p.vault_unavailable {
-        return ("False", "VaultUnavailable", format!("{msg}; retrying with backoff"));
+        return (
+            "False",
+            "VaultUnavailable",
+            format!("{msg}; retrying with backoff"),
+        );
     }
     if let Some(w) = failed.first() {
         return (
@@ -131,11 +149,20 @@ fn ready_condition(input: &StatusInput, failed: &[&&WrapState]) -> (&'static str
     (
         "True",
         "Delivering",
-        format!("serving {} pod(s)", input.pods.iter().filter(|p| !p.finished).count()),
+        format!(
+            "serving {} pod(s)",
+            input.pods.iter().filter(|p| !p.finished).count()
+        ),
     )
 }
 
-fn condition(input: &StatusInput, type_: &str, status: &str, reason: &str, message: String) -> Condition {
+fn condition(
+    input: &StatusInput,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+) -> Condition {
     let previous = input
         .previous
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
@@ -216,7 +243,12 @@ mod tests {
         }
     }
 
-    fn compute_with(pods: &[PodView], wraps: &[WrapState], problems: &Problems, conflicts: &BTreeMap<String, Vec<String>>) -> AgentSecretBindingStatus {
+    fn compute_with(
+        pods: &[PodView],
+        wraps: &[WrapState],
+        problems: &Problems,
+        conflicts: &BTreeMap<String, Vec<String>>,
+    ) -> AgentSecretBindingStatus {
         compute(&StatusInput {
             generation: Some(3),
             pods,
@@ -243,7 +275,10 @@ mod tests {
             wrap("gone", Phase::Issued),
         ];
         let s = compute_with(&pods, &wraps, &Problems::default(), &BTreeMap::new());
-        assert_eq!((s.pods, s.pending, s.unwrapped, s.expired, s.tampered), (4, 1, 1, 1, 0));
+        assert_eq!(
+            (s.pods, s.pending, s.unwrapped, s.expired, s.tampered),
+            (4, 1, 1, 1, 0)
+        );
         assert_eq!(s.records[0].phase, "Expired");
         assert_eq!(s.records.len(), 3);
         assert_eq!(ready(&s), ("True", "Delivering"));
@@ -255,14 +290,23 @@ mod tests {
     fn ready_reasons_in_priority_order() {
         let pods = [pod("a")];
         let mut problems = Problems {
-            invalid: Some(Invalid { reason: "RoleNotAllowed", message: "no".into() }),
+            invalid: Some(Invalid {
+                reason: "RoleNotAllowed",
+                message: "no".into(),
+            }),
             vault_unavailable: Some("down".into()),
             ..Default::default()
         };
         let none = BTreeMap::new();
-        assert_eq!(ready(&compute_with(&pods, &[], &problems, &none)), ("False", "RoleNotAllowed"));
+        assert_eq!(
+            ready(&compute_with(&pods, &[], &problems, &none)),
+            ("False", "RoleNotAllowed")
+        );
         problems.invalid = None;
-        assert_eq!(ready(&compute_with(&pods, &[], &problems, &none)), ("False", "VaultUnavailable"));
+        assert_eq!(
+            ready(&compute_with(&pods, &[], &problems, &none)),
+            ("False", "VaultUnavailable")
+        );
         problems.vault_unavailable = None;
         let s = compute_with(&pods, &[wrap("a", Phase::Failed)], &problems, &none);
         assert_eq!(ready(&s), ("False", "VaultRefused"));
@@ -273,13 +317,18 @@ mod tests {
         assert_eq!(ready(&s), ("False", "Conflict"));
         assert!(s.conditions[0].message.contains("other"));
         problems.names_taken.insert("a".into(), "taken".into());
-        assert_eq!(ready(&compute_with(&pods, &[], &problems, &none)), ("False", "SecretNameTaken"));
+        assert_eq!(
+            ready(&compute_with(&pods, &[], &problems, &none)),
+            ("False", "SecretNameTaken")
+        );
     }
 
     #[test]
     fn records_are_bounded() {
         let pods: Vec<PodView> = (0..80).map(|i| pod(&format!("p{i}"))).collect();
-        let wraps: Vec<WrapState> = (0..80).map(|i| wrap(&format!("p{i}"), Phase::Issued)).collect();
+        let wraps: Vec<WrapState> = (0..80)
+            .map(|i| wrap(&format!("p{i}"), Phase::Issued))
+            .collect();
         let s = compute_with(&pods, &wraps, &Problems::default(), &BTreeMap::new());
         assert_eq!(s.records.len(), MAX_RECORDS);
         assert_eq!(s.pending, 80);

@@ -122,7 +122,10 @@ impl VaultError {
     /// True when Vault may have carried out the request even though we got no usable answer.
     /// A mint that fails this way may have produced a live wrap we never saw.
     pub fn may_have_been_processed(&self) -> bool {
-        matches!(self, VaultError::NoAnswer { .. } | VaultError::Protocol { .. })
+        matches!(
+            self,
+            VaultError::NoAnswer { .. } | VaultError::Protocol { .. }
+        )
     }
 
     /// True when Vault itself is unavailable (as opposed to refusing the request).
@@ -302,7 +305,10 @@ impl VaultClient {
 
     /// Looks a wrapping token up without consuming it. `Ok(None)`: not valid (consumed, expired
     /// or revoked: Vault gives one answer for all three).
-    pub async fn lookup_wrap(&self, token: &SecretString) -> Result<Option<WrapLookup>, VaultError> {
+    pub async fn lookup_wrap(
+        &self,
+        token: &SecretString,
+    ) -> Result<Option<WrapLookup>, VaultError> {
         const OP: &str = "lookup";
         let started = Instant::now();
         let sent = self
@@ -379,9 +385,11 @@ impl VaultClient {
                 }
             }
             // Older Vault versions answer 400 for an unknown accessor.
-            Err(VaultError::Refused { status: 400, message, .. })
-                if message.contains("invalid accessor") || message.contains("No token found") =>
-            {
+            Err(VaultError::Refused {
+                status: 400,
+                message,
+                ..
+            }) if message.contains("invalid accessor") || message.contains("No token found") => {
                 Ok(Revoked::NotFound)
             }
             Err(e) => Err(e),
@@ -393,7 +401,10 @@ impl VaultClient {
         const OP: &str = "health";
         let started = Instant::now();
         let sent = self
-            .request(reqwest::Method::GET, "sys/health?standbyok=true&perfstandbyok=true")
+            .request(
+                reqwest::Method::GET,
+                "sys/health?standbyok=true&perfstandbyok=true",
+            )
             .timeout(Duration::from_secs(5))
             .send()
             .await;
@@ -459,7 +470,9 @@ impl VaultClient {
 
     async fn login(&self) -> Result<SecretString, VaultError> {
         match &self.auth {
-            None => Err(VaultError::Auth("no Vault authentication configured".into())),
+            None => Err(VaultError::Auth(
+                "no Vault authentication configured".into(),
+            )),
             Some(VaultAuth::TokenFile(path)) => {
                 let text = tokio::fs::read_to_string(path)
                     .await
@@ -605,4 +618,3 @@ fn describe(e: &reqwest::Error) -> String {
     }
     text
 }
-

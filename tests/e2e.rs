@@ -13,7 +13,11 @@ use serde_json::json;
 const T: Duration = Duration::from_secs(30);
 
 /// Waits until `pod` has an Issued record and returns (secret, wrapping token).
-async fn issued(env: &Env, binding: &str, pod: &str) -> (k8s_openapi::api::core::v1::Secret, String) {
+async fn issued(
+    env: &Env,
+    binding: &str,
+    pod: &str,
+) -> (k8s_openapi::api::core::v1::Secret, String) {
     eventually(&format!("wrap for {pod}"), T, || async {
         let s = env
             .records(binding)
@@ -38,7 +42,8 @@ async fn record_phase(env: &Env, binding: &str, pod: &str) -> Option<String> {
 #[tokio::test]
 async fn binding_ready_one_wrap_per_pod_unwrapped_and_verified() {
     let env = Env::start(Options::default()).await;
-    env.apply_binding("agents", Env::spec("research", "60s")).await;
+    env.apply_binding("agents", Env::spec("research", "60s"))
+        .await;
     for i in 0..3 {
         env.create_pod(&format!("agent-{i}"), "research").await;
     }
@@ -55,17 +60,32 @@ async fn binding_ready_one_wrap_per_pod_unwrapped_and_verified() {
     .await;
     let status = env.status("agents").await;
     assert_eq!((status.pods, status.pending), (3, 3));
-    assert_eq!(env.records("agents").await.len(), 3, "exactly one Secret per selected pod");
+    assert_eq!(
+        env.records("agents").await.len(),
+        3,
+        "exactly one Secret per selected pod"
+    );
 
     // The wrap is single use, from the expected role, with the pod's metadata.
     let (secret0, token0) = &tokens[0];
     let (receipt, code) = env.run_agent(token0, "agent-0");
     assert_eq!(code, 0, "agent unwrap failed: {receipt:?}");
     let receipt = receipt.unwrap();
-    assert_eq!(receipt.accessor.as_deref(), ann(secret0).get("accessor").map(String::as_str));
+    assert_eq!(
+        receipt.accessor.as_deref(),
+        ann(secret0).get("accessor").map(String::as_str)
+    );
     let (again, code) = env.run_agent(token0, "agent-0-again");
-    assert_eq!((again.unwrap().result.as_str(), code), (result::INVALID_WRAPPING_TOKEN, 3));
-    let lookup = env.bao.cli_json(&["token", "lookup", "-accessor", receipt.accessor.as_deref().unwrap()]);
+    assert_eq!(
+        (again.unwrap().result.as_str(), code),
+        (result::INVALID_WRAPPING_TOKEN, 3)
+    );
+    let lookup = env.bao.cli_json(&[
+        "token",
+        "lookup",
+        "-accessor",
+        receipt.accessor.as_deref().unwrap(),
+    ]);
     assert_eq!(lookup["data"]["meta"]["pod"], "agent-0");
     assert_eq!(lookup["data"]["meta"]["namespace"], cluster::NS);
     assert_eq!(lookup["data"]["meta"]["binding"], "agents");
@@ -82,17 +102,33 @@ async fn binding_ready_one_wrap_per_pod_unwrapped_and_verified() {
         (record_phase(&env, "agents", "agent-1").await? == "Unwrapped").then_some(())
     })
     .await;
-    assert!(started.elapsed() < Duration::from_secs(2) + Duration::from_millis(1500), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
     let s0 = eventually("agent-0 verified", T, || async {
-        let s = env.records("agents").await.into_iter().find(|s| ann(s).get("pod").map(String::as_str) == Some("agent-0"))?;
+        let s = env
+            .records("agents")
+            .await
+            .into_iter()
+            .find(|s| ann(s).get("pod").map(String::as_str) == Some("agent-0"))?;
         (ann(&s).get("verified").map(String::as_str) == Some("true")).then_some(s)
     })
     .await;
     assert_eq!(ann(&s0)["phase"], "Unwrapped");
-    assert!(env.token_of(&s0).is_none(), "wrapping token removed after consumption");
+    assert!(
+        env.token_of(&s0).is_none(),
+        "wrapping token removed after consumption"
+    );
     let status = env.status("agents").await;
     assert_eq!((status.pods, status.pending, status.unwrapped), (3, 1, 2));
-    assert!(status.records.iter().any(|r| r.pod == "agent-0" && r.verified));
+    assert!(
+        status
+            .records
+            .iter()
+            .any(|r| r.pod == "agent-0" && r.verified)
+    );
     assert!(!env.events_with_reason("WrapIssued").await.is_empty());
     // kubectl works against the local control plane.
     let out = std::process::Command::new("kubectl")
@@ -100,7 +136,11 @@ async fn binding_ready_one_wrap_per_pod_unwrapped_and_verified() {
         .env("KUBECONFIG", &env.cluster.kubeconfig)
         .output()
         .expect("kubectl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("agents"));
     env.assert_no_leaks().await;
 }
@@ -152,13 +192,19 @@ async fn conflicting_bindings_both_report_and_mint_nothing() {
             (r.1 == "Conflict").then_some(r)
         })
         .await;
-        assert!(msg.contains(if b == "one" { "two" } else { "one" }), "{msg}");
+        assert!(
+            msg.contains(if b == "one" { "two" } else { "one" }),
+            "{msg}"
+        );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(env.records("one").await.is_empty() && env.records("two").await.is_empty());
     assert_eq!(env.audit_requests("auth/token/create/"), 0);
     // Deleting one binding resolves it: the other mints.
-    env.bindings().delete("two", &DeleteParams::default()).await.unwrap();
+    env.bindings()
+        .delete("two", &DeleteParams::default())
+        .await
+        .unwrap();
     let (_, _token) = issued(&env, "one", "p").await;
     env.assert_no_leaks().await;
 }
@@ -217,14 +263,23 @@ async fn unconsumed_wrap_expires_and_its_token_is_revoked() {
     })
     .await;
     assert!(env.token_of(&s).is_none());
-    assert!(!env.bao.root_client().accessor_is_live(&accessor).await.unwrap());
+    assert!(
+        !env.bao
+            .root_client()
+            .accessor_is_live(&accessor)
+            .await
+            .unwrap()
+    );
     let status = env.status("short").await;
     assert_eq!(status.expired, 1);
     let (d, reason, _) = condition(&status, "Degraded");
     assert_eq!((d.as_str(), reason.as_str()), ("True", "WrapsExpired"));
     assert!(!env.events_with_reason("WrapExpired").await.is_empty());
     let metrics = env.op().get("/metrics").unwrap().1;
-    assert!(metrics.contains("cubbyhole_wrap_transitions_total{phase=\"Expired\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("cubbyhole_wrap_transitions_total{phase=\"Expired\"} 1"),
+        "{metrics}"
+    );
     env.assert_no_leaks().await;
 }
 
@@ -244,7 +299,11 @@ async fn pod_deletion_revokes_and_binding_deletion_revokes_everything() {
     env.delete_pod("a-0").await;
     let root = env.bao.root_client();
     eventually("a-0 token revoked + Secret gone", T, || async {
-        let gone = !env.records("b").await.iter().any(|s| ann(s)["pod"] == "a-0");
+        let gone = !env
+            .records("b")
+            .await
+            .iter()
+            .any(|s| ann(s)["pod"] == "a-0");
         (gone && !root.accessor_is_live(&acc0).await.ok()?).then_some(())
     })
     .await;
@@ -252,15 +311,27 @@ async fn pod_deletion_revokes_and_binding_deletion_revokes_everything() {
     env.set_pod_phase("a-1", "Succeeded").await;
     let acc1 = ann(&s1)["wrap-accessor"].clone();
     eventually("a-1 cleaned", T, || async {
-        let gone = !env.records("b").await.iter().any(|s| ann(s)["pod"] == "a-1");
+        let gone = !env
+            .records("b")
+            .await
+            .iter()
+            .any(|s| ann(s)["pod"] == "a-1");
         (gone && !root.accessor_is_live(&acc1).await.ok()?).then_some(())
     })
     .await;
     // Binding deleted: the finalizer revokes the rest and lets go.
     let acc2 = ann(&s2)["accessor"].clone();
-    env.bindings().delete("b", &DeleteParams::default()).await.unwrap();
+    env.bindings()
+        .delete("b", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("binding gone", T, || async {
-        env.bindings().get_opt("b").await.ok()?.is_none().then_some(())
+        env.bindings()
+            .get_opt("b")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(env.records("b").await.is_empty());
@@ -270,12 +341,21 @@ async fn pod_deletion_revokes_and_binding_deletion_revokes_everything() {
 
 #[tokio::test]
 async fn stolen_wrap_is_detected_as_tampered_and_the_stolen_token_revoked() {
-    let env = Env::start(Options { lookup_period: "30s", ..Options::default() }).await;
+    let env = Env::start(Options {
+        lookup_period: "30s",
+        ..Options::default()
+    })
+    .await;
     env.apply_binding("b", Env::spec("t", "60s")).await;
     env.create_pod("t-0", "t").await;
     let (secret, token) = issued(&env, "b", "t-0").await;
     // A third party unwraps first.
-    let stolen = env.bao.agent_client().unwrap(&cubbyhole::vault::SecretString::new(token.clone())).await.unwrap();
+    let stolen = env
+        .bao
+        .agent_client()
+        .unwrap(&cubbyhole::vault::SecretString::new(token.clone()))
+        .await
+        .unwrap();
     env.remember(stolen.token.expose());
     assert_eq!(Some(&stolen.accessor), ann(&secret).get("accessor"));
     // The pod's agent then fails and says so in its receipt.
@@ -292,7 +372,13 @@ async fn stolen_wrap_is_detected_as_tampered_and_the_stolen_token_revoked() {
     assert_eq!(status.tampered, 1);
     assert_eq!(condition(&status, "Degraded").1, "Tampered");
     assert!(!env.events_with_reason("WrapTampered").await.is_empty());
-    assert!(!env.bao.root_client().accessor_is_live(&stolen.accessor).await.unwrap());
+    assert!(
+        !env.bao
+            .root_client()
+            .accessor_is_live(&stolen.accessor)
+            .await
+            .unwrap()
+    );
     let metrics = env.op().get("/metrics").unwrap().1;
     assert!(metrics.contains("phase=\"Tampered\""));
     env.assert_no_leaks().await;
@@ -307,7 +393,10 @@ async fn secret_name_taken_is_reported_and_left_untouched() {
         "stringData": {"token": "not-yours-keep-out"},
     }))
     .unwrap();
-    env.secrets().create(&Default::default(), &squatter).await.unwrap();
+    env.secrets()
+        .create(&Default::default(), &squatter)
+        .await
+        .unwrap();
     env.apply_binding("b", Env::spec("n", "60s")).await;
     env.create_pod("n-0", "n").await;
     env.create_pod("n-1", "n").await;
@@ -329,10 +418,22 @@ async fn schema_refuses_what_it_can() {
     let env = Env::start(Options::default()).await;
     let api = env.bindings();
     for (what, spec) in [
-        ("empty selector", json!({"podSelector": {}, "vault": {"tokenRole": "r"}})),
-        ("wrapTTL too short", json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "r", "wrapTTL": "1s"}})),
-        ("wrapTTL not a duration", json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "r", "wrapTTL": "soon"}})),
-        ("bad role", json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "../sys"}})),
+        (
+            "empty selector",
+            json!({"podSelector": {}, "vault": {"tokenRole": "r"}}),
+        ),
+        (
+            "wrapTTL too short",
+            json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "r", "wrapTTL": "1s"}}),
+        ),
+        (
+            "wrapTTL not a duration",
+            json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "r", "wrapTTL": "soon"}}),
+        ),
+        (
+            "bad role",
+            json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "../sys"}}),
+        ),
     ] {
         let b = json!({"apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
             "metadata": {"name": "x", "namespace": cluster::NS}, "spec": spec});
@@ -340,9 +441,18 @@ async fn schema_refuses_what_it_can() {
             .patch("x", &PatchParams::apply("e2e"), &Patch::Apply(&b))
             .await
             .expect_err(what);
-        assert!(matches!(&err, kube::Error::Api(s) if s.code == 422), "{what}: {err}");
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422),
+            "{what}: {err}"
+        );
     }
-    assert!(api.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -366,7 +476,12 @@ async fn operator_killed_mid_burst_mints_nothing_twice() {
     assert_eq!(env.records("burst").await.len(), 20);
     let minted = env.minted_wraps().await;
     let live: Vec<&String> = minted.iter().filter(|(_, l)| *l).map(|(a, _)| a).collect();
-    assert_eq!(live.len(), 20, "exactly one live wrap per pod (minted {})", minted.len());
+    assert_eq!(
+        live.len(),
+        20,
+        "exactly one live wrap per pod (minted {})",
+        minted.len()
+    );
     for a in &accessors {
         assert!(live.contains(&a), "the delivered wrap is the live one");
     }
@@ -392,20 +507,24 @@ async fn vault_outage_leaves_no_pod_without_and_none_with_two_wraps() {
     // Until every pod has had its wrap delivered, never more live wraps than pods: a mint whose
     // answer was lost during the outage must expire before its pod gets a new one.
     let max_live = std::cell::Cell::new(0);
-    let delivered = eventually("every pod served after the outage", Duration::from_secs(90), || async {
-        let live = env.minted_wraps().await.iter().filter(|(_, l)| *l).count();
-        max_live.set(max_live.get().max(live));
-        assert!(live <= 5, "{live} live wraps for 5 pods");
-        let records = env.records("b").await;
-        let delivered: Vec<String> = records
-            .iter()
-            .filter_map(|s| ann(s).get("wrap-accessor").cloned())
-            .collect();
-        for s in &records {
-            env.token_of(s);
-        }
-        (delivered.len() == 5).then_some(delivered)
-    })
+    let delivered = eventually(
+        "every pod served after the outage",
+        Duration::from_secs(90),
+        || async {
+            let live = env.minted_wraps().await.iter().filter(|(_, l)| *l).count();
+            max_live.set(max_live.get().max(live));
+            assert!(live <= 5, "{live} live wraps for 5 pods");
+            let records = env.records("b").await;
+            let delivered: Vec<String> = records
+                .iter()
+                .filter_map(|s| ann(s).get("wrap-accessor").cloned())
+                .collect();
+            for s in &records {
+                env.token_of(s);
+            }
+            (delivered.len() == 5).then_some(delivered)
+        },
+    )
     .await;
     let unique: std::collections::BTreeSet<_> = delivered.iter().collect();
     assert_eq!(unique.len(), 5);
@@ -415,24 +534,30 @@ async fn vault_outage_leaves_no_pod_without_and_none_with_two_wraps() {
 
 #[tokio::test]
 async fn sweep_cleans_records_of_a_force_deleted_binding() {
-    let env = Env::start(Options::default()).await;
+    let mut env = Env::start(Options::default()).await;
     env.apply_binding("doomed", Env::spec("d", "60s")).await;
     env.create_pod("d-0", "d").await;
     let (s, _) = issued(&env, "doomed", "d-0").await;
     let accessor = ann(&s)["wrap-accessor"].clone();
-    env.operator.as_ref().map(|_| ());
     // Strip the finalizer and delete while the operator is stopped.
-    let mut env = env;
     env.operator.take().unwrap().kill();
     env.bindings()
-        .patch("doomed", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
+        .patch(
+            "doomed",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+        )
         .await
         .unwrap();
-    env.bindings().delete("doomed", &DeleteParams::default()).await.unwrap();
+    env.bindings()
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
     env.restart_operator();
     let root = env.bao.root_client();
     eventually("swept", T, || async {
-        (env.records("doomed").await.is_empty() && !root.accessor_is_live(&accessor).await.ok()?).then_some(())
+        (env.records("doomed").await.is_empty() && !root.accessor_is_live(&accessor).await.ok()?)
+            .then_some(())
     })
     .await;
     env.assert_no_leaks().await;

@@ -122,7 +122,11 @@ impl Operator {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(port, "/readyz").map(|(c, _)| c) != Some(200) {
-            assert!(Instant::now() < deadline, "operator not ready:\n{}", op.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "operator not ready:\n{}",
+                op.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         op
@@ -235,7 +239,10 @@ impl Env {
         let client = cluster.client().await;
         install_crd(&client).await;
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})).unwrap();
+        let ns = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+        )
+        .unwrap();
         namespaces.create(&PostParams::default(), &ns).await.ok();
         let config = dir.join("operator.yaml");
         let roles = options
@@ -467,7 +474,11 @@ impl Env {
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["type"] == "request")
-            .filter(|v| v["request"]["path"].as_str().is_some_and(|p| p.starts_with(path_prefix)))
+            .filter(|v| {
+                v["request"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(path_prefix))
+            })
             .count()
     }
 
@@ -481,7 +492,9 @@ impl Env {
             corpus.push_str(&op.log_text());
             corpus.push_str(&op.get("/metrics").map(|(_, b)| b).unwrap_or_default());
         } else {
-            corpus.push_str(&std::fs::read_to_string(self.dir.join("operator.log")).unwrap_or_default());
+            corpus.push_str(
+                &std::fs::read_to_string(self.dir.join("operator.log")).unwrap_or_default(),
+            );
         }
         corpus.push_str(&self.bao.log());
         for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
@@ -492,7 +505,13 @@ impl Env {
         }
         let bindings = self.bindings().list(&ListParams::default()).await.unwrap();
         corpus.push_str(&serde_json::to_string(&bindings.items).unwrap());
-        for secret in self.secrets().list(&ListParams::default()).await.unwrap().items {
+        for secret in self
+            .secrets()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+        {
             corpus.push_str(&serde_json::to_string(&secret.metadata).unwrap());
         }
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
@@ -500,13 +519,20 @@ impl Env {
         corpus.push_str(&serde_json::to_string(&events.items).unwrap());
         for (i, t) in tokens.iter().enumerate() {
             assert!(t.len() >= 8, "token #{i} too short to scan for");
-            assert!(!corpus.contains(t.as_str()), "token #{i} leaked into the output");
+            assert!(
+                !corpus.contains(t.as_str()),
+                "token #{i} leaked into the output"
+            );
         }
     }
 
     /// Events (events.k8s.io) with `reason`.
-    pub async fn events_with_reason(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), NS);
+    pub async fn events_with_reason(
+        &self,
+        reason: &str,
+    ) -> Vec<k8s_openapi::api::events::v1::Event> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), NS);
         events
             .list(&ListParams::default())
             .await
@@ -578,7 +604,8 @@ async fn install_crd(client: &Client) {
 
 fn rand_suffix() -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string()
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_string()
 }
 
 /// Labels of a Secret's annotations by short key (`phase`, `wrap-accessor`, ...).
@@ -586,6 +613,9 @@ pub fn ann(secret: &Secret) -> BTreeMap<String, String> {
     secret
         .annotations()
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix("cubbyhole.dev/").map(|k| (k.to_string(), v.clone())))
+        .filter_map(|(k, v)| {
+            k.strip_prefix("cubbyhole.dev/")
+                .map(|k| (k.to_string(), v.clone()))
+        })
         .collect()
 }
