@@ -248,13 +248,17 @@ mod tests {
     }
 
     #[test]
-    fn checked_in_crd_is_current() {
-        let on_disk = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/crds/agentsecretbinding.yaml"
-        ))
-        .expect("crds/agentsecretbinding.yaml exists (run `just crds`)");
-        assert_eq!(on_disk, crd_yaml(), "crds/ is stale: run `just crds`");
+    fn checked_in_crds_are_current() {
+        for path in [
+            "crds/agentsecretbinding.yaml",
+            "config/crd/agentsecretbinding.yaml",
+        ] {
+            let on_disk = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path),
+            )
+            .unwrap_or_default();
+            assert_eq!(on_disk, crd_yaml(), "{path} is stale: run `just crds`");
+        }
     }
 
     #[test]

