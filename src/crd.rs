@@ -97,7 +97,7 @@ pub struct VaultTokenSpec {
 
     /// Number of uses of the agent's token. Unset or 0: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(with = "Option<i32>", range(min = 0))]
     pub num_uses: Option<u32>,
 
     /// How long the wrapping token stays valid, as a Go duration. Default `60s`, 5s..1h.
@@ -134,18 +134,23 @@ pub struct AgentSecretBindingStatus {
     pub conditions: Vec<Condition>,
     /// Pods selected by this binding right now.
     #[serde(default)]
+    #[schemars(with = "i32")]
     pub pods: u32,
     /// Wraps issued and not yet consumed, expired or revoked.
     #[serde(default)]
+    #[schemars(with = "i32")]
     pub pending: u32,
     /// Current pod starts whose wrap was consumed.
     #[serde(default)]
+    #[schemars(with = "i32")]
     pub unwrapped: u32,
     /// Current pod starts whose wrap expired unconsumed.
     #[serde(default)]
+    #[schemars(with = "i32")]
     pub expired: u32,
     /// Current pod starts whose wrap was consumed by someone other than the pod's agent.
     #[serde(default)]
+    #[schemars(with = "i32")]
     pub tampered: u32,
     /// Per-pod records, problems first, at most 50.
     #[serde(default)]
@@ -181,6 +186,7 @@ pub struct WrapRecord {
     /// Pod uid.
     pub uid: String,
     /// Start number: restart count of the agent container when the wrap was issued.
+    #[schemars(with = "i32")]
     pub start: u32,
     /// Per-pod Secret that holds (or held) the wrapping token.
     pub secret: String,

@@ -584,3 +584,79 @@ async fn probes_metrics_and_clean_sigterm() {
     let status = env.operator.take().unwrap().terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn vault_calls_per_pod_life_are_bounded() {
+    let env = Env::start(Options {
+        lookup_period: "2s",
+        ..Options::default()
+    })
+    .await;
+    env.apply_binding("b", Env::spec("life", "10s")).await;
+    for i in 0..6 {
+        env.create_pod(&format!("life-{i}"), "life").await;
+    }
+    // Pods 0-2 unwrap at once and report a receipt; pods 3-5 never unwrap.
+    for i in 0..3 {
+        let pod = format!("life-{i}");
+        let (_, token) = issued(&env, "b", &pod).await;
+        let (receipt, code) = env.run_agent(&token, &pod);
+        assert_eq!(code, 0);
+        env.report_receipt(&pod, receipt.as_ref(), 0).await;
+    }
+    eventually("all settled", T, || async {
+        let status = env.status("b").await;
+        (status.unwrapped == 3 && status.expired == 3).then_some(())
+    })
+    .await;
+    for i in 0..6 {
+        env.delete_pod(&format!("life-{i}")).await;
+    }
+    eventually("all cleaned", T, || async {
+        env.records("b").await.is_empty().then_some(())
+    })
+    .await;
+    let creates = env.audit_requests("auth/token/create/");
+    // The agents made one lookup each; the rest are the operator's.
+    let lookups = env.audit_requests("sys/wrapping/lookup") - 3;
+    let revocations = env.audit_requests("auth/token/revoke-accessor");
+    println!(
+        "FIGURES vault calls for 6 pod lives (3 unwrapped with receipt, 3 expired; wrapTTL 10s, lookupPeriod 2s): creates={creates} operator_lookups={lookups} revocations={revocations}"
+    );
+    assert_eq!(creates, 6);
+    // Bound: at most ceil(10/2) = 5 lookups per wrap, none once a receipt settled it.
+    assert!(lookups <= 3 * 5, "{lookups} lookups");
+    // Expired: wrap + token; unwrapped: token at deletion.
+    assert!(revocations <= 3 * 2 + 3, "{revocations} revocations");
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn burst_of_100_pods_is_served_once_each() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("many", Env::spec("many", "60s")).await;
+    let started = std::time::Instant::now();
+    for i in 0..100 {
+        env.create_pod(&format!("many-{i}"), "many").await;
+    }
+    let created = started.elapsed();
+    eventually("100 wraps", Duration::from_secs(120), || async {
+        let n = env
+            .records("many")
+            .await
+            .iter()
+            .filter(|s| ann(s).get("phase").map(String::as_str) == Some("Issued"))
+            .count();
+        (n == 100).then_some(())
+    })
+    .await;
+    let served = started.elapsed();
+    println!(
+        "FIGURES burst: 100 pods created in {created:?}, all wraps delivered after {served:?}"
+    );
+    assert_eq!(env.audit_requests("auth/token/create/"), 100);
+    for s in env.records("many").await.iter().take(3) {
+        env.token_of(s);
+    }
+    env.assert_no_leaks().await;
+}
