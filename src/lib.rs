@@ -5,6 +5,7 @@
 pub mod children;
 pub mod config;
 pub mod crd;
+pub mod failpoint;
 pub mod metrics;
 pub mod model;
 pub mod operator;

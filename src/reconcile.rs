@@ -406,9 +406,12 @@ impl Step<'_> {
             self.revoke(previous, "token").await.ok();
         }
         let request = self.token_request(&issue);
+        // Vault counts the wrap's TTL from its own receipt of the request: start the clock
+        // before sending, so our expiry is never later than Vault's.
+        let issued_at = Timestamp::now();
         match self.ctx.vault.create_wrapped_token(&request).await {
             Ok(wrap) => {
-                let issued_at = Timestamp::now();
+                crate::failpoint::hit("after-mint");
                 let expires_at = issued_at
                     .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
                     .unwrap_or(issued_at);

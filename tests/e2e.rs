@@ -660,3 +660,29 @@ async fn burst_of_100_pods_is_served_once_each() {
     }
     env.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn operator_killed_between_mint_and_delivery_converges_to_one_live_wrap() {
+    let mut env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("k", "5s")).await;
+    // This operator dies right after Vault answers the first mint, before the Secret is written.
+    let doomed = env.start_operator_with_failpoint("after-mint");
+    env.create_pod("k-0", "k").await;
+    doomed.wait_exit(T);
+    let claim = env
+        .records("b")
+        .await
+        .pop()
+        .expect("the claim was written before the mint");
+    assert_eq!(ann(&claim)["phase"], "Claimed");
+    assert_eq!(env.minted_wraps().await.len(), 1);
+    env.restart_operator();
+    // The restarted operator waits until the lost wrap has expired, then mints exactly once more.
+    let (secret, _) = issued(&env, "b", "k-0").await;
+    let minted = env.minted_wraps().await;
+    assert_eq!(minted.len(), 2, "{minted:?}");
+    let live: Vec<_> = minted.iter().filter(|(_, l)| *l).collect();
+    assert_eq!(live.len(), 1, "{minted:?}");
+    assert_eq!(live[0].0, ann(&secret)["wrap-accessor"]);
+    env.assert_no_leaks().await;
+}

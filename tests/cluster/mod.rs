@@ -99,6 +99,16 @@ pub struct Operator {
 impl Operator {
     /// Starts `cubbyhole operator` and waits for /readyz.
     pub fn start(kubeconfig: &Path, config: &Path, log: &Path) -> Operator {
+        Self::start_with(kubeconfig, config, log, &[])
+    }
+
+    /// Same, with extra environment variables.
+    pub fn start_with(
+        kubeconfig: &Path,
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Operator {
         let port = free_port();
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -111,6 +121,7 @@ impl Operator {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,cubbyhole=debug,kube=warn")
+            .envs(env.iter().copied())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .spawn()
@@ -140,6 +151,15 @@ impl Operator {
     /// GETs a path of the operator's HTTP endpoint.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.port, path)
+    }
+
+    /// Waits until the process has exited on its own (e.g. at a failpoint).
+    pub fn wait_exit(mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "operator did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL, no goodbye.
@@ -285,6 +305,17 @@ impl Env {
             &self.config,
             &self.dir.join("operator.log"),
         ));
+    }
+
+    /// Replaces the operator with one that aborts at `failpoint` (see `src/failpoint.rs`).
+    pub fn start_operator_with_failpoint(&mut self, failpoint: &str) -> Operator {
+        self.operator.take().map(Operator::kill);
+        Operator::start_with(
+            &self.cluster.kubeconfig,
+            &self.config,
+            &self.dir.join("operator.log"),
+            &[("CUBBYHOLE_FAILPOINT", failpoint)],
+        )
     }
 
     /// Typed APIs.
