@@ -309,7 +309,9 @@ impl Env {
 
     /// Replaces the operator with one that aborts at `failpoint` (see `src/failpoint.rs`).
     pub fn start_operator_with_failpoint(&mut self, failpoint: &str) -> Operator {
-        self.operator.take().map(Operator::kill);
+        if let Some(op) = self.operator.take() {
+            op.kill();
+        }
         Operator::start_with(
             &self.cluster.kubeconfig,
             &self.config,
