@@ -4,6 +4,7 @@
 
 pub mod children;
 pub mod config;
+pub mod context;
 pub mod crd;
 pub mod failpoint;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod reconcile;
 pub mod server;
 pub mod spec;
 pub mod status;
+pub mod steps;
 pub mod sweep;
 pub mod telemetry;
 pub mod unwrap;

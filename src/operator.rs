@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::OperatorConfig;
+use crate::context::{Context, Readiness};
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
 use crate::model::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
-use crate::reconcile::{self, Context, Readiness};
+use crate::reconcile;
 use crate::vault::VaultClient;
 
 /// `cubbyhole operator` flags.

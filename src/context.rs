@@ -1,0 +1,94 @@
+//! The reconciler's shared state and its one error type.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use crate::config::OperatorConfig;
+use crate::crd::AgentSecretBinding;
+use crate::metrics::Metrics;
+use crate::vault::{VaultClient, VaultError};
+
+/// One error type for the reconciler; `category` is its metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Vault failed; the status says so.
+    #[error("{0}")]
+    Vault(#[from] VaultError),
+    /// Adding or removing the binding finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// Static label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Vault(e) => e.category(),
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Tracks "ready only after the first sync": every binding that existed at start-up has been
+/// reconciled once.
+#[derive(Default)]
+pub struct Readiness {
+    waiting: Mutex<Option<HashSet<String>>>,
+}
+
+impl Readiness {
+    /// Records the bindings found by the initial list.
+    pub fn expect(&self, keys: impl IntoIterator<Item = String>) {
+        *self.waiting.lock().expect("readiness lock") = Some(keys.into_iter().collect());
+    }
+    /// A binding was reconciled.
+    pub fn reconciled(&self, key: &str) {
+        if let Some(w) = self.waiting.lock().expect("readiness lock").as_mut() {
+            w.remove(key);
+        }
+    }
+    /// True once the first sync is done.
+    pub fn is_ready(&self) -> bool {
+        self.waiting
+            .lock()
+            .expect("readiness lock")
+            .as_ref()
+            .is_some_and(|w| w.is_empty())
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Vault client.
+    pub vault: VaultClient,
+    /// Operator configuration.
+    pub config: OperatorConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Every binding (for conflicts).
+    pub bindings: Store<AgentSecretBinding>,
+    /// `namespace/secret` -> last lookup.
+    pub last_lookup: Mutex<HashMap<String, Timestamp>>,
+    /// `namespace/binding` -> consecutive failures (for backoff).
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// First-sync tracking.
+    pub readiness: Readiness,
+}
+
+/// `namespace/name`, the key of the per-binding and per-Secret maps.
+pub fn key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
