@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::model::{ObservedReceipt, Phase, PodView, WrapState, secret_name};
+use crate::model::{ObservedReceipt, Phase, PodView, WrapState, is_valid_secret_name, secret_name};
 use crate::receipt::result;
 
 /// A lost mint answer is assumed dead this long after its wrap would have expired.
@@ -111,6 +111,8 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Earliest time something becomes due.
     pub wake_at: Option<Timestamp>,
+    /// Pod name -> the Secret name it asks for, which is not a valid name (nothing is minted).
+    pub invalid_names: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -173,6 +175,10 @@ pub fn plan(input: &Input) -> Plan {
         }
         // A record for an older pod of the same name is cleaned up first; mint next round.
         let name = secret_name(pod, &input.settings.binding);
+        if !is_valid_secret_name(&name) {
+            plan.invalid_names.insert(pod.name.clone(), name);
+            continue;
+        }
         if input.wraps.iter().any(|w| w.secret == name) {
             continue;
         }
@@ -473,6 +479,20 @@ mod tests {
         // Once a record exists, nothing more is minted for this start.
         let p = run(&[pod("a")], &[issued("a", 0)], 1);
         assert!(p.actions.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn an_invalid_annotated_secret_name_is_reported_not_minted() {
+        let p = PodView {
+            secret_name: Some("Not_Valid".into()),
+            ..pod("a")
+        };
+        let plan = run(&[p], &[], 0);
+        assert!(plan.actions.is_empty());
+        assert_eq!(
+            plan.invalid_names.get("a").map(String::as_str),
+            Some("Not_Valid")
+        );
     }
 
     #[test]

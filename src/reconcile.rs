@@ -126,6 +126,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 now,
             });
             wake = plan.wake_at;
+            problems.invalid_names = plan.invalid_names.clone();
             tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
             if !plan.actions.is_empty() {
                 let mut step = Step {

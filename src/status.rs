@@ -20,6 +20,8 @@ pub struct Problems {
     pub vault_unavailable: Option<String>,
     /// Pod name -> the Secret name that belongs to something else.
     pub names_taken: BTreeMap<String, String>,
+    /// Pod name -> the Secret name it asks for, which is not a valid name.
+    pub invalid_names: BTreeMap<String, String>,
 }
 
 /// Everything the status is computed from.
@@ -134,6 +136,15 @@ fn ready_condition(
                 "{} pod(s) are selected by other bindings too (pod {pod} also by {}); they get no token from either until the selectors no longer overlap",
                 input.conflicts.len(),
                 others.join(", ")
+            ),
+        );
+    }
+    if let Some((pod, secret)) = p.invalid_names.iter().next() {
+        return (
+            "False",
+            "InvalidSecretName",
+            format!(
+                "pod {pod} asks for Secret name {secret:?} (annotation cubbyhole.dev/secret-name), which is not a valid Secret name: use lowercase letters, digits, '-' and '.'"
             ),
         );
     }
@@ -316,6 +327,12 @@ mod tests {
         let s = compute_with(&pods, &[], &problems, &conflicts);
         assert_eq!(ready(&s), ("False", "Conflict"));
         assert!(s.conditions[0].message.contains("other"));
+        problems.invalid_names.insert("a".into(), "Bad".into());
+        assert_eq!(
+            ready(&compute_with(&pods, &[], &problems, &none)),
+            ("False", "InvalidSecretName")
+        );
+        problems.invalid_names.clear();
         problems.names_taken.insert("a".into(), "taken".into());
         assert_eq!(
             ready(&compute_with(&pods, &[], &problems, &none)),

@@ -686,3 +686,32 @@ async fn operator_killed_between_mint_and_delivery_converges_to_one_live_wrap() 
     assert_eq!(live[0].0, ann(&secret)["wrap-accessor"]);
     env.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn invalid_secret_name_annotation_is_reported_and_others_are_served() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("v", "60s")).await;
+    let mut pod = env.create_pod("v-0", "v").await;
+    pod.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("cubbyhole.dev/secret-name".into(), "Not_A_Name".into());
+    env.pods()
+        .patch(
+            "v-0",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": pod.metadata.annotations}})),
+        )
+        .await
+        .unwrap();
+    env.create_pod("v-1", "v").await;
+    let msg = eventually("InvalidSecretName", T, || async {
+        let (s, r, m) = env.ready("b").await;
+        (s == "False" && r == "InvalidSecretName").then_some(m)
+    })
+    .await;
+    assert!(msg.contains("Not_A_Name"), "{msg}");
+    issued(&env, "b", "v-1").await;
+    assert_eq!(env.records("b").await.len(), 1);
+    env.assert_no_leaks().await;
+}
