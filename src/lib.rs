@@ -7,6 +7,7 @@ pub mod config;
 pub mod context;
 pub mod crd;
 pub mod failpoint;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod operator;

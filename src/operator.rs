@@ -43,6 +43,18 @@ pub struct OperatorArgs {
     /// Log JSON lines instead of text.
     #[arg(long)]
     pub json_logs: bool,
+    /// Run as one of several replicas: only the holder of a Lease reconciles.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cubbyhole-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "cubbyhole-operator")]
+    pub lease_name: String,
+    /// How long a leader's lease lasts without renewal (renewed every third of it).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -88,16 +100,33 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         readiness: Readiness::default(),
     });
 
-    let initial = list_initial(&bindings, &shutdown).await?;
-    ctx.readiness.expect(initial);
-    info!(lookup_period = ?config.lookup_period, "operator starting");
-
     let server = tokio::spawn(crate::server::serve(
         args.listen,
         ctx.clone(),
         shutdown.clone(),
     ));
-    let sweeper = tokio::spawn(sweep_loop(ctx.clone(), shutdown.clone()));
+    // Stops the controller on shutdown, or when leadership is lost.
+    let stop = shutdown.child_token();
+    let mut leadership = None;
+    if args.leader_election {
+        // A standby is healthy and ready: it must not stall rollouts.
+        ctx.readiness.expect([]);
+        let lease = crate::leader::LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity(),
+            duration: args.lease_duration,
+            renew_every: args.lease_duration / 3,
+        };
+        match crate::leader::acquire(client.clone(), lease, shutdown.clone(), stop.clone()).await {
+            Some(renewal) => leadership = Some(renewal),
+            None => return finish(server).await,
+        }
+    }
+    let initial = list_initial(&bindings, &shutdown).await?;
+    ctx.readiness.expect(initial);
+    info!(lookup_period = ?config.lookup_period, "operator starting");
+    let sweeper = tokio::spawn(sweep_loop(ctx.clone(), stop.clone()));
 
     let pod_store = store.clone();
     let sibling_store = store.clone();
@@ -121,7 +150,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
                 Some(ObjectRef::<AgentSecretBinding>::new(&binding).within(&ns))
             },
         )
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -129,15 +158,36 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
             }
         })
         .await;
-    shutdown.cancel();
     sweeper.await.ok();
-    match server.await {
-        Ok(Err(e)) => return Err(format!("HTTP server: {e}")),
-        Err(e) => return Err(format!("HTTP server task: {e}")),
-        Ok(Ok(())) => {}
+    let lost_leadership = !shutdown.is_cancelled();
+    shutdown.cancel();
+    if let Some(renewal) = leadership {
+        // Releases the lease so a standby takes over at once.
+        renewal.await.ok();
+    }
+    finish(server).await?;
+    if lost_leadership {
+        // Exit so Kubernetes restarts this replica as a standby.
+        return Err("lost leadership".into());
     }
     info!("operator stopped cleanly");
     Ok(())
+}
+
+async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<(), String> {
+    match server.await {
+        Ok(Err(e)) => Err(format!("HTTP server: {e}")),
+        Err(e) => Err(format!("HTTP server task: {e}")),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// This replica's name in the Lease: the pod name, else host name and process id.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
 }
 
 /// Lists bindings once at start (retrying) so readiness can wait for each to be reconciled.

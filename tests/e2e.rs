@@ -715,3 +715,62 @@ async fn invalid_secret_name_annotation_is_reported_and_others_are_served() {
     assert_eq!(env.records("b").await.len(), 1);
     env.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn leader_election_fails_over_without_duplicate_wraps() {
+    let mut env = Env::start(Options::default()).await;
+    // Replace the plain operator with two replicas electing a leader.
+    env.operator.take().unwrap().kill();
+    let first = env.start_replica(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = env.start_replica(2);
+    env.apply_binding("b", Env::spec("ha", "60s")).await;
+    for i in 0..3 {
+        env.create_pod(&format!("ha-{i}"), "ha").await;
+        issued(&env, "b", &format!("ha-{i}")).await;
+    }
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(env.client.clone(), "default");
+    let holder = leases
+        .get("cubbyhole-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    let (leader, standby) = if holder.ends_with(&format!("-{}", first.pid())) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert!(holder.ends_with(&format!("-{}", leader.pid())), "{holder}");
+    // The leader dies without a goodbye; the standby takes over once the 6 s lease runs out.
+    let killed = std::time::Instant::now();
+    leader.kill();
+    for i in 3..6 {
+        env.create_pod(&format!("ha-{i}"), "ha").await;
+    }
+    for i in 3..6 {
+        issued(&env, "b", &format!("ha-{i}")).await;
+    }
+    let failover = killed.elapsed();
+    println!("FIGURES leader failover after SIGKILL (6 s lease): {failover:?}");
+    assert!(failover < Duration::from_secs(15), "{failover:?}");
+    assert_eq!(env.records("b").await.len(), 6);
+    assert_eq!(
+        env.audit_requests("auth/token/create/"),
+        6,
+        "one wrap per pod across both replicas"
+    );
+    // A clean stop releases the lease.
+    assert!(standby.terminate().success());
+    let spec = leases
+        .get("cubbyhole-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert!(spec.holder_identity.is_none_or(|h| h.is_empty()));
+    env.assert_no_leaks().await;
+}

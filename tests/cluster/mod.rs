@@ -99,15 +99,16 @@ pub struct Operator {
 impl Operator {
     /// Starts `cubbyhole operator` and waits for /readyz.
     pub fn start(kubeconfig: &Path, config: &Path, log: &Path) -> Operator {
-        Self::start_with(kubeconfig, config, log, &[])
+        Self::start_with(kubeconfig, config, log, &[], &[])
     }
 
-    /// Same, with extra environment variables.
+    /// Same, with extra environment variables and arguments.
     pub fn start_with(
         kubeconfig: &Path,
         config: &Path,
         log: &Path,
         env: &[(&str, &str)],
+        args: &[&str],
     ) -> Operator {
         let port = free_port();
         let out = std::fs::OpenOptions::new()
@@ -119,6 +120,7 @@ impl Operator {
             .args(["operator", "--config"])
             .arg(config)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,cubbyhole=debug,kube=warn")
             .envs(env.iter().copied())
@@ -141,6 +143,11 @@ impl Operator {
             std::thread::sleep(Duration::from_millis(100));
         }
         op
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the operator printed.
@@ -211,6 +218,15 @@ fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// Operator flags for leader-election tests: a 6 s lease in `default`.
+pub const LEADER_ARGS: [&str; 5] = [
+    "--leader-election",
+    "--lease-namespace",
+    "default",
+    "--lease-duration",
+    "6s",
+];
 
 /// Options for an e2e environment.
 pub struct Options {
@@ -307,6 +323,17 @@ impl Env {
         ));
     }
 
+    /// Starts another replica with leader election on (as the first one, when `leader` is set).
+    pub fn start_replica(&self, n: u32) -> Operator {
+        Operator::start_with(
+            &self.cluster.kubeconfig,
+            &self.config,
+            &self.dir.join(format!("operator-{n}.log")),
+            &[],
+            &LEADER_ARGS,
+        )
+    }
+
     /// Replaces the operator with one that aborts at `failpoint` (see `src/failpoint.rs`).
     pub fn start_operator_with_failpoint(&mut self, failpoint: &str) -> Operator {
         if let Some(op) = self.operator.take() {
@@ -317,6 +344,7 @@ impl Env {
             &self.config,
             &self.dir.join("operator.log"),
             &[("CUBBYHOLE_FAILPOINT", failpoint)],
+            &[],
         )
     }
 
@@ -522,17 +550,14 @@ impl Env {
         assert!(!tokens.is_empty(), "the test saw no token to scan for");
         let mut corpus = String::new();
         if let Some(op) = &self.operator {
-            corpus.push_str(&op.log_text());
             corpus.push_str(&op.get("/metrics").map(|(_, b)| b).unwrap_or_default());
-        } else {
-            corpus.push_str(
-                &std::fs::read_to_string(self.dir.join("operator.log")).unwrap_or_default(),
-            );
         }
         corpus.push_str(&self.bao.log());
         for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with("agent-") && name.ends_with(".log") {
+            if (name.starts_with("agent-") || name.starts_with("operator"))
+                && name.ends_with(".log")
+            {
                 corpus.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
             }
         }

@@ -369,3 +369,288 @@ fn random_hex(bytes: usize) -> String {
         .expect("read /dev/urandom");
     hex::encode(buf)
 }
+
+// --- Kubernetes-style JWT login and TLS (used by tests/vault_auth.rs) ---
+
+/// An RSA key pair (files in a scratch directory) that signs RS256 JWTs with the `openssl`
+/// CLI: a stand-in for the Kubernetes service account token issuer.
+pub struct JwtKey {
+    private: PathBuf,
+    public: PathBuf,
+}
+
+impl JwtKey {
+    /// Generates a 2048-bit key pair as `<dir>/<name>.key` and `<dir>/<name>.pub` (PEM).
+    pub fn generate(dir: &Path, name: &str) -> JwtKey {
+        let private = dir.join(format!("{name}.key"));
+        let public = dir.join(format!("{name}.pub"));
+        run_ok(
+            Command::new("openssl")
+                .args(["genpkey", "-algorithm", "RSA"])
+                .args(["-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+                .arg(&private),
+        );
+        run_ok(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&private)
+                .arg("-out")
+                .arg(&public),
+        );
+        JwtKey { private, public }
+    }
+
+    /// The PEM file with the public key (what Vault is told to trust).
+    pub fn public_pem(&self) -> &Path {
+        &self.public
+    }
+
+    /// A compact RS256 JWT carrying `claims`, signed with this key.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let header = base64url(br#"{"alg":"RS256","typ":"JWT"}"#);
+        let payload = base64url(&serde_json::to_vec(claims).expect("claims to JSON"));
+        let input = format!("{header}.{payload}");
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.private)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run openssl dgst");
+        // Dropping stdin after the write closes it, so openssl sees the end of the input.
+        std::io::Write::write_all(
+            &mut child.stdin.take().expect("openssl stdin"),
+            input.as_bytes(),
+        )
+        .expect("write signing input");
+        let out = child.wait_with_output().expect("wait for openssl dgst");
+        assert!(
+            out.status.success() && out.stdout.len() == 256,
+            "openssl dgst failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("{input}.{}", base64url(&out.stdout))
+    }
+}
+
+/// Claims of a projected service account token for `sub` and audience `aud`, valid from a
+/// minute ago for ten minutes.
+pub fn service_account_claims(sub: &str, aud: &str) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    serde_json::json!({
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "sub": sub,
+        "aud": [aud],
+        "iat": now - 60,
+        "nbf": now - 60,
+        "exp": now + 600,
+    })
+}
+
+/// Base64url without padding (RFC 7515 §2), as JWTs use.
+pub fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The audience the JWT role of [`Bao::enable_jwt_login`] is bound to.
+pub const JWT_AUDIENCE: &str = "cubbyhole-test";
+
+impl Bao {
+    /// Mounts OpenBao's JWT auth method at `auth/kubernetes` (it takes the same
+    /// `{"role", "jwt"}` login as the Kubernetes method, without a TokenReview API), trusting
+    /// `key`, with role `role` bound to [`JWT_AUDIENCE`] and giving tokens the `policy` policy
+    /// and `token_ttl` (also the max TTL, so the token cannot be renewed past it).
+    pub fn enable_jwt_login(&self, key: &JwtKey, role: &str, policy: &str, token_ttl: &str) {
+        let pubkey = format!("jwt_validation_pubkeys=@{}", key.public_pem().display());
+        let steps: [Vec<String>; 3] = [
+            vec![
+                "auth".into(),
+                "enable".into(),
+                "-path=kubernetes".into(),
+                "jwt".into(),
+            ],
+            vec!["write".into(), "auth/kubernetes/config".into(), pubkey],
+            vec![
+                "write".into(),
+                format!("auth/kubernetes/role/{role}"),
+                "role_type=jwt".into(),
+                format!("bound_audiences={JWT_AUDIENCE}"),
+                "user_claim=sub".into(),
+                format!("token_policies={policy}"),
+                format!("token_ttl={token_ttl}"),
+                format!("token_max_ttl={token_ttl}"),
+            ],
+        ];
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            let out = self.cli(&self.root_token, &args);
+            assert!(
+                out.status.success(),
+                "bao {}: {}",
+                args[..2].join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// A client that logs in at `auth/kubernetes` as `role` with the JWT in `jwt_path`.
+    pub fn kubernetes_client(
+        &self,
+        endpoint: VaultEndpoint,
+        role: &str,
+        jwt_path: &Path,
+    ) -> VaultClient {
+        let auth = VaultAuth::Kubernetes {
+            mount: "kubernetes".to_string(),
+            role: role.to_string(),
+            jwt_path: jwt_path.to_path_buf(),
+        };
+        VaultClient::new(endpoint, Some(auth)).expect("client")
+    }
+
+    /// Every entry of the audit log so far (only servers from [`Bao::start`] have one).
+    pub fn audit_entries(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// Audit responses to requests at `path` (e.g. `auth/kubernetes/login`), in order.
+    pub fn audit_responses(&self, path: &str) -> Vec<serde_json::Value> {
+        self.audit_entries()
+            .into_iter()
+            .filter(|e| e["type"] == "response" && e["request"]["path"] == path)
+            .collect()
+    }
+
+    /// Accessors of the tokens successful logins at `auth/kubernetes/login` handed out, in order.
+    pub fn login_accessors(&self) -> Vec<String> {
+        self.audit_responses("auth/kubernetes/login")
+            .iter()
+            .filter_map(|e| e["auth"]["accessor"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Starts a dev server with TLS (`-dev-tls`: a fresh CA and server certificate for
+    /// 127.0.0.1 in `<dir>/tls/`), at an `https://` address, and runs `setup.sh` against it.
+    /// No audit log. Use [`Bao::ca_cert`] / [`Bao::tls_endpoint`] to trust it; the CLI needs
+    /// `-ca-cert=<ca_cert>`.
+    pub fn start_tls() -> Bao {
+        let dir = scratch_dir();
+        let root_token = format!("root-{}", random_hex(12));
+        for _ in 0..5 {
+            let port = free_port_pair();
+            if let Some(bao) = Bao::try_start_tls(&dir, port, &root_token) {
+                let ca = bao.ca_cert();
+                let out = bao.setup_with(&[("VAULT_CACERT", ca.to_str().expect("UTF-8 path"))]);
+                assert!(
+                    out.status.success(),
+                    "setup.sh (TLS) failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return bao;
+            }
+        }
+        panic!(
+            "OpenBao (TLS) did not start; see {}",
+            dir.join("bao.log").display()
+        );
+    }
+
+    /// Starts the TLS server on `port`; `None` when it exits early (e.g. a port was taken).
+    fn try_start_tls(dir: &Path, port: u16, root_token: &str) -> Option<Bao> {
+        let tls_dir = dir.join("tls");
+        // A failed attempt's drop removed the directory (and the read-only files bao wrote).
+        std::fs::create_dir_all(&tls_dir).expect("create TLS dir");
+        let log = std::fs::File::create(dir.join("bao.log")).expect("create log");
+        let child = Command::new(bao_bin())
+            .args([
+                "server",
+                "-dev",
+                "-dev-tls",
+                &format!("-dev-tls-cert-dir={}", tls_dir.display()),
+                &format!("-dev-root-token-id={root_token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env_remove("VAULT_TOKEN")
+            .env_remove("VAULT_ADDR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn bao server (is `bao` on PATH?)");
+        let mut bao = Bao {
+            addr: format!("https://127.0.0.1:{port}"),
+            root_token: root_token.to_string(),
+            operator_token_file: dir.join("operator-token"),
+            dir: dir.to_path_buf(),
+            child,
+        };
+        bao.wait_healthy_tls().then_some(bao)
+    }
+
+    /// Waits up to 30 s for `bao status` (trusting only our CA) to report an unsealed server;
+    /// false when the server died.
+    fn wait_healthy_tls(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if self.ca_cert().exists() {
+                let status = Command::new(bao_bin())
+                    .args(["status", &format!("-ca-cert={}", self.ca_cert().display())])
+                    .env("VAULT_ADDR", &self.addr)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                if status.is_ok_and(|s| s.success()) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("OpenBao (TLS) not healthy after 30 s:\n{}", self.log());
+    }
+
+    /// The CA that signed a [`Bao::start_tls`] server's certificate (PEM).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("tls").join("vault-ca.pem")
+    }
+
+    /// The endpoint of a [`Bao::start_tls`] server, trusting its CA.
+    pub fn tls_endpoint(&self) -> VaultEndpoint {
+        VaultEndpoint {
+            ca_cert: Some(self.ca_cert()),
+            ..self.endpoint()
+        }
+    }
+}
+
+/// Runs `cmd`, panicking with its stderr when it fails.
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.stdin(Stdio::null()).output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,216 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so several replicas can run for
+//! availability while only one reconciles. Crash-only: a leader that cannot renew in time exits
+//! and lets Kubernetes restart it, rather than risk two active replicas.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Lease timing.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// Lease name.
+    pub name: String,
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// This replica's identity.
+    pub identity: String,
+    /// How long a lease is valid without renewal.
+    pub duration: Duration,
+    /// How often the holder renews (and candidates retry).
+    pub renew_every: Duration,
+}
+
+/// What a candidate should do with the Lease it read.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    /// Ours or free or expired: write it with us as holder.
+    Take,
+    /// Someone else holds a valid lease.
+    Wait,
+}
+
+fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+    let Some(spec) = lease else {
+        return Decision::Take;
+    };
+    let holder = spec.holder_identity.as_deref().unwrap_or("");
+    if holder.is_empty() || holder == me {
+        return Decision::Take;
+    }
+    let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    match renewed.checked_add(duration) {
+        Ok(expiry) if expiry > now => Decision::Wait,
+        _ => Decision::Take,
+    }
+}
+
+/// Tries once to hold the lease; `Ok(true)` when we hold it now.
+async fn try_hold(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+    let now = Timestamp::now();
+    let current = api.get_opt(&cfg.name).await?;
+    if decide(
+        current.as_ref().and_then(|l| l.spec.as_ref()),
+        &cfg.identity,
+        now,
+    ) == Decision::Wait
+    {
+        return Ok(false);
+    }
+    let held_before = current
+        .as_ref()
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.holder_identity.as_deref())
+        == Some(cfg.identity.as_str());
+    let previous = current
+        .as_ref()
+        .and_then(|l| l.spec.clone())
+        .unwrap_or_default();
+    let spec = LeaseSpec {
+        holder_identity: Some(cfg.identity.clone()),
+        lease_duration_seconds: Some(cfg.duration.as_secs() as i32),
+        acquire_time: if held_before {
+            previous.acquire_time
+        } else {
+            Some(MicroTime(now))
+        },
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(
+            previous.lease_transitions.unwrap_or(0) + i32::from(!held_before && current.is_some()),
+        ),
+        ..Default::default()
+    };
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(cfg.name.clone()),
+            namespace: Some(cfg.namespace.clone()),
+            resource_version: current
+                .as_ref()
+                .and_then(|l| l.metadata.resource_version.clone()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+    };
+    let written = match current {
+        None => api.create(&PostParams::default(), &lease).await,
+        Some(_) => api.replace(&cfg.name, &PostParams::default(), &lease).await,
+    };
+    match written {
+        Ok(_) => Ok(true),
+        // Another candidate wrote first.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until this replica holds the lease (`None`: `shutdown` came first), then keeps renewing
+/// it in a task that cancels `lost` when leadership is lost (the caller must then stop) and
+/// releases the lease on shutdown; await the task before exiting.
+pub async fn acquire(
+    client: Client,
+    cfg: LeaseConfig,
+    shutdown: CancellationToken,
+    lost: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    info!(lease = %cfg.name, identity = %cfg.identity, "waiting for leadership");
+    loop {
+        match try_hold(&api, &cfg).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "leader election: cannot read or write the lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.renew_every) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+    info!(lease = %cfg.name, identity = %cfg.identity, "leading");
+    Some(tokio::spawn(renew(api, cfg, shutdown, lost)))
+}
+
+async fn renew(
+    api: Api<Lease>,
+    cfg: LeaseConfig,
+    shutdown: CancellationToken,
+    lost: CancellationToken,
+) {
+    let mut last_renewal = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.renew_every) => {}
+            _ = shutdown.cancelled() => {
+                release(&api, &cfg).await;
+                return;
+            }
+        }
+        match try_hold(&api, &cfg).await {
+            Ok(true) => last_renewal = tokio::time::Instant::now(),
+            Ok(false) => {
+                warn!("leader election: another replica took the lease");
+                lost.cancel();
+                return;
+            }
+            Err(e) => warn!(error = %e, "leader election: renewal failed"),
+        }
+        // Stop before the lease can expire under us, leaving a margin of one renewal period.
+        if last_renewal.elapsed() + cfg.renew_every >= cfg.duration {
+            warn!("leader election: could not renew in time");
+            lost.cancel();
+            return;
+        }
+    }
+}
+
+/// Gives the lease up on shutdown so a standby takes over at once.
+async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
+    if let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await
+        && let Some(spec) = lease.spec.as_mut()
+        && spec.holder_identity.as_deref() == Some(cfg.identity.as_str())
+    {
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        if api
+            .replace(&cfg.name, &PostParams::default(), &lease)
+            .await
+            .is_ok()
+        {
+            info!("leader election: lease released");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(Timestamp::from_second(renewed).unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn takes_free_own_or_expired_leases_only() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        assert_eq!(decide(None, "me", now), Decision::Take);
+        assert_eq!(decide(Some(&spec("me", 999)), "me", now), Decision::Take);
+        assert_eq!(decide(Some(&spec("", 999)), "me", now), Decision::Take);
+        assert_eq!(decide(Some(&spec("other", 990)), "me", now), Decision::Wait);
+        assert_eq!(decide(Some(&spec("other", 980)), "me", now), Decision::Take);
+    }
+}
