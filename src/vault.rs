@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::RwLock;
+use tokio::sync::Mutex;
 
 use crate::metrics::Metrics;
 
@@ -206,7 +206,8 @@ pub struct VaultClient {
     http: reqwest::Client,
     endpoint: VaultEndpoint,
     auth: Option<VaultAuth>,
-    token: std::sync::Arc<RwLock<Option<SecretString>>>,
+    /// The login token; the lock is held across a login so concurrent callers share one.
+    token: std::sync::Arc<Mutex<Option<SecretString>>>,
     metrics: Option<Metrics>,
 }
 
@@ -451,7 +452,11 @@ impl VaultClient {
             let sent = build(token.expose()).send().await;
             match self.finish(op, started, sent).await {
                 Err(VaultError::Refused { status: 403, .. }) if attempt == 0 => {
-                    *self.token.write().await = None;
+                    // Forget the token only if no other caller has replaced it already.
+                    let mut cached = self.token.lock().await;
+                    if cached.as_ref() == Some(&token) {
+                        *cached = None;
+                    }
                 }
                 other => return other,
             }
@@ -460,11 +465,12 @@ impl VaultClient {
     }
 
     async fn current_token(&self) -> Result<SecretString, VaultError> {
-        if let Some(t) = self.token.read().await.clone() {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.clone() {
             return Ok(t);
         }
         let token = self.login().await?;
-        *self.token.write().await = Some(token.clone());
+        *cached = Some(token.clone());
         Ok(token)
     }
 

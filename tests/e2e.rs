@@ -270,8 +270,11 @@ async fn unconsumed_wrap_expires_and_its_token_is_revoked() {
             .await
             .unwrap()
     );
-    let status = env.status("short").await;
-    assert_eq!(status.expired, 1);
+    let status = eventually("status counts the expiry", T, || async {
+        let status = env.status("short").await;
+        (status.expired == 1).then_some(status)
+    })
+    .await;
     let (d, reason, _) = condition(&status, "Degraded");
     assert_eq!((d.as_str(), reason.as_str()), ("True", "WrapsExpired"));
     assert!(!env.events_with_reason("WrapExpired").await.is_empty());

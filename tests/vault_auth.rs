@@ -374,12 +374,10 @@ async fn namespace_header_selects_the_namespace() {
     );
 }
 
-/// Concurrent callers share one login. Fails today: `VaultClient::current_token` has no
-/// single-flight (10 concurrent mints on a fresh client log in 10 times, and again 10 times
-/// after the token is revoked, leaving 1h tokens behind), and `authed` clears the cached token
-/// on 403 even when another caller already replaced it.
+/// Concurrent callers share one login (a burst of mints must not leave one login token per
+/// caller behind), also after the token is revoked: a 403 clears the cached token only if no
+/// other caller has replaced it.
 #[tokio::test]
-#[ignore = "src/vault.rs logs in once per concurrent caller (no single-flight login)"]
 async fn concurrent_callers_share_one_login() {
     let (bao, _, jwt_path) = jwt_server(OPERATOR_POLICY, "1h");
     let operator = operator_by_jwt(&bao, &jwt_path);
