@@ -31,6 +31,19 @@ async fn issued(
     .await
 }
 
+/// Waits until the binding's status satisfies `pred` (the status is written after the records).
+async fn status_where(
+    env: &Env,
+    binding: &str,
+    pred: impl Fn(&cubbyhole::crd::AgentSecretBindingStatus) -> bool,
+) -> cubbyhole::crd::AgentSecretBindingStatus {
+    eventually(&format!("status of {binding}"), T, || async {
+        let s = env.status(binding).await;
+        pred(&s).then_some(s)
+    })
+    .await
+}
+
 async fn record_phase(env: &Env, binding: &str, pod: &str) -> Option<String> {
     env.records(binding)
         .await
@@ -58,8 +71,7 @@ async fn binding_ready_one_wrap_per_pod_unwrapped_and_verified() {
         (s == "True" && r == "Delivering").then_some(())
     })
     .await;
-    let status = env.status("agents").await;
-    assert_eq!((status.pods, status.pending), (3, 3));
+    status_where(&env, "agents", |s| (s.pods, s.pending) == (3, 3)).await;
     assert_eq!(
         env.records("agents").await.len(),
         3,
@@ -121,8 +133,10 @@ async fn binding_ready_one_wrap_per_pod_unwrapped_and_verified() {
         env.token_of(&s0).is_none(),
         "wrapping token removed after consumption"
     );
-    let status = env.status("agents").await;
-    assert_eq!((status.pods, status.pending, status.unwrapped), (3, 1, 2));
+    let status = status_where(&env, "agents", |s| {
+        (s.pods, s.pending, s.unwrapped) == (3, 1, 2)
+    })
+    .await;
     assert!(
         status
             .records
@@ -371,8 +385,7 @@ async fn stolen_wrap_is_detected_as_tampered_and_the_stolen_token_revoked() {
         (record_phase(&env, "b", "t-0").await? == "Tampered").then_some(())
     })
     .await;
-    let status = env.status("b").await;
-    assert_eq!(status.tampered, 1);
+    let status = status_where(&env, "b", |s| s.tampered == 1).await;
     assert_eq!(condition(&status, "Degraded").1, "Tampered");
     assert!(!env.events_with_reason("WrapTampered").await.is_empty());
     assert!(
@@ -574,7 +587,11 @@ async fn probes_metrics_and_clean_sigterm() {
     issued(&env, "b", "m-0").await;
     assert_eq!(env.op().get("/healthz").unwrap().0, 200);
     assert_eq!(env.op().get("/readyz").unwrap().0, 200);
-    let metrics = env.op().get("/metrics").unwrap().1;
+    let metrics = eventually("issue counted", T, || async {
+        let m = env.op().get("/metrics")?.1;
+        m.contains("cubbyhole_wraps_issued_total 1").then_some(m)
+    })
+    .await;
     for name in [
         "cubbyhole_wraps_issued_total 1",
         "cubbyhole_outstanding_wraps{",
