@@ -447,7 +447,10 @@ impl VaultClient {
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, VaultError> {
         for attempt in 0..2 {
-            let token = self.current_token().await?;
+            let token = self
+                .current_token()
+                .await
+                .inspect_err(|e| self.count_error(op, e))?;
             let started = Instant::now();
             let sent = build(token.expose()).send().await;
             match self.finish(op, started, sent).await {
@@ -504,10 +507,7 @@ impl VaultClient {
                     .json(&json!({ "role": role, "jwt": jwt.trim() }))
                     .send()
                     .await;
-                let resp = self
-                    .finish(OP, started, sent)
-                    .await
-                    .map_err(|e| VaultError::Auth(e.to_string()))?;
+                let resp = self.finish(OP, started, sent).await.map_err(login_error)?;
                 #[derive(Deserialize)]
                 struct Raw {
                     auth: RawAuth,
@@ -516,9 +516,7 @@ impl VaultClient {
                 struct RawAuth {
                     client_token: String,
                 }
-                let raw: Raw = parse(OP, resp)
-                    .await
-                    .map_err(|e| VaultError::Auth(e.to_string()))?;
+                let raw: Raw = parse(OP, resp).await.map_err(login_error)?;
                 Ok(SecretString(raw.auth.client_token))
             }
         }
@@ -558,6 +556,20 @@ impl VaultClient {
         if let Some(m) = &self.metrics {
             m.vault_error(op, e.category());
         }
+    }
+}
+
+/// A failed login: Vault down stays "unreachable" (the real request was never sent, so it cannot
+/// have been processed); anything else is an authentication problem.
+fn login_error(e: VaultError) -> VaultError {
+    match e {
+        VaultError::Unreachable { detail, .. } | VaultError::NoAnswer { detail, .. } => {
+            VaultError::Unreachable {
+                op: "login",
+                detail,
+            }
+        }
+        other => VaultError::Auth(other.to_string()),
     }
 }
 
