@@ -99,7 +99,7 @@ async fn binding_ready_one_wrap_per_pod_unwrapped_and_verified() {
         receipt.accessor.as_deref().unwrap(),
     ]);
     assert_eq!(lookup["data"]["meta"]["pod"], "agent-0");
-    assert_eq!(lookup["data"]["meta"]["namespace"], cluster::NS);
+    assert_eq!(lookup["data"]["meta"]["namespace"], env.ns.as_str());
     assert_eq!(lookup["data"]["meta"]["binding"], "agents");
 
     // Verified with the receipt, no Vault call needed; token removed from the Secret.
@@ -213,7 +213,9 @@ async fn conflicting_bindings_both_report_and_mint_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(env.records("one").await.is_empty() && env.records("two").await.is_empty());
-    assert_eq!(env.audit_requests("auth/token/create/"), 0);
+    if !env.external {
+        assert_eq!(env.audit_requests("auth/token/create/"), 0);
+    }
     // Deleting one binding resolves it: the other mints.
     env.bindings()
         .delete("two", &DeleteParams::default())
@@ -240,8 +242,10 @@ async fn disallowed_role_is_refused_without_a_vault_call_and_neighbours_keep_wor
     assert!(msg.contains("admin-role"), "{msg}");
     issued(&env, "good", "y-0").await;
     assert!(env.records("bad").await.is_empty());
-    assert_eq!(env.audit_requests("auth/token/create/admin-role"), 0);
-    assert_eq!(env.audit_requests("auth/token/create/"), 1);
+    if !env.external {
+        assert_eq!(env.audit_requests("auth/token/create/admin-role"), 0);
+        assert_eq!(env.audit_requests("auth/token/create/"), 1);
+    }
     env.assert_no_leaks().await;
 }
 
@@ -405,7 +409,7 @@ async fn secret_name_taken_is_reported_and_left_untouched() {
     let env = Env::start(Options::default()).await;
     let squatter: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "n-0-b-wrap", "namespace": cluster::NS},
+        "metadata": {"name": "n-0-b-wrap", "namespace": env.ns},
         "stringData": {"token": "not-yours-keep-out"},
     }))
     .unwrap();
@@ -452,7 +456,7 @@ async fn schema_refuses_what_it_can() {
         ),
     ] {
         let b = json!({"apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
-            "metadata": {"name": "x", "namespace": cluster::NS}, "spec": spec});
+            "metadata": {"name": "x", "namespace": env.ns}, "spec": spec});
         let err = api
             .patch("x", &PatchParams::apply("e2e"), &Patch::Apply(&b))
             .await
@@ -474,6 +478,9 @@ async fn schema_refuses_what_it_can() {
 #[tokio::test]
 async fn operator_killed_mid_burst_mints_nothing_twice() {
     let mut env = Env::start(Options::default()).await;
+    if env.skip_external("the audit log") {
+        return;
+    }
     env.apply_binding("burst", Env::spec("burst", "10s")).await;
     for i in 0..20 {
         env.create_pod(&format!("burst-{i}"), "burst").await;
@@ -507,6 +514,9 @@ async fn operator_killed_mid_burst_mints_nothing_twice() {
 #[tokio::test]
 async fn vault_outage_leaves_no_pod_without_and_none_with_two_wraps() {
     let env = Env::start(Options::default()).await;
+    if env.skip_external("to pause OpenBao") {
+        return;
+    }
     env.apply_binding("b", Env::spec("o", "10s")).await;
     env.bao.pause();
     for i in 0..5 {
@@ -612,6 +622,9 @@ async fn vault_calls_per_pod_life_are_bounded() {
         ..Options::default()
     })
     .await;
+    if env.skip_external("the audit log") {
+        return;
+    }
     env.apply_binding("b", Env::spec("life", "10s")).await;
     for i in 0..6 {
         env.create_pod(&format!("life-{i}"), "life").await;
@@ -674,7 +687,9 @@ async fn burst_of_100_pods_is_served_once_each() {
     println!(
         "FIGURES burst: 100 pods created in {created:?}, all wraps delivered after {served:?}"
     );
-    assert_eq!(env.audit_requests("auth/token/create/"), 100);
+    if !env.external {
+        assert_eq!(env.audit_requests("auth/token/create/"), 100);
+    }
     for s in env.records("many").await.iter().take(3) {
         env.token_of(s);
     }
@@ -684,6 +699,9 @@ async fn burst_of_100_pods_is_served_once_each() {
 #[tokio::test]
 async fn operator_killed_between_mint_and_delivery_converges_to_one_live_wrap() {
     let mut env = Env::start(Options::default()).await;
+    if env.skip_external("the audit log") {
+        return;
+    }
     env.apply_binding("b", Env::spec("k", "5s")).await;
     // This operator dies right after Vault answers the first mint, before the Secret is written.
     let doomed = env.start_operator_with_failpoint("after-mint");
@@ -739,6 +757,9 @@ async fn invalid_secret_name_annotation_is_reported_and_others_are_served() {
 #[tokio::test]
 async fn leader_election_fails_over_without_duplicate_wraps() {
     let mut env = Env::start(Options::default()).await;
+    if env.skip_external("the audit log and a free Lease in default") {
+        return;
+    }
     // Replace the plain operator with two replicas electing a leader.
     env.operator.take().unwrap().kill();
     let first = env.start_replica(1);

@@ -20,15 +20,22 @@ use serde_json::json;
 
 use crate::support::Bao;
 
-/// Namespace every e2e test works in.
+/// Namespace the e2e tests work in on a private control plane.
 pub const NS: &str = "agents";
 
-/// A running local control plane, stopped on drop.
+/// Set (with `KUBECONFIG`, `VAULT_ADDR` and an admin `VAULT_TOKEN`) to run the suite against an
+/// existing cluster and Vault instead of private ones. Run it with `-j 1`: each test runs its
+/// own operator, which watches every namespace.
+pub const EXTERNAL_ENV: &str = "CUBBYHOLE_E2E_EXTERNAL";
+
+/// A running local control plane, stopped on drop (or an external cluster, left alone).
 pub struct Cluster {
     /// State directory (kubeconfig, logs).
     pub dir: PathBuf,
     /// Kubeconfig path.
     pub kubeconfig: PathBuf,
+    /// An existing cluster that this harness did not start.
+    pub external: bool,
 }
 
 impl Cluster {
@@ -45,6 +52,16 @@ impl Cluster {
         Cluster {
             dir: dir.to_path_buf(),
             kubeconfig: dir.join("kubeconfig"),
+            external: false,
+        }
+    }
+
+    /// An existing cluster reached through `kubeconfig`.
+    pub fn external(dir: &Path, kubeconfig: PathBuf) -> Cluster {
+        Cluster {
+            dir: dir.to_path_buf(),
+            kubeconfig,
+            external: true,
         }
     }
 
@@ -77,6 +94,9 @@ fn signal(pidfile: &Path, sig: &str) {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.external {
+            return;
+        }
         self.resume();
         let down = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/controlplane/down.sh");
         let _ = Command::new(down)
@@ -260,6 +280,10 @@ pub struct Env {
     pub dir: PathBuf,
     /// Every token the test saw (checked against all output at the end).
     pub seen_tokens: Mutex<Vec<String>>,
+    /// The test's namespace.
+    pub ns: String,
+    /// Running against an existing cluster and Vault (see [`EXTERNAL_ENV`]).
+    pub external: bool,
     /// OpenBao.
     pub bao: Bao,
 }
@@ -268,18 +292,37 @@ impl Env {
     /// Starts the control plane, OpenBao (with an audit log), installs the CRD, creates the
     /// namespace and starts the operator.
     pub async fn start(options: Options) -> Env {
-        let bao = Bao::start();
+        let external = std::env::var_os(EXTERNAL_ENV).is_some();
+        let bao = if external {
+            let var =
+                |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{EXTERNAL_ENV} needs {k}"));
+            Bao::external(&var("VAULT_ADDR"), &var("VAULT_TOKEN"))
+        } else {
+            Bao::start()
+        };
         let dir = bao.dir.join("e2e");
         std::fs::create_dir_all(&dir).unwrap();
-        let cluster = Cluster::start(&dir.join("cluster"));
+        let (cluster, ns) = if external {
+            let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+            let ns = format!(
+                "e2e-{}",
+                &bao.dir.file_name().unwrap().to_string_lossy()[4..]
+            );
+            (Cluster::external(&dir, kubeconfig.into()), ns)
+        } else {
+            (Cluster::start(&dir.join("cluster")), NS.to_string())
+        };
         let client = cluster.client().await;
         install_crd(&client).await;
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = serde_json::from_value(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+        let namespace: Namespace = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
         )
         .unwrap();
-        namespaces.create(&PostParams::default(), &ns).await.ok();
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .ok();
         let config = dir.join("operator.yaml");
         let roles = options
             .allowed_roles
@@ -290,7 +333,7 @@ impl Env {
         std::fs::write(
             &config,
             format!(
-                "vault:\n  address: {}\n  auth:\n    tokenFile: {}\nallowedRoles:\n  - namespaces: [\"{NS}\"]\n    roles: [{roles}]\nlookupPeriod: {}\nsweepPeriod: 3s\n",
+                "vault:\n  address: {}\n  auth:\n    tokenFile: {}\nallowedRoles:\n  - namespaces: [\"{ns}\"]\n    roles: [{roles}]\nlookupPeriod: {}\nsweepPeriod: 3s\n",
                 bao.addr,
                 bao.operator_token_file.display(),
                 options.lookup_period
@@ -305,8 +348,19 @@ impl Env {
             config,
             dir,
             seen_tokens: Mutex::new(vec![]),
+            ns,
+            external,
             cluster,
         }
+    }
+
+    /// True (and says so) when running against an existing cluster, for tests that need what
+    /// only private servers offer (OpenBao's audit log, pausing a server, a free Lease).
+    pub fn skip_external(&self, needs: &str) -> bool {
+        if self.external {
+            println!("skipped on an existing cluster: needs {needs}");
+        }
+        self.external
     }
 
     /// The running operator.
@@ -350,15 +404,15 @@ impl Env {
 
     /// Typed APIs.
     pub fn bindings(&self) -> Api<AgentSecretBinding> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
     /// Pods in [`NS`].
     pub fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
     /// Secrets in [`NS`].
     pub fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     /// Applies a binding from JSON `spec`.
@@ -366,7 +420,7 @@ impl Env {
         let b = json!({
             "apiVersion": "cubbyhole.dev/v1alpha1",
             "kind": "AgentSecretBinding",
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": self.ns},
             "spec": spec,
         });
         self.bindings()
@@ -389,8 +443,10 @@ impl Env {
         let pod = serde_json::from_value(json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": {"app": app}},
+            "metadata": {"name": name, "namespace": self.ns, "labels": {"app": app}},
             "spec": {
+                // Keeps a real cluster's scheduler and kubelet away: the test plays kubelet.
+                "schedulingGates": [{"name": "cubbyhole.dev/e2e-no-kubelet"}],
                 "initContainers": [{"name": "unwrap", "image": "cubbyhole"}],
                 "containers": [{"name": "agent", "image": "agent"}],
             }
@@ -590,7 +646,7 @@ impl Env {
         reason: &str,
     ) -> Vec<k8s_openapi::api::events::v1::Event> {
         let events: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(self.client.clone(), NS);
+            Api::namespaced(self.client.clone(), &self.ns);
         events
             .list(&ListParams::default())
             .await
@@ -599,6 +655,40 @@ impl Env {
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some(reason))
             .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(op) = self.operator.take() {
+            op.kill();
+        }
+        if !self.external {
+            return;
+        }
+        // Leave the existing cluster as found: release our finalizers, drop the namespace.
+        let kubectl = |args: &[&str]| {
+            let _ = Command::new("kubectl")
+                .args(args)
+                .env("KUBECONFIG", &self.cluster.kubeconfig)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        let unfinalize = r#"{"metadata":{"finalizers":null}}"#;
+        for kind in ["agentsecretbindings.cubbyhole.dev", "secrets"] {
+            kubectl(&[
+                "patch",
+                kind,
+                "--all",
+                "-n",
+                &self.ns,
+                "--type=merge",
+                "-p",
+                unfinalize,
+            ]);
+        }
+        kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
     }
 }
 
@@ -653,7 +743,7 @@ async fn install_crd(client: &Client) {
     })
     .await;
     // The first write to a new CRD may be delayed; wait until listing works.
-    let bindings: Api<AgentSecretBinding> = Api::namespaced(client.clone(), NS);
+    let bindings: Api<AgentSecretBinding> = Api::namespaced(client.clone(), "default");
     eventually("bindings listable", Duration::from_secs(20), || async {
         bindings.list(&ListParams::default()).await.ok().map(|_| ())
     })

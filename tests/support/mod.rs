@@ -29,7 +29,8 @@ pub struct Bao {
     pub operator_token_file: PathBuf,
     /// This server's scratch directory (log, token files, test outputs).
     pub dir: PathBuf,
-    child: Child,
+    /// The server process; `None` for an external Vault (see [`Bao::external`]).
+    child: Option<Child>,
 }
 
 impl Bao {
@@ -48,6 +49,27 @@ impl Bao {
             "OpenBao did not start; see {}",
             dir.join("bao.log").display()
         );
+    }
+
+    /// Uses an existing Vault/OpenBao at `addr` with an admin `token` instead of starting one,
+    /// set up with `setup.sh` like a private server. It has no log, no audit log and cannot be
+    /// paused.
+    pub fn external(addr: &str, token: &str) -> Bao {
+        let dir = scratch_dir();
+        let bao = Bao {
+            addr: addr.trim_end_matches('/').to_string(),
+            root_token: token.to_string(),
+            operator_token_file: dir.join("operator-token"),
+            dir,
+            child: None,
+        };
+        bao.setup();
+        bao
+    }
+
+    /// True for an external Vault.
+    pub fn is_external(&self) -> bool {
+        self.child.is_none()
     }
 
     /// Starts the server on `port`; `None` when it exits early (e.g. a port was taken).
@@ -81,7 +103,7 @@ impl Bao {
             root_token: root_token.to_string(),
             operator_token_file: dir.join("operator-token"),
             dir: dir.to_path_buf(),
-            child,
+            child: Some(child),
         };
         bao.wait_healthy(port).then_some(bao)
     }
@@ -90,7 +112,7 @@ impl Bao {
     fn wait_healthy(&mut self, port: u16) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false;
             }
             if health_ok(port) {
@@ -142,7 +164,7 @@ impl Bao {
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().expect("a private server").id()
     }
 
     /// Freezes the server (SIGSTOP): connections are accepted by the kernel but never answered.
@@ -245,9 +267,11 @@ impl Bao {
 
 impl Drop for Bao {
     fn drop(&mut self) {
-        signal(self.pid(), "-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            signal(child.id(), "-CONT");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -601,7 +625,7 @@ impl Bao {
             root_token: root_token.to_string(),
             operator_token_file: dir.join("operator-token"),
             dir: dir.to_path_buf(),
-            child,
+            child: Some(child),
         };
         bao.wait_healthy_tls().then_some(bao)
     }
@@ -611,7 +635,7 @@ impl Bao {
     fn wait_healthy_tls(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false;
             }
             if self.ca_cert().exists() {
