@@ -40,15 +40,7 @@ impl Step<'_> {
             Action::Issue(issue) => self.issue(issue).await,
             Action::Lookup { wrap, if_invalid } => self.lookup(wrap, if_invalid).await,
             Action::ProbeExpiry { wrap } => self.probe_expiry(wrap).await,
-            Action::ConfirmVault { wrap } => match self.ctx.vault.health().await {
-                Ok(()) => {
-                    match children::mark_vault_seen(self.secrets, &wrap, Timestamp::now()).await {
-                        Err(ClaimError::Kube(e)) => Err(e.into()),
-                        _ => Ok(()),
-                    }
-                }
-                Err(e) => self.vault_failed(e),
-            },
+            Action::ConfirmVault { wrap } => self.confirm_vault(wrap).await,
             Action::Settle {
                 wrap,
                 phase,
@@ -234,6 +226,17 @@ impl Step<'_> {
                 .await
             }
             Err(e) => self.vault_failed(e),
+        }
+    }
+
+    /// After a lost mint answer: once Vault answers again, record when (the wait starts then).
+    async fn confirm_vault(&mut self, wrap: WrapState) -> Result<(), Error> {
+        if let Err(e) = self.ctx.vault.health().await {
+            return self.vault_failed(e);
+        }
+        match children::mark_vault_seen(self.secrets, &wrap, Timestamp::now()).await {
+            Err(ClaimError::Kube(e)) => Err(e.into()),
+            _ => Ok(()),
         }
     }
 
