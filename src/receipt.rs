@@ -18,7 +18,7 @@ pub mod result {
     pub const VAULT_ERROR: &str = "vault-error";
     /// The wrapping token file could not be read or was empty.
     pub const TOKEN_FILE_UNREADABLE: &str = "token-file-unreadable";
-    /// The token was unwrapped but could not be written to the output file.
+    /// The token could not be written to the output file (found before or after unwrapping).
     pub const WRITE_FAILED: &str = "write-failed";
 }
 
