@@ -76,35 +76,14 @@ impl Bao {
     fn try_start(dir: &Path, port: u16, root_token: &str) -> Option<Bao> {
         // A failed attempt's drop removed the directory.
         std::fs::create_dir_all(dir).expect("create scratch dir");
-        let log = std::fs::File::create(dir.join("bao.log")).expect("create log");
         // An audit log (accessors in clear) lets tests count Vault calls and find every wrap.
         let audit = format!(
             "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n    hmac_accessor = \"false\"\n  }}\n}}\n",
             dir.join("audit.log").display()
         );
         std::fs::write(dir.join("audit.hcl"), audit).expect("write audit config");
-        let child = Command::new(bao_bin())
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={root_token}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-                &format!("-config={}", dir.join("audit.hcl").display()),
-            ])
-            .env_remove("VAULT_TOKEN")
-            .env_remove("VAULT_ADDR")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn bao server (is `bao` on PATH?)");
-        let mut bao = Bao {
-            addr: format!("http://127.0.0.1:{port}"),
-            root_token: root_token.to_string(),
-            operator_token_file: dir.join("operator-token"),
-            dir: dir.to_path_buf(),
-            child: Some(child),
-        };
+        let config = format!("-config={}", dir.join("audit.hcl").display());
+        let mut bao = spawn_dev_server(dir, port, root_token, "http", &[&config]);
         bao.wait_healthy(port).then_some(bao)
     }
 
@@ -275,6 +254,33 @@ impl Drop for Bao {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Spawns `bao server -dev` on `port` with `extra` flags, its output in `dir/bao.log`.
+fn spawn_dev_server(dir: &Path, port: u16, root_token: &str, scheme: &str, extra: &[&str]) -> Bao {
+    let log = std::fs::File::create(dir.join("bao.log")).expect("create log");
+    let child = Command::new(bao_bin())
+        .args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={root_token}"),
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        .args(extra)
+        .env_remove("VAULT_TOKEN")
+        .env_remove("VAULT_ADDR")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn bao server (is `bao` on PATH?)");
+    Bao {
+        addr: format!("{scheme}://127.0.0.1:{port}"),
+        root_token: root_token.to_string(),
+        operator_token_file: dir.join("operator-token"),
+        dir: dir.to_path_buf(),
+        child: Some(child),
     }
 }
 
@@ -603,30 +609,8 @@ impl Bao {
         let tls_dir = dir.join("tls");
         // A failed attempt's drop removed the directory (and the read-only files bao wrote).
         std::fs::create_dir_all(&tls_dir).expect("create TLS dir");
-        let log = std::fs::File::create(dir.join("bao.log")).expect("create log");
-        let child = Command::new(bao_bin())
-            .args([
-                "server",
-                "-dev",
-                "-dev-tls",
-                &format!("-dev-tls-cert-dir={}", tls_dir.display()),
-                &format!("-dev-root-token-id={root_token}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
-            .env_remove("VAULT_TOKEN")
-            .env_remove("VAULT_ADDR")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn bao server (is `bao` on PATH?)");
-        let mut bao = Bao {
-            addr: format!("https://127.0.0.1:{port}"),
-            root_token: root_token.to_string(),
-            operator_token_file: dir.join("operator-token"),
-            dir: dir.to_path_buf(),
-            child: Some(child),
-        };
+        let cert_dir = format!("-dev-tls-cert-dir={}", tls_dir.display());
+        let mut bao = spawn_dev_server(dir, port, root_token, "https", &["-dev-tls", &cert_dir]);
         bao.wait_healthy_tls().then_some(bao)
     }
 
