@@ -815,3 +815,29 @@ async fn leader_election_fails_over_without_duplicate_wraps() {
     assert!(spec.holder_identity.is_none_or(|h| h.is_empty()));
     env.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn api_server_outage_mid_burst_serves_every_pod_once() {
+    let env = Env::start(Options::default()).await;
+    if env.skip_external("to pause the API server") {
+        return;
+    }
+    env.apply_binding("b", Env::spec("api", "60s")).await;
+    for i in 0..20 {
+        env.create_pod(&format!("api-{i}"), "api").await;
+    }
+    // Freeze the API server while the operator is claiming and delivering.
+    env.cluster.pause();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    env.cluster.resume();
+    for i in 0..20 {
+        issued(&env, "b", &format!("api-{i}")).await;
+    }
+    assert_eq!(env.records("b").await.len(), 20);
+    // Every delivered wrap is live and no other wrap is: nothing minted twice or lost.
+    let minted = env.minted_wraps().await;
+    let live = minted.iter().filter(|(_, l)| *l).count();
+    assert_eq!(live, 20, "{minted:?}");
+    assert_eq!(env.op().get("/healthz").map(|(c, _)| c), Some(200));
+    env.assert_no_leaks().await;
+}
