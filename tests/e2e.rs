@@ -827,7 +827,13 @@ async fn api_server_outage_mid_burst_serves_every_pod_once() {
         env.create_pod(&format!("api-{i}"), "api").await;
     }
     // Freeze the API server while the operator is claiming and delivering.
+    let before = eventually("the burst under way", T, || async {
+        let n = env.records("b").await.len();
+        (n >= 2).then_some(n)
+    })
+    .await;
     env.cluster.pause();
+    println!("FIGURES API server frozen with {before} of 20 records written");
     tokio::time::sleep(Duration::from_secs(10)).await;
     env.cluster.resume();
     for i in 0..20 {
