@@ -724,4 +724,176 @@ mod tests {
         assert_eq!(plan.actions.len(), 1);
         assert!(matches!(plan.actions[0], Action::Cleanup { .. }));
     }
+
+    /// A small deterministic generator (xorshift) for the randomized invariant test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    const PHASES: [Phase; 7] = [
+        Phase::Claimed,
+        Phase::Issued,
+        Phase::Unwrapped,
+        Phase::Expired,
+        Phase::Revoked,
+        Phase::Tampered,
+        Phase::Failed,
+    ];
+
+    fn random_case(
+        rng: &mut Rng,
+    ) -> (
+        Vec<PodView>,
+        Vec<WrapState>,
+        BTreeMap<String, Vec<String>>,
+        i64,
+    ) {
+        let mut pods = vec![];
+        let mut wraps = vec![];
+        let mut conflicts = BTreeMap::new();
+        for i in 0..rng.below(6) {
+            let mut p = pod(&format!("p{i}"));
+            p.terminating = rng.chance(15);
+            p.finished = rng.chance(15);
+            p.restart_counts.insert("agent".into(), rng.below(3) as u32);
+            if rng.chance(30) {
+                let receipt = match rng.below(4) {
+                    0 => Receipt::unwrapped("acc"),
+                    1 => Receipt::unwrapped("other"),
+                    2 => Receipt::failed(result::INVALID_WRAPPING_TOKEN),
+                    _ => Receipt::failed(result::WRITE_FAILED),
+                };
+                p.receipts.push(receipt_at(receipt, rng.below(100) as i64));
+            }
+            if rng.chance(20) {
+                conflicts.insert(p.name.clone(), vec!["other".to_string()]);
+            }
+            if rng.chance(60) {
+                let mut w = issued(&p.name, rng.below(100) as i64);
+                w.phase = PHASES[rng.below(7) as usize];
+                w.start = rng.below(3) as u32;
+                w.claimed_at = rng.chance(70).then(|| t(rng.below(100) as i64));
+                w.vault_seen_at = rng.chance(50).then(|| t(rng.below(150) as i64));
+                w.verified = rng.chance(20);
+                w.deleting = rng.chance(10);
+                if rng.chance(20) {
+                    w.wrap_accessor = None;
+                    w.accessor = None;
+                }
+                if rng.chance(10) {
+                    w.pod_uid = "uid-of-an-older-pod".into();
+                }
+                wraps.push(w);
+            }
+            pods.push(p);
+        }
+        // Records of pods that are gone.
+        for i in 0..rng.below(3) {
+            let mut w = issued(&format!("gone{i}"), 0);
+            w.phase = PHASES[rng.below(7) as usize];
+            wraps.push(w);
+        }
+        (pods, wraps, conflicts, rng.below(200) as i64)
+    }
+
+    fn receipt_at(r: Receipt, at: i64) -> ObservedReceipt {
+        receipt(r, at)
+    }
+
+    #[test]
+    fn invariants_hold_on_random_inputs() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for case in 0..20_000 {
+            let (pods, wraps, conflicts, now) = random_case(&mut rng);
+            let plan = run_with(&settings(), &pods, &wraps, &conflicts, now);
+            let ctx = format!("case {case}: pods {pods:?}\nwraps {wraps:?}\nplan {plan:?}");
+            let mut touched_records = std::collections::HashSet::new();
+            let mut issued_uids = std::collections::HashSet::new();
+            for action in &plan.actions {
+                let record = match action {
+                    Action::Issue(i) => {
+                        // One mint per pod start, never for a pod that cannot hold it.
+                        assert!(issued_uids.insert(i.pod_uid.clone()), "two mints: {ctx}");
+                        let p = pods
+                            .iter()
+                            .find(|p| p.uid == i.pod_uid)
+                            .expect("pod exists");
+                        assert!(
+                            !p.terminating && !p.finished,
+                            "mint for a leaving pod: {ctx}"
+                        );
+                        match &i.replaces {
+                            None => {
+                                assert!(
+                                    !conflicts.contains_key(&p.name),
+                                    "mint despite conflict: {ctx}"
+                                );
+                                assert!(
+                                    !wraps
+                                        .iter()
+                                        .any(|w| w.pod_uid == p.uid || w.secret == i.secret),
+                                    "second record for a pod: {ctx}"
+                                );
+                                None
+                            }
+                            Some(old) => {
+                                // An outstanding wrap is never replaced; a lost mint only after
+                                // Vault answered and its wrap has surely expired.
+                                assert_ne!(old.phase, Phase::Issued, "replaced a live wrap: {ctx}");
+                                if old.phase == Phase::Claimed {
+                                    let seen = old.vault_seen_at.expect("seen Vault");
+                                    assert!(seen > old.claimed_at.unwrap_or(t(now)), "{ctx}");
+                                    assert!(
+                                        t(now) >= add(seen, Duration::from_secs(70)),
+                                        "early re-mint: {ctx}"
+                                    );
+                                }
+                                Some(old.secret.clone())
+                            }
+                        }
+                    }
+                    Action::Lookup { wrap, .. }
+                    | Action::ProbeExpiry { wrap }
+                    | Action::ConfirmVault { wrap }
+                    | Action::Settle { wrap, .. } => Some(wrap.secret.clone()),
+                    Action::Cleanup {
+                        wrap,
+                        revoke_wrap,
+                        revoke_token,
+                    } => {
+                        let pod = pods.iter().find(|p| p.uid == wrap.pod_uid);
+                        assert!(
+                            wrap.deleting || pod.is_none_or(|p| p.finished),
+                            "cleanup of a record whose pod is alive: {ctx}"
+                        );
+                        // Nothing minted is left alive that nobody holds.
+                        if wrap.phase == Phase::Issued {
+                            assert!(*revoke_wrap || wrap.wrap_accessor.is_none(), "{ctx}");
+                            assert!(*revoke_token || wrap.accessor.is_none(), "{ctx}");
+                        }
+                        Some(wrap.secret.clone())
+                    }
+                };
+                if let Some(secret) = record {
+                    assert!(
+                        touched_records.insert(secret),
+                        "two steps for one record: {ctx}"
+                    );
+                }
+            }
+        }
+    }
 }
