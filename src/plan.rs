@@ -148,26 +148,42 @@ fn sub(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MIN)
 }
 
+/// True when a record's pod is gone (or replaced, or no longer selected), finished, or the
+/// record itself is being deleted: nobody can use its wrap or token any more.
+fn orphaned(pods: &[PodView], wrap: &WrapState) -> bool {
+    wrap.deleting
+        || pods
+            .iter()
+            .find(|p| p.uid == wrap.pod_uid)
+            .is_none_or(|p| p.finished)
+}
+
+/// Cleanup steps only: for a binding that may not mint (invalid spec, role not allowed) the
+/// tokens of pods that are gone are still revoked. `pods` are the records' pods that exist.
+pub fn cleanups(settings: &Settings, pods: &[PodView], wraps: &[WrapState]) -> Vec<Action> {
+    wraps
+        .iter()
+        .filter(|w| orphaned(pods, w))
+        .map(|w| cleanup(settings, w))
+        .collect()
+}
+
 /// Decides the next steps for one binding.
 pub fn plan(input: &Input) -> Plan {
     let mut plan = Plan::default();
-    let mut covered = std::collections::HashSet::new();
-    let mut cleanups = vec![];
     let mut steps = vec![];
-    for wrap in input.wraps {
-        let pod = input.pods.iter().find(|p| p.uid == wrap.pod_uid);
-        match pod {
-            Some(pod) if !pod.finished && !wrap.deleting => {
-                covered.insert(pod.uid.clone());
-                if !pod.terminating {
-                    judge(input, pod, wrap, &mut plan, &mut steps);
-                }
-            }
-            _ => cleanups.push(cleanup(input.settings, wrap)),
+    for wrap in input.wraps.iter().filter(|w| !orphaned(input.pods, w)) {
+        let pod = input
+            .pods
+            .iter()
+            .find(|p| p.uid == wrap.pod_uid)
+            .expect("not orphaned");
+        if !pod.terminating {
+            judge(input, pod, wrap, &mut plan, &mut steps);
         }
     }
     for pod in input.pods {
-        if covered.contains(&pod.uid) || pod.terminating || pod.finished {
+        if pod.terminating || pod.finished || input.wraps.iter().any(|w| w.pod_uid == pod.uid) {
             continue;
         }
         if input.conflicts.contains_key(&pod.name) {
@@ -192,7 +208,10 @@ pub fn plan(input: &Input) -> Plan {
             receipts_after: None,
         }));
     }
-    plan.actions = cleanups.into_iter().chain(steps).collect();
+    plan.actions = cleanups(input.settings, input.pods, input.wraps)
+        .into_iter()
+        .chain(steps)
+        .collect();
     plan
 }
 

@@ -81,16 +81,43 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     let ns = b.namespace().unwrap_or_default();
     let name = b.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Timestamp::now();
     let mut problems = Problems::default();
-    let mut wake = None;
     let mut pods = vec![];
     let mut conflicts = BTreeMap::new();
     let mut records = list_records(&secrets, &name, &b.spec.secret_key).await?;
-    match spec::validate(&b.spec, &ns, &ctx.config.allowed_roles) {
-        Err(invalid) => problems.invalid = Some(invalid),
+    let validity = spec::validate(&b.spec, &ns, &ctx.config.allowed_roles);
+    let settings = Settings {
+        binding: name.clone(),
+        wrap_ttl: validity
+            .as_ref()
+            .map_or(Duration::from_secs(60), |v| v.wrap_ttl),
+        lookup_period: ctx.config.lookup_period,
+        agent_container: b.spec.agent_container.clone(),
+        revoke_on_pod_deletion: b.spec.revoke_on_pod_deletion,
+    };
+    let plan = match validity {
+        Err(invalid) => {
+            problems.invalid = Some(invalid);
+            // No minting, but the tokens of pods that are gone are still revoked.
+            let mut alive = vec![];
+            for wrap in &records.0 {
+                if let Some(view) = pods_api
+                    .get_opt(&wrap.pod)
+                    .await?
+                    .as_ref()
+                    .and_then(PodView::from_pod)
+                {
+                    alive.push(view);
+                }
+            }
+            plan::Plan {
+                actions: plan::cleanups(&settings, &alive, &records.0),
+                ..Default::default()
+            }
+        }
         Ok(valid) => {
-            let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
             pods = pods_api
                 .list(&ListParams::default().labels_from(&valid.selector))
                 .await?
@@ -99,13 +126,6 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 .filter_map(PodView::from_pod)
                 .collect();
             conflicts = find_conflicts(ctx, b, &pods);
-            let settings = Settings {
-                binding: name.clone(),
-                wrap_ttl: valid.wrap_ttl,
-                lookup_period: ctx.config.lookup_period,
-                agent_container: b.spec.agent_container.clone(),
-                revoke_on_pod_deletion: b.spec.revoke_on_pod_deletion,
-            };
             let last_lookup: HashMap<String, Timestamp> = {
                 let all = ctx.last_lookup.lock().expect("lookup lock");
                 records
@@ -117,46 +137,46 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                     })
                     .collect()
             };
-            let plan = plan::plan(&plan::Input {
+            plan::plan(&plan::Input {
                 settings: &settings,
                 pods: &pods,
                 conflicts: &conflicts,
                 wraps: &records.0,
                 last_lookup: &last_lookup,
                 now,
-            });
-            wake = plan.wake_at;
-            problems.invalid_names = plan.invalid_names.clone();
-            tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
-            if !plan.actions.is_empty() {
-                let mut step = Step {
-                    ctx,
-                    binding: b,
-                    secrets: &secrets,
-                    raw: &records.1,
-                    settings: &settings,
-                    problems: &mut problems,
-                };
-                let mut first_error = None;
-                for action in plan.actions {
-                    if let Err(e) = step.run(action).await {
-                        first_error.get_or_insert(e);
-                    }
-                    if step.problems.vault_unavailable.is_some() {
-                        // Every further step needs Vault too; report now, retry with backoff.
-                        break;
-                    }
-                }
-                records = list_records(&secrets, &name, &b.spec.secret_key).await?;
-                if let Some(e) = first_error {
-                    write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
-                    return Err(e);
-                }
-                // Something changed: look again soon for follow-ups (e.g. the next round of a
-                // recreated pod).
-                wake = Some(wake.map_or(now, |w: Timestamp| w.min(now)));
+            })
+        }
+    };
+    let mut wake = plan.wake_at;
+    problems.invalid_names = plan.invalid_names.clone();
+    tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
+    if !plan.actions.is_empty() {
+        let mut step = Step {
+            ctx,
+            binding: b,
+            secrets: &secrets,
+            raw: &records.1,
+            settings: &settings,
+            problems: &mut problems,
+        };
+        let mut first_error = None;
+        for action in plan.actions {
+            if let Err(e) = step.run(action).await {
+                first_error.get_or_insert(e);
+            }
+            if step.problems.vault_unavailable.is_some() {
+                // Every further step needs Vault too; report now, retry with backoff.
+                break;
             }
         }
+        records = list_records(&secrets, &name, &b.spec.secret_key).await?;
+        if let Some(e) = first_error {
+            write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
+            return Err(e);
+        }
+        // Something changed: look again soon for follow-ups (e.g. the next round of a
+        // recreated pod).
+        wake = Some(wake.map_or(now, |w: Timestamp| w.min(now)));
     }
     write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
     if let Some(msg) = problems.vault_unavailable {

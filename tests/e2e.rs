@@ -847,3 +847,31 @@ async fn api_server_outage_mid_burst_serves_every_pod_once() {
     assert_eq!(env.op().get("/healthz").map(|(c, _)| c), Some(200));
     env.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn a_binding_that_may_no_longer_mint_still_revokes_for_gone_pods() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("r", "60s")).await;
+    env.create_pod("r-0", "r").await;
+    let (_, token) = issued(&env, "b", "r-0").await;
+    let (receipt, code) = env.run_agent(&token, "r-0");
+    assert_eq!(code, 0);
+    let accessor = receipt.unwrap().accessor.unwrap();
+    // The binding now names a role its namespace may not use: no more minting...
+    let mut spec = Env::spec("r", "60s");
+    spec["vault"]["tokenRole"] = json!("admin-role");
+    env.apply_binding("b", spec).await;
+    eventually("RoleNotAllowed", T, || async {
+        (env.ready("b").await.1 == "RoleNotAllowed").then_some(())
+    })
+    .await;
+    // ...but when its pod goes, the pod's token is still revoked and the Secret removed.
+    env.delete_pod("r-0").await;
+    let root = env.bao.root_client();
+    eventually("revoked and removed", T, || async {
+        let gone = env.records("b").await.is_empty();
+        (gone && !root.accessor_is_live(&accessor).await.ok()?).then_some(())
+    })
+    .await;
+    env.assert_no_leaks().await;
+}
