@@ -56,6 +56,16 @@ impl Readiness {
             w.remove(key);
         }
     }
+    /// Bindings still waiting for their first reconcile.
+    pub fn waiting(&self) -> Vec<String> {
+        self.waiting
+            .lock()
+            .expect("readiness lock")
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
     /// True once the first sync is done.
     pub fn is_ready(&self) -> bool {
         self.waiting
@@ -91,4 +101,24 @@ pub struct Context {
 /// `namespace/name`, the key of the per-binding and per-Secret maps.
 pub fn key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_after_every_initial_binding_was_reconciled() {
+        let r = Readiness::default();
+        assert!(!r.is_ready(), "not ready before the initial list");
+        r.expect(["ns/a".to_string(), "ns/b".to_string()]);
+        r.reconciled("ns/a");
+        assert!(!r.is_ready());
+        assert_eq!(r.waiting(), vec!["ns/b".to_string()]);
+        r.reconciled("ns/b");
+        assert!(r.is_ready());
+        let empty = Readiness::default();
+        empty.expect([]);
+        assert!(empty.is_ready());
+    }
 }

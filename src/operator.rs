@@ -125,6 +125,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     }
     let initial = list_initial(&bindings, &shutdown).await?;
     ctx.readiness.expect(initial);
+    tokio::spawn(forget_vanished(ctx.clone(), stop.clone()));
     info!(lookup_period = ?config.lookup_period, "operator starting");
     let sweeper = tokio::spawn(sweep_loop(ctx.clone(), stop.clone()));
 
@@ -212,6 +213,26 @@ async fn list_initial(
             _ = shutdown.cancelled() => return Err("shut down before the first sync".into()),
         }
         delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// A binding of the initial list that vanished before its first reconcile (its finalizer was
+/// stripped) is never reconciled: stop waiting for it, so `/readyz` cannot stay 503 forever.
+async fn forget_vanished(ctx: Arc<Context>, stop: CancellationToken) {
+    while !ctx.readiness.is_ready() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.cancelled() => return,
+        }
+        for key in ctx.readiness.waiting() {
+            let Some((ns, name)) = key.split_once('/') else {
+                continue;
+            };
+            let api: Api<AgentSecretBinding> = Api::namespaced(ctx.client.clone(), ns);
+            if let Ok(None) = api.get_opt(name).await {
+                ctx.readiness.reconciled(&key);
+            }
+        }
     }
 }
 
