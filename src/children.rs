@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
@@ -128,7 +129,6 @@ pub async fn deliver(
     issued_at: Timestamp,
     expires_at: Timestamp,
 ) -> Result<String, ClaimError> {
-    use base64_engine::encode;
     let patch = json!({
         "metadata": {
             "resourceVersion": resource_version,
@@ -142,7 +142,7 @@ pub async fn deliver(
                 ann::MESSAGE: null,
             }
         },
-        "data": { key: encode(wrap.token.expose().as_bytes()) },
+        "data": { key: ByteString(wrap.token.expose().as_bytes().to_vec()) },
     });
     guarded_patch(api, secret, &patch).await
 }
@@ -252,48 +252,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// Standard base64 without padding concerns, small enough not to need a crate.
-mod base64_engine {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    /// Encodes bytes as standard padded base64.
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn matches_rfc4648_vectors() {
-            for (i, o) in [
-                ("", ""),
-                ("f", "Zg=="),
-                ("fo", "Zm8="),
-                ("foo", "Zm9v"),
-                ("foobar", "Zm9vYmFy"),
-            ] {
-                assert_eq!(super::encode(i.as_bytes()), o);
-            }
-        }
-    }
 }
 
 /// Reads the wrapping token out of a Secret (for lookups); never logged.

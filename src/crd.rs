@@ -7,9 +7,6 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of every cubbyhole resource, label and annotation.
-pub const GROUP: &str = "cubbyhole.dev";
-
 /// Declares which pods get a response-wrapped Vault token, from which token role, with what TTLs.
 ///
 /// The operator mints one single-use wrapping token per pod start and writes it into a Secret

@@ -216,17 +216,28 @@ pub fn plan(input: &Input) -> Plan {
 }
 
 fn cleanup(settings: &Settings, wrap: &WrapState) -> Action {
+    let (revoke_wrap, revoke_token) = revocations(wrap, settings.revoke_on_pod_deletion);
+    Action::Cleanup {
+        wrap: wrap.clone(),
+        revoke_wrap,
+        revoke_token,
+    }
+}
+
+/// What to revoke when a record goes: `(wrap, token)`. An unconsumed wrap and its token always
+/// go; a consumed token only when `revoke_consumed` (the binding's `revokeOnPodDeletion`, or
+/// the binding itself going).
+pub fn revocations(wrap: &WrapState, revoke_consumed: bool) -> (bool, bool) {
     let outstanding = matches!(wrap.phase, Phase::Issued | Phase::Claimed);
     let token_live = wrap.accessor.is_some()
         && matches!(
             wrap.phase,
             Phase::Issued | Phase::Claimed | Phase::Unwrapped
         );
-    Action::Cleanup {
-        wrap: wrap.clone(),
-        revoke_wrap: outstanding && wrap.wrap_accessor.is_some(),
-        revoke_token: token_live && (settings.revoke_on_pod_deletion || outstanding),
-    }
+    (
+        outstanding && wrap.wrap_accessor.is_some(),
+        token_live && (revoke_consumed || outstanding),
+    )
 }
 
 fn agent_restarts(settings: &Settings, pod: &PodView) -> u32 {
@@ -789,13 +800,13 @@ mod tests {
             p.finished = rng.chance(15);
             p.restart_counts.insert("agent".into(), rng.below(3) as u32);
             if rng.chance(30) {
-                let receipt = match rng.below(4) {
+                let r = match rng.below(4) {
                     0 => Receipt::unwrapped("acc"),
                     1 => Receipt::unwrapped("other"),
                     2 => Receipt::failed(result::INVALID_WRAPPING_TOKEN),
                     _ => Receipt::failed(result::WRITE_FAILED),
                 };
-                p.receipts.push(receipt_at(receipt, rng.below(100) as i64));
+                p.receipts.push(receipt(r, rng.below(100) as i64));
             }
             if rng.chance(20) {
                 conflicts.insert(p.name.clone(), vec!["other".to_string()]);
@@ -826,10 +837,6 @@ mod tests {
             wraps.push(w);
         }
         (pods, wraps, conflicts, rng.below(200) as i64)
-    }
-
-    fn receipt_at(r: Receipt, at: i64) -> ObservedReceipt {
-        receipt(r, at)
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::children;
 use crate::context::{Context, Error, key};
 use crate::crd::AgentSecretBinding;
-use crate::model::{BINDING_FINALIZER, BINDING_LABEL, Phase, PodView, WrapState};
+use crate::model::{BINDING_FINALIZER, BINDING_LABEL, PodView, WrapState};
 use crate::plan::{self, Settings};
 use crate::spec;
 use crate::status::{self, Problems, StatusInput};
@@ -293,19 +293,18 @@ pub async fn cleanup_records(
         let Some(wrap) = WrapState::from_secret(s, "") else {
             continue;
         };
-        if matches!(wrap.phase, Phase::Issued | Phase::Claimed)
-            && let Some(a) = &wrap.wrap_accessor
-            && ctx.vault.revoke_accessor(a).await? == Revoked::Existed
-        {
-            ctx.metrics.revoked("wrap");
-        }
-        if !matches!(
-            wrap.phase,
-            Phase::Expired | Phase::Revoked | Phase::Tampered
-        ) && let Some(a) = &wrap.accessor
-            && ctx.vault.revoke_accessor(a).await? == Revoked::Existed
-        {
-            ctx.metrics.revoked("token");
+        // The binding is going: every token it minted goes with it.
+        let (revoke_wrap, revoke_token) = plan::revocations(&wrap, true);
+        let targets = [
+            (revoke_wrap, &wrap.wrap_accessor, "wrap"),
+            (revoke_token, &wrap.accessor, "token"),
+        ];
+        for (revoke, accessor, kind) in targets {
+            if let (true, Some(a)) = (revoke, accessor)
+                && ctx.vault.revoke_accessor(a).await? == Revoked::Existed
+            {
+                ctx.metrics.revoked(kind);
+            }
         }
         children::remove(&secrets, &wrap).await?;
         removed += 1;

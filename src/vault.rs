@@ -130,10 +130,13 @@ impl VaultError {
 
     /// True when Vault itself is unavailable (as opposed to refusing the request).
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self.category(),
-            "unreachable" | "no_answer" | "server_error" | "auth"
-        )
+        match self {
+            VaultError::Unreachable { .. } | VaultError::NoAnswer { .. } | VaultError::Auth(_) => {
+                true
+            }
+            VaultError::Refused { status, .. } => *status >= 500,
+            VaultError::Protocol { .. } => false,
+        }
     }
 }
 
