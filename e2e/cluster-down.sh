@@ -10,5 +10,5 @@ for p in operator bao; do
 done
 "$ROOT/e2e/controlplane/down.sh" "$DIR/cluster" >/dev/null
 CUBBYHOLE_WIPE=1 "$ROOT/e2e/controlplane/down.sh" "$DIR/cluster" >/dev/null
-rm -f "$DIR/env" "$DIR/root-token" "$DIR/operator-token" "$DIR/bao.addr"
+rm -f "$DIR/env" "$DIR/root-token" "$DIR/operator-token" "$DIR/operator-jwt" "$DIR/operator.kubeconfig" "$DIR/bao.addr"
 echo "cluster-down: stopped"

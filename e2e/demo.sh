@@ -10,18 +10,23 @@ set -a; source "$DIR/env"; set +a
 (cd "$ROOT" && cargo build -q)
 BIN="$ROOT/target/debug/cubbyhole"
 
+# The operator runs as its service account (config/rbac) and logs in to OpenBao with its
+# service-account token, checked by OpenBao with a TokenReview against the API server.
 cat >"$DIR/operator.yaml" <<CFG
 vault:
   address: $VAULT_ADDR
   auth:
-    tokenFile: $VAULT_TOKEN_FILE
+    kubernetes:
+      role: cubbyhole-operator
+      jwtPath: $OPERATOR_JWT
 allowedRoles:
   - namespaces: ["*"]
     roles: ["cubbyhole-agent"]
 lookupPeriod: 2s
 CFG
 if ! { [[ -s "$DIR/operator.pid" ]] && kill -0 "$(cat "$DIR/operator.pid")" 2>/dev/null; }; then
-  "$BIN" operator --config "$DIR/operator.yaml" --listen 127.0.0.1:18080 >"$DIR/operator.log" 2>&1 &
+  KUBECONFIG="$OPERATOR_KUBECONFIG" \
+    "$BIN" operator --config "$DIR/operator.yaml" --listen 127.0.0.1:18080 >"$DIR/operator.log" 2>&1 &
   echo $! >"$DIR/operator.pid"
 fi
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.2; done

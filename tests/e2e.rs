@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cluster::{Env, Options, ann, condition, eventually};
 use cubbyhole::receipt::{Receipt, result};
+use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
@@ -759,7 +760,7 @@ async fn invalid_secret_name_annotation_is_reported_and_others_are_served() {
 #[tokio::test]
 async fn leader_election_fails_over_without_duplicate_wraps() {
     let mut env = Env::start(Options::default()).await;
-    if env.skip_external("the audit log and a free Lease in default") {
+    if env.skip_external("the audit log and a free Lease in cubbyhole-system") {
         return;
     }
     // Replace the plain operator with two replicas electing a leader.
@@ -773,7 +774,7 @@ async fn leader_election_fails_over_without_duplicate_wraps() {
         issued(&env, "b", &format!("ha-{i}")).await;
     }
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-        kube::Api::namespaced(env.client.clone(), "default");
+        kube::Api::namespaced(env.client.clone(), cluster::OPERATOR_NS);
     let holder = leases
         .get("cubbyhole-operator")
         .await
@@ -875,5 +876,179 @@ async fn a_binding_that_may_no_longer_mint_still_revokes_for_gone_pods() {
         (gone && !root.accessor_is_live(&accessor).await.ok()?).then_some(())
     })
     .await;
+    env.assert_no_leaks().await;
+}
+
+// --- What only a real cluster can show: RBAC, garbage collection, namespace deletion, and
+// --- OpenBao's Kubernetes login through a real TokenReview.
+
+#[tokio::test]
+async fn operator_identity_is_held_to_the_shipped_rbac() {
+    let env = Env::start(Options::default()).await;
+    let kc = kube::config::Kubeconfig::read_from(&env.identity.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let operator = kube::Client::try_from(config).unwrap();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(operator.clone(), &env.ns);
+    env.create_pod("rbac-0", "rbac").await;
+    // What config/rbac grants works...
+    pods.list(&ListParams::default()).await.expect("list pods");
+    pods.get("rbac-0").await.expect("get pod");
+    // ...and a verb it does not grant is refused, for the operator's own user.
+    let forbidden = |r: Result<_, kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => s.message,
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    };
+    let msg = forbidden(
+        pods.delete("rbac-0", &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    );
+    assert!(
+        msg.contains("system:serviceaccount:cubbyhole-system:cubbyhole"),
+        "{msg}"
+    );
+    let config_maps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(operator.clone(), &env.ns);
+    forbidden(config_maps.list(&ListParams::default()).await.map(|_| ()));
+    // Leases only in its own namespace.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(operator, "default");
+    forbidden(leases.list(&ListParams::default()).await.map(|_| ()));
+    // The operator itself works under exactly these rights.
+    env.apply_binding("b", Env::spec("rbac", "60s")).await;
+    issued(&env, "b", "rbac-0").await;
+    assert!(
+        !env.op().log_text().contains("403"),
+        "the operator hit a 403:\n{}",
+        env.op().log_text()
+    );
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_deleted_pods_secret_is_garbage_collected_only_after_its_token_is_revoked() {
+    let mut env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("gc", "60s")).await;
+    env.create_pod("gc-0", "gc").await;
+    let (secret, token) = issued(&env, "b", "gc-0").await;
+    let (receipt, code) = env.run_agent(&token, "gc-0");
+    assert_eq!(code, 0);
+    let accessor = receipt.unwrap().accessor.unwrap();
+    // With the operator down, only Kubernetes' garbage collector acts on the pod's deletion.
+    env.operator.take().unwrap().kill();
+    env.delete_pod("gc-0").await;
+    let root = env.bao.root_client();
+    eventually("the garbage collector deletes the Secret", T, || async {
+        let s = env.secrets().get_opt(&secret.name_any()).await.ok()??;
+        s.metadata.deletion_timestamp.is_some().then_some(())
+    })
+    .await;
+    assert!(
+        root.accessor_is_live(&accessor).await.unwrap(),
+        "nothing revoked yet: the Secret's finalizer holds it"
+    );
+    env.restart_operator();
+    eventually("token revoked, then the Secret goes", T, || async {
+        let gone = env
+            .secrets()
+            .get_opt(&secret.name_any())
+            .await
+            .ok()?
+            .is_none();
+        (gone && !root.accessor_is_live(&accessor).await.ok()?).then_some(())
+    })
+    .await;
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_with_a_binding_leaves_no_live_token() {
+    let mut env = Env::start(Options::default()).await;
+    let home = env.ns.clone();
+    let doomed = format!("{home}-doomed");
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(env.client.clone());
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": doomed}}),
+    )
+    .unwrap();
+    namespaces.create(&Default::default(), &ns).await.unwrap();
+    cluster::wait_for_default_service_account(&env.client, &doomed).await;
+    // The harness works in `env.ns`: point it at the doomed namespace for the setup.
+    env.ns = doomed.clone();
+    env.apply_binding("b", Env::spec("ns", "60s")).await;
+    for p in ["ns-0", "ns-1"] {
+        env.create_pod(p, "ns").await;
+    }
+    let (s0, t0) = issued(&env, "b", "ns-0").await;
+    let (s1, _) = issued(&env, "b", "ns-1").await;
+    let (receipt, code) = env.run_agent(&t0, "ns-0");
+    assert_eq!(code, 0);
+    let mut accessors = vec![receipt.unwrap().accessor.unwrap()];
+    accessors.push(ann(&s0)["wrap-accessor"].clone());
+    accessors.push(ann(&s1)["wrap-accessor"].clone());
+    accessors.push(ann(&s1)["accessor"].clone());
+    namespaces
+        .delete(&doomed, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("namespace gone", Duration::from_secs(90), || async {
+        namespaces
+            .get_opt(&doomed)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    env.ns = home;
+    let root = env.bao.root_client();
+    for a in &accessors {
+        assert!(!root.accessor_is_live(a).await.unwrap(), "{a} still live");
+    }
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn the_operator_logs_in_to_openbao_through_a_real_token_review() {
+    let env = Env::start(Options::default()).await;
+    if env.skip_external("OpenBao's audit log and Kubernetes auth against the test cluster") {
+        return;
+    }
+    env.apply_binding("b", Env::spec("login", "60s")).await;
+    env.create_pod("login-0", "login").await;
+    issued(&env, "b", "login-0").await;
+    let logins = env.bao.audit_responses("auth/kubernetes/login");
+    let ok = logins
+        .iter()
+        .find(|l| l["error"].is_null() && !l["response"]["auth"]["accessor"].is_null())
+        .unwrap_or_else(|| panic!("no successful Kubernetes login: {logins:?}"));
+    let metadata = &ok["response"]["auth"]["metadata"];
+    assert_eq!(metadata["service_account_name"], cluster::OPERATOR_SA);
+    assert_eq!(metadata["service_account_namespace"], cluster::OPERATOR_NS);
+    // Another service account's real token is refused: OpenBao asked the API server who it is.
+    let out = std::process::Command::new("kubectl")
+        .args(["create", "token", "default", "-n", &env.ns])
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .output()
+        .unwrap();
+    let other = String::from_utf8(out.stdout).unwrap();
+    env.remember(other.trim());
+    let login = env.bao.cli(
+        "",
+        &[
+            "write",
+            "auth/kubernetes/login",
+            "role=cubbyhole-operator",
+            &format!("jwt={}", other.trim()),
+        ],
+    );
+    assert!(
+        !login.status.success(),
+        "a foreign service account logged in"
+    );
     env.assert_no_leaks().await;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# down.sh DIR: stop the API server, then etcd. Keeps data, certs and logs; safe to run twice.
-# CUBBYHOLE_WIPE=1 also deletes DIR's etcd data and kubeconfig.
+# down.sh DIR: stop the controller-manager, the API server, then etcd. Keeps data, certs and
+# logs; safe to run twice. CUBBYHOLE_WIPE=1 also deletes DIR's etcd data and kubeconfig.
 set -uo pipefail
 [[ $# -eq 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
 DIR="$1"
@@ -11,6 +11,7 @@ stop() { # pidfile name
   [[ -s "$f" ]] || return 0
   pid="$(cat "$f")"
   if kill -0 "$pid" 2>/dev/null; then
+    kill -CONT "$pid" 2>/dev/null
     kill -TERM "$pid" 2>/dev/null
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
@@ -22,6 +23,7 @@ stop() { # pidfile name
 }
 
 stop watchdog
+stop controller-manager
 stop apiserver
 stop etcd
 if [[ -n "${CUBBYHOLE_WIPE:-}" ]]; then rm -rf "$DIR/etcd" "$DIR/kubeconfig" "$DIR/env" "$DIR/ports.env"; fi

@@ -20,6 +20,9 @@ use serde_json::json;
 
 use crate::support::Bao;
 
+mod identity;
+pub use identity::{OPERATOR_SA, OperatorIdentity};
+
 /// Namespace the e2e tests work in on a private control plane.
 pub const NS: &str = "agents";
 
@@ -63,6 +66,20 @@ impl Cluster {
             kubeconfig,
             external: true,
         }
+    }
+
+    /// The API server's URL, from the kubeconfig.
+    pub fn api_url(&self) -> String {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        kc.clusters
+            .into_iter()
+            .find_map(|c| c.cluster?.server)
+            .expect("a server URL in the kubeconfig")
+    }
+
+    /// The private control plane's CA certificate (PEM file).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("certs/ca.crt")
     }
 
     /// A client for this cluster.
@@ -239,11 +256,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Operator flags for leader-election tests: a 6 s lease in `default`.
+/// Namespace of the operator's service account and Lease (`config/rbac/`).
+pub const OPERATOR_NS: &str = "cubbyhole-system";
+
+/// Operator flags for leader-election tests: a 6 s lease in the operator's namespace.
 pub const LEADER_ARGS: [&str; 5] = [
     "--leader-election",
     "--lease-namespace",
-    "default",
+    OPERATOR_NS,
     "--lease-duration",
     "6s",
 ];
@@ -272,8 +292,10 @@ pub struct Env {
     pub operator: Option<Operator>,
     /// The control plane.
     pub cluster: Cluster,
-    /// Kubernetes client.
+    /// Kubernetes client (admin).
     pub client: Client,
+    /// The operator's service account identity.
+    pub identity: OperatorIdentity,
     /// Operator config file.
     pub config: PathBuf,
     /// Scratch dir.
@@ -323,6 +345,28 @@ impl Env {
             .create(&PostParams::default(), &namespace)
             .await
             .ok();
+        wait_for_default_service_account(&client, &ns).await;
+        let identity = OperatorIdentity::provision(&cluster, &dir);
+        let auth = if external {
+            format!("tokenFile: {}", bao.operator_token_file.display())
+        } else {
+            // The operator logs in to OpenBao with its service account token, which OpenBao
+            // checks with a TokenReview against this API server.
+            let ca = cluster.ca_file();
+            let out = bao.setup_with(&[
+                ("KUBERNETES_HOST", &cluster.api_url()),
+                ("KUBERNETES_CA_CERT", ca.to_str().unwrap()),
+            ]);
+            assert!(
+                out.status.success(),
+                "setup.sh (kubernetes auth) failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            format!(
+                "kubernetes:\n      role: cubbyhole-operator\n      jwtPath: {}",
+                identity.jwt.display()
+            )
+        };
         let config = dir.join("operator.yaml");
         let roles = options
             .allowed_roles
@@ -333,16 +377,16 @@ impl Env {
         std::fs::write(
             &config,
             format!(
-                "vault:\n  address: {}\n  auth:\n    tokenFile: {}\nallowedRoles:\n  - namespaces: [\"{ns}\"]\n    roles: [{roles}]\nlookupPeriod: {}\nsweepPeriod: 3s\n",
+                "vault:\n  address: {}\n  auth:\n    {auth}\nallowedRoles:\n  - namespaces: [\"{ns}\", \"{ns}-*\"]\n    roles: [{roles}]\nlookupPeriod: {}\nsweepPeriod: 3s\n",
                 bao.addr,
-                bao.operator_token_file.display(),
                 options.lookup_period
             ),
         )
         .unwrap();
-        let operator = Operator::start(&cluster.kubeconfig, &config, &dir.join("operator.log"));
+        let operator = Operator::start(&identity.kubeconfig, &config, &dir.join("operator.log"));
         Env {
             operator: Some(operator),
+            identity,
             bao,
             client,
             config,
@@ -371,7 +415,7 @@ impl Env {
     /// Starts the operator again (after a kill or stop).
     pub fn restart_operator(&mut self) {
         self.operator = Some(Operator::start(
-            &self.cluster.kubeconfig,
+            &self.identity.kubeconfig,
             &self.config,
             &self.dir.join("operator.log"),
         ));
@@ -380,7 +424,7 @@ impl Env {
     /// Starts another replica with leader election on (as the first one, when `leader` is set).
     pub fn start_replica(&self, n: u32) -> Operator {
         Operator::start_with(
-            &self.cluster.kubeconfig,
+            &self.identity.kubeconfig,
             &self.config,
             &self.dir.join(format!("operator-{n}.log")),
             &[],
@@ -394,7 +438,7 @@ impl Env {
             op.kill();
         }
         Operator::start_with(
-            &self.cluster.kubeconfig,
+            &self.identity.kubeconfig,
             &self.config,
             &self.dir.join("operator.log"),
             &[("CUBBYHOLE_FAILPOINT", failpoint)],
@@ -716,6 +760,19 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits for the service account controller to create `default` in `ns`: until then the
+/// ServiceAccount admission plugin refuses pods there, as on every real cluster.
+pub async fn wait_for_default_service_account(client: &Client, ns: &str) {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), ns);
+    eventually(
+        "default service account",
+        Duration::from_secs(30),
+        || async { accounts.get_opt("default").await.ok()?.map(|_| ()) },
+    )
+    .await;
 }
 
 async fn install_crd(client: &Client) {
