@@ -1,5 +1,7 @@
 //! Every write to a per-pod Secret. Creates claim a pod start; every later change is a JSON
-//! merge patch guarded by `resourceVersion`, so two writers can never both win.
+//! merge patch guarded by `resourceVersion`, so two writers can never both win. Every write
+//! carries a fresh signature over the annotations it leaves (see [`crate::seal`]): the patch
+//! builders are pure and compute the resulting annotations from the ones read plus the change.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +17,7 @@ use crate::model::{
     BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Phase, SECRET_FINALIZER, WrapState, ann,
 };
 use crate::plan::Issue;
+use crate::seal::{Fields, RecordKeys};
 use crate::vault::WrapInfo;
 
 /// Why a claim did not happen.
@@ -36,48 +39,217 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// Claims a pod start: creates the record (no token yet) or takes over `issue.replaces`.
-/// Returns the resourceVersion to guard the delivery with.
-pub async fn claim(
-    api: &Api<Secret>,
-    binding: &str,
+/// Signs one binding's records in one namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Sealer<'a> {
+    /// The records' namespace.
+    pub namespace: &'a str,
+    /// The binding (value of the binding label).
+    pub binding: &'a str,
+    /// Record-signing keys.
+    pub keys: &'a RecordKeys,
+}
+
+/// A change to one annotation: a new value, or `None` to remove it.
+pub type Change = (&'static str, Option<String>);
+
+impl Sealer<'_> {
+    /// The signature of record `secret` carrying `annotations`.
+    pub fn sign(&self, secret: &str, annotations: &BTreeMap<String, String>) -> String {
+        self.keys.sign(&Fields {
+            namespace: self.namespace,
+            name: secret,
+            binding: self.binding,
+            annotations,
+        })
+    }
+
+    /// Applies `changes` to the signed annotations `prior` and signs the result. Returns the
+    /// annotation part of a merge patch (the changes plus the new signature) and the signed
+    /// annotations the record carries once it is applied.
+    pub fn patch(
+        &self,
+        secret: &str,
+        prior: &BTreeMap<String, String>,
+        changes: &[Change],
+    ) -> (serde_json::Map<String, Value>, BTreeMap<String, String>) {
+        let mut after = prior.clone();
+        let mut patch = serde_json::Map::new();
+        for (k, v) in changes {
+            match v {
+                Some(v) => after.insert(k.to_string(), v.clone()),
+                None => after.remove(*k),
+            };
+            patch.insert(k.to_string(), v.clone().map_or(Value::Null, Value::String));
+        }
+        after.retain(|k, _| ann::SIGNED.contains(&k.as_str()));
+        patch.insert(
+            ann::SIGNATURE.into(),
+            Value::String(self.sign(secret, &after)),
+        );
+        (patch, after)
+    }
+}
+
+/// One binding's records: where they are written and how they are signed.
+#[derive(Clone, Copy)]
+pub struct Records<'a> {
+    /// Secrets in the binding's namespace.
+    pub api: &'a Api<Secret>,
+    /// Signs every write.
+    pub sealer: Sealer<'a>,
+}
+
+/// A record just claimed: what delivery (or a failure record) builds on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claimed {
+    /// Secret name.
+    pub secret: String,
+    /// resourceVersion after the claim (guards the next write).
+    pub resource_version: String,
+    /// Signed annotations after the claim.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The annotations of a fresh claim.
+pub fn claim_changes(issue: &Issue, now: Timestamp) -> Vec<Change> {
+    let mut changes = vec![
+        (ann::POD, Some(issue.pod.clone())),
+        (ann::POD_UID, Some(issue.pod_uid.clone())),
+        (ann::START, Some(issue.start.to_string())),
+        (ann::PHASE, Some(Phase::Claimed.as_str().to_string())),
+        (ann::CLAIMED_AT, Some(now.to_string())),
+    ];
+    if let Some(t) = issue.receipts_after {
+        changes.push((ann::RECEIPTS_AFTER, Some(t.to_string())));
+    }
+    changes
+}
+
+/// The annotation changes of taking over `old` for a new claim: the claim's, every trace of
+/// the previous wrap cleared, and the previous start's token remembered.
+pub fn takeover_changes(issue: &Issue, old: &WrapState, now: Timestamp) -> Vec<Change> {
+    let mut changes = claim_changes(issue, now);
+    for k in [
+        ann::WRAP_ACCESSOR,
+        ann::ACCESSOR,
+        ann::ISSUED_AT,
+        ann::EXPIRES_AT,
+        ann::VERIFIED,
+        ann::MESSAGE,
+        ann::VAULT_SEEN_AT,
+    ] {
+        changes.push((k, None));
+    }
+    if issue.start != old.start {
+        changes.push((ann::PREVIOUS_ACCESSOR, old.accessor.clone()));
+    }
+    changes
+}
+
+/// The annotation changes of a delivery: Issued, with the wrap's and token's accessors.
+pub fn deliver_changes(
+    wrap_accessor: &str,
+    token_accessor: &str,
+    issued_at: Timestamp,
+    expires_at: Timestamp,
+) -> Vec<Change> {
+    vec![
+        (ann::PHASE, Some(Phase::Issued.as_str().to_string())),
+        (ann::CLAIMED_AT, None),
+        (ann::WRAP_ACCESSOR, Some(wrap_accessor.to_string())),
+        (ann::ACCESSOR, Some(token_accessor.to_string())),
+        (ann::ISSUED_AT, Some(issued_at.to_string())),
+        (ann::EXPIRES_AT, Some(expires_at.to_string())),
+        (ann::MESSAGE, None),
+    ]
+}
+
+/// The annotation changes of a failed mint (retried after a pause).
+pub fn failure_changes(message: &str, now: Timestamp) -> Vec<Change> {
+    vec![
+        (ann::PHASE, Some(Phase::Failed.as_str().to_string())),
+        (ann::CLAIMED_AT, Some(now.to_string())),
+        (ann::MESSAGE, Some(truncate(message, 512))),
+    ]
+}
+
+/// The annotation changes of settling a wrap in `phase`.
+pub fn settle_changes(phase: Phase, verified: bool, message: &str) -> Vec<Change> {
+    vec![
+        (ann::PHASE, Some(phase.as_str().to_string())),
+        (ann::VERIFIED, verified.then(|| "true".to_string())),
+        (ann::MESSAGE, Some(truncate(message, 512))),
+    ]
+}
+
+/// The Secret that claims a new pod start (no token yet), and its signed annotations.
+pub fn claim_secret(
+    sealer: &Sealer,
     issue: &Issue,
     now: Timestamp,
-) -> Result<String, ClaimError> {
-    let mut annotations = BTreeMap::from([
-        (ann::POD.to_string(), issue.pod.clone()),
-        (ann::POD_UID.to_string(), issue.pod_uid.clone()),
-        (ann::START.to_string(), issue.start.to_string()),
-        (ann::PHASE.to_string(), Phase::Claimed.as_str().to_string()),
-        (ann::CLAIMED_AT.to_string(), now.to_string()),
-    ]);
-    if let Some(t) = issue.receipts_after {
-        annotations.insert(ann::RECEIPTS_AFTER.into(), t.to_string());
-    }
-    let Some(old) = &issue.replaces else {
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(issue.secret.clone()),
-                labels: Some(BTreeMap::from([
-                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
-                    (BINDING_LABEL.to_string(), binding.to_string()),
-                ])),
-                annotations: Some(annotations),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "Pod".into(),
-                    name: issue.pod.clone(),
-                    uid: issue.pod_uid.clone(),
-                    ..Default::default()
-                }]),
-                finalizers: Some(vec![SECRET_FINALIZER.to_string()]),
+) -> (Secret, BTreeMap<String, String>) {
+    let (patch, after) = sealer.patch(&issue.secret, &BTreeMap::new(), &claim_changes(issue, now));
+    let annotations = patch
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+        .collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(issue.secret.clone()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                (BINDING_LABEL.to_string(), sealer.binding.to_string()),
+            ])),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: issue.pod.clone(),
+                uid: issue.pod_uid.clone(),
                 ..Default::default()
-            },
-            type_: Some("Opaque".into()),
+            }]),
+            finalizers: Some(vec![SECRET_FINALIZER.to_string()]),
             ..Default::default()
-        };
+        },
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    (secret, after)
+}
+
+/// The patch that takes record `old` over for a new claim, and the resulting annotations.
+pub fn takeover_patch(
+    sealer: &Sealer,
+    issue: &Issue,
+    old: &WrapState,
+    now: Timestamp,
+) -> (Value, BTreeMap<String, String>) {
+    let changes = takeover_changes(issue, old, now);
+    let (annotations, after) = sealer.patch(&old.secret, &old.annotations, &changes);
+    let patch = json!({
+        "metadata": { "resourceVersion": old.resource_version, "annotations": annotations },
+        "data": null,
+    });
+    (patch, after)
+}
+
+/// Claims a pod start: creates the record (no token yet) or takes over `issue.replaces`.
+pub async fn claim(
+    records: &Records<'_>,
+    issue: &Issue,
+    now: Timestamp,
+) -> Result<Claimed, ClaimError> {
+    let api = records.api;
+    let binding = records.sealer.binding;
+    let Some(old) = &issue.replaces else {
+        let (secret, annotations) = claim_secret(&records.sealer, issue, now);
         return match api.create(&PostParams::default(), &secret).await {
-            Ok(s) => Ok(s.resource_version().unwrap_or_default()),
+            Ok(s) => Ok(Claimed {
+                secret: issue.secret.clone(),
+                resource_version: s.resource_version().unwrap_or_default(),
+                annotations,
+            }),
             Err(e) if is_conflict(&e) => match api.get_opt(&issue.secret).await {
                 Ok(Some(s))
                     if s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding) =>
@@ -91,119 +263,130 @@ pub async fn claim(
             Err(e) => Err(ClaimError::Kube(e)),
         };
     };
-    let mut ann_patch: serde_json::Map<String, Value> = annotations
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
-    for k in [
-        ann::WRAP_ACCESSOR,
-        ann::ACCESSOR,
-        ann::ISSUED_AT,
-        ann::EXPIRES_AT,
-        ann::VERIFIED,
-        ann::MESSAGE,
-        ann::VAULT_SEEN_AT,
-    ] {
-        ann_patch.insert(k.into(), Value::Null);
-    }
-    if issue.start != old.start {
-        ann_patch.insert(
-            ann::PREVIOUS_ACCESSOR.into(),
-            old.accessor.clone().map_or(Value::Null, Value::String),
-        );
-    }
-    let patch = json!({
-        "metadata": { "resourceVersion": old.resource_version, "annotations": ann_patch },
-        "data": null,
-    });
-    guarded_patch(api, &old.secret, &patch).await
+    let (patch, annotations) = takeover_patch(&records.sealer, issue, old, now);
+    let resource_version = guarded_patch(api, &old.secret, &patch).await?;
+    Ok(Claimed {
+        secret: old.secret.clone(),
+        resource_version,
+        annotations,
+    })
+}
+
+/// The patch that puts the wrapping token into a claimed record.
+pub fn deliver_patch(
+    sealer: &Sealer,
+    claimed: &Claimed,
+    key: &str,
+    wrap: &WrapInfo,
+    issued_at: Timestamp,
+    expires_at: Timestamp,
+) -> Value {
+    let changes = deliver_changes(
+        &wrap.accessor,
+        &wrap.wrapped_accessor,
+        issued_at,
+        expires_at,
+    );
+    let (annotations, _) = sealer.patch(&claimed.secret, &claimed.annotations, &changes);
+    json!({
+        "metadata": { "resourceVersion": claimed.resource_version, "annotations": annotations },
+        "data": { key: ByteString(wrap.token.expose().as_bytes().to_vec()) },
+    })
 }
 
 /// Puts the wrapping token into a claimed record.
 pub async fn deliver(
-    api: &Api<Secret>,
-    secret: &str,
-    resource_version: &str,
+    records: &Records<'_>,
+    claimed: &Claimed,
     key: &str,
     wrap: &WrapInfo,
     issued_at: Timestamp,
     expires_at: Timestamp,
 ) -> Result<String, ClaimError> {
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": {
-                ann::PHASE: Phase::Issued.as_str(),
-                ann::CLAIMED_AT: null,
-                ann::WRAP_ACCESSOR: wrap.accessor,
-                ann::ACCESSOR: wrap.wrapped_accessor,
-                ann::ISSUED_AT: issued_at.to_string(),
-                ann::EXPIRES_AT: expires_at.to_string(),
-                ann::MESSAGE: null,
-            }
-        },
-        "data": { key: ByteString(wrap.token.expose().as_bytes().to_vec()) },
-    });
-    guarded_patch(api, secret, &patch).await
+    let patch = deliver_patch(&records.sealer, claimed, key, wrap, issued_at, expires_at);
+    guarded_patch(records.api, &claimed.secret, &patch).await
+}
+
+/// The patch that records a failed mint.
+pub fn failure_patch(sealer: &Sealer, claimed: &Claimed, message: &str, now: Timestamp) -> Value {
+    let changes = failure_changes(message, now);
+    let (annotations, _) = sealer.patch(&claimed.secret, &claimed.annotations, &changes);
+    json!({
+        "metadata": { "resourceVersion": claimed.resource_version, "annotations": annotations },
+        "data": null,
+    })
 }
 
 /// Records a failed mint (no token) so it is retried after a pause and shown in the status.
 pub async fn record_failure(
-    api: &Api<Secret>,
-    secret: &str,
-    resource_version: &str,
+    records: &Records<'_>,
+    claimed: &Claimed,
     message: &str,
     now: Timestamp,
 ) -> Result<String, ClaimError> {
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": {
-                ann::PHASE: Phase::Failed.as_str(),
-                ann::CLAIMED_AT: now.to_string(),
-                ann::MESSAGE: truncate(message, 512),
-            }
-        },
-        "data": null,
-    });
-    guarded_patch(api, secret, &patch).await
+    let patch = failure_patch(&records.sealer, claimed, message, now);
+    guarded_patch(records.api, &claimed.secret, &patch).await
+}
+
+/// The patch that records when Vault answered again after a lost mint answer.
+pub fn vault_seen_patch(sealer: &Sealer, wrap: &WrapState, now: Timestamp) -> Value {
+    let changes = [(ann::VAULT_SEEN_AT, Some(now.to_string()))];
+    let (annotations, _) = sealer.patch(&wrap.secret, &wrap.annotations, &changes);
+    json!({
+        "metadata": { "resourceVersion": wrap.resource_version, "annotations": annotations }
+    })
 }
 
 /// Records that Vault answered again after a claim whose mint answer was lost.
 pub async fn mark_vault_seen(
-    api: &Api<Secret>,
+    records: &Records<'_>,
     wrap: &WrapState,
     now: Timestamp,
 ) -> Result<String, ClaimError> {
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": wrap.resource_version,
-            "annotations": { ann::VAULT_SEEN_AT: now.to_string() }
-        }
-    });
-    guarded_patch(api, &wrap.secret, &patch).await
+    let patch = vault_seen_patch(&records.sealer, wrap, now);
+    guarded_patch(records.api, &wrap.secret, &patch).await
+}
+
+/// The patch that records a final phase and removes the wrapping token.
+pub fn settle_patch(
+    sealer: &Sealer,
+    wrap: &WrapState,
+    phase: Phase,
+    verified: bool,
+    message: &str,
+) -> Value {
+    let changes = settle_changes(phase, verified, message);
+    let (annotations, _) = sealer.patch(&wrap.secret, &wrap.annotations, &changes);
+    json!({
+        "metadata": { "resourceVersion": wrap.resource_version, "annotations": annotations },
+        "data": null,
+    })
 }
 
 /// Records a final phase and removes the wrapping token from the Secret.
 pub async fn settle(
-    api: &Api<Secret>,
+    records: &Records<'_>,
     wrap: &WrapState,
     phase: Phase,
     verified: bool,
     message: &str,
 ) -> Result<String, ClaimError> {
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": wrap.resource_version,
-            "annotations": {
-                ann::PHASE: phase.as_str(),
-                ann::VERIFIED: if verified { Value::from("true") } else { Value::Null },
-                ann::MESSAGE: truncate(message, 512),
-            }
-        },
-        "data": null,
-    });
-    guarded_patch(api, &wrap.secret, &patch).await
+    let patch = settle_patch(&records.sealer, wrap, phase, verified, message);
+    guarded_patch(records.api, &wrap.secret, &patch).await
+}
+
+/// The patch that signs a record as it stands (adopting an unsigned one).
+pub fn adopt_patch(sealer: &Sealer, wrap: &WrapState) -> Value {
+    let (annotations, _) = sealer.patch(&wrap.secret, &wrap.annotations, &[]);
+    json!({
+        "metadata": { "resourceVersion": wrap.resource_version, "annotations": annotations }
+    })
+}
+
+/// Signs a record as it stands, guarded by its resourceVersion; returns the new one.
+pub async fn adopt(records: &Records<'_>, wrap: &WrapState) -> Result<String, ClaimError> {
+    let patch = adopt_patch(&records.sealer, wrap);
+    guarded_patch(records.api, &wrap.secret, &patch).await
 }
 
 /// Releases the finalizer and deletes the record. Idempotent.
@@ -259,4 +442,233 @@ pub fn wrapping_token(secret: &Secret, key: &str) -> Option<crate::vault::Secret
     let bytes = secret.data.as_ref()?.get(key)?;
     let text = String::from_utf8(bytes.0.clone()).ok()?;
     (!text.is_empty()).then(|| crate::vault::SecretString::new(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::Authenticity;
+    use crate::vault::SecretString;
+
+    fn keys() -> RecordKeys {
+        RecordKeys::new(BTreeMap::from([(1, vec![7; 32])])).unwrap()
+    }
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    /// JSON merge patch (RFC 7386), as the API server applies it.
+    fn merge(target: &mut Value, patch: &Value) {
+        let Value::Object(fields) = patch else {
+            *target = patch.clone();
+            return;
+        };
+        if !target.is_object() {
+            *target = json!({});
+        }
+        let object = target.as_object_mut().unwrap();
+        for (k, v) in fields {
+            if v.is_null() {
+                object.remove(k);
+            } else {
+                merge(object.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+
+    /// Applies `patch` to `secret` as the API server would, with a new resourceVersion.
+    fn apply(secret: &Secret, patch: &Value) -> Secret {
+        let mut v = serde_json::to_value(secret).unwrap();
+        merge(&mut v, patch);
+        let rv: u64 = secret.resource_version().unwrap().parse().unwrap();
+        v["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn read(secret: &Secret, keys: &RecordKeys) -> WrapState {
+        WrapState::from_secret(secret, "token", keys).unwrap()
+    }
+
+    fn issue(start: u32, replaces: Option<WrapState>) -> Issue {
+        Issue {
+            pod: "p".into(),
+            pod_uid: "uid-p".into(),
+            secret: "p-b-wrap".into(),
+            start,
+            replaces,
+            revoke_previous: None,
+            receipts_after: Some(t(-5)),
+        }
+    }
+
+    fn wrap_info(n: u8) -> WrapInfo {
+        WrapInfo {
+            token: SecretString::new(format!("s.wrapping-token-{n}")),
+            accessor: format!("wacc-{n}"),
+            wrapped_accessor: format!("acc-{n}"),
+            ttl: 60,
+            creation_path: "auth/token/create/r".into(),
+        }
+    }
+
+    /// The claim as created in namespace `ns`, resourceVersion 1.
+    fn created(sealer: &Sealer) -> (Secret, Claimed) {
+        let (mut secret, annotations) = claim_secret(sealer, &issue(0, None), t(0));
+        secret.metadata.namespace = Some("ns".into());
+        secret.metadata.resource_version = Some("1".into());
+        let claimed = Claimed {
+            secret: "p-b-wrap".into(),
+            resource_version: "1".into(),
+            annotations,
+        };
+        (secret, claimed)
+    }
+
+    #[test]
+    fn every_write_leaves_a_record_whose_signature_verifies() {
+        let keys = keys();
+        let sealer = Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys: &keys,
+        };
+        let (secret, claimed) = created(&sealer);
+        let w = read(&secret, &keys);
+        assert_eq!(
+            (w.authenticity, w.phase),
+            (Authenticity::Authentic, Phase::Claimed)
+        );
+        assert_eq!(w.annotations, claimed.annotations);
+
+        // Claimed -> Failed -> (retry) Claimed -> Issued -> Unwrapped.
+        let failed = apply(&secret, &failure_patch(&sealer, &claimed, "refused", t(1)));
+        let w = read(&failed, &keys);
+        assert_eq!(
+            (w.authenticity, w.phase),
+            (Authenticity::Authentic, Phase::Failed)
+        );
+        let (patch, annotations) = takeover_patch(&sealer, &issue(0, Some(w.clone())), &w, t(7));
+        let reclaimed = apply(&failed, &patch);
+        let w = read(&reclaimed, &keys);
+        assert_eq!(
+            (w.authenticity, w.phase),
+            (Authenticity::Authentic, Phase::Claimed)
+        );
+        assert_eq!(w.message, None);
+        let claimed = Claimed {
+            secret: w.secret.clone(),
+            resource_version: w.resource_version.clone().unwrap(),
+            annotations,
+        };
+        let delivered = apply(
+            &reclaimed,
+            &deliver_patch(&sealer, &claimed, "token", &wrap_info(1), t(8), t(68)),
+        );
+        let w = read(&delivered, &keys);
+        assert_eq!(
+            (w.authenticity, w.phase),
+            (Authenticity::Authentic, Phase::Issued)
+        );
+        assert!(w.has_token && w.accessor.as_deref() == Some("acc-1"));
+        assert!(
+            !w.annotations
+                .values()
+                .any(|v| v.contains("s.wrapping-token")),
+            "no token in annotations"
+        );
+        let settled = apply(
+            &delivered,
+            &settle_patch(&sealer, &w, Phase::Unwrapped, true, "verified"),
+        );
+        let w = read(&settled, &keys);
+        assert_eq!(
+            (w.authenticity, w.phase),
+            (Authenticity::Authentic, Phase::Unwrapped)
+        );
+        assert!(w.verified && !w.has_token);
+
+        // The agent restarts: a new start takes the record over and remembers the old token.
+        let (patch, _) = takeover_patch(&sealer, &issue(1, Some(w.clone())), &w, t(90));
+        let next = read(&apply(&settled, &patch), &keys);
+        assert_eq!(next.authenticity, Authenticity::Authentic);
+        assert_eq!(next.previous_accessor.as_deref(), Some("acc-1"));
+        assert_eq!((next.accessor, next.wrap_accessor), (None, None));
+
+        // A lost mint answer: Vault seen again.
+        let seen = read(
+            &apply(
+                &secret,
+                &vault_seen_patch(&sealer, &read(&secret, &keys), t(20)),
+            ),
+            &keys,
+        );
+        assert_eq!(seen.authenticity, Authenticity::Authentic);
+        assert_eq!(seen.vault_seen_at, Some(t(20)));
+    }
+
+    #[test]
+    fn adopting_signs_an_unsigned_record_as_it_stands() {
+        let keys = keys();
+        let sealer = Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys: &keys,
+        };
+        let (mut secret, _) = created(&sealer);
+        secret
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(ann::SIGNATURE);
+        let unsigned = read(&secret, &keys);
+        assert_eq!(unsigned.authenticity, Authenticity::Unsigned);
+        let adopted = read(&apply(&secret, &adopt_patch(&sealer, &unsigned)), &keys);
+        assert_eq!(adopted.authenticity, Authenticity::Authentic);
+        assert_eq!(adopted.annotations, unsigned.annotations);
+    }
+
+    #[test]
+    fn only_the_message_may_change_behind_the_operators_back() {
+        let keys = keys();
+        let sealer = Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys: &keys,
+        };
+        let (secret, _) = created(&sealer);
+        let edit = |k: &str, v: &str| {
+            let patch = json!({"metadata": {"annotations": {k: v}}});
+            read(&apply(&secret, &patch), &keys).authenticity
+        };
+        assert_eq!(edit(ann::MESSAGE, "hello"), Authenticity::Authentic);
+        assert_eq!(edit(ann::ACCESSOR, "victim"), Authenticity::Forged);
+        assert_eq!(edit(ann::PHASE, "Unwrapped"), Authenticity::Forged);
+        let relabelled = apply(
+            &secret,
+            &json!({"metadata": {"labels": {BINDING_LABEL: "ghost"}}}),
+        );
+        assert_eq!(read(&relabelled, &keys).authenticity, Authenticity::Forged);
+        // Another binding's sealer signs something else.
+        let other = Sealer {
+            binding: "other",
+            ..sealer
+        };
+        let (theirs, _) = claim_secret(&other, &issue(0, None), t(0));
+        let mut theirs = theirs;
+        theirs.metadata.namespace = Some("ns".into());
+        theirs
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(BINDING_LABEL.into(), "b".into());
+        assert_eq!(
+            WrapState::from_secret(&theirs, "token", &keys)
+                .unwrap()
+                .authenticity,
+            Authenticity::Forged
+        );
+    }
 }

@@ -17,12 +17,17 @@ pub struct OperatorConfig {
     /// Which token roles each namespace may use. Empty: no binding may mint anything.
     #[serde(default)]
     pub allowed_roles: Vec<RoleRule>,
-    /// How often each outstanding wrap is looked up (`sys/wrapping/lookup`). Default `10s`.
+    /// How often each outstanding wrap is looked up (`sys/wrapping/lookup`). Default `10s`,
+    /// at least [`MIN_PERIOD`].
     #[serde(default = "default_lookup_period", with = "humantime_serde_compat")]
     pub lookup_period: Duration,
-    /// How often to sweep for per-pod Secrets whose binding is gone. Default `5m`.
+    /// How often to sweep for per-pod Secrets whose binding is gone. Default `5m`, at least
+    /// [`MIN_PERIOD`].
     #[serde(default = "default_sweep_period", with = "humantime_serde_compat")]
     pub sweep_period: Duration,
+    /// What the admission webhook injects into opted-in pods.
+    #[serde(default)]
+    pub injector: crate::webhook::InjectorConfig,
 }
 
 /// Vault address, trust and authentication.
@@ -31,7 +36,7 @@ pub struct OperatorConfig {
 pub struct VaultConfig {
     /// Base address, e.g. `https://vault.vault:8200`.
     pub address: String,
-    /// PEM CA bundle for Vault's certificate.
+    /// PEM CA bundle for Vault's certificate; when set, the only roots trusted.
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// Vault Enterprise / OpenBao namespace.
@@ -77,6 +82,13 @@ pub struct RoleRule {
     pub roles: Vec<String>,
 }
 
+/// The shortest `lookupPeriod` and `sweepPeriod`: anything shorter would make the operator
+/// spin against Vault or the API server.
+pub const MIN_PERIOD: Duration = Duration::from_secs(1);
+/// The shortest leader-election lease: it is renewed every third of it, and a renewal needs
+/// an API round trip.
+pub const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
+
 fn default_lookup_period() -> Duration {
     Duration::from_secs(10)
 }
@@ -112,10 +124,17 @@ impl OperatorConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Self = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         config.vault_auth()?;
-        if config.lookup_period < Duration::from_secs(1) {
-            return Err("lookupPeriod must be at least 1s".into());
-        }
+        validate_address(&config.vault.address)?;
+        validate_period("lookupPeriod", config.lookup_period, "10s")?;
+        validate_period("sweepPeriod", config.sweep_period, "5m")?;
         Ok(config)
+    }
+
+    /// Things worth a warning at start that do not stop the operator.
+    pub fn warnings(&self) -> Vec<String> {
+        plain_http_warning(&self.vault.address)
+            .into_iter()
+            .collect()
     }
 
     /// The Vault endpoint.
@@ -139,6 +158,77 @@ impl OperatorConfig {
             _ => Err("vault.auth needs exactly one of `kubernetes` or `tokenFile`".into()),
         }
     }
+}
+
+/// Refuses a period shorter than [`MIN_PERIOD`], saying what to write instead.
+fn validate_period(key: &str, period: Duration, default: &str) -> Result<(), String> {
+    if period >= MIN_PERIOD {
+        return Ok(());
+    }
+    Err(format!(
+        "{key} is {}: it must be at least {} (the default is {default})",
+        show(period),
+        show(MIN_PERIOD)
+    ))
+}
+
+/// Refuses a `--lease-duration` shorter than [`MIN_LEASE_DURATION`].
+pub fn validate_lease_duration(duration: Duration) -> Result<(), String> {
+    if duration >= MIN_LEASE_DURATION {
+        return Ok(());
+    }
+    Err(format!(
+        "--lease-duration is {}: it must be at least {} (the leader renews every third of it; the default is 15s)",
+        show(duration),
+        show(MIN_LEASE_DURATION)
+    ))
+}
+
+/// A duration as `500ms`, `0s`, `1m 30s`.
+fn show(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".into()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+/// Refuses a `vault.address` that is not an `http://` or `https://` URL with a host. The
+/// address itself is not repeated (it might carry credentials).
+fn validate_address(address: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(address.trim()).map_err(|e| {
+        format!("vault.address is not a URL ({e}); write e.g. https://vault.vault.svc:8200")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "vault.address must start with https:// (or http://) and name a host; found scheme {:?}",
+            url.scheme()
+        ));
+    }
+    Ok(())
+}
+
+/// A warning when `address` is plain `http://` to a host that is not loopback (127.0.0.0/8,
+/// `::1`, `localhost`): the operator's login and every wrapping token would cross the network
+/// unencrypted.
+pub fn plain_http_warning(address: &str) -> Option<String> {
+    let url = reqwest::Url::parse(address.trim()).ok()?;
+    let host = url.host_str()?;
+    if url.scheme() != "http" || is_loopback_host(host) {
+        return None;
+    }
+    Some(format!(
+        "vault.address is plain http:// to {host}, which is not loopback: the operator's Vault login and every wrapping token cross the network unencrypted; use https:// (and vault.caCert)"
+    ))
+}
+
+/// True for `localhost`, 127.0.0.0/8 and `::1` (`host` as a URL spells it, IPv6 in brackets).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// True when `namespace` may use `role` under `rules`.
@@ -213,5 +303,108 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A minimal valid file with `extra` lines appended.
+    fn parse_with(address: &str, extra: &str) -> Result<OperatorConfig, String> {
+        OperatorConfig::parse(&format!(
+            "vault:\n  address: {address}\n  auth:\n    tokenFile: /t\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse_with("https://vault.vault.svc:8200", "").unwrap();
+        assert_eq!(c.lookup_period, Duration::from_secs(10));
+        assert_eq!(c.sweep_period, Duration::from_secs(300));
+        assert!(c.warnings().is_empty());
+        let shipped = include_str!("../config/manager/config.yaml");
+        assert!(OperatorConfig::parse(shipped).is_ok());
+    }
+
+    #[test]
+    fn periods_that_would_spin_are_refused() {
+        for (key, value, shown) in [
+            ("lookupPeriod", "0s", "0s"),
+            ("lookupPeriod", "500ms", "500ms"),
+            ("sweepPeriod", "0s", "0s"),
+            ("sweepPeriod", "999ms", "999ms"),
+        ] {
+            let err = parse_with("https://v:8200", &format!("{key}: {value}\n")).unwrap_err();
+            assert!(
+                err.contains(&format!("{key} is {shown}: it must be at least 1s")),
+                "{key}={value}: {err}"
+            );
+            assert!(err.contains("the default is"), "{err}");
+        }
+        let c = parse_with("https://v:8200", "lookupPeriod: 1s\nsweepPeriod: 1s\n").unwrap();
+        assert_eq!((c.lookup_period, c.sweep_period), (MIN_PERIOD, MIN_PERIOD));
+    }
+
+    #[test]
+    fn lease_durations_under_three_seconds_are_refused() {
+        for short in [0, 1000, 2999] {
+            let err = validate_lease_duration(Duration::from_millis(short)).unwrap_err();
+            assert!(err.starts_with("--lease-duration is "), "{err}");
+            assert!(err.contains("it must be at least 3s"), "{err}");
+        }
+        let err = validate_lease_duration(Duration::from_millis(2500)).unwrap_err();
+        assert!(err.contains("is 2s 500ms"), "{err}");
+        assert!(validate_lease_duration(MIN_LEASE_DURATION).is_ok());
+        assert!(validate_lease_duration(Duration::from_secs(15)).is_ok());
+    }
+
+    #[test]
+    fn addresses_must_be_http_urls_with_a_host() {
+        for bad in [
+            "vault.vault.svc:8200",
+            "ftp://vault:21",
+            "unix:///run/vault.sock",
+        ] {
+            let err = parse_with(bad, "").unwrap_err();
+            assert!(err.contains("must start with https://"), "{bad}: {err}");
+        }
+        let err = parse_with("'/v1'", "").unwrap_err();
+        assert!(err.contains("vault.address is not a URL"), "{err}");
+        for good in [
+            "https://vault:8200",
+            "http://127.0.0.1:8200/",
+            "https://[::1]:8200",
+        ] {
+            assert!(parse_with(good, "").is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn plain_http_warns_unless_loopback() {
+        for quiet in [
+            "https://vault.vault.svc:8200",
+            "http://127.0.0.1:8200",
+            "http://127.8.9.10:8200",
+            "http://localhost:8200",
+            "http://LOCALHOST:8200",
+            "http://[::1]:8200",
+        ] {
+            assert_eq!(plain_http_warning(quiet), None, "{quiet}");
+        }
+        for loud in [
+            ("http://vault.vault.svc:8200", "vault.vault.svc"),
+            ("http://10.0.0.7:8200", "10.0.0.7"),
+            ("http://[fd00::1]:8200", "[fd00::1]"),
+            ("http://localhost.example.com", "localhost.example.com"),
+            ("http://128.0.0.1", "128.0.0.1"),
+        ] {
+            let warning = plain_http_warning(loud.0).expect(loud.0);
+            assert!(
+                warning.contains(&format!(
+                    "plain http:// to {}, which is not loopback",
+                    loud.1
+                )),
+                "{warning}"
+            );
+            assert!(warning.contains("use https://"), "{warning}");
+        }
+        let c = parse_with("http://vault.example:8200", "").unwrap();
+        assert_eq!(c.warnings().len(), 1);
     }
 }

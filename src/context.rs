@@ -11,6 +11,7 @@ use kube::runtime::reflector::Store;
 use crate::config::OperatorConfig;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
+use crate::seal::RecordKeys;
 use crate::vault::{VaultClient, VaultError};
 
 /// One error type for the reconciler; `category` is its metric label.
@@ -96,6 +97,10 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// First-sync tracking.
     pub readiness: Readiness,
+    /// Keys that sign and verify per-pod records.
+    pub record_keys: RecordKeys,
+    /// `namespace/secret` -> resourceVersion of forged records already reported (once each).
+    pub forged: Mutex<HashMap<String, Option<String>>>,
 }
 
 /// `namespace/name`, the key of the per-binding and per-Secret maps.

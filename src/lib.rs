@@ -14,11 +14,17 @@ pub mod operator;
 pub mod plan;
 pub mod receipt;
 pub mod reconcile;
+pub mod record_key;
+pub mod seal;
 pub mod server;
+#[cfg(test)]
+mod sim;
 pub mod spec;
 pub mod status;
 pub mod steps;
 pub mod sweep;
 pub mod telemetry;
+pub mod trust;
 pub mod unwrap;
 pub mod vault;
+pub mod webhook;

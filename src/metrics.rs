@@ -27,6 +27,11 @@ struct BindingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VaultErrorLabels {
     operation: String,
     category: String,
@@ -54,6 +59,7 @@ pub struct Metrics {
     vault_latency: Family<OperationLabels, Histogram>,
     reconcile_duration: Histogram,
     reconcile_errors: Family<CategoryLabels, Counter>,
+    forged_records: Family<NamespaceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +122,12 @@ impl Metrics {
             "Failed reconciles by error category",
             reconcile_errors.clone(),
         );
+        let forged_records = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "forged_records",
+            "Per-pod records not written by the operator (bad signature, or unsigned and naming tokens not theirs), left untouched",
+            forged_records.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             wraps_issued,
@@ -126,7 +138,21 @@ impl Metrics {
             vault_latency,
             reconcile_duration,
             reconcile_errors,
+            forged_records,
         }
+    }
+
+    /// Registers a metric defined elsewhere (the admission webhook's) under `cubbyhole_`.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .expect("metrics registry lock")
+            .register(name, help, metric);
     }
 
     /// The text exposition format for `/metrics`.
@@ -197,6 +223,14 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&CategoryLabels {
                 category: category.into(),
+            })
+            .inc();
+    }
+    /// A forged record was found (and left untouched) in `namespace`.
+    pub fn forged_record(&self, namespace: &str) {
+        self.forged_records
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.into(),
             })
             .inc();
     }

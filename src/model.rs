@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::receipt::Receipt;
+use crate::seal::{Authenticity, Fields, RecordKeys};
 
 /// Label every per-pod Secret carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -52,6 +53,26 @@ pub mod ann {
     pub const VAULT_SEEN_AT: &str = "cubbyhole.dev/vault-seen-at";
     /// Receipts that finished at or before this time (kubelet clock) belong to earlier starts.
     pub const RECEIPTS_AFTER: &str = "cubbyhole.dev/receipts-after";
+    /// HMAC over the record (`v1:<key-id>:<hex>`, see [`crate::seal`]).
+    pub const SIGNATURE: &str = "cubbyhole.dev/signature";
+
+    /// The annotations the signature covers: every one the operator writes and reads, except
+    /// the free-text [`MESSAGE`] and the signature itself.
+    pub const SIGNED: [&str; 13] = [
+        POD,
+        POD_UID,
+        START,
+        PHASE,
+        CLAIMED_AT,
+        WRAP_ACCESSOR,
+        ACCESSOR,
+        PREVIOUS_ACCESSOR,
+        ISSUED_AT,
+        EXPIRES_AT,
+        VERIFIED,
+        VAULT_SEEN_AT,
+        RECEIPTS_AFTER,
+    ];
 }
 
 /// Where a pod start's wrap stands.
@@ -233,17 +254,56 @@ pub struct WrapState {
     pub has_token: bool,
     /// The Secret is being deleted (garbage collection of a gone pod).
     pub deleting: bool,
+    /// Whether the operator wrote this record; only authentic records are acted on.
+    pub authenticity: Authenticity,
+    /// The signed annotations as read: what the next write's signature builds on.
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl WrapState {
-    /// Reads a per-pod Secret; `None` when it is not a cubbyhole record.
-    pub fn from_secret(secret: &Secret, secret_key: &str) -> Option<Self> {
+    /// Reads a per-pod Secret and checks its signature; `None` when it is not a cubbyhole
+    /// record.
+    pub fn from_secret(secret: &Secret, secret_key: &str, keys: &RecordKeys) -> Option<Self> {
         let a = secret.annotations();
+        let namespace = secret.namespace().unwrap_or_default();
+        let name = secret.name_any();
+        let binding = secret
+            .labels()
+            .get(BINDING_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        let authenticity = keys.verify(
+            &Fields {
+                namespace: &namespace,
+                name: &name,
+                binding: &binding,
+                annotations: a,
+            },
+            a.get(ann::SIGNATURE).map(String::as_str),
+        );
+        let has_token = secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.get(secret_key).is_some_and(|v| !v.0.is_empty()));
+        let mut record = Self::from_annotations(name, a, has_token, authenticity)?;
+        record.resource_version = secret.resource_version();
+        record.deleting = secret.metadata.deletion_timestamp.is_some();
+        Some(record)
+    }
+
+    /// The record the annotations `a` of Secret `name` describe, with its authenticity already
+    /// decided; `None` when they name no pod. Resource version and deletion are left unset.
+    pub fn from_annotations(
+        name: String,
+        a: &BTreeMap<String, String>,
+        has_token: bool,
+        authenticity: Authenticity,
+    ) -> Option<Self> {
         let get = |k: &str| a.get(k).filter(|v| !v.is_empty()).cloned();
         let time = |k: &str| get(k).and_then(|v| v.parse::<Timestamp>().ok());
         Some(Self {
-            secret: secret.name_any(),
-            resource_version: secret.resource_version(),
+            secret: name,
+            resource_version: None,
             pod: get(ann::POD)?,
             pod_uid: get(ann::POD_UID)?,
             start: get(ann::START).and_then(|s| s.parse().ok()).unwrap_or(0),
@@ -260,11 +320,14 @@ impl WrapState {
             verified: get(ann::VERIFIED).as_deref() == Some("true"),
             message: get(ann::MESSAGE),
             receipts_after: time(ann::RECEIPTS_AFTER),
-            has_token: secret
-                .data
-                .as_ref()
-                .is_some_and(|d| d.get(secret_key).is_some_and(|v| !v.0.is_empty())),
-            deleting: secret.metadata.deletion_timestamp.is_some(),
+            has_token,
+            deleting: false,
+            authenticity,
+            annotations: a
+                .iter()
+                .filter(|(k, _)| ann::SIGNED.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 }

@@ -46,7 +46,8 @@ pub struct OperatorArgs {
     /// Run as one of several replicas: only the holder of a Lease reconciles.
     #[arg(long)]
     pub leader_election: bool,
-    /// Namespace of the leader-election Lease.
+    /// The operator's namespace: of the leader-election Lease and of the record-signing key
+    /// Secret `cubbyhole-record-key`.
     #[arg(long, env = "POD_NAMESPACE", default_value = "cubbyhole-system")]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
@@ -55,6 +56,9 @@ pub struct OperatorArgs {
     /// How long a leader's lease lasts without renewal (renewed every third of it).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// The admission webhook (served on every replica, leader or not).
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -70,7 +74,9 @@ pub async fn run(args: OperatorArgs) -> ExitCode {
 }
 
 async fn run_inner(args: OperatorArgs) -> Result<(), String> {
+    crate::config::validate_lease_duration(args.lease_duration)?;
     let config = OperatorConfig::load(&args.config)?;
+    config.warnings().iter().for_each(|w| warn!("{w}"));
     let metrics = Metrics::new();
     let vault = VaultClient::new(config.vault_endpoint(), Some(config.vault_auth()?))?
         .with_metrics(metrics.clone());
@@ -80,6 +86,8 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let bindings: Api<AgentSecretBinding> = Api::all(client.clone());
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    let record_keys =
+        crate::record_key::load(client.clone(), &args.lease_namespace, &shutdown).await?;
 
     let controller = Controller::new(bindings.clone(), watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
@@ -98,6 +106,8 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         last_lookup: Default::default(),
         failures: Default::default(),
         readiness: Readiness::default(),
+        record_keys,
+        forged: Default::default(),
     });
 
     let server = tokio::spawn(crate::server::serve(
@@ -105,6 +115,16 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         ctx.clone(),
         shutdown.clone(),
     ));
+    // Every replica serves the webhook, before and regardless of leader election.
+    let _webhook = crate::webhook::start(
+        &args.webhook,
+        client.clone(),
+        &config,
+        &ctx.metrics,
+        &args.lease_namespace,
+        shutdown.clone(),
+    )
+    .await?;
     // Stops the controller on shutdown, or when leadership is lost.
     let stop = shutdown.child_token();
     let mut leadership = None;
@@ -312,7 +332,10 @@ async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
         match crate::sweep::orphaned_bindings(&ctx).await {
             Ok(orphans) => {
                 for (ns, binding) in orphans {
-                    match reconcile::cleanup_records(&ctx, &ns, &binding).await {
+                    // Forged records of a gone binding are reported once and stay.
+                    match reconcile::cleanup_records(&ctx, &ns, &binding, None).await {
+                        // Only forged records left (reported once): nothing to say.
+                        Ok(0) => {}
                         Ok(n) => {
                             info!(namespace = %ns, binding = %binding, removed = n, "sweep: binding gone, records revoked and removed")
                         }

@@ -1,7 +1,7 @@
 //! The pure decision core: given a binding's pods, its per-pod records and the clock, decide
 //! what to mint, look up, probe, settle and clean up. No I/O; every rule is unit-tested here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -104,6 +104,20 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// The existing record this step acts on, if any.
+    pub fn record(&self) -> Option<&WrapState> {
+        match self {
+            Action::Issue(i) => i.replaces.as_ref(),
+            Action::Lookup { wrap, .. }
+            | Action::ConfirmVault { wrap }
+            | Action::ProbeExpiry { wrap }
+            | Action::Settle { wrap, .. }
+            | Action::Cleanup { wrap, .. } => Some(wrap),
+        }
+    }
+}
+
 /// What the I/O layer should do now, and when to look again.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
@@ -113,6 +127,8 @@ pub struct Plan {
     pub wake_at: Option<Timestamp>,
     /// Pod name -> the Secret name it asks for, which is not a valid name (nothing is minted).
     pub invalid_names: BTreeMap<String, String>,
+    /// Pod name -> its Secret name, held by a record that is not ours (left untouched).
+    pub names_taken: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -128,10 +144,15 @@ pub struct Input<'a> {
     pub settings: &'a Settings,
     /// Pods the binding selects.
     pub pods: &'a [PodView],
-    /// Pod name -> other bindings that also select it.
+    /// Pod name -> other bindings that also select it. Such a pod gets no new mint (no first
+    /// wrap, no retry, no wrap for a new start) while the conflict lasts; a wrap it already
+    /// holds is still tracked, settled and cleaned up, never revoked for the conflict alone.
     pub conflicts: &'a BTreeMap<String, Vec<String>>,
-    /// The binding's per-pod records.
+    /// The binding's authentic per-pod records (the only ones acted on).
     pub wraps: &'a [WrapState],
+    /// Secret names of this binding's other records (forged, or unsigned and not adopted):
+    /// never touched; a pod whose Secret name is one of them is reported as taken.
+    pub untrusted: &'a BTreeSet<String>,
     /// Secret name -> last lookup time (in memory; a restart only causes early lookups).
     pub last_lookup: &'a HashMap<String, Timestamp>,
     /// The clock.
@@ -196,6 +217,10 @@ pub fn plan(input: &Input) -> Plan {
             continue;
         }
         if input.wraps.iter().any(|w| w.secret == name) {
+            continue;
+        }
+        if input.untrusted.contains(&name) {
+            plan.names_taken.insert(pod.name.clone(), name);
             continue;
         }
         steps.push(Action::Issue(Issue {
@@ -263,6 +288,8 @@ fn current_receipts<'a>(pod: &'a PodView, wrap: &WrapState) -> Vec<&'a ObservedR
 fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps: &mut Vec<Action>) {
     let s = input.settings;
     let now = input.now;
+    // Selected by another binding too: nothing new is minted for it (see `Input::conflicts`).
+    let may_mint = !input.conflicts.contains_key(&pod.name);
     match wrap.phase {
         Phase::Claimed => {
             // The answer to this claim's mint was lost. Vault may still carry the request out
@@ -273,10 +300,10 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
                 None => steps.push(Action::ConfirmVault { wrap: wrap.clone() }),
                 Some(seen) => {
                     let retry_at = add(seen, s.wrap_ttl + LOST_MINT_SLACK);
-                    if now >= retry_at {
-                        steps.push(reissue(pod, wrap, wrap.start, None));
-                    } else {
+                    if now < retry_at {
                         plan.wake(retry_at);
+                    } else if may_mint {
+                        steps.push(retry(s, pod, wrap));
                     }
                 }
             }
@@ -284,10 +311,10 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
         }
         Phase::Failed => {
             let retry_at = add(wrap.claimed_at.unwrap_or(now), RETRY_FAILED_AFTER);
-            if now >= retry_at {
-                steps.push(reissue(pod, wrap, wrap.start, None));
-            } else {
+            if now < retry_at {
                 plan.wake(retry_at);
+            } else if may_mint {
+                steps.push(retry(s, pod, wrap));
             }
             return;
         }
@@ -322,7 +349,7 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
     }
     // Settled: a new start of the agent container gets a fresh wrap.
     let restarts = agent_restarts(s, pod);
-    if wrap.phase.is_settled() && s.agent_container.is_some() && restarts > wrap.start {
+    if may_mint && wrap.phase.is_settled() && s.agent_container.is_some() && restarts > wrap.start {
         let previous = wrap
             .accessor
             .clone()
@@ -333,6 +360,17 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
         }
         steps.push(step);
     }
+}
+
+/// Mints again for a claim whose mint failed or whose answer was lost. A claim for a new start
+/// may not have revoked the previous start's token (that revocation is tried once, after the
+/// claim, and may fail or be cut short): it is revoked again now (a gone token costs one call).
+fn retry(s: &Settings, pod: &PodView, wrap: &WrapState) -> Action {
+    let previous = wrap
+        .previous_accessor
+        .clone()
+        .filter(|_| s.agent_container.is_some() && wrap.start > 0);
+    reissue(pod, wrap, wrap.start, previous)
 }
 
 fn reissue(pod: &PodView, wrap: &WrapState, start: u32, revoke_previous: Option<String>) -> Action {
@@ -463,6 +501,8 @@ mod tests {
             receipts_after: None,
             has_token: true,
             deleting: false,
+            authenticity: crate::seal::Authenticity::Authentic,
+            annotations: Default::default(),
         }
     }
 
@@ -477,11 +517,23 @@ mod tests {
         conflicts: &BTreeMap<String, Vec<String>>,
         now: i64,
     ) -> Plan {
+        run_untrusted(s, pods, wraps, conflicts, &BTreeSet::new(), now)
+    }
+
+    fn run_untrusted(
+        s: &Settings,
+        pods: &[PodView],
+        wraps: &[WrapState],
+        conflicts: &BTreeMap<String, Vec<String>>,
+        untrusted: &BTreeSet<String>,
+        now: i64,
+    ) -> Plan {
         plan(&Input {
             settings: s,
             pods,
             conflicts,
             wraps,
+            untrusted,
             last_lookup: &HashMap::new(),
             now: t(now),
         })
@@ -545,6 +597,63 @@ mod tests {
             0,
         );
         assert!(p.actions.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn a_pod_that_gains_a_second_binding_keeps_its_wrap_but_gets_no_new_mint() {
+        let conflicts = BTreeMap::from([("a".to_string(), vec!["other".to_string()])]);
+        let s = settings();
+        let mut restarted = pod("a");
+        restarted.restart_counts.insert("agent".into(), 1);
+        // A live wrap is not revoked for the conflict: it is still tracked as usual.
+        let w = issued("a", 0);
+        let p = run_with(&s, &[pod("a")], std::slice::from_ref(&w), &conflicts, 10);
+        assert!(matches!(p.actions[..], [Action::Lookup { .. }]), "{p:?}");
+        let p = run_with(&s, &[pod("a")], std::slice::from_ref(&w), &conflicts, 55);
+        assert!(
+            matches!(p.actions[..], [Action::ProbeExpiry { .. }]),
+            "{p:?}"
+        );
+        // A new start: no wrap while conflicted, one once the conflict is gone.
+        let mut w = issued("a", 0);
+        w.phase = Phase::Unwrapped;
+        w.verified = true;
+        let none = BTreeMap::new();
+        let p = run_with(
+            &s,
+            std::slice::from_ref(&restarted),
+            std::slice::from_ref(&w),
+            &conflicts,
+            20,
+        );
+        assert!(p.actions.is_empty(), "{p:?}");
+        let p = run_with(&s, &[restarted], &[w], &none, 20);
+        assert!(matches!(p.actions[..], [Action::Issue(_)]), "{p:?}");
+        // No retry of a refused mint.
+        let mut w = issued("a", 0);
+        w.phase = Phase::Failed;
+        w.claimed_at = Some(t(0));
+        let p = run_with(&s, &[pod("a")], std::slice::from_ref(&w), &conflicts, 30);
+        assert!(p.actions.is_empty(), "{p:?}");
+        // A lost mint: Vault is still confirmed (that mints nothing), but no re-mint.
+        let mut w = issued("a", 0);
+        w.phase = Phase::Claimed;
+        w.claimed_at = Some(t(0));
+        w.wrap_accessor = None;
+        w.accessor = None;
+        let p = run_with(&s, &[pod("a")], std::slice::from_ref(&w), &conflicts, 5);
+        assert!(
+            matches!(p.actions[..], [Action::ConfirmVault { .. }]),
+            "{p:?}"
+        );
+        w.vault_seen_at = Some(t(5));
+        let p = run_with(&s, &[pod("a")], std::slice::from_ref(&w), &conflicts, 200);
+        assert!(p.actions.is_empty(), "{p:?}");
+        let p = run_with(&s, &[pod("a")], &[w], &none, 200);
+        assert!(matches!(p.actions[..], [Action::Issue(_)]), "{p:?}");
+        // When the pod goes, its record is cleaned up as usual.
+        let p = run_with(&s, &[], &[issued("a", 0)], &conflicts, 5);
+        assert!(matches!(p.actions[..], [Action::Cleanup { .. }]), "{p:?}");
     }
 
     #[test]
@@ -705,6 +814,41 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_claim_for_a_new_start_revokes_the_previous_token_again() {
+        // The restart's claim took the record over (previous_accessor) but its mint failed
+        // (or its answer was lost): the previous start's token may still be live.
+        let mut w = issued("a", 0);
+        w.phase = Phase::Failed;
+        w.start = 1;
+        w.claimed_at = Some(t(0));
+        w.wrap_accessor = None;
+        w.accessor = None;
+        w.previous_accessor = Some("acc-0".into());
+        let mut p = pod("a");
+        p.restart_counts.insert("agent".into(), 1);
+        let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 5);
+        let Action::Issue(i) = &plan.actions[0] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!((i.start, i.revoke_previous.as_deref()), (1, Some("acc-0")));
+        w.phase = Phase::Claimed;
+        w.vault_seen_at = Some(t(1));
+        let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 100);
+        let Action::Issue(i) = &plan.actions[0] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(i.revoke_previous.as_deref(), Some("acc-0"));
+        // The first start has no previous token.
+        w.start = 0;
+        w.previous_accessor = None;
+        let plan = run(&[p], &[w], 100);
+        let Action::Issue(i) = &plan.actions[0] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(i.revoke_previous, None);
+    }
+
+    #[test]
     fn failed_mint_is_retried_after_a_pause() {
         let mut w = issued("a", 0);
         w.phase = Phase::Failed;
@@ -755,6 +899,32 @@ mod tests {
         assert!(matches!(plan.actions[0], Action::Cleanup { .. }));
     }
 
+    #[test]
+    fn a_pod_whose_secret_name_holds_an_untrusted_record_is_reported_not_served() {
+        let untrusted = BTreeSet::from(["a-b-wrap".to_string()]);
+        let p = run_untrusted(
+            &settings(),
+            &[pod("a"), pod("c")],
+            &[],
+            &BTreeMap::new(),
+            &untrusted,
+            0,
+        );
+        assert_eq!(p.names_taken.get("a").map(String::as_str), Some("a-b-wrap"));
+        // The other pod is served as usual; nothing touches the untrusted record.
+        assert_eq!(p.actions.len(), 1, "{p:?}");
+        assert!(matches!(&p.actions[0], Action::Issue(i) if i.pod == "c"));
+    }
+
+    #[test]
+    fn every_step_names_the_record_it_acts_on() {
+        let w = issued("a", 0);
+        let plan = run(&[], std::slice::from_ref(&w), 5);
+        assert_eq!(plan.actions[0].record(), Some(&w));
+        let plan = run(&[pod("b")], &[], 0);
+        assert_eq!(plan.actions[0].record(), None);
+    }
+
     /// A small deterministic generator (xorshift) for the randomized invariant test.
     struct Rng(u64);
 
@@ -783,17 +953,19 @@ mod tests {
         Phase::Failed,
     ];
 
-    fn random_case(
-        rng: &mut Rng,
-    ) -> (
+    type Case = (
         Vec<PodView>,
         Vec<WrapState>,
         BTreeMap<String, Vec<String>>,
+        BTreeSet<String>,
         i64,
-    ) {
+    );
+
+    fn random_case(rng: &mut Rng) -> Case {
         let mut pods = vec![];
         let mut wraps = vec![];
         let mut conflicts = BTreeMap::new();
+        let mut untrusted = BTreeSet::new();
         for i in 0..rng.below(6) {
             let mut p = pod(&format!("p{i}"));
             p.terminating = rng.chance(15);
@@ -827,8 +999,14 @@ mod tests {
                     w.pod_uid = "uid-of-an-older-pod".into();
                 }
                 wraps.push(w);
+            } else if rng.chance(30) {
+                // A forged (or not yet adopted) record holds this pod's Secret name.
+                untrusted.insert(secret_name(&p, "b"));
             }
             pods.push(p);
+        }
+        if rng.chance(20) {
+            untrusted.insert("unrelated-forged".to_string());
         }
         // Records of pods that are gone.
         for i in 0..rng.below(3) {
@@ -836,16 +1014,42 @@ mod tests {
             w.phase = PHASES[rng.below(7) as usize];
             wraps.push(w);
         }
-        (pods, wraps, conflicts, rng.below(200) as i64)
+        (pods, wraps, conflicts, untrusted, rng.below(200) as i64)
     }
 
     #[test]
     fn invariants_hold_on_random_inputs() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for case in 0..20_000 {
-            let (pods, wraps, conflicts, now) = random_case(&mut rng);
-            let plan = run_with(&settings(), &pods, &wraps, &conflicts, now);
-            let ctx = format!("case {case}: pods {pods:?}\nwraps {wraps:?}\nplan {plan:?}");
+            let (pods, wraps, conflicts, untrusted, now) = random_case(&mut rng);
+            let plan = run_untrusted(&settings(), &pods, &wraps, &conflicts, &untrusted, now);
+            let ctx = format!(
+                "case {case}: pods {pods:?}\nwraps {wraps:?}\nuntrusted {untrusted:?}\nplan {plan:?}"
+            );
+            // An untrusted record is never touched, and a pod needing its name is reported.
+            for action in &plan.actions {
+                if let Action::Issue(i) = action {
+                    assert!(
+                        !untrusted.contains(&i.secret),
+                        "claimed an untrusted name: {ctx}"
+                    );
+                }
+            }
+            for (pod, name) in &plan.names_taken {
+                assert!(untrusted.contains(name), "{ctx}");
+                assert!(pods.iter().any(|p| &p.name == pod), "{ctx}");
+            }
+            for p in &pods {
+                let name = secret_name(p, "b");
+                if untrusted.contains(&name)
+                    && !p.terminating
+                    && !p.finished
+                    && !conflicts.contains_key(&p.name)
+                    && !wraps.iter().any(|w| w.pod_uid == p.uid)
+                {
+                    assert_eq!(plan.names_taken.get(&p.name), Some(&name), "{ctx}");
+                }
+            }
             let mut touched_records = std::collections::HashSet::new();
             let mut issued_uids = std::collections::HashSet::new();
             for action in &plan.actions {
@@ -861,12 +1065,13 @@ mod tests {
                             !p.terminating && !p.finished,
                             "mint for a leaving pod: {ctx}"
                         );
+                        // No new mint for a conflicted pod, with or without a record.
+                        assert!(
+                            !conflicts.contains_key(&p.name),
+                            "mint despite conflict: {ctx}"
+                        );
                         match &i.replaces {
                             None => {
-                                assert!(
-                                    !conflicts.contains_key(&p.name),
-                                    "mint despite conflict: {ctx}"
-                                );
                                 assert!(
                                     !wraps
                                         .iter()

@@ -15,14 +15,16 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::children;
+use crate::children::{self, Records, Sealer};
 use crate::context::{Context, Error, key};
 use crate::crd::AgentSecretBinding;
 use crate::model::{BINDING_FINALIZER, BINDING_LABEL, PodView, WrapState};
 use crate::plan::{self, Settings};
+use crate::seal::Authenticity;
 use crate::spec;
 use crate::status::{self, Problems, StatusInput};
 use crate::steps::Step;
+use crate::trust;
 use crate::vault::{Revoked, VaultError};
 
 /// Field manager for everything the operator writes with server-side apply.
@@ -86,7 +88,26 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     let mut problems = Problems::default();
     let mut pods = vec![];
     let mut conflicts = BTreeMap::new();
-    let mut records = list_records(&secrets, &name, &b.spec.secret_key).await?;
+    let writer = Records {
+        api: &secrets,
+        sealer: Sealer {
+            namespace: &ns,
+            binding: &name,
+            keys: &ctx.record_keys,
+        },
+    };
+    let (listed, raw) = list_records(ctx, &secrets, &name, &b.spec.secret_key).await?;
+    // Only authentic records are acted on; unsigned ones of an earlier version are adopted
+    // first when Vault vouches for them, forged ones are reported and left alone.
+    let (vetted, vet_error) = trust::vet(ctx, &writer, Some(b), listed, &raw).await;
+    let mut first_error = vet_error.and_then(|e| match e {
+        Error::Vault(v) if v.is_unavailable() || v.may_have_been_processed() => {
+            problems.vault_unavailable = Some(v.to_string());
+            None
+        }
+        other => Some(other),
+    });
+    let mut records = (vetted.trusted, raw);
     let validity = spec::validate(&b.spec, &ns, &ctx.config.allowed_roles);
     let settings = Settings {
         binding: name.clone(),
@@ -142,6 +163,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 pods: &pods,
                 conflicts: &conflicts,
                 wraps: &records.0,
+                untrusted: &vetted.untrusted,
                 last_lookup: &last_lookup,
                 now,
             })
@@ -149,17 +171,17 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     };
     let mut wake = plan.wake_at;
     problems.invalid_names = plan.invalid_names.clone();
+    problems.names_taken = plan.names_taken.clone();
     tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
     if !plan.actions.is_empty() {
         let mut step = Step {
             ctx,
             binding: b,
-            secrets: &secrets,
+            records: writer,
             raw: &records.1,
             settings: &settings,
             problems: &mut problems,
         };
-        let mut first_error = None;
         for action in plan.actions {
             if let Err(e) = step.run(action).await {
                 first_error.get_or_insert(e);
@@ -169,14 +191,18 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 break;
             }
         }
-        records = list_records(&secrets, &name, &b.spec.secret_key).await?;
-        if let Some(e) = first_error {
-            write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
-            return Err(e);
-        }
+        records = list_records(ctx, &secrets, &name, &b.spec.secret_key).await?;
+        // Status shows only our records; anything new and unsigned is vetted next round.
+        records
+            .0
+            .retain(|w| w.authenticity == Authenticity::Authentic);
         // Something changed: look again soon for follow-ups (e.g. the next round of a
         // recreated pod).
         wake = Some(wake.map_or(now, |w: Timestamp| w.min(now)));
+    }
+    if let Some(e) = first_error {
+        write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
+        return Err(e);
     }
     write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
     if let Some(msg) = problems.vault_unavailable {
@@ -196,8 +222,10 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     Ok(Requeue::requeue(delay))
 }
 
-/// The binding's records, and the raw Secrets by name (only for reading wrapping tokens).
+/// The binding's records (each with its authenticity), and the raw Secrets by name (only for
+/// reading wrapping tokens).
 async fn list_records(
+    ctx: &Context,
     secrets: &Api<Secret>,
     binding: &str,
     secret_key: &str,
@@ -208,7 +236,7 @@ async fn list_records(
     let wraps = list
         .items
         .iter()
-        .filter_map(|s| WrapState::from_secret(s, secret_key))
+        .filter_map(|s| WrapState::from_secret(s, secret_key, &ctx.record_keys))
         .collect();
     let raw = list.items.into_iter().map(|s| (s.name_any(), s)).collect();
     Ok((wraps, raw))
@@ -278,23 +306,32 @@ async fn write_status(
     Ok(())
 }
 
-/// Revokes everything a binding minted and deletes its records (finalizer and sweep).
+/// Revokes everything a binding minted and deletes its records (finalizer and sweep). Only
+/// authentic records (adopted ones included) are touched: forged ones are reported (Event on
+/// `on` when the binding still exists, else on the Secret) and stay. Returns how many records
+/// were removed; an error after the others were handled when an unsigned record could not be
+/// vetted (it is retried).
 pub async fn cleanup_records(
     ctx: &Context,
     namespace: &str,
     binding: &str,
+    on: Option<&AgentSecretBinding>,
 ) -> Result<usize, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let list = secrets
-        .list(&ListParams::default().labels(&format!("{BINDING_LABEL}={binding}")))
-        .await?;
+    let (listed, raw) = list_records(ctx, &secrets, binding, "").await?;
+    let writer = Records {
+        api: &secrets,
+        sealer: Sealer {
+            namespace,
+            binding,
+            keys: &ctx.record_keys,
+        },
+    };
+    let (vetted, vet_error) = trust::vet(ctx, &writer, on, listed, &raw).await;
     let mut removed = 0;
-    for s in &list.items {
-        let Some(wrap) = WrapState::from_secret(s, "") else {
-            continue;
-        };
+    for wrap in &vetted.trusted {
         // The binding is going: every token it minted goes with it.
-        let (revoke_wrap, revoke_token) = plan::revocations(&wrap, true);
+        let (revoke_wrap, revoke_token) = plan::revocations(wrap, true);
         let targets = [
             (revoke_wrap, &wrap.wrap_accessor, "wrap"),
             (revoke_token, &wrap.accessor, "token"),
@@ -306,16 +343,23 @@ pub async fn cleanup_records(
                 ctx.metrics.revoked(kind);
             }
         }
-        children::remove(&secrets, &wrap).await?;
+        children::remove(&secrets, wrap).await?;
         removed += 1;
     }
-    Ok(removed)
+    if !vetted.untrusted.is_empty() {
+        tracing::debug!(namespace = %namespace, binding = %binding, left = vetted.untrusted.len(),
+            "records that are not ours were left untouched");
+    }
+    match vet_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
 }
 
 async fn cleanup_binding(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> {
     let ns = b.namespace().unwrap_or_default();
     let name = b.name_any();
-    let removed = cleanup_records(ctx, &ns, &name).await?;
+    let removed = cleanup_records(ctx, &ns, &name, Some(b)).await?;
     ctx.metrics.forget_binding(&ns, &name);
     info!(namespace = %ns, binding = %name, removed, "binding deleted: revoked and removed its records");
     Ok(Requeue::await_change())

@@ -251,6 +251,8 @@ mod tests {
             receipts_after: None,
             has_token: false,
             deleting: false,
+            authenticity: crate::seal::Authenticity::Authentic,
+            annotations: Default::default(),
         }
     }
 

@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::children::{self, ClaimError};
+use crate::children::{self, ClaimError, Records};
 use crate::context::{Context, Error, key};
 use crate::crd::AgentSecretBinding;
 use crate::model::{Phase, WrapState};
 use crate::plan::{Action, Issue, Settings};
+use crate::seal::Authenticity;
 use crate::status::Problems;
 use crate::vault::{Revoked, TokenRequest, VaultError};
 
@@ -23,8 +24,8 @@ pub struct Step<'a> {
     pub ctx: &'a Context,
     /// The binding.
     pub binding: &'a AgentSecretBinding,
-    /// Secrets in its namespace.
-    pub secrets: &'a Api<Secret>,
+    /// Its records: Secrets in its namespace, and how writes are signed.
+    pub records: Records<'a>,
     /// Its Secrets by name (to read wrapping tokens for lookups).
     pub raw: &'a BTreeMap<String, Secret>,
     /// Planner knobs.
@@ -34,8 +35,15 @@ pub struct Step<'a> {
 }
 
 impl Step<'_> {
-    /// Runs one step; Vault being unavailable is recorded in `problems`, not returned.
+    /// Runs one step; Vault being unavailable is recorded in `problems`, not returned. A step
+    /// on a record that is not authentic is refused (the planner never makes one).
     pub async fn run(&mut self, action: Action) -> Result<(), Error> {
+        if let Some(w) = action.record()
+            && w.authenticity != Authenticity::Authentic
+        {
+            warn!(namespace = %self.ns(), secret = %w.secret, "refusing a step on a record that is not authentic");
+            return Ok(());
+        }
         match action {
             Action::Issue(issue) => self.issue(issue).await,
             Action::Lookup { wrap, if_invalid } => self.lookup(wrap, if_invalid).await,
@@ -67,8 +75,8 @@ impl Step<'_> {
     async fn issue(&mut self, issue: Issue) -> Result<(), Error> {
         let binding = self.binding.name_any();
         let now = Timestamp::now();
-        let rv = match children::claim(self.secrets, &binding, &issue, now).await {
-            Ok(rv) => rv,
+        let claimed = match children::claim(&self.records, &issue, now).await {
+            Ok(c) => c,
             Err(ClaimError::Taken) => {
                 self.problems
                     .names_taken
@@ -78,6 +86,7 @@ impl Step<'_> {
             Err(ClaimError::Lost) => return Ok(()),
             Err(ClaimError::Kube(e)) => return Err(e.into()),
         };
+        crate::failpoint::hit("after-claim");
         if let Some(previous) = &issue.revoke_previous
             && self.settings.revoke_on_pod_deletion
         {
@@ -94,9 +103,8 @@ impl Step<'_> {
                     .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
                     .unwrap_or(issued_at);
                 let delivered = children::deliver(
-                    self.secrets,
-                    &issue.secret,
-                    &rv,
+                    &self.records,
+                    &claimed,
                     &self.binding.spec.secret_key,
                     &wrap,
                     issued_at,
@@ -144,15 +152,9 @@ impl Step<'_> {
             }
             Err(e) => {
                 warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e, "mint failed");
-                children::record_failure(
-                    self.secrets,
-                    &issue.secret,
-                    &rv,
-                    &e.to_string(),
-                    Timestamp::now(),
-                )
-                .await
-                .ok();
+                children::record_failure(&self.records, &claimed, &e.to_string(), Timestamp::now())
+                    .await
+                    .ok();
                 if e.is_unavailable() {
                     self.problems.vault_unavailable = Some(e.to_string());
                 }
@@ -234,7 +236,7 @@ impl Step<'_> {
         if let Err(e) = self.ctx.vault.health().await {
             return self.vault_failed(e);
         }
-        match children::mark_vault_seen(self.secrets, &wrap, Timestamp::now()).await {
+        match children::mark_vault_seen(&self.records, &wrap, Timestamp::now()).await {
             Err(ClaimError::Kube(e)) => Err(e.into()),
             _ => Ok(()),
         }
@@ -274,7 +276,7 @@ impl Step<'_> {
         if let Err(e) = self.revoke_record(wrap, revoke_wrap, revoke_token).await {
             return self.vault_failed(e);
         }
-        match children::settle(self.secrets, wrap, phase, verified, message).await {
+        match children::settle(&self.records, wrap, phase, verified, message).await {
             Ok(_) => {}
             Err(ClaimError::Kube(e)) => return Err(e.into()),
             Err(_) => return Ok(()),
@@ -306,7 +308,7 @@ impl Step<'_> {
         if let Err(e) = self.revoke_record(&wrap, revoke_wrap, revoke_token).await {
             return self.vault_failed(e);
         }
-        children::remove(self.secrets, &wrap).await?;
+        children::remove(self.records.api, &wrap).await?;
         self.ctx
             .last_lookup
             .lock()
@@ -390,7 +392,8 @@ impl Step<'_> {
     }
 }
 
-async fn publish(
+/// Publishes an Event; a failure is logged at debug level only (Events are best effort).
+pub async fn publish(
     recorder: &Recorder,
     reference: &ObjectReference,
     type_: EventType,

@@ -11,7 +11,7 @@
 //! | code | meaning                                                       | receipt                    |
 //! |------|---------------------------------------------------------------|----------------------------|
 //! | 0    | unwrapped, token written                                      | `unwrapped` + accessor     |
-//! | 2    | usage or configuration error (bad flags, unreadable CA)       | none                       |
+//! | 2    | usage or configuration error (flags, CA, address, namespace)  | none                       |
 //! | 3    | the wrap is not valid (consumed, expired or revoked)          | `invalid-wrapping-token`   |
 //! | 4    | the wrap was created at an unexpected path; NOT consumed      | `unexpected-creation-path` |
 //! | 5    | Vault unreachable after the retries, or no answer to unwrap   | `vault-unreachable`        |
@@ -58,10 +58,10 @@ pub struct UnwrapArgs {
     /// Vault Enterprise / OpenBao namespace.
     #[arg(long, env = "VAULT_NAMESPACE")]
     pub namespace: Option<String>,
-    /// The only creation path to accept, `auth/token/create/<role>` (strongly recommended).
-    /// Without it, any path under `auth/token/create/` is accepted.
+    /// The only creation path to accept, `auth/token/create/<role>`. Required: without it a
+    /// wrap substituted by someone who may mint elsewhere would be consumed.
     #[arg(long)]
-    pub expect_path: Option<String>,
+    pub expect_path: String,
     /// Where to write the receipt (the container's termination message).
     #[arg(long, default_value = "/dev/termination-log")]
     pub receipt_file: PathBuf,
@@ -153,7 +153,7 @@ pub async fn run(args: UnwrapArgs) -> ExitCode {
 
 /// The whole procedure; returns the accessor of the token written to `--out`.
 async fn unwrap_to_file(args: &UnwrapArgs) -> Result<String, Failure> {
-    let expected = expected_path(args.expect_path.as_deref())?;
+    let expected = expected_path(&args.expect_path)?;
     let client = client(args)?;
     let token = valid_wrap(&client, args, &expected).await?;
     // A wrap is single-use: make sure the token can be delivered before consuming it.
@@ -171,32 +171,15 @@ async fn unwrap_to_file(args: &UnwrapArgs) -> Result<String, Failure> {
     Ok(inner.accessor)
 }
 
-/// What creation paths to accept: exactly `--expect-path`, or anything under [`CREATE_PREFIX`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExpectedPath {
-    /// Exactly this path.
-    Exact(String),
-    /// Any path starting with [`CREATE_PREFIX`].
-    AnyTokenRole,
-}
-
-impl std::fmt::Display for ExpectedPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExpectedPath::Exact(path) => f.write_str(path),
-            ExpectedPath::AnyTokenRole => write!(f, "{CREATE_PREFIX}<role>"),
-        }
-    }
-}
-
-/// Validates `--expect-path`: it must name a token role.
-pub fn expected_path(flag: Option<&str>) -> Result<ExpectedPath, Failure> {
-    match flag.map(|p| p.trim().trim_matches('/')) {
-        None => Ok(ExpectedPath::AnyTokenRole),
-        Some(path) if is_role_path(path) => Ok(ExpectedPath::Exact(path.to_string())),
-        Some(path) => Err(Failure::Usage(format!(
+/// Validates `--expect-path`: it must name a token role. Returns the path to accept.
+pub fn expected_path(flag: &str) -> Result<String, Failure> {
+    let path = flag.trim().trim_matches('/');
+    if is_role_path(path) {
+        Ok(path.to_string())
+    } else {
+        Err(Failure::Usage(format!(
             "--expect-path {path:?} is not of the form {CREATE_PREFIX}<role>"
-        ))),
+        )))
     }
 }
 
@@ -206,14 +189,9 @@ fn is_role_path(path: &str) -> bool {
         .is_some_and(|role| !role.is_empty() && !role.contains('/'))
 }
 
-/// Checks Vault's answer about the wrap against what we accept.
-pub fn check_path(lookup: &WrapLookup, expected: &ExpectedPath) -> Result<(), Failure> {
-    let found = lookup.creation_path.trim_matches('/');
-    let ok = match expected {
-        ExpectedPath::Exact(path) => found == path,
-        ExpectedPath::AnyTokenRole => is_role_path(found),
-    };
-    if ok {
+/// Checks Vault's answer about the wrap against the one path we accept.
+pub fn check_path(lookup: &WrapLookup, expected: &str) -> Result<(), Failure> {
+    if lookup.creation_path.trim_matches('/') == expected {
         Ok(())
     } else {
         Err(Failure::UnexpectedPath {
@@ -238,9 +216,11 @@ fn retriable_lookup(err: &VaultError) -> bool {
     )
 }
 
-/// Sorts a Vault error into a failure: network trouble is "unreachable", the rest is Vault's.
+/// Sorts a Vault error into a failure: network trouble is "unreachable", a request that could
+/// not be built is a configuration error, the rest is Vault's.
 pub fn classify(err: VaultError) -> Failure {
     match err {
+        VaultError::NotSent { .. } => Failure::Usage(err.to_string()),
         VaultError::Unreachable { .. } | VaultError::NoAnswer { .. } => Failure::Unreachable(err),
         VaultError::Refused { ref message, .. } if is_invalid_wrap(message) => Failure::InvalidWrap,
         other => Failure::Vault(other),
@@ -270,7 +250,7 @@ fn client(args: &UnwrapArgs) -> Result<VaultClient, Failure> {
 async fn valid_wrap(
     client: &VaultClient,
     args: &UnwrapArgs,
-    expected: &ExpectedPath,
+    expected: &str,
 ) -> Result<SecretString, Failure> {
     let deadline = Instant::now() + args.wait_for_fresh;
     let mut token = read_token(&args.token_file)?;
@@ -450,30 +430,45 @@ mod tests {
 
     #[test]
     fn flags_have_the_documented_defaults() {
-        let cli = Cli::try_parse_from(["x", "--out", "/o", "--vault-addr", "http://v"]).unwrap();
+        let path = "--expect-path=auth/token/create/agents";
+        let cli =
+            Cli::try_parse_from(["x", "--out", "/o", "--vault-addr", "http://v", path]).unwrap();
         let a = cli.args;
         assert_eq!(a.token_file, Path::new("/var/run/cubbyhole/wrap/token"));
         assert_eq!(a.receipt_file, Path::new("/dev/termination-log"));
         assert_eq!(a.retries, 5);
         assert_eq!(a.wait_for_fresh, Duration::ZERO);
-        assert_eq!(a.expect_path, None);
+        assert_eq!(a.expect_path, "auth/token/create/agents");
         let cli = Cli::try_parse_from([
             "x",
             "--out=/o",
             "--vault-addr=http://v",
             "--wait-for-fresh=1m30s",
+            path,
         ])
         .unwrap();
         assert_eq!(cli.args.wait_for_fresh, Duration::from_secs(90));
-        assert!(Cli::try_parse_from(["x", "--vault-addr", "http://v"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--vault-addr", "http://v", path]).is_err());
+    }
+
+    #[test]
+    fn expect_path_is_required() {
+        let err = Cli::try_parse_from(["x", "--out", "/o", "--vault-addr", "http://v"])
+            .err()
+            .expect("--expect-path is required");
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--expect-path"), "{err}");
     }
 
     #[test]
     fn expected_path_must_name_a_token_role() {
-        assert_eq!(expected_path(None).unwrap(), ExpectedPath::AnyTokenRole);
         assert_eq!(
-            expected_path(Some("auth/token/create/agents")).unwrap(),
-            ExpectedPath::Exact("auth/token/create/agents".into())
+            expected_path("auth/token/create/agents").unwrap(),
+            "auth/token/create/agents"
+        );
+        assert_eq!(
+            expected_path("/auth/token/create/agents/").unwrap(),
+            "auth/token/create/agents"
         );
         for bad in [
             "",
@@ -482,28 +477,24 @@ mod tests {
             "sys/x",
             "auth/token/create/a/b",
         ] {
-            let err = expected_path(Some(bad)).unwrap_err();
+            let err = expected_path(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}");
         }
     }
 
     #[test]
     fn creation_path_is_checked_before_unwrapping() {
-        let exact = ExpectedPath::Exact("auth/token/create/agents".into());
-        assert!(check_path(&lookup_at("auth/token/create/agents"), &exact).is_ok());
+        let exact = "auth/token/create/agents";
+        assert!(check_path(&lookup_at("auth/token/create/agents"), exact).is_ok());
         for other in [
             "auth/token/create/other",
             "auth/token/create",
             "sys/wrapping/wrap",
         ] {
-            let err = check_path(&lookup_at(other), &exact).unwrap_err();
+            let err = check_path(&lookup_at(other), exact).unwrap_err();
             assert_eq!(err.exit_code(), 4);
             assert_eq!(err.result(), Some(result::UNEXPECTED_CREATION_PATH));
         }
-        let any = ExpectedPath::AnyTokenRole;
-        assert!(check_path(&lookup_at("auth/token/create/agents"), &any).is_ok());
-        assert!(check_path(&lookup_at("auth/token/create"), &any).is_err());
-        assert!(check_path(&lookup_at("sys/wrapping/wrap"), &any).is_err());
     }
 
     #[test]
@@ -530,6 +521,12 @@ mod tests {
             op: "unwrap",
             detail: "timed out".into(),
         };
+        let not_sent = VaultError::NotSent {
+            op: "lookup",
+            detail: "request could not be built".into(),
+        };
+        let usage = classify(not_sent);
+        assert_eq!((usage.exit_code(), usage.result()), (2, None), "{usage}");
         let cases = [
             (classify(unreachable), 5, result::VAULT_UNREACHABLE),
             (classify(no_answer), 5, result::VAULT_UNREACHABLE),

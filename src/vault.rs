@@ -58,7 +58,8 @@ pub enum VaultAuth {
 pub struct VaultEndpoint {
     /// Base address, e.g. `https://vault.example:8200`.
     pub address: String,
-    /// PEM CA bundle to trust in addition to the system roots.
+    /// PEM CA bundle. When set, its certificates are the only roots trusted: the built-in
+    /// public roots are not.
     pub ca_cert: Option<PathBuf>,
     /// Vault Enterprise / OpenBao namespace (`X-Vault-Namespace`).
     pub namespace: Option<String>,
@@ -67,6 +68,15 @@ pub struct VaultEndpoint {
 /// Why a call failed. The category is a fixed label for metrics and conditions.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
+    /// The request could not even be built (bad address, a header value no HTTP request may
+    /// carry): it never left the process. A configuration problem, not an outage.
+    #[error("could not send {op} to Vault: {detail}")]
+    NotSent {
+        /// Operation name.
+        op: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
     /// Vault never received the request (connection refused, DNS, TLS handshake).
     #[error("Vault unreachable during {op}: {detail}")]
     Unreachable {
@@ -110,6 +120,7 @@ impl VaultError {
     /// Static label for metrics and logs.
     pub fn category(&self) -> &'static str {
         match self {
+            VaultError::NotSent { .. } => "not_sent",
             VaultError::Unreachable { .. } => "unreachable",
             VaultError::NoAnswer { .. } => "no_answer",
             VaultError::Refused { status, .. } if *status >= 500 => "server_error",
@@ -135,7 +146,7 @@ impl VaultError {
                 true
             }
             VaultError::Refused { status, .. } => *status >= 500,
-            VaultError::Protocol { .. } => false,
+            VaultError::NotSent { .. } | VaultError::Protocol { .. } => false,
         }
     }
 }
@@ -224,12 +235,7 @@ impl VaultClient {
             .timeout(Duration::from_secs(15))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &endpoint.ca_cert {
-            let pem = std::fs::read(ca).map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("parsing CA {}: {e}", ca.display()))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
+            builder = trust_only(builder, ca)?;
         }
         let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self {
@@ -415,22 +421,12 @@ impl VaultClient {
         self.finish(OP, started, sent).await.map(|_| ())
     }
 
-    /// True when a token with this accessor is alive (needs `auth/token/lookup-accessor`).
+    /// True when a token with this accessor is alive (see [`VaultClient::lookup_accessor`]).
     pub async fn accessor_is_live(&self, accessor: &str) -> Result<bool, VaultError> {
-        const OP: &str = "lookup_accessor";
-        let body = json!({ "accessor": accessor });
-        let resp = self
-            .authed(OP, |token| {
-                self.request(reqwest::Method::POST, "auth/token/lookup-accessor")
-                    .header("X-Vault-Token", token)
-                    .json(&body)
-            })
-            .await;
-        match resp {
-            Ok(_) => Ok(true),
-            Err(VaultError::Refused { status: 400, .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        let found = self
+            .lookup_accessor::<serde::de::IgnoredAny>(accessor)
+            .await?;
+        Ok(found.is_some())
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -533,14 +529,7 @@ impl VaultClient {
         sent: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<reqwest::Response, VaultError> {
         let result = match sent {
-            Err(e) if e.is_connect() => Err(VaultError::Unreachable {
-                op,
-                detail: describe(&e),
-            }),
-            Err(e) => Err(VaultError::NoAnswer {
-                op,
-                detail: describe(&e),
-            }),
+            Err(e) => Err(send_error(op, &e)),
             Ok(resp) if resp.status().is_success() => Ok(resp),
             Ok(resp) => {
                 let status = resp.status();
@@ -560,12 +549,47 @@ impl VaultClient {
             m.vault_error(op, e.category());
         }
     }
+
+    /// Looks a token up by accessor (`auth/token/lookup-accessor`, needs `update` on it) and
+    /// parses its `data` as `T`; `None` when Vault knows no such accessor. The answer never
+    /// holds the token itself.
+    pub async fn lookup_accessor<T: serde::de::DeserializeOwned>(
+        &self,
+        accessor: &str,
+    ) -> Result<Option<T>, VaultError> {
+        const OP: &str = "lookup_accessor";
+        let body = json!({ "accessor": accessor });
+        let resp = self
+            .authed(OP, |token| {
+                self.request(reqwest::Method::POST, "auth/token/lookup-accessor")
+                    .header("X-Vault-Token", token)
+                    .json(&body)
+            })
+            .await;
+        match resp {
+            Ok(resp) => {
+                #[derive(Deserialize)]
+                struct Raw<T> {
+                    data: T,
+                }
+                Ok(Some(parse::<Raw<T>>(OP, resp).await?.data))
+            }
+            Err(VaultError::Refused {
+                status: 400,
+                message,
+                ..
+            }) if message.contains("invalid accessor") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// A failed login: Vault down stays "unreachable" (the real request was never sent, so it cannot
-/// have been processed); anything else is an authentication problem.
+/// have been processed), a request that could not be built stays "not sent"; anything else is
+/// an authentication problem.
 fn login_error(e: VaultError) -> VaultError {
     match e {
+        e @ VaultError::NotSent { .. } => e,
         VaultError::Unreachable { detail, .. } | VaultError::NoAnswer { detail, .. } => {
             VaultError::Unreachable {
                 op: "login",
@@ -623,9 +647,48 @@ fn error_from(op: &'static str, status: reqwest::StatusCode, body: &[u8]) -> Vau
     }
 }
 
+/// Classifies a request that got no HTTP answer by whether Vault may have acted on it:
+/// never built (`NotSent`) or never connected (`Unreachable`) means certainly not; anything
+/// after the connection (timeout, reset) may have been processed (`NoAnswer`).
+fn send_error(op: &'static str, e: &reqwest::Error) -> VaultError {
+    let detail = describe(e);
+    if e.is_builder() {
+        VaultError::NotSent { op, detail }
+    } else if e.is_connect() {
+        VaultError::Unreachable { op, detail }
+    } else {
+        VaultError::NoAnswer { op, detail }
+    }
+}
+
+/// Trusts exactly the certificates of the PEM bundle at `ca`, not the built-in public roots: a
+/// private Vault is vouched for by its own CA only.
+fn trust_only(
+    builder: reqwest::ClientBuilder,
+    ca: &std::path::Path,
+) -> Result<reqwest::ClientBuilder, String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("parsing CA {}: {e}", ca.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "CA {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ca.display()
+        ));
+    }
+    Ok(certs
+        .into_iter()
+        .fold(builder.tls_built_in_root_certs(false), |b, cert| {
+            b.add_root_certificate(cert)
+        }))
+}
+
+/// What went wrong, with the causes; reqwest's own text (which may name the URL) is left out.
 fn describe(e: &reqwest::Error) -> String {
     use std::error::Error;
-    let mut text = if e.is_timeout() {
+    let mut text = if e.is_builder() {
+        "request could not be built".to_string()
+    } else if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
         "connection failed".to_string()
@@ -638,4 +701,119 @@ fn describe(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client without authentication for `address`, with `namespace`.
+    fn agent(address: &str, namespace: Option<&str>) -> VaultClient {
+        let endpoint = VaultEndpoint {
+            address: address.into(),
+            namespace: namespace.map(str::to_string),
+            ..Default::default()
+        };
+        VaultClient::new(endpoint, None).unwrap()
+    }
+
+    /// An address where nothing listens.
+    fn closed_addr() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    fn assert_never_processed(err: &VaultError) {
+        assert!(matches!(err, VaultError::NotSent { .. }), "{err:?}");
+        assert!(!err.may_have_been_processed(), "{err:?}");
+        assert!(!err.is_unavailable(), "{err:?}");
+        assert_eq!(err.category(), "not_sent");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_was_never_processed() {
+        let secret = SecretString::new("s.secret-wrapping-token");
+        // A header value with a newline: the request is refused before any connection.
+        let err = agent(&closed_addr(), Some("team\nb"))
+            .lookup_wrap(&secret)
+            .await
+            .unwrap_err();
+        assert_never_processed(&err);
+        assert!(!err.to_string().contains(secret.expose()), "{err}");
+        // An address without a scheme is no URL reqwest can send to.
+        let err = agent("vault.example:8200", None)
+            .unwrap(&secret)
+            .await
+            .unwrap_err();
+        assert_never_processed(&err);
+        assert!(err.to_string().contains("could not send unwrap"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_token_no_header_may_carry_is_not_sent() {
+        let dir = std::env::temp_dir().join(format!("cubbyhole-vault-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s.first-line\ns.second-line\n").unwrap();
+        let endpoint = VaultEndpoint {
+            address: closed_addr(),
+            ..Default::default()
+        };
+        let client = VaultClient::new(endpoint, Some(VaultAuth::TokenFile(file))).unwrap();
+        let err = client.revoke_accessor("acc").await.unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_never_processed(&err);
+        assert!(!err.to_string().contains("s.first-line"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_unreachable_and_never_processed() {
+        let err = agent(&closed_addr(), None)
+            .lookup_wrap(&SecretString::new("s.x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VaultError::Unreachable { .. }), "{err:?}");
+        assert!(!err.may_have_been_processed());
+        assert!(err.is_unavailable());
+    }
+
+    #[tokio::test]
+    async fn timeout_after_sending_may_have_been_processed() {
+        // Accepts the connection and reads the request, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(conn);
+        });
+        let sent = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/sys/wrapping/unwrap"))
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        server.abort();
+        let err = send_error("unwrap", &sent.unwrap_err());
+        assert!(matches!(err, VaultError::NoAnswer { .. }), "{err:?}");
+        assert!(err.may_have_been_processed());
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = std::env::temp_dir().join(format!("cubbyhole-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ca.pem");
+        std::fs::write(&file, "not a certificate\n").unwrap();
+        let endpoint = VaultEndpoint {
+            address: "https://vault.example:8200".into(),
+            ca_cert: Some(file),
+            namespace: None,
+        };
+        let err = VaultClient::new(endpoint, None)
+            .err()
+            .expect("no certificate");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+    }
 }

@@ -129,18 +129,62 @@ async fn wrap_from_another_path_is_refused_and_not_consumed() {
     let wrap = wrap_at_plain_create(&bao);
     write_private(&files.wrap, wrap.expose());
 
-    for flags in [&EXPECT[..], &[]] {
-        let run = unwrap(&bao.addr, &files, flags);
-        assert_eq!(run.code, Some(4), "flags {flags:?}");
-        assert_eq!(
-            run.receipt(),
-            Receipt::failed(result::UNEXPECTED_CREATION_PATH)
-        );
-        assert!(!files.out.exists());
-        run.assert_clean(&[wrap.expose(), &bao.root_token]);
-    }
+    let run = unwrap(&bao.addr, &files, &EXPECT);
+    assert_eq!(run.code, Some(4));
+    assert_eq!(
+        run.receipt(),
+        Receipt::failed(result::UNEXPECTED_CREATION_PATH)
+    );
+    assert!(!files.out.exists());
+    run.assert_clean(&[wrap.expose(), &bao.root_token]);
     let still = bao.agent_client().lookup_wrap(&wrap).await.unwrap();
     assert!(still.is_some(), "the refused wrap was consumed");
+}
+
+/// Without `--expect-path` a substituted wrap (here one made at `auth/token/create`) would
+/// be consumed: the flag is required, and a run without it touches nothing.
+#[tokio::test]
+async fn expect_path_is_required_and_nothing_is_consumed_without_it() {
+    let bao = Bao::start();
+    let files = Files::in_dir(&bao.dir);
+    for wrap in [
+        wrap_at_plain_create(&bao),
+        bao.mint_to_file(&files.wrap).await.token,
+    ] {
+        write_private(&files.wrap, wrap.expose());
+        let run = unwrap(&bao.addr, &files, &[]);
+        assert_eq!(run.code, Some(2), "a usage error");
+        assert!(run.stderr.contains("--expect-path"), "{}", run.stderr);
+        assert_eq!(run.receipt, None, "usage errors leave no receipt");
+        assert!(!files.out.exists());
+        run.assert_clean(&[wrap.expose(), &bao.root_token]);
+        let still = bao.agent_client().lookup_wrap(&wrap).await.unwrap();
+        assert!(still.is_some(), "the wrap was consumed");
+    }
+    // Only the test's own two checks reached Vault, never the runs.
+    assert_eq!(bao.audit_responses("sys/wrapping/lookup").len(), 2);
+    assert!(bao.audit_responses("sys/wrapping/unwrap").is_empty());
+}
+
+/// An address no request can be built with is a configuration error: no retries, exit 2,
+/// no receipt (Vault was never asked).
+#[test]
+fn address_without_a_scheme_is_a_usage_error_without_retries() {
+    let files = Files::in_dir(&scratch_dir());
+    let fake = "s.CCCCCCCCCCCCCCCCCCCCCCCC";
+    write_private(&files.wrap, fake);
+    let started = Instant::now();
+    let run = unwrap("127.0.0.1:8200", &files, &EXPECT);
+    assert_eq!(run.code, Some(2));
+    assert_eq!(run.receipt, None);
+    assert!(
+        run.stderr.contains("could not send lookup"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.matches("retry").count(), 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    run.assert_clean(&[fake]);
 }
 
 #[tokio::test]
@@ -201,7 +245,11 @@ fn vault_down_is_unreachable_after_bounded_retries() {
     let fake = "s.AAAAAAAAAAAAAAAAAAAAAAAA";
     write_private(&files.wrap, fake);
     let started = Instant::now();
-    let run = unwrap(&closed_addr(), &files, &["--retries", "2"]);
+    let run = unwrap(
+        &closed_addr(),
+        &files,
+        &["--retries", "2", EXPECT[0], EXPECT[1]],
+    );
     assert_eq!(run.code, Some(5));
     assert_eq!(run.receipt(), Receipt::failed(result::VAULT_UNREACHABLE));
     // Two retries: 0.5 s + 1 s of backoff, and not much more.
@@ -215,7 +263,7 @@ fn vault_down_is_unreachable_after_bounded_retries() {
 #[test]
 fn unreadable_token_file_and_bad_flags() {
     let files = Files::in_dir(&scratch_dir());
-    let run = unwrap(&closed_addr(), &files, &[]);
+    let run = unwrap(&closed_addr(), &files, &EXPECT);
     assert_eq!(run.code, Some(7));
     assert_eq!(
         run.receipt(),
@@ -275,7 +323,11 @@ async fn wait_for_fresh_gives_up_at_the_deadline() {
     let old = bao.mint_to_file(&files.wrap).await;
     bao.agent_client().unwrap(&old.token).await.unwrap();
     let started = Instant::now();
-    let run = unwrap(&bao.addr, &files, &["--wait-for-fresh", "1500ms"]);
+    let run = unwrap(
+        &bao.addr,
+        &files,
+        &["--wait-for-fresh", "1500ms", EXPECT[0], EXPECT[1]],
+    );
     assert_eq!(run.code, Some(3));
     assert_eq!(
         run.receipt(),

@@ -229,6 +229,7 @@ async fn setup_is_idempotent_and_configures_kubernetes_auth() {
         "cubbyhole-system"
     );
     assert_eq!(role["data"]["token_policies"][0], "cubbyhole-operator");
+    assert_eq!(role["data"]["token_no_default_policy"], true);
 
     // Both roles can be minted through; the first role still works after the rerun.
     let mut req = agent_request(30);
@@ -240,4 +241,191 @@ async fn setup_is_idempotent_and_configures_kubernetes_auth() {
         .unwrap();
     assert_eq!(wrap.creation_path, "auth/token/create/team-b");
     assert_eq!(bao.mint(30).await.creation_path, ROLE_PATH);
+}
+
+/// Paths of the rules in policy `name`, with each rule's text.
+fn policy_rules(bao: &Bao, name: &str) -> Vec<(String, String)> {
+    let policy = bao.cli_json(&["read", &format!("sys/policy/{name}")]);
+    let rules = policy["data"]["rules"].as_str().expect("rules").to_string();
+    rules
+        .split("path \"")
+        .skip(1)
+        .map(|rule| {
+            let (path, body) = rule.split_once('"').expect("quoted path");
+            (
+                path.to_string(),
+                body.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+/// What `token` may do at `path`, as Vault says (`deny` when nothing).
+fn capabilities(bao: &Bao, token: &str, path: &str) -> Vec<String> {
+    let out = bao.cli_json(&[
+        "write",
+        "sys/capabilities",
+        &format!("token={token}"),
+        &format!("paths={path}"),
+    ]);
+    serde_json::from_value(out["data"]["capabilities"].clone()).expect("capabilities")
+}
+
+#[tokio::test]
+async fn operator_policy_grants_exactly_the_calls_the_client_makes() {
+    let bao = Bao::start();
+    let rules = policy_rules(&bao, "cubbyhole-operator");
+    let paths: Vec<&str> = rules.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            ROLE_PATH,
+            "auth/token/revoke-accessor",
+            "auth/token/lookup-accessor"
+        ],
+        "{rules:#?}"
+    );
+    assert_eq!(
+        rules[0].1,
+        "{ capabilities = [\"update\"] min_wrapping_ttl = \"5s\" max_wrapping_ttl = \"1h\" }"
+    );
+
+    let operator = bao.operator_token();
+    let only_update = [
+        ROLE_PATH,
+        "auth/token/revoke-accessor",
+        "auth/token/lookup-accessor",
+    ];
+    for path in only_update {
+        assert_eq!(capabilities(&bao, &operator, path), ["update"], "{path}");
+    }
+    for path in [
+        "sys/wrapping/lookup",
+        "sys/wrapping/unwrap",
+        "sys/wrapping/wrap",
+        "auth/token/create",
+        "auth/token/create-orphan",
+        "auth/token/lookup",
+        "auth/token/lookup-self",
+        "auth/token/renew-self",
+        "cubbyhole/anything",
+        "secret/data/agents/x",
+    ] {
+        assert_eq!(capabilities(&bao, &operator, path), ["deny"], "{path}");
+    }
+}
+
+#[tokio::test]
+async fn wrap_lookup_is_sent_without_a_token_and_needs_no_grant() {
+    let bao = Bao::start();
+    let wrap = bao.mint(30).await;
+    // The operator's own client: its policy has no sys/wrapping/lookup.
+    let lookup = bao
+        .operator_client()
+        .lookup_wrap(&wrap.token)
+        .await
+        .expect("lookup without a grant")
+        .expect("valid");
+    assert_eq!(lookup.creation_path, ROLE_PATH);
+
+    let lookups = bao.audit_responses("sys/wrapping/lookup");
+    assert_eq!(lookups.len(), 1, "{lookups:#?}");
+    let auth = &lookups[0]["auth"];
+    assert!(
+        auth["accessor"].is_null(),
+        "the lookup carried a token: {auth}"
+    );
+    assert!(
+        auth["client_token"].is_null(),
+        "the lookup carried a token: {auth}"
+    );
+    assert!(lookups[0]["error"].is_null(), "{:#?}", lookups[0]);
+}
+
+#[tokio::test]
+async fn operator_looks_up_token_metadata_by_accessor_never_the_token() {
+    let bao = Bao::start();
+    let wrap = bao.mint(30).await;
+    let op = bao.operator_client();
+    let facts: serde_json::Value = op
+        .lookup_accessor(&wrap.wrapped_accessor)
+        .await
+        .expect("the operator policy allows lookup-accessor")
+        .expect("the token exists");
+    assert_eq!(facts["meta"]["pod_uid"], "uid-1234");
+    assert_eq!(facts["meta"]["binding"], "b");
+    assert_eq!(facts["path"], ROLE_PATH);
+    assert_eq!(facts["id"], "", "lookup-accessor must not reveal the token");
+    let wrap_facts: serde_json::Value = op.lookup_accessor(&wrap.accessor).await.unwrap().unwrap();
+    assert_eq!(wrap_facts["policies"][0], "response-wrapping");
+    assert_eq!(wrap_facts["id"], "");
+
+    let inner = bao.agent_client().unwrap(&wrap.token).await.unwrap();
+    let printed = format!("{facts}{wrap_facts}");
+    assert_no_secrets(
+        "lookup-accessor answers",
+        &printed,
+        &[wrap.token.expose(), inner.token.expose()],
+    );
+    // Gone tokens and unknown accessors are `None`, not errors.
+    assert!(
+        op.lookup_accessor::<serde_json::Value>(&wrap.accessor)
+            .await
+            .unwrap()
+            .is_none(),
+        "wrap used"
+    );
+    assert!(op.accessor_is_live(&wrap.wrapped_accessor).await.unwrap());
+    op.revoke_accessor(&wrap.wrapped_accessor).await.unwrap();
+    assert!(!op.accessor_is_live(&wrap.wrapped_accessor).await.unwrap());
+    assert!(!op.accessor_is_live("no-such-accessor").await.unwrap());
+}
+
+#[tokio::test]
+async fn requests_that_cannot_be_built_are_never_sent() {
+    let bao = Bao::start();
+    // A namespace no header may carry: refused before any connection.
+    let endpoint = cubbyhole::vault::VaultEndpoint {
+        namespace: Some("team\na".to_string()),
+        ..bao.endpoint()
+    };
+    let wrap = bao.mint(30).await;
+    let agent = cubbyhole::vault::VaultClient::new(endpoint, None).unwrap();
+    let err = agent.unwrap(&wrap.token).await.expect_err("bad namespace");
+    assert!(matches!(err, VaultError::NotSent { .. }), "{err:?}");
+    assert!(!err.may_have_been_processed());
+    assert_error_clean(&err, &[wrap.token.expose()]);
+
+    // A token file with two lines: the login token is no header value.
+    let file = bao.path("two-line-token");
+    support::write_private(
+        &file,
+        &format!("{}\n{}\n", bao.operator_token(), "s.second"),
+    );
+    let auth = cubbyhole::vault::VaultAuth::TokenFile(file);
+    let op = cubbyhole::vault::VaultClient::new(bao.endpoint(), Some(auth)).unwrap();
+    let err = op
+        .create_wrapped_token(&agent_request(30))
+        .await
+        .expect_err("bad token header");
+    assert!(matches!(err, VaultError::NotSent { .. }), "{err:?}");
+    assert!(
+        !err.may_have_been_processed(),
+        "would wait wrapTTL + 10 s for nothing"
+    );
+    assert_error_clean(&err, &[&bao.operator_token()]);
+
+    // Vault saw neither: one create (the mint above) and no unwrap.
+    assert_eq!(bao.audit_responses(ROLE_PATH).len(), 1);
+    assert!(bao.audit_responses("sys/wrapping/unwrap").is_empty());
+    assert!(agent_is_valid(&bao, &wrap.token).await);
+}
+
+/// True while the wrapping token is unused.
+async fn agent_is_valid(bao: &Bao, token: &SecretString) -> bool {
+    bao.agent_client()
+        .lookup_wrap(token)
+        .await
+        .unwrap()
+        .is_some()
 }

@@ -31,11 +31,32 @@ fn assert_error_clean(err: &VaultError, secrets: &[&str]) {
 }
 
 /// A server with the JWT login at `auth/kubernetes` (role [`OPERATOR_ROLE`] giving `policy`
-/// for `token_ttl`), the issuer key it trusts and a file holding a valid service account JWT.
+/// for `token_ttl` and, like `setup.sh`'s role, no `default` policy), the issuer key it
+/// trusts and a file holding a valid service account JWT.
 fn jwt_server(policy: &str, token_ttl: &str) -> (Bao, JwtKey, PathBuf) {
     let bao = Bao::start();
     let key = JwtKey::generate(&bao.dir, "sa-issuer");
     bao.enable_jwt_login(&key, OPERATOR_ROLE, policy, token_ttl);
+    // The same role again, without the `default` policy (a role is written whole).
+    let out = bao.cli(
+        &bao.root_token,
+        &[
+            "write",
+            &format!("auth/kubernetes/role/{OPERATOR_ROLE}"),
+            "role_type=jwt",
+            &format!("bound_audiences={}", support::JWT_AUDIENCE),
+            "user_claim=sub",
+            &format!("token_policies={policy}"),
+            &format!("token_ttl={token_ttl}"),
+            &format!("token_max_ttl={token_ttl}"),
+            "token_no_default_policy=true",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let jwt_path = bao.path("sa-token");
     let claims = service_account_claims(OPERATOR_SA, support::JWT_AUDIENCE);
     // With a trailing newline, as files often end: the client trims it.
@@ -90,12 +111,10 @@ async fn kubernetes_login_mints_with_the_operator_policy() {
     assert_eq!(inner.accessor, wrap.wrapped_accessor);
     assert!(inner.policies.contains(&"cubbyhole-agent".to_string()));
 
-    // One login, whose token carries the operator policy and nothing more than `default`.
+    // One login, whose token carries the operator policy only (no `default`).
     let logins = bao.login_accessors();
     assert_eq!(logins.len(), 1, "{logins:?}");
-    let mut policies = policies_of(&bao, &logins[0]);
-    policies.sort();
-    assert_eq!(policies, ["cubbyhole-operator", "default"]);
+    assert_eq!(policies_of(&bao, &logins[0]), ["cubbyhole-operator"]);
     // The login request carried the role (the JWT itself is HMAC'd in the audit log).
     let login = &bao.audit_responses("auth/kubernetes/login")[0];
     assert_eq!(login["auth"]["metadata"]["role"], OPERATOR_ROLE);
@@ -110,6 +129,8 @@ async fn kubernetes_login_mints_with_the_operator_policy() {
         operator.revoke_accessor(&wrap.accessor).await.unwrap(),
         cubbyhole::vault::Revoked::NotFound
     );
+    // Token metadata by accessor, the record-adoption lookup.
+    assert!(operator.accessor_is_live(&inner.accessor).await.unwrap());
     assert_eq!(bao.login_accessors().len(), 1);
 }
 
@@ -302,20 +323,8 @@ async fn tls_without_the_right_ca_is_unreachable() {
     assert_error_clean(&err, &[garbage.expose()]);
 
     // Some other CA: trusting a bundle is not trusting anything.
-    let other = bao.path("other-ca.pem");
-    let openssl = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=other-ca", "-keyout"])
-        .arg(bao.path("other-ca.key"))
-        .arg("-out")
-        .arg(&other)
-        .output()
-        .expect("run openssl");
-    assert!(openssl.status.success(), "openssl failed");
     let endpoint = VaultEndpoint {
-        ca_cert: Some(other),
+        ca_cert: Some(self_made_ca(&bao, "other-ca")),
         ..bao.endpoint()
     };
     let err = VaultClient::new(endpoint, None)
@@ -328,6 +337,81 @@ async fn tls_without_the_right_ca_is_unreachable() {
     // The same server answers when its CA is trusted.
     let agent = VaultClient::new(bao.tls_endpoint(), None).unwrap();
     assert_eq!(agent.lookup_wrap(&garbage).await.unwrap(), None);
+}
+
+/// A fresh self-signed CA certificate `<dir>/<name>.pem` (PEM), unrelated to any server.
+fn self_made_ca(bao: &Bao, name: &str) -> PathBuf {
+    let pem = bao.path(&format!("{name}.pem"));
+    let openssl = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", &format!("/CN={name}"), "-keyout"])
+        .arg(bao.path(&format!("{name}.key")))
+        .arg("-out")
+        .arg(&pem)
+        .output()
+        .expect("run openssl");
+    assert!(openssl.status.success(), "openssl failed");
+    pem
+}
+
+/// With `caCert` set the client trusts exactly the certificates of that bundle: every one of
+/// them (the server's CA may come second), and no other root.
+#[tokio::test]
+async fn tls_trusts_exactly_the_certificates_of_the_bundle() {
+    let bao = Bao::start_tls();
+    let garbage = SecretString::new("s.not-a-real-wrapping-token");
+    let with_bundle = |pems: &[&std::path::Path], name: &str| {
+        let bundle = bao.path(name);
+        let text: String = pems
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read PEM"))
+            .collect();
+        std::fs::write(&bundle, text).expect("write bundle");
+        let endpoint = VaultEndpoint {
+            ca_cert: Some(bundle),
+            ..bao.endpoint()
+        };
+        VaultClient::new(endpoint, None).expect("client")
+    };
+    let first = self_made_ca(&bao, "first-ca");
+    let second = self_made_ca(&bao, "second-ca");
+    let server_ca = bao.ca_cert();
+
+    // Two unrelated CAs: refused, however many.
+    let err = with_bundle(&[&first, &second], "others.pem")
+        .lookup_wrap(&garbage)
+        .await
+        .expect_err("certificate from a CA outside the bundle");
+    eprintln!("other CAs: {err}");
+    assert!(matches!(err, VaultError::Unreachable { .. }), "{err:?}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    assert!(!err.may_have_been_processed());
+
+    // The server's CA anywhere in the bundle: accepted.
+    for (order, name) in [
+        ([&first, &server_ca], "ours-last.pem"),
+        ([&server_ca, &second], "ours-first.pem"),
+    ] {
+        let client = with_bundle(&order.map(PathBuf::as_path), name);
+        assert_eq!(client.lookup_wrap(&garbage).await.unwrap(), None, "{name}");
+    }
+
+    // A file without any certificate would trust nothing: refused when the client is built.
+    let empty = bao.path("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let endpoint = VaultEndpoint {
+        ca_cert: Some(empty),
+        ..bao.endpoint()
+    };
+    let err = VaultClient::new(endpoint, None)
+        .err()
+        .expect("empty bundle");
+    assert!(err.contains("holds no PEM certificate"), "{err}");
 }
 
 #[tokio::test]

@@ -77,13 +77,16 @@ POLICY
         token_explicit_max_ttl=24h >/dev/null
 done
 
-# 3. The operator: mint only through those roles and only response-wrapped (min_wrapping_ttl
-#    forces wrapping), revoke what it minted, look wraps up. Nothing else.
+# 3. The operator: exactly the calls src/vault.rs makes with its token. Mint only through
+#    those roles and only response-wrapped (min_wrapping_ttl forces wrapping; a POST there is
+#    an "update"), revoke by accessor, look up a token's metadata by accessor (the answer
+#    never holds the token). sys/wrapping/lookup needs no grant: the operator calls it
+#    without a token, like the agent.
 operator_policy() {
     for role in $ROLES; do
         cat <<POLICY
 path "auth/token/create/$role" {
-  capabilities = ["create", "update"]
+  capabilities = ["update"]
   min_wrapping_ttl = "5s"
   max_wrapping_ttl = "1h"
 }
@@ -93,7 +96,7 @@ POLICY
 path "auth/token/revoke-accessor" {
   capabilities = ["update"]
 }
-path "sys/wrapping/lookup" {
+path "auth/token/lookup-accessor" {
   capabilities = ["update"]
 }
 POLICY
@@ -103,7 +106,9 @@ operator_policy | v policy write "$OPERATOR_POLICY" - >/dev/null
 
 # 4. Optional: let the operator log in with its Kubernetes service account.
 if [ -n "${KUBERNETES_HOST:-}" ]; then
-    if ! v auth list -format=json | grep -q '"kubernetes/"'; then
+    # Captured first: with pipefail, `grep -q` closing the pipe early would fail the list.
+    auth_methods="$(v auth list -format=json)"
+    if ! grep -q '"kubernetes/"' <<<"$auth_methods"; then
         log "enabling kubernetes auth"
         v auth enable kubernetes >/dev/null
     fi
@@ -111,15 +116,18 @@ if [ -n "${KUBERNETES_HOST:-}" ]; then
     config=(kubernetes_host="$KUBERNETES_HOST")
     if [ -n "${KUBERNETES_CA_CERT:-}" ]; then
         # Vault outside the cluster: no local service account; the operator's own JWT is
-        # used for the TokenReview (its service account needs system:auth-delegator).
+        # used for the TokenReview (its service account needs system:auth-delegator:
+        # kubectl apply -f config/vault/auth-delegator.yaml).
         config+=(kubernetes_ca_cert="@$KUBERNETES_CA_CERT" disable_local_ca_jwt=true)
     fi
     v write auth/kubernetes/config "${config[@]}" >/dev/null
     log "kubernetes auth role $OPERATOR_POLICY ($SA_NAMESPACE/$SA_NAME)"
+    # No `default` policy: the operator's login token holds the operator policy only.
     v write "auth/kubernetes/role/$OPERATOR_POLICY" \
         bound_service_account_names="$SA_NAME" \
         bound_service_account_namespaces="$SA_NAMESPACE" \
         token_policies="$OPERATOR_POLICY" \
+        token_no_default_policy=true \
         token_ttl=1h >/dev/null
 fi
 

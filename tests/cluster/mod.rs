@@ -21,7 +21,10 @@ use serde_json::json;
 use crate::support::Bao;
 
 mod identity;
+mod transcript;
+pub mod webhook;
 pub use identity::{OPERATOR_SA, OperatorIdentity};
+use transcript::Transcript;
 
 /// Namespace the e2e tests work in on a private control plane.
 pub const NS: &str = "agents";
@@ -91,9 +94,25 @@ impl Cluster {
         Client::try_from(config).expect("client")
     }
 
-    /// Freezes the API server (SIGSTOP).
+    /// Freezes the API server (SIGSTOP) and waits until the kernel reports it stopped.
     pub fn pause(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("apiserver.pid")).expect("apiserver.pid");
         signal(&self.dir.join("apiserver.pid"), "-STOP");
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            // "pid (comm) S ...": the state follows the last ')'.
+            if state
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('T'))
+                == Some(true)
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the API server did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Thaws it.
@@ -147,39 +166,64 @@ impl Operator {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Operator {
-        let port = free_port();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("operator log");
-        let child = Command::new(env!("CARGO_BIN_EXE_cubbyhole"))
-            .args(["operator", "--config"])
-            .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,cubbyhole=debug,kube=warn")
-            .envs(env.iter().copied())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("start operator");
-        let op = Operator {
-            child,
-            log: log.to_path_buf(),
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(port, "/readyz").map(|(c, _)| c) != Some(200) {
+        // A free port can be taken by someone else before the operator binds it: then the
+        // operator exits at once and is started again on another port.
+        for attempt in 1.. {
+            let port = free_port();
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("operator log");
+            let child = Command::new(env!("CARGO_BIN_EXE_cubbyhole"))
+                .args(["operator", "--config"])
+                .arg(config)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(args)
+                .env("KUBECONFIG", kubeconfig)
+                .arg("--json-logs")
+                .env(
+                    "RUST_LOG",
+                    "trace,h2=info,hyper=info,hyper_util=info,rustls=info,tower=info,mio=info,want=info",
+                )
+                .envs(env.iter().copied())
+                .stdout(out.try_clone().expect("log"))
+                .stderr(out)
+                .spawn()
+                .expect("start operator");
+            let mut op = Operator {
+                child,
+                log: log.to_path_buf(),
+                port,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while http_get(port, "/readyz").map(|(c, _)| c) != Some(200) {
+                if op.child.try_wait().expect("wait").is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "operator not ready:\n{}",
+                    op.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if op.child.try_wait().expect("wait").is_none() {
+                return op;
+            }
+            let port_taken = op.log_text().contains("in use");
+            if port_taken && attempt < 3 {
+                continue;
+            }
+            // An operator armed with a failpoint may reach it before it is ready.
             assert!(
-                Instant::now() < deadline,
-                "operator not ready:\n{}",
+                env.iter().any(|(k, _)| *k == "CUBBYHOLE_FAILPOINT"),
+                "operator exited before it was ready:\n{}",
                 op.log_text()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            return op;
         }
-        op
+        unreachable!("the loop returns or panics")
     }
 
     /// Process id.
@@ -302,6 +346,8 @@ pub struct Env {
     pub dir: PathBuf,
     /// Every token the test saw (checked against all output at the end).
     pub seen_tokens: Mutex<Vec<String>>,
+    /// What the cluster showed over time (for the leak scan).
+    transcript: Transcript,
     /// The test's namespace.
     pub ns: String,
     /// Running against an existing cluster and Vault (see [`EXTERNAL_ENV`]).
@@ -383,6 +429,7 @@ impl Env {
             ),
         )
         .unwrap();
+        let transcript = Transcript::start(&cluster.kubeconfig, &dir);
         let operator = Operator::start(&identity.kubeconfig, &config, &dir.join("operator.log"));
         Env {
             operator: Some(operator),
@@ -392,6 +439,7 @@ impl Env {
             config,
             dir,
             seen_tokens: Mutex::new(vec![]),
+            transcript,
             ns,
             external,
             cluster,
@@ -628,6 +676,40 @@ impl Env {
         out
     }
 
+    /// Every wrap Vault created (from the raw audit log): the pod it was minted for, its
+    /// accessor, and whether it is still live.
+    pub async fn minted_wraps_by_pod(&self) -> Vec<(String, String, bool)> {
+        let root = self.bao.root_client();
+        let mut out = vec![];
+        for e in self.bao.audit_entries() {
+            let path = e["request"]["path"].as_str().unwrap_or("");
+            if e["type"] != "response" || !path.starts_with("auth/token/create/") {
+                continue;
+            }
+            let (Some(pod), Some(acc)) = (
+                e["request"]["data"]["meta"]["pod"].as_str(),
+                e["response"]["wrap_info"]["accessor"].as_str(),
+            ) else {
+                continue;
+            };
+            let live = root.accessor_is_live(acc).await.expect("lookup accessor");
+            out.push((pod.to_string(), acc.to_string(), live));
+        }
+        out
+    }
+
+    /// Names of the per-pod records that carried `annotation` at any time during the test
+    /// (from the watch of Secret metadata), e.g. to prove a mechanism ran.
+    pub fn records_that_ever_had(&self, annotation: &str) -> std::collections::BTreeSet<String> {
+        self.transcript
+            .text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| !m["annotations"][annotation].is_null())
+            .filter_map(|m| m["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Number of requests to `path_prefix` in the audit log.
     pub fn audit_requests(&self, path_prefix: &str) -> usize {
         let audit = std::fs::read_to_string(self.bao.dir.join("audit.log")).unwrap_or_default();
@@ -643,10 +725,19 @@ impl Env {
             .count()
     }
 
-    /// Scans everything the operator, OpenBao, the agents, the statuses, Events, Secret
-    /// metadata and /metrics showed for every token this test saw.
+    /// Scans everything the operator (every level, JSON lines), OpenBao, the agents printed,
+    /// the statuses, Events (both APIs) and Secret metadata seen over the whole test, the
+    /// final objects and `/metrics`, for every token the test saw and, on a private OpenBao,
+    /// every token and wrapping token its audit log says it issued.
     pub async fn assert_no_leaks(&self) {
-        let tokens = self.seen_tokens.lock().unwrap().clone();
+        let mut tokens = self.seen_tokens.lock().unwrap().clone();
+        let issued = self.bao.issued_tokens();
+        if !self.external {
+            assert!(!issued.is_empty(), "the audit log names no issued token");
+        }
+        tokens.extend(issued.iter().cloned());
+        tokens.sort();
+        tokens.dedup();
         assert!(!tokens.is_empty(), "the test saw no token to scan for");
         let mut corpus = String::new();
         if let Some(op) = &self.operator {
@@ -661,6 +752,7 @@ impl Env {
                 corpus.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
             }
         }
+        corpus.push_str(&self.transcript.text());
         let bindings = self.bindings().list(&ListParams::default()).await.unwrap();
         corpus.push_str(&serde_json::to_string(&bindings.items).unwrap());
         for secret in self
@@ -675,6 +767,9 @@ impl Env {
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
         let events = events.list(&ListParams::default()).await.unwrap();
         corpus.push_str(&serde_json::to_string(&events.items).unwrap());
+        let core_events: Api<k8s_openapi::api::core::v1::Event> = Api::all(self.client.clone());
+        let core_events = core_events.list(&ListParams::default()).await.unwrap();
+        corpus.push_str(&serde_json::to_string(&core_events.items).unwrap());
         for (i, t) in tokens.iter().enumerate() {
             assert!(t.len() >= 8, "token #{i} too short to scan for");
             assert!(
@@ -682,6 +777,12 @@ impl Env {
                 "token #{i} leaked into the output"
             );
         }
+        println!(
+            "LEAKSCAN {} tokens ({} issued by OpenBao per its audit log) in {} bytes of output",
+            tokens.len(),
+            issued.len(),
+            corpus.len()
+        );
     }
 
     /// Events (events.k8s.io) with `reason`.
@@ -744,6 +845,40 @@ pub fn condition(status: &AgentSecretBindingStatus, type_: &str) -> (String, Str
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
         .unwrap_or_default()
+}
+
+/// Waits until `pod` has an Issued record of `binding` and returns (Secret, wrapping token),
+/// remembering the token for the leak scan.
+pub async fn issued(env: &Env, binding: &str, pod: &str) -> (Secret, String) {
+    eventually(
+        &format!("wrap for {pod}"),
+        Duration::from_secs(30),
+        || async {
+            let s = env
+                .records(binding)
+                .await
+                .into_iter()
+                .find(|s| ann(s).get("pod").map(String::as_str) == Some(pod))?;
+            (ann(&s).get("phase")? == "Issued").then_some(())?;
+            let token = env.token_of(&s)?;
+            Some((s, token))
+        },
+    )
+    .await
+}
+
+/// Polls `check` every 200 ms for the whole of `window` and fails as soon as it is false: for
+/// "nothing happens" assertions, which no single look can prove.
+pub async fn holds_for<F, Fut>(what: &str, window: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert!(check().await, "no longer true: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls `check` every 200 ms until it returns Some or `timeout` passes.

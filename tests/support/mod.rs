@@ -76,9 +76,10 @@ impl Bao {
     fn try_start(dir: &Path, port: u16, root_token: &str) -> Option<Bao> {
         // A failed attempt's drop removed the directory.
         std::fs::create_dir_all(dir).expect("create scratch dir");
-        // An audit log (accessors in clear) lets tests count Vault calls and find every wrap.
+        // An audit log in clear (accessors and, with `log_raw`, tokens) lets tests count Vault
+        // calls, find every wrap and scan the output for every token the server issued.
         let audit = format!(
-            "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n    hmac_accessor = \"false\"\n  }}\n}}\n",
+            "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n    hmac_accessor = \"false\"\n    log_raw = \"true\"\n  }}\n}}\n",
             dir.join("audit.log").display()
         );
         std::fs::write(dir.join("audit.hcl"), audit).expect("write audit config");
@@ -568,6 +569,29 @@ impl Bao {
             .into_iter()
             .filter(|e| e["type"] == "response" && e["request"]["path"] == path)
             .collect()
+    }
+
+    /// Every token and wrapping token this server handed out (logins, creates, wraps, unwraps),
+    /// from its raw audit log, except the dev server's root token (which it prints itself);
+    /// empty for an external Vault.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = self
+            .audit_entries()
+            .iter()
+            .filter(|e| e["type"] == "response")
+            .flat_map(|e| {
+                [
+                    e["response"]["auth"]["client_token"].as_str(),
+                    e["response"]["wrap_info"]["token"].as_str(),
+                ]
+            })
+            .flatten()
+            .filter(|t| *t != self.root_token)
+            .map(str::to_string)
+            .collect();
+        tokens.sort();
+        tokens.dedup();
+        tokens
     }
 
     /// Accessors of the tokens successful logins at `auth/kubernetes/login` handed out, in order.

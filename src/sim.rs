@@ -1,0 +1,2390 @@
+//! A multi-round simulation of the controller: the real planner ([`crate::plan::plan`]) driven
+//! against a model of the API server and of Vault, over seeded random schedules of pod events,
+//! agent behaviour, operator crashes and faults. Pure and fast (test-only).
+//!
+//! **The models.** The API store holds pods (uid, labels, secret-name annotation, terminating,
+//! finished, agent restart count, receipts of the current and the previous instance) and
+//! Secrets (annotations, wrapping token, resourceVersion, owner uid, finalizer, deletion).
+//! Creates fail with AlreadyExists, patches with a stale resourceVersion with Conflict, a
+//! removed pod's Secrets are marked for deletion by the garbage collector. Vault holds wraps
+//! (accessor, inner token accessor, expiry in simulated time; unwrap consumes; revoke by
+//! accessor answers "existed" or "no token"; `sys/wrapping/lookup`; health) and inner tokens.
+//!
+//! **The model executor** ([`World::reconcile`] and the methods below it) mirrors
+//! `reconcile::apply` (list, plan, run the steps in order, stop at the first Vault outage),
+//! `reconcile::cleanup_records` (a binding's finalizer) and `steps::Step::{issue, lookup,
+//! confirm_vault, probe_expiry, settle, cleanup, revoke_record, vault_failed}` with the writes of
+//! `children::{claim, deliver, record_failure, mark_vault_seen, settle, remove}`: which
+//! annotations each write sets or removes, which resourceVersion guards it, what each error
+//! leads to. `model_writes_match_the_children_builders` checks the writes against the real
+//! patch builders of `children`.
+//!
+//! **Schedules** (seeded xorshift, deterministic): pods created with and without the
+//! `cubbyhole.dev/secret-name` annotation (some invalid, some colliding), agents restarting,
+//! agents unwrapping (`cubbyhole unwrap` with its receipt, with and without `--wait-for-fresh`;
+//! plain `bao unwrap` without a receipt; an unwrap whose token cannot be stored), a thief
+//! unwrapping first, pods deleted, removed and finishing, pods relabelled, a second binding
+//! selecting some pods (created and deleted: its finalizer runs), foreign and forged Secrets
+//! holding a pod's Secret name, time advancing. Faults: the operator crashing after any number
+//! of operations of a round (its memory, the last-lookup times, is lost; the next round plans
+//! from the stores only), lost Vault answers (Vault did the work; a lost mint may even be carried
+//! out later, before Vault next answers), Vault refusing a mint, Vault down for a while, API
+//! errors (the write has no effect), and a second replica running a whole round in the middle
+//! of another's (a deposed leader that has not noticed yet).
+//!
+//! **Invariants**, checked after every operation of the operator and every external event:
+//! 1. never two live (unconsumed, unexpired, unrevoked) wraps for one pod of one binding — so
+//!    never two for one pod start — counting the wraps of lost mints, which Vault knows of;
+//! 4. a pod the planner was told is conflicted (selected by another binding too) never gets a
+//!    new mint;
+//!
+//! and at the end of every schedule:
+//! 3. liveness: after the faults stop (Vault up, no crashes, no lost answers, no API errors)
+//!    and the rounds reach quiescence, every eligible pod (selected by exactly one binding, not
+//!    terminating or finished, a valid Secret name that no other Secret holds) has a record for
+//!    its current start that was delivered (phase past Claimed/Failed);
+//! 2. then every pod is deleted and removed; at quiescence (time past every TTL and wait) no
+//!    record is left and no wrap and no token minted for a pod is alive. Exceptions, counted
+//!    separately (`Stats::unlearned_tokens`): an inner token the operator lost before any record
+//!    named it — a lost mint answer, a crash between Vault's answer and the delivery, a failed
+//!    revocation after a failed delivery (nobody ever held its wrap, which is asserted dead;
+//!    README "Known limits") —, consumed tokens of a binding with `revokeOnPodDeletion: false`,
+//!    and one known gap: the previous start's token when its revocation at the next start's
+//!    claim failed (`Step::issue` tries it once, after the claim, ignoring errors) and the pod
+//!    went before the claim was retried (a retry must revoke it: that is checked);
+//! 5. in schedules without faults, Vault calls per pod start (binding, pod uid, start) are
+//!    within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉ lookups, at most 4
+//!    revocations (2 while tracking + 2 at deletion or at the next start), no health check.
+//!    With faults each crash or lost answer may repeat a step, so no tighter bound is claimed
+//!    there than the lost-mint wait itself (invariant 1).
+//!
+//! **Guards it must catch** ([`Mutant`], one test each): the store's resourceVersion guard
+//! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
+//! 2); the planner's lost-mint wait removed (`vault_seen_at` + wrapTTL + 10 s: invariant 1);
+//! the planner's conflict check removed (invariant 4); the executor's revocation of a wrap
+//! whose delivery failed removed (invariant 2). Edits of `plan.rs` itself, each caught by
+//! `simulation_keeps_every_invariant`: the lost-mint wait removed (invariant 1), the conflict
+//! check for new pods removed (4), the conflict check for pods with a record removed (4), a
+//! retried claim not revoking the previous start's token (2), cleanups not revoking an
+//! outstanding wrap (1).
+//!
+//! `replay` (ignored) reruns one seed with its whole trace.
+#![allow(clippy::too_many_lines)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::children::{
+    Change, claim_changes, deliver_changes, failure_changes, settle_changes, takeover_changes,
+};
+use crate::model::{ObservedReceipt, Phase, PodView, WrapState, ann, secret_name};
+use crate::plan::{self, Action, Input, Issue, LOST_MINT_SLACK, Settings};
+use crate::receipt::{Receipt, result};
+use crate::seal::Authenticity;
+use crate::vault::Revoked;
+
+/// The agent container named in `Settings::agent_container`.
+const AGENT: &str = "agent";
+/// How long `--wait-for-fresh` waits (seconds).
+const WAIT_FOR_FRESH: i64 = 90;
+
+/// A small deterministic generator (xorshift64).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// True with probability `per_mille`/1000.
+    fn chance(&mut self, per_mille: u32) -> bool {
+        self.below(1000) < u64::from(per_mille)
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
+    }
+}
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).expect("in range")
+}
+
+fn secs(t: Timestamp) -> i64 {
+    t.as_second() - 1_800_000_000
+}
+
+/// A guard removed on purpose, to see the simulation fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutant {
+    /// Everything as built.
+    None,
+    /// The model API server ignores `resourceVersion` on patches.
+    NoResourceVersionGuard,
+    /// The planner re-mints a lost mint's claim as soon as Vault answers again.
+    NoLostMintWait,
+    /// The planner is never told about conflicts.
+    NoConflictCheck,
+    /// The executor does not revoke a wrap whose delivery failed.
+    NoRevokeOnDeliveryFailure,
+}
+
+/// Fault rates of a schedule (per mille, per operation or per round).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// A round gets a crash budget (it stops after a random number of operations).
+    pub crash: u32,
+    /// A Vault call is carried out but its answer is lost.
+    pub lost: u32,
+    /// A mint is refused by Vault.
+    pub refuse: u32,
+    /// An API call fails without effect.
+    pub api: u32,
+    /// Another replica runs a whole round between two operations.
+    pub rival: u32,
+    /// Vault goes down for a while (per schedule step).
+    pub down: u32,
+}
+
+impl Faults {
+    fn any(&self) -> bool {
+        self.crash + self.lost + self.refuse + self.api + self.rival + self.down > 0
+    }
+}
+
+/// Which invariant broke, and the trace that led there.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Invariant number (see the module documentation).
+    pub invariant: u8,
+    /// What was seen.
+    pub message: String,
+}
+
+enum Stop {
+    Crash,
+    Broken(Violation),
+}
+
+impl From<Violation> for Stop {
+    fn from(v: Violation) -> Self {
+        Stop::Broken(v)
+    }
+}
+
+type Step<T> = Result<T, Stop>;
+
+/// The operations a crash can fall between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    ListSecrets,
+    ListPods,
+    CreateSecret,
+    GetSecret,
+    PatchSecret,
+    Unfinalize,
+    DeleteSecret,
+    Mint,
+    Lookup,
+    Revoke,
+    Health,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KubeErr {
+    Conflict,
+    NotFound,
+    AlreadyExists,
+    Failed,
+}
+
+/// Mirrors `vault::VaultError` as far as the executor cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VErr {
+    Unreachable,
+    NoAnswer,
+    Refused,
+}
+
+impl VErr {
+    fn may_have_been_processed(self) -> bool {
+        self == VErr::NoAnswer
+    }
+    fn is_unavailable(self) -> bool {
+        matches!(self, VErr::Unreachable | VErr::NoAnswer)
+    }
+}
+
+/// Mirrors `children::ClaimError`.
+#[derive(Debug)]
+enum ClaimError {
+    Taken,
+    Lost,
+    Kube,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Owner {
+    binding: String,
+    uid: String,
+    start: u32,
+}
+
+#[derive(Clone, Debug)]
+struct VWrap {
+    inner: String,
+    expires: i64,
+    consumed: bool,
+    revoked: bool,
+    owner: Owner,
+}
+
+#[derive(Clone, Debug)]
+struct VToken {
+    revoked: bool,
+    owner: Owner,
+    /// Why the operator lost track of it before any record named it (a lost mint answer, a
+    /// crash while holding it, a failed revocation after a failed delivery): nobody ever
+    /// held its wrap, and Vault cannot find it without its accessor.
+    lost: Option<&'static str>,
+    /// A previous start's token whose revocation at the next start's claim failed or was cut
+    /// short by a crash (`Step::issue` tries it once, after the claim, ignoring errors); the
+    /// planner retries it with the claim's retry, but not once the pod is gone.
+    previous_unrevoked: bool,
+    /// Someone unwrapped it.
+    consumed: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Vault {
+    down_until: i64,
+    wraps: BTreeMap<String, VWrap>,
+    tokens: BTreeMap<String, VToken>,
+    by_token: HashMap<String, String>,
+    /// Mints whose answer was lost before Vault carried them out: (owner, ttl).
+    deferred: Vec<(Owner, i64)>,
+    /// Wrap accessors that may still be live.
+    maybe_live: Vec<String>,
+    next: u64,
+}
+
+impl Vault {
+    fn mint(
+        &mut self,
+        owner: Owner,
+        ttl: i64,
+        now: i64,
+        lost: Option<&'static str>,
+    ) -> (String, String, String) {
+        self.next += 1;
+        let n = self.next;
+        let (token, wacc, tacc) = (format!("wt{n}"), format!("wa{n}"), format!("ta{n}"));
+        self.wraps.insert(
+            wacc.clone(),
+            VWrap {
+                inner: tacc.clone(),
+                expires: now + ttl,
+                consumed: false,
+                revoked: false,
+                owner: owner.clone(),
+            },
+        );
+        self.tokens.insert(
+            tacc.clone(),
+            VToken {
+                revoked: false,
+                owner,
+                lost,
+                previous_unrevoked: false,
+                consumed: false,
+            },
+        );
+        self.by_token.insert(token.clone(), wacc.clone());
+        self.maybe_live.push(wacc.clone());
+        (token, wacc, tacc)
+    }
+
+    fn live(&self, wacc: &str, now: i64) -> bool {
+        self.wraps
+            .get(wacc)
+            .is_some_and(|w| !w.consumed && !w.revoked && now < w.expires)
+    }
+
+    /// `sys/wrapping/unwrap`: the inner token's accessor, once.
+    fn unwrap(&mut self, token: &str, now: i64) -> Option<String> {
+        let wacc = self.by_token.get(token)?.clone();
+        if !self.live(&wacc, now) {
+            return None;
+        }
+        let w = self.wraps.get_mut(&wacc).expect("known");
+        w.consumed = true;
+        let inner = w.inner.clone();
+        self.tokens.get_mut(&inner).expect("known").consumed = true;
+        Some(inner)
+    }
+}
+
+/// The mutable facts of a pod.
+#[derive(Clone, Debug)]
+struct Pod {
+    name: String,
+    uid: String,
+    labels: BTreeMap<String, String>,
+    secret_name: Option<String>,
+    terminating: bool,
+    finished: bool,
+    restarts: u32,
+    current: Option<ObservedReceipt>,
+    last: Option<ObservedReceipt>,
+    /// The current instance made its attempt (or has a token).
+    attempted: bool,
+    /// `--wait-for-fresh`: since when the current instance waits for a fresh wrap.
+    waiting_since: Option<i64>,
+    wait_for_fresh: bool,
+}
+
+impl Pod {
+    fn view(&self) -> PodView {
+        PodView {
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            labels: self.labels.clone(),
+            secret_name: self.secret_name.clone(),
+            terminating: self.terminating,
+            finished: self.finished,
+            restart_counts: BTreeMap::from([(AGENT.to_string(), self.restarts)]),
+            receipts: self.current.iter().chain(&self.last).cloned().collect(),
+        }
+    }
+    fn running(&self) -> bool {
+        !self.terminating && !self.finished
+    }
+}
+
+/// A Secret in the model API server.
+#[derive(Clone, Debug)]
+struct Sec {
+    uid: u64,
+    rv: u64,
+    /// Labelled `managed-by=cubbyhole` with this binding (`None`: someone else's Secret).
+    binding: Option<String>,
+    /// Its signature does not verify (a forged record).
+    forged: bool,
+    owner_uid: Option<String>,
+    ann: BTreeMap<&'static str, String>,
+    token: Option<String>,
+    finalizer: bool,
+    deleting: bool,
+    /// The record as the operator reads it (cache; rebuilt after each write).
+    view: Option<WrapState>,
+}
+
+/// What a patch does to the Secret's data.
+#[derive(Clone, Debug, PartialEq)]
+enum Data {
+    Keep,
+    Clear,
+    Set(String),
+}
+
+/// The operator's reading of a record it wrote (signature verified): the real parser.
+fn read_record(name: &str, s: &Sec) -> Option<WrapState> {
+    let annotations: BTreeMap<String, String> = s
+        .ann
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let has_token = s.token.as_ref().is_some_and(|t| !t.is_empty());
+    let mut record = WrapState::from_annotations(
+        name.to_string(),
+        &annotations,
+        has_token,
+        Authenticity::Authentic,
+    )?;
+    record.resource_version = Some(s.rv.to_string());
+    record.deleting = s.deleting;
+    Some(record)
+}
+
+/// A binding as the simulation knows it.
+#[derive(Clone, Debug)]
+struct Binding {
+    settings: Settings,
+    /// Selector: this label key must have this value.
+    selector: (&'static str, &'static str),
+    deleting: bool,
+}
+
+impl Binding {
+    fn selects(&self, pod: &Pod) -> bool {
+        pod.labels.get(self.selector.0).map(String::as_str) == Some(self.selector.1)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replica {
+    Main,
+    Rival,
+}
+
+/// Round-local state of the executor (what `reconcile::apply` and `steps::Step` hold).
+struct Round {
+    binding: String,
+    settings: Settings,
+    /// Secret name -> wrapping token, as listed at the start of the round (`Step::raw`).
+    raw: BTreeMap<String, Option<String>>,
+    /// `Problems::vault_unavailable`.
+    vault_unavailable: bool,
+    /// The conflicts the planner was given.
+    conflicts: BTreeMap<String, Vec<String>>,
+    replica: Replica,
+}
+
+/// Calls to Vault for one pod start.
+#[derive(Clone, Copy, Debug, Default)]
+struct Calls {
+    creates: u32,
+    lookups: u32,
+    revokes: u32,
+    health: u32,
+}
+
+/// Counters that show the mechanisms ran.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Schedules run.
+    pub schedules: u64,
+    /// Operator operations (API and Vault calls) across all schedules.
+    pub operations: u64,
+    /// Rounds (reconciles) run.
+    pub rounds: u64,
+    /// Crashes, by the operation after which they happened.
+    crashes_after: BTreeMap<String, u64>,
+    /// Wraps minted.
+    pub mints: u64,
+    /// Mints whose answer was lost (of them, carried out later).
+    pub lost_mints: u64,
+    /// Lost mints carried out later than the request.
+    pub deferred_mints: u64,
+    /// Re-mints after a lost mint's wait.
+    pub remints_after_loss: u64,
+    /// Claims or writes lost to another writer (resourceVersion conflicts, AlreadyExists).
+    pub lost_races: u64,
+    /// Rounds of a second replica interleaved with another's.
+    pub rival_rounds: u64,
+    /// Deliveries that failed after a mint (wrap and token revoked).
+    pub delivery_failures: u64,
+    /// Rounds where the planner was told of a conflict for a pod that has a record.
+    pub conflicts_with_record: u64,
+    /// Pods checked for liveness.
+    pub eligible_checked: u64,
+    /// Settles by phase.
+    settles: BTreeMap<&'static str, u64>,
+    /// Agent outcomes.
+    agent: BTreeMap<&'static str, u64>,
+    /// Lost mints' inner tokens left alive at the end (accessor never learned).
+    unlearned_tokens: BTreeMap<&'static str, u64>,
+    /// Pod starts whose Vault calls were checked against the bound.
+    pub starts_bounded: u64,
+    /// Most lookups seen for one start in a schedule without faults, and the bound then.
+    pub max_lookups: (u32, u32),
+}
+
+impl Stats {
+    fn merge(&mut self, o: &Stats) {
+        self.schedules += o.schedules;
+        self.operations += o.operations;
+        self.rounds += o.rounds;
+        for (k, v) in &o.crashes_after {
+            *self.crashes_after.entry(k.clone()).or_default() += v;
+        }
+        self.mints += o.mints;
+        self.lost_mints += o.lost_mints;
+        self.deferred_mints += o.deferred_mints;
+        self.remints_after_loss += o.remints_after_loss;
+        self.lost_races += o.lost_races;
+        self.rival_rounds += o.rival_rounds;
+        self.delivery_failures += o.delivery_failures;
+        self.conflicts_with_record += o.conflicts_with_record;
+        self.eligible_checked += o.eligible_checked;
+        for (k, v) in &o.settles {
+            *self.settles.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.agent {
+            *self.agent.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.unlearned_tokens {
+            *self.unlearned_tokens.entry(k).or_default() += v;
+        }
+        self.starts_bounded += o.starts_bounded;
+        if o.max_lookups.0 > self.max_lookups.0 {
+            self.max_lookups = o.max_lookups;
+        }
+    }
+}
+
+/// A binding's records as listed: authentic ones, names of the others, wrapping tokens by name.
+type Listing = (
+    Vec<WrapState>,
+    BTreeSet<String>,
+    BTreeMap<String, Option<String>>,
+);
+
+/// What one round left for the driver.
+#[derive(Clone, Copy, Debug, Default)]
+struct RoundOutcome {
+    wake_at: Option<i64>,
+}
+
+/// The whole simulated world: API server, Vault, the operator's memory, faults.
+struct World {
+    rng: Rng,
+    now: i64,
+    pods: Vec<Pod>,
+    secrets: BTreeMap<String, Sec>,
+    next_uid: u64,
+    next_rv: u64,
+    bindings: BTreeMap<String, Binding>,
+    vault: Vault,
+    /// Last-lookup times per replica (binding/secret -> time); lost on a crash.
+    memory: [HashMap<String, Timestamp>; 2],
+    faults: Faults,
+    mutant: Mutant,
+    replica: Replica,
+    /// Operations the current round of the main replica may still do.
+    ops_left: Option<u32>,
+    last_op: Option<Op>,
+    /// External events may interleave with the operator's operations.
+    interleave: bool,
+    calls: BTreeMap<Owner, Calls>,
+    /// Pods that were relabelled, bindings that were deleted: leaving a binding ends a pod's
+    /// stay, and the bound on Vault calls is per stay.
+    relabelled: BTreeSet<String>,
+    deleted_bindings: BTreeSet<String>,
+    /// The previous start's token each replica is revoking (a crash cuts that short).
+    revoking_previous: [Option<String>; 2],
+    /// Token accessors each replica holds in memory, not yet in a record.
+    in_hand: [Vec<String>; 2],
+    /// Successful writes and Vault state changes (to tell a round that changed nothing).
+    changes: u64,
+    /// Every binding that existed: (revokeOnPodDeletion, wrap TTL, lookup period) in seconds.
+    ever: BTreeMap<String, (bool, i64, i64)>,
+    stats: Stats,
+    trace: Vec<String>,
+}
+
+impl World {
+    fn new(seed: u64, faults: Faults, mutant: Mutant) -> Self {
+        let mut rng = Rng::new(seed);
+        let settings = |rng: &mut Rng, name: &str| Settings {
+            binding: name.to_string(),
+            wrap_ttl: Duration::from_secs(*rng.pick(&[6, 20, 60]).expect("some")),
+            lookup_period: Duration::from_secs(*rng.pick(&[1, 3, 10]).expect("some")),
+            agent_container: (!rng.chance(150)).then(|| AGENT.to_string()),
+            revoke_on_pod_deletion: !rng.chance(200),
+        };
+        let b = Binding {
+            settings: settings(&mut rng, "b"),
+            selector: ("app", "agent"),
+            deleting: false,
+        };
+        let c = Binding {
+            settings: settings(&mut rng, "c"),
+            selector: ("team", "x"),
+            deleting: false,
+        };
+        let mut bindings = BTreeMap::from([("b".to_string(), b)]);
+        if rng.chance(300) {
+            bindings.insert("c".to_string(), c);
+        }
+        Self {
+            rng,
+            now: 0,
+            pods: vec![],
+            secrets: BTreeMap::new(),
+            next_uid: 0,
+            next_rv: 0,
+            bindings,
+            vault: Vault::default(),
+            memory: [HashMap::new(), HashMap::new()],
+            faults,
+            mutant,
+            replica: Replica::Main,
+            ops_left: None,
+            last_op: None,
+            interleave: true,
+            calls: BTreeMap::new(),
+            ever: BTreeMap::new(),
+            changes: 0,
+            in_hand: [vec![], vec![]],
+            revoking_previous: [None, None],
+            relabelled: BTreeSet::new(),
+            deleted_bindings: BTreeSet::new(),
+            stats: Stats::default(),
+            trace: vec![],
+        }
+    }
+
+    fn note(&mut self, line: String) {
+        if self.trace.len() > 400 {
+            self.trace.drain(..100);
+        }
+        self.trace.push(format!("[t={}] {line}", self.now));
+    }
+
+    fn violation(&self, invariant: u8, what: String) -> Violation {
+        let keep = if std::env::var_os("SIM_FULL_TRACE").is_some() {
+            usize::MAX
+        } else {
+            60
+        };
+        let tail = self.trace[self.trace.len().saturating_sub(keep)..].join("\n");
+        let pods: Vec<String> = self
+            .pods
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {:?} restarts {}",
+                    p.name, p.uid, p.labels, p.restarts
+                )
+            })
+            .collect();
+        let bindings: Vec<&String> = self.bindings.keys().collect();
+        Violation {
+            invariant,
+            message: format!(
+                "invariant {invariant}: {what}\n--- last events:\n{tail}\n--- pods: {pods:#?}\n--- bindings: {bindings:?}"
+            ),
+        }
+    }
+
+    fn record_bindings(&mut self) {
+        for (name, b) in &self.bindings {
+            let s = &b.settings;
+            self.ever.insert(
+                name.clone(),
+                (
+                    s.revoke_on_pod_deletion,
+                    s.wrap_ttl.as_secs() as i64,
+                    s.lookup_period.as_secs() as i64,
+                ),
+            );
+        }
+    }
+
+    fn rv(&mut self) -> u64 {
+        self.next_rv += 1;
+        self.next_rv
+    }
+
+    // ---------------------------------------------------------------- operations and checks
+
+    /// Every operator operation starts here: the crash budget, external events in between,
+    /// and the invariants on the state the previous operation left.
+    fn op(&mut self, op: Op) -> Step<()> {
+        self.check()?;
+        if self.replica == Replica::Main
+            && let Some(left) = &mut self.ops_left
+        {
+            if *left == 0 {
+                let after = self
+                    .last_op
+                    .map_or("round start".to_string(), |o| format!("{o:?}"));
+                *self.stats.crashes_after.entry(after.clone()).or_default() += 1;
+                self.note(format!("operator crashes after {after}"));
+                return Err(Stop::Crash);
+            }
+            *left -= 1;
+        }
+        if self.interleave {
+            self.external_between_ops()?;
+        }
+        self.stats.operations += 1;
+        self.last_op = Some(op);
+        Ok(())
+    }
+
+    /// Invariant 1 (at most one live wrap per pod of a binding).
+    fn check(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        let vault = &mut self.vault;
+        vault.maybe_live.retain(|a| {
+            vault
+                .wraps
+                .get(a)
+                .is_some_and(|w| !w.consumed && !w.revoked && now < w.expires)
+        });
+        let mut seen: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+        for a in &vault.maybe_live {
+            let w = &vault.wraps[a];
+            if let Some(other) = seen.insert((&w.owner.binding, &w.owner.uid), a) {
+                let msg = format!(
+                    "two live wraps for pod {} of binding {}: {other} and {a} ({:?})",
+                    w.owner.uid, w.owner.binding, w.owner
+                );
+                return Err(self.violation(1, msg));
+            }
+        }
+        Ok(())
+    }
+
+    fn api_fails(&mut self) -> bool {
+        self.faults.api > 0 && self.rng.chance(self.faults.api)
+    }
+
+    // ---------------------------------------------------------------- the model API server
+
+    fn api_create(&mut self, name: &str, mut sec: Sec) -> Step<Result<u64, KubeErr>> {
+        self.op(Op::CreateSecret)?;
+        if self.api_fails() {
+            return Ok(Err(KubeErr::Failed));
+        }
+        if self.secrets.contains_key(name) {
+            return Ok(Err(KubeErr::AlreadyExists));
+        }
+        sec.rv = self.rv();
+        sec.uid = sec.rv;
+        sec.view = read_record(name, &sec);
+        let rv = sec.rv;
+        self.secrets.insert(name.to_string(), sec);
+        self.changes += 1;
+        Ok(Ok(rv))
+    }
+
+    /// `get_opt`: the Secret's binding label (`Some(None)`: exists, not a record).
+    fn api_get(&mut self, name: &str) -> Step<Result<Option<Option<String>>, KubeErr>> {
+        self.op(Op::GetSecret)?;
+        if self.api_fails() {
+            return Ok(Err(KubeErr::Failed));
+        }
+        Ok(Ok(self.secrets.get(name).map(|s| s.binding.clone())))
+    }
+
+    /// A JSON merge patch carrying `metadata.resourceVersion` = `rv`.
+    fn api_patch(
+        &mut self,
+        name: &str,
+        rv: Option<&str>,
+        changes: &[Change],
+        data: Data,
+    ) -> Step<Result<u64, KubeErr>> {
+        self.op(Op::PatchSecret)?;
+        if self.api_fails() {
+            return Ok(Err(KubeErr::Failed));
+        }
+        let guard = self.mutant != Mutant::NoResourceVersionGuard;
+        let new_rv = self.next_rv + 1;
+        let Some(sec) = self.secrets.get_mut(name) else {
+            return Ok(Err(KubeErr::NotFound));
+        };
+        if guard && rv.is_some_and(|rv| rv != sec.rv.to_string()) {
+            return Ok(Err(KubeErr::Conflict));
+        }
+        for (k, v) in changes {
+            match v {
+                Some(v) => sec.ann.insert(k, v.clone()),
+                None => sec.ann.remove(k),
+            };
+        }
+        match data {
+            Data::Keep => {}
+            Data::Clear => sec.token = None,
+            Data::Set(t) => sec.token = Some(t),
+        }
+        sec.rv = new_rv;
+        sec.view = read_record(name, sec);
+        self.next_rv = new_rv;
+        self.changes += 1;
+        Ok(Ok(new_rv))
+    }
+
+    /// `{"metadata":{"finalizers":null}}`: the Secret's uid, or NotFound.
+    fn api_unfinalize(&mut self, name: &str) -> Step<Result<u64, KubeErr>> {
+        self.op(Op::Unfinalize)?;
+        if self.api_fails() {
+            return Ok(Err(KubeErr::Failed));
+        }
+        let rv = self.rv();
+        let Some(sec) = self.secrets.get_mut(name) else {
+            return Ok(Err(KubeErr::NotFound));
+        };
+        sec.finalizer = false;
+        sec.rv = rv;
+        self.changes += 1;
+        let uid = sec.uid;
+        if sec.deleting {
+            self.secrets.remove(name);
+        }
+        Ok(Ok(uid))
+    }
+
+    fn api_delete(&mut self, name: &str, uid: u64) -> Step<Result<(), KubeErr>> {
+        self.op(Op::DeleteSecret)?;
+        if self.api_fails() {
+            return Ok(Err(KubeErr::Failed));
+        }
+        self.changes += 1;
+        match self.secrets.get_mut(name) {
+            None => Ok(Err(KubeErr::NotFound)),
+            Some(s) if s.uid != uid => Ok(Err(KubeErr::Conflict)),
+            Some(s) if s.finalizer => {
+                s.deleting = true;
+                s.view = read_record(name, s);
+                Ok(Ok(()))
+            }
+            Some(_) => {
+                self.secrets.remove(name);
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    /// The garbage collector after a pod is removed: its Secrets are deleted.
+    fn collect_garbage(&mut self, uid: &str) {
+        let names: Vec<String> = self
+            .secrets
+            .iter()
+            .filter(|(_, s)| s.owner_uid.as_deref() == Some(uid))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in names {
+            let rv = self.rv();
+            let s = self.secrets.get_mut(&n).expect("listed");
+            if s.finalizer {
+                s.deleting = true;
+                s.rv = rv;
+                s.view = read_record(&n, s);
+            } else {
+                self.secrets.remove(&n);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- the model Vault
+
+    /// Common to every Vault call: down, deferred mints carried out, a lost answer.
+    fn vault_gate(&mut self) -> Result<bool, VErr> {
+        if self.now < self.vault.down_until {
+            return Err(VErr::Unreachable);
+        }
+        for (owner, ttl) in std::mem::take(&mut self.vault.deferred) {
+            let now = self.now;
+            let (_, wacc, _) = self.vault.mint(owner, ttl, now, Some("mint answer lost"));
+            self.note(format!("Vault carries out a held mint: {wacc}"));
+            self.stats.deferred_mints += 1;
+        }
+        Ok(self.faults.lost > 0 && self.rng.chance(self.faults.lost))
+    }
+
+    fn calls(&mut self, owner: &Owner) -> &mut Calls {
+        self.calls.entry(owner.clone()).or_default()
+    }
+
+    fn v_create(&mut self, owner: Owner, ttl: i64) -> Step<Result<(String, String, String), VErr>> {
+        self.op(Op::Mint)?;
+        self.calls(&owner).creates += 1;
+        let lost = match self.vault_gate() {
+            Err(e) => return Ok(Err(e)),
+            Ok(lost) => lost,
+        };
+        if !lost && self.faults.refuse > 0 && self.rng.chance(self.faults.refuse) {
+            return Ok(Err(VErr::Refused));
+        }
+        self.stats.mints += 1;
+        self.changes += 1;
+        let now = self.now;
+        if lost {
+            self.stats.lost_mints += 1;
+            if self.rng.chance(500) {
+                self.note(format!(
+                    "mint for {owner:?}: Vault holds the request, no answer"
+                ));
+                self.vault.deferred.push((owner, ttl));
+            } else {
+                let lost = Some("mint answer lost");
+                let (_, wacc, _) = self.vault.mint(owner.clone(), ttl, now, lost);
+                self.note(format!("mint for {owner:?}: {wacc} made, answer lost"));
+            }
+            return Ok(Err(VErr::NoAnswer));
+        }
+        let minted = self.vault.mint(owner.clone(), ttl, now, None);
+        let m = usize::from(self.replica == Replica::Rival);
+        self.in_hand[m].push(minted.2.clone());
+        self.note(format!("mint for {owner:?}: {}", minted.1));
+        Ok(Ok(minted))
+    }
+
+    fn v_lookup(&mut self, token: &str) -> Step<Result<bool, VErr>> {
+        self.op(Op::Lookup)?;
+        if let Some(owner) = self
+            .vault
+            .by_token
+            .get(token)
+            .map(|a| self.vault.wraps[a].owner.clone())
+        {
+            self.calls(&owner).lookups += 1;
+        }
+        let lost = match self.vault_gate() {
+            Err(e) => return Ok(Err(e)),
+            Ok(lost) => lost,
+        };
+        if lost {
+            return Ok(Err(VErr::NoAnswer));
+        }
+        let live = self
+            .vault
+            .by_token
+            .get(token)
+            .is_some_and(|a| self.vault.live(a, self.now));
+        Ok(Ok(live))
+    }
+
+    fn v_revoke(&mut self, accessor: &str) -> Step<Result<Revoked, VErr>> {
+        self.op(Op::Revoke)?;
+        let owner = self
+            .vault
+            .wraps
+            .get(accessor)
+            .map(|w| w.owner.clone())
+            .or_else(|| self.vault.tokens.get(accessor).map(|t| t.owner.clone()));
+        if let Some(owner) = &owner {
+            self.calls(owner).revokes += 1;
+        }
+        let lost = match self.vault_gate() {
+            Err(e) => return Ok(Err(e)),
+            Ok(lost) => lost,
+        };
+        let now = self.now;
+        let existed = if self.vault.live(accessor, now) {
+            self.vault.wraps.get_mut(accessor).expect("live").revoked = true;
+            true
+        } else if let Some(t) = self.vault.tokens.get_mut(accessor).filter(|t| !t.revoked) {
+            t.revoked = true;
+            true
+        } else {
+            false
+        };
+        self.note(format!("revoke {accessor}: existed={existed} lost={lost}"));
+        self.changes += u64::from(existed);
+        if lost {
+            return Ok(Err(VErr::NoAnswer));
+        }
+        Ok(Ok(if existed {
+            Revoked::Existed
+        } else {
+            Revoked::NotFound
+        }))
+    }
+
+    fn v_health(&mut self, owner: Option<Owner>) -> Step<Result<(), VErr>> {
+        self.op(Op::Health)?;
+        if let Some(owner) = &owner {
+            self.calls(owner).health += 1;
+        }
+        match self.vault_gate() {
+            Err(e) => Ok(Err(e)),
+            Ok(true) => Ok(Err(VErr::NoAnswer)),
+            Ok(false) => Ok(Ok(())),
+        }
+    }
+
+    // ---------------------------------------------------------------- the operator
+
+    fn conflicts_of(&self, me: &str, pods: &[Pod]) -> BTreeMap<String, Vec<String>> {
+        let mut conflicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, other) in &self.bindings {
+            if name == me || other.deleting {
+                continue;
+            }
+            for p in pods.iter().filter(|p| other.selects(p)) {
+                conflicts
+                    .entry(p.name.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        conflicts
+    }
+
+    /// One reconcile of binding `name` by `replica` (mirrors `reconcile::reconcile`/`apply`).
+    fn reconcile(&mut self, name: &str, replica: Replica) -> Step<RoundOutcome> {
+        let Some(binding) = self.bindings.get(name).cloned() else {
+            return Ok(RoundOutcome::default());
+        };
+        let outer = self.replica;
+        self.replica = replica;
+        if replica == Replica::Rival {
+            self.memory[1].clear();
+        }
+        self.stats.rounds += 1;
+        self.note(format!("round of {name} ({replica:?})"));
+        let r = if binding.deleting {
+            self.finalize(name).map(|_| RoundOutcome::default())
+        } else {
+            self.apply(name, &binding)
+        };
+        self.replica = outer;
+        r
+    }
+
+    /// Lists the binding's records: (authentic records, untrusted names, raw tokens).
+    fn list_records(&mut self, name: &str) -> Step<Result<Listing, KubeErr>> {
+        self.op(Op::ListSecrets)?;
+        if self.api_fails() {
+            return Ok(Err(KubeErr::Failed));
+        }
+        let mut wraps = vec![];
+        let mut untrusted = BTreeSet::new();
+        let mut raw = BTreeMap::new();
+        for (n, s) in &self.secrets {
+            if s.binding.as_deref() != Some(name) {
+                continue;
+            }
+            raw.insert(n.clone(), s.token.clone());
+            match (&s.view, s.forged) {
+                (Some(w), false) => wraps.push(w.clone()),
+                _ => {
+                    untrusted.insert(n.clone());
+                }
+            }
+        }
+        Ok(Ok((wraps, untrusted, raw)))
+    }
+
+    fn apply(&mut self, name: &str, binding: &Binding) -> Step<RoundOutcome> {
+        let Ok((wraps, untrusted, raw)) = self.list_records(name)? else {
+            return Ok(RoundOutcome::default());
+        };
+        self.op(Op::ListPods)?;
+        if self.api_fails() {
+            return Ok(RoundOutcome::default());
+        }
+        let selected: Vec<Pod> = self
+            .pods
+            .iter()
+            .filter(|p| binding.selects(p))
+            .cloned()
+            .collect();
+        let views: Vec<PodView> = selected.iter().map(Pod::view).collect();
+        let conflicts = self.conflicts_of(name, &selected);
+        if conflicts
+            .keys()
+            .any(|p| wraps.iter().any(|w| &w.pod == p && !w.phase.is_settled()))
+        {
+            self.stats.conflicts_with_record += 1;
+        }
+        let m = usize::from(self.replica == Replica::Rival);
+        let prefix = format!("{name}/");
+        let last_lookup: HashMap<String, Timestamp> = self.memory[m]
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|s| (s.to_string(), *t)))
+            .collect();
+        let no_conflicts = BTreeMap::new();
+        let input = Input {
+            settings: &binding.settings,
+            pods: &views,
+            conflicts: if self.mutant == Mutant::NoConflictCheck {
+                &no_conflicts
+            } else {
+                &conflicts
+            },
+            wraps: &wraps,
+            untrusted: &untrusted,
+            last_lookup: &last_lookup,
+            now: ts(self.now),
+        };
+        let mut planned = plan::plan(&input);
+        if self.mutant == Mutant::NoLostMintWait {
+            remint_without_waiting(&input, &mut planned);
+        }
+        let mut round = Round {
+            binding: name.to_string(),
+            settings: binding.settings.clone(),
+            raw,
+            vault_unavailable: false,
+            conflicts,
+            replica: self.replica,
+        };
+        for action in planned.actions {
+            self.note(format!("step: {}", describe(&action)));
+            self.run(&mut round, action)?;
+            if round.vault_unavailable {
+                break;
+            }
+        }
+        Ok(RoundOutcome {
+            wake_at: planned.wake_at.map(secs),
+        })
+    }
+
+    /// `Step::run`.
+    fn run(&mut self, r: &mut Round, action: Action) -> Step<()> {
+        match action {
+            Action::Issue(issue) => self.issue(r, issue),
+            Action::Lookup { wrap, if_invalid } => self.lookup(r, wrap, if_invalid),
+            Action::ProbeExpiry { wrap } => self.probe_expiry(r, wrap),
+            Action::ConfirmVault { wrap } => self.confirm_vault(r, wrap),
+            Action::Settle {
+                wrap,
+                phase,
+                verified,
+                revoke_wrap,
+                revoke_token,
+                message,
+            } => self.settle(
+                r,
+                &wrap,
+                phase,
+                verified,
+                revoke_wrap,
+                revoke_token,
+                &message,
+            ),
+            Action::Cleanup {
+                wrap,
+                revoke_wrap,
+                revoke_token,
+            } => self.cleanup(r, wrap, revoke_wrap, revoke_token),
+        }
+    }
+
+    /// `children::claim`.
+    fn claim(&mut self, r: &Round, issue: &Issue) -> Step<Result<(String, u64), ClaimError>> {
+        let now = ts(self.now);
+        let Some(old) = &issue.replaces else {
+            let changes = claim_changes(issue, now);
+            let sec = Sec {
+                uid: 0,
+                rv: 0,
+                binding: Some(r.binding.clone()),
+                forged: false,
+                owner_uid: Some(issue.pod_uid.clone()),
+                ann: changes
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, v?)))
+                    .collect(),
+                token: None,
+                finalizer: true,
+                deleting: false,
+                view: None,
+            };
+            return Ok(match self.api_create(&issue.secret, sec)? {
+                Ok(rv) => Ok((issue.secret.clone(), rv)),
+                Err(KubeErr::AlreadyExists) => match self.api_get(&issue.secret)? {
+                    Ok(Some(label)) if label.as_deref() == Some(r.binding.as_str()) => {
+                        self.stats.lost_races += 1;
+                        Err(ClaimError::Lost)
+                    }
+                    Ok(Some(_)) => Err(ClaimError::Taken),
+                    Ok(None) => Err(ClaimError::Lost),
+                    Err(_) => Err(ClaimError::Kube),
+                },
+                Err(_) => Err(ClaimError::Kube),
+            });
+        };
+        let changes = takeover_changes(issue, old, now);
+        let rv = old.resource_version.clone();
+        Ok(self
+            .guarded_patch(&old.secret, rv.as_deref(), &changes, Data::Clear)?
+            .map(|rv| (old.secret.clone(), rv)))
+    }
+
+    /// `children::guarded_patch`.
+    fn guarded_patch(
+        &mut self,
+        name: &str,
+        rv: Option<&str>,
+        changes: &[Change],
+        data: Data,
+    ) -> Step<Result<u64, ClaimError>> {
+        Ok(match self.api_patch(name, rv, changes, data)? {
+            Ok(rv) => Ok(rv),
+            Err(KubeErr::Conflict | KubeErr::NotFound) => {
+                self.stats.lost_races += 1;
+                Err(ClaimError::Lost)
+            }
+            Err(_) => Err(ClaimError::Kube),
+        })
+    }
+
+    /// `Step::issue`.
+    fn issue(&mut self, r: &mut Round, issue: Issue) -> Step<()> {
+        if let Some(others) = r.conflicts.get(&issue.pod) {
+            let msg = format!(
+                "planned a mint for pod {} ({}) although {others:?} select it too",
+                issue.pod, issue.pod_uid
+            );
+            return Err(self.violation(4, msg).into());
+        }
+        let (secret, rv) = match self.claim(r, &issue)? {
+            Ok(c) => c,
+            Err(ClaimError::Taken | ClaimError::Lost | ClaimError::Kube) => return Ok(()),
+        };
+        if issue
+            .replaces
+            .as_ref()
+            .is_some_and(|w| matches!(w.phase, Phase::Claimed | Phase::Failed))
+        {
+            // A retry of this pod's claim: the exemption ends; the retry must revoke it.
+            for t in self.vault.tokens.values_mut() {
+                if t.owner.binding == r.binding && t.owner.uid == issue.pod_uid {
+                    t.previous_unrevoked = false;
+                }
+            }
+        }
+        if let Some(previous) = &issue.revoke_previous
+            && r.settings.revoke_on_pod_deletion
+        {
+            let m = usize::from(r.replica == Replica::Rival);
+            self.revoking_previous[m] = Some(previous.clone());
+            if self.v_revoke(previous)?.is_err() {
+                self.mark_previous_unrevoked(previous);
+            }
+            self.revoking_previous[m] = None;
+        }
+        if issue
+            .replaces
+            .as_ref()
+            .is_some_and(|w| w.phase == Phase::Claimed)
+        {
+            self.stats.remints_after_loss += 1;
+        }
+        let owner = Owner {
+            binding: r.binding.clone(),
+            uid: issue.pod_uid.clone(),
+            start: issue.start,
+        };
+        let issued_at = self.now;
+        let ttl = r.settings.wrap_ttl.as_secs() as i64;
+        match self.v_create(owner, ttl)? {
+            Ok((token, wacc, tacc)) => {
+                let expires_at = issued_at + ttl;
+                let changes = deliver_changes(&wacc, &tacc, ts(issued_at), ts(expires_at));
+                let rv = rv.to_string();
+                let m = usize::from(r.replica == Replica::Rival);
+                match self.guarded_patch(&secret, Some(&rv), &changes, Data::Set(token))? {
+                    Ok(_) => {
+                        self.in_hand[m].clear();
+                        Ok(())
+                    }
+                    Err(_) => {
+                        self.stats.delivery_failures += 1;
+                        if self.mutant != Mutant::NoRevokeOnDeliveryFailure {
+                            // `.ok()` in `Step::issue`: a failed revocation is not retried.
+                            let wrap = self.v_revoke(&wacc)?;
+                            let token = self.v_revoke(&tacc)?;
+                            if (wrap.is_err() || token.is_err())
+                                && let Some(t) = self.vault.tokens.get_mut(&tacc)
+                            {
+                                t.lost = Some("revocation after a failed delivery failed");
+                            }
+                        }
+                        self.in_hand[m].clear();
+                        Ok(())
+                    }
+                }
+            }
+            Err(e) if e.may_have_been_processed() => {
+                r.vault_unavailable = true;
+                Ok(())
+            }
+            Err(e) => {
+                let changes = failure_changes("refused", ts(self.now));
+                let rv = rv.to_string();
+                let _ = self.guarded_patch(&secret, Some(&rv), &changes, Data::Clear)?;
+                if e.is_unavailable() {
+                    r.vault_unavailable = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn mark_previous_unrevoked(&mut self, accessor: &str) {
+        if let Some(t) = self.vault.tokens.get_mut(accessor)
+            && !t.revoked
+        {
+            t.previous_unrevoked = true;
+        }
+    }
+
+    fn remember_lookup(&mut self, r: &Round, secret: &str) {
+        let m = usize::from(r.replica == Replica::Rival);
+        self.memory[m].insert(format!("{}/{secret}", r.binding), ts(self.now));
+    }
+
+    fn forget_lookup(&mut self, r: &Round, secret: &str) {
+        let m = usize::from(r.replica == Replica::Rival);
+        self.memory[m].remove(&format!("{}/{secret}", r.binding));
+    }
+
+    /// `Step::lookup`.
+    fn lookup(&mut self, r: &mut Round, wrap: WrapState, if_invalid: Phase) -> Step<()> {
+        let Some(token) = r.raw.get(&wrap.secret).cloned().flatten() else {
+            return Ok(());
+        };
+        match self.v_lookup(&token)? {
+            Ok(true) => {
+                self.remember_lookup(r, &wrap.secret);
+                Ok(())
+            }
+            Ok(false) if if_invalid == Phase::Tampered => self.settle(
+                r,
+                &wrap,
+                Phase::Tampered,
+                false,
+                false,
+                true,
+                "consumed by another",
+            ),
+            Ok(false) => self.settle(r, &wrap, Phase::Unwrapped, false, false, false, "consumed"),
+            Err(e) => {
+                self.vault_failed(r, e);
+                Ok(())
+            }
+        }
+    }
+
+    /// `Step::confirm_vault`.
+    fn confirm_vault(&mut self, r: &mut Round, wrap: WrapState) -> Step<()> {
+        let owner = Owner {
+            binding: r.binding.clone(),
+            uid: wrap.pod_uid.clone(),
+            start: wrap.start,
+        };
+        if let Err(e) = self.v_health(Some(owner))? {
+            self.vault_failed(r, e);
+            return Ok(());
+        }
+        let changes = [(ann::VAULT_SEEN_AT, Some(ts(self.now).to_string()))];
+        let rv = wrap.resource_version.clone();
+        let _ = self.guarded_patch(&wrap.secret, rv.as_deref(), &changes, Data::Keep)?;
+        Ok(())
+    }
+
+    /// `Step::probe_expiry`.
+    fn probe_expiry(&mut self, r: &mut Round, wrap: WrapState) -> Step<()> {
+        let Some(wacc) = wrap.wrap_accessor.clone() else {
+            return Ok(());
+        };
+        match self.v_revoke(&wacc)? {
+            Ok(Revoked::Existed) => {
+                self.settle(r, &wrap, Phase::Expired, false, false, true, "expired")
+            }
+            Ok(Revoked::NotFound) if wrap.expires_at.is_some_and(|e| ts(self.now) >= e) => {
+                self.settle(r, &wrap, Phase::Expired, false, false, true, "too late")
+            }
+            Ok(Revoked::NotFound) => {
+                self.settle(r, &wrap, Phase::Unwrapped, false, false, false, "consumed")
+            }
+            Err(e) => {
+                self.vault_failed(r, e);
+                Ok(())
+            }
+        }
+    }
+
+    /// `Step::settle`.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        r: &mut Round,
+        wrap: &WrapState,
+        phase: Phase,
+        verified: bool,
+        revoke_wrap: bool,
+        revoke_token: bool,
+        message: &str,
+    ) -> Step<()> {
+        if let Err(e) = self.revoke_record(wrap, revoke_wrap, revoke_token)? {
+            self.vault_failed(r, e);
+            return Ok(());
+        }
+        let changes = settle_changes(phase, verified, message);
+        let rv = wrap.resource_version.clone();
+        if self
+            .guarded_patch(&wrap.secret, rv.as_deref(), &changes, Data::Clear)?
+            .is_ok()
+        {
+            *self.stats.settles.entry(phase.as_str()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// `Step::cleanup` with `children::remove`.
+    fn cleanup(
+        &mut self,
+        r: &mut Round,
+        wrap: WrapState,
+        revoke_wrap: bool,
+        revoke_token: bool,
+    ) -> Step<()> {
+        if let Err(e) = self.revoke_record(&wrap, revoke_wrap, revoke_token)? {
+            self.vault_failed(r, e);
+            return Ok(());
+        }
+        if self.remove(&wrap.secret)?.is_err() {
+            return Ok(());
+        }
+        self.forget_lookup(r, &wrap.secret);
+        Ok(())
+    }
+
+    /// `children::remove`: release the finalizer, delete with the uid as precondition.
+    fn remove(&mut self, name: &str) -> Step<Result<(), KubeErr>> {
+        match self.api_unfinalize(name)? {
+            Ok(uid) => match self.api_delete(name, uid)? {
+                Ok(()) | Err(KubeErr::NotFound | KubeErr::Conflict) => Ok(Ok(())),
+                Err(e) => Ok(Err(e)),
+            },
+            Err(KubeErr::NotFound) => Ok(Ok(())),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// `Step::revoke_record`.
+    fn revoke_record(
+        &mut self,
+        wrap: &WrapState,
+        revoke_wrap: bool,
+        revoke_token: bool,
+    ) -> Step<Result<(), VErr>> {
+        if revoke_wrap
+            && let Some(a) = &wrap.wrap_accessor
+            && let Err(e) = self.v_revoke(a)?
+        {
+            return Ok(Err(e));
+        }
+        if revoke_token
+            && let Some(a) = &wrap.accessor
+            && let Err(e) = self.v_revoke(a)?
+        {
+            return Ok(Err(e));
+        }
+        Ok(Ok(()))
+    }
+
+    /// `Step::vault_failed`: an outage stops the round; anything else is a failed step.
+    fn vault_failed(&mut self, r: &mut Round, e: VErr) {
+        if e.is_unavailable() || e.may_have_been_processed() {
+            r.vault_unavailable = true;
+        }
+    }
+
+    /// The binding's finalizer (`reconcile::cleanup_records`); the binding goes once it ran.
+    fn finalize(&mut self, name: &str) -> Step<()> {
+        let Ok((wraps, _, _)) = self.list_records(name)? else {
+            return Ok(());
+        };
+        for wrap in &wraps {
+            let (revoke_wrap, revoke_token) = plan::revocations(wrap, true);
+            for (revoke, accessor) in [
+                (revoke_wrap, &wrap.wrap_accessor),
+                (revoke_token, &wrap.accessor),
+            ] {
+                if let (true, Some(a)) = (revoke, accessor)
+                    && self.v_revoke(a)?.is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if self.remove(&wrap.secret)?.is_err() {
+                return Ok(());
+            }
+        }
+        self.note(format!("binding {name} is gone"));
+        self.bindings.remove(name);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- the world around it
+
+    fn running_pods(&self) -> Vec<usize> {
+        (0..self.pods.len())
+            .filter(|&i| self.pods[i].running())
+            .collect()
+    }
+
+    /// The Secret a pod mounts: its annotation, else `<pod>-<binding>-wrap` of the binding
+    /// its spec was written for.
+    fn mounted(&self, pod: &Pod) -> String {
+        let binding = if pod.labels.contains_key("app") {
+            "b"
+        } else {
+            "c"
+        };
+        secret_name(&pod.view(), binding)
+    }
+
+    /// The current agent instance tries to unwrap (`cubbyhole unwrap`, or plain `bao unwrap`).
+    fn agent_attempt(&mut self, i: usize) {
+        let pod = self.pods[i].clone();
+        if pod.attempted || !pod.running() {
+            return;
+        }
+        let token = self
+            .secrets
+            .get(&self.mounted(&pod))
+            .and_then(|s| s.token.clone());
+        let now = self.now;
+        let plain = self.rng.chance(100);
+        let receipt = match token {
+            None if pod.wait_for_fresh => return,
+            None => {
+                *self.stats.agent.entry("token-file-unreadable").or_default() += 1;
+                Some(Receipt::failed(result::TOKEN_FILE_UNREADABLE))
+            }
+            Some(_) if now < self.vault.down_until => {
+                Some(Receipt::failed(result::VAULT_UNREACHABLE))
+            }
+            Some(token) => {
+                let valid = self
+                    .vault
+                    .by_token
+                    .get(&token)
+                    .is_some_and(|a| self.vault.live(a, now));
+                if !valid && pod.wait_for_fresh {
+                    let since = *self.pods[i].waiting_since.get_or_insert(now);
+                    if now < since + WAIT_FOR_FRESH {
+                        return;
+                    }
+                }
+                match self.vault.unwrap(&token, now) {
+                    Some(inner) if plain => {
+                        self.note(format!(
+                            "pod {} unwraps {inner} (plain, no receipt)",
+                            pod.name
+                        ));
+                        *self.stats.agent.entry("plain-unwrap").or_default() += 1;
+                        None
+                    }
+                    Some(inner) if self.rng.chance(50) => {
+                        self.note(format!("pod {} unwraps {inner}, cannot store it", pod.name));
+                        *self.stats.agent.entry("write-failed").or_default() += 1;
+                        Some(Receipt::failed(result::WRITE_FAILED))
+                    }
+                    Some(inner) => {
+                        self.note(format!("pod {} unwraps {inner}", pod.name));
+                        *self.stats.agent.entry("unwrapped").or_default() += 1;
+                        Some(Receipt::unwrapped(inner))
+                    }
+                    None => {
+                        self.note(format!("pod {} finds its wrap invalid", pod.name));
+                        *self.stats.agent.entry("invalid").or_default() += 1;
+                        Some(Receipt::failed(result::INVALID_WRAPPING_TOKEN))
+                    }
+                }
+            }
+        };
+        let p = &mut self.pods[i];
+        p.attempted = true;
+        p.waiting_since = None;
+        if let Some(receipt) = receipt {
+            p.current = Some(ObservedReceipt {
+                container: AGENT.to_string(),
+                receipt,
+                finished_at: Some(ts(now)),
+            });
+        }
+    }
+
+    fn thief(&mut self) {
+        let tokens: Vec<String> = self
+            .secrets
+            .values()
+            .filter_map(|s| s.token.clone())
+            .collect();
+        if let Some(t) = self.rng.pick(&tokens).cloned()
+            && let Some(inner) = self.vault.unwrap(&t, self.now)
+        {
+            self.note(format!("a thief unwraps {inner}"));
+            *self.stats.agent.entry("stolen").or_default() += 1;
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let p = &mut self.pods[i];
+        p.restarts += 1;
+        p.last = p.current.take();
+        p.attempted = false;
+        p.waiting_since = None;
+        let line = format!("pod {} agent restarts ({})", p.name, p.restarts);
+        self.note(line);
+    }
+
+    fn create_pod(&mut self) {
+        let name = format!("p{}", self.rng.below(5));
+        if self.pods.iter().any(|p| p.name == name) {
+            return;
+        }
+        self.next_uid += 1;
+        let mut labels = BTreeMap::new();
+        if !self.rng.chance(150) {
+            labels.insert("app".to_string(), "agent".to_string());
+        }
+        if self.rng.chance(200) || labels.is_empty() {
+            labels.insert("team".to_string(), "x".to_string());
+        }
+        let secret_name = match self.rng.below(10) {
+            0 => Some("w0".to_string()),
+            1 => Some("w1".to_string()),
+            2 => Some("p0-b-wrap".to_string()),
+            3 if self.rng.chance(300) => Some("Bad_Name".to_string()),
+            _ => None,
+        };
+        let pod = Pod {
+            name: name.clone(),
+            uid: format!("{name}-u{}", self.next_uid),
+            labels,
+            secret_name,
+            terminating: false,
+            finished: false,
+            restarts: 0,
+            current: None,
+            last: None,
+            attempted: false,
+            waiting_since: None,
+            wait_for_fresh: self.rng.chance(500),
+        };
+        self.note(format!("pod created: {pod:?}"));
+        self.pods.push(pod);
+    }
+
+    fn remove_pod(&mut self, i: usize) {
+        let pod = self.pods.remove(i);
+        self.note(format!("pod {} ({}) removed", pod.name, pod.uid));
+        self.collect_garbage(&pod.uid);
+    }
+
+    /// A Secret that is not this operator's record, at a name some pod may want.
+    fn foreign_secret(&mut self) {
+        let name = self
+            .rng
+            .pick(&["w1", "p3-b-wrap", "p4-c-wrap"])
+            .expect("some")
+            .to_string();
+        if self.secrets.contains_key(&name) {
+            return;
+        }
+        let forged = self.rng.chance(500);
+        let rv = self.rv();
+        let mut ann = BTreeMap::new();
+        ann.insert(ann::POD, "victim".to_string());
+        ann.insert(ann::POD_UID, "victim-uid".to_string());
+        ann.insert(ann::PHASE, "Issued".to_string());
+        self.note(format!("foreign Secret {name} (forged record: {forged})"));
+        self.secrets.insert(
+            name,
+            Sec {
+                uid: rv,
+                rv,
+                binding: forged.then(|| "b".to_string()),
+                forged,
+                owner_uid: None,
+                ann,
+                token: None,
+                finalizer: false,
+                deleting: false,
+                view: None,
+            },
+        );
+    }
+
+    /// Events that may happen between two operations of the operator.
+    fn external_between_ops(&mut self) -> Step<()> {
+        match self.rng.below(1000) {
+            0..40 => {
+                if let Some(&i) = self.rng.pick(&self.running_pods()) {
+                    self.agent_attempt(i);
+                }
+            }
+            40..50 => self.thief(),
+            50..120 => self.now += 1,
+            120..130 => {
+                if let Some(&i) = self.rng.pick(&self.running_pods()) {
+                    self.restart(i);
+                }
+            }
+            _ => {}
+        }
+        if self.replica == Replica::Main
+            && self.faults.rival > 0
+            && self.rng.chance(self.faults.rival)
+        {
+            let names: Vec<String> = self.bindings.keys().cloned().collect();
+            if let Some(name) = self.rng.pick(&names).cloned() {
+                self.stats.rival_rounds += 1;
+                match self.reconcile(&name, Replica::Rival) {
+                    Ok(_) | Err(Stop::Crash) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.check()?;
+        Ok(())
+    }
+
+    /// One step of a random schedule.
+    fn random_event(&mut self) -> Step<()> {
+        let roll = self.rng.below(1000);
+        match roll {
+            0..300 => {
+                let names: Vec<String> = self.bindings.keys().cloned().collect();
+                let name = if names.len() > 1 && self.rng.chance(300) {
+                    names[1].clone()
+                } else {
+                    names.first().cloned().unwrap_or_default()
+                };
+                if self.faults.crash > 0 && self.rng.chance(self.faults.crash) {
+                    self.ops_left = Some(self.rng.below(12) as u32);
+                }
+                self.last_op = None;
+                let outcome = self.reconcile(&name, Replica::Main);
+                self.ops_left = None;
+                match outcome {
+                    Ok(_) => {}
+                    Err(Stop::Crash) => {
+                        self.memory[0].clear();
+                        self.ops_left = None;
+                        if let Some(a) = self.revoking_previous[0].take() {
+                            self.mark_previous_unrevoked(&a);
+                        }
+                        for a in std::mem::take(&mut self.in_hand[0]) {
+                            if let Some(t) = self.vault.tokens.get_mut(&a) {
+                                t.lost = Some("operator crashed holding it");
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            300..450 => {
+                let d = *self.rng.pick(&[1, 2, 5, 15, 40, 70]).expect("some");
+                self.now += d;
+            }
+            450..600 => {
+                if let Some(&i) = self.rng.pick(&self.running_pods()) {
+                    self.agent_attempt(i);
+                }
+            }
+            600..650 => {
+                if let Some(&i) = self.rng.pick(&self.running_pods()) {
+                    self.restart(i);
+                }
+            }
+            650..740 => self.create_pod(),
+            740..780 => {
+                if let Some(&i) = self.rng.pick(&self.running_pods()) {
+                    self.note(format!("pod {} deleted", self.pods[i].name));
+                    self.pods[i].terminating = true;
+                }
+            }
+            780..820 => {
+                let gone: Vec<usize> = (0..self.pods.len())
+                    .filter(|&i| self.pods[i].terminating)
+                    .collect();
+                if let Some(&i) = self.rng.pick(&gone) {
+                    self.remove_pod(i);
+                }
+            }
+            820..840 => {
+                if let Some(&i) = self.rng.pick(&self.running_pods()) {
+                    self.note(format!("pod {} finished", self.pods[i].name));
+                    self.pods[i].finished = true;
+                }
+            }
+            840..870 => self.thief(),
+            870..900 => {
+                if let Some(&i) = self.rng.pick(&self.running_pods()) {
+                    let p = &mut self.pods[i];
+                    let (k, v) = if p.labels.len() > 1 || self.rng.chance(500) {
+                        ("team", "x")
+                    } else {
+                        ("app", "agent")
+                    };
+                    if p.labels.remove(k).is_none() {
+                        p.labels.insert(k.to_string(), v.to_string());
+                    }
+                    let line = format!("pod {} relabelled: {:?}", p.name, p.labels);
+                    self.relabelled.insert(p.uid.clone());
+                    self.note(line);
+                }
+            }
+            900..920 => {
+                if let Some(c) = self.bindings.get_mut("c") {
+                    if !c.deleting {
+                        c.deleting = true;
+                        self.deleted_bindings.insert("c".to_string());
+                        self.note("binding c deleted".to_string());
+                    }
+                } else {
+                    let mut settings = self.bindings["b"].settings.clone();
+                    settings.binding = "c".to_string();
+                    settings.wrap_ttl = Duration::from_secs(20);
+                    self.bindings.insert(
+                        "c".to_string(),
+                        Binding {
+                            settings,
+                            selector: ("team", "x"),
+                            deleting: false,
+                        },
+                    );
+                    self.note("binding c created".to_string());
+                }
+            }
+            920..940 if self.faults.down > 0 => {
+                let d = *self.rng.pick(&[3, 20, 90]).expect("some");
+                self.vault.down_until = self.now + d;
+                self.note(format!("Vault down for {d} s"));
+            }
+            940..950 => self.foreign_secret(),
+            _ => {}
+        }
+        self.check()?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- the end of a schedule
+
+    /// Rounds of every binding until nothing is due (time jumps to the next wake-up).
+    fn settle_down(&mut self, max_iterations: u32) -> Result<(), Violation> {
+        for _ in 0..max_iterations {
+            let names: Vec<String> = self.bindings.keys().cloned().collect();
+            let before = self.changes;
+            let mut wake: Option<i64> = None;
+            for name in names {
+                match self.reconcile(&name, Replica::Main) {
+                    Ok(o) => {
+                        if let Some(w) = o.wake_at {
+                            wake = Some(wake.map_or(w, |x: i64| x.min(w)));
+                        }
+                    }
+                    Err(Stop::Crash) => unreachable!("no crashes while settling"),
+                    Err(Stop::Broken(v)) => return Err(v),
+                }
+            }
+            // A round whose steps changed nothing (a claim of a name someone else holds is
+            // retried at once by the operator) does not count as activity.
+            let acted = self.changes > before || self.bindings.values().any(|b| b.deleting);
+            if acted {
+                self.now += 1;
+            } else if let Some(w) = wake {
+                self.now = w.max(self.now + 1);
+            } else {
+                return Ok(());
+            }
+            self.check()?;
+        }
+        Err(self.violation(3, "no quiescence".to_string()))
+    }
+
+    /// Invariant 3.
+    fn check_liveness(&mut self) -> Result<(), Violation> {
+        for pod in self.pods.clone() {
+            if !pod.running() {
+                continue;
+            }
+            let selecting: Vec<&String> = self
+                .bindings
+                .iter()
+                .filter(|(_, b)| b.selects(&pod) && !b.deleting)
+                .map(|(n, _)| n)
+                .collect();
+            let [binding] = selecting[..] else {
+                continue;
+            };
+            let b = &self.bindings[binding];
+            let name = secret_name(&pod.view(), binding);
+            if !crate::model::is_valid_secret_name(&name) {
+                continue;
+            }
+            let record = self.secrets.get(&name);
+            let held_by_other = record.is_some_and(|s| {
+                s.binding.as_deref() != Some(binding.as_str())
+                    || s.forged
+                    || s.view.as_ref().is_none_or(|w| w.pod_uid != pod.uid)
+            });
+            if held_by_other {
+                continue;
+            }
+            self.stats.eligible_checked += 1;
+            let start = if b.settings.agent_container.is_some() {
+                pod.restarts
+            } else {
+                0
+            };
+            let ok = record.and_then(|s| s.view.as_ref()).is_some_and(|w| {
+                w.start == start && !matches!(w.phase, Phase::Claimed | Phase::Failed)
+            });
+            if !ok {
+                let msg = format!(
+                    "pod {} ({}) start {start} of binding {binding} has no delivered wrap: {:?}",
+                    pod.name,
+                    pod.uid,
+                    record.and_then(|s| s.view.clone())
+                );
+                return Err(self.violation(3, msg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Invariant 2, once every pod is gone and the rounds reached quiescence.
+    fn check_nothing_left(&mut self) -> Result<(), Violation> {
+        if let Some((n, _)) = self
+            .secrets
+            .iter()
+            .find(|(_, s)| s.binding.is_some() && !s.forged)
+        {
+            let msg = format!("record {n} left after every pod is gone");
+            return Err(self.violation(2, msg));
+        }
+        let now = self.now;
+        for (a, w) in &self.vault.wraps {
+            if !w.consumed && !w.revoked && now < w.expires {
+                let msg = format!("wrap {a} of {:?} alive after its pod is gone", w.owner);
+                return Err(self.violation(2, msg));
+            }
+        }
+        let mut unlearned = BTreeMap::new();
+        for (a, t) in &self.vault.tokens {
+            if t.revoked {
+                continue;
+            }
+            if let Some(why) = t.lost {
+                *unlearned.entry(why).or_insert(0) += 1;
+                continue;
+            }
+            if t.previous_unrevoked {
+                *unlearned
+                    .entry("KNOWN GAP: previous start's token")
+                    .or_insert(0) += 1;
+                continue;
+            }
+            let keep = self
+                .ever
+                .get(&t.owner.binding)
+                .is_some_and(|(revoke, _, _)| !revoke);
+            if keep && t.consumed {
+                continue;
+            }
+            let msg = format!(
+                "token {a} of {:?} alive after its pod is gone ({t:?})",
+                t.owner
+            );
+            return Err(self.violation(2, msg));
+        }
+        for (why, n) in unlearned {
+            *self.stats.unlearned_tokens.entry(why).or_default() += n;
+        }
+        Ok(())
+    }
+
+    /// Invariant 5, for schedules without faults.
+    fn check_bounds(&mut self) -> Result<(), Violation> {
+        for (owner, c) in self.calls.clone() {
+            let Some(&(_, ttl, period)) = self.ever.get(&owner.binding) else {
+                continue;
+            };
+            if self.relabelled.contains(&owner.uid)
+                || self.deleted_bindings.contains(&owner.binding)
+            {
+                continue;
+            }
+            let lookups = ((ttl + period - 1) / period) as u32;
+            self.stats.starts_bounded += 1;
+            if c.lookups > self.stats.max_lookups.0 {
+                self.stats.max_lookups = (c.lookups, lookups);
+            }
+            if c.creates > 1 || c.lookups > lookups || c.revokes > 4 || c.health > 0 {
+                let msg = format!("Vault calls for {owner:?}: {c:?} (lookups allowed: {lookups})");
+                return Err(self.violation(5, msg));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The planner with its lost-mint wait removed ([`Mutant::NoLostMintWait`]).
+fn remint_without_waiting(input: &Input, planned: &mut plan::Plan) {
+    for w in input.wraps {
+        let seen = w
+            .vault_seen_at
+            .is_some_and(|s| w.claimed_at.is_none_or(|c| s > c));
+        let pod = input.pods.iter().find(|p| p.uid == w.pod_uid);
+        let busy = planned.actions.iter().any(|a| a.record() == Some(w));
+        if w.phase == Phase::Claimed
+            && seen
+            && !busy
+            && !input.conflicts.contains_key(&w.pod)
+            && !w.deleting
+            && pod.is_some_and(|p| !p.terminating && !p.finished)
+        {
+            planned.actions.push(Action::Issue(Issue {
+                pod: w.pod.clone(),
+                pod_uid: w.pod_uid.clone(),
+                secret: w.secret.clone(),
+                start: w.start,
+                replaces: Some(w.clone()),
+                revoke_previous: None,
+                receipts_after: w.receipts_after,
+            }));
+        }
+    }
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Issue(i) => format!(
+            "issue {} start {} replacing {:?}",
+            i.secret,
+            i.start,
+            i.replaces.as_ref().map(|w| w.phase)
+        ),
+        Action::Lookup { wrap, if_invalid } => format!("lookup {} ({if_invalid:?})", wrap.secret),
+        Action::ConfirmVault { wrap } => format!("confirm Vault for {}", wrap.secret),
+        Action::ProbeExpiry { wrap } => format!("probe {}", wrap.secret),
+        Action::Settle { wrap, phase, .. } => format!("settle {} as {phase:?}", wrap.secret),
+        Action::Cleanup { wrap, .. } => format!("cleanup {}", wrap.secret),
+    }
+}
+
+/// The profile of schedule `seed`: faults, and how long it runs.
+fn profile(seed: u64) -> (Faults, usize) {
+    let mut rng = Rng::new(seed ^ 0xDEAD_BEEF);
+    let steps = 40 + rng.below(80) as usize;
+    let faults = match seed % 4 {
+        0 => Faults::default(),
+        _ => Faults {
+            crash: [0, 100, 300][rng.below(3) as usize],
+            lost: [0, 20, 60][rng.below(3) as usize],
+            refuse: [0, 30][rng.below(2) as usize],
+            api: [0, 20, 60][rng.below(3) as usize],
+            rival: [0, 5, 20][rng.below(3) as usize],
+            down: [0, 1][rng.below(2) as usize],
+        },
+    };
+    (faults, steps)
+}
+
+/// Runs schedule `seed`: random events with faults, then liveness, then every pod removed.
+pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
+    let (faults, steps) = profile(seed);
+    let mut w = World::new(seed, faults, mutant);
+    let mut r = || -> Result<(), Violation> {
+        for _ in 0..steps {
+            w.record_bindings();
+            match w.random_event() {
+                Ok(()) | Err(Stop::Crash) => {}
+                Err(Stop::Broken(v)) => return Err(v),
+            }
+        }
+        // The faults stop; Vault is up; agents idle.
+        w.note("--- faults stop".to_string());
+        let faulty = faults.any() || w.stats.rival_rounds > 0;
+        w.faults = Faults::default();
+        w.interleave = false;
+        w.ops_left = None;
+        w.vault.down_until = w.now;
+        w.record_bindings();
+        w.settle_down(300)?;
+        w.check_liveness()?;
+        if !faulty {
+            w.check_bounds()?;
+        }
+        // Every pod goes.
+        w.note("--- every pod is deleted".to_string());
+        for p in &mut w.pods {
+            p.terminating = true;
+        }
+        w.settle_down(300)?;
+        while !w.pods.is_empty() {
+            w.remove_pod(0);
+        }
+        w.settle_down(300)?;
+        let longest = w.ever.values().map(|(_, ttl, _)| *ttl).max().unwrap_or(60);
+        w.now += longest + LOST_MINT_SLACK.as_secs() as i64 + 1;
+        w.settle_down(300)?;
+        w.check()?;
+        w.check_nothing_left()
+    };
+    r()?;
+    w.stats.schedules = 1;
+    Ok(w.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Schedules in the main test.
+    const SCHEDULES: u64 = 2_000;
+
+    fn run_all(range: std::ops::Range<u64>) -> Stats {
+        let mut total = Stats::default();
+        for seed in range {
+            match run_schedule(seed, Mutant::None) {
+                Ok(s) => total.merge(&s),
+                Err(v) => panic!("schedule {seed}: {}", v.message),
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn simulation_keeps_every_invariant() {
+        let started = std::time::Instant::now();
+        let stats = run_all(0..SCHEDULES);
+        eprintln!(
+            "{stats:#?}\n{:?} for {SCHEDULES} schedules",
+            started.elapsed()
+        );
+        // The mechanisms the invariants are about did run.
+        assert!(
+            stats.lost_mints > 0 && stats.deferred_mints > 0,
+            "{stats:?}"
+        );
+        assert!(stats.remints_after_loss > 0, "{stats:?}");
+        assert!(stats.lost_races > 0 && stats.rival_rounds > 0, "{stats:?}");
+        assert!(stats.delivery_failures > 0, "{stats:?}");
+        assert!(stats.conflicts_with_record > 0, "{stats:?}");
+        assert!(
+            stats.eligible_checked > 0 && stats.starts_bounded > 0,
+            "{stats:?}"
+        );
+        for phase in ["Unwrapped", "Expired", "Tampered", "Revoked"] {
+            assert!(stats.settles.contains_key(phase), "never settled {phase}");
+        }
+        // A crash fell after every kind of operation.
+        for op in [
+            "round start",
+            "ListSecrets",
+            "ListPods",
+            "CreateSecret",
+            "PatchSecret",
+            "Unfinalize",
+            "DeleteSecret",
+            "Mint",
+            "Lookup",
+            "Revoke",
+            "Health",
+        ] {
+            assert!(
+                stats.crashes_after.contains_key(op),
+                "no crash after {op}: {:?}",
+                stats.crashes_after
+            );
+        }
+    }
+
+    /// Runs schedules with `mutant` until one breaks an invariant; returns it.
+    fn first_violation(mutant: Mutant) -> Violation {
+        for seed in 0..SCHEDULES {
+            if let Err(v) = run_schedule(seed, mutant) {
+                return v;
+            }
+        }
+        panic!("{mutant:?} survived {SCHEDULES} schedules");
+    }
+
+    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|wait|conflict|deliver]
+    /// SIM_FULL_TRACE=1 cargo test --lib sim::tests::replay -- --ignored`.
+    #[test]
+    #[ignore]
+    fn replay() {
+        let seed = std::env::var("SEED").map_or(0, |s| s.parse().expect("SEED is a number"));
+        let mutant = match std::env::var("MUTANT").as_deref() {
+            Ok("rv") => Mutant::NoResourceVersionGuard,
+            Ok("wait") => Mutant::NoLostMintWait,
+            Ok("conflict") => Mutant::NoConflictCheck,
+            Ok("deliver") => Mutant::NoRevokeOnDeliveryFailure,
+            _ => Mutant::None,
+        };
+        if let Err(v) = run_schedule(seed, mutant) {
+            panic!("{}", v.message);
+        }
+    }
+
+    /// Applies the annotation part of a real merge patch to `ann` (null removes).
+    fn apply_real(ann: &mut BTreeMap<String, String>, patch: &serde_json::Value) {
+        let fields = patch
+            .pointer("/metadata/annotations")
+            .and_then(|v| v.as_object())
+            .expect("annotations");
+        for (k, v) in fields {
+            match v.as_str() {
+                Some(v) => ann.insert(k.clone(), v.to_string()),
+                None => ann.remove(k),
+            };
+        }
+        ann.remove(ann::SIGNATURE);
+    }
+
+    fn apply_model(ann: &mut BTreeMap<String, String>, changes: &[Change]) {
+        for (k, v) in changes {
+            match v {
+                Some(v) => ann.insert(k.to_string(), v.clone()),
+                None => ann.remove(*k),
+            };
+        }
+    }
+
+    fn sec(ann: &BTreeMap<String, String>, rv: u64, token: Option<&str>) -> Sec {
+        let key = |k: &str| {
+            *ann::SIGNED
+                .iter()
+                .chain([&ann::MESSAGE])
+                .find(|s| **s == k)
+                .expect("known key")
+        };
+        Sec {
+            uid: 1,
+            rv,
+            binding: Some("b".into()),
+            forged: false,
+            owner_uid: Some("uid-p".into()),
+            ann: ann.iter().map(|(k, v)| (key(k), v.clone())).collect(),
+            token: token.map(str::to_string),
+            finalizer: true,
+            deleting: false,
+            view: None,
+        }
+    }
+
+    /// The model's writes change the same annotations, the same way, as the real patch
+    /// builders of `children`, guard on the same resourceVersion, and set or clear the data
+    /// alike.
+    #[test]
+    fn model_writes_match_the_children_builders() {
+        use crate::children::{self, Claimed, Sealer};
+        use crate::vault::{SecretString, WrapInfo};
+        let keys = crate::seal::RecordKeys::new(BTreeMap::from([(1, vec![7; 32])])).expect("key");
+        let sealer = Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys: &keys,
+        };
+        let issue = |start, replaces: Option<WrapState>, after: Option<i64>| Issue {
+            pod: "p".into(),
+            pod_uid: "uid-p".into(),
+            secret: "p-b-wrap".into(),
+            start,
+            replaces,
+            revoke_previous: None,
+            receipts_after: after.map(ts),
+        };
+        // Claim by create.
+        let (secret, signed) = children::claim_secret(&sealer, &issue(0, None, Some(3)), ts(5));
+        let mut real = secret.metadata.annotations.clone().expect("annotations");
+        real.remove(ann::SIGNATURE);
+        let mut model = BTreeMap::new();
+        apply_model(&mut model, &claim_changes(&issue(0, None, Some(3)), ts(5)));
+        assert_eq!(real, model);
+        assert_eq!(signed, model);
+        // Deliver.
+        let claimed = Claimed {
+            secret: "p-b-wrap".into(),
+            resource_version: "1".into(),
+            annotations: model.clone(),
+        };
+        let info = WrapInfo {
+            token: SecretString::new("wt1"),
+            accessor: "wa1".into(),
+            wrapped_accessor: "ta1".into(),
+            ttl: 60,
+            creation_path: "auth/token/create/r".into(),
+        };
+        let patch = children::deliver_patch(&sealer, &claimed, "token", &info, ts(6), ts(66));
+        assert_eq!(
+            patch.pointer("/metadata/resourceVersion"),
+            Some(&"1".into())
+        );
+        assert!(patch.pointer("/data/token").is_some());
+        apply_real(&mut real, &patch);
+        apply_model(&mut model, &deliver_changes("wa1", "ta1", ts(6), ts(66)));
+        assert_eq!(real, model);
+        let issued = read_record("p-b-wrap", &sec(&model, 2, Some("wt1"))).expect("record");
+        assert_eq!((issued.phase, issued.has_token), (Phase::Issued, true));
+        // Vault seen, settle (verified or not), failure.
+        let patch = children::vault_seen_patch(&sealer, &issued, ts(7));
+        assert_eq!(
+            patch.pointer("/metadata/resourceVersion"),
+            Some(&"2".into())
+        );
+        let (mut r, mut m) = (real.clone(), model.clone());
+        apply_real(&mut r, &patch);
+        apply_model(&mut m, &[(ann::VAULT_SEEN_AT, Some(ts(7).to_string()))]);
+        assert_eq!(r, m);
+        for verified in [true, false] {
+            let patch = children::settle_patch(&sealer, &issued, Phase::Unwrapped, verified, "x");
+            assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
+            let (mut r, mut m) = (real.clone(), model.clone());
+            apply_real(&mut r, &patch);
+            apply_model(&mut m, &settle_changes(Phase::Unwrapped, verified, "x"));
+            assert_eq!(r, m);
+        }
+        let patch = children::failure_patch(&sealer, &claimed, "refused", ts(8));
+        assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
+        let (mut r, mut m) = (real.clone(), model.clone());
+        apply_real(&mut r, &patch);
+        apply_model(&mut m, &failure_changes("refused", ts(8)));
+        assert_eq!(r, m);
+        // Takeover for the same start and for a new one (with and without receipts_after).
+        apply_real(
+            &mut real,
+            &children::settle_patch(&sealer, &issued, Phase::Unwrapped, true, "ok"),
+        );
+        apply_model(&mut model, &settle_changes(Phase::Unwrapped, true, "ok"));
+        let settled = read_record("p-b-wrap", &sec(&model, 3, None)).expect("record");
+        for (start, after) in [(0, None), (1, Some(9)), (1, None)] {
+            let i = issue(start, Some(settled.clone()), after);
+            let (patch, signed) = children::takeover_patch(&sealer, &i, &settled, ts(10));
+            assert_eq!(
+                patch.pointer("/metadata/resourceVersion"),
+                Some(&"3".into())
+            );
+            assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
+            let (mut r, mut m) = (real.clone(), model.clone());
+            apply_real(&mut r, &patch);
+            apply_model(&mut m, &takeover_changes(&i, &settled, ts(10)));
+            assert_eq!(r, m, "takeover to start {start}");
+            m.remove(ann::MESSAGE);
+            assert_eq!(signed, m);
+        }
+    }
+
+    #[test]
+    fn without_the_resource_version_guard_it_fails() {
+        // A deposed replica's stale takeover hides a live wrap (1) or token (2).
+        let v = first_violation(Mutant::NoResourceVersionGuard);
+        assert!(matches!(v.invariant, 1 | 2), "{}", v.message);
+    }
+
+    #[test]
+    fn without_the_lost_mint_wait_it_fails() {
+        let v = first_violation(Mutant::NoLostMintWait);
+        assert_eq!(v.invariant, 1, "{}", v.message);
+    }
+
+    #[test]
+    fn without_the_conflict_check_it_fails() {
+        let v = first_violation(Mutant::NoConflictCheck);
+        assert_eq!(v.invariant, 4, "{}", v.message);
+    }
+
+    #[test]
+    fn without_revoking_an_undelivered_wrap_it_fails() {
+        let v = first_violation(Mutant::NoRevokeOnDeliveryFailure);
+        assert_eq!(v.invariant, 2, "{}", v.message);
+    }
+}

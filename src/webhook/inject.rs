@@ -1,0 +1,365 @@
+//! The pure patch builder: a pod, the one binding that selects it and the injector settings
+//! give the JSON Patch that plumbs the pod's wrap into it, or a message saying why not.
+//!
+//! It only adds: a field the pod already has is never replaced, and a name the pod already
+//! uses for a volume or container is refused.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::crd::AgentSecretBindingSpec;
+use crate::model::{PodView, SECRET_NAME_ANNOTATION, is_valid_secret_name, secret_name};
+use crate::webhook::settings::InjectorConfig;
+
+/// Pod label that opts a pod in (the webhook configuration's `objectSelector`).
+pub const INJECT_LABEL: &str = "cubbyhole.dev/inject";
+/// Pod annotation set by the injection (value: the binding); a pod carrying it is left alone.
+pub const INJECTED_ANNOTATION: &str = "cubbyhole.dev/injected";
+/// Pod annotation naming the containers (comma-separated) that get the token mount.
+pub const CONTAINERS_ANNOTATION: &str = "cubbyhole.dev/inject-containers";
+/// Pod annotation choosing the directory where the token volume is mounted.
+pub const TOKEN_PATH_ANNOTATION: &str = "cubbyhole.dev/token-path";
+/// Volume holding the per-pod Secret (the wrapping token).
+pub const WRAP_VOLUME: &str = "cubbyhole-wrap";
+/// In-memory volume for the unwrapped token.
+pub const TOKEN_VOLUME: &str = "cubbyhole-token";
+/// Volume holding Vault's CA (when configured).
+pub const CA_VOLUME: &str = "cubbyhole-vault-ca";
+/// Where the init container sees the wrap.
+pub const WRAP_DIR: &str = "/var/run/cubbyhole/wrap";
+/// Where Vault's CA is mounted.
+pub const CA_DIR: &str = "/var/run/cubbyhole/vault-ca";
+/// Name of the injected init container unless the binding's `agentContainer` names one the
+/// pod does not have (then that name: its restarts are the pod's new starts).
+pub const DEFAULT_INIT_NAME: &str = "cubbyhole-unwrap";
+/// Shortest `--wait-for-fresh` given to a restartable agent.
+pub const MIN_WAIT_FOR_FRESH: Duration = Duration::from_secs(90);
+
+/// The binding an injection is for.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// Binding name.
+    pub binding: &'a str,
+    /// Its spec (already validated).
+    pub spec: &'a AgentSecretBindingSpec,
+    /// Its wrap TTL.
+    pub wrap_ttl: Duration,
+}
+
+/// Checks a mount directory: absolute, no `..`, not `/`, not one of cubbyhole's own.
+pub fn check_dir(dir: &str) -> Result<(), String> {
+    let ok = dir.starts_with('/')
+        && dir.len() > 1
+        && dir.len() <= 1024
+        && !dir.contains(':')
+        && !dir.split('/').any(|p| p == ".." || p == ".")
+        && !dir.chars().any(char::is_control);
+    if !ok {
+        return Err(format!(
+            "{dir:?} is not an absolute directory path (like /var/run/cubbyhole/token)"
+        ));
+    }
+    let trimmed = dir.trim_end_matches('/');
+    for own in [WRAP_DIR, CA_DIR] {
+        if trimmed == own || trimmed.starts_with(&format!("{own}/")) {
+            return Err(format!("{dir:?} is cubbyhole's own mount {own}"));
+        }
+    }
+    Ok(())
+}
+
+/// How a person recognises the pod: its name, or its `generateName` prefix.
+pub fn describe_pod(pod: &Pod) -> String {
+    match (&pod.metadata.name, &pod.metadata.generate_name) {
+        (Some(n), _) if !n.is_empty() => format!("pod {n:?}"),
+        (_, Some(g)) => format!("pod {:?} (generateName)", format!("{g}*")),
+        _ => "pod (unnamed)".into(),
+    }
+}
+
+/// Escapes a key for a JSON Pointer.
+fn pointer_key(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The Secret name the pod will mount: its `cubbyhole.dev/secret-name` annotation if set, else
+/// derived from its name, or for a `generateName` pod from the prefix plus `nonce`.
+pub fn chosen_secret_name(pod: &Pod, binding: &str, nonce: &str) -> Result<String, String> {
+    if let Some(name) = pod.annotations().get(SECRET_NAME_ANNOTATION) {
+        return if is_valid_secret_name(name) {
+            Ok(name.clone())
+        } else {
+            Err(format!(
+                "annotation {SECRET_NAME_ANNOTATION}={name:?} is not a valid Secret name (lowercase letters, digits, '-' and '.')"
+            ))
+        };
+    }
+    let base = match (&pod.metadata.name, &pod.metadata.generate_name) {
+        (Some(n), _) if !n.is_empty() => n.clone(),
+        (_, Some(g)) if !g.is_empty() => format!("{g}{nonce}"),
+        _ => format!("pod-{nonce}"),
+    };
+    let view = PodView {
+        name: base,
+        ..Default::default()
+    };
+    let name = secret_name(&view, binding);
+    if is_valid_secret_name(&name) {
+        Ok(name)
+    } else {
+        Err(format!("cannot derive a valid Secret name ({name:?})"))
+    }
+}
+
+/// Which containers get the token mount: those named by the annotation (regular or init), else
+/// every regular container. Returns (is_init, index) pairs.
+fn targets(pod: &Pod, spec: &PodSpec) -> Result<Vec<(bool, usize)>, String> {
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let Some(list) = pod.annotations().get(CONTAINERS_ANNOTATION) else {
+        return Ok((0..spec.containers.len()).map(|i| (false, i)).collect());
+    };
+    let mut out = vec![];
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let found = spec
+            .containers
+            .iter()
+            .position(|c| c.name == name)
+            .map(|i| (false, i))
+            .or_else(|| inits.iter().position(|c| c.name == name).map(|i| (true, i)));
+        match found {
+            Some(t) if !out.contains(&t) => out.push(t),
+            Some(_) => {}
+            None => {
+                let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+                return Err(format!(
+                    "annotation {CONTAINERS_ANNOTATION} names {name:?}, which is not a container of this pod (containers: {})",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "annotation {CONTAINERS_ANNOTATION} names no container"
+        ));
+    }
+    Ok(out)
+}
+
+/// Builds the JSON Patch for `pod`, or says why it cannot be injected.
+pub fn build(
+    pod: &Pod,
+    target: &Target,
+    cfg: &InjectorConfig,
+    nonce: &str,
+) -> Result<Vec<Value>, String> {
+    let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let container_names: BTreeSet<&str> = inits
+        .iter()
+        .chain(spec.containers.iter())
+        .map(|c| c.name.as_str())
+        .collect();
+    let init_name = match target.spec.agent_container.as_deref() {
+        Some(agent) if !container_names.contains(agent) => agent,
+        _ => DEFAULT_INIT_NAME,
+    };
+    if container_names.contains(init_name) {
+        return Err(format!(
+            "the pod already has a container named {init_name:?}, which cubbyhole injects: rename it"
+        ));
+    }
+    let mut own_volumes = vec![WRAP_VOLUME, TOKEN_VOLUME];
+    if cfg.vault_ca_config_map.is_some() {
+        own_volumes.push(CA_VOLUME);
+    }
+    for v in spec.volumes.iter().flatten() {
+        if own_volumes.contains(&v.name.as_str()) {
+            return Err(format!(
+                "the pod already has a volume named {:?}; cubbyhole injects volumes {}: rename the pod's volume",
+                v.name,
+                own_volumes.join(", ")
+            ));
+        }
+    }
+    let token_dir = match pod.annotations().get(TOKEN_PATH_ANNOTATION) {
+        Some(dir) => {
+            check_dir(dir).map_err(|e| format!("annotation {TOKEN_PATH_ANNOTATION}: {e}"))?;
+            dir.trim_end_matches('/').to_string()
+        }
+        None => cfg.token_path.trim_end_matches('/').to_string(),
+    };
+    let targets = targets(pod, spec)?;
+    let secret = chosen_secret_name(pod, target.binding, nonce)?;
+    let container = |(init, i): (bool, usize)| -> &Container {
+        if init { &inits[i] } else { &spec.containers[i] }
+    };
+    for &t in &targets {
+        let c = container(t);
+        if let Some(m) = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path.trim_end_matches('/') == token_dir)
+        {
+            return Err(format!(
+                "container {:?} already mounts volume {:?} at {token_dir}, where cubbyhole mounts the token; choose another directory with annotation {TOKEN_PATH_ANNOTATION}",
+                c.name, m.name
+            ));
+        }
+    }
+
+    // The user the init container runs as: the first agent's, else the pod's, else ours.
+    let pod_sc = spec.security_context.as_ref();
+    let agent_uid = targets
+        .first()
+        .and_then(|&t| container(t).security_context.as_ref()?.run_as_user);
+    let pod_uid = pod_sc.and_then(|s| s.run_as_user);
+    let init_uid = agent_uid.or(if pod_uid.is_some() {
+        None
+    } else {
+        Some(cfg.run_as_user)
+    });
+
+    let vault_addr = cfg.vault_address.clone().unwrap_or_default();
+    let mut agent_env = vec![json!({"name": "VAULT_ADDR", "value": vault_addr})];
+    if let Some(ns) = &cfg.vault_namespace {
+        agent_env.push(json!({"name": "VAULT_NAMESPACE", "value": ns}));
+    }
+    if let Some(ca) = &cfg.vault_ca_config_map {
+        agent_env.push(json!({"name": "VAULT_CACERT", "value": format!("{CA_DIR}/{}", ca.key)}));
+    }
+    let ca_mount = json!({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true});
+
+    let mut ops = vec![];
+    // Annotations.
+    let mut new_annotations = serde_json::Map::new();
+    if !pod.annotations().contains_key(SECRET_NAME_ANNOTATION) {
+        new_annotations.insert(SECRET_NAME_ANNOTATION.into(), json!(secret));
+    }
+    new_annotations.insert(INJECTED_ANNOTATION.into(), json!(target.binding));
+    if pod.metadata.annotations.is_none() {
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": new_annotations}));
+    } else {
+        for (k, v) in new_annotations {
+            ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", pointer_key(&k)), "value": v}));
+        }
+    }
+    // Volumes.
+    let mut volumes = vec![
+        json!({"name": WRAP_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}}),
+        json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+    ];
+    if let Some(ca) = &cfg.vault_ca_config_map {
+        volumes.push(json!({"name": CA_VOLUME, "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": ca.key}], "defaultMode": 0o444}}));
+    }
+    append(&mut ops, "/spec/volumes", spec.volumes.is_some(), volumes);
+    // Agent containers: the token read-only, and Vault's address unless they set their own.
+    // (Before the init container is prepended, so the indexes are the pod's own.)
+    for &t in &targets {
+        let c = container(t);
+        let base = format!(
+            "/spec/{}/{}",
+            if t.0 { "initContainers" } else { "containers" },
+            t.1
+        );
+        let mut mounts =
+            vec![json!({"name": TOKEN_VOLUME, "mountPath": token_dir, "readOnly": true})];
+        let has_env = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
+        let env: Vec<Value> = agent_env
+            .iter()
+            .filter(|e| !has_env(e["name"].as_str().unwrap_or_default()))
+            .cloned()
+            .collect();
+        if cfg.vault_ca_config_map.is_some() && !has_env("VAULT_CACERT") {
+            mounts.push(ca_mount.clone());
+        }
+        append(
+            &mut ops,
+            &format!("{base}/volumeMounts"),
+            c.volume_mounts.is_some(),
+            mounts,
+        );
+        if !env.is_empty() {
+            append(&mut ops, &format!("{base}/env"), c.env.is_some(), env);
+        }
+    }
+    // The init container, first of all.
+    let mut args = vec![
+        "unwrap".to_string(),
+        format!("--token-file={WRAP_DIR}/{}", target.spec.secret_key),
+        format!("--out={token_dir}/token"),
+        format!(
+            "--expect-path=auth/token/create/{}",
+            target.spec.vault.token_role
+        ),
+    ];
+    if target.spec.agent_container.is_some() {
+        let wait = (target.wrap_ttl * 2).max(MIN_WAIT_FOR_FRESH);
+        args.push(format!("--wait-for-fresh={}s", wait.as_secs()));
+    }
+    let mut security = json!({
+        "runAsNonRoot": true,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    if let Some(uid) = init_uid {
+        security["runAsUser"] = json!(uid);
+    }
+    let mut mounts = vec![
+        json!({"name": WRAP_VOLUME, "mountPath": WRAP_DIR, "readOnly": true}),
+        json!({"name": TOKEN_VOLUME, "mountPath": token_dir}),
+    ];
+    if cfg.vault_ca_config_map.is_some() {
+        mounts.push(ca_mount);
+    }
+    let mut init = json!({
+        "name": init_name,
+        "image": cfg.image,
+        "args": args,
+        "env": agent_env,
+        "resources": cfg.resources,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "securityContext": security,
+        "volumeMounts": mounts,
+    });
+    if let Some(policy) = &cfg.image_pull_policy {
+        init["imagePullPolicy"] = json!(policy);
+    }
+    if inits.is_empty() {
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
+    }
+    // The pod's fsGroup makes the Secret volume readable by the init container's user.
+    if pod_sc.and_then(|s| s.fs_group).is_none() {
+        let group = init_uid.or(pod_uid).unwrap_or(cfg.run_as_user);
+        if pod_sc.is_none() {
+            ops.push(
+                json!({"op": "add", "path": "/spec/securityContext", "value": {"fsGroup": group}}),
+            );
+        } else {
+            ops.push(json!({"op": "add", "path": "/spec/securityContext/fsGroup", "value": group}));
+        }
+    }
+    Ok(ops)
+}
+
+/// Appends `items` to the array at `path`, creating it when the pod has none.
+fn append(ops: &mut Vec<Value>, path: &str, exists: bool, items: Vec<Value>) {
+    if exists {
+        for item in items {
+            ops.push(json!({"op": "add", "path": format!("{path}/-"), "value": item}));
+        }
+    } else {
+        ops.push(json!({"op": "add", "path": path, "value": items}));
+    }
+}

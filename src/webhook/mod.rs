@@ -1,0 +1,222 @@
+//! The mutating admission webhook: opted-in pods (label `cubbyhole.dev/inject=true`) get their
+//! wrap plumbed in at creation (Secret volume, in-memory token volume, the `cubbyhole unwrap`
+//! init container, read-only token mounts), so Deployment, Job and StatefulSet pods work.
+//!
+//! `settings` (configuration and flags), `admit` and `inject` (the pure decision and patch),
+//! `certs` (pure certificate rotation), `cert_store` (the shared Secret and `caBundle`), `tls`
+//! (the reloadable certificate), `server` (HTTPS and AdmissionReview). Every replica serves it.
+
+pub mod admit;
+pub mod cert_store;
+pub mod certs;
+pub mod inject;
+pub mod server;
+pub mod settings;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{OperatorConfig, RoleRule};
+use crate::crd::AgentSecretBinding;
+use crate::metrics::Metrics;
+use crate::webhook::admit::Refusal;
+use crate::webhook::cert_store::Source;
+use crate::webhook::certs::CertSettings;
+pub use crate::webhook::settings::{InjectorConfig, WebhookArgs};
+
+/// Events API limit for a note.
+const MAX_NOTE: usize = 1000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The webhook's metrics: requests by result and their latency.
+#[derive(Clone)]
+pub struct AdmissionMetrics {
+    requests: Family<ResultLabels, Counter>,
+    duration: Histogram,
+}
+
+impl AdmissionMetrics {
+    /// Registers `cubbyhole_admission_requests_total{result}` and
+    /// `cubbyhole_admission_duration_seconds` with `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let requests = Family::<ResultLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        metrics.register(
+            "admission_requests",
+            "Admission requests answered by the webhook, by result (injected, skipped, refused, error)",
+            requests.clone(),
+        );
+        metrics.register(
+            "admission_duration_seconds",
+            "Time the webhook took to answer an admission request",
+            duration.clone(),
+        );
+        Self { requests, duration }
+    }
+
+    /// One request answered with `result` in `took`.
+    pub fn observe(&self, result: &str, took: Duration) {
+        self.requests
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+}
+
+/// What the request handler needs.
+pub struct Webhook {
+    /// Every binding (reflector, on every replica).
+    pub bindings: Store<AgentSecretBinding>,
+    /// Allowed roles from the operator config.
+    pub rules: Vec<RoleRule>,
+    /// What to inject.
+    pub injector: InjectorConfig,
+    /// Events on bindings.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: AdmissionMetrics,
+}
+
+impl Webhook {
+    /// Publishes a Warning Event `InjectionRefused` on each binding of `refusal`, in the
+    /// background (the answer does not wait for it).
+    pub async fn refused(&self, namespace: &str, refusal: &Refusal) {
+        let references: Vec<_> = self
+            .bindings
+            .state()
+            .iter()
+            .filter(|b| {
+                b.namespace().as_deref() == Some(namespace)
+                    && refusal.bindings.contains(&b.name_any())
+            })
+            .map(|b| b.object_ref(&()))
+            .collect();
+        if references.is_empty() {
+            return;
+        }
+        let mut note = refusal.message.clone();
+        if note.len() > MAX_NOTE {
+            let mut cut = MAX_NOTE - 3;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InjectionRefused".into(),
+            note: Some(note),
+            action: "Admit".into(),
+            secondary: None,
+        };
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            for reference in references {
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    tracing::debug!(error = %e, "event not published");
+                }
+            }
+        });
+    }
+}
+
+/// Starts the webhook when `--webhook-listen` is given: the binding reflector, the
+/// certificate keeper and the HTTPS server. Returns the server task.
+pub async fn start(
+    args: &WebhookArgs,
+    client: Client,
+    config: &OperatorConfig,
+    metrics: &Metrics,
+    namespace: &str,
+    shutdown: CancellationToken,
+) -> Result<Option<JoinHandle<Result<(), String>>>, String> {
+    let Some(addr) = args.webhook_listen else {
+        return Ok(None);
+    };
+    args.validate()?;
+    let injector = InjectorConfig::resolved(config)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("webhook listen {addr}: {e}"))?;
+
+    let (bindings, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(
+            Api::<AgentSecretBinding>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .applied_objects();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let drain = stream.for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "webhook binding watch");
+            }
+        });
+        tokio::select! {
+            _ = drain => {}
+            _ = stop.cancelled() => {}
+        }
+    });
+
+    let source = match &args.webhook_cert_dir {
+        Some(dir) => Source::Files(dir.clone()),
+        None => Source::Managed {
+            namespace: namespace.to_string(),
+            secret: args.webhook_cert_secret.clone(),
+            configuration: args.webhook_configuration.clone(),
+            settings: CertSettings {
+                sans: args.sans(namespace),
+                serving_validity: args.webhook_cert_validity,
+                ca_validity: args.webhook_ca_validity,
+            },
+        },
+    };
+    let resolver = Arc::new(tls::Reloadable::default());
+    tokio::spawn(cert_store::run(
+        client.clone(),
+        source,
+        resolver.clone(),
+        shutdown.clone(),
+    ));
+    let reporter = Reporter {
+        controller: "cubbyhole-webhook".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let webhook = Arc::new(Webhook {
+        bindings,
+        rules: config.allowed_roles.clone(),
+        injector,
+        recorder: Recorder::new(client, reporter),
+        metrics: AdmissionMetrics::new(metrics),
+    });
+    Ok(Some(tokio::spawn(server::serve(
+        listener, resolver, webhook, shutdown,
+    ))))
+}

@@ -1,0 +1,448 @@
+//! Unit tests of the pure admission decision and patch builder.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+use crate::config::RoleRule;
+use crate::crd::AgentSecretBinding;
+use crate::webhook::admit::{Decision, Refusal, decide};
+use crate::webhook::inject::{CONTAINERS_ANNOTATION, INJECTED_ANNOTATION, TOKEN_PATH_ANNOTATION};
+use crate::webhook::settings::InjectorConfig;
+
+const NS: &str = "team";
+
+fn rules() -> Vec<RoleRule> {
+    vec![RoleRule {
+        namespaces: vec!["*".into()],
+        roles: vec!["agent".into()],
+    }]
+}
+
+fn cfg() -> InjectorConfig {
+    InjectorConfig {
+        vault_address: Some("https://vault.vault.svc:8200".into()),
+        ..Default::default()
+    }
+}
+
+fn binding(name: &str, ns: &str, app: &str, extra: Value) -> Arc<AgentSecretBinding> {
+    let mut spec = json!({
+        "podSelector": {"matchLabels": {"app": app}},
+        "vault": {"tokenRole": "agent", "wrapTTL": "60s"},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "cubbyhole.dev/v1alpha1",
+            "kind": "AgentSecretBinding",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}")},
+            "spec": spec,
+        }))
+        .unwrap(),
+    )
+}
+
+/// A Deployment-style pod: `generateName`, opted in, `app=web`, with `spec`.
+fn pod(meta: Value, spec: Value) -> Pod {
+    let mut metadata = json!({
+        "generateName": "web-7d9f8c-",
+        "namespace": NS,
+        "labels": {"app": "web", "cubbyhole.dev/inject": "true"},
+    });
+    for (k, v) in meta.as_object().unwrap() {
+        metadata[k] = v.clone();
+    }
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}),
+    )
+    .unwrap()
+}
+
+fn agent_spec() -> Value {
+    json!({"containers": [{"name": "agent", "image": "agent:1"}]})
+}
+
+fn run(pod: &Pod, bindings: &[Arc<AgentSecretBinding>]) -> Decision {
+    decide(pod, NS, bindings, &rules(), &cfg(), "x7k2p9qb")
+}
+
+/// Applies an Inject decision's patch, checking that no operation replaces what the pod had.
+fn injected(pod: &Pod, decision: Decision) -> (Value, Vec<Value>) {
+    let Decision::Inject { patch, .. } = decision else {
+        panic!("expected an injection, got {decision:?}");
+    };
+    let original = serde_json::to_value(pod).unwrap();
+    for op in &patch {
+        assert_eq!(op["op"], "add", "{op}");
+        let path = op["path"].as_str().unwrap();
+        let appends = path.ends_with("/-") || path.ends_with("/initContainers/0");
+        assert!(
+            appends || original.pointer(path).is_none(),
+            "{path} would overwrite the pod's own field"
+        );
+    }
+    let mut doc = original.clone();
+    let p: json_patch::Patch = serde_json::from_value(Value::Array(patch.clone())).unwrap();
+    json_patch::patch(&mut doc, &p).unwrap();
+    // Still a valid Pod.
+    let _: Pod = serde_json::from_value(doc.clone()).unwrap();
+    (doc, patch)
+}
+
+fn refusal(decision: Decision) -> Refusal {
+    match decision {
+        Decision::Refuse(r) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn deployment_pod_gets_everything_and_a_second_call_changes_nothing() {
+    let b = binding("web-agents", NS, "web", json!({"agentContainer": "unwrap"}));
+    let p = pod(json!({}), agent_spec());
+    let (doc, _) = injected(&p, run(&p, std::slice::from_ref(&b)));
+    let ann = &doc["metadata"]["annotations"];
+    let secret = ann["cubbyhole.dev/secret-name"].as_str().unwrap();
+    assert_eq!(secret, "web-7d9f8c-x7k2p9qb-web-agents-wrap");
+    assert_eq!(ann[INJECTED_ANNOTATION], "web-agents");
+    let volumes = doc["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0]["secret"]["secretName"], secret);
+    assert_eq!(volumes[0]["secret"]["defaultMode"], 0o400);
+    assert_eq!(volumes[1]["emptyDir"]["medium"], "Memory");
+    let init = &doc["spec"]["initContainers"][0];
+    // The binding's agentContainer names no container of the pod: it is the injected one.
+    assert_eq!(init["name"], "unwrap");
+    assert_eq!(init["image"], cfg().image);
+    assert_eq!(
+        init["args"],
+        json!([
+            "unwrap",
+            "--token-file=/var/run/cubbyhole/wrap/token",
+            "--out=/var/run/cubbyhole/token/token",
+            "--expect-path=auth/token/create/agent",
+            "--wait-for-fresh=120s"
+        ])
+    );
+    assert_eq!(init["terminationMessagePolicy"], "File");
+    assert_eq!(
+        init["env"][0],
+        json!({"name": "VAULT_ADDR", "value": "https://vault.vault.svc:8200"})
+    );
+    let sc = &init["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(init["resources"]["limits"]["memory"], "32Mi");
+    assert_eq!(init["volumeMounts"][0]["readOnly"], true);
+    let agent = &doc["spec"]["containers"][0];
+    assert_eq!(
+        agent["volumeMounts"],
+        json!([{"name": "cubbyhole-token", "mountPath": "/var/run/cubbyhole/token", "readOnly": true}])
+    );
+    assert_eq!(agent["env"][0]["name"], "VAULT_ADDR");
+    assert_eq!(doc["spec"]["securityContext"]["fsGroup"], 65532);
+
+    // Reinvocation: the marker makes it a no-op.
+    let again: Pod = serde_json::from_value(doc).unwrap();
+    assert_eq!(run(&again, &[b]), Decision::Skip("already-injected"));
+}
+
+#[test]
+fn multi_container_pod_with_init_containers_and_annotations() {
+    let b = binding("b", NS, "web", json!({}));
+    let p = pod(
+        json!({
+            "name": "web-0",
+            "annotations": {CONTAINERS_ANNOTATION: "a, b", "keep": "me"},
+        }),
+        json!({
+            "initContainers": [{"name": "setup", "image": "setup"}],
+            "containers": [
+                {"name": "a", "image": "a", "env": [{"name": "VAULT_ADDR", "value": "https://mine:8200"}],
+                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                {"name": "b", "image": "b"},
+                {"name": "sidecar", "image": "s"},
+            ],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "securityContext": {"runAsUser": 1000, "fsGroup": 2000},
+        }),
+    );
+    let (doc, _) = injected(&p, run(&p, &[b]));
+    let ann = &doc["metadata"]["annotations"];
+    assert_eq!(ann["keep"], "me");
+    assert_eq!(ann["cubbyhole.dev/secret-name"], "web-0-b-wrap");
+    let inits = doc["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(inits.len(), 2);
+    assert_eq!(inits[0]["name"], "cubbyhole-unwrap", "prepended");
+    assert_eq!(inits[1]["name"], "setup");
+    assert!(inits[1].get("volumeMounts").is_none());
+    // No agentContainer: one wrap per pod, nothing to wait for.
+    assert!(
+        !inits[0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("--wait-for-fresh"))
+    );
+    // The pod names a user: the init container inherits it, the pod's fsGroup stays.
+    assert!(inits[0]["securityContext"].get("runAsUser").is_none());
+    assert_eq!(doc["spec"]["securityContext"]["fsGroup"], 2000);
+    let containers = doc["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers[0]["volumeMounts"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        containers[0]["env"],
+        json!([{"name": "VAULT_ADDR", "value": "https://mine:8200"}])
+    );
+    assert_eq!(containers[1]["volumeMounts"][0]["name"], "cubbyhole-token");
+    assert_eq!(
+        containers[1]["env"][0]["value"],
+        "https://vault.vault.svc:8200"
+    );
+    assert!(
+        containers[2].get("volumeMounts").is_none(),
+        "sidecar not chosen"
+    );
+    let volumes = doc["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(
+        volumes
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["data", "cubbyhole-wrap", "cubbyhole-token"]
+    );
+}
+
+#[test]
+fn agent_user_and_overrides() {
+    let b = binding(
+        "b",
+        NS,
+        "web",
+        json!({"secretKey": "wrap", "vault": {"tokenRole": "agent", "wrapTTL": "10s"}, "agentContainer": "agent"}),
+    );
+    let p = pod(
+        json!({"annotations": {"cubbyhole.dev/secret-name": "chosen-by-me", TOKEN_PATH_ANNOTATION: "/etc/vault-token/"}}),
+        json!({"containers": [{"name": "agent", "image": "a", "securityContext": {"runAsUser": 1001}}]}),
+    );
+    let (doc, patch) = injected(&p, run(&p, &[b]));
+    assert_eq!(
+        doc["metadata"]["annotations"]["cubbyhole.dev/secret-name"],
+        "chosen-by-me"
+    );
+    assert!(
+        !patch
+            .iter()
+            .any(|op| op["path"].as_str().unwrap().contains("secret-name"))
+    );
+    assert_eq!(
+        doc["spec"]["volumes"][0]["secret"]["secretName"],
+        "chosen-by-me"
+    );
+    let init = &doc["spec"]["initContainers"][0];
+    // agentContainer names an existing container: the injected one keeps its own name.
+    assert_eq!(init["name"], "cubbyhole-unwrap");
+    let args: Vec<&str> = init["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--token-file=/var/run/cubbyhole/wrap/wrap"));
+    assert!(args.contains(&"--out=/etc/vault-token/token"));
+    assert!(args.contains(&"--wait-for-fresh=90s"), "{args:?}");
+    assert_eq!(init["securityContext"]["runAsUser"], 1001);
+    assert_eq!(doc["spec"]["securityContext"]["fsGroup"], 1001);
+    assert_eq!(
+        doc["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/vault-token"
+    );
+}
+
+#[test]
+fn the_pods_own_names_are_never_overwritten() {
+    let b = || vec![binding("b", NS, "web", json!({}))];
+    let cases = [
+        (
+            json!({}),
+            json!({"containers": [{"name": "agent", "image": "a"}], "volumes": [{"name": "cubbyhole-token", "emptyDir": {}}]}),
+            "volume named \"cubbyhole-token\"",
+        ),
+        (
+            json!({}),
+            json!({"containers": [{"name": "agent", "image": "a"}, {"name": "cubbyhole-unwrap", "image": "x"}]}),
+            "container named \"cubbyhole-unwrap\"",
+        ),
+        (
+            json!({}),
+            json!({"containers": [{"name": "agent", "image": "a", "volumeMounts": [{"name": "x", "mountPath": "/var/run/cubbyhole/token"}]}], "volumes": [{"name": "x", "emptyDir": {}}]}),
+            "already mounts volume \"x\"",
+        ),
+        (
+            json!({"annotations": {CONTAINERS_ANNOTATION: "nope"}}),
+            agent_spec(),
+            "names \"nope\", which is not a container",
+        ),
+        (
+            json!({"annotations": {TOKEN_PATH_ANNOTATION: "relative/dir"}}),
+            agent_spec(),
+            "not an absolute directory",
+        ),
+        (
+            json!({"annotations": {TOKEN_PATH_ANNOTATION: "/var/run/cubbyhole/wrap"}}),
+            agent_spec(),
+            "cubbyhole's own mount",
+        ),
+        (
+            json!({"annotations": {"cubbyhole.dev/secret-name": "Bad_Name"}}),
+            agent_spec(),
+            "not a valid Secret name",
+        ),
+    ];
+    for (meta, spec, expected) in cases {
+        let r = refusal(run(&pod(meta, spec), &b()));
+        assert_eq!(r.reason, "CannotInject");
+        assert!(r.message.contains(expected), "{}", r.message);
+        assert!(
+            r.message.contains("\"web-7d9f8c-*\" (generateName)"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.bindings, ["b"]);
+    }
+}
+
+#[test]
+fn refusals_name_the_bindings_and_the_reason() {
+    let p = pod(json!({}), agent_spec());
+    // Not opted in: untouched.
+    let mut plain = p.clone();
+    plain
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove("cubbyhole.dev/inject");
+    assert_eq!(
+        run(&plain, &[binding("b", NS, "web", json!({}))]),
+        Decision::Skip("not-opted-in")
+    );
+    // Nothing selects it (a binding elsewhere, or going away, does not count).
+    let mut leaving = (*binding("leaving", NS, "web", json!({}))).clone();
+    leaving.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let r = refusal(run(
+        &p,
+        &[
+            binding("b", "other", "web", json!({})),
+            binding("c", NS, "db", json!({})),
+            Arc::new(leaving),
+        ],
+    ));
+    assert_eq!(r.reason, "NoBinding");
+    assert!(r.message.contains("no AgentSecretBinding in namespace \"team\" selects its labels [app=web, cubbyhole.dev/inject=true]"), "{}", r.message);
+    assert!(r.bindings.is_empty());
+    // Two select it.
+    let r = refusal(run(
+        &p,
+        &[
+            binding("zeta", NS, "web", json!({})),
+            binding("alpha", NS, "web", json!({})),
+        ],
+    ));
+    assert_eq!(r.reason, "Conflict");
+    assert!(
+        r.message
+            .contains("selected by 2 AgentSecretBindings in namespace \"team\" (alpha, zeta)"),
+        "{}",
+        r.message
+    );
+    assert_eq!(r.bindings, ["alpha", "zeta"]);
+    // One that is not valid.
+    let r = refusal(run(
+        &p,
+        &[binding(
+            "admin",
+            NS,
+            "web",
+            json!({"vault": {"tokenRole": "root-maker", "wrapTTL": "60s"}}),
+        )],
+    ));
+    assert_eq!(r.reason, "RoleNotAllowed");
+    assert!(
+        r.message
+            .contains("AgentSecretBinding \"admin\", which is not valid (RoleNotAllowed)"),
+        "{}",
+        r.message
+    );
+    assert!(r.message.contains("root-maker"), "{}", r.message);
+    let r = refusal(run(
+        &p,
+        &[binding(
+            "short",
+            NS,
+            "web",
+            json!({"vault": {"tokenRole": "agent", "wrapTTL": "2s"}}),
+        )],
+    ));
+    assert_eq!(
+        (r.reason, r.bindings.as_slice()),
+        ("InvalidSpec", ["short".to_string()].as_slice())
+    );
+    assert!(r.message.contains("wrapTTL"), "{}", r.message);
+    // A selector that cannot be read is named when nothing else selects the pod.
+    let bad = binding(
+        "bad",
+        NS,
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "a b"}}}),
+    );
+    let r = refusal(run(&p, &[bad]));
+    assert_eq!(r.reason, "NoBinding");
+    assert!(
+        r.message.contains("binding \"bad\" cannot select anything"),
+        "{}",
+        r.message
+    );
+    assert_eq!(r.bindings, ["bad"]);
+}
+
+#[test]
+fn vault_namespace_and_ca_reach_the_pod() {
+    let mut c = cfg();
+    c.vault_namespace = Some("team-a".into());
+    c.vault_ca_config_map = Some(crate::webhook::settings::ConfigMapKey {
+        name: "vault-ca".into(),
+        key: "ca.crt".into(),
+    });
+    let p = pod(json!({}), agent_spec());
+    let d = decide(
+        &p,
+        NS,
+        &[binding("b", NS, "web", json!({}))],
+        &rules(),
+        &c,
+        "n0nce",
+    );
+    let (doc, _) = injected(&p, d);
+    let init = &doc["spec"]["initContainers"][0];
+    let env: Vec<&str> = init["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, ["VAULT_ADDR", "VAULT_NAMESPACE", "VAULT_CACERT"]);
+    assert_eq!(doc["spec"]["volumes"][2]["configMap"]["name"], "vault-ca");
+    assert_eq!(
+        doc["spec"]["containers"][0]["volumeMounts"][1]["name"],
+        "cubbyhole-vault-ca"
+    );
+}

@@ -1,0 +1,309 @@
+//! The admission webhook in the e2e harness: the operator serving it on 127.0.0.1, the shipped
+//! `config/webhook/` configuration pointed at it by URL (the API server here cannot reach a
+//! Service), and running an injected init container exactly as the stored pod says.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cubbyhole::receipt::Receipt;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use super::{Env, LEADER_ARGS, OPERATOR_NS, OPERATOR_SA, Operator, eventually, free_port};
+
+/// Name of the shipped MutatingWebhookConfiguration.
+pub const CONFIGURATION: &str = "cubbyhole-injector";
+/// Opt-in label.
+pub const INJECT: &str = "cubbyhole.dev/inject";
+
+/// Operator flags serving the webhook on `port`, plus `extra`.
+pub fn webhook_args(port: u16, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["--webhook-listen".to_string(), format!("127.0.0.1:{port}")];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A free port for a webhook.
+pub fn webhook_port() -> u16 {
+    free_port()
+}
+
+/// The result of running an injected init container.
+pub struct AgentRun {
+    /// Exit code.
+    pub code: i32,
+    /// Its receipt.
+    pub receipt: Option<Receipt>,
+    /// The arguments it ran with (after the two path substitutions).
+    pub args: Vec<String>,
+}
+
+impl Env {
+    /// Replaces the operator with one started with `args` (and `POD_NAME=name`), logging to
+    /// `operator-<name>.log`.
+    pub fn operator_with(&self, name: &str, args: &[String]) -> Operator {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Operator::start_with(
+            &self.identity.kubeconfig,
+            &self.config,
+            &self.dir.join(format!("operator-{name}.log")),
+            &[("POD_NAME", name)],
+            &args,
+        )
+    }
+
+    /// Stops the harness's operator and starts one serving the webhook on `port` (`extra`
+    /// flags added); it becomes `env.operator`.
+    pub fn restart_with_webhook(&mut self, port: u16, extra: &[&str]) {
+        if let Some(op) = self.operator.take() {
+            op.kill();
+        }
+        self.operator = Some(self.operator_with("webhook", &webhook_args(port, extra)));
+    }
+
+    /// Leader-election flags plus the webhook on `port`.
+    pub fn replica_args(port: u16) -> Vec<String> {
+        webhook_args(port, &LEADER_ARGS)
+    }
+
+    /// Applies `config/webhook/mutating_webhook.yaml` as shipped, except that the API server
+    /// reaches the webhook by URL on 127.0.0.1:`port` (no Service routing here), without a
+    /// caBundle: the operator fills that in.
+    pub async fn install_webhook_configuration(&self, port: u16) {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/webhook/mutating_webhook.yaml"),
+        )
+        .unwrap();
+        let mut config: MutatingWebhookConfiguration =
+            serde_yaml::from_str(&text).expect("shipped webhook configuration");
+        for hook in config.webhooks.iter_mut().flatten() {
+            hook.client_config = WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{port}/mutate-pods")),
+                ..Default::default()
+            };
+        }
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let _ = api.delete(CONFIGURATION, &DeleteParams::default()).await;
+        api.create(&PostParams::default(), &config)
+            .await
+            .expect("create MutatingWebhookConfiguration");
+    }
+
+    /// Waits until the API server reaches the webhook over TLS (a dry-run create is answered
+    /// by it, injected or refused, instead of failing to call it).
+    pub async fn wait_webhook_serving(&self) {
+        eventually(
+            "the API server calls the webhook",
+            Duration::from_secs(60),
+            || async {
+                match self.dry_run_pod("probe", "nobody-selects-this").await {
+                    Ok(_) => Some(()),
+                    Err(e) if e.contains("denied the request") => Some(()),
+                    Err(_) => None,
+                }
+            },
+        )
+        .await;
+    }
+
+    /// An opted-in pod labelled `app=<app>` (generateName `<prefix>-`), as the API server
+    /// would store it, without storing it.
+    pub async fn dry_run_pod(&self, prefix: &str, app: &str) -> Result<Pod, String> {
+        let pod = agent_pod(prefix, app, true);
+        self.pods()
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &pod,
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Creates an agent pod (generateName `<prefix>-`) labelled `app=<app>`, opted in or not.
+    pub async fn create_agent_pod(
+        &self,
+        prefix: &str,
+        app: &str,
+        opt_in: bool,
+    ) -> Result<Pod, String> {
+        self.pods()
+            .create(&PostParams::default(), &agent_pod(prefix, app, opt_in))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs the pod's injected init container `container` exactly as stored (its args and env),
+    /// except that `--token-file` points at a local file holding the Secret's `token` and
+    /// `--out` and the receipt go to local files. Remembers the unwrapped token.
+    pub async fn run_injected(&self, pod: &str, container: &str, token: &str) -> AgentRun {
+        let stored = self.pods().get(pod).await.expect("get pod");
+        let init: Container = stored
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == container).cloned())
+            .unwrap_or_else(|| panic!("{pod} has no init container {container}"));
+        let dir = self.dir.join(format!("agent-{pod}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::support::write_private(&dir.join("wrap"), token);
+        let mut args = vec![];
+        for a in init.args.clone().unwrap_or_default() {
+            if a.starts_with("--token-file=") {
+                args.push(format!("--token-file={}", dir.join("wrap").display()));
+            } else if a.starts_with("--out=") {
+                args.push(format!("--out={}", dir.join("token").display()));
+            } else {
+                args.push(a);
+            }
+        }
+        args.push(format!("--receipt-file={}", dir.join("receipt").display()));
+        let env: Vec<(String, String)> = init
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_cubbyhole"))
+            .args(&args)
+            .env_remove("VAULT_ADDR")
+            .envs(env)
+            .output()
+            .expect("run the injected init container");
+        if let Ok(t) = std::fs::read_to_string(dir.join("token")) {
+            self.remember(t.trim());
+        }
+        let mut log = String::from_utf8_lossy(&out.stdout).to_string();
+        log.push_str(&String::from_utf8_lossy(&out.stderr));
+        std::fs::write(self.dir.join(format!("agent-{pod}.log")), log).unwrap();
+        let receipt = std::fs::read_to_string(dir.join("receipt"))
+            .ok()
+            .and_then(|r| Receipt::parse(&r));
+        AgentRun {
+            code: out.status.code().unwrap_or(-1),
+            receipt,
+            args,
+        }
+    }
+
+    /// Plays kubelet: init container `container` of `pod` terminated with `receipt`.
+    pub async fn report_receipt_of(&self, pod: &str, container: &str, receipt: &Receipt) {
+        let patch = json!({"status": {"phase": "Running", "initContainerStatuses": [{
+            "name": container, "image": "cubbyhole", "imageID": "", "ready": true,
+            "restartCount": 0,
+            "state": {"terminated": {
+                "exitCode": 0,
+                "finishedAt": k8s_openapi::jiff::Timestamp::now().to_string(),
+                "message": receipt.to_line(),
+            }},
+        }]}});
+        self.pods()
+            .patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch pod status");
+    }
+
+    /// Sum of `cubbyhole_admission_requests_total` over results, from `op`'s /metrics.
+    pub fn admission_requests(op: &Operator) -> u64 {
+        Self::admission_requests_by(op, "")
+    }
+
+    /// `cubbyhole_admission_requests_total{result="<result>"}` (all results when empty).
+    pub fn admission_requests_by(op: &Operator, result: &str) -> u64 {
+        let (_, body) = op.get("/metrics").expect("metrics");
+        let label = format!("result=\"{result}\"");
+        body.lines()
+            .filter(|l| l.starts_with("cubbyhole_admission_requests_total"))
+            .filter(|l| result.is_empty() || l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// `kubectl auth can-i VERB RESOURCE` as the operator's service account.
+    pub fn operator_can(&self, verb: &str, resource: &str) -> bool {
+        let out = Command::new("kubectl")
+            .args(["auth", "can-i", verb, resource])
+            .arg(format!(
+                "--as=system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
+            ))
+            .env("KUBECONFIG", &self.cluster.kubeconfig)
+            .output()
+            .expect("kubectl auth can-i");
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    }
+
+    /// Pods of the test namespace whose labels include `key=value`.
+    pub async fn pods_labelled(&self, key: &str, value: &str) -> Vec<Pod> {
+        self.pods()
+            .list(&kube::api::ListParams::default().labels(&format!("{key}={value}")))
+            .await
+            .expect("list pods")
+            .items
+    }
+}
+
+/// An agent pod template's content: app label, opt-in label, a scheduling gate (no kubelet
+/// here; keeps a real cluster's away too) and one container.
+pub fn agent_pod(prefix: &str, app: &str, opt_in: bool) -> Pod {
+    let mut labels = json!({"app": app});
+    if opt_in {
+        labels[INJECT] = json!("true");
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": format!("{prefix}-"), "labels": labels},
+        "spec": {
+            "schedulingGates": [{"name": "cubbyhole.dev/e2e-no-kubelet"}],
+            "containers": [{"name": "agent", "image": "agent"}],
+        }
+    }))
+    .unwrap()
+}
+
+/// True when `pod` carries everything the webhook injects for `binding`.
+pub fn is_injected(pod: &Pod, binding: &str) -> bool {
+    let ann = pod.annotations();
+    let Some(secret) = ann.get("cubbyhole.dev/secret-name") else {
+        return false;
+    };
+    let Some(spec) = &pod.spec else {
+        return false;
+    };
+    ann.get("cubbyhole.dev/injected").map(String::as_str) == Some(binding)
+        && spec.volumes.iter().flatten().any(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret.as_str())
+        })
+        && spec
+            .init_containers
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|c| c.args.as_ref())
+            .is_some_and(|a| a.first().map(String::as_str) == Some("unwrap"))
+        && spec.containers.iter().all(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "cubbyhole-token" && m.read_only == Some(true))
+        })
+}
+
+/// p-th percentile (0..=100) of `values`, nearest rank.
+pub fn percentile(values: &[Duration], p: f64) -> Duration {
+    let mut v = values.to_vec();
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}

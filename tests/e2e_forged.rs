@@ -1,0 +1,272 @@
+//! End-to-end: the operator trusts nothing in a Secret. A Secret made to look like a per-pod
+//! record (or a real record altered) never makes the operator revoke or delete anything: it is
+//! reported once (Warning Event `ForgedRecord`, `cubbyhole_forged_records_total`) and left alone.
+
+// The shared harness exports more than this suite uses.
+#[allow(unused_imports)]
+mod cluster;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cluster::{Env, Options, ann, eventually, issued};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+const FORGED: &str = "ForgedRecord";
+
+/// A live token nobody's pod holds (created with the root token); returns its accessor.
+fn victim(env: &Env) -> String {
+    let created = env
+        .bao
+        .cli_json(&["token", "create", "-orphan", "-format=json"]);
+    env.remember(created["auth"]["client_token"].as_str().expect("token"));
+    created["auth"]["accessor"]
+        .as_str()
+        .expect("accessor")
+        .to_string()
+}
+
+/// The Secret from the issue: labelled as a record of `binding`, naming `accessor` as an
+/// unwrapped token of a pod that does not exist, without a signature.
+fn forged_secret(ns: &str, name: &str, binding: &str, accessor: &str) -> Secret {
+    let annotations = BTreeMap::from([
+        ("cubbyhole.dev/pod", "ghost-pod"),
+        (
+            "cubbyhole.dev/pod-uid",
+            "00000000-0000-0000-0000-00000000dead",
+        ),
+        ("cubbyhole.dev/start", "0"),
+        ("cubbyhole.dev/phase", "Unwrapped"),
+        ("cubbyhole.dev/accessor", accessor),
+    ]);
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {
+                "app.kubernetes.io/managed-by": "cubbyhole",
+                "cubbyhole.dev/binding": binding,
+            },
+            "annotations": annotations,
+        },
+        "type": "Opaque",
+    }))
+    .unwrap()
+}
+
+async fn create_forged(env: &Env, ns: &str, name: &str, binding: &str, accessor: &str) {
+    let api: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    api.create(
+        &PostParams::default(),
+        &forged_secret(ns, name, binding, accessor),
+    )
+    .await
+    .expect("create forged Secret");
+}
+
+async fn secret_exists(env: &Env, ns: &str, name: &str) -> bool {
+    let api: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    api.get_opt(name).await.expect("get Secret").is_some()
+}
+
+/// Warning Events with reason ForgedRecord in `ns`.
+async fn forged_events(env: &Env, ns: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(env.client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(FORGED) && e.type_.as_deref() == Some("Warning"))
+        .collect()
+}
+
+/// `cubbyhole_forged_records_total` for `ns` on the operator's /metrics.
+fn forged_metric(env: &Env, ns: &str) -> f64 {
+    let metrics = env.op().get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    let prefix = format!("cubbyhole_forged_records_total{{namespace=\"{ns}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn assert_live(env: &Env, accessor: &str) {
+    assert!(
+        env.bao
+            .root_client()
+            .accessor_is_live(accessor)
+            .await
+            .expect("lookup accessor"),
+        "the victim token was revoked"
+    );
+}
+
+#[tokio::test]
+async fn a_forged_record_of_a_binding_that_does_not_exist_is_reported_not_acted_on() {
+    let env = Env::start(Options::default()).await;
+    let ns = format!("{}-forged", env.ns);
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let namespace: Namespace = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+    )
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+    cluster::wait_for_default_service_account(&env.client, &ns).await;
+    let accessor = victim(&env);
+    create_forged(&env, &ns, "ghost-wrap", "ghost", &accessor).await;
+
+    // The sweep (every 3 s here) finds a record of a binding that is gone; it reports it on the
+    // Secret itself instead of revoking what it names and deleting it.
+    let events = eventually("ForgedRecord Event on the Secret", T, || async {
+        let e = forged_events(&env, &ns).await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    let regarding = events[0].regarding.clone().unwrap_or_default();
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("Secret"), Some("ghost-wrap"))
+    );
+    assert!(
+        !events[0]
+            .note
+            .clone()
+            .unwrap_or_default()
+            .contains(&accessor),
+        "the Event names no accessor"
+    );
+    assert_live(&env, &accessor).await;
+    assert!(secret_exists(&env, &ns, "ghost-wrap").await);
+    assert!(forged_metric(&env, &ns) > 0.0);
+    // Reported once, not every sweep.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(forged_events(&env, &ns).await.len(), 1);
+    assert_eq!(forged_metric(&env, &ns), 1.0);
+    assert_live(&env, &accessor).await;
+    assert!(secret_exists(&env, &ns, "ghost-wrap").await);
+
+    env.assert_no_leaks().await;
+    namespaces.delete(&ns, &DeleteParams::default()).await.ok();
+}
+
+#[tokio::test]
+async fn a_forged_record_next_to_a_live_binding_is_left_alone_and_real_pods_are_served() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("web", "60s")).await;
+    let accessor = victim(&env);
+    create_forged(&env, &env.ns, "forged-record", "b", &accessor).await;
+    // Another one squats the Secret name a real pod will need.
+    create_forged(&env, &env.ns, "squatted-b-wrap", "b", &accessor).await;
+
+    env.create_pod("web-0", "web").await;
+    let (real, token) = issued(&env, "b", "web-0").await;
+    assert_ne!(real.name_any(), "forged-record");
+    eventually("ForgedRecord Events on the binding", T, || async {
+        let e = env.events_with_reason(FORGED).await;
+        (e.len() >= 2).then_some(())
+    })
+    .await;
+    assert!(forged_metric(&env, &env.ns) >= 2.0);
+
+    // The pod whose Secret name is held by a forged record is reported, not served.
+    env.create_pod("squatted", "web").await;
+    eventually("SecretNameTaken", T, || async {
+        let (s, r, m) = env.ready("b").await;
+        (s == "False" && r == "SecretNameTaken" && m.contains("squatted-b-wrap")).then_some(())
+    })
+    .await;
+
+    // The real pod's lifecycle is unchanged: unwrapped, then deleted -> revoked and removed.
+    let (receipt, code) = env.run_agent(&token, "web-0");
+    assert_eq!(code, 0, "{receipt:?}");
+    let receipt = receipt.unwrap();
+    env.report_receipt("web-0", Some(&receipt), 0).await;
+    eventually("verified", T, || async {
+        let s = env
+            .records("b")
+            .await
+            .into_iter()
+            .find(|s| s.name_any() == real.name_any())?;
+        (ann(&s).get("verified").map(String::as_str) == Some("true")).then_some(())
+    })
+    .await;
+    env.delete_pod("web-0").await;
+    let root = env.bao.root_client();
+    let real_accessor = receipt.accessor.unwrap();
+    eventually("real record revoked and removed", T, || async {
+        let gone = !secret_exists(&env, &env.ns, &real.name_any()).await;
+        (gone && !root.accessor_is_live(&real_accessor).await.ok()?).then_some(())
+    })
+    .await;
+
+    assert_live(&env, &accessor).await;
+    assert!(secret_exists(&env, &env.ns, "forged-record").await);
+    assert!(secret_exists(&env, &env.ns, "squatted-b-wrap").await);
+    let forged = env
+        .secrets()
+        .get("forged-record")
+        .await
+        .expect("forged Secret");
+    assert!(
+        !ann(&forged).contains_key("signature"),
+        "the operator never signs or rewrites a forged record"
+    );
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn an_altered_accessor_on_a_real_record_is_never_revoked() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("web", "60s")).await;
+    env.create_pod("web-0", "web").await;
+    let (real, _token) = issued(&env, "b", "web-0").await;
+    assert!(ann(&real).contains_key("signature"), "records are signed");
+    let accessor = victim(&env);
+
+    // Someone who can patch Secrets points the record at another token.
+    let patch = json!({"metadata": {"annotations": {"cubbyhole.dev/accessor": accessor}}});
+    env.secrets()
+        .patch(
+            &real.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .expect("alter the record");
+    eventually("ForgedRecord Event", T, || async {
+        (!env.events_with_reason(FORGED).await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(forged_metric(&env, &env.ns) > 0.0);
+
+    // The pod goes: the altered record is not acted on (nothing revoked, not removed).
+    env.delete_pod("web-0").await;
+    // A new pod served afterwards shows the operator has reconciled since the deletion.
+    env.create_pod("web-1", "web").await;
+    issued(&env, "b", "web-1").await;
+    assert_live(&env, &accessor).await;
+    let kept = env
+        .secrets()
+        .get(&real.name_any())
+        .await
+        .expect("the altered record stays");
+    assert_eq!(ann(&kept)["accessor"], accessor);
+    // Once per version of the Secret (altered, then marked for deletion by the garbage
+    // collector, which the finalizer holds off), not once per reconcile.
+    let reports = forged_metric(&env, &env.ns);
+    assert!((1.0..=3.0).contains(&reports), "{reports} reports");
+    env.assert_no_leaks().await;
+}
