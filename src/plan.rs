@@ -362,9 +362,9 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
     }
 }
 
-/// Mints again for a claim whose mint failed or whose answer was lost. A claim for a new start
-/// may not have revoked the previous start's token (that revocation is tried once, after the
-/// claim, and may fail or be cut short): it is revoked again now (a gone token costs one call).
+/// Mints again for a claim whose mint failed or whose answer was lost. The previous start's
+/// token, revoked before the first claim, is revoked again (a claim by an earlier version may
+/// not have revoked it; a gone token costs one call).
 fn retry(s: &Settings, pod: &PodView, wrap: &WrapState) -> Action {
     let previous = wrap
         .previous_accessor

@@ -49,9 +49,8 @@
 //!    named it — a lost mint answer, a crash between Vault's answer and the delivery, a failed
 //!    revocation after a failed delivery (nobody ever held its wrap, which is asserted dead;
 //!    README "Known limits") —, consumed tokens of a binding with `revokeOnPodDeletion: false`,
-//!    and one known gap: the previous start's token when its revocation at the next start's
-//!    claim failed (`Step::issue` tries it once, after the claim, ignoring errors) and the pod
-//!    went before the claim was retried (a retry must revoke it: that is checked);
+//!    nothing else: a new start's previous token is revoked before its claim (`Step::issue`),
+//!    so a pod that goes before the new start was claimed still names it for its cleanup;
 //! 5. in schedules without faults, Vault calls per pod start (binding, pod uid, start) are
 //!    within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉ lookups, at most 4
 //!    revocations (2 while tracking + 2 at deletion or at the next start), no health check.
@@ -257,10 +256,6 @@ struct VToken {
     /// crash while holding it, a failed revocation after a failed delivery): nobody ever
     /// held its wrap, and Vault cannot find it without its accessor.
     lost: Option<&'static str>,
-    /// A previous start's token whose revocation at the next start's claim failed or was cut
-    /// short by a crash (`Step::issue` tries it once, after the claim, ignoring errors); the
-    /// planner retries it with the claim's retry, but not once the pod is gone.
-    previous_unrevoked: bool,
     /// Someone unwrapped it.
     consumed: bool,
 }
@@ -305,7 +300,6 @@ impl Vault {
                 revoked: false,
                 owner,
                 lost,
-                previous_unrevoked: false,
                 consumed: false,
             },
         );
@@ -571,8 +565,6 @@ struct World {
     /// stay, and the bound on Vault calls is per stay.
     relabelled: BTreeSet<String>,
     deleted_bindings: BTreeSet<String>,
-    /// The previous start's token each replica is revoking (a crash cuts that short).
-    revoking_previous: [Option<String>; 2],
     /// Token accessors each replica holds in memory, not yet in a record.
     in_hand: [Vec<String>; 2],
     /// Successful writes and Vault state changes (to tell a round that changed nothing).
@@ -627,7 +619,6 @@ impl World {
             ever: BTreeMap::new(),
             changes: 0,
             in_hand: [vec![], vec![]],
-            revoking_previous: [None, None],
             relabelled: BTreeSet::new(),
             deleted_bindings: BTreeSet::new(),
             stats: Stats::default(),
@@ -1226,32 +1217,19 @@ impl World {
             );
             return Err(self.violation(4, msg).into());
         }
+        // `Step::issue` revokes a new start's previous token before claiming; if that fails
+        // nothing is claimed (the record still names the token).
+        if let Some(previous) = &issue.revoke_previous
+            && r.settings.revoke_on_pod_deletion
+            && self.v_revoke(previous)?.is_err()
+        {
+            r.vault_unavailable = true;
+            return Ok(());
+        }
         let (secret, rv) = match self.claim(r, &issue)? {
             Ok(c) => c,
             Err(ClaimError::Taken | ClaimError::Lost | ClaimError::Kube) => return Ok(()),
         };
-        if issue
-            .replaces
-            .as_ref()
-            .is_some_and(|w| matches!(w.phase, Phase::Claimed | Phase::Failed))
-        {
-            // A retry of this pod's claim: the exemption ends; the retry must revoke it.
-            for t in self.vault.tokens.values_mut() {
-                if t.owner.binding == r.binding && t.owner.uid == issue.pod_uid {
-                    t.previous_unrevoked = false;
-                }
-            }
-        }
-        if let Some(previous) = &issue.revoke_previous
-            && r.settings.revoke_on_pod_deletion
-        {
-            let m = usize::from(r.replica == Replica::Rival);
-            self.revoking_previous[m] = Some(previous.clone());
-            if self.v_revoke(previous)?.is_err() {
-                self.mark_previous_unrevoked(previous);
-            }
-            self.revoking_previous[m] = None;
-        }
         if issue
             .replaces
             .as_ref()
@@ -1307,14 +1285,6 @@ impl World {
                 }
                 Ok(())
             }
-        }
-    }
-
-    fn mark_previous_unrevoked(&mut self, accessor: &str) {
-        if let Some(t) = self.vault.tokens.get_mut(accessor)
-            && !t.revoked
-        {
-            t.previous_unrevoked = true;
         }
     }
 
@@ -1756,9 +1726,6 @@ impl World {
                     Err(Stop::Crash) => {
                         self.memory[0].clear();
                         self.ops_left = None;
-                        if let Some(a) = self.revoking_previous[0].take() {
-                            self.mark_previous_unrevoked(&a);
-                        }
                         for a in std::mem::take(&mut self.in_hand[0]) {
                             if let Some(t) = self.vault.tokens.get_mut(&a) {
                                 t.lost = Some("operator crashed holding it");
@@ -1963,12 +1930,6 @@ impl World {
             }
             if let Some(why) = t.lost {
                 *unlearned.entry(why).or_insert(0) += 1;
-                continue;
-            }
-            if t.previous_unrevoked {
-                *unlearned
-                    .entry("KNOWN GAP: previous start's token")
-                    .or_insert(0) += 1;
                 continue;
             }
             let keep = self

@@ -74,6 +74,14 @@ impl Step<'_> {
 
     async fn issue(&mut self, issue: Issue) -> Result<(), Error> {
         let binding = self.binding.name_any();
+        // A new start's previous token goes first: if Vault cannot revoke it now, nothing is
+        // claimed, and the record still names it for the next round or the pod's cleanup.
+        if let Some(previous) = &issue.revoke_previous
+            && self.settings.revoke_on_pod_deletion
+            && let Err(e) = self.revoke(previous, "token").await
+        {
+            return self.vault_failed(e);
+        }
         let now = Timestamp::now();
         let claimed = match children::claim(&self.records, &issue, now).await {
             Ok(c) => c,
@@ -87,11 +95,6 @@ impl Step<'_> {
             Err(ClaimError::Kube(e)) => return Err(e.into()),
         };
         crate::failpoint::hit("after-claim");
-        if let Some(previous) = &issue.revoke_previous
-            && self.settings.revoke_on_pod_deletion
-        {
-            self.revoke(previous, "token").await.ok();
-        }
         let request = self.token_request(&issue);
         // Vault counts the wrap's TTL from its own receipt of the request: start the clock
         // before sending, so our expiry is never later than Vault's.
