@@ -29,6 +29,8 @@ use crate::vault::{Revoked, VaultError};
 
 /// Field manager for everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "cubbyhole";
+/// How often a pod whose Secret name another Secret holds is tried again.
+const TAKEN_NAME_RETRY: Duration = Duration::from_secs(30);
 /// Safety-net requeue when nothing is due.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 
@@ -174,6 +176,8 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     problems.names_taken = plan.names_taken.clone();
     tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
     if !plan.actions.is_empty() {
+        let planned = plan.actions.len();
+        let taken_before = problems.names_taken.len();
         let mut step = Step {
             ctx,
             binding: b,
@@ -197,8 +201,14 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
             .0
             .retain(|w| w.authenticity == Authenticity::Authentic);
         // Something changed: look again soon for follow-ups (e.g. the next round of a
-        // recreated pod).
-        wake = Some(wake.map_or(now, |w: Timestamp| w.min(now)));
+        // recreated pod). Claims refused because another Secret holds the name changed
+        // nothing: those are tried again at a calm pace (nothing watches a foreign Secret).
+        let follow_up = if problems.names_taken.len() - taken_before == planned {
+            add_duration(now, TAKEN_NAME_RETRY)
+        } else {
+            now
+        };
+        wake = Some(wake.map_or(follow_up, |w: Timestamp| w.min(follow_up)));
     }
     if let Some(e) = first_error {
         write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
@@ -363,4 +373,9 @@ async fn cleanup_binding(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeu
     ctx.metrics.forget_binding(&ns, &name);
     info!(namespace = %ns, binding = %name, removed, "binding deleted: revoked and removed its records");
     Ok(Requeue::await_change())
+}
+
+fn add_duration(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(d.as_secs() as i64))
+        .unwrap_or(t)
 }
