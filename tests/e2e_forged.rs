@@ -270,3 +270,54 @@ async fn an_altered_accessor_on_a_real_record_is_never_revoked() {
     assert!((1.0..=3.0).contains(&reports), "{reports} reports");
     env.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn records_of_the_previous_version_are_adopted_when_vault_vouches_for_them() {
+    let mut env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("old", "60s")).await;
+    env.create_pod("old-0", "old").await;
+    env.create_pod("old-1", "old").await;
+    let (r0, t0) = issued(&env, "b", "old-0").await;
+    let (r1, _) = issued(&env, "b", "old-1").await;
+    let (receipt, code) = env.run_agent(&t0, "old-0");
+    assert_eq!(code, 0);
+    let token0 = receipt.unwrap().accessor.unwrap();
+    let wrap1 = ann(&r1)["wrap-accessor"].clone();
+    // The records as the previous version wrote them: no signature (operator stopped, so it
+    // cannot sign them again meanwhile).
+    env.operator.take().unwrap().kill();
+    let unsigned = json!({"metadata": {"annotations": {"cubbyhole.dev/signature": null}}});
+    for r in [&r0, &r1] {
+        env.secrets()
+            .patch(
+                &r.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&unsigned),
+            )
+            .await
+            .expect("strip the signature");
+    }
+    env.restart_operator();
+    // Vault vouches for what they name: they are signed again, not reported as forged.
+    eventually("both records signed again", T, || async {
+        let records = env.records("b").await;
+        (records.len() == 2 && records.iter().all(|s| ann(s).contains_key("signature")))
+            .then_some(())
+    })
+    .await;
+    assert!(env.events_with_reason(FORGED).await.is_empty());
+    assert_eq!(forged_metric(&env, &env.ns), 0.0);
+    // And they are served as before: the pods go, their tokens are revoked, the records removed.
+    for p in ["old-0", "old-1"] {
+        env.delete_pod(p).await;
+    }
+    let root = env.bao.root_client();
+    eventually("adopted records cleaned up", T, || async {
+        let gone = env.records("b").await.is_empty();
+        let dead = !root.accessor_is_live(&token0).await.ok()?
+            && !root.accessor_is_live(&wrap1).await.ok()?;
+        (gone && dead).then_some(())
+    })
+    .await;
+    env.assert_no_leaks().await;
+}
