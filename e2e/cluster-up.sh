@@ -23,8 +23,16 @@ if ! alive "$DIR/bao.pid"; then
   (exec 3<>"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null && die "port $((port + 1)) is taken; run again"
   umask 077
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/root-token"
+  # CUBBYHOLE_BAO_AUDIT=1 (the bench): a file audit device in clear (accessors and, with
+  # log_raw, tokens) at DIR/audit.log, to count Vault requests; OpenBao only takes it from config.
+  extra=()
+  if [[ -n "${CUBBYHOLE_BAO_AUDIT:-}" ]]; then
+    printf 'audit "file" "file" {\n  options {\n    file_path = "%s"\n    hmac_accessor = "false"\n    log_raw = "true"\n  }\n}\n' \
+      "$DIR/audit.log" >"$DIR/audit.hcl"
+    extra=("-config=$DIR/audit.hcl")
+  fi
   bao server -dev -dev-root-token-id="$(cat "$DIR/root-token")" \
-    -dev-listen-address="127.0.0.1:$port" >"$DIR/bao.log" 2>&1 </dev/null &
+    -dev-listen-address="127.0.0.1:$port" "${extra[@]}" >"$DIR/bao.log" 2>&1 </dev/null &
   echo $! >"$DIR/bao.pid"
   echo "http://127.0.0.1:$port" >"$DIR/bao.addr"
   for _ in $(seq 1 100); do

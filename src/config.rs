@@ -28,6 +28,14 @@ pub struct OperatorConfig {
     /// What the admission webhook injects into opted-in pods.
     #[serde(default)]
     pub injector: crate::webhook::InjectorConfig,
+    /// How many records of one binding are worked on at once (claims, mints, deliveries in
+    /// flight together). Default 16, at least 1.
+    #[serde(default = "default_step_concurrency")]
+    pub step_concurrency: usize,
+}
+
+fn default_step_concurrency() -> usize {
+    16
 }
 
 /// Vault address, trust and authentication.
@@ -127,6 +135,9 @@ impl OperatorConfig {
         validate_address(&config.vault.address)?;
         validate_period("lookupPeriod", config.lookup_period, "10s")?;
         validate_period("sweepPeriod", config.sweep_period, "5m")?;
+        if config.step_concurrency == 0 {
+            return Err("stepConcurrency must be at least 1".into());
+        }
         Ok(config)
     }
 

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::Recorder;
@@ -26,6 +27,9 @@ pub enum Error {
     /// Adding or removing the binding finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The pod cache is gone (shutting down).
+    #[error("pod cache: {0}")]
+    Cache(String),
 }
 
 impl Error {
@@ -35,6 +39,7 @@ impl Error {
             Error::Kube(_) => "kubernetes",
             Error::Vault(e) => e.category(),
             Error::Finalizer(_) => "finalizer",
+            Error::Cache(_) => "cache",
         }
     }
 }
@@ -91,6 +96,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Every binding (for conflicts).
     pub bindings: Store<AgentSecretBinding>,
+    /// Every pod, as the controller's pod watch sees it (stripped to what the planner reads).
+    pub pods: Store<Pod>,
     /// `namespace/secret` -> last lookup.
     pub last_lookup: Mutex<HashMap<String, Timestamp>>,
     /// `namespace/binding` -> consecutive failures (for backoff).

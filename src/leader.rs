@@ -155,22 +155,31 @@ async fn renew(
                 return;
             }
         }
-        match try_hold(&api, &cfg).await {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
-            Ok(false) => {
+        // A frozen or unreachable API server may not answer at all: a renewal is given only
+        // until the time to step down.
+        let step_down_at = last_renewal + cfg.duration.saturating_sub(cfg.renew_every);
+        match tokio::time::timeout_at(step_down_at, try_hold(&api, &cfg)).await {
+            Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
+            Ok(Ok(false)) => {
                 warn!("leader election: another replica took the lease");
                 lost.cancel();
                 return;
             }
-            Err(e) => warn!(error = %e, "leader election: renewal failed"),
+            Ok(Err(e)) => warn!(error = %e, "leader election: renewal failed"),
+            Err(_) => warn!("leader election: renewal got no answer in time"),
         }
-        // Stop before the lease can expire under us, leaving a margin of one renewal period.
-        if last_renewal.elapsed() + cfg.renew_every >= cfg.duration {
+        if must_step_down(last_renewal.elapsed(), &cfg) {
             warn!("leader election: could not renew in time");
             lost.cancel();
             return;
         }
     }
+}
+
+/// Whether a leader whose last successful renewal was `since_renewal` ago must stop: before its
+/// lease can expire under it, leaving a margin of one renewal period.
+fn must_step_down(since_renewal: Duration, cfg: &LeaseConfig) -> bool {
+    since_renewal + cfg.renew_every >= cfg.duration
 }
 
 /// Gives the lease up on shutdown so a standby takes over at once.
@@ -212,5 +221,29 @@ mod tests {
         assert_eq!(decide(Some(&spec("", 999)), "me", now), Decision::Take);
         assert_eq!(decide(Some(&spec("other", 990)), "me", now), Decision::Wait);
         assert_eq!(decide(Some(&spec("other", 980)), "me", now), Decision::Take);
+    }
+
+    #[test]
+    fn a_leader_steps_down_one_renewal_period_before_its_lease_could_expire() {
+        let cfg = LeaseConfig {
+            name: "l".into(),
+            namespace: "ns".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(6),
+            renew_every: Duration::from_secs(2),
+        };
+        let ms = Duration::from_millis;
+        assert!(!must_step_down(ms(0), &cfg));
+        assert!(
+            !must_step_down(ms(2_000), &cfg),
+            "one missed renewal is tolerated"
+        );
+        assert!(!must_step_down(ms(3_999), &cfg));
+        assert!(
+            must_step_down(ms(4_000), &cfg),
+            "two missed renewals are not"
+        );
+        assert!(must_step_down(ms(6_000), &cfg));
+        assert!(must_step_down(ms(60_000), &cfg));
     }
 }

@@ -13,8 +13,8 @@ use kube::api::ListParams;
 use kube::core::SelectorExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -92,6 +92,13 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let controller = Controller::new(bindings.clone(), watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
     let store = controller.store();
+    // One pod watch feeds both the reconciler's pod cache and the controller's triggers.
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(strip_pod)
+        .reflect(pod_writer)
+        .touched_objects();
     let reporter = Reporter {
         controller: "cubbyhole".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -103,6 +110,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         bindings: store.clone(),
+        pods,
         last_lookup: Default::default(),
         failures: Default::default(),
         readiness: Readiness::default(),
@@ -151,12 +159,8 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
 
     let pod_store = store.clone();
     let sibling_store = store.clone();
-    controller
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            move |pod| bindings_selecting(&pod_store, &pod),
-        )
+    let running = controller
+        .watches_stream(pod_events, move |pod| bindings_selecting(&pod_store, &pod))
         .watches(
             bindings.clone(),
             watcher::Config::default(),
@@ -177,9 +181,19 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
-    sweeper.await.ok();
+        });
+    let wind_down = async {
+        running.await;
+        sweeper.await.ok();
+    };
+    tokio::select! {
+        () = wind_down => {}
+        () = lost_and_stuck(&stop, &shutdown, args.lease_duration / 6) => {
+            // Reconciles waiting on an API server that does not answer must not outlive the
+            // lease: exit now, before a standby can take over.
+            return Err("lost leadership; the controller did not stop in time".into());
+        }
+    }
     let lost_leadership = !shutdown.is_cancelled();
     shutdown.cancel();
     if let Some(renewal) = leadership {
@@ -193,6 +207,16 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     }
     info!("operator stopped cleanly");
     Ok(())
+}
+
+/// Resolves `grace` after leadership was lost (`stop` cancelled without a shutdown); never on a
+/// shutdown.
+async fn lost_and_stuck(stop: &CancellationToken, shutdown: &CancellationToken, grace: Duration) {
+    stop.cancelled().await;
+    if shutdown.is_cancelled() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
 }
 
 async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<(), String> {
@@ -253,6 +277,18 @@ async fn forget_vanished(ctx: Arc<Context>, stop: CancellationToken) {
                 ctx.readiness.reconciled(&key);
             }
         }
+    }
+}
+
+/// Drops what the planner never reads from a cached pod: managed fields, the spec, foreign
+/// annotations (e.g. last-applied-configuration), conditions.
+fn strip_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    pod.annotations_mut()
+        .retain(|k, _| k.starts_with("cubbyhole.dev/"));
+    pod.spec = None;
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
     }
 }
 

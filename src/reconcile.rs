@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::SelectorExt;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
@@ -23,7 +23,7 @@ use crate::plan::{self, Settings};
 use crate::seal::Authenticity;
 use crate::spec;
 use crate::status::{self, Problems, StatusInput};
-use crate::steps::Step;
+use crate::steps;
 use crate::trust;
 use crate::vault::{Revoked, VaultError};
 
@@ -33,6 +33,8 @@ pub const FIELD_MANAGER: &str = "cubbyhole";
 const TAKEN_NAME_RETRY: Duration = Duration::from_secs(30);
 /// Safety-net requeue when nothing is due.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// Longest wait between retries of a failing binding.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Reconciles one binding: finalizer first, then apply or clean up.
 pub async fn reconcile(
@@ -76,9 +78,15 @@ pub fn error_policy(binding: Arc<AgentSecretBinding>, error: &Error, ctx: Arc<Co
     let mut failures = ctx.failures.lock().expect("failures lock");
     let n = failures.entry(k.clone()).or_default();
     *n = n.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*n - 1).min(6)).min(Duration::from_secs(60));
+    let delay = backoff_delay(*n);
     warn!(binding = %k, category = error.category(), error = %error, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
+}
+
+/// The requeue delay after `failures` consecutive failed reconciles (counting this one): 1 s,
+/// doubling with each failure, at most 60 s.
+pub fn backoff_delay(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_BACKOFF)
 }
 
 async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> {
@@ -141,13 +149,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
             }
         }
         Ok(valid) => {
-            pods = pods_api
-                .list(&ListParams::default().labels_from(&valid.selector))
-                .await?
-                .items
-                .iter()
-                .filter_map(PodView::from_pod)
-                .collect();
+            pods = selected_pods(ctx, &ns, &valid.selector).await?;
             conflicts = find_conflicts(ctx, b, &pods);
             let last_lookup: HashMap<String, Timestamp> = {
                 let all = ctx.last_lookup.lock().expect("lookup lock");
@@ -178,22 +180,21 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     if !plan.actions.is_empty() {
         let planned = plan.actions.len();
         let taken_before = problems.names_taken.len();
-        let mut step = Step {
+        // Records are independent: their steps run side by side, each record's in order. Once
+        // Vault is unavailable no further step starts; report now, retry with backoff.
+        if let Some(e) = steps::run_all(
             ctx,
-            binding: b,
-            records: writer,
-            raw: &records.1,
-            settings: &settings,
-            problems: &mut problems,
-        };
-        for action in plan.actions {
-            if let Err(e) = step.run(action).await {
-                first_error.get_or_insert(e);
-            }
-            if step.problems.vault_unavailable.is_some() {
-                // Every further step needs Vault too; report now, retry with backoff.
-                break;
-            }
+            b,
+            writer,
+            &records.1,
+            &settings,
+            plan.actions,
+            ctx.config.step_concurrency,
+            &mut problems,
+        )
+        .await
+        {
+            first_error.get_or_insert(e);
         }
         records = list_records(ctx, &secrets, &name, &b.spec.secret_key).await?;
         // Status shows only our records; anything new and unsigned is vetted next round.
@@ -230,6 +231,25 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         .clamp(Duration::from_millis(500), IDLE_REQUEUE);
     tracing::debug!(namespace = %ns, binding = %name, requeue_in = ?delay, "reconciled");
     Ok(Requeue::requeue(delay))
+}
+
+/// The pods `selector` picks in `ns`, from the shared pod cache (kept by the controller's pod
+/// watch). Waits for the cache's first full list: an empty cache is never taken for "no pods".
+async fn selected_pods(
+    ctx: &Context,
+    ns: &str,
+    selector: &Selector,
+) -> Result<Vec<PodView>, Error> {
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Cache(e.to_string()))?;
+    Ok(ctx
+        .pods
+        .state_filter(|p| p.namespace().as_deref() == Some(ns) && selector.matches(p.labels()))
+        .iter()
+        .filter_map(|p| PodView::from_pod(p))
+        .collect())
 }
 
 /// The binding's records (each with its authenticity), and the raw Secrets by name (only for
@@ -376,6 +396,22 @@ async fn cleanup_binding(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeu
 }
 
 fn add_duration(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(d.as_secs() as i64))
-        .unwrap_or(t)
+    t.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+        d.as_secs() as i64
+    ))
+    .unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_one_second_doubles_and_stops_at_sixty() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(60));
+        // Never called before a failure is counted, but must not panic either.
+        assert_eq!(backoff_delay(0), Duration::from_secs(1));
+    }
 }

@@ -1,7 +1,10 @@
 //! Carries out the planner's steps for one binding against Vault and the API server, and tells
 //! people what happened (logs with accessors only, Events, metrics).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{StreamExt, stream};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -18,6 +21,83 @@ use crate::seal::Authenticity;
 use crate::status::Problems;
 use crate::vault::{Revoked, TokenRequest, VaultError};
 
+/// Runs a plan's steps for one binding, the steps of up to `concurrency` records at a time.
+/// The steps of one record run in plan order; once Vault is found unavailable no further step
+/// starts (every step needs Vault: the binding retries with backoff). Problems met are added
+/// to `problems`; returns the first error.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_all(
+    ctx: &Context,
+    binding: &AgentSecretBinding,
+    records: Records<'_>,
+    raw: &BTreeMap<String, Secret>,
+    settings: &Settings,
+    actions: Vec<Action>,
+    concurrency: usize,
+    problems: &mut Problems,
+) -> Option<Error> {
+    let mut groups: Vec<Vec<Action>> = vec![];
+    let mut by_record: HashMap<String, usize> = HashMap::new();
+    for action in actions {
+        let record = match &action {
+            Action::Issue(issue) => Some(issue.secret.clone()),
+            other => other.record().map(|w| w.secret.clone()),
+        };
+        match record {
+            Some(r) => match by_record.get(&r) {
+                Some(&i) => groups[i].push(action),
+                None => {
+                    by_record.insert(r, groups.len());
+                    groups.push(vec![action]);
+                }
+            },
+            None => groups.push(vec![action]),
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let stop = &stop;
+    let outcomes: Vec<(Option<Error>, Problems)> = stream::iter(groups)
+        .map(|group| async move {
+            let mut found = Problems::default();
+            let mut first = None;
+            let mut step = Step {
+                ctx,
+                binding,
+                records,
+                raw,
+                settings,
+                problems: &mut found,
+            };
+            for action in group {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Err(e) = step.run(action).await {
+                    first.get_or_insert(e);
+                }
+                if step.problems.vault_unavailable.is_some() {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+            (first, found)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut first_error = None;
+    for (error, found) in outcomes {
+        if let Some(e) = error {
+            first_error.get_or_insert(e);
+        }
+        problems.names_taken.extend(found.names_taken);
+        if let Some(v) = found.vault_unavailable {
+            problems.vault_unavailable.get_or_insert(v);
+        }
+    }
+    first_error
+}
+
 /// Runs plan steps for one binding.
 pub struct Step<'a> {
     /// Shared state.
@@ -32,6 +112,35 @@ pub struct Step<'a> {
     pub settings: &'a Settings,
     /// Problems met so far (for the status).
     pub problems: &'a mut Problems,
+}
+
+/// What revoking a wrap by accessor shortly before its expiry says about it: the phase, whether
+/// the inner token must be revoked, and the record's message. 204 (`Existed`): nobody unwrapped
+/// it, it is Expired and its token goes too. "No token" (`NotFound`): it was consumed, unless its
+/// expiry has already passed, when consumption cannot be told from expiry and the token is
+/// revoked to be safe.
+fn probe_verdict(
+    revoked: Revoked,
+    expires_at: Option<Timestamp>,
+    now: Timestamp,
+) -> (Phase, bool, &'static str) {
+    match revoked {
+        Revoked::Existed => (
+            Phase::Expired,
+            true,
+            "expired unconsumed: the pod's agent did not unwrap in time; its token was revoked",
+        ),
+        Revoked::NotFound if expires_at.is_some_and(|e| now >= e) => (
+            Phase::Expired,
+            true,
+            "the wrap's expiry passed before it could be checked; its token was revoked to be safe",
+        ),
+        Revoked::NotFound => (
+            Phase::Unwrapped,
+            false,
+            "consumed (seen at the expiry check)",
+        ),
+    }
 }
 
 impl Step<'_> {
@@ -250,17 +359,10 @@ impl Step<'_> {
             return Ok(());
         };
         match self.revoke(&wrap_accessor, "wrap").await {
-            Ok(Revoked::Existed) => {
-                self.settle(&wrap, Phase::Expired, false, false, true,
-                    "expired unconsumed: the pod's agent did not unwrap in time; its token was revoked").await
-            }
-            Ok(Revoked::NotFound) if wrap.expires_at.is_some_and(|e| Timestamp::now() >= e) => {
-                // Too late to tell consumption from expiry: revoke to be safe.
-                self.settle(&wrap, Phase::Expired, false, false, true,
-                    "the wrap's expiry passed before it could be checked; its token was revoked to be safe").await
-            }
-            Ok(Revoked::NotFound) => {
-                self.settle(&wrap, Phase::Unwrapped, false, false, false, "consumed (seen at the expiry check)")
+            Ok(revoked) => {
+                let (phase, revoke_token, message) =
+                    probe_verdict(revoked, wrap.expires_at, Timestamp::now());
+                self.settle(&wrap, phase, false, false, revoke_token, message)
                     .await
             }
             Err(e) => self.vault_failed(e),
@@ -413,5 +515,41 @@ pub async fn publish(
     };
     if let Err(e) = recorder.publish(&event, reference).await {
         tracing::debug!(error = %e, "event not published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn expiry_probe_revoking_a_live_wrap_means_expired_and_revokes_its_token() {
+        let (phase, revoke_token, message) = probe_verdict(Revoked::Existed, Some(t(60)), t(55));
+        assert_eq!((phase, revoke_token), (Phase::Expired, true));
+        assert!(message.contains("did not unwrap"), "{message}");
+    }
+
+    #[test]
+    fn expiry_probe_finding_no_token_before_expiry_means_consumed() {
+        let (phase, revoke_token, message) = probe_verdict(Revoked::NotFound, Some(t(60)), t(55));
+        assert_eq!((phase, revoke_token), (Phase::Unwrapped, false));
+        assert!(message.contains("consumed"), "{message}");
+        // Without a known expiry the answer is taken at its word too.
+        assert_eq!(
+            probe_verdict(Revoked::NotFound, None, t(55)).0,
+            Phase::Unwrapped
+        );
+    }
+
+    #[test]
+    fn expiry_probe_finding_no_token_after_expiry_revokes_to_be_safe() {
+        for now in [60, 61] {
+            let (phase, revoke_token, _) = probe_verdict(Revoked::NotFound, Some(t(60)), t(now));
+            assert_eq!((phase, revoke_token), (Phase::Expired, true), "at {now}");
+        }
     }
 }

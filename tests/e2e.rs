@@ -518,14 +518,19 @@ async fn operator_killed_mid_burst_mints_nothing_twice() {
             "{pod}: undelivered wrap {accessor} is live"
         );
     }
-    assert_eq!(
-        minted.len(),
-        21,
-        "one mint per pod, plus the one whose answer the second crash lost: {minted:?}"
-    );
-    // Both interrupted claims went the lost-mint way: wait for Vault, then for the wrap TTL.
+    let pods_served: std::collections::BTreeSet<_> = delivered.iter().map(|(p, _)| p).collect();
+    assert_eq!(pods_served.len(), 20, "one delivered wrap per pod");
+    // Claims run concurrently, so each crash may interrupt several: every interrupted claim
+    // went the lost-mint way (wait for Vault, then for the wrap TTL), at least one per crash,
+    // and every mint beyond one per pod is an answer the second crash lost, for one of them.
     let waited = env.records_that_ever_had("cubbyhole.dev/vault-seen-at");
-    assert_eq!(waited.len(), 2, "{waited:?}");
+    let lost = minted.len() - 20;
+    assert!(waited.len() >= 2, "{waited:?}");
+    assert!(
+        (1..=waited.len()).contains(&lost),
+        "{lost} lost answers for {} interrupted claims: {minted:?}",
+        waited.len()
+    );
     env.assert_no_leaks().await;
 }
 
@@ -1093,5 +1098,235 @@ async fn the_operator_logs_in_to_openbao_through_a_real_token_review() {
         !login.status.success(),
         "a foreign service account logged in"
     );
+    env.assert_no_leaks().await;
+}
+
+/// Requests in the audit log (from `entries`) at `path`.
+fn audit_requests_at<'a>(
+    entries: &'a [serde_json::Value],
+    path: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    entries
+        .iter()
+        .filter(move |e| e["type"] == "request" && e["request"]["path"] == path)
+}
+
+/// Accessors named by revoke-accessor requests in `entries`.
+fn revoked_accessors(entries: &[serde_json::Value]) -> Vec<String> {
+    audit_requests_at(entries, "auth/token/revoke-accessor")
+        .filter_map(|e| {
+            e["request"]["data"]["accessor"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_its_lease_exits() {
+    let mut env = Env::start(Options::default()).await;
+    if env.skip_external("to pause the API server and a free Lease in cubbyhole-system") {
+        return;
+    }
+    // Replace the plain operator with one replica electing itself leader (6 s lease).
+    env.operator.take().unwrap().kill();
+    let mut leader = env.start_replica(1);
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(env.client.clone(), cluster::OPERATOR_NS);
+    eventually("the replica leads", T, || async {
+        let holder = leases
+            .get_opt("cubbyhole-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity?;
+        holder
+            .ends_with(&format!("-{}", leader.pid()))
+            .then_some(())
+    })
+    .await;
+    // It is at work as the leader: a pod is served.
+    env.apply_binding("b", Env::spec("lead", "60s")).await;
+    env.create_pod("lead-0", "lead").await;
+    issued(&env, "b", "lead-0").await;
+    assert!(leader.exited().is_none(), "{}", leader.log_text());
+
+    // No renewal can succeed while the API server is frozen: the leader must stop on its own
+    // before its lease (at most 6 s after the freeze) can run out under it.
+    env.cluster.pause();
+    let paused = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = leader.exited() {
+            break Some(status);
+        }
+        if paused.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited_after = paused.elapsed();
+    env.cluster.resume();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "the leader still ran {exited_after:?} into the API server freeze:\n{}",
+            leader.log_text()
+        )
+    });
+    println!("FIGURES leader exited {exited_after:?} after the API server froze (6 s lease)");
+    assert!(!status.success(), "exited with {status:?}");
+    assert!(
+        exited_after < Duration::from_secs(6),
+        "exited only {exited_after:?} after the freeze, past its lease"
+    );
+    let log = leader.log_text();
+    assert!(log.contains("could not renew in time"), "{log}");
+    assert!(log.contains("lost leadership"), "{log}");
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_receipt_settles_the_wrap_without_a_vault_call() {
+    // Lookups are due only 30 s after the mint: none can happen during the test by schedule.
+    let env = Env::start(Options {
+        lookup_period: "30s",
+        ..Default::default()
+    })
+    .await;
+    if env.skip_external("OpenBao's audit log") {
+        return;
+    }
+    env.apply_binding("b", Env::spec("rcpt", "60s")).await;
+    env.create_pod("rcpt-0", "rcpt").await;
+    let (secret, token) = issued(&env, "b", "rcpt-0").await;
+    let wrap_accessor = ann(&secret)["wrap-accessor"].clone();
+    let token_accessor = ann(&secret)["accessor"].clone();
+    let (receipt, code) = env.run_agent(&token, "rcpt-0");
+    assert_eq!(code, 0, "agent unwrap failed: {receipt:?}");
+    let before = env.bao.audit_entries();
+    // The agent's own lookup is there: the audit log shows lookups when they happen.
+    assert!(
+        audit_requests_at(&before, "sys/wrapping/lookup").count() >= 1,
+        "no lookup in the audit log at all"
+    );
+    env.report_receipt("rcpt-0", receipt.as_ref(), 0).await;
+    let settled = eventually("rcpt-0 Unwrapped and verified", T, || async {
+        let s = env.records("b").await.pop()?;
+        let a = ann(&s);
+        (a.get("phase").map(String::as_str) == Some("Unwrapped")
+            && a.get("verified").map(String::as_str) == Some("true"))
+        .then_some(s)
+    })
+    .await;
+    assert!(env.token_of(&settled).is_none(), "wrapping token removed");
+    status_where(&env, "b", |s| {
+        s.unwrapped == 1 && s.records.iter().any(|r| r.pod == "rcpt-0" && r.verified)
+    })
+    .await;
+    // Let the follow-up reconciles run, then read what reached OpenBao since the receipt.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let entries = env.bao.audit_entries();
+    let after = &entries[before.len()..];
+    let lookups = audit_requests_at(after, "sys/wrapping/lookup").count();
+    assert_eq!(lookups, 0, "lookups after the receipt: {after:#?}");
+    let revoked = revoked_accessors(after);
+    assert!(
+        !revoked.contains(&wrap_accessor) && !revoked.contains(&token_accessor),
+        "revocations after the receipt: {revoked:?}"
+    );
+    assert!(
+        env.bao
+            .root_client()
+            .accessor_is_live(&token_accessor)
+            .await
+            .unwrap(),
+        "the pod's token stays live"
+    );
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn the_expiry_probe_tells_an_unconsumed_wrap_from_a_consumed_one() {
+    // No lookup is due before the probe (30 s period, 12 s wraps probed 2 s before expiry):
+    // only the probe's revocation can tell what became of each wrap.
+    let env = Env::start(Options {
+        lookup_period: "30s",
+        ..Default::default()
+    })
+    .await;
+    if env.skip_external("OpenBao's audit log") {
+        return;
+    }
+    env.apply_binding("b", Env::spec("probe", "12s")).await;
+    env.create_pod("probe-kept", "probe").await;
+    env.create_pod("probe-taken", "probe").await;
+    let (kept, _) = issued(&env, "b", "probe-kept").await;
+    let (taken, taken_token) = issued(&env, "b", "probe-taken").await;
+    // Consumed by plain `bao unwrap`: no agent, no receipt.
+    let out = env.bao.cli(&taken_token, &["unwrap", "-format=json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inner: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    env.remember(inner["auth"]["client_token"].as_str().unwrap());
+    let mark = env.bao.audit_entries().len();
+
+    let settled = |pod: &'static str, phase: &'static str| {
+        let env = &env;
+        async move {
+            eventually(&format!("{pod} {phase}"), T, || async {
+                let s = env
+                    .records("b")
+                    .await
+                    .into_iter()
+                    .find(|s| ann(s).get("pod").map(String::as_str) == Some(pod))?;
+                (ann(&s).get("phase").map(String::as_str) == Some(phase)).then_some(s)
+            })
+            .await
+        }
+    };
+    let kept_now = settled("probe-kept", "Expired").await;
+    let taken_now = settled("probe-taken", "Unwrapped").await;
+    let (taken_ann, kept_ann) = (ann(&taken_now), ann(&kept_now));
+    assert_eq!(
+        taken_ann["message"], "consumed (seen at the expiry check)",
+        "{taken_ann:?}"
+    );
+    assert_ne!(taken_ann.get("verified").map(String::as_str), Some("true"));
+    assert!(
+        kept_ann["message"].contains("did not unwrap"),
+        "{kept_ann:?}"
+    );
+
+    let entries = env.bao.audit_entries();
+    let after = &entries[mark..];
+    assert_eq!(
+        audit_requests_at(after, "sys/wrapping/lookup").count(),
+        0,
+        "a lookup ran before the probe"
+    );
+    // Each wrap was probed by revoking it by accessor.
+    let revoked = revoked_accessors(after);
+    for wrap in [&kept, &taken] {
+        let acc = &ann(wrap)["wrap-accessor"];
+        assert!(revoked.contains(acc), "{acc} not probed: {revoked:?}");
+    }
+    // 204: the unconsumed wrap's token is revoked too. "No token": the consumed one's is not.
+    let root = env.bao.root_client();
+    assert!(
+        !root
+            .accessor_is_live(&ann(&kept)["accessor"])
+            .await
+            .unwrap()
+    );
+    assert!(revoked.contains(&ann(&kept)["accessor"]));
+    assert!(
+        root.accessor_is_live(&ann(&taken)["accessor"])
+            .await
+            .unwrap(),
+        "the consumed wrap's token was revoked"
+    );
+    assert!(!revoked.contains(&ann(&taken)["accessor"]));
     env.assert_no_leaks().await;
 }

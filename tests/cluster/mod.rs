@@ -250,6 +250,11 @@ impl Operator {
         }
     }
 
+    /// The exit status if the process has exited on its own by now (does not wait).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill(mut self) {
         let _ = self.child.kill();

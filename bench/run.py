@@ -1,0 +1,701 @@
+#!/usr/bin/env python3
+"""cubbyhole bench: the operator's pod-start-to-wrap latency and throughput against the raw
+two-write pipeline, on the local control plane (e2e/cluster-up.sh) and OpenBao, in one run.
+
+Stdlib only (plus kubectl/bao via cluster-up.sh). Everything talks to 127.0.0.1 only.
+
+  bench/run.py [--pods 500] [--concurrency 8] [--bindings 1,50] [--operator-bin PATH]
+
+Writes bench/report.md, bench/report.json and bench/latency-cdf.svg (see --out).
+"""
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROLE = "cubbyhole-agent"
+WRAP_TTL = "60s"
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"[bench {time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+def die(msg):
+    log(f"ERROR: {msg}")
+    sys.exit(1)
+
+
+def loopback(url):
+    host = urllib.parse.urlparse(url).hostname
+    if not host or not (host.startswith("127.") or host == "localhost"):
+        die(f"refusing a non-loopback address: {url}")
+    return url
+
+
+# ---------------------------------------------------------------- HTTP clients (keep-alive)
+
+
+class Http:
+    """One keep-alive connection per thread to one base URL."""
+
+    def __init__(self, base, ctx=None, headers=None):
+        u = urllib.parse.urlparse(loopback(base))
+        self.host, self.port, self.tls = u.hostname, u.port, u.scheme == "https"
+        self.ctx, self.headers = ctx, headers or {}
+        self.local = threading.local()
+
+    def conn(self, fresh=False):
+        c = getattr(self.local, "c", None)
+        if c is None or fresh:
+            if self.tls:
+                c = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=60)
+            else:
+                c = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            self.local.c = c
+        return c
+
+    def request(self, method, path, body=None, headers=None):
+        h = dict(self.headers)
+        h.update(headers or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            h.setdefault("Content-Type", "application/json")
+        for attempt in range(3):
+            try:
+                c = self.conn(fresh=attempt > 0)
+                c.request(method, path, body=data, headers=h)
+                r = c.getresponse()
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw else None)
+            except (http.client.HTTPException, OSError):
+                if attempt == 2:
+                    raise
+        raise RuntimeError("unreachable")
+
+    def stream(self, path):
+        """A new connection for a watch; returns the response to readline() from."""
+        if self.tls:
+            c = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=900)
+        else:
+            c = http.client.HTTPConnection(self.host, self.port, timeout=900)
+        c.request("GET", path, headers=self.headers)
+        return c.getresponse()
+
+
+def kube_client(cluster_dir):
+    env = read_env(os.path.join(cluster_dir, "env"))
+    ctx = ssl.create_default_context(cafile=env["KUBE_CA"])
+    certs = os.path.join(cluster_dir, "certs")
+    ctx.load_cert_chain(os.path.join(certs, "admin.crt"), os.path.join(certs, "admin.key"))
+    return Http(env["APISERVER_URL"], ctx)
+
+
+def read_env(path):
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if "=" in line:
+                k, v = line.strip().split("=", 1)
+                out[k] = v
+    return out
+
+
+def check(status, body, what, ok=(200, 201, 202)):
+    if status not in ok:
+        raise RuntimeError(f"{what}: HTTP {status}: {json.dumps(body)[:300]}")
+    return body
+
+
+# ---------------------------------------------------------------- statistics and drawing
+
+
+def pct(sorted_xs, p):
+    if not sorted_xs:
+        return None
+    i = min(len(sorted_xs) - 1, max(0, int(round(p / 100 * len(sorted_xs) + 0.5)) - 1))
+    return sorted_xs[i]
+
+
+def summary(latencies, first_start, last_end, n):
+    xs = sorted(latencies)
+    wall = max(last_end - first_start, 1e-9)
+    return {
+        "count": len(xs),
+        "p50_s": pct(xs, 50),
+        "p90_s": pct(xs, 90),
+        "p99_s": pct(xs, 99),
+        "max_s": xs[-1] if xs else None,
+        "wall_s": wall,
+        "per_s": n / wall,
+    }
+
+
+def cdf_svg(series, path):
+    """series: [(label, sorted latencies in s)]. A hand-drawn CDF, log-scaled x axis."""
+    import math
+
+    w, h, ml, mr, mt, mb = 760, 420, 60, 20, 30, 50
+    allx = [x for _, xs in series for x in xs if x > 0]
+    lo = 10 ** math.floor(math.log10(max(min(allx), 1e-3))) if allx else 1e-3
+    hi = 10 ** math.ceil(math.log10(max(allx))) if allx else 1
+    if hi <= lo:
+        hi = lo * 10
+
+    def sx(v):
+        v = max(v, lo)
+        return ml + (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * (w - ml - mr)
+
+    def sy(f):
+        return mt + (1 - f) * (h - mt - mb)
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{w}" height="{h}" fill="white"/>',
+        f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="14">cubbyhole bench: latency CDF (pod created / request sent → wrap in Secret)</text>',
+    ]
+    d = lo
+    while d <= hi * 1.0001:
+        x = sx(d)
+        out.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{h - mb}" stroke="#ddd"/>')
+        label = f"{d:g} s" if d >= 1 else f"{d * 1000:g} ms"
+        out.append(f'<text x="{x:.1f}" y="{h - mb + 16}" text-anchor="middle">{label}</text>')
+        d *= 10
+    for f in (0, 0.25, 0.5, 0.75, 0.9, 0.99, 1):
+        y = sy(f)
+        out.append(f'<line x1="{ml}" y1="{y:.1f}" x2="{w - mr}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{ml - 6}" y="{y + 4:.1f}" text-anchor="end">{f:g}</text>')
+    out.append(f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" fill="none" stroke="#444"/>')
+    out.append(f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">latency (log scale)</text>')
+    for i, (label, xs) in enumerate(series):
+        if not xs:
+            continue
+        n = len(xs)
+        pts = [f"{sx(xs[0]):.1f},{sy(0):.1f}"]
+        for j, x in enumerate(xs):
+            pts.append(f"{sx(x):.1f},{sy(j / n):.1f}")
+            pts.append(f"{sx(x):.1f},{sy((j + 1) / n):.1f}")
+        c = colors[i % len(colors)]
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{" ".join(pts)}"/>')
+        ly = mt + 16 + 16 * i
+        out.append(f'<line x1="{ml + 10}" y1="{ly - 4}" x2="{ml + 30}" y2="{ly - 4}" stroke="{c}" stroke-width="2"/>')
+        out.append(f'<text x="{ml + 36}" y="{ly}">{label}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+# ---------------------------------------------------------------- OpenBao audit log
+
+
+class Audit:
+    def __init__(self, path):
+        self.path = path
+
+    def offset(self):
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+    def entries(self, start, end=None):
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            data = f.read() if end is None else f.read(end - start)
+        for line in data.splitlines():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+def request_counts(entries):
+    counts = {}
+    for e in entries:
+        if e.get("type") != "request":
+            continue
+        p = e.get("request", {}).get("path", "")
+        for prefix in ("auth/token/create/", "sys/wrapping/lookup", "auth/token/revoke-accessor",
+                       "auth/token/lookup-accessor", "auth/kubernetes/login", "sys/health"):
+            if p.startswith(prefix):
+                p = prefix.rstrip("/")
+                break
+        counts[p] = counts.get(p, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- the operator process
+
+
+class Rss:
+    """Samples VmRSS of a process every 100 ms."""
+
+    def __init__(self, pid):
+        self.pid, self.samples, self.stop = pid, [], threading.Event()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def read(self):
+        out = {}
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k in ("VmRSS", "VmHWM"):
+                        out[k] = int(v.split()[0]) / 1024.0
+        except OSError:
+            pass
+        return out
+
+    def run(self):
+        while not self.stop.wait(0.1):
+            v = self.read().get("VmRSS")
+            if v is not None:
+                self.samples.append((time.monotonic(), v))
+
+    def between(self, a, b):
+        return [v for t, v in self.samples if a <= t <= b]
+
+
+def start_operator(args, env, port):
+    cfg = os.path.join(args.dir, "bench-operator.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""vault:
+  address: {loopback(env['VAULT_ADDR'])}
+  auth:
+    kubernetes:
+      role: cubbyhole-operator
+      jwtPath: {env['OPERATOR_JWT']}
+allowedRoles:
+  - namespaces: ["*"]
+    roles: ["{ROLE}"]
+lookupPeriod: {args.lookup_period}
+""")
+        if args.operator_config:
+            f.write(args.operator_config.replace("\\n", "\n") + "\n")
+    penv = dict(os.environ, KUBECONFIG=env["OPERATOR_KUBECONFIG"], POD_NAMESPACE="cubbyhole-system")
+    penv.setdefault("RUST_LOG", "info,kube=warn,hyper=warn,tower=warn")
+    logf = open(os.path.join(args.dir, "bench-operator.log"), "w")
+    p = subprocess.Popen([args.operator_bin, "operator", "--config", cfg, "--listen", f"127.0.0.1:{port}"],
+                         env=penv, stdout=logf, stderr=subprocess.STDOUT)
+    with open(os.path.join(args.dir, "operator.pid"), "w") as f:
+        f.write(str(p.pid))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            die(f"operator exited; see {args.dir}/bench-operator.log")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/readyz")
+            if c.getresponse().status == 200:
+                return p
+        except OSError:
+            pass
+        time.sleep(0.2)
+    die("operator not ready within 60 s")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---------------------------------------------------------------- phases
+
+
+def make_namespace(kube, name):
+    check(*kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}}), f"namespace {name}")
+    for _ in range(300):
+        s, _ = kube.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
+        if s == 200:
+            return
+        time.sleep(0.1)
+    die(f"no default service account in {name}")
+
+
+def raw_pipeline(args, kube, vault, token):
+    """N times: one wrapped create, one Secret create; C concurrent clients."""
+    ns = f"bench-raw-{args.run_id}"
+    make_namespace(kube, ns)
+    log(f"raw pipeline: {args.pods} x (wrapped auth/token/create/{ROLE} + Secret create), {args.concurrency} clients")
+    lat, accessors = [None] * args.pods, [None] * args.pods
+    done = [0]
+    lock = threading.Lock()
+
+    def one(i):
+        t = time.monotonic()
+        s, body = vault.request("POST", f"/v1/auth/token/create/{ROLE}", {
+            "policies": [ROLE], "ttl": "1h",
+            "meta": {"namespace": ns, "pod": f"raw-{i}", "pod_uid": f"raw-{i}", "binding": "raw"},
+        }, {"X-Vault-Token": token, "X-Vault-Wrap-TTL": WRAP_TTL})
+        wrap = check(s, body, "raw mint")["wrap_info"]
+        secret = {"metadata": {"name": f"raw-{i}-wrap", "labels": {"bench": "raw"}},
+                  "type": "Opaque",
+                  "data": {"token": base64.b64encode(wrap["token"].encode()).decode()}}
+        check(*kube.request("POST", f"/api/v1/namespaces/{ns}/secrets", secret), "raw Secret")
+        end = time.monotonic()
+        lat[i], accessors[i] = (t, end), wrap["accessor"]
+        with lock:
+            done[0] += 1
+
+    stop = threading.Event()
+    threading.Thread(target=progress, args=(stop, lambda: f"raw: {done[0]}/{args.pods}"), daemon=True).start()
+    start = time.monotonic()
+    with ThreadPoolExecutor(args.concurrency) as ex:
+        list(ex.map(one, range(args.pods)))
+    stop.set()
+    st = summary([b - a for a, b in lat], start, max(b for _, b in lat), args.pods)
+    log(f"raw: {st['per_s']:.0f} per s, p50 {st['p50_s'] * 1000:.1f} ms, p99 {st['p99_s'] * 1000:.1f} ms")
+    # Tidy up: nothing the bench minted stays alive.
+    with ThreadPoolExecutor(args.concurrency) as ex:
+        list(ex.map(lambda a: vault.request("POST", "/v1/auth/token/revoke-accessor", {"accessor": a},
+                                            {"X-Vault-Token": args.root_token}), accessors))
+    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    st["latencies"] = sorted(b - a for a, b in lat)
+    return st
+
+
+def progress(stop, text):
+    while not stop.wait(2):
+        log(text())
+
+
+def watch_secrets(kube, ns, served, cond, stop):
+    """Records the first time each pod's record carries a wrapping token."""
+    path = f"/api/v1/namespaces/{ns}/secrets?watch=1&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dcubbyhole&timeoutSeconds=900"
+    while not stop.is_set():
+        try:
+            r = kube.stream(path)
+            while not stop.is_set():
+                line = r.readline()
+                if not line:
+                    break
+                ev = json.loads(line)
+                obj = ev.get("object", {})
+                pod = obj.get("metadata", {}).get("annotations", {}).get("cubbyhole.dev/pod")
+                if pod and obj.get("data", {}).get("token"):
+                    now = time.monotonic()
+                    with cond:
+                        if pod not in served:
+                            served[pod] = now
+                            cond.notify_all()
+        except (OSError, http.client.HTTPException, ValueError):
+            time.sleep(0.1)
+
+
+def pod_manifest(name, app, binding):
+    return {
+        "metadata": {"name": name, "labels": {"app": app, "tier": "agents", "bench": "true"},
+                     "annotations": {"cubbyhole.dev/secret-name": f"{name}-wrap",
+                                     "example.com/owner": "bench", "example.com/description": "an agent pod of the bench " * 4}},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "schedulingGates": [{"name": "cubbyhole.dev/bench"}],
+            "initContainers": [{
+                "name": "unwrap", "image": "ghcr.io/cubbyhole-dev/cubbyhole:0.1.0",
+                "args": ["unwrap", "--token-file=/var/run/cubbyhole/wrap/token", "--out=/var/run/cubbyhole/token/token",
+                         f"--expect-path=auth/token/create/{ROLE}", "--wait-for-fresh=90s"],
+                "env": [{"name": "VAULT_ADDR", "value": "https://vault.vault.svc:8200"}],
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+                "volumeMounts": [{"name": "wrap", "mountPath": "/var/run/cubbyhole/wrap", "readOnly": True},
+                                 {"name": "token", "mountPath": "/var/run/cubbyhole/token"}],
+            }],
+            "containers": [{
+                "name": "agent", "image": "busybox:1.36",
+                "command": ["sh", "-c", "test -s /var/run/cubbyhole/token/token && sleep 3600"],
+                "env": [{"name": f"SETTING_{k}", "value": f"value-{k}"} for k in range(8)],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+                "volumeMounts": [{"name": "token", "mountPath": "/var/run/cubbyhole/token", "readOnly": True}],
+            }],
+            "volumes": [{"name": "wrap", "secret": {"secretName": f"{name}-wrap", "defaultMode": 0o400}},
+                        {"name": "token", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
+        },
+    }
+
+
+def burst(args, kube, vault, audit, rss, bindings):
+    n, c = args.pods, args.concurrency
+    ns = f"bench-{bindings}b-{args.run_id}"
+    label = f"{n} pods / {bindings} binding{'s' if bindings > 1 else ''}"
+    log(f"operator burst: {label}, {c} clients (namespace {ns})")
+    make_namespace(kube, ns)
+    for j in range(bindings):
+        check(*kube.request("POST", f"/apis/cubbyhole.dev/v1alpha1/namespaces/{ns}/agentsecretbindings", {
+            "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+            "metadata": {"name": f"agents-{j}"},
+            "spec": {"podSelector": {"matchLabels": {"app": f"agent-{j}"}},
+                     "vault": {"tokenRole": ROLE, "policies": [ROLE], "tokenTTL": "1h", "wrapTTL": WRAP_TTL},
+                     "agentContainer": "unwrap"},
+        }), "binding")
+    # Wait until every binding was reconciled once (it carries a status).
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        s, body = kube.request("GET", f"/apis/cubbyhole.dev/v1alpha1/namespaces/{ns}/agentsecretbindings")
+        items = check(s, body, "list bindings")["items"]
+        if sum(1 for b in items if b.get("status", {}).get("conditions")) == bindings:
+            break
+        time.sleep(0.2)
+    else:
+        die("bindings were not reconciled within 120 s")
+    served, cond, stop = {}, threading.Condition(), threading.Event()
+    threading.Thread(target=watch_secrets, args=(kube, ns, served, cond, stop), daemon=True).start()
+    time.sleep(0.5)  # the watch is established
+    audit_start = audit.offset()
+    created = {}
+    lock = threading.Lock()
+
+    def create(i):
+        name = f"agent-{i}"
+        t = time.monotonic()
+        check(*kube.request("POST", f"/api/v1/namespaces/{ns}/pods", pod_manifest(name, f"agent-{i % bindings}", bindings)), "pod")
+        with lock:
+            created[name] = t
+
+    prog = threading.Event()
+    threading.Thread(target=progress, args=(prog, lambda: f"burst {label}: created {len(created)}/{n}, served {len(served)}/{n}"), daemon=True).start()
+    start = time.monotonic()
+    with ThreadPoolExecutor(c) as ex:
+        list(ex.map(create, range(n)))
+    created_in = time.monotonic() - start
+    log(f"{n} pods created in {created_in:.2f} s")
+    timeout = args.timeout
+    with cond:
+        ok = cond.wait_for(lambda: len(served) >= n, timeout=timeout)
+    all_served = time.monotonic()
+    prog.set()
+    if not ok:
+        log(f"WARNING: only {len(served)}/{n} pods served within {timeout} s")
+    audit_served = audit.offset()
+    # Steady state: 5 s after the last delivery, with every wrap still outstanding.
+    time.sleep(5)
+    steady_from = time.monotonic()
+    audit_steady_start = audit.offset()
+    time.sleep(5)
+    audit_steady_end = audit.offset()
+    steady = rss.between(steady_from, time.monotonic())
+    peak = rss.between(start, time.monotonic())
+    lat = [served[p] - created[p] for p in created if p in served]
+    st = summary(lat, start, max(served.values()) if served else all_served, len(lat))
+    st.update({"label": label, "pods": n, "bindings": bindings, "served": len(served), "created_in_s": created_in,
+               "rss_peak_mib": max(peak) if peak else None,
+               "rss_steady_mib": sorted(steady)[len(steady) // 2] if steady else None})
+    counts = request_counts(audit.entries(audit_start, audit_served))
+    st["vault_requests_until_served"] = counts
+    st["vault_requests_per_pod"] = sum(counts.values()) / n
+    steady_counts = request_counts(audit.entries(audit_steady_start, audit_steady_end))
+    st["vault_requests_per_s_steady"] = {k: v / 5.0 for k, v in steady_counts.items()}
+    log(f"burst {label}: served {len(served)}/{n}, {st['per_s']:.0f} pods/s, p50 {st['p50_s']:.2f} s, "
+        f"p99 {st['p99_s']:.2f} s, max {st['max_s']:.2f} s")
+
+    # Correctness: exactly one mint per pod, and after the pods go, nothing they got stays alive.
+    minted = {}
+    for e in audit.entries(audit_start):
+        if e.get("type") == "response" and e.get("request", {}).get("path", "").startswith("auth/token/create/"):
+            meta = (e.get("request", {}).get("data") or {}).get("meta") or {}
+            if meta.get("namespace") == ns:
+                acc = (e.get("response", {}).get("wrap_info") or {}).get("accessor")
+                minted.setdefault(meta.get("pod"), []).append(acc)
+    problems = []
+    twice = {p: a for p, a in minted.items() if len(a) != 1}
+    if twice:
+        problems.append(f"{len(twice)} pods minted for more than once: {sorted(twice)[:5]}")
+    missing = [p for p in created if p not in minted]
+    if missing:
+        problems.append(f"{len(missing)} pods never minted for: {missing[:5]}")
+    if len(served) != n:
+        problems.append(f"{n - len(served)} pods without a wrap in their Secret")
+    log(f"deleting the {n} pods; checking that every wrap minted for them is revoked")
+    check(*kube.request("DELETE", f"/api/v1/namespaces/{ns}/pods"), "delete pods")
+    deadline = time.monotonic() + max(60, n * 0.2)
+    left = None
+    while time.monotonic() < deadline:
+        s, body = kube.request("GET", f"/api/v1/namespaces/{ns}/secrets?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dcubbyhole")
+        left = len(check(s, body, "list records")["items"])
+        if left == 0:
+            break
+        time.sleep(0.5)
+    if left:
+        problems.append(f"{left} records still there after their pods were deleted")
+    accessors = [a for accs in minted.values() for a in accs if a]
+
+    def live(a):
+        s, _ = vault.request("POST", "/v1/auth/token/lookup-accessor", {"accessor": a}, {"X-Vault-Token": args.root_token})
+        return s == 200
+
+    with ThreadPoolExecutor(c) as ex:
+        alive = sum(ex.map(live, accessors))
+    if alive:
+        problems.append(f"{alive} wraps still alive after their pods were deleted")
+    st["minted"] = sum(len(a) for a in minted.values())
+    st["live_wraps_after_pods_gone"] = alive
+    st["correct"] = not problems
+    st["problems"] = problems
+    log(f"correctness: {'OK' if not problems else '; '.join(problems)} ({st['minted']} mints for {n} pods, "
+        f"{alive} live wraps after deletion)")
+    stop.set()
+    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    st["latencies"] = sorted(lat)
+    return st
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(v, unit="s"):
+    if v is None:
+        return "-"
+    if unit == "s":
+        return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
+    return f"{v:.1f} {unit}"
+
+
+def write_report(args, raw, bursts, hwm, out_dir, total_s):
+    goals = []
+    for b in bursts:
+        ratio = b["per_s"] / raw["per_s"] if raw else None
+        b["ratio_to_raw"] = ratio
+        goals.append((f"p99 < 1 s ({b['label']})", b["p99_s"] is not None and b["p99_s"] < 1, fmt(b["p99_s"])))
+        if ratio is not None:
+            goals.append((f"throughput >= 0.8x raw ({b['label']})", ratio >= 0.8, f"{ratio:.2f}x"))
+        goals.append((f"exactly once, nothing live after ({b['label']})", b["correct"], "; ".join(b["problems"]) or "ok"))
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+        "operator_bin": args.operator_bin,
+        "settings": {"pods": args.pods, "concurrency": args.concurrency, "bindings": args.bindings,
+                     "lookup_period": args.lookup_period, "wrap_ttl": WRAP_TTL,
+                     "operator_config": args.operator_config},
+        "raw": {k: v for k, v in (raw or {}).items() if k != "latencies"},
+        "bursts": [{k: v for k, v in b.items() if k != "latencies"} for b in bursts],
+        "operator_rss_hwm_mib": hwm,
+        "goals": [{"goal": g, "met": m, "value": v} for g, m, v in goals],
+        "total_s": total_s,
+    }
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    lines = [
+        "# cubbyhole bench report", "",
+        f"{report['when']}, {os.cpu_count()} CPUs, `{os.path.relpath(args.operator_bin, ROOT)}`, "
+        f"{args.concurrency} concurrent clients, lookupPeriod {args.lookup_period}, wrapTTL {WRAP_TTL}"
+        f"{', extra operator config: `' + args.operator_config + '`' if args.operator_config else ''}. "
+        f"Whole run {total_s:.0f} s.", "",
+        "![latency CDF](latency-cdf.svg)", "",
+        "| run | n | p50 | p90 | p99 | max | per s | vs raw | Vault req/pod (until served) | RSS peak | RSS steady |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    if raw:
+        lines.append(f"| raw two-write pipeline | {raw['count']} | {fmt(raw['p50_s'])} | {fmt(raw['p90_s'])} | {fmt(raw['p99_s'])} | "
+                     f"{fmt(raw['max_s'])} | {raw['per_s']:.0f} | 1.00x | 1 create | - | - |")
+    for b in bursts:
+        ratio_text = "-" if b["ratio_to_raw"] is None else f"{b['ratio_to_raw']:.2f}x"
+        req = ", ".join(f"{k} {v / b['pods']:.2f}" for k, v in sorted(b["vault_requests_until_served"].items()))
+        lines.append(f"| operator, {b['label']} | {b['served']}/{b['pods']} | {fmt(b['p50_s'])} | {fmt(b['p90_s'])} | "
+                     f"{fmt(b['p99_s'])} | {fmt(b['max_s'])} | {b['per_s']:.0f} | "
+                     f"{ratio_text} | "
+                     f"{req} | {fmt(b['rss_peak_mib'], 'MiB')} | {fmt(b['rss_steady_mib'], 'MiB')} |")
+    lines += ["", f"Operator VmHWM over the whole run: {fmt(hwm, 'MiB')}.", "",
+              "Latency: operator = pod create sent → wrapping token seen in the pod's Secret (watch); "
+              "raw = mint request sent → Secret create answered. Per s: served / (last served − first create).", "",
+              "Vault requests per second in steady state (5 s, every wrap outstanding, 10 s after the burst):", ""]
+    for b in bursts:
+        steady = ", ".join(f"{k} {v:.1f}/s" for k, v in sorted(b["vault_requests_per_s_steady"].items())) or "none"
+        lines.append(f"- {b['label']}: {steady}")
+    lines += ["", "## Goals (issue 12)", "", "| goal | met | value |", "|---|---|---|"]
+    lines += [f"| {g} | {'met' if m else 'NOT met'} | {v} |" for g, m, v in goals]
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    series = ([("raw two-write pipeline", raw["latencies"])] if raw else []) + [(f"operator, {b['label']}", b["latencies"]) for b in bursts]
+    cdf_svg(series, os.path.join(out_dir, "latency-cdf.svg"))
+    return report
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pods", type=int, default=500, help="pods per burst (and raw pipeline size)")
+    ap.add_argument("--concurrency", "-c", type=int, default=8, help="concurrent clients")
+    ap.add_argument("--bindings", default="1,50", help="one burst per entry: the burst's pods spread over that many bindings")
+    ap.add_argument("--lookup-period", default="2s")
+    ap.add_argument("--operator-config", default="", help="extra YAML lines for the operator config")
+    ap.add_argument("--operator-bin", default="", help="skip the release build and run this binary")
+    ap.add_argument("--dir", default=os.path.join(ROOT, "target", "bench"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for a burst to be served")
+    ap.add_argument("--keep-cluster", action="store_true", help="leave the control plane and OpenBao running")
+    ap.add_argument("--no-raw", action="store_true")
+    args = ap.parse_args()
+    args.bindings = [int(b) for b in str(args.bindings).split(",") if b]
+    args.run_id = str(int(time.time()))
+    os.makedirs(args.dir, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
+
+    if not args.operator_bin:
+        log("building the release operator (cargo build --release)")
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+        args.operator_bin = os.path.join(ROOT, "target", "release", "cubbyhole")
+    args.operator_bin = os.path.abspath(args.operator_bin)
+    log(f"starting the local control plane and OpenBao in {args.dir} (e2e/cluster-up.sh)")
+    # A fresh cluster each run (OpenBao's audit device can only come from its start-up config).
+    subprocess.run([os.path.join(ROOT, "e2e", "cluster-down.sh"), args.dir], capture_output=True)
+    r = subprocess.run([os.path.join(ROOT, "e2e", "cluster-up.sh"), args.dir], capture_output=True, text=True,
+                       env=dict(os.environ, CUBBYHOLE_BAO_AUDIT="1"))
+    if r.returncode != 0:
+        die(f"cluster-up failed:\n{r.stderr[-2000:]}")
+    operator = None
+    try:
+        env = read_env(os.path.join(args.dir, "env"))
+        with open(os.path.join(args.dir, "root-token")) as f:
+            args.root_token = f.read().strip()
+        with open(env["VAULT_TOKEN_FILE"]) as f:
+            op_token = f.read().strip()
+        vault = Http(env["VAULT_ADDR"])
+        kube = kube_client(os.path.join(args.dir, "cluster"))
+        audit = Audit(os.path.join(args.dir, "audit.log"))
+        if not os.path.exists(audit.path):
+            die("OpenBao has no audit log (cluster-up.sh with CUBBYHOLE_BAO_AUDIT=1)")
+        raw = None if args.no_raw else raw_pipeline(args, kube, vault, op_token)
+        port = free_port()
+        log(f"starting the operator ({os.path.relpath(args.operator_bin, ROOT)}) as its service account, Kubernetes auth to OpenBao")
+        operator = start_operator(args, env, port)
+        rss = Rss(operator.pid)
+        bursts = [burst(args, kube, vault, audit, rss, b) for b in args.bindings]
+        hwm = rss.read().get("VmHWM")
+        report = write_report(args, raw, bursts, hwm, args.out, time.monotonic() - T0)
+    finally:
+        if operator:
+            operator.send_signal(signal.SIGTERM)
+            try:
+                operator.wait(10)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+        if not args.keep_cluster:
+            subprocess.run([os.path.join(ROOT, "e2e", "cluster-down.sh"), args.dir], capture_output=True)
+    print()
+    with open(os.path.join(args.out, "report.md")) as f:
+        print(f.read())
+    log(f"report: {args.out}/report.md, report.json, latency-cdf.svg")
+    if not all(b["correct"] for b in report["bursts"]):
+        die("correctness check failed")
+
+
+if __name__ == "__main__":
+    main()
