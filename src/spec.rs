@@ -233,4 +233,60 @@ mod tests {
                 .contains("needs values")
         );
     }
+
+    #[test]
+    fn label_keys_and_values_follow_kubernetes_rules() {
+        let long = "x".repeat(64);
+        for (key, value, ok) in [
+            ("app", "a", true),
+            ("example.com/app", "a-b.c_d", true),
+            ("app", "", true),
+            ("", "a", false),
+            ("example.com/", "a", false),
+            ("a/b/c", "a", false),
+            ("-app", "a", false),
+            (long.as_str(), "a", false),
+            ("app", "bad value", false),
+            ("app", long.as_str(), false),
+        ] {
+            let result = validate(&spec(&[(key, value)], "agent", "60s"), "ns", &rules());
+            assert_eq!(result.is_ok(), ok, "{key:?}={value:?}");
+        }
+    }
+
+    #[test]
+    fn only_in_and_not_in_need_values() {
+        for (operator, values, ok) in [
+            ("Exists", None, true),
+            ("DoesNotExist", Some(vec![]), true),
+            ("In", Some(vec!["a".to_string()]), true),
+            ("NotIn", None, false),
+        ] {
+            let mut s = spec(&[], "agent", "60s");
+            s.pod_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: operator.into(),
+                values,
+            }]);
+            assert_eq!(validate(&s, "ns", &rules()).is_ok(), ok, "{operator}");
+        }
+    }
+
+    #[test]
+    fn secret_keys_must_be_non_empty_and_valid() {
+        for (key, ok) in [
+            ("token", true),
+            ("a.b-c_1", true),
+            ("", false),
+            ("a/b", false),
+        ] {
+            let mut s = spec(&[("app", "a")], "agent", "60s");
+            s.secret_key = key.into();
+            let result = validate(&s, "ns", &rules());
+            assert_eq!(result.is_ok(), ok, "secretKey {key:?}");
+            if !ok {
+                assert!(result.unwrap_err().message.contains("secretKey"));
+            }
+        }
+    }
 }
