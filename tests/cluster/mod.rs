@@ -744,49 +744,66 @@ impl Env {
         tokens.sort();
         tokens.dedup();
         assert!(!tokens.is_empty(), "the test saw no token to scan for");
-        let mut corpus = String::new();
+        // (where it came from, what it said): a leak names its source, never the token.
+        let mut corpus: Vec<(String, String)> = vec![];
         if let Some(op) = &self.operator {
-            corpus.push_str(&op.get("/metrics").map(|(_, b)| b).unwrap_or_default());
+            let metrics = op.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+            corpus.push(("/metrics".into(), metrics));
         }
-        corpus.push_str(&self.bao.log());
+        corpus.push(("OpenBao's log".into(), self.bao.log()));
         for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if (name.starts_with("agent-") || name.starts_with("operator"))
+            if (name.starts_with("agent-")
+                || name.starts_with("operator")
+                || name.starts_with("transcript-"))
                 && name.ends_with(".log")
             {
-                corpus.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                corpus.push((name, text));
             }
         }
-        corpus.push_str(&self.transcript.text());
         let bindings = self.bindings().list(&ListParams::default()).await.unwrap();
-        corpus.push_str(&serde_json::to_string(&bindings.items).unwrap());
-        for secret in self
-            .secrets()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-        {
-            corpus.push_str(&serde_json::to_string(&secret.metadata).unwrap());
-        }
+        corpus.push((
+            "bindings".into(),
+            serde_json::to_string(&bindings.items).unwrap(),
+        ));
+        let secrets = self.secrets().list(&ListParams::default()).await.unwrap();
+        let metadata: Vec<_> = secrets.items.iter().map(|s| &s.metadata).collect();
+        corpus.push((
+            "Secret metadata".into(),
+            serde_json::to_string(&metadata).unwrap(),
+        ));
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
         let events = events.list(&ListParams::default()).await.unwrap();
-        corpus.push_str(&serde_json::to_string(&events.items).unwrap());
+        corpus.push((
+            "events.k8s.io Events".into(),
+            serde_json::to_string(&events.items).unwrap(),
+        ));
         let core_events: Api<k8s_openapi::api::core::v1::Event> = Api::all(self.client.clone());
         let core_events = core_events.list(&ListParams::default()).await.unwrap();
-        corpus.push_str(&serde_json::to_string(&core_events.items).unwrap());
+        corpus.push((
+            "core Events".into(),
+            serde_json::to_string(&core_events.items).unwrap(),
+        ));
         for (i, t) in tokens.iter().enumerate() {
             assert!(t.len() >= 8, "token #{i} too short to scan for");
-            assert!(
-                !corpus.contains(t.as_str()),
-                "token #{i} leaked into the output"
-            );
+            let kind = if issued.contains(t) {
+                "issued by OpenBao"
+            } else {
+                "seen by the test"
+            };
+            for (source, text) in &corpus {
+                assert!(
+                    !text.contains(t.as_str()),
+                    "token #{i} ({kind}) leaked into {source}"
+                );
+            }
         }
         println!(
             "LEAKSCAN {} tokens ({} issued by OpenBao per its audit log) in {} bytes of output",
             tokens.len(),
             issued.len(),
-            corpus.len()
+            corpus.iter().map(|(_, t)| t.len()).sum::<usize>()
         );
     }
 
