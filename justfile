@@ -50,7 +50,7 @@ bench *FLAGS:
     python3 bench/run.py {{FLAGS}}
 
 # Needs `cargo install --locked cargo-mutants`. Every surviving mutant is a rule no unit test
-# pins down. Slow: ~350 mutants at ~25 s each on 2 cores; `just mutants -f src/seal.rs` runs a part.
+# pins down. Slow: ~350 mutants at ~25 s each on 2 cores; `just mutants -f src/record/seal.rs` runs a part.
 # Mutation testing of the pure core; report in mutants.out/.
 mutants *ARGS:
-    cargo mutants --test-tool nextest --cargo-test-arg=--lib {{ if ARGS == "" { "-f src/plan.rs -f src/status.rs -f src/spec.rs -f src/seal.rs -f src/receipt.rs -f src/config.rs -f src/model.rs -f src/webhook/inject.rs -f src/webhook/admit.rs" } else { ARGS } }}
+    cargo mutants --test-tool nextest --cargo-test-arg=--lib {{ if ARGS == "" { "-f src/core/plan.rs -f src/core/status.rs -f src/core/spec.rs -f src/core/pod.rs -f src/record/seal.rs -f src/record/state.rs -f src/agent/receipt.rs -f src/config.rs -f src/webhook/inject.rs -f src/webhook/admit.rs" } else { ARGS } }}

@@ -16,9 +16,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator (controller, metrics and health endpoints).
-    Operator(cubbyhole::operator::OperatorArgs),
+    Operator(cubbyhole::controller::OperatorArgs),
     /// Unwrap the pod's wrapping token into a 0400 file and leave a receipt (agent side).
-    Unwrap(cubbyhole::unwrap::UnwrapArgs),
+    Unwrap(cubbyhole::agent::unwrap::UnwrapArgs),
     /// Print the AgentSecretBinding CRD as YAML.
     Crd,
 }
@@ -26,8 +26,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Operator(args) => cubbyhole::operator::run(args).await,
-        Command::Unwrap(args) => cubbyhole::unwrap::run(args).await,
+        Command::Operator(args) => cubbyhole::controller::run(args).await,
+        Command::Unwrap(args) => cubbyhole::agent::unwrap::run(args).await,
         Command::Crd => {
             print!("{}", cubbyhole::crd::crd_yaml());
             ExitCode::SUCCESS

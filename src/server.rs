@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::Context;
+use crate::controller::context::Context;
 
 async fn metrics(
     State(ctx): State<Arc<Context>>,

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use cluster::{Env, Options, ann, condition, eventually, issued};
-use cubbyhole::receipt::{Receipt, result};
+use cubbyhole::agent::receipt::{Receipt, result};
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cubbyhole::receipt::{Receipt, result};
+use cubbyhole::agent::receipt::{Receipt, result};
 use cubbyhole::vault::SecretString;
 use support::{Bao, ROLE_PATH, assert_no_secrets, closed_addr, scratch_dir, write_private};
 

@@ -77,7 +77,7 @@ POLICY
         token_explicit_max_ttl=24h >/dev/null
 done
 
-# 3. The operator: exactly the calls src/vault.rs makes with its token. Mint only through
+# 3. The operator: exactly the calls src/vault/mod.rs makes with its token. Mint only through
 #    those roles and only response-wrapped (min_wrapping_ttl forces wrapping; a POST there is
 #    an "update"), revoke by accessor, look up a token's metadata by accessor (the answer
 #    never holds the token). sys/wrapping/lookup needs no grant: the operator calls it

@@ -7,8 +7,8 @@ use kube::core::SelectorExt;
 use serde_json::Value;
 
 use crate::config::RoleRule;
+use crate::core::spec::{pod_selector, validate};
 use crate::crd::AgentSecretBinding;
-use crate::spec::{pod_selector, validate};
 use crate::webhook::inject::{INJECT_LABEL, INJECTED_ANNOTATION, Target, build, describe_pod};
 use crate::webhook::settings::InjectorConfig;
 

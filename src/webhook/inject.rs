@@ -11,8 +11,9 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::crd::AgentSecretBindingSpec;
-use crate::model::{PodView, SECRET_NAME_ANNOTATION, is_valid_secret_name, secret_name};
+use crate::record::SECRET_NAME_ANNOTATION;
 use crate::webhook::settings::InjectorConfig;
 
 /// Pod label that opts a pod in (the webhook configuration's `objectSelector`).

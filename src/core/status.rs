@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
+use crate::core::pod::PodView;
+use crate::core::spec::Invalid;
 use crate::crd::{AgentSecretBindingStatus, Condition, WrapRecord};
-use crate::model::{Phase, PodView, WrapState};
-use crate::spec::Invalid;
+use crate::record::{Phase, WrapState};
 
 /// Most per-pod records kept in the status.
 pub const MAX_RECORDS: usize = 50;
@@ -251,7 +252,7 @@ mod tests {
             receipts_after: None,
             has_token: false,
             deleting: false,
-            authenticity: crate::seal::Authenticity::Authentic,
+            authenticity: crate::record::seal::Authenticity::Authentic,
             annotations: Default::default(),
         }
     }

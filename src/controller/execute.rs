@@ -12,13 +12,13 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::children::{self, ClaimError, Records};
-use crate::context::{Context, Error, key};
+use crate::controller::context::{Context, Error, key};
+use crate::core::plan::{Action, Issue, Settings};
+use crate::core::status::Problems;
 use crate::crd::AgentSecretBinding;
-use crate::model::{Phase, WrapState};
-use crate::plan::{Action, Issue, Settings};
-use crate::seal::Authenticity;
-use crate::status::Problems;
+use crate::record::seal::Authenticity;
+use crate::record::writes::{self, ClaimError, Records};
+use crate::record::{Phase, WrapState};
 use crate::vault::{Revoked, TokenRequest, VaultError};
 
 /// Runs a plan's steps for one binding, the steps of up to `concurrency` records at a time.
@@ -192,7 +192,7 @@ impl Step<'_> {
             return self.vault_failed(e);
         }
         let now = Timestamp::now();
-        let claimed = match children::claim(&self.records, &issue, now).await {
+        let claimed = match writes::claim(&self.records, &issue, now).await {
             Ok(c) => c,
             Err(ClaimError::Taken) => {
                 self.problems
@@ -203,18 +203,18 @@ impl Step<'_> {
             Err(ClaimError::Lost) => return Ok(()),
             Err(ClaimError::Kube(e)) => return Err(e.into()),
         };
-        crate::failpoint::hit("after-claim");
+        crate::controller::failpoint::hit("after-claim");
         let request = self.token_request(&issue);
         // Vault counts the wrap's TTL from its own receipt of the request: start the clock
         // before sending, so our expiry is never later than Vault's.
         let issued_at = Timestamp::now();
         match self.ctx.vault.create_wrapped_token(&request).await {
             Ok(wrap) => {
-                crate::failpoint::hit("after-mint");
+                crate::controller::failpoint::hit("after-mint");
                 let expires_at = issued_at
                     .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
                     .unwrap_or(issued_at);
-                let delivered = children::deliver(
+                let delivered = writes::deliver(
                     &self.records,
                     &claimed,
                     &self.binding.spec.secret_key,
@@ -264,7 +264,7 @@ impl Step<'_> {
             }
             Err(e) => {
                 warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e, "mint failed");
-                children::record_failure(&self.records, &claimed, &e.to_string(), Timestamp::now())
+                writes::record_failure(&self.records, &claimed, &e.to_string(), Timestamp::now())
                     .await
                     .ok();
                 if e.is_unavailable() {
@@ -304,7 +304,7 @@ impl Step<'_> {
         let Some(token) = self
             .raw
             .get(&wrap.secret)
-            .and_then(|s| children::wrapping_token(s, &self.binding.spec.secret_key))
+            .and_then(|s| writes::wrapping_token(s, &self.binding.spec.secret_key))
         else {
             return Ok(());
         };
@@ -348,7 +348,7 @@ impl Step<'_> {
         if let Err(e) = self.ctx.vault.health().await {
             return self.vault_failed(e);
         }
-        match children::mark_vault_seen(&self.records, &wrap, Timestamp::now()).await {
+        match writes::mark_vault_seen(&self.records, &wrap, Timestamp::now()).await {
             Err(ClaimError::Kube(e)) => Err(e.into()),
             _ => Ok(()),
         }
@@ -381,7 +381,7 @@ impl Step<'_> {
         if let Err(e) = self.revoke_record(wrap, revoke_wrap, revoke_token).await {
             return self.vault_failed(e);
         }
-        match children::settle(&self.records, wrap, phase, verified, message).await {
+        match writes::settle(&self.records, wrap, phase, verified, message).await {
             Ok(_) => {}
             Err(ClaimError::Kube(e)) => return Err(e.into()),
             Err(_) => return Ok(()),
@@ -413,7 +413,7 @@ impl Step<'_> {
         if let Err(e) = self.revoke_record(&wrap, revoke_wrap, revoke_token).await {
             return self.vault_failed(e);
         }
-        children::remove(self.records.api, &wrap).await?;
+        writes::remove(self.records.api, &wrap).await?;
         self.ctx
             .last_lookup
             .lock()

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::receipt::{Receipt, result};
+use crate::agent::receipt::{Receipt, result};
 use crate::vault::{SecretString, VaultClient, VaultEndpoint, VaultError, WrapLookup};
 
 /// Every wrap the operator mints is created under this prefix (`auth/token/create/<role>`).

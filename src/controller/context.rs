@@ -12,7 +12,7 @@ use kube::runtime::reflector::Store;
 use crate::config::OperatorConfig;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
-use crate::seal::RecordKeys;
+use crate::record::seal::RecordKeys;
 use crate::vault::{VaultClient, VaultError};
 
 /// One error type for the reconciler; `category` is its metric label.

@@ -1,6 +1,6 @@
 //! Every write to a per-pod Secret. Creates claim a pod start; every later change is a JSON
 //! merge patch guarded by `resourceVersion`, so two writers can never both win. Every write
-//! carries a fresh signature over the annotations it leaves (see [`crate::seal`]): the patch
+//! carries a fresh signature over the annotations it leaves (see [`crate::record::seal`]): the patch
 //! builders are pure and compute the resulting annotations from the ones read plus the change.
 
 use std::collections::BTreeMap;
@@ -13,11 +13,11 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::model::{
+use crate::core::plan::Issue;
+use crate::record::seal::{Fields, RecordKeys};
+use crate::record::{
     BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Phase, SECRET_FINALIZER, WrapState, ann,
 };
-use crate::plan::Issue;
-use crate::seal::{Fields, RecordKeys};
 use crate::vault::WrapInfo;
 
 /// Why a claim did not happen.
@@ -447,7 +447,7 @@ pub fn wrapping_token(secret: &Secret, key: &str) -> Option<crate::vault::Secret
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seal::Authenticity;
+    use crate::record::seal::Authenticity;
     use crate::vault::SecretString;
 
     fn keys() -> RecordKeys {

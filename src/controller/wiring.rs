@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::OperatorConfig;
-use crate::context::{Context, Readiness};
+use crate::controller::context::{Context, Readiness};
+use crate::controller::reconcile;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
-use crate::model::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
-use crate::reconcile;
+use crate::record::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::vault::VaultClient;
 
 /// `cubbyhole operator` flags.
@@ -87,7 +87,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let record_keys =
-        crate::record_key::load(client.clone(), &args.lease_namespace, &shutdown).await?;
+        crate::record::signing_keys::load(client.clone(), &args.lease_namespace, &shutdown).await?;
 
     let controller = Controller::new(bindings.clone(), watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
@@ -139,14 +139,21 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     if args.leader_election {
         // A standby is healthy and ready: it must not stall rollouts.
         ctx.readiness.expect([]);
-        let lease = crate::leader::LeaseConfig {
+        let lease = crate::controller::leader::LeaseConfig {
             name: args.lease_name.clone(),
             namespace: args.lease_namespace.clone(),
             identity: identity(),
             duration: args.lease_duration,
             renew_every: args.lease_duration / 3,
         };
-        match crate::leader::acquire(client.clone(), lease, shutdown.clone(), stop.clone()).await {
+        match crate::controller::leader::acquire(
+            client.clone(),
+            lease,
+            shutdown.clone(),
+            stop.clone(),
+        )
+        .await
+        {
             Some(renewal) => leadership = Some(renewal),
             None => return finish(server).await,
         }
@@ -300,7 +307,7 @@ fn bindings_selecting(
         .state()
         .iter()
         .filter(|b| b.namespace() == pod.namespace())
-        .filter(|b| crate::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(pod.labels())))
+        .filter(|b| crate::core::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(pod.labels())))
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()
 }
@@ -365,7 +372,7 @@ async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
         if !ctx.readiness.is_ready() {
             continue;
         }
-        match crate::sweep::orphaned_bindings(&ctx).await {
+        match crate::controller::sweep::orphaned_bindings(&ctx).await {
             Ok(orphans) => {
                 for (ns, binding) in orphans {
                     // Forged records of a gone binding are reported once and stay.

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::model::{ObservedReceipt, Phase, PodView, WrapState, is_valid_secret_name, secret_name};
-use crate::receipt::result;
+use crate::agent::receipt::result;
+use crate::core::pod::{ObservedReceipt, PodView, is_valid_secret_name, secret_name};
+use crate::record::{Phase, WrapState};
 
 /// A lost mint answer is assumed dead this long after its wrap would have expired.
 pub const LOST_MINT_SLACK: Duration = Duration::from_secs(10);
@@ -457,7 +458,7 @@ fn judge_receipts(pod: &PodView, wrap: &WrapState) -> Option<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::receipt::Receipt;
+    use crate::agent::receipt::Receipt;
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -501,7 +502,7 @@ mod tests {
             receipts_after: None,
             has_token: true,
             deleting: false,
-            authenticity: crate::seal::Authenticity::Authentic,
+            authenticity: crate::record::seal::Authenticity::Authentic,
             annotations: Default::default(),
         }
     }

@@ -1,5 +1,5 @@
 //! The thin I/O around the planner: read the binding's pods and records, plan, hand the steps
-//! to [`crate::steps`], write the status; plus the finalizer's cleanup.
+//! to [`crate::controller::execute`], write the status; plus the finalizer's cleanup.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,16 +15,17 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::children::{self, Records, Sealer};
-use crate::context::{Context, Error, key};
+use crate::controller::context::{Context, Error, key};
+use crate::controller::execute;
+use crate::controller::trust;
+use crate::core::plan::{self, Settings};
+use crate::core::pod::PodView;
+use crate::core::spec;
+use crate::core::status::{self, Problems, StatusInput};
 use crate::crd::AgentSecretBinding;
-use crate::model::{BINDING_FINALIZER, BINDING_LABEL, PodView, WrapState};
-use crate::plan::{self, Settings};
-use crate::seal::Authenticity;
-use crate::spec;
-use crate::status::{self, Problems, StatusInput};
-use crate::steps;
-use crate::trust;
+use crate::record::seal::Authenticity;
+use crate::record::writes::{self, Records, Sealer};
+use crate::record::{BINDING_FINALIZER, BINDING_LABEL, WrapState};
 use crate::vault::{Revoked, VaultError};
 
 /// Field manager for everything the operator writes with server-side apply.
@@ -182,7 +183,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         let taken_before = problems.names_taken.len();
         // Records are independent: their steps run side by side, each record's in order. Once
         // Vault is unavailable no further step starts; report now, retry with backoff.
-        if let Some(e) = steps::run_all(
+        if let Some(e) = execute::run_all(
             ctx,
             b,
             writer,
@@ -373,7 +374,7 @@ pub async fn cleanup_records(
                 ctx.metrics.revoked(kind);
             }
         }
-        children::remove(&secrets, wrap).await?;
+        writes::remove(&secrets, wrap).await?;
         removed += 1;
     }
     if !vetted.untrusted.is_empty() {

@@ -13,7 +13,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::seal::RecordKeys;
+use crate::record::seal::RecordKeys;
 
 /// Name of the Secret holding the keys.
 pub const KEY_SECRET: &str = "cubbyhole-record-key";
@@ -46,7 +46,7 @@ pub fn new_key_secret(namespace: &str, key: Vec<u8>) -> Secret {
             namespace: Some(namespace.into()),
             labels: Some(BTreeMap::from([(
                 PART_OF_LABEL.to_string(),
-                crate::model::MANAGED_BY.to_string(),
+                crate::record::MANAGED_BY.to_string(),
             )])),
             ..Default::default()
         },
@@ -135,7 +135,7 @@ mod tests {
             labels.get(PART_OF_LABEL).map(String::as_str),
             Some("cubbyhole")
         );
-        assert!(!labels.contains_key(crate::model::MANAGED_BY_LABEL));
+        assert!(!labels.contains_key(crate::record::MANAGED_BY_LABEL));
         let keys = keys_from_secret(&s).unwrap();
         assert_eq!((keys.ids(), keys.signing_id()), (vec![1], 1));
     }

@@ -6,9 +6,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
-use crate::context::Context;
+use crate::controller::context::Context;
 use crate::crd::AgentSecretBinding;
-use crate::model::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::record::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// `(namespace, binding)` pairs that own records but are gone (checked against the API server,
 /// not only the cache, so a binding created a moment ago is never swept).

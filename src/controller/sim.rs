@@ -1,4 +1,4 @@
-//! A multi-round simulation of the controller: the real planner ([`crate::plan::plan`]) driven
+//! A multi-round simulation of the controller: the real planner ([`crate::core::plan::plan`]) driven
 //! against a model of the API server and of Vault, over seeded random schedules of pod events,
 //! agent behaviour, operator crashes and faults. Pure and fast (test-only).
 //!
@@ -14,7 +14,7 @@
 //! `reconcile::apply` (list, plan, run the steps in order, stop at the first Vault outage),
 //! `reconcile::cleanup_records` (a binding's finalizer) and `steps::Step::{issue, lookup,
 //! confirm_vault, probe_expiry, settle, cleanup, revoke_record, vault_failed}` with the writes of
-//! `children::{claim, deliver, record_failure, mark_vault_seen, settle, remove}`: which
+//! `writes::{claim, deliver, record_failure, mark_vault_seen, settle, remove}`: which
 //! annotations each write sets or removes, which resourceVersion guards it, what each error
 //! leads to. `model_writes_match_the_children_builders` checks the writes against the real
 //! patch builders of `children`.
@@ -75,13 +75,14 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::children::{
+use crate::agent::receipt::{Receipt, result};
+use crate::core::plan::{self, Action, Input, Issue, LOST_MINT_SLACK, Settings};
+use crate::core::pod::{ObservedReceipt, PodView, secret_name};
+use crate::record::seal::Authenticity;
+use crate::record::writes::{
     Change, claim_changes, deliver_changes, failure_changes, settle_changes, takeover_changes,
 };
-use crate::model::{ObservedReceipt, Phase, PodView, WrapState, ann, secret_name};
-use crate::plan::{self, Action, Input, Issue, LOST_MINT_SLACK, Settings};
-use crate::receipt::{Receipt, result};
-use crate::seal::Authenticity;
+use crate::record::{Phase, WrapState, ann};
 use crate::vault::Revoked;
 
 /// The agent container named in `Settings::agent_container`.
@@ -224,7 +225,7 @@ impl VErr {
     }
 }
 
-/// Mirrors `children::ClaimError`.
+/// Mirrors `writes::ClaimError`.
 #[derive(Debug)]
 enum ClaimError {
     Taken,
@@ -1149,7 +1150,7 @@ impl World {
         }
     }
 
-    /// `children::claim`.
+    /// `writes::claim`.
     fn claim(&mut self, r: &Round, issue: &Issue) -> Step<Result<(String, u64), ClaimError>> {
         let now = ts(self.now);
         let Some(old) = &issue.replaces else {
@@ -1190,7 +1191,7 @@ impl World {
             .map(|rv| (old.secret.clone(), rv)))
     }
 
-    /// `children::guarded_patch`.
+    /// `writes::guarded_patch`.
     fn guarded_patch(
         &mut self,
         name: &str,
@@ -1391,7 +1392,7 @@ impl World {
         Ok(())
     }
 
-    /// `Step::cleanup` with `children::remove`.
+    /// `Step::cleanup` with `writes::remove`.
     fn cleanup(
         &mut self,
         r: &mut Round,
@@ -1410,7 +1411,7 @@ impl World {
         Ok(())
     }
 
-    /// `children::remove`: release the finalizer, delete with the uid as precondition.
+    /// `writes::remove`: release the finalizer, delete with the uid as precondition.
     fn remove(&mut self, name: &str) -> Step<Result<(), KubeErr>> {
         match self.api_unfinalize(name)? {
             Ok(uid) => match self.api_delete(name, uid)? {
@@ -1872,7 +1873,7 @@ impl World {
             };
             let b = &self.bindings[binding];
             let name = secret_name(&pod.view(), binding);
-            if !crate::model::is_valid_secret_name(&name) {
+            if !crate::core::pod::is_valid_secret_name(&name) {
                 continue;
             }
             let record = self.secrets.get(&name);
@@ -2227,9 +2228,10 @@ mod tests {
     /// alike.
     #[test]
     fn model_writes_match_the_children_builders() {
-        use crate::children::{self, Claimed, Sealer};
+        use crate::record::writes::{self, Claimed, Sealer};
         use crate::vault::{SecretString, WrapInfo};
-        let keys = crate::seal::RecordKeys::new(BTreeMap::from([(1, vec![7; 32])])).expect("key");
+        let keys =
+            crate::record::seal::RecordKeys::new(BTreeMap::from([(1, vec![7; 32])])).expect("key");
         let sealer = Sealer {
             namespace: "ns",
             binding: "b",
@@ -2245,7 +2247,7 @@ mod tests {
             receipts_after: after.map(ts),
         };
         // Claim by create.
-        let (secret, signed) = children::claim_secret(&sealer, &issue(0, None, Some(3)), ts(5));
+        let (secret, signed) = writes::claim_secret(&sealer, &issue(0, None, Some(3)), ts(5));
         let mut real = secret.metadata.annotations.clone().expect("annotations");
         real.remove(ann::SIGNATURE);
         let mut model = BTreeMap::new();
@@ -2265,7 +2267,7 @@ mod tests {
             ttl: 60,
             creation_path: "auth/token/create/r".into(),
         };
-        let patch = children::deliver_patch(&sealer, &claimed, "token", &info, ts(6), ts(66));
+        let patch = writes::deliver_patch(&sealer, &claimed, "token", &info, ts(6), ts(66));
         assert_eq!(
             patch.pointer("/metadata/resourceVersion"),
             Some(&"1".into())
@@ -2277,7 +2279,7 @@ mod tests {
         let issued = read_record("p-b-wrap", &sec(&model, 2, Some("wt1"))).expect("record");
         assert_eq!((issued.phase, issued.has_token), (Phase::Issued, true));
         // Vault seen, settle (verified or not), failure.
-        let patch = children::vault_seen_patch(&sealer, &issued, ts(7));
+        let patch = writes::vault_seen_patch(&sealer, &issued, ts(7));
         assert_eq!(
             patch.pointer("/metadata/resourceVersion"),
             Some(&"2".into())
@@ -2287,14 +2289,14 @@ mod tests {
         apply_model(&mut m, &[(ann::VAULT_SEEN_AT, Some(ts(7).to_string()))]);
         assert_eq!(r, m);
         for verified in [true, false] {
-            let patch = children::settle_patch(&sealer, &issued, Phase::Unwrapped, verified, "x");
+            let patch = writes::settle_patch(&sealer, &issued, Phase::Unwrapped, verified, "x");
             assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
             let (mut r, mut m) = (real.clone(), model.clone());
             apply_real(&mut r, &patch);
             apply_model(&mut m, &settle_changes(Phase::Unwrapped, verified, "x"));
             assert_eq!(r, m);
         }
-        let patch = children::failure_patch(&sealer, &claimed, "refused", ts(8));
+        let patch = writes::failure_patch(&sealer, &claimed, "refused", ts(8));
         assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
         let (mut r, mut m) = (real.clone(), model.clone());
         apply_real(&mut r, &patch);
@@ -2303,13 +2305,13 @@ mod tests {
         // Takeover for the same start and for a new one (with and without receipts_after).
         apply_real(
             &mut real,
-            &children::settle_patch(&sealer, &issued, Phase::Unwrapped, true, "ok"),
+            &writes::settle_patch(&sealer, &issued, Phase::Unwrapped, true, "ok"),
         );
         apply_model(&mut model, &settle_changes(Phase::Unwrapped, true, "ok"));
         let settled = read_record("p-b-wrap", &sec(&model, 3, None)).expect("record");
         for (start, after) in [(0, None), (1, Some(9)), (1, None)] {
             let i = issue(start, Some(settled.clone()), after);
-            let (patch, signed) = children::takeover_patch(&sealer, &i, &settled, ts(10));
+            let (patch, signed) = writes::takeover_patch(&sealer, &i, &settled, ts(10));
             assert_eq!(
                 patch.pointer("/metadata/resourceVersion"),
                 Some(&"3".into())

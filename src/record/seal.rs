@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::model::ann;
+use crate::record::ann;
 
 /// Version tag of the signature format.
 const VERSION: &str = "v1";

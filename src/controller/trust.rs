@@ -12,11 +12,11 @@ use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::children::{self, ClaimError, Records};
-use crate::context::{Context, Error, key};
+use crate::controller::context::{Context, Error, key};
 use crate::crd::AgentSecretBinding;
-use crate::model::WrapState;
-use crate::seal::Authenticity;
+use crate::record::WrapState;
+use crate::record::seal::Authenticity;
+use crate::record::writes::{self, ClaimError, Records};
 use crate::vault::{SecretString, VaultError, WrapLookup};
 
 /// Event reason for a record that is not the operator's.
@@ -204,7 +204,7 @@ async fn adopt(
     let sealer = &records.sealer;
     match adoption(sealer.namespace, sealer.binding, wrap, &evidence) {
         Adoption::Forged(why) => Err(Verdict::Forged(why)),
-        Adoption::Adopt => match children::adopt(records, wrap).await {
+        Adoption::Adopt => match writes::adopt(records, wrap).await {
             Ok(rv) => Ok(Some(rv)),
             Err(ClaimError::Kube(e)) => Err(Verdict::Failed(e.into())),
             Err(_) => Ok(None),
@@ -296,7 +296,7 @@ pub async fn report_forged(
          and nothing it names was revoked. Find out who wrote it, then delete it (remove its \
          finalizer {} first).",
         wrap.secret,
-        crate::model::SECRET_FINALIZER
+        crate::record::SECRET_FINALIZER
     );
     // The forged Secret is the Event's related object, so each one is its own Event rather
     // than a count on one series per binding.
@@ -321,7 +321,7 @@ pub async fn report_forged(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Phase;
+    use crate::record::Phase;
 
     fn unsigned(phase: Phase, wrap_accessor: Option<&str>, accessor: Option<&str>) -> WrapState {
         WrapState {

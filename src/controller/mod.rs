@@ -1,0 +1,16 @@
+//! The controller: watches and wiring (`wiring`), one binding's round (`reconcile`: observe,
+//! plan, execute, status), the executor (`execute`), trust in records (`trust`), the sweep of
+//! orphaned records, leader election. Depends on everything below it; nothing depends on it.
+
+pub mod context;
+pub mod execute;
+pub mod failpoint;
+pub mod leader;
+pub mod reconcile;
+#[cfg(test)]
+mod sim;
+pub mod sweep;
+pub mod trust;
+pub mod wiring;
+
+pub use wiring::{OperatorArgs, run};

@@ -1,0 +1,156 @@
+//! What a pod looks like to the planner: its identity, restarts and the receipts its agent
+//! left, and the name of the Secret it is served in.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::agent::receipt::Receipt;
+use crate::record::schema::SECRET_NAME_ANNOTATION;
+
+/// A receipt found in a container's termination message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedReceipt {
+    /// Container that wrote it.
+    pub container: String,
+    /// The receipt.
+    pub receipt: Receipt,
+    /// When that container instance finished (kubelet clock).
+    pub finished_at: Option<Timestamp>,
+}
+
+/// What the planner needs to know about a pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodView {
+    /// Name.
+    pub name: String,
+    /// Uid.
+    pub uid: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The `cubbyhole.dev/secret-name` annotation.
+    pub secret_name: Option<String>,
+    /// Being deleted.
+    pub terminating: bool,
+    /// Phase Succeeded or Failed: no process left to hold a token.
+    pub finished: bool,
+    /// Restart count per container name (init and regular).
+    pub restart_counts: BTreeMap<String, u32>,
+    /// Receipts in termination messages, newest instance first per container.
+    pub receipts: Vec<ObservedReceipt>,
+}
+
+impl PodView {
+    /// Reads a Pod.
+    pub fn from_pod(pod: &Pod) -> Option<Self> {
+        let uid = pod.metadata.uid.clone()?;
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let mut restart_counts = BTreeMap::new();
+        let mut receipts = vec![];
+        let statuses = status
+            .into_iter()
+            .flat_map(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+            })
+            .collect::<Vec<&ContainerStatus>>();
+        for cs in statuses {
+            restart_counts.insert(cs.name.clone(), cs.restart_count.max(0) as u32);
+            let terminated = [
+                cs.state.as_ref().and_then(|s| s.terminated.as_ref()),
+                cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()),
+            ];
+            for t in terminated.into_iter().flatten() {
+                if let Some(receipt) = t.message.as_deref().and_then(Receipt::parse) {
+                    receipts.push(ObservedReceipt {
+                        container: cs.name.clone(),
+                        receipt,
+                        finished_at: t.finished_at.as_ref().map(|f| f.0),
+                    });
+                }
+            }
+        }
+        Some(Self {
+            name: pod.name_any(),
+            uid,
+            labels: pod.labels().clone(),
+            secret_name: pod.annotations().get(SECRET_NAME_ANNOTATION).cloned(),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            finished: matches!(phase, "Succeeded" | "Failed"),
+            restart_counts,
+            receipts,
+        })
+    }
+
+    /// Newest finish time among this pod's receipts (to mark them as belonging to past starts).
+    pub fn newest_receipt_time(&self) -> Option<Timestamp> {
+        self.receipts.iter().filter_map(|r| r.finished_at).max()
+    }
+}
+
+/// The Secret name for a pod: its annotation if set, else `<pod>-<binding>-wrap`, shortened
+/// with a hash suffix when that would exceed 253 characters.
+pub fn secret_name(pod: &PodView, binding: &str) -> String {
+    if let Some(name) = &pod.secret_name {
+        return name.clone();
+    }
+    let full = format!("{}-{}-wrap", pod.name, binding);
+    if full.len() <= 253 {
+        return full;
+    }
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(full.as_bytes()));
+    format!(
+        "{}-{}",
+        full[..240].trim_end_matches(['-', '.']),
+        &digest[..10]
+    )
+}
+
+/// True when `name` is a valid Secret name (DNS-1123 subdomain).
+pub fn is_valid_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_deterministic_valid_and_bounded() {
+        let pod = PodView {
+            name: "agent-0".into(),
+            ..Default::default()
+        };
+        assert_eq!(secret_name(&pod, "b"), "agent-0-b-wrap");
+        let long = PodView {
+            name: "p".repeat(250),
+            ..Default::default()
+        };
+        let n = secret_name(&long, "binding");
+        assert!(n.len() <= 253 && is_valid_secret_name(&n), "{n}");
+        assert_eq!(n, secret_name(&long, "binding"));
+        assert_ne!(n, secret_name(&long, "other"));
+        let annotated = PodView {
+            secret_name: Some("mine".into()),
+            ..pod
+        };
+        assert_eq!(secret_name(&annotated, "b"), "mine");
+        assert!(!is_valid_secret_name("Bad_Name"));
+        assert!(!is_valid_secret_name("-x"));
+    }
+}

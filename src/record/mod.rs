@@ -1,0 +1,15 @@
+//! The one owner of the per-pod Secret format: its keys (`schema`), how it is read (`state`),
+//! signed (`seal`, `signing_keys`) and written (`writes`, the only module that patches it).
+//! `schema`, `state` and `seal` are pure; `writes` and `signing_keys` talk to the API server.
+
+pub mod schema;
+pub mod seal;
+pub mod signing_keys;
+pub mod state;
+pub mod writes;
+
+pub use schema::{
+    BINDING_FINALIZER, BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SECRET_FINALIZER,
+    SECRET_NAME_ANNOTATION, ann,
+};
+pub use state::{Phase, WrapState};

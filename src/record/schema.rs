@@ -1,0 +1,67 @@
+//! The per-pod record's vocabulary: its labels, annotation keys and finalizers. Everything that
+//! reads or writes a record names its keys from here.
+
+/// Label every per-pod Secret carries.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "cubbyhole";
+/// Label naming the binding that minted a Secret's wrap.
+pub const BINDING_LABEL: &str = "cubbyhole.dev/binding";
+/// Pod annotation choosing the Secret name (so a pod can mount a name it knows in advance).
+pub const SECRET_NAME_ANNOTATION: &str = "cubbyhole.dev/secret-name";
+/// Finalizer on per-pod Secrets: a garbage-collected Secret is revoked before it goes.
+pub const SECRET_FINALIZER: &str = "cubbyhole.dev/revoke";
+/// Finalizer on bindings: everything a binding minted is revoked before it goes.
+pub const BINDING_FINALIZER: &str = "cubbyhole.dev/cleanup";
+
+/// Annotation keys of the per-pod Secret.
+pub mod ann {
+    /// Pod name.
+    pub const POD: &str = "cubbyhole.dev/pod";
+    /// Pod uid the wrap was minted for.
+    pub const POD_UID: &str = "cubbyhole.dev/pod-uid";
+    /// Start number (agent container restart count at issue).
+    pub const START: &str = "cubbyhole.dev/start";
+    /// Phase of the wrap.
+    pub const PHASE: &str = "cubbyhole.dev/phase";
+    /// When the current mint attempt was claimed (RFC 3339).
+    pub const CLAIMED_AT: &str = "cubbyhole.dev/claimed-at";
+    /// Accessor of the wrapping token.
+    pub const WRAP_ACCESSOR: &str = "cubbyhole.dev/wrap-accessor";
+    /// Accessor of the token inside the wrap.
+    pub const ACCESSOR: &str = "cubbyhole.dev/accessor";
+    /// Accessor of the previous start's token.
+    pub const PREVIOUS_ACCESSOR: &str = "cubbyhole.dev/previous-accessor";
+    /// Issue time (RFC 3339).
+    pub const ISSUED_AT: &str = "cubbyhole.dev/issued-at";
+    /// Wrap expiry (RFC 3339).
+    pub const EXPIRES_AT: &str = "cubbyhole.dev/expires-at";
+    /// "true" when the agent's receipt named the expected accessor.
+    pub const VERIFIED: &str = "cubbyhole.dev/verified";
+    /// Human-readable detail.
+    pub const MESSAGE: &str = "cubbyhole.dev/message";
+    /// When Vault was seen answering after a claim whose mint answer was lost.
+    pub const VAULT_SEEN_AT: &str = "cubbyhole.dev/vault-seen-at";
+    /// Receipts that finished at or before this time (kubelet clock) belong to earlier starts.
+    pub const RECEIPTS_AFTER: &str = "cubbyhole.dev/receipts-after";
+    /// HMAC over the record (`v1:<key-id>:<hex>`, see [`crate::record::seal`]).
+    pub const SIGNATURE: &str = "cubbyhole.dev/signature";
+
+    /// The annotations the signature covers: every one the operator writes and reads, except
+    /// the free-text [`MESSAGE`] and the signature itself.
+    pub const SIGNED: [&str; 13] = [
+        POD,
+        POD_UID,
+        START,
+        PHASE,
+        CLAIMED_AT,
+        WRAP_ACCESSOR,
+        ACCESSOR,
+        PREVIOUS_ACCESSOR,
+        ISSUED_AT,
+        EXPIRES_AT,
+        VERIFIED,
+        VAULT_SEEN_AT,
+        RECEIPTS_AFTER,
+    ];
+}
