@@ -1,5 +1,6 @@
 //! The `AgentSecretBinding` custom resource: what users write, and the status we report back.
 
+use crate::record::Phase;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -188,7 +189,8 @@ pub struct WrapRecord {
     /// Per-pod Secret that holds (or held) the wrapping token.
     pub secret: String,
     /// Claimed, Issued, Unwrapped, Expired, Revoked, Tampered or Failed.
-    pub phase: String,
+    #[schemars(with = "String")]
+    pub phase: Phase,
     /// True when the pod's `cubbyhole unwrap` receipt named the expected token accessor.
     #[serde(default)]
     pub verified: bool,

@@ -10,6 +10,27 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::record::Phase;
+
+/// Which of a record's two tokens: the label of `cubbyhole_revocations_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    /// The wrapping token (single use, short TTL).
+    Wrap,
+    /// The token inside the wrap.
+    Token,
+}
+
+impl TokenKind {
+    /// The label value: `wrap` or `token`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Wrap => "wrap",
+            TokenKind::Token => "token",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: String,
@@ -168,17 +189,19 @@ impl Metrics {
         self.wraps_issued.inc();
     }
     /// A wrap reached `phase`.
-    pub fn transition(&self, phase: &str) {
+    pub fn transition(&self, phase: Phase) {
         self.transitions
             .get_or_create(&PhaseLabels {
-                phase: phase.into(),
+                phase: phase.as_str().into(),
             })
             .inc();
     }
-    /// A live token of `kind` (`wrap` or `token`) was revoked.
-    pub fn revoked(&self, kind: &str) {
+    /// A live token of `kind` was revoked.
+    pub fn revoked(&self, kind: TokenKind) {
         self.revocations
-            .get_or_create(&RevocationLabels { kind: kind.into() })
+            .get_or_create(&RevocationLabels {
+                kind: kind.as_str().into(),
+            })
             .inc();
     }
     /// Sets the outstanding-wrap gauge of one binding.

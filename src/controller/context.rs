@@ -30,6 +30,10 @@ pub enum Error {
     /// The pod cache is gone (shutting down).
     #[error("pod cache: {0}")]
     Cache(String),
+    /// Vault was unavailable for some of this round's actions; the status says so and the
+    /// binding is retried with backoff.
+    #[error("{0}; retrying with backoff")]
+    VaultUnavailable(String),
 }
 
 impl Error {
@@ -40,6 +44,7 @@ impl Error {
             Error::Vault(e) => e.category(),
             Error::Finalizer(_) => "finalizer",
             Error::Cache(_) => "cache",
+            Error::VaultUnavailable(_) => "unreachable",
         }
     }
 }

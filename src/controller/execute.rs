@@ -1,5 +1,6 @@
-//! Carries out the planner's steps for one binding against Vault and the API server, and tells
-//! people what happened (logs with accessors only, Events, metrics).
+//! Carries out the planner's actions for one binding against Vault and the API server, and
+//! tells people what happened (logs with accessors only, Events, metrics). It decides nothing
+//! the planner could decide: outcomes come from `core::plan`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,93 +14,115 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error, key};
-use crate::core::plan::{Action, Issue, Settings};
-use crate::core::status::Problems;
+use crate::controller::failpoint;
+use crate::core::plan::{Action, Issue, Outcome, Revoke, Settings, expiry_outcome};
 use crate::crd::AgentSecretBinding;
+use crate::metrics::TokenKind;
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, ClaimError, Records};
 use crate::record::{Phase, WrapState};
 use crate::vault::{Revoked, TokenRequest, VaultError};
 
-/// Runs a plan's steps for one binding, the steps of up to `concurrency` records at a time.
-/// The steps of one record run in plan order; once Vault is found unavailable no further step
-/// starts (every step needs Vault: the binding retries with backoff). Problems met are added
-/// to `problems`; returns the first error.
-#[allow(clippy::too_many_arguments)]
+/// What carrying out a plan met that the binding's status must show.
+#[derive(Debug, Default)]
+pub struct Executed {
+    /// Pod name -> its Secret name, held by a Secret that is not this binding's record.
+    pub names_taken: BTreeMap<String, String>,
+    /// Vault was unavailable (message without secrets); later actions were not started.
+    pub vault_unavailable: Option<String>,
+    /// The first error that is neither of those (the binding retries with backoff).
+    pub error: Option<Error>,
+}
+
+/// What one action met, besides success.
+#[derive(Debug, PartialEq)]
+enum Met {
+    /// Nothing to report.
+    Nothing,
+    /// The pod's Secret name belongs to a Secret that is not ours.
+    NameTaken { pod: String, secret: String },
+    /// Vault did not answer (or its answer may have been lost).
+    VaultUnavailable(String),
+}
+
+/// Runs a plan's actions for one binding, the actions of up to `concurrency` records at a
+/// time. The actions of one record run in plan order; once Vault is found unavailable no
+/// further action starts (every action needs Vault: the binding retries with backoff).
 pub async fn run_all(
-    ctx: &Context,
-    binding: &AgentSecretBinding,
-    records: Records<'_>,
-    raw: &BTreeMap<String, Secret>,
-    settings: &Settings,
+    executor: &Executor<'_>,
     actions: Vec<Action>,
     concurrency: usize,
-    problems: &mut Problems,
-) -> Option<Error> {
-    let mut groups: Vec<Vec<Action>> = vec![];
-    let mut by_record: HashMap<String, usize> = HashMap::new();
-    for action in actions {
-        let record = match &action {
-            Action::Issue(issue) => Some(issue.secret.clone()),
-            other => other.record().map(|w| w.secret.clone()),
-        };
-        match record {
-            Some(r) => match by_record.get(&r) {
-                Some(&i) => groups[i].push(action),
-                None => {
-                    by_record.insert(r, groups.len());
-                    groups.push(vec![action]);
-                }
-            },
-            None => groups.push(vec![action]),
-        }
-    }
+) -> Executed {
     let stop = AtomicBool::new(false);
     let stop = &stop;
-    let outcomes: Vec<(Option<Error>, Problems)> = stream::iter(groups)
+    let results: Vec<Executed> = stream::iter(by_record(actions))
         .map(|group| async move {
-            let mut found = Problems::default();
-            let mut first = None;
-            let mut step = Step {
-                ctx,
-                binding,
-                records,
-                raw,
-                settings,
-                problems: &mut found,
-            };
+            let mut done = Executed::default();
             for action in group {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Err(e) = step.run(action).await {
-                    first.get_or_insert(e);
-                }
-                if step.problems.vault_unavailable.is_some() {
-                    stop.store(true, Ordering::Relaxed);
-                    break;
+                match executor.run(action).await {
+                    Ok(Met::Nothing) => {}
+                    Ok(Met::NameTaken { pod, secret }) => {
+                        done.names_taken.insert(pod, secret);
+                    }
+                    Ok(Met::VaultUnavailable(message)) => {
+                        done.vault_unavailable = Some(message);
+                        stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        done.error.get_or_insert(e);
+                    }
                 }
             }
-            (first, found)
+            done
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    let mut first_error = None;
-    for (error, found) in outcomes {
-        if let Some(e) = error {
-            first_error.get_or_insert(e);
+    let mut all = Executed::default();
+    for done in results {
+        all.names_taken.extend(done.names_taken);
+        if let Some(v) = done.vault_unavailable {
+            all.vault_unavailable.get_or_insert(v);
         }
-        problems.names_taken.extend(found.names_taken);
-        if let Some(v) = found.vault_unavailable {
-            problems.vault_unavailable.get_or_insert(v);
+        if let Some(e) = done.error {
+            all.error.get_or_insert(e);
         }
     }
-    first_error
+    all
 }
 
-/// Runs plan steps for one binding.
-pub struct Step<'a> {
+/// Groups actions by the record they touch, keeping plan order within a group.
+fn by_record(actions: Vec<Action>) -> Vec<Vec<Action>> {
+    let mut groups: Vec<Vec<Action>> = vec![];
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for action in actions {
+        let record = match &action {
+            Action::Issue(issue) => issue.secret.clone(),
+            other => match other.record() {
+                Some(w) => w.secret.clone(),
+                None => {
+                    groups.push(vec![action]);
+                    continue;
+                }
+            },
+        };
+        match index.get(&record) {
+            Some(&i) => groups[i].push(action),
+            None => {
+                index.insert(record, groups.len());
+                groups.push(vec![action]);
+            }
+        }
+    }
+    groups
+}
+
+/// Carries out actions for one binding; shared by the actions running side by side.
+pub struct Executor<'a> {
     /// Shared state.
     pub ctx: &'a Context,
     /// The binding.
@@ -107,73 +130,31 @@ pub struct Step<'a> {
     /// Its records: Secrets in its namespace, and how writes are signed.
     pub records: Records<'a>,
     /// Its Secrets by name (to read wrapping tokens for lookups).
-    pub raw: &'a BTreeMap<String, Secret>,
+    pub secrets: &'a BTreeMap<String, Secret>,
     /// Planner knobs.
     pub settings: &'a Settings,
-    /// Problems met so far (for the status).
-    pub problems: &'a mut Problems,
 }
 
-/// What revoking a wrap by accessor shortly before its expiry says about it: the phase, whether
-/// the inner token must be revoked, and the record's message. 204 (`Existed`): nobody unwrapped
-/// it, it is Expired and its token goes too. "No token" (`NotFound`): it was consumed, unless its
-/// expiry has already passed, when consumption cannot be told from expiry and the token is
-/// revoked to be safe.
-fn probe_verdict(
-    revoked: Revoked,
-    expires_at: Option<Timestamp>,
-    now: Timestamp,
-) -> (Phase, bool, &'static str) {
-    match revoked {
-        Revoked::Existed => (
-            Phase::Expired,
-            true,
-            "expired unconsumed: the pod's agent did not unwrap in time; its token was revoked",
-        ),
-        Revoked::NotFound if expires_at.is_some_and(|e| now >= e) => (
-            Phase::Expired,
-            true,
-            "the wrap's expiry passed before it could be checked; its token was revoked to be safe",
-        ),
-        Revoked::NotFound => (
-            Phase::Unwrapped,
-            false,
-            "consumed (seen at the expiry check)",
-        ),
-    }
-}
-
-impl Step<'_> {
-    /// Runs one step; Vault being unavailable is recorded in `problems`, not returned. A step
-    /// on a record that is not authentic is refused (the planner never makes one).
-    pub async fn run(&mut self, action: Action) -> Result<(), Error> {
+impl Executor<'_> {
+    /// Runs one action. An action on a record that is not authentic is refused (the planner
+    /// never makes one).
+    async fn run(&self, action: Action) -> Result<Met, Error> {
         if let Some(w) = action.record()
             && w.authenticity != Authenticity::Authentic
         {
             warn!(namespace = %self.ns(), secret = %w.secret, "refusing a step on a record that is not authentic");
-            return Ok(());
+            return Ok(Met::Nothing);
         }
         match action {
             Action::Issue(issue) => self.issue(issue).await,
-            Action::Lookup { wrap, if_invalid } => self.lookup(wrap, if_invalid).await,
+            Action::Lookup { wrap, if_consumed } => self.lookup(wrap, if_consumed).await,
             Action::ProbeExpiry { wrap } => self.probe_expiry(wrap).await,
             Action::ConfirmVault { wrap } => self.confirm_vault(wrap).await,
-            Action::Settle {
-                wrap,
-                phase,
-                verified,
-                revoke_wrap,
-                revoke_token,
-                message,
-            } => {
-                self.settle(&wrap, phase, verified, revoke_wrap, revoke_token, &message)
-                    .await
+            Action::Settle { wrap, outcome } => {
+                let revoke = outcome.revoke(wrap.phase);
+                self.settle(&wrap, outcome, revoke).await
             }
-            Action::Cleanup {
-                wrap,
-                revoke_wrap,
-                revoke_token,
-            } => self.cleanup(wrap, revoke_wrap, revoke_token).await,
+            Action::Cleanup { wrap, revoke } => self.cleanup(wrap, revoke).await,
         }
     }
 
@@ -181,36 +162,36 @@ impl Step<'_> {
         self.binding.namespace().unwrap_or_default()
     }
 
-    async fn issue(&mut self, issue: Issue) -> Result<(), Error> {
+    async fn issue(&self, issue: Issue) -> Result<Met, Error> {
         let binding = self.binding.name_any();
         // A new start's previous token goes first: if Vault cannot revoke it now, nothing is
         // claimed, and the record still names it for the next round or the pod's cleanup.
         if let Some(previous) = &issue.revoke_previous
             && self.settings.revoke_on_pod_deletion
-            && let Err(e) = self.revoke(previous, "token").await
+            && let Err(e) = self.revoke(previous, TokenKind::Token).await
         {
-            return self.vault_failed(e);
+            return vault_failed(e);
         }
         let now = Timestamp::now();
         let claimed = match writes::claim(&self.records, &issue, now).await {
             Ok(c) => c,
             Err(ClaimError::Taken) => {
-                self.problems
-                    .names_taken
-                    .insert(issue.pod.clone(), issue.secret.clone());
-                return Ok(());
+                return Ok(Met::NameTaken {
+                    pod: issue.pod.clone(),
+                    secret: issue.secret.clone(),
+                });
             }
-            Err(ClaimError::Lost) => return Ok(()),
+            Err(ClaimError::Lost) => return Ok(Met::Nothing),
             Err(ClaimError::Kube(e)) => return Err(e.into()),
         };
-        crate::controller::failpoint::hit("after-claim");
+        failpoint::hit("after-claim");
         let request = self.token_request(&issue);
         // Vault counts the wrap's TTL from its own receipt of the request: start the clock
         // before sending, so our expiry is never later than Vault's.
         let issued_at = Timestamp::now();
         match self.ctx.vault.create_wrapped_token(&request).await {
             Ok(wrap) => {
-                crate::controller::failpoint::hit("after-mint");
+                failpoint::hit("after-mint");
                 let expires_at = issued_at
                     .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
                     .unwrap_or(issued_at);
@@ -243,15 +224,17 @@ impl Step<'_> {
                         .await;
                         self.event(EventType::Normal, "WrapIssued", "Issue", &note)
                             .await;
-                        Ok(())
+                        Ok(Met::Nothing)
                     }
                     Err(e) => {
                         // Nobody can ever read this wrap: kill it and its token.
-                        self.revoke(&wrap.accessor, "wrap").await.ok();
-                        self.revoke(&wrap.wrapped_accessor, "token").await.ok();
+                        self.revoke(&wrap.accessor, TokenKind::Wrap).await.ok();
+                        self.revoke(&wrap.wrapped_accessor, TokenKind::Token)
+                            .await
+                            .ok();
                         match e {
                             ClaimError::Kube(e) => Err(e.into()),
-                            _ => Ok(()),
+                            _ => Ok(Met::Nothing),
                         }
                     }
                 }
@@ -259,18 +242,14 @@ impl Step<'_> {
             Err(e) if e.may_have_been_processed() => {
                 warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e,
                     "mint answer lost; the claim waits until any wrap it made has expired");
-                self.problems.vault_unavailable = Some(e.to_string());
-                Ok(())
+                Ok(Met::VaultUnavailable(e.to_string()))
             }
             Err(e) => {
                 warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e, "mint failed");
                 writes::record_failure(&self.records, &claimed, &e.to_string(), Timestamp::now())
                     .await
                     .ok();
-                if e.is_unavailable() {
-                    self.problems.vault_unavailable = Some(e.to_string());
-                }
-                self.ctx.metrics.transition(Phase::Failed.as_str());
+                self.ctx.metrics.transition(Phase::Failed);
                 self.event(
                     EventType::Warning,
                     "VaultError",
@@ -278,7 +257,10 @@ impl Step<'_> {
                     &format!("minting for pod {} failed: {e}", issue.pod),
                 )
                 .await;
-                Ok(())
+                if e.is_unavailable() {
+                    return Ok(Met::VaultUnavailable(e.to_string()));
+                }
+                Ok(Met::Nothing)
             }
         }
     }
@@ -300,13 +282,13 @@ impl Step<'_> {
         }
     }
 
-    async fn lookup(&mut self, wrap: WrapState, if_invalid: Phase) -> Result<(), Error> {
+    async fn lookup(&self, wrap: WrapState, if_consumed: Outcome) -> Result<Met, Error> {
         let Some(token) = self
-            .raw
+            .secrets
             .get(&wrap.secret)
             .and_then(|s| writes::wrapping_token(s, &self.binding.spec.secret_key))
         else {
-            return Ok(());
+            return Ok(Met::Nothing);
         };
         match self.ctx.vault.lookup_wrap(&token).await {
             Ok(Some(_)) => {
@@ -315,81 +297,62 @@ impl Step<'_> {
                     .lock()
                     .expect("lookup lock")
                     .insert(key(&self.ns(), &wrap.secret), Timestamp::now());
-                Ok(())
-            }
-            Ok(None) if if_invalid == Phase::Tampered => {
-                self.settle(
-                    &wrap,
-                    Phase::Tampered,
-                    false,
-                    false,
-                    true,
-                    "the wrap was consumed by someone other than the pod's agent",
-                )
-                .await
+                Ok(Met::Nothing)
             }
             Ok(None) => {
-                self.settle(
-                    &wrap,
-                    Phase::Unwrapped,
-                    false,
-                    false,
-                    false,
-                    "consumed (seen by lookup)",
-                )
-                .await
+                let revoke = if_consumed.revoke(wrap.phase);
+                self.settle(&wrap, if_consumed, revoke).await
             }
-            Err(e) => self.vault_failed(e),
+            Err(e) => vault_failed(e),
         }
     }
 
     /// After a lost mint answer: once Vault answers again, record when (the wait starts then).
-    async fn confirm_vault(&mut self, wrap: WrapState) -> Result<(), Error> {
+    async fn confirm_vault(&self, wrap: WrapState) -> Result<Met, Error> {
         if let Err(e) = self.ctx.vault.health().await {
-            return self.vault_failed(e);
+            return vault_failed(e);
         }
         match writes::mark_vault_seen(&self.records, &wrap, Timestamp::now()).await {
             Err(ClaimError::Kube(e)) => Err(e.into()),
-            _ => Ok(()),
+            _ => Ok(Met::Nothing),
         }
     }
 
-    async fn probe_expiry(&mut self, wrap: WrapState) -> Result<(), Error> {
+    async fn probe_expiry(&self, wrap: WrapState) -> Result<Met, Error> {
         let Some(wrap_accessor) = wrap.wrap_accessor.clone() else {
-            return Ok(());
+            return Ok(Met::Nothing);
         };
-        match self.revoke(&wrap_accessor, "wrap").await {
+        match self.revoke(&wrap_accessor, TokenKind::Wrap).await {
             Ok(revoked) => {
-                let (phase, revoke_token, message) =
-                    probe_verdict(revoked, wrap.expires_at, Timestamp::now());
-                self.settle(&wrap, phase, false, false, revoke_token, message)
-                    .await
+                let outcome = expiry_outcome(revoked, wrap.expires_at, Timestamp::now());
+                // The probe itself revoked the wrap.
+                let revoke = outcome.revoke(wrap.phase);
+                self.settle(&wrap, outcome, revoke).await
             }
-            Err(e) => self.vault_failed(e),
+            Err(e) => vault_failed(e),
         }
     }
 
     async fn settle(
-        &mut self,
+        &self,
         wrap: &WrapState,
-        phase: Phase,
-        verified: bool,
-        revoke_wrap: bool,
-        revoke_token: bool,
-        message: &str,
-    ) -> Result<(), Error> {
-        if let Err(e) = self.revoke_record(wrap, revoke_wrap, revoke_token).await {
-            return self.vault_failed(e);
+        outcome: Outcome,
+        revoke: Revoke,
+    ) -> Result<Met, Error> {
+        if let Err(e) = self.revoke_record(wrap, revoke).await {
+            return vault_failed(e);
         }
-        match writes::settle(&self.records, wrap, phase, verified, message).await {
+        let phase = outcome.phase();
+        let message = outcome.message();
+        match writes::settle(&self.records, wrap, phase, outcome.verified(), message).await {
             Ok(_) => {}
             Err(ClaimError::Kube(e)) => return Err(e.into()),
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(Met::Nothing),
         }
-        self.ctx.metrics.transition(phase.as_str());
+        self.ctx.metrics.transition(phase);
         let accessor = wrap.accessor.as_deref().unwrap_or("-");
         info!(namespace = %self.ns(), binding = %self.binding.name_any(), pod = %wrap.pod,
-            phase = phase.as_str(), verified, accessor, "wrap settled");
+            phase = phase.as_str(), verified = outcome.verified(), accessor, "wrap settled");
         let note = format!("pod {} (token accessor {accessor}): {message}", wrap.pod);
         let (kind, reason) = match phase {
             Phase::Tampered => (EventType::Warning, "WrapTampered"),
@@ -401,17 +364,12 @@ impl Step<'_> {
         self.event(kind, reason, "Track", &note).await;
         self.event_on_pod(&wrap.pod, &wrap.pod_uid, kind, reason, "Track", &note)
             .await;
-        Ok(())
+        Ok(Met::Nothing)
     }
 
-    async fn cleanup(
-        &mut self,
-        wrap: WrapState,
-        revoke_wrap: bool,
-        revoke_token: bool,
-    ) -> Result<(), Error> {
-        if let Err(e) = self.revoke_record(&wrap, revoke_wrap, revoke_token).await {
-            return self.vault_failed(e);
+    async fn cleanup(&self, wrap: WrapState, revoke: Revoke) -> Result<Met, Error> {
+        if let Err(e) = self.revoke_record(&wrap, revoke).await {
+            return vault_failed(e);
         }
         writes::remove(self.records.api, &wrap).await?;
         self.ctx
@@ -419,15 +377,15 @@ impl Step<'_> {
             .lock()
             .expect("lookup lock")
             .remove(&key(&self.ns(), &wrap.secret));
-        if revoke_token || revoke_wrap {
-            self.ctx.metrics.transition(Phase::Revoked.as_str());
+        if revoke != Revoke::Nothing {
+            self.ctx.metrics.transition(Phase::Revoked);
         }
         info!(namespace = %self.ns(), binding = %self.binding.name_any(), pod = %wrap.pod,
-            revoke_wrap, revoke_token, "pod gone: record removed");
+            revoke_wrap = revoke.wrap(), revoke_token = revoke.token(), "pod gone: record removed");
         let note = format!(
             "pod {} is gone: removed its Secret{}",
             wrap.pod,
-            if revoke_token {
+            if revoke.token() {
                 " and revoked its token"
             } else {
                 ""
@@ -435,40 +393,16 @@ impl Step<'_> {
         );
         self.event(EventType::Normal, "WrapRevoked", "Cleanup", &note)
             .await;
-        Ok(())
+        Ok(Met::Nothing)
     }
 
-    /// Revokes a record's wrapping token and/or inner token, as asked.
-    async fn revoke_record(
-        &self,
-        wrap: &WrapState,
-        revoke_wrap: bool,
-        revoke_token: bool,
-    ) -> Result<(), VaultError> {
-        if revoke_wrap && let Some(a) = &wrap.wrap_accessor {
-            self.revoke(a, "wrap").await?;
-        }
-        if revoke_token && let Some(a) = &wrap.accessor {
-            self.revoke(a, "token").await?;
-        }
-        Ok(())
+    /// Revokes what `revoke` asks of the accessors the record names.
+    async fn revoke_record(&self, wrap: &WrapState, revoke: Revoke) -> Result<(), VaultError> {
+        revoke_named(self.ctx, wrap, revoke).await
     }
 
-    async fn revoke(&self, accessor: &str, kind: &str) -> Result<Revoked, VaultError> {
-        let r = self.ctx.vault.revoke_accessor(accessor).await?;
-        if r == Revoked::Existed {
-            self.ctx.metrics.revoked(kind);
-        }
-        Ok(r)
-    }
-
-    fn vault_failed(&mut self, e: VaultError) -> Result<(), Error> {
-        if e.is_unavailable() || e.may_have_been_processed() {
-            self.problems.vault_unavailable = Some(e.to_string());
-            Ok(())
-        } else {
-            Err(e.into())
-        }
+    async fn revoke(&self, accessor: &str, kind: TokenKind) -> Result<Revoked, VaultError> {
+        revoke_counted(self.ctx, accessor, kind).await
     }
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: &str) {
@@ -497,6 +431,47 @@ impl Step<'_> {
     }
 }
 
+/// Vault being unavailable (or its answer lost) is reported, not returned as an error.
+fn vault_failed(e: VaultError) -> Result<Met, Error> {
+    if e.is_unavailable() || e.may_have_been_processed() {
+        Ok(Met::VaultUnavailable(e.to_string()))
+    } else {
+        Err(e.into())
+    }
+}
+
+/// Revokes what `revoke` asks of the accessors `wrap` names (a missing accessor is skipped).
+pub async fn revoke_named(
+    ctx: &Context,
+    wrap: &WrapState,
+    revoke: Revoke,
+) -> Result<(), VaultError> {
+    if revoke.wrap()
+        && let Some(a) = &wrap.wrap_accessor
+    {
+        revoke_counted(ctx, a, TokenKind::Wrap).await?;
+    }
+    if revoke.token()
+        && let Some(a) = &wrap.accessor
+    {
+        revoke_counted(ctx, a, TokenKind::Token).await?;
+    }
+    Ok(())
+}
+
+/// Revokes one accessor; a token that was still alive is counted in the metrics.
+async fn revoke_counted(
+    ctx: &Context,
+    accessor: &str,
+    kind: TokenKind,
+) -> Result<Revoked, VaultError> {
+    let r = ctx.vault.revoke_accessor(accessor).await?;
+    if r == Revoked::Existed {
+        ctx.metrics.revoked(kind);
+    }
+    Ok(r)
+}
+
 /// Publishes an Event; a failure is logged at debug level only (Events are best effort).
 pub async fn publish(
     recorder: &Recorder,
@@ -515,41 +490,5 @@ pub async fn publish(
     };
     if let Err(e) = recorder.publish(&event, reference).await {
         tracing::debug!(error = %e, "event not published");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(secs: i64) -> Timestamp {
-        Timestamp::from_second(secs).unwrap()
-    }
-
-    #[test]
-    fn expiry_probe_revoking_a_live_wrap_means_expired_and_revokes_its_token() {
-        let (phase, revoke_token, message) = probe_verdict(Revoked::Existed, Some(t(60)), t(55));
-        assert_eq!((phase, revoke_token), (Phase::Expired, true));
-        assert!(message.contains("did not unwrap"), "{message}");
-    }
-
-    #[test]
-    fn expiry_probe_finding_no_token_before_expiry_means_consumed() {
-        let (phase, revoke_token, message) = probe_verdict(Revoked::NotFound, Some(t(60)), t(55));
-        assert_eq!((phase, revoke_token), (Phase::Unwrapped, false));
-        assert!(message.contains("consumed"), "{message}");
-        // Without a known expiry the answer is taken at its word too.
-        assert_eq!(
-            probe_verdict(Revoked::NotFound, None, t(55)).0,
-            Phase::Unwrapped
-        );
-    }
-
-    #[test]
-    fn expiry_probe_finding_no_token_after_expiry_revokes_to_be_safe() {
-        for now in [60, 61] {
-            let (phase, revoke_token, _) = probe_verdict(Revoked::NotFound, Some(t(60)), t(now));
-            assert_eq!((phase, revoke_token), (Phase::Expired, true), "at {now}");
-        }
     }
 }

@@ -1,7 +1,8 @@
-//! The thin I/O around the planner: read the binding's pods and records, plan, hand the steps
-//! to [`crate::controller::execute`], write the status; plus the finalizer's cleanup.
+//! One round for one binding, read top to bottom: observe (records, vetted; pods; conflicts),
+//! plan (pure, `core::plan`), execute (`controller::execute`), write the status (`core::status`).
+//! A deleted binding's finalizer hands over to `controller::sweep`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,17 +17,16 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error, key};
-use crate::controller::execute;
-use crate::controller::trust;
+use crate::controller::execute::{self, Executor};
+use crate::controller::{sweep, trust};
 use crate::core::plan::{self, Settings};
 use crate::core::pod::PodView;
 use crate::core::spec;
 use crate::core::status::{self, Problems, StatusInput};
 use crate::crd::AgentSecretBinding;
 use crate::record::seal::Authenticity;
-use crate::record::writes::{self, Records, Sealer};
+use crate::record::writes::{Records, Sealer};
 use crate::record::{BINDING_FINALIZER, BINDING_LABEL, WrapState};
-use crate::vault::{Revoked, VaultError};
 
 /// Field manager for everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "cubbyhole";
@@ -90,138 +90,106 @@ pub fn backoff_delay(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_BACKOFF)
 }
 
+/// One round for a live binding, read top to bottom: observe, plan (pure), execute, write
+/// the status, and say when to look again.
 async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> {
     let ns = b.namespace().unwrap_or_default();
     let name = b.name_any();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let now = Timestamp::now();
-    let mut problems = Problems::default();
-    let mut pods = vec![];
-    let mut conflicts = BTreeMap::new();
-    let writer = Records {
-        api: &secrets,
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let records = Records {
+        api: &secrets_api,
         sealer: Sealer {
             namespace: &ns,
             binding: &name,
             keys: &ctx.record_keys,
         },
     };
-    let (listed, raw) = list_records(ctx, &secrets, &name, &b.spec.secret_key).await?;
-    // Only authentic records are acted on; unsigned ones of an earlier version are adopted
-    // first when Vault vouches for them, forged ones are reported and left alone.
-    let (vetted, vet_error) = trust::vet(ctx, &writer, Some(b), listed, &raw).await;
-    let mut first_error = vet_error.and_then(|e| match e {
+    let validity = spec::validate(&b.spec, &ns, &ctx.config.allowed_roles);
+    let settings = settings(b, ctx, &validity);
+    let mut problems = Problems::default();
+    let now = Timestamp::now();
+
+    let mut observed = observe(ctx, b, &records, &validity).await?;
+    let mut first_error = observed.vet_error.take().and_then(|e| match e {
         Error::Vault(v) if v.is_unavailable() || v.may_have_been_processed() => {
             problems.vault_unavailable = Some(v.to_string());
             None
         }
         other => Some(other),
     });
-    let mut records = (vetted.trusted, raw);
-    let validity = spec::validate(&b.spec, &ns, &ctx.config.allowed_roles);
-    let settings = Settings {
-        binding: name.clone(),
-        wrap_ttl: validity
-            .as_ref()
-            .map_or(Duration::from_secs(60), |v| v.wrap_ttl),
-        lookup_period: ctx.config.lookup_period,
-        agent_container: b.spec.agent_container.clone(),
-        revoke_on_pod_deletion: b.spec.revoke_on_pod_deletion,
-    };
-    let plan = match validity {
+
+    let plan = match &validity {
         Err(invalid) => {
-            problems.invalid = Some(invalid);
+            problems.invalid = Some(invalid.clone());
             // No minting, but the tokens of pods that are gone are still revoked.
-            let mut alive = vec![];
-            for wrap in &records.0 {
-                if let Some(view) = pods_api
-                    .get_opt(&wrap.pod)
-                    .await?
-                    .as_ref()
-                    .and_then(PodView::from_pod)
-                {
-                    alive.push(view);
-                }
-            }
             plan::Plan {
-                actions: plan::cleanups(&settings, &alive, &records.0),
+                actions: plan::cleanups(&settings, &observed.pods, &observed.records),
                 ..Default::default()
             }
         }
-        Ok(valid) => {
-            pods = selected_pods(ctx, &ns, &valid.selector).await?;
-            conflicts = find_conflicts(ctx, b, &pods);
-            let last_lookup: HashMap<String, Timestamp> = {
-                let all = ctx.last_lookup.lock().expect("lookup lock");
-                records
-                    .0
-                    .iter()
-                    .filter_map(|w| {
-                        all.get(&key(&ns, &w.secret))
-                            .map(|t| (w.secret.clone(), *t))
-                    })
-                    .collect()
-            };
-            plan::plan(&plan::Input {
-                settings: &settings,
-                pods: &pods,
-                conflicts: &conflicts,
-                wraps: &records.0,
-                untrusted: &vetted.untrusted,
-                last_lookup: &last_lookup,
-                now,
-            })
-        }
+        Ok(_) => plan::plan(&plan::Input {
+            settings: &settings,
+            pods: &observed.pods,
+            conflicts: &observed.conflicts,
+            wraps: &observed.records,
+            untrusted: &observed.untrusted,
+            last_lookup: &last_lookups(ctx, &ns, &observed.records),
+            now,
+        }),
     };
-    let mut wake = plan.wake_at;
     problems.invalid_names = plan.invalid_names.clone();
     problems.names_taken = plan.names_taken.clone();
+    let mut wake = plan.wake_at;
     tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
+
     if !plan.actions.is_empty() {
         let planned = plan.actions.len();
-        let taken_before = problems.names_taken.len();
-        // Records are independent: their steps run side by side, each record's in order. Once
-        // Vault is unavailable no further step starts; report now, retry with backoff.
-        if let Some(e) = execute::run_all(
+        let executor = Executor {
             ctx,
-            b,
-            writer,
-            &records.1,
-            &settings,
-            plan.actions,
-            ctx.config.step_concurrency,
-            &mut problems,
-        )
-        .await
-        {
+            binding: b,
+            records,
+            secrets: &observed.secrets,
+            settings: &settings,
+        };
+        // Records are independent: their actions run side by side, each record's in order.
+        let executed = execute::run_all(&executor, plan.actions, ctx.config.step_concurrency).await;
+        let all_refused_for_taken_names = executed.names_taken.len() == planned;
+        problems.names_taken.extend(executed.names_taken);
+        if let Some(v) = executed.vault_unavailable {
+            problems.vault_unavailable.get_or_insert(v);
+        }
+        if let Some(e) = executed.error {
             first_error.get_or_insert(e);
         }
-        records = list_records(ctx, &secrets, &name, &b.spec.secret_key).await?;
-        // Status shows only our records; anything new and unsigned is vetted next round.
-        records
+        // The status shows only our records; anything new and unsigned is vetted next round.
+        observed.records = list_records(ctx, &secrets_api, &name, Some(&b.spec.secret_key))
+            .await?
             .0
-            .retain(|w| w.authenticity == Authenticity::Authentic);
+            .into_iter()
+            .filter(|w| w.authenticity == Authenticity::Authentic)
+            .collect();
         // Something changed: look again soon for follow-ups (e.g. the next round of a
         // recreated pod). Claims refused because another Secret holds the name changed
         // nothing: those are tried again at a calm pace (nothing watches a foreign Secret).
-        let follow_up = if problems.names_taken.len() - taken_before == planned {
+        let follow_up = if all_refused_for_taken_names {
             add_duration(now, TAKEN_NAME_RETRY)
         } else {
             now
         };
         wake = Some(wake.map_or(follow_up, |w: Timestamp| w.min(follow_up)));
     }
+
+    let (pods, conflicts) = match validity {
+        Ok(_) => (&observed.pods[..], &observed.conflicts),
+        // An invalid binding selects nothing: its status counts no pods.
+        Err(_) => (&[][..], &observed.conflicts),
+    };
+    write_status(ctx, b, pods, &observed.records, conflicts, &problems).await?;
     if let Some(e) = first_error {
-        write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
         return Err(e);
     }
-    write_status(ctx, b, &pods, &records.0, &conflicts, &problems).await?;
-    if let Some(msg) = problems.vault_unavailable {
-        return Err(Error::Vault(VaultError::Unreachable {
-            op: "reconcile",
-            detail: msg,
-        }));
+    if let Some(message) = problems.vault_unavailable {
+        return Err(Error::VaultUnavailable(message));
     }
     let delay = wake
         .map(|w| {
@@ -232,6 +200,109 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         .clamp(Duration::from_millis(500), IDLE_REQUEUE);
     tracing::debug!(namespace = %ns, binding = %name, requeue_in = ?delay, "reconciled");
     Ok(Requeue::requeue(delay))
+}
+
+/// The planner's knobs for a binding (an invalid spec gets a default wrap TTL: it mints
+/// nothing).
+fn settings(
+    b: &AgentSecretBinding,
+    ctx: &Context,
+    validity: &Result<spec::ValidSpec, spec::Invalid>,
+) -> Settings {
+    Settings {
+        binding: b.name_any(),
+        wrap_ttl: validity
+            .as_ref()
+            .map_or(Duration::from_secs(60), |v| v.wrap_ttl),
+        lookup_period: ctx.config.lookup_period,
+        agent_container: b.spec.agent_container.clone(),
+        revoke_on_pod_deletion: b.spec.revoke_on_pod_deletion,
+    }
+}
+
+/// What a round sees of one binding.
+struct Observed {
+    /// Authentic records (adopted ones included): the only ones acted on.
+    records: Vec<WrapState>,
+    /// Secret names of records that are not ours (forged, or unsigned and not adopted).
+    untrusted: BTreeSet<String>,
+    /// The binding's Secrets by name (wrapping tokens are read from here for lookups).
+    secrets: BTreeMap<String, Secret>,
+    /// The pods the binding selects; for an invalid binding, the records' pods that exist.
+    pods: Vec<PodView>,
+    /// Pod name -> other bindings selecting it too.
+    conflicts: BTreeMap<String, Vec<String>>,
+    /// Vetting an unsigned record failed (it stays untrusted this round).
+    vet_error: Option<Error>,
+}
+
+/// Reads a binding's records (vetted: unsigned ones of an earlier version are adopted when
+/// Vault vouches for them, forged ones reported and left alone) and its pods.
+async fn observe(
+    ctx: &Context,
+    b: &AgentSecretBinding,
+    records: &Records<'_>,
+    validity: &Result<spec::ValidSpec, spec::Invalid>,
+) -> Result<Observed, Error> {
+    let ns = records.sealer.namespace;
+    let (listed, secrets) = list_records(
+        ctx,
+        records.api,
+        records.sealer.binding,
+        Some(&b.spec.secret_key),
+    )
+    .await?;
+    let (vetted, vet_error) = trust::vet(ctx, records, Some(b), listed, &secrets).await;
+    let (pods, conflicts) = match validity {
+        Ok(valid) => {
+            let pods = selected_pods(ctx, ns, &valid.selector).await?;
+            let conflicts = find_conflicts(ctx, b, &pods);
+            (pods, conflicts)
+        }
+        Err(_) => (
+            existing_pods(ctx, ns, &vetted.trusted).await?,
+            BTreeMap::new(),
+        ),
+    };
+    Ok(Observed {
+        records: vetted.trusted,
+        untrusted: vetted.untrusted,
+        secrets,
+        pods,
+        conflicts,
+        vet_error,
+    })
+}
+
+/// The pods of `records` that still exist (read from the API server: an invalid binding has
+/// no selector to watch them by).
+async fn existing_pods(
+    ctx: &Context,
+    ns: &str,
+    records: &[WrapState],
+) -> Result<Vec<PodView>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let mut alive = vec![];
+    for wrap in records {
+        if let Some(view) = pods
+            .get_opt(&wrap.pod)
+            .await?
+            .as_ref()
+            .and_then(PodView::from_pod)
+        {
+            alive.push(view);
+        }
+    }
+    Ok(alive)
+}
+
+/// When each record was last looked up (in memory; a restart only causes early lookups).
+fn last_lookups(ctx: &Context, ns: &str, records: &[WrapState]) -> HashMap<String, Timestamp> {
+    let all = ctx.last_lookup.lock().expect("lookup lock");
+    records
+        .iter()
+        .filter_map(|w| all.get(&key(ns, &w.secret)).map(|t| (w.secret.clone(), *t)))
+        .collect()
 }
 
 /// The pods `selector` picks in `ns`, from the shared pod cache (kept by the controller's pod
@@ -254,12 +325,12 @@ async fn selected_pods(
 }
 
 /// The binding's records (each with its authenticity), and the raw Secrets by name (only for
-/// reading wrapping tokens).
-async fn list_records(
+/// reading wrapping tokens). `secret_key` is the data key of the wrapping token, when known.
+pub async fn list_records(
     ctx: &Context,
     secrets: &Api<Secret>,
     binding: &str,
-    secret_key: &str,
+    secret_key: Option<&str>,
 ) -> Result<(Vec<WrapState>, BTreeMap<String, Secret>), kube::Error> {
     let list = secrets
         .list(&ListParams::default().labels(&format!("{BINDING_LABEL}={binding}")))
@@ -337,60 +408,10 @@ async fn write_status(
     Ok(())
 }
 
-/// Revokes everything a binding minted and deletes its records (finalizer and sweep). Only
-/// authentic records (adopted ones included) are touched: forged ones are reported (Event on
-/// `on` when the binding still exists, else on the Secret) and stay. Returns how many records
-/// were removed; an error after the others were handled when an unsigned record could not be
-/// vetted (it is retried).
-pub async fn cleanup_records(
-    ctx: &Context,
-    namespace: &str,
-    binding: &str,
-    on: Option<&AgentSecretBinding>,
-) -> Result<usize, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let (listed, raw) = list_records(ctx, &secrets, binding, "").await?;
-    let writer = Records {
-        api: &secrets,
-        sealer: Sealer {
-            namespace,
-            binding,
-            keys: &ctx.record_keys,
-        },
-    };
-    let (vetted, vet_error) = trust::vet(ctx, &writer, on, listed, &raw).await;
-    let mut removed = 0;
-    for wrap in &vetted.trusted {
-        // The binding is going: every token it minted goes with it.
-        let (revoke_wrap, revoke_token) = plan::revocations(wrap, true);
-        let targets = [
-            (revoke_wrap, &wrap.wrap_accessor, "wrap"),
-            (revoke_token, &wrap.accessor, "token"),
-        ];
-        for (revoke, accessor, kind) in targets {
-            if let (true, Some(a)) = (revoke, accessor)
-                && ctx.vault.revoke_accessor(a).await? == Revoked::Existed
-            {
-                ctx.metrics.revoked(kind);
-            }
-        }
-        writes::remove(&secrets, wrap).await?;
-        removed += 1;
-    }
-    if !vetted.untrusted.is_empty() {
-        tracing::debug!(namespace = %namespace, binding = %binding, left = vetted.untrusted.len(),
-            "records that are not ours were left untouched");
-    }
-    match vet_error {
-        Some(e) => Err(e),
-        None => Ok(removed),
-    }
-}
-
 async fn cleanup_binding(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> {
     let ns = b.namespace().unwrap_or_default();
     let name = b.name_any();
-    let removed = cleanup_records(ctx, &ns, &name, Some(b)).await?;
+    let removed = sweep::retire_records(ctx, &ns, &name, Some(b)).await?;
     ctx.metrics.forget_binding(&ns, &name);
     info!(namespace = %ns, binding = %name, removed, "binding deleted: revoked and removed its records");
     Ok(Requeue::await_change())

@@ -49,7 +49,7 @@
 //!    named it — a lost mint answer, a crash between Vault's answer and the delivery, a failed
 //!    revocation after a failed delivery (nobody ever held its wrap, which is asserted dead;
 //!    README "Known limits") —, consumed tokens of a binding with `revokeOnPodDeletion: false`,
-//!    nothing else: a new start's previous token is revoked before its claim (`Step::issue`),
+//!    nothing else: a new start's previous token is revoked before its claim (`Executor::issue`),
 //!    so a pod that goes before the new start was claimed still names it for its cleanup;
 //! 5. in schedules without faults, Vault calls per pod start (binding, pod uid, start) are
 //!    within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉ lookups, at most 4
@@ -76,7 +76,9 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::agent::receipt::{Receipt, result};
-use crate::core::plan::{self, Action, Input, Issue, LOST_MINT_SLACK, Settings};
+use crate::core::plan::{
+    self, Action, Input, Issue, LOST_MINT_SLACK, Outcome, Revoke, Settings, expiry_outcome,
+};
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{
@@ -436,7 +438,7 @@ enum Replica {
 struct Round {
     binding: String,
     settings: Settings,
-    /// Secret name -> wrapping token, as listed at the start of the round (`Step::raw`).
+    /// Secret name -> wrapping token, as listed at the start of the round (`Executor::raw`).
     raw: BTreeMap<String, Option<String>>,
     /// `Problems::vault_unavailable`.
     vault_unavailable: bool,
@@ -1119,34 +1121,18 @@ impl World {
         })
     }
 
-    /// `Step::run`.
+    /// `Executor::run`.
     fn run(&mut self, r: &mut Round, action: Action) -> Step<()> {
         match action {
             Action::Issue(issue) => self.issue(r, issue),
-            Action::Lookup { wrap, if_invalid } => self.lookup(r, wrap, if_invalid),
+            Action::Lookup { wrap, if_consumed } => self.lookup(r, wrap, if_consumed),
             Action::ProbeExpiry { wrap } => self.probe_expiry(r, wrap),
             Action::ConfirmVault { wrap } => self.confirm_vault(r, wrap),
-            Action::Settle {
-                wrap,
-                phase,
-                verified,
-                revoke_wrap,
-                revoke_token,
-                message,
-            } => self.settle(
-                r,
-                &wrap,
-                phase,
-                verified,
-                revoke_wrap,
-                revoke_token,
-                &message,
-            ),
-            Action::Cleanup {
-                wrap,
-                revoke_wrap,
-                revoke_token,
-            } => self.cleanup(r, wrap, revoke_wrap, revoke_token),
+            Action::Settle { wrap, outcome } => {
+                let revoke = outcome.revoke(wrap.phase);
+                self.settle(r, &wrap, outcome, revoke)
+            }
+            Action::Cleanup { wrap, revoke } => self.cleanup(r, wrap, revoke),
         }
     }
 
@@ -1209,7 +1195,7 @@ impl World {
         })
     }
 
-    /// `Step::issue`.
+    /// `Executor::issue`.
     fn issue(&mut self, r: &mut Round, issue: Issue) -> Step<()> {
         if let Some(others) = r.conflicts.get(&issue.pod) {
             let msg = format!(
@@ -1218,7 +1204,7 @@ impl World {
             );
             return Err(self.violation(4, msg).into());
         }
-        // `Step::issue` revokes a new start's previous token before claiming; if that fails
+        // `Executor::issue` revokes a new start's previous token before claiming; if that fails
         // nothing is claimed (the record still names the token).
         if let Some(previous) = &issue.revoke_previous
             && r.settings.revoke_on_pod_deletion
@@ -1259,7 +1245,7 @@ impl World {
                     Err(_) => {
                         self.stats.delivery_failures += 1;
                         if self.mutant != Mutant::NoRevokeOnDeliveryFailure {
-                            // `.ok()` in `Step::issue`: a failed revocation is not retried.
+                            // `.ok()` in `Executor::issue`: a failed revocation is not retried.
                             let wrap = self.v_revoke(&wacc)?;
                             let token = self.v_revoke(&tacc)?;
                             if (wrap.is_err() || token.is_err())
@@ -1299,8 +1285,8 @@ impl World {
         self.memory[m].remove(&format!("{}/{secret}", r.binding));
     }
 
-    /// `Step::lookup`.
-    fn lookup(&mut self, r: &mut Round, wrap: WrapState, if_invalid: Phase) -> Step<()> {
+    /// `Executor::lookup`.
+    fn lookup(&mut self, r: &mut Round, wrap: WrapState, if_consumed: Outcome) -> Step<()> {
         let Some(token) = r.raw.get(&wrap.secret).cloned().flatten() else {
             return Ok(());
         };
@@ -1309,16 +1295,10 @@ impl World {
                 self.remember_lookup(r, &wrap.secret);
                 Ok(())
             }
-            Ok(false) if if_invalid == Phase::Tampered => self.settle(
-                r,
-                &wrap,
-                Phase::Tampered,
-                false,
-                false,
-                true,
-                "consumed by another",
-            ),
-            Ok(false) => self.settle(r, &wrap, Phase::Unwrapped, false, false, false, "consumed"),
+            Ok(false) => {
+                let revoke = if_consumed.revoke(wrap.phase);
+                self.settle(r, &wrap, if_consumed, revoke)
+            }
             Err(e) => {
                 self.vault_failed(r, e);
                 Ok(())
@@ -1326,7 +1306,7 @@ impl World {
         }
     }
 
-    /// `Step::confirm_vault`.
+    /// `Executor::confirm_vault`.
     fn confirm_vault(&mut self, r: &mut Round, wrap: WrapState) -> Step<()> {
         let owner = Owner {
             binding: r.binding.clone(),
@@ -1343,20 +1323,16 @@ impl World {
         Ok(())
     }
 
-    /// `Step::probe_expiry`.
+    /// `Executor::probe_expiry`.
     fn probe_expiry(&mut self, r: &mut Round, wrap: WrapState) -> Step<()> {
         let Some(wacc) = wrap.wrap_accessor.clone() else {
             return Ok(());
         };
         match self.v_revoke(&wacc)? {
-            Ok(Revoked::Existed) => {
-                self.settle(r, &wrap, Phase::Expired, false, false, true, "expired")
-            }
-            Ok(Revoked::NotFound) if wrap.expires_at.is_some_and(|e| ts(self.now) >= e) => {
-                self.settle(r, &wrap, Phase::Expired, false, false, true, "too late")
-            }
-            Ok(Revoked::NotFound) => {
-                self.settle(r, &wrap, Phase::Unwrapped, false, false, false, "consumed")
+            Ok(revoked) => {
+                let outcome = expiry_outcome(revoked, wrap.expires_at, ts(self.now));
+                let revoke = outcome.revoke(wrap.phase);
+                self.settle(r, &wrap, outcome, revoke)
             }
             Err(e) => {
                 self.vault_failed(r, e);
@@ -1365,23 +1341,20 @@ impl World {
         }
     }
 
-    /// `Step::settle`.
-    #[allow(clippy::too_many_arguments)]
+    /// `Executor::settle`.
     fn settle(
         &mut self,
         r: &mut Round,
         wrap: &WrapState,
-        phase: Phase,
-        verified: bool,
-        revoke_wrap: bool,
-        revoke_token: bool,
-        message: &str,
+        outcome: Outcome,
+        revoke: Revoke,
     ) -> Step<()> {
-        if let Err(e) = self.revoke_record(wrap, revoke_wrap, revoke_token)? {
+        if let Err(e) = self.revoke_record(wrap, revoke)? {
             self.vault_failed(r, e);
             return Ok(());
         }
-        let changes = settle_changes(phase, verified, message);
+        let phase = outcome.phase();
+        let changes = settle_changes(phase, outcome.verified(), outcome.message());
         let rv = wrap.resource_version.clone();
         if self
             .guarded_patch(&wrap.secret, rv.as_deref(), &changes, Data::Clear)?
@@ -1392,15 +1365,9 @@ impl World {
         Ok(())
     }
 
-    /// `Step::cleanup` with `writes::remove`.
-    fn cleanup(
-        &mut self,
-        r: &mut Round,
-        wrap: WrapState,
-        revoke_wrap: bool,
-        revoke_token: bool,
-    ) -> Step<()> {
-        if let Err(e) = self.revoke_record(&wrap, revoke_wrap, revoke_token)? {
+    /// `Executor::cleanup` with `writes::remove`.
+    fn cleanup(&mut self, r: &mut Round, wrap: WrapState, revoke: Revoke) -> Step<()> {
+        if let Err(e) = self.revoke_record(&wrap, revoke)? {
             self.vault_failed(r, e);
             return Ok(());
         }
@@ -1423,20 +1390,15 @@ impl World {
         }
     }
 
-    /// `Step::revoke_record`.
-    fn revoke_record(
-        &mut self,
-        wrap: &WrapState,
-        revoke_wrap: bool,
-        revoke_token: bool,
-    ) -> Step<Result<(), VErr>> {
-        if revoke_wrap
+    /// `Executor::revoke_record`.
+    fn revoke_record(&mut self, wrap: &WrapState, revoke: Revoke) -> Step<Result<(), VErr>> {
+        if revoke.wrap()
             && let Some(a) = &wrap.wrap_accessor
             && let Err(e) = self.v_revoke(a)?
         {
             return Ok(Err(e));
         }
-        if revoke_token
+        if revoke.token()
             && let Some(a) = &wrap.accessor
             && let Err(e) = self.v_revoke(a)?
         {
@@ -1445,23 +1407,23 @@ impl World {
         Ok(Ok(()))
     }
 
-    /// `Step::vault_failed`: an outage stops the round; anything else is a failed step.
+    /// `Executor::vault_failed`: an outage stops the round; anything else is a failed step.
     fn vault_failed(&mut self, r: &mut Round, e: VErr) {
         if e.is_unavailable() || e.may_have_been_processed() {
             r.vault_unavailable = true;
         }
     }
 
-    /// The binding's finalizer (`reconcile::cleanup_records`); the binding goes once it ran.
+    /// The binding's finalizer (`sweep::retire_records`); the binding goes once it ran.
     fn finalize(&mut self, name: &str) -> Step<()> {
         let Ok((wraps, _, _)) = self.list_records(name)? else {
             return Ok(());
         };
         for wrap in &wraps {
-            let (revoke_wrap, revoke_token) = plan::revocations(wrap, true);
+            let revoke = plan::revocations(wrap, true);
             for (revoke, accessor) in [
-                (revoke_wrap, &wrap.wrap_accessor),
-                (revoke_token, &wrap.accessor),
+                (revoke.wrap(), &wrap.wrap_accessor),
+                (revoke.token(), &wrap.accessor),
             ] {
                 if let (true, Some(a)) = (revoke, accessor)
                     && self.v_revoke(a)?.is_err()
@@ -2013,10 +1975,10 @@ fn describe(a: &Action) -> String {
             i.start,
             i.replaces.as_ref().map(|w| w.phase)
         ),
-        Action::Lookup { wrap, if_invalid } => format!("lookup {} ({if_invalid:?})", wrap.secret),
+        Action::Lookup { wrap, if_consumed } => format!("lookup {} ({if_consumed:?})", wrap.secret),
         Action::ConfirmVault { wrap } => format!("confirm Vault for {}", wrap.secret),
         Action::ProbeExpiry { wrap } => format!("probe {}", wrap.secret),
-        Action::Settle { wrap, phase, .. } => format!("settle {} as {phase:?}", wrap.secret),
+        Action::Settle { wrap, outcome } => format!("settle {} as {outcome:?}", wrap.secret),
         Action::Cleanup { wrap, .. } => format!("cleanup {}", wrap.secret),
     }
 }

@@ -1,14 +1,58 @@
-//! Finds per-pod records whose binding no longer exists.
+//! What goes when a binding goes: its finalizer and the periodic sweep (records whose binding
+//! vanished past its finalizer) both retire its records here, revoking what they name.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
-use crate::controller::context::Context;
+use crate::controller::context::{Context, Error};
+use crate::controller::execute::revoke_named;
+use crate::controller::reconcile::list_records;
+use crate::controller::trust;
+use crate::core::plan;
 use crate::crd::AgentSecretBinding;
+use crate::record::writes::{self, Records, Sealer};
 use crate::record::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+
+/// Every `sweep_period` (first after 5 s), once the operator is ready: retires the records of
+/// bindings that are gone. Runs until `shutdown`.
+pub async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut wait = Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        wait = ctx.config.sweep_period;
+        if !ctx.readiness.is_ready() {
+            continue;
+        }
+        match orphaned_bindings(&ctx).await {
+            Ok(orphans) => {
+                for (ns, binding) in orphans {
+                    // Forged records of a gone binding are reported once and stay.
+                    match retire_records(&ctx, &ns, &binding, None).await {
+                        // Only forged records left (reported once): nothing to say.
+                        Ok(0) => {}
+                        Ok(n) => {
+                            info!(namespace = %ns, binding = %binding, removed = n, "sweep: binding gone, records revoked and removed")
+                        }
+                        Err(e) => {
+                            warn!(namespace = %ns, binding = %binding, error = %e, "sweep failed; retrying next round")
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "sweep list failed"),
+        }
+    }
+}
 
 /// `(namespace, binding)` pairs that own records but are gone (checked against the API server,
 /// not only the cache, so a binding created a moment ago is never swept).
@@ -30,4 +74,43 @@ pub async fn orphaned_bindings(ctx: &Context) -> Result<Vec<(String, String)>, k
         }
     }
     Ok(orphans)
+}
+
+/// Revokes everything a binding minted and deletes its records (finalizer and sweep). Only
+/// authentic records (adopted ones included) are touched: forged ones are reported (Event on
+/// `on` when the binding still exists, else on the Secret) and stay. Returns how many records
+/// were removed; an error after the others were handled when an unsigned record could not be
+/// vetted (it is retried).
+pub async fn retire_records(
+    ctx: &Context,
+    namespace: &str,
+    binding: &str,
+    on: Option<&AgentSecretBinding>,
+) -> Result<usize, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let (listed, raw) = list_records(ctx, &secrets, binding, None).await?;
+    let writer = Records {
+        api: &secrets,
+        sealer: Sealer {
+            namespace,
+            binding,
+            keys: &ctx.record_keys,
+        },
+    };
+    let (vetted, vet_error) = trust::vet(ctx, &writer, on, listed, &raw).await;
+    let mut removed = 0;
+    for wrap in &vetted.trusted {
+        // The binding is going: every token it minted goes with it.
+        revoke_named(ctx, wrap, plan::revocations(wrap, true)).await?;
+        writes::remove(&secrets, wrap).await?;
+        removed += 1;
+    }
+    if !vetted.untrusted.is_empty() {
+        tracing::debug!(namespace = %namespace, binding = %binding, left = vetted.untrusted.len(),
+            "records that are not ours were left untouched");
+    }
+    match vet_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
 }

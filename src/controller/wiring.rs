@@ -21,7 +21,9 @@ use tracing::{error, info, warn};
 
 use crate::config::OperatorConfig;
 use crate::controller::context::{Context, Readiness};
-use crate::controller::reconcile;
+use crate::controller::{reconcile, sweep};
+use crate::core::reason::Reason;
+use crate::core::status::READY;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
 use crate::record::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
@@ -162,7 +164,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     ctx.readiness.expect(initial);
     tokio::spawn(forget_vanished(ctx.clone(), stop.clone()));
     info!(lookup_period = ?config.lookup_period, "operator starting");
-    let sweeper = tokio::spawn(sweep_loop(ctx.clone(), stop.clone()));
+    let sweeper = tokio::spawn(sweep::sweep_loop(ctx.clone(), stop.clone()));
 
     let pod_store = store.clone();
     let sibling_store = store.clone();
@@ -330,7 +332,7 @@ fn siblings_to_recheck(
                 || b.status.as_ref().is_some_and(|s| {
                     s.conditions
                         .iter()
-                        .any(|c| c.type_ == "Ready" && c.reason == "Conflict")
+                        .any(|c| c.type_ == READY && c.reason == Reason::Conflict.as_str())
                 })
         })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
@@ -353,42 +355,4 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
-}
-
-/// Periodically removes records whose binding is gone (e.g. force-deleted past its finalizer).
-async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let mut first = true;
-    loop {
-        let wait = if first {
-            Duration::from_secs(5)
-        } else {
-            ctx.config.sweep_period
-        };
-        first = false;
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        if !ctx.readiness.is_ready() {
-            continue;
-        }
-        match crate::controller::sweep::orphaned_bindings(&ctx).await {
-            Ok(orphans) => {
-                for (ns, binding) in orphans {
-                    // Forged records of a gone binding are reported once and stay.
-                    match reconcile::cleanup_records(&ctx, &ns, &binding, None).await {
-                        // Only forged records left (reported once): nothing to say.
-                        Ok(0) => {}
-                        Ok(n) => {
-                            info!(namespace = %ns, binding = %binding, removed = n, "sweep: binding gone, records revoked and removed")
-                        }
-                        Err(e) => {
-                            warn!(namespace = %ns, binding = %binding, error = %e, "sweep failed; retrying next round")
-                        }
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "sweep list failed"),
-        }
-    }
 }

@@ -3,5 +3,6 @@
 
 pub mod plan;
 pub mod pod;
+pub mod reason;
 pub mod spec;
 pub mod status;

@@ -9,6 +9,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use crate::agent::receipt::result;
 use crate::core::pod::{ObservedReceipt, PodView, is_valid_secret_name, secret_name};
 use crate::record::{Phase, WrapState};
+use crate::vault::Revoked;
 
 /// A lost mint answer is assumed dead this long after its wrap would have expired.
 pub const LOST_MINT_SLACK: Duration = Duration::from_secs(10);
@@ -62,47 +63,164 @@ pub struct Issue {
 pub enum Action {
     /// Claim, mint, deliver.
     Issue(Issue),
-    /// `sys/wrapping/lookup`; if the wrap is no longer valid, settle as `if_invalid`.
+    /// `sys/wrapping/lookup`; if the wrap is no longer valid, settle as `if_consumed`.
     Lookup {
         /// The record.
         wrap: WrapState,
-        /// Unwrapped (normal) or Tampered (the agent reported it invalid).
-        if_invalid: Phase,
+        /// What a consumed wrap means: a plain consumption, or tampering when the agent
+        /// reported the wrap invalid.
+        if_consumed: Outcome,
     },
     /// A mint's answer was lost: check that Vault answers again, and record when.
     ConfirmVault {
         /// The record.
         wrap: WrapState,
     },
-    /// Shortly before expiry: revoke the wrap; existed means Expired, else consumed.
+    /// Shortly before expiry: revoke the wrap; Vault's answer decides the outcome
+    /// ([`expiry_outcome`]).
     ProbeExpiry {
         /// The record.
         wrap: WrapState,
     },
-    /// Record a final phase, remove the wrapping token from the Secret, revoke as asked.
+    /// Record how the wrap ended, remove the wrapping token from the Secret, revoke what the
+    /// outcome asks ([`Outcome::revoke`]).
     Settle {
         /// The record.
         wrap: WrapState,
-        /// New phase.
-        phase: Phase,
-        /// Receipt matched.
-        verified: bool,
-        /// Revoke the wrapping token.
-        revoke_wrap: bool,
-        /// Revoke the inner token.
-        revoke_token: bool,
-        /// Why.
-        message: String,
+        /// How it ended.
+        outcome: Outcome,
     },
     /// The pod is gone: revoke as asked and delete the Secret.
     Cleanup {
         /// The record.
         wrap: WrapState,
-        /// Revoke the wrapping token.
-        revoke_wrap: bool,
-        /// Revoke the inner token.
-        revoke_token: bool,
+        /// What to revoke of what the record names.
+        revoke: Revoke,
     },
+}
+
+/// What to revoke of the accessors a record names (a missing accessor is skipped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoke {
+    /// Nothing: the token stays alive (consumed, and kept by `revokeOnPodDeletion: false`).
+    Nothing,
+    /// The inner token only (the wrap is consumed or already gone).
+    Token,
+    /// The wrapping token and the inner token.
+    WrapAndToken,
+}
+
+impl Revoke {
+    /// Whether the wrapping token is revoked.
+    pub fn wrap(self) -> bool {
+        self == Revoke::WrapAndToken
+    }
+
+    /// Whether the inner token is revoked.
+    pub fn token(self) -> bool {
+        self != Revoke::Nothing
+    }
+}
+
+/// How a delivered wrap ends: each variant is one rule of the planner (or of the expiry probe)
+/// and fixes the phase recorded, whether the receipt was verified, what is revoked and the
+/// record's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent's receipt names this wrap's token.
+    UnwrappedByAgent,
+    /// A lookup found the wrap consumed and no receipt says otherwise (e.g. `vault unwrap`).
+    ConsumedSeenByLookup,
+    /// The expiry probe found the wrap already consumed.
+    ConsumedSeenAtExpiry,
+    /// The agent unwrapped a token that is not the one minted for this start.
+    ForeignTokenUnwrapped,
+    /// The wrap was consumed, and the agent says it found it invalid: someone else took it.
+    ConsumedByAnother,
+    /// Nobody unwrapped it before the expiry probe revoked it.
+    ExpiredUnconsumed,
+    /// The expiry passed before the probe could tell consumption from expiry.
+    ExpiryPassedUnchecked,
+    /// The agent refused the wrap: its creation path was not the expected one.
+    RefusedByAgent,
+    /// The agent unwrapped the token but could not store it.
+    AgentCouldNotStore,
+}
+
+impl Outcome {
+    /// The phase recorded.
+    pub fn phase(self) -> Phase {
+        match self {
+            Outcome::UnwrappedByAgent
+            | Outcome::ConsumedSeenByLookup
+            | Outcome::ConsumedSeenAtExpiry => Phase::Unwrapped,
+            Outcome::ForeignTokenUnwrapped | Outcome::ConsumedByAnother => Phase::Tampered,
+            Outcome::ExpiredUnconsumed | Outcome::ExpiryPassedUnchecked => Phase::Expired,
+            Outcome::RefusedByAgent => Phase::Failed,
+            Outcome::AgentCouldNotStore => Phase::Revoked,
+        }
+    }
+
+    /// Whether the agent's receipt proved the unwrap.
+    pub fn verified(self) -> bool {
+        self == Outcome::UnwrappedByAgent
+    }
+
+    /// What to revoke when a record in phase `from` ends this way. A consumed token stays
+    /// with whoever holds it only when the agent holds it; a wrap that may still be live
+    /// (the record is `Issued` and nobody proved it consumed) goes with its token.
+    pub fn revoke(self, from: Phase) -> Revoke {
+        let wrap_may_be_live = matches!(
+            self,
+            Outcome::ForeignTokenUnwrapped | Outcome::RefusedByAgent | Outcome::AgentCouldNotStore
+        );
+        match self {
+            Outcome::UnwrappedByAgent
+            | Outcome::ConsumedSeenByLookup
+            | Outcome::ConsumedSeenAtExpiry => Revoke::Nothing,
+            _ if wrap_may_be_live && from == Phase::Issued => Revoke::WrapAndToken,
+            _ => Revoke::Token,
+        }
+    }
+
+    /// The record's message: what happened, for a person.
+    pub fn message(self) -> &'static str {
+        match self {
+            Outcome::UnwrappedByAgent => "unwrapped by the pod's agent (receipt verified)",
+            Outcome::ConsumedSeenByLookup => "consumed (seen by lookup)",
+            Outcome::ConsumedSeenAtExpiry => "consumed (seen at the expiry check)",
+            Outcome::ForeignTokenUnwrapped => {
+                "the agent unwrapped a token that is not the one minted for this pod start"
+            }
+            Outcome::ConsumedByAnother => {
+                "the wrap was consumed by someone other than the pod's agent"
+            }
+            Outcome::ExpiredUnconsumed => {
+                "expired unconsumed: the pod's agent did not unwrap in time; its token was revoked"
+            }
+            Outcome::ExpiryPassedUnchecked => {
+                "the wrap's expiry passed before it could be checked; its token was revoked to be safe"
+            }
+            Outcome::RefusedByAgent => {
+                "the agent refused the wrap: unexpected creation path (check --expect-path, or the Secret was altered)"
+            }
+            Outcome::AgentCouldNotStore => {
+                "the agent unwrapped the token but could not store it; token revoked"
+            }
+        }
+    }
+}
+
+/// What revoking a wrap by accessor shortly before its expiry says about it. Revoked
+/// (`Existed`): nobody unwrapped it, it expired unconsumed. No such wrap (`NotFound`): it was
+/// consumed, unless its expiry has already passed, when consumption cannot be told from expiry
+/// and the token is revoked to be safe.
+pub fn expiry_outcome(revoked: Revoked, expires_at: Option<Timestamp>, now: Timestamp) -> Outcome {
+    match revoked {
+        Revoked::Existed => Outcome::ExpiredUnconsumed,
+        Revoked::NotFound if expires_at.is_some_and(|e| now >= e) => Outcome::ExpiryPassedUnchecked,
+        Revoked::NotFound => Outcome::ConsumedSeenAtExpiry,
+    }
 }
 
 impl Action {
@@ -242,28 +360,21 @@ pub fn plan(input: &Input) -> Plan {
 }
 
 fn cleanup(settings: &Settings, wrap: &WrapState) -> Action {
-    let (revoke_wrap, revoke_token) = revocations(wrap, settings.revoke_on_pod_deletion);
     Action::Cleanup {
         wrap: wrap.clone(),
-        revoke_wrap,
-        revoke_token,
+        revoke: revocations(wrap, settings.revoke_on_pod_deletion),
     }
 }
 
-/// What to revoke when a record goes: `(wrap, token)`. An unconsumed wrap and its token always
-/// go; a consumed token only when `revoke_consumed` (the binding's `revokeOnPodDeletion`, or
-/// the binding itself going).
-pub fn revocations(wrap: &WrapState, revoke_consumed: bool) -> (bool, bool) {
-    let outstanding = matches!(wrap.phase, Phase::Issued | Phase::Claimed);
-    let token_live = wrap.accessor.is_some()
-        && matches!(
-            wrap.phase,
-            Phase::Issued | Phase::Claimed | Phase::Unwrapped
-        );
-    (
-        outstanding && wrap.wrap_accessor.is_some(),
-        token_live && (revoke_consumed || outstanding),
-    )
+/// What to revoke when a record goes. An unconsumed wrap and its token always go; a consumed
+/// token only when `revoke_consumed` (the binding's `revokeOnPodDeletion`, or the binding
+/// itself going); a settled record that is not `Unwrapped` names nothing live.
+pub fn revocations(wrap: &WrapState, revoke_consumed: bool) -> Revoke {
+    match wrap.phase {
+        Phase::Issued | Phase::Claimed => Revoke::WrapAndToken,
+        Phase::Unwrapped if revoke_consumed => Revoke::Token,
+        _ => Revoke::Nothing,
+    }
 }
 
 fn agent_restarts(settings: &Settings, pod: &PodView) -> u32 {
@@ -340,7 +451,7 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
         } else if now >= lookup_at {
             steps.push(Action::Lookup {
                 wrap: wrap.clone(),
-                if_invalid: Phase::Unwrapped,
+                if_consumed: Outcome::ConsumedSeenByLookup,
             });
             plan.wake(add(now, s.lookup_period).min(probe_at));
         } else {
@@ -391,64 +502,33 @@ fn judge_receipts(pod: &PodView, wrap: &WrapState) -> Option<Action> {
     if !matches!(wrap.phase, Phase::Issued | Phase::Unwrapped) || wrap.verified {
         return None;
     }
-    let settle = |phase, verified, revoke_token, message: &str| Action::Settle {
-        wrap: wrap.clone(),
-        phase,
-        verified,
-        revoke_wrap: wrap.phase == Phase::Issued && phase != Phase::Unwrapped,
-        revoke_token,
-        message: message.to_string(),
+    let settle = |outcome| {
+        Some(Action::Settle {
+            wrap: wrap.clone(),
+            outcome,
+        })
     };
     for r in current_receipts(pod, wrap) {
         let receipt = &r.receipt;
         if receipt.is_unwrapped() {
             if receipt.accessor.is_some() && receipt.accessor == wrap.accessor {
-                return Some(settle(
-                    Phase::Unwrapped,
-                    true,
-                    false,
-                    "unwrapped by the pod's agent (receipt verified)",
-                ));
+                return settle(Outcome::UnwrappedByAgent);
             }
-            return Some(settle(
-                Phase::Tampered,
-                false,
-                true,
-                "the agent unwrapped a token that is not the one minted for this pod start",
-            ));
+            return settle(Outcome::ForeignTokenUnwrapped);
         }
         match receipt.result.as_str() {
             result::INVALID_WRAPPING_TOKEN if wrap.phase == Phase::Unwrapped => {
-                return Some(settle(
-                    Phase::Tampered,
-                    false,
-                    true,
-                    "the wrap was consumed by someone other than the pod's agent",
-                ));
+                return settle(Outcome::ConsumedByAnother);
             }
             result::INVALID_WRAPPING_TOKEN => {
                 // Confirm with Vault: an agent reading a stale volume is not a theft.
                 return Some(Action::Lookup {
                     wrap: wrap.clone(),
-                    if_invalid: Phase::Tampered,
+                    if_consumed: Outcome::ConsumedByAnother,
                 });
             }
-            result::UNEXPECTED_CREATION_PATH => {
-                return Some(settle(
-                    Phase::Failed,
-                    false,
-                    true,
-                    "the agent refused the wrap: unexpected creation path (check --expect-path, or the Secret was altered)",
-                ));
-            }
-            result::WRITE_FAILED => {
-                return Some(settle(
-                    Phase::Revoked,
-                    false,
-                    true,
-                    "the agent unwrapped the token but could not store it; token revoked",
-                ));
-            }
+            result::UNEXPECTED_CREATION_PATH => return settle(Outcome::RefusedByAgent),
+            result::WRITE_FAILED => return settle(Outcome::AgentCouldNotStore),
             _ => {}
         }
     }
@@ -672,7 +752,7 @@ mod tests {
         assert!(matches!(
             run(&[pod("a")], std::slice::from_ref(&w), 10).actions[0],
             Action::Lookup {
-                if_invalid: Phase::Unwrapped,
+                if_consumed: Outcome::ConsumedSeenByLookup,
                 ..
             }
         ));
@@ -684,6 +764,130 @@ mod tests {
     }
 
     #[test]
+    fn every_outcome_has_one_phase_one_revocation_and_a_message() {
+        use Outcome::*;
+        use Revoke::*;
+        // outcome, phase, verified, revoke from Issued, revoke from Unwrapped
+        let table = [
+            (UnwrappedByAgent, Phase::Unwrapped, true, Nothing, Nothing),
+            (
+                ConsumedSeenByLookup,
+                Phase::Unwrapped,
+                false,
+                Nothing,
+                Nothing,
+            ),
+            (
+                ConsumedSeenAtExpiry,
+                Phase::Unwrapped,
+                false,
+                Nothing,
+                Nothing,
+            ),
+            (
+                ForeignTokenUnwrapped,
+                Phase::Tampered,
+                false,
+                WrapAndToken,
+                Token,
+            ),
+            (ConsumedByAnother, Phase::Tampered, false, Token, Token),
+            (ExpiredUnconsumed, Phase::Expired, false, Token, Token),
+            (ExpiryPassedUnchecked, Phase::Expired, false, Token, Token),
+            (RefusedByAgent, Phase::Failed, false, WrapAndToken, Token),
+            (
+                AgentCouldNotStore,
+                Phase::Revoked,
+                false,
+                WrapAndToken,
+                Token,
+            ),
+        ];
+        for (outcome, phase, verified, from_issued, from_unwrapped) in table {
+            assert_eq!(outcome.phase(), phase, "{outcome:?}");
+            assert_eq!(outcome.verified(), verified, "{outcome:?}");
+            assert_eq!(outcome.revoke(Phase::Issued), from_issued, "{outcome:?}");
+            assert_eq!(
+                outcome.revoke(Phase::Unwrapped),
+                from_unwrapped,
+                "{outcome:?}"
+            );
+            assert!(!outcome.message().is_empty());
+        }
+        let messages: BTreeSet<&str> = table.iter().map(|row| row.0.message()).collect();
+        assert_eq!(
+            messages.len(),
+            table.len(),
+            "each outcome says what happened"
+        );
+        assert!(ExpiredUnconsumed.message().contains("did not unwrap"));
+        assert!(ConsumedSeenAtExpiry.message().contains("consumed"));
+        assert!(WrapAndToken.wrap() && WrapAndToken.token());
+        assert!(!Token.wrap() && Token.token());
+        assert!(!Nothing.wrap() && !Nothing.token());
+    }
+
+    #[test]
+    fn expiry_probe_revoking_a_live_wrap_means_expired_and_revokes_its_token() {
+        let outcome = expiry_outcome(Revoked::Existed, Some(t(60)), t(55));
+        assert_eq!(outcome, Outcome::ExpiredUnconsumed);
+        assert_eq!(
+            (outcome.phase(), outcome.revoke(Phase::Issued)),
+            (Phase::Expired, Revoke::Token)
+        );
+    }
+
+    #[test]
+    fn expiry_probe_finding_no_token_before_expiry_means_consumed() {
+        let outcome = expiry_outcome(Revoked::NotFound, Some(t(60)), t(55));
+        assert_eq!(outcome, Outcome::ConsumedSeenAtExpiry);
+        assert_eq!(
+            (outcome.phase(), outcome.revoke(Phase::Issued)),
+            (Phase::Unwrapped, Revoke::Nothing)
+        );
+        // Without a known expiry the answer is taken at its word too.
+        assert_eq!(
+            expiry_outcome(Revoked::NotFound, None, t(55)),
+            Outcome::ConsumedSeenAtExpiry
+        );
+    }
+
+    #[test]
+    fn expiry_probe_finding_no_token_after_expiry_revokes_to_be_safe() {
+        for now in [60, 61] {
+            let outcome = expiry_outcome(Revoked::NotFound, Some(t(60)), t(now));
+            assert_eq!(outcome, Outcome::ExpiryPassedUnchecked, "at {now}");
+            assert_eq!(
+                (outcome.phase(), outcome.revoke(Phase::Issued)),
+                (Phase::Expired, Revoke::Token),
+                "at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gone_record_revokes_what_is_outstanding_and_a_consumed_token_only_when_asked() {
+        let mut w = issued("a", 0);
+        for phase in [Phase::Issued, Phase::Claimed] {
+            w.phase = phase;
+            assert_eq!(revocations(&w, false), Revoke::WrapAndToken, "{phase:?}");
+            assert_eq!(revocations(&w, true), Revoke::WrapAndToken, "{phase:?}");
+        }
+        w.phase = Phase::Unwrapped;
+        assert_eq!(revocations(&w, true), Revoke::Token);
+        assert_eq!(revocations(&w, false), Revoke::Nothing);
+        for phase in [
+            Phase::Expired,
+            Phase::Revoked,
+            Phase::Tampered,
+            Phase::Failed,
+        ] {
+            w.phase = phase;
+            assert_eq!(revocations(&w, true), Revoke::Nothing, "{phase:?}");
+        }
+    }
+
+    #[test]
     fn matching_receipt_verifies_without_vault() {
         let mut p = pod("a");
         p.receipts.push(receipt(Receipt::unwrapped("acc"), 3));
@@ -691,9 +895,7 @@ mod tests {
         assert!(matches!(
             &plan.actions[0],
             Action::Settle {
-                phase: Phase::Unwrapped,
-                verified: true,
-                revoke_token: false,
+                outcome: Outcome::UnwrappedByAgent,
                 ..
             }
         ));
@@ -708,9 +910,7 @@ mod tests {
         assert!(matches!(
             &plan.actions[0],
             Action::Settle {
-                phase: Phase::Tampered,
-                revoke_token: true,
-                revoke_wrap: true,
+                outcome: Outcome::ForeignTokenUnwrapped,
                 ..
             }
         ));
@@ -724,9 +924,7 @@ mod tests {
         assert!(matches!(
             &plan.actions[0],
             Action::Settle {
-                phase: Phase::Tampered,
-                revoke_token: true,
-                revoke_wrap: false,
+                outcome: Outcome::ConsumedByAnother,
                 ..
             }
         ));
@@ -735,7 +933,7 @@ mod tests {
         assert!(matches!(
             &plan.actions[0],
             Action::Lookup {
-                if_invalid: Phase::Tampered,
+                if_consumed: Outcome::ConsumedByAnother,
                 ..
             }
         ));
@@ -872,8 +1070,7 @@ mod tests {
             plan.actions,
             vec![Action::Cleanup {
                 wrap: issued("a", 0),
-                revoke_wrap: true,
-                revoke_token: true
+                revoke: Revoke::WrapAndToken,
             }]
         );
         // revokeOnPodDeletion=false keeps a consumed token alive, but never an unconsumed wrap.
@@ -887,8 +1084,7 @@ mod tests {
         assert!(matches!(
             plan.actions[0],
             Action::Cleanup {
-                revoke_wrap: false,
-                revoke_token: false,
+                revoke: Revoke::Nothing,
                 ..
             }
         ));
@@ -944,15 +1140,7 @@ mod tests {
         }
     }
 
-    const PHASES: [Phase; 7] = [
-        Phase::Claimed,
-        Phase::Issued,
-        Phase::Unwrapped,
-        Phase::Expired,
-        Phase::Revoked,
-        Phase::Tampered,
-        Phase::Failed,
-    ];
+    const PHASES: [Phase; 7] = Phase::ALL;
 
     type Case = (
         Vec<PodView>,
@@ -1101,11 +1289,7 @@ mod tests {
                     | Action::ProbeExpiry { wrap }
                     | Action::ConfirmVault { wrap }
                     | Action::Settle { wrap, .. } => Some(wrap.secret.clone()),
-                    Action::Cleanup {
-                        wrap,
-                        revoke_wrap,
-                        revoke_token,
-                    } => {
+                    Action::Cleanup { wrap, revoke } => {
                         let pod = pods.iter().find(|p| p.uid == wrap.pod_uid);
                         assert!(
                             wrap.deleting || pod.is_none_or(|p| p.finished),
@@ -1113,8 +1297,8 @@ mod tests {
                         );
                         // Nothing minted is left alive that nobody holds.
                         if wrap.phase == Phase::Issued {
-                            assert!(*revoke_wrap || wrap.wrap_accessor.is_none(), "{ctx}");
-                            assert!(*revoke_token || wrap.accessor.is_none(), "{ctx}");
+                            assert!(revoke.wrap() || wrap.wrap_accessor.is_none(), "{ctx}");
+                            assert!(revoke.token() || wrap.accessor.is_none(), "{ctx}");
                         }
                         Some(wrap.secret.clone())
                     }

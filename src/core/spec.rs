@@ -6,6 +6,7 @@ use std::time::Duration;
 use kube::core::Selector;
 
 use crate::config::{RoleRule, role_allowed};
+use crate::core::reason::Reason;
 use crate::crd::AgentSecretBindingSpec;
 
 /// A spec the operator can act on.
@@ -21,14 +22,14 @@ pub struct ValidSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalid {
     /// `InvalidSpec` or `RoleNotAllowed`.
-    pub reason: &'static str,
+    pub reason: Reason,
     /// What to fix.
     pub message: String,
 }
 
 fn invalid(message: impl Into<String>) -> Invalid {
     Invalid {
-        reason: "InvalidSpec",
+        reason: Reason::InvalidSpec,
         message: message.into(),
     }
 }
@@ -66,7 +67,7 @@ pub fn validate(
     }
     if !role_allowed(rules, namespace, &spec.vault.token_role) {
         return Err(Invalid {
-            reason: "RoleNotAllowed",
+            reason: Reason::RoleNotAllowed,
             message: format!(
                 "token role {:?} is not allowed in namespace {namespace:?}; ask the cluster admin to add it to the operator's allowedRoles",
                 spec.vault.token_role
@@ -211,12 +212,12 @@ mod tests {
     #[test]
     fn refuses_what_the_schema_cannot_catch() {
         let empty = validate(&spec(&[], "agent", "60s"), "ns", &rules()).unwrap_err();
-        assert_eq!(empty.reason, "InvalidSpec");
+        assert_eq!(empty.reason.as_str(), "InvalidSpec");
         assert!(empty.message.contains("empty"));
         let bad_label = validate(&spec(&[("app", "a b")], "agent", "60s"), "ns", &rules());
-        assert_eq!(bad_label.unwrap_err().reason, "InvalidSpec");
+        assert_eq!(bad_label.unwrap_err().reason.as_str(), "InvalidSpec");
         let role = validate(&spec(&[("app", "a")], "admin", "60s"), "ns", &rules()).unwrap_err();
-        assert_eq!(role.reason, "RoleNotAllowed");
+        assert_eq!(role.reason.as_str(), "RoleNotAllowed");
         assert!(role.message.contains("admin"));
         let ttl = validate(&spec(&[("app", "a")], "agent", "2s"), "ns", &rules()).unwrap_err();
         assert!(ttl.message.contains("wrapTTL"));

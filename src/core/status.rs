@@ -5,9 +5,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::core::pod::PodView;
+use crate::core::reason::Reason;
 use crate::core::spec::Invalid;
 use crate::crd::{AgentSecretBindingStatus, Condition, WrapRecord};
 use crate::record::{Phase, WrapState};
+
+/// The condition saying whether the binding serves its pods.
+pub const READY: &str = "Ready";
+/// The condition saying whether wraps were tampered with or expired.
+pub const DEGRADED: &str = "Degraded";
 
 /// Most per-pod records kept in the status.
 pub const MAX_RECORDS: usize = 50;
@@ -61,34 +67,34 @@ pub fn compute(input: &StatusInput) -> AgentSecretBindingStatus {
     let ready = ready_condition(input, &failed);
     let degraded = if tampered > 0 {
         (
-            "True",
-            "Tampered",
+            true,
+            Reason::Tampered,
             format!(
                 "{tampered} wrap(s) were consumed by someone other than the pod's agent; their tokens were revoked"
             ),
         )
     } else if expired > 0 {
         (
-            "True",
-            "WrapsExpired",
+            true,
+            Reason::WrapsExpired,
             format!(
                 "{expired} wrap(s) expired unconsumed: the pods' agents did not unwrap in time; check the agents' init containers"
             ),
         )
     } else {
         (
-            "False",
-            "AsExpected",
+            false,
+            Reason::AsExpected,
             "every wrap is pending or consumed".to_string(),
         )
     };
     let conditions = vec![
-        condition(input, "Ready", ready.0, ready.1, ready.2),
-        condition(input, "Degraded", degraded.0, degraded.1, degraded.2),
+        condition(input, READY, ready.0, ready.1, ready.2),
+        condition(input, DEGRADED, degraded.0, degraded.1, degraded.2),
     ];
 
     let mut records: Vec<WrapRecord> = live.iter().map(|w| record(w)).collect();
-    records.sort_by_key(|r| (severity(&r.phase), r.pod.clone()));
+    records.sort_by_key(|r| (severity(r.phase), r.pod.clone()));
     records.truncate(MAX_RECORDS);
 
     AgentSecretBindingStatus {
@@ -103,25 +109,22 @@ pub fn compute(input: &StatusInput) -> AgentSecretBindingStatus {
     }
 }
 
-fn ready_condition(
-    input: &StatusInput,
-    failed: &[&&WrapState],
-) -> (&'static str, &'static str, String) {
+fn ready_condition(input: &StatusInput, failed: &[&&WrapState]) -> (bool, Reason, String) {
     let p = input.problems;
     if let Some(invalid) = &p.invalid {
-        return ("False", invalid.reason, invalid.message.clone());
+        return (false, invalid.reason, invalid.message.clone());
     }
     if let Some(msg) = &p.vault_unavailable {
         return (
-            "False",
-            "VaultUnavailable",
+            false,
+            Reason::VaultUnavailable,
             format!("{msg}; retrying with backoff"),
         );
     }
     if let Some(w) = failed.first() {
         return (
-            "False",
-            "VaultRefused",
+            false,
+            Reason::VaultRefused,
             format!(
                 "Vault refused the token for pod {}: {}",
                 w.pod,
@@ -131,8 +134,8 @@ fn ready_condition(
     }
     if let Some((pod, others)) = input.conflicts.iter().next() {
         return (
-            "False",
-            "Conflict",
+            false,
+            Reason::Conflict,
             format!(
                 "{} pod(s) are selected by other bindings too (pod {pod} also by {}); they get no token from either until the selectors no longer overlap",
                 input.conflicts.len(),
@@ -142,8 +145,8 @@ fn ready_condition(
     }
     if let Some((pod, secret)) = p.invalid_names.iter().next() {
         return (
-            "False",
-            "InvalidSecretName",
+            false,
+            Reason::InvalidSecretName,
             format!(
                 "pod {pod} asks for Secret name {secret:?} (annotation cubbyhole.dev/secret-name), which is not a valid Secret name: use lowercase letters, digits, '-' and '.'"
             ),
@@ -151,16 +154,16 @@ fn ready_condition(
     }
     if let Some((pod, secret)) = p.names_taken.iter().next() {
         return (
-            "False",
-            "SecretNameTaken",
+            false,
+            Reason::SecretNameTaken,
             format!(
                 "Secret {secret} for pod {pod} exists and is not managed by this binding; it was left untouched: rename it or set the pod annotation cubbyhole.dev/secret-name"
             ),
         );
     }
     (
-        "True",
-        "Delivering",
+        true,
+        Reason::Delivering,
         format!(
             "serving {} pod(s)",
             input.pods.iter().filter(|p| !p.finished).count()
@@ -171,10 +174,11 @@ fn ready_condition(
 fn condition(
     input: &StatusInput,
     type_: &str,
-    status: &str,
-    reason: &str,
+    status: bool,
+    reason: Reason,
     message: String,
 ) -> Condition {
+    let status = if status { "True" } else { "False" };
     let previous = input
         .previous
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
@@ -185,22 +189,23 @@ fn condition(
     Condition {
         type_: type_.into(),
         status: status.into(),
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         message,
         last_transition_time,
         observed_generation: input.generation,
     }
 }
 
-fn severity(phase: &str) -> u8 {
+/// Order of records in the status: what needs a person first.
+fn severity(phase: Phase) -> u8 {
     match phase {
-        "Tampered" => 0,
-        "Failed" => 1,
-        "Expired" => 2,
-        "Claimed" => 3,
-        "Issued" => 4,
-        "Revoked" => 5,
-        _ => 6,
+        Phase::Tampered => 0,
+        Phase::Failed => 1,
+        Phase::Expired => 2,
+        Phase::Claimed => 3,
+        Phase::Issued => 4,
+        Phase::Revoked => 5,
+        Phase::Unwrapped => 6,
     }
 }
 
@@ -210,7 +215,7 @@ fn record(w: &WrapState) -> WrapRecord {
         uid: w.pod_uid.clone(),
         start: w.start,
         secret: w.secret.clone(),
-        phase: w.phase.as_str().into(),
+        phase: w.phase,
         verified: w.verified,
         wrap_accessor: w.wrap_accessor.clone(),
         accessor: w.accessor.clone(),
@@ -293,7 +298,7 @@ mod tests {
             (s.pods, s.pending, s.unwrapped, s.expired, s.tampered),
             (4, 1, 1, 1, 0)
         );
-        assert_eq!(s.records[0].phase, "Expired");
+        assert_eq!(s.records[0].phase.as_str(), "Expired");
         assert_eq!(s.records.len(), 3);
         assert_eq!(ready(&s), ("True", "Delivering"));
         assert_eq!(s.conditions[1].reason, "WrapsExpired");
@@ -305,7 +310,7 @@ mod tests {
         let pods = [pod("a")];
         let mut problems = Problems {
             invalid: Some(Invalid {
-                reason: "RoleNotAllowed",
+                reason: Reason::RoleNotAllowed,
                 message: "no".into(),
             }),
             vault_unavailable: Some("down".into()),

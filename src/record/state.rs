@@ -45,18 +45,19 @@ impl Phase {
 
     /// Parses the stored word.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Phase::Claimed,
-            Phase::Issued,
-            Phase::Unwrapped,
-            Phase::Expired,
-            Phase::Revoked,
-            Phase::Tampered,
-            Phase::Failed,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// All phases, in lifecycle order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Claimed,
+        Phase::Issued,
+        Phase::Unwrapped,
+        Phase::Expired,
+        Phase::Revoked,
+        Phase::Tampered,
+        Phase::Failed,
+    ];
 
     /// True once the wrap can no longer be unwrapped by anyone.
     pub fn is_settled(self) -> bool {
@@ -64,6 +65,21 @@ impl Phase {
             self,
             Phase::Unwrapped | Phase::Expired | Phase::Revoked | Phase::Tampered
         )
+    }
+}
+
+/// Written as its word (the status keeps the same strings as the annotations).
+impl serde::Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Phase {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(deserializer)?;
+        Phase::parse(&word)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown phase {word:?}")))
     }
 }
 
@@ -114,8 +130,13 @@ pub struct WrapState {
 
 impl WrapState {
     /// Reads a per-pod Secret and checks its signature; `None` when it is not a cubbyhole
-    /// record.
-    pub fn from_secret(secret: &Secret, secret_key: &str, keys: &RecordKeys) -> Option<Self> {
+    /// record. `secret_key` is the data key of the wrapping token when known (a record read
+    /// without it reports no token).
+    pub fn from_secret(
+        secret: &Secret,
+        secret_key: Option<&str>,
+        keys: &RecordKeys,
+    ) -> Option<Self> {
         let a = secret.annotations();
         let namespace = secret.namespace().unwrap_or_default();
         let name = secret.name_any();
@@ -136,7 +157,8 @@ impl WrapState {
         let has_token = secret
             .data
             .as_ref()
-            .is_some_and(|d| d.get(secret_key).is_some_and(|v| !v.0.is_empty()));
+            .zip(secret_key)
+            .is_some_and(|(d, k)| d.get(k).is_some_and(|v| !v.0.is_empty()));
         let mut record = Self::from_annotations(name, a, has_token, authenticity)?;
         record.resource_version = secret.resource_version();
         record.deleting = secret.metadata.deletion_timestamp.is_some();
@@ -202,5 +224,12 @@ mod tests {
             assert_eq!(Phase::parse(p).unwrap().as_str(), p);
         }
         assert!(Phase::Expired.is_settled() && !Phase::Issued.is_settled());
+        // The status carries the same words.
+        for p in Phase::ALL {
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+            assert_eq!(serde_json::from_str::<Phase>(&json).unwrap(), p);
+        }
+        assert!(serde_json::from_str::<Phase>("\"Gone\"").is_err());
     }
 }

@@ -487,7 +487,7 @@ mod tests {
     }
 
     fn read(secret: &Secret, keys: &RecordKeys) -> WrapState {
-        WrapState::from_secret(secret, "token", keys).unwrap()
+        WrapState::from_secret(secret, Some("token"), keys).unwrap()
     }
 
     fn issue(start: u32, replaces: Option<WrapState>) -> Issue {
@@ -665,7 +665,7 @@ mod tests {
             .unwrap()
             .insert(BINDING_LABEL.into(), "b".into());
         assert_eq!(
-            WrapState::from_secret(&theirs, "token", &keys)
+            WrapState::from_secret(&theirs, Some("token"), &keys)
                 .unwrap()
                 .authenticity,
             Authenticity::Forged

@@ -7,6 +7,7 @@ use kube::core::SelectorExt;
 use serde_json::Value;
 
 use crate::config::RoleRule;
+use crate::core::reason::Reason;
 use crate::core::spec::{pod_selector, validate};
 use crate::crd::AgentSecretBinding;
 use crate::webhook::inject::{INJECT_LABEL, INJECTED_ANNOTATION, Target, build, describe_pod};
@@ -96,7 +97,7 @@ pub fn decide(
                 Ok(v) => v,
                 Err(invalid) => {
                     return Decision::Refuse(Refusal {
-                        reason: invalid.reason,
+                        reason: invalid.reason.as_str(),
                         message: format!(
                             "{who} is selected by AgentSecretBinding {name:?}, which is not valid ({}): {}",
                             invalid.reason, invalid.message
@@ -127,7 +128,7 @@ pub fn decide(
         many => {
             let names: Vec<String> = many.iter().map(|b| b.name_any()).collect();
             Decision::Refuse(Refusal {
-                reason: "Conflict",
+                reason: Reason::Conflict.as_str(),
                 message: format!(
                     "{who} is selected by {} AgentSecretBindings in namespace {namespace:?} ({}); neither would mint for it: narrow their podSelectors so that exactly one selects it",
                     names.len(),
