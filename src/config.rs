@@ -130,7 +130,7 @@ impl OperatorConfig {
 
     /// Parses and checks YAML text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Self = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let config: Self = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
         config.vault_auth()?;
         validate_address(&config.vault.address)?;
         validate_period("lookupPeriod", config.lookup_period, "10s")?;

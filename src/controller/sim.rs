@@ -12,12 +12,12 @@
 //!
 //! **The model executor** ([`World::reconcile`] and the methods below it) mirrors
 //! `reconcile::apply` (list, plan, run the steps in order, stop at the first Vault outage),
-//! `reconcile::cleanup_records` (a binding's finalizer) and `steps::Step::{issue, lookup,
+//! `sweep::retire_records` (a binding's finalizer) and `execute::Executor::{issue, lookup,
 //! confirm_vault, probe_expiry, settle, cleanup, revoke_record, vault_failed}` with the writes of
 //! `writes::{claim, deliver, record_failure, mark_vault_seen, settle, remove}`: which
 //! annotations each write sets or removes, which resourceVersion guards it, what each error
-//! leads to. `model_writes_match_the_children_builders` checks the writes against the real
-//! patch builders of `children`.
+//! leads to. `model_writes_match_the_record_builders` checks the writes against the real
+//! patch builders of `record::writes`.
 //!
 //! **Schedules** (seeded xorshift, deterministic): pods created with and without the
 //! `cubbyhole.dev/secret-name` annotation (some invalid, some colliding), agents restarting,
@@ -61,7 +61,7 @@
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
 //! 2); the planner's lost-mint wait removed (`vault_seen_at` + wrapTTL + 10 s: invariant 1);
 //! the planner's conflict check removed (invariant 4); the executor's revocation of a wrap
-//! whose delivery failed removed (invariant 2). Edits of `plan.rs` itself, each caught by
+//! whose delivery failed removed (invariant 2). Edits of `core/plan.rs` itself, each caught by
 //! `simulation_keeps_every_invariant`: the lost-mint wait removed (invariant 1), the conflict
 //! check for new pods removed (4), the conflict check for pods with a record removed (4), a
 //! retried claim not revoking the previous start's token (2), cleanups not revoking an
@@ -434,7 +434,7 @@ enum Replica {
     Rival,
 }
 
-/// Round-local state of the executor (what `reconcile::apply` and `steps::Step` hold).
+/// Round-local state of the executor (what `reconcile::apply` and `execute::Executor` hold).
 struct Round {
     binding: String,
     settings: Settings,
@@ -2186,10 +2186,10 @@ mod tests {
     }
 
     /// The model's writes change the same annotations, the same way, as the real patch
-    /// builders of `children`, guard on the same resourceVersion, and set or clear the data
+    /// builders of `record::writes`, guard on the same resourceVersion, and set or clear the data
     /// alike.
     #[test]
-    fn model_writes_match_the_children_builders() {
+    fn model_writes_match_the_record_builders() {
         use crate::record::writes::{self, Claimed, Sealer};
         use crate::vault::{SecretString, WrapInfo};
         let keys =

@@ -298,7 +298,7 @@ fn orphaned(pods: &[PodView], wrap: &WrapState) -> bool {
             .is_none_or(|p| p.finished)
 }
 
-/// Cleanup steps only: for a binding that may not mint (invalid spec, role not allowed) the
+/// Cleanup actions only: for a binding that may not mint (invalid spec, role not allowed) the
 /// tokens of pods that are gone are still revoked. `pods` are the records' pods that exist.
 pub fn cleanups(settings: &Settings, pods: &[PodView], wraps: &[WrapState]) -> Vec<Action> {
     wraps
@@ -308,10 +308,10 @@ pub fn cleanups(settings: &Settings, pods: &[PodView], wraps: &[WrapState]) -> V
         .collect()
 }
 
-/// Decides the next steps for one binding.
+/// Decides the next actions for one binding.
 pub fn plan(input: &Input) -> Plan {
     let mut plan = Plan::default();
-    let mut steps = vec![];
+    let mut actions: Vec<Action> = vec![];
     for wrap in input.wraps.iter().filter(|w| !orphaned(input.pods, w)) {
         let pod = input
             .pods
@@ -319,7 +319,7 @@ pub fn plan(input: &Input) -> Plan {
             .find(|p| p.uid == wrap.pod_uid)
             .expect("not orphaned");
         if !pod.terminating {
-            judge(input, pod, wrap, &mut plan, &mut steps);
+            judge(input, pod, wrap, &mut plan, &mut actions);
         }
     }
     for pod in input.pods {
@@ -342,7 +342,7 @@ pub fn plan(input: &Input) -> Plan {
             plan.names_taken.insert(pod.name.clone(), name);
             continue;
         }
-        steps.push(Action::Issue(Issue {
+        actions.push(Action::Issue(Issue {
             pod: pod.name.clone(),
             pod_uid: pod.uid.clone(),
             secret: name,
@@ -354,7 +354,7 @@ pub fn plan(input: &Input) -> Plan {
     }
     plan.actions = cleanups(input.settings, input.pods, input.wraps)
         .into_iter()
-        .chain(steps)
+        .chain(actions)
         .collect();
     plan
 }
@@ -397,7 +397,13 @@ fn current_receipts<'a>(pod: &'a PodView, wrap: &WrapState) -> Vec<&'a ObservedR
         .collect()
 }
 
-fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps: &mut Vec<Action>) {
+fn judge(
+    input: &Input,
+    pod: &PodView,
+    wrap: &WrapState,
+    plan: &mut Plan,
+    actions: &mut Vec<Action>,
+) {
     let s = input.settings;
     let now = input.now;
     // Selected by another binding too: nothing new is minted for it (see `Input::conflicts`).
@@ -409,13 +415,13 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
             // made by that request has expired before minting anew.
             let claimed = wrap.claimed_at.unwrap_or(now);
             match wrap.vault_seen_at.filter(|seen| *seen > claimed) {
-                None => steps.push(Action::ConfirmVault { wrap: wrap.clone() }),
+                None => actions.push(Action::ConfirmVault { wrap: wrap.clone() }),
                 Some(seen) => {
                     let retry_at = add(seen, s.wrap_ttl + LOST_MINT_SLACK);
                     if now < retry_at {
                         plan.wake(retry_at);
                     } else if may_mint {
-                        steps.push(retry(s, pod, wrap));
+                        actions.push(retry(s, pod, wrap));
                     }
                 }
             }
@@ -426,14 +432,14 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
             if now < retry_at {
                 plan.wake(retry_at);
             } else if may_mint {
-                steps.push(retry(s, pod, wrap));
+                actions.push(retry(s, pod, wrap));
             }
             return;
         }
         _ => {}
     }
     if let Some(step) = judge_receipts(pod, wrap) {
-        steps.push(step);
+        actions.push(step);
         return;
     }
     if wrap.phase == Phase::Issued {
@@ -447,9 +453,9 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
             .unwrap_or(now);
         let lookup_at = add(last, s.lookup_period);
         if now >= probe_at {
-            steps.push(Action::ProbeExpiry { wrap: wrap.clone() });
+            actions.push(Action::ProbeExpiry { wrap: wrap.clone() });
         } else if now >= lookup_at {
-            steps.push(Action::Lookup {
+            actions.push(Action::Lookup {
                 wrap: wrap.clone(),
                 if_consumed: Outcome::ConsumedSeenByLookup,
             });
@@ -470,7 +476,7 @@ fn judge(input: &Input, pod: &PodView, wrap: &WrapState, plan: &mut Plan, steps:
         if let Action::Issue(issue) = &mut step {
             issue.receipts_after = pod.newest_receipt_time().or(wrap.receipts_after);
         }
-        steps.push(step);
+        actions.push(step);
     }
 }
 

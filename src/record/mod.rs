@@ -2,6 +2,8 @@
 //! signed (`seal`, `signing_keys`) and written (`writes`, the only module that patches it).
 //! `schema`, `state` and `seal` are pure; `writes` and `signing_keys` talk to the API server.
 
+#[cfg(test)]
+mod api_tests;
 pub mod schema;
 pub mod seal;
 pub mod signing_keys;

@@ -938,7 +938,7 @@ async fn install_crd(client: &Client) {
     )
     .unwrap();
     let doc = text.split("---").nth(1).expect("CRD document");
-    let crd: CustomResourceDefinition = serde_yaml::from_str(doc).expect("CRD yaml");
+    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(doc).expect("CRD yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.patch(
         &crd.name_any(),

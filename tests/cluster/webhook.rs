@@ -81,7 +81,7 @@ impl Env {
         )
         .unwrap();
         let mut config: MutatingWebhookConfiguration =
-            serde_yaml::from_str(&text).expect("shipped webhook configuration");
+            serde_yaml_ng::from_str(&text).expect("shipped webhook configuration");
         for hook in config.webhooks.iter_mut().flatten() {
             hook.client_config = WebhookClientConfig {
                 url: Some(format!("https://127.0.0.1:{port}/mutate-pods")),

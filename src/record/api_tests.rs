@@ -1,0 +1,362 @@
+//! Every write to a per-pod record, checked on the wire against a mocked API server
+//! (`tower-test`): the verb, the path, the content type, the `resourceVersion` guard, what the
+//! body sets and removes, and how each answer (201, 409, 404, 500) is read. A regression in a
+//! write's shape fails here in milliseconds; the e2e suite proves the same on a real server.
+
+use std::collections::BTreeMap;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use crate::core::plan::Issue;
+use crate::record::seal::{Authenticity, RecordKeys};
+use crate::record::writes::{self, ClaimError, Claimed, Records, Sealer};
+use crate::record::{Phase, SECRET_FINALIZER, WrapState, ann};
+use crate::vault::{SecretString, WrapInfo};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const SECRETS: &str = "/api/v1/namespaces/ns/secrets";
+const RECORD: &str = "/api/v1/namespaces/ns/secrets/p-b-wrap";
+const MERGE_PATCH: &str = "application/merge-patch+json";
+
+fn keys() -> RecordKeys {
+    RecordKeys::new(BTreeMap::from([(1, vec![7; 32])])).unwrap()
+}
+
+fn mocked() -> (Api<Secret>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "ns");
+    (Api::namespaced(client, "ns"), handle)
+}
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn issue(replaces: Option<WrapState>) -> Issue {
+    Issue {
+        pod: "p".into(),
+        pod_uid: "uid-p".into(),
+        secret: "p-b-wrap".into(),
+        start: 0,
+        replaces,
+        revoke_previous: None,
+        receipts_after: None,
+    }
+}
+
+/// A record as read back: Issued, resourceVersion 5, signed with `keys`.
+fn issued_record(keys: &RecordKeys) -> WrapState {
+    let sealer = Sealer {
+        namespace: "ns",
+        binding: "b",
+        keys,
+    };
+    let (_, annotations) = sealer.patch(
+        "p-b-wrap",
+        &BTreeMap::new(),
+        &[
+            (ann::POD, Some("p".into())),
+            (ann::POD_UID, Some("uid-p".into())),
+            (ann::PHASE, Some(Phase::Issued.as_str().into())),
+            (ann::WRAP_ACCESSOR, Some("wacc".into())),
+            (ann::ACCESSOR, Some("acc".into())),
+        ],
+    );
+    let mut w = WrapState::from_annotations(
+        "p-b-wrap".into(),
+        &annotations,
+        true,
+        Authenticity::Authentic,
+    )
+    .unwrap();
+    w.resource_version = Some("5".into());
+    w
+}
+
+fn secret_json(name: &str, rv: &str, binding: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": name, "namespace": "ns", "resourceVersion": rv, "uid": "uid-secret",
+            "labels": { "cubbyhole.dev/binding": binding },
+        },
+    })
+}
+
+fn status_json(code: u16, reason: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Status", "status": "Failure",
+        "message": reason, "reason": reason, "code": code,
+    })
+}
+
+/// A request the client sent: its method, path, content type and body.
+struct Seen {
+    method: Method,
+    path: String,
+    content_type: Option<String>,
+    body: Value,
+}
+
+/// Takes the next request and answers it with `status` and `answer`.
+async fn answer(handle: &mut Handle, status: u16, answer: Value) -> Seen {
+    let (request, send) = handle.next_request().await.expect("a request");
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::from_u16(status).unwrap())
+            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .unwrap(),
+    );
+    Seen {
+        method,
+        path,
+        content_type,
+        body,
+    }
+}
+
+fn records<'a>(api: &'a Api<Secret>, keys: &'a RecordKeys) -> Records<'a> {
+    Records {
+        api,
+        sealer: Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys,
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_claim_creates_the_record_owned_by_the_pod_with_a_finalizer_and_no_token() {
+    let keys = keys();
+    let (api, mut handle) = mocked();
+    let server =
+        tokio::spawn(
+            async move { answer(&mut handle, 201, secret_json("p-b-wrap", "7", "b")).await },
+        );
+    let claimed = writes::claim(&records(&api, &keys), &issue(None), t(0))
+        .await
+        .unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!((seen.method, seen.path.as_str()), (Method::POST, SECRETS));
+    let meta = &seen.body["metadata"];
+    assert_eq!(meta["name"], "p-b-wrap");
+    assert_eq!(meta["labels"]["cubbyhole.dev/binding"], "b");
+    assert_eq!(meta["labels"]["app.kubernetes.io/managed-by"], "cubbyhole");
+    assert_eq!(meta["finalizers"], json!([SECRET_FINALIZER]));
+    assert_eq!(meta["ownerReferences"][0]["uid"], "uid-p");
+    assert_eq!(meta["ownerReferences"][0]["kind"], "Pod");
+    assert_eq!(meta["annotations"][ann::PHASE], "Claimed");
+    assert!(meta["annotations"][ann::SIGNATURE].is_string());
+    assert!(seen.body.get("data").is_none(), "a claim carries no token");
+    assert_eq!(claimed.resource_version, "7");
+}
+
+#[tokio::test]
+async fn a_claim_losing_the_create_race_reads_who_won() {
+    let keys = keys();
+    for (holder, expected) in [("b", "Lost"), ("someone-else", "Taken")] {
+        let (api, mut handle) = mocked();
+        let server = tokio::spawn(async move {
+            let create = answer(&mut handle, 409, status_json(409, "AlreadyExists")).await;
+            let get = answer(&mut handle, 200, secret_json("p-b-wrap", "3", holder)).await;
+            (create, get)
+        });
+        let result = writes::claim(&records(&api, &keys), &issue(None), t(0)).await;
+        let (create, get) = server.await.unwrap();
+        assert_eq!(create.method, Method::POST);
+        assert_eq!((get.method, get.path.as_str()), (Method::GET, RECORD));
+        let got = match result {
+            Err(ClaimError::Lost) => "Lost",
+            Err(ClaimError::Taken) => "Taken",
+            other => panic!("{holder}: {other:?}"),
+        };
+        assert_eq!(got, expected, "record held by {holder}");
+    }
+}
+
+#[tokio::test]
+async fn a_takeover_is_a_merge_patch_guarded_by_the_old_version_that_drops_the_token() {
+    let keys = keys();
+    let old = issued_record(&keys);
+    let (api, mut handle) = mocked();
+    let server =
+        tokio::spawn(
+            async move { answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await },
+        );
+    let claimed = writes::claim(&records(&api, &keys), &issue(Some(old)), t(0))
+        .await
+        .unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
+    assert_eq!(seen.content_type.as_deref(), Some(MERGE_PATCH));
+    assert_eq!(seen.body["metadata"]["resourceVersion"], "5");
+    assert_eq!(seen.body["data"], Value::Null);
+    assert!(seen.body.as_object().unwrap().contains_key("data"));
+    let annotations = &seen.body["metadata"]["annotations"];
+    assert_eq!(annotations[ann::PHASE], "Claimed");
+    // The previous wrap's accessors are removed (null in a merge patch), not left behind.
+    assert!(
+        annotations
+            .as_object()
+            .unwrap()
+            .contains_key(ann::WRAP_ACCESSOR)
+    );
+    assert_eq!(annotations[ann::WRAP_ACCESSOR], Value::Null);
+    assert_eq!(claimed.resource_version, "6");
+}
+
+#[tokio::test]
+async fn delivery_puts_the_token_under_the_binding_key_guarded_by_the_claim() {
+    let keys = keys();
+    let claimed = Claimed {
+        secret: "p-b-wrap".into(),
+        resource_version: "7".into(),
+        annotations: BTreeMap::new(),
+    };
+    let wrap = WrapInfo {
+        token: SecretString::new("s.wrapping"),
+        accessor: "wacc".into(),
+        wrapped_accessor: "acc".into(),
+        ttl: 60,
+        creation_path: "auth/token/create/r".into(),
+    };
+    let (api, mut handle) = mocked();
+    let server = tokio::spawn(async move {
+        let ok = answer(&mut handle, 200, secret_json("p-b-wrap", "8", "b")).await;
+        let conflict = answer(&mut handle, 409, status_json(409, "Conflict")).await;
+        (ok, conflict)
+    });
+    let r = records(&api, &keys);
+    let delivered = writes::deliver(&r, &claimed, "vault-token", &wrap, t(0), t(60)).await;
+    let lost = writes::deliver(&r, &claimed, "vault-token", &wrap, t(0), t(60)).await;
+    let (seen, _) = server.await.unwrap();
+    assert_eq!(delivered.unwrap(), "8");
+    assert!(matches!(lost, Err(ClaimError::Lost)), "{lost:?}");
+    assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
+    assert_eq!(seen.content_type.as_deref(), Some(MERGE_PATCH));
+    assert_eq!(seen.body["metadata"]["resourceVersion"], "7");
+    // base64("s.wrapping")
+    assert_eq!(seen.body["data"]["vault-token"], "cy53cmFwcGluZw==");
+    let annotations = &seen.body["metadata"]["annotations"];
+    assert_eq!(annotations[ann::PHASE], "Issued");
+    assert_eq!(annotations[ann::WRAP_ACCESSOR], "wacc");
+    assert_eq!(annotations[ann::ACCESSOR], "acc");
+}
+
+#[tokio::test]
+async fn settling_records_the_phase_and_removes_the_token_and_a_gone_record_is_lost() {
+    let keys = keys();
+    let wrap = issued_record(&keys);
+    let (api, mut handle) = mocked();
+    let server = tokio::spawn(async move {
+        let ok = answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await;
+        let gone = answer(&mut handle, 404, status_json(404, "NotFound")).await;
+        let broken = answer(&mut handle, 500, status_json(500, "InternalError")).await;
+        (ok, gone, broken)
+    });
+    let r = records(&api, &keys);
+    let settled = writes::settle(&r, &wrap, Phase::Expired, false, "expired").await;
+    let gone = writes::settle(&r, &wrap, Phase::Expired, false, "expired").await;
+    let broken = writes::settle(&r, &wrap, Phase::Expired, false, "expired").await;
+    let (seen, _, _) = server.await.unwrap();
+    assert_eq!(settled.unwrap(), "6");
+    assert!(matches!(gone, Err(ClaimError::Lost)), "{gone:?}");
+    assert!(matches!(broken, Err(ClaimError::Kube(_))), "{broken:?}");
+    assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
+    assert_eq!(seen.body["metadata"]["resourceVersion"], "5");
+    assert!(seen.body.as_object().unwrap().contains_key("data"));
+    assert_eq!(
+        seen.body["data"],
+        Value::Null,
+        "the token leaves the Secret"
+    );
+    assert_eq!(seen.body["metadata"]["annotations"][ann::PHASE], "Expired");
+}
+
+#[tokio::test]
+async fn failures_and_vault_sightings_are_guarded_patches_without_a_token() {
+    let keys = keys();
+    let wrap = issued_record(&keys);
+    let claimed = Claimed {
+        secret: "p-b-wrap".into(),
+        resource_version: "7".into(),
+        annotations: BTreeMap::new(),
+    };
+    let (api, mut handle) = mocked();
+    let server = tokio::spawn(async move {
+        let failure = answer(&mut handle, 200, secret_json("p-b-wrap", "8", "b")).await;
+        let seen = answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await;
+        (failure, seen)
+    });
+    let r = records(&api, &keys);
+    writes::record_failure(&r, &claimed, "permission denied", t(1))
+        .await
+        .unwrap();
+    writes::mark_vault_seen(&r, &wrap, t(2)).await.unwrap();
+    let (failure, vault_seen) = server.await.unwrap();
+    assert_eq!(failure.body["metadata"]["resourceVersion"], "7");
+    assert_eq!(
+        failure.body["metadata"]["annotations"][ann::PHASE],
+        "Failed"
+    );
+    assert_eq!(failure.body["data"], Value::Null);
+    assert_eq!(vault_seen.content_type.as_deref(), Some(MERGE_PATCH));
+    assert_eq!(vault_seen.body["metadata"]["resourceVersion"], "5");
+    assert_eq!(
+        vault_seen.body["metadata"]["annotations"][ann::VAULT_SEEN_AT],
+        t(2).to_string()
+    );
+    // Recording a sighting never touches the token.
+    assert!(vault_seen.body.get("data").is_none());
+}
+
+#[tokio::test]
+async fn removal_releases_the_finalizer_then_deletes_that_very_secret() {
+    let keys = keys();
+    let wrap = issued_record(&keys);
+    let (api, mut handle) = mocked();
+    let server = tokio::spawn(async move {
+        let unfinalize = answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await;
+        let delete = answer(&mut handle, 200, status_json(200, "Success")).await;
+        // Already gone: nothing more is sent.
+        let gone = answer(&mut handle, 404, status_json(404, "NotFound")).await;
+        (unfinalize, delete, gone)
+    });
+    writes::remove(&api, &wrap).await.unwrap();
+    writes::remove(&api, &wrap).await.unwrap();
+    let (unfinalize, delete, gone) = server.await.unwrap();
+    assert_eq!(
+        (unfinalize.method, unfinalize.path.as_str()),
+        (Method::PATCH, RECORD)
+    );
+    assert_eq!(
+        unfinalize.body,
+        json!({ "metadata": { "finalizers": null } })
+    );
+    assert_eq!(
+        (delete.method, delete.path.as_str()),
+        (Method::DELETE, RECORD)
+    );
+    assert_eq!(delete.body["preconditions"]["uid"], "uid-secret");
+    assert_eq!(gone.method, Method::PATCH);
+}
