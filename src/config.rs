@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::vault::{VaultAuth, VaultEndpoint};
 
 /// The whole configuration file (YAML).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OperatorConfig {
     /// Vault connection.
@@ -39,7 +39,7 @@ fn default_step_concurrency() -> usize {
 }
 
 /// Vault address, trust and authentication.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VaultConfig {
     /// Base address, e.g. `https://vault.vault:8200`.
@@ -55,7 +55,7 @@ pub struct VaultConfig {
 }
 
 /// Exactly one of the two methods.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthConfig {
     /// Kubernetes auth method (production).
@@ -67,7 +67,7 @@ pub struct AuthConfig {
 }
 
 /// Vault's Kubernetes auth method settings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubernetesAuth {
     /// Vault role of the auth method.
@@ -81,7 +81,7 @@ pub struct KubernetesAuth {
 }
 
 /// Namespaces matching any of `namespaces` may use roles matching any of `roles` (globs: `*`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoleRule {
     /// Namespace globs.
@@ -111,8 +111,12 @@ fn default_jwt_path() -> PathBuf {
 }
 
 mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
@@ -121,6 +125,19 @@ mod humantime_serde_compat {
 }
 
 impl OperatorConfig {
+    /// A configuration for `vault` with every other setting at its default (as a file with
+    /// only the `vault` section).
+    pub fn with_vault(vault: VaultConfig) -> Self {
+        Self {
+            vault,
+            allowed_roles: vec![],
+            lookup_period: default_lookup_period(),
+            sweep_period: default_sweep_period(),
+            injector: Default::default(),
+            step_concurrency: default_step_concurrency(),
+        }
+    }
+
     /// Reads and checks the file.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
@@ -277,6 +294,42 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_written_from_the_type_reads_back_the_same() {
+        let vault = VaultConfig {
+            address: "http://127.0.0.1:8200".into(),
+            ca_cert: Some("/etc/vault/ca.pem".into()),
+            namespace: None,
+            auth: AuthConfig {
+                kubernetes: Some(KubernetesAuth {
+                    role: "cubbyhole-operator".into(),
+                    mount: "kubernetes".into(),
+                    jwt_path: "/var/run/token".into(),
+                }),
+                token_file: None,
+            },
+        };
+        // Defaults of the type are the defaults of the file.
+        let minimal = "vault:\n  address: http://127.0.0.1:8200\n  caCert: /etc/vault/ca.pem\n  auth:\n    kubernetes:\n      role: cubbyhole-operator\n      jwtPath: /var/run/token\n";
+        assert_eq!(
+            OperatorConfig::parse(minimal).unwrap(),
+            OperatorConfig::with_vault(vault.clone())
+        );
+        let config = OperatorConfig {
+            allowed_roles: vec![RoleRule {
+                namespaces: vec!["agents".into(), "agents-*".into()],
+                roles: vec!["cubbyhole-agent".into()],
+            }],
+            lookup_period: Duration::from_millis(2500),
+            sweep_period: Duration::from_secs(90),
+            step_concurrency: 4,
+            ..OperatorConfig::with_vault(vault)
+        };
+        let yaml = serde_yaml_ng::to_string(&config).unwrap();
+        assert!(yaml.contains("lookupPeriod: 2s 500ms"), "{yaml}");
+        assert_eq!(OperatorConfig::parse(&yaml).unwrap(), config);
+    }
 
     #[test]
     fn globs() {

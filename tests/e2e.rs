@@ -1,12 +1,10 @@
 //! End-to-end scenarios: the operator binary against a real API server and a real OpenBao.
 
-mod cluster;
-mod support;
-
 use std::time::Duration;
 
-use cluster::{Env, Options, ann, condition, eventually, issued};
 use cubbyhole::agent::receipt::{Receipt, result};
+use cubbyhole_testkit::cluster::{self, Env, Options, ann, condition, eventually, issued};
+use cubbyhole_testkit::openbao::ROLE;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -178,7 +176,7 @@ async fn conflicting_bindings_both_report_and_mint_nothing() {
     env.apply_binding("one", Env::spec("shared", "60s")).await;
     env.apply_binding("two", json!({
         "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["shared"]}]},
-        "vault": {"tokenRole": support::ROLE},
+        "vault": {"tokenRole": ROLE},
     }))
     .await;
     env.create_pod("p", "shared").await;
@@ -350,7 +348,7 @@ async fn pod_deletion_revokes_and_binding_deletion_revokes_everything() {
 #[tokio::test]
 async fn stolen_wrap_is_detected_as_tampered_and_the_stolen_token_revoked() {
     let env = Env::start(Options {
-        lookup_period: "30s",
+        lookup_period: Duration::from_secs(30),
         ..Options::default()
     })
     .await;
@@ -556,7 +554,19 @@ async fn vault_outage_leaves_no_pod_without_and_none_with_two_wraps() {
     })
     .await;
     assert!(!msg.is_empty());
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Keep Vault frozen until a mint's answer is lost (the request went out, no answer came
+    // back): that is the case this test is about.
+    eventually(
+        "a mint answer lost during the outage",
+        Duration::from_secs(60),
+        || async {
+            env.op()
+                .log_text()
+                .contains("mint answer lost")
+                .then_some(())
+        },
+    )
+    .await;
     env.bao.resume();
     // Until every pod has had its wrap delivered, never more live wraps than pods: a mint whose
     // answer was lost during the outage must expire before its pod gets a new one.
@@ -660,7 +670,7 @@ async fn probes_metrics_and_clean_sigterm() {
 #[tokio::test]
 async fn vault_calls_per_pod_life_are_bounded() {
     let env = Env::start(Options {
-        lookup_period: "2s",
+        lookup_period: Duration::from_secs(2),
         ..Options::default()
     })
     .await;
@@ -1188,7 +1198,7 @@ async fn a_leader_that_cannot_renew_its_lease_exits() {
 async fn a_receipt_settles_the_wrap_without_a_vault_call() {
     // Lookups are due only 30 s after the mint: none can happen during the test by schedule.
     let env = Env::start(Options {
-        lookup_period: "30s",
+        lookup_period: Duration::from_secs(30),
         ..Default::default()
     })
     .await;
@@ -1222,8 +1232,16 @@ async fn a_receipt_settles_the_wrap_without_a_vault_call() {
         s.unwrapped == 1 && s.records.iter().any(|r| r.pod == "rcpt-0" && r.verified)
     })
     .await;
-    // Let the follow-up reconciles run, then read what reached OpenBao since the receipt.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // While the follow-up reconciles run, nothing looks the settled wrap up.
+    cluster::holds_for(
+        "no lookup after the receipt",
+        Duration::from_secs(3),
+        || async {
+            let entries = env.bao.audit_entries();
+            audit_requests_at(&entries[before.len()..], "sys/wrapping/lookup").count() == 0
+        },
+    )
+    .await;
     let entries = env.bao.audit_entries();
     let after = &entries[before.len()..];
     let lookups = audit_requests_at(after, "sys/wrapping/lookup").count();
@@ -1249,7 +1267,7 @@ async fn the_expiry_probe_tells_an_unconsumed_wrap_from_a_consumed_one() {
     // No lookup is due before the probe (30 s period, 12 s wraps probed 2 s before expiry):
     // only the probe's revocation can tell what became of each wrap.
     let env = Env::start(Options {
-        lookup_period: "30s",
+        lookup_period: Duration::from_secs(30),
         ..Default::default()
     })
     .await;

@@ -4,14 +4,12 @@
 //! kube-controller-manager, wraps minted by the operator and unwrapped by the injected init
 //! container's exact command.
 
-mod cluster;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cluster::webhook::{agent_pod, is_injected, percentile, webhook_port};
-use cluster::{Env, OPERATOR_NS, Options, ann, eventually};
+use cubbyhole_testkit::cluster::webhook::{agent_pod, is_injected, percentile, webhook_port};
+use cubbyhole_testkit::cluster::{Env, OPERATOR_NS, Options, ann, eventually};
+use cubbyhole_testkit::openbao::{ROLE, ROLE_PATH};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -89,10 +87,7 @@ async fn unwrap_and_verify(
             "{pod}: injected unwrap failed: {:?}",
             run.receipt
         );
-        assert!(
-            run.args
-                .contains(&format!("--expect-path={}", support::ROLE_PATH))
-        );
+        assert!(run.args.contains(&format!("--expect-path={}", ROLE_PATH)));
         assert!(
             run.args.contains(&"--wait-for-fresh=120s".to_string()),
             "{:?}",
@@ -295,7 +290,7 @@ async fn refusals_opt_out_and_webhook_down() {
         "two",
         json!({
             "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["dup"]}]},
-            "vault": {"tokenRole": support::ROLE},
+            "vault": {"tokenRole": ROLE},
         }),
     )
     .await;

@@ -2,8 +2,6 @@
 //!
 //! Every run's stdout, stderr and receipt are checked for every token the test knows.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use cubbyhole::agent::receipt::{Receipt, result};
 use cubbyhole::vault::SecretString;
-use support::{Bao, ROLE_PATH, assert_no_secrets, closed_addr, scratch_dir, write_private};
+use cubbyhole_testkit::leaks::assert_no_secrets;
+use cubbyhole_testkit::openbao::{Bao, ROLE_PATH};
+use cubbyhole_testkit::process::{closed_addr, scratch_dir, write_private};
 
 /// What one run of `cubbyhole unwrap` left behind.
 struct Run {

@@ -1,15 +1,9 @@
 //! `src/vault.rs` against a real OpenBao set up by `config/vault/setup.sh`.
 
-mod support;
-
 use cubbyhole::vault::{Revoked, SecretString, VaultError};
-use support::{Bao, ROLE_PATH, agent_request, assert_no_secrets, closed_addr};
-
-/// Asserts that neither `Debug` nor `Display` of `err` shows any of `secrets`.
-fn assert_error_clean(err: &VaultError, secrets: &[&str]) {
-    assert_no_secrets("error Debug", &format!("{err:?}"), secrets);
-    assert_no_secrets("error Display", &err.to_string(), secrets);
-}
+use cubbyhole_testkit::leaks::{assert_error_clean, assert_no_secrets};
+use cubbyhole_testkit::openbao::{Bao, ROLE_PATH, agent_request};
+use cubbyhole_testkit::process::{closed_addr, write_private};
 
 #[tokio::test]
 async fn wrap_unwraps_exactly_once_into_the_role_token() {
@@ -405,7 +399,7 @@ async fn requests_that_cannot_be_built_are_never_sent() {
 
     // A token file with two lines: the login token is no header value.
     let file = bao.path("two-line-token");
-    support::write_private(
+    write_private(
         &file,
         &format!("{}\n{}\n", bao.operator_token(), "s.second"),
     );

@@ -6,16 +6,14 @@
 //! `auth/kubernetes`: same path, same `{"role", "jwt"}` body, same `auth.client_token` answer.
 //! It checks the JWT against a public key the test made instead of a TokenReview.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use cubbyhole::vault::{SecretString, VaultClient, VaultEndpoint, VaultError};
-use support::{
-    Bao, JwtKey, ROLE_PATH, agent_request, assert_no_secrets, base64url, closed_addr,
-    service_account_claims, write_private,
-};
+use cubbyhole_testkit::jwt::{JWT_AUDIENCE, JwtKey, base64url, service_account_claims};
+use cubbyhole_testkit::leaks::assert_error_clean;
+use cubbyhole_testkit::openbao::{Bao, ROLE_PATH, agent_request};
+use cubbyhole_testkit::process::{closed_addr, write_private};
 
 /// The Kubernetes auth role `setup.sh` creates for the operator.
 const OPERATOR_ROLE: &str = "cubbyhole-operator";
@@ -23,12 +21,6 @@ const OPERATOR_ROLE: &str = "cubbyhole-operator";
 const OPERATOR_POLICY: &str = "cubbyhole-operator";
 /// The operator's service account, as the `sub` of its token.
 const OPERATOR_SA: &str = "system:serviceaccount:cubbyhole-system:cubbyhole";
-
-/// Asserts that neither `Debug` nor `Display` of `err` shows any of `secrets`.
-fn assert_error_clean(err: &VaultError, secrets: &[&str]) {
-    assert_no_secrets("error Debug", &format!("{err:?}"), secrets);
-    assert_no_secrets("error Display", &err.to_string(), secrets);
-}
 
 /// A server with the JWT login at `auth/kubernetes` (role [`OPERATOR_ROLE`] giving `policy`
 /// for `token_ttl` and, like `setup.sh`'s role, no `default` policy), the issuer key it
@@ -44,7 +36,7 @@ fn jwt_server(policy: &str, token_ttl: &str) -> (Bao, JwtKey, PathBuf) {
             "write",
             &format!("auth/kubernetes/role/{OPERATOR_ROLE}"),
             "role_type=jwt",
-            &format!("bound_audiences={}", support::JWT_AUDIENCE),
+            &format!("bound_audiences={}", JWT_AUDIENCE),
             "user_claim=sub",
             &format!("token_policies={policy}"),
             &format!("token_ttl={token_ttl}"),
@@ -58,7 +50,7 @@ fn jwt_server(policy: &str, token_ttl: &str) -> (Bao, JwtKey, PathBuf) {
         String::from_utf8_lossy(&out.stderr)
     );
     let jwt_path = bao.path("sa-token");
-    let claims = service_account_claims(OPERATOR_SA, support::JWT_AUDIENCE);
+    let claims = service_account_claims(OPERATOR_SA, JWT_AUDIENCE);
     // With a trailing newline, as files often end: the client trims it.
     write_private(&jwt_path, &format!("{}\n", key.sign(&claims)));
     (bao, key, jwt_path)
@@ -179,8 +171,15 @@ async fn expired_login_token_is_replaced_transparently() {
     let first = bao.login_accessors();
     assert_eq!(first.len(), 1);
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!accessor_alive(&bao, &first[0]), "login token expired");
+    // Wait out the login token's 2 s TTL.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while accessor_alive(&bao, &first[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "login token never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     operator
         .create_wrapped_token(&agent_request(30))
         .await
@@ -209,7 +208,7 @@ async fn login_token_without_the_policy_is_refused_after_one_relogin() {
 async fn jwt_signed_by_another_key_is_an_auth_error_without_the_jwt() {
     let (bao, _, _) = jwt_server(OPERATOR_POLICY, "1h");
     let stranger = JwtKey::generate(&bao.dir, "stranger");
-    let jwt = stranger.sign(&service_account_claims(OPERATOR_SA, support::JWT_AUDIENCE));
+    let jwt = stranger.sign(&service_account_claims(OPERATOR_SA, JWT_AUDIENCE));
     let jwt_path = bao.path("forged-token");
     write_private(&jwt_path, &jwt);
     let operator = operator_by_jwt(&bao, &jwt_path);

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::OperatorConfig;
 
 /// The `injector` section of the operator's configuration file.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InjectorConfig {
     /// Image of the injected `cubbyhole unwrap` init container.
@@ -44,7 +44,7 @@ pub struct InjectorConfig {
 }
 
 /// A key of a ConfigMap.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigMapKey {
     /// ConfigMap name.

@@ -23,7 +23,7 @@ impl OperatorIdentity {
     /// Applies `config/rbac/` and `config/vault/auth-delegator.yaml` as admin, asks the API
     /// server for a service account token and writes a kubeconfig that uses it.
     pub fn provision(cluster: &Cluster, dir: &Path) -> OperatorIdentity {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = crate::paths::repo();
         kubectl(cluster, &["apply", "-k"], &root.join("config/rbac"));
         kubectl(
             cluster,
@@ -43,7 +43,7 @@ impl OperatorIdentity {
         );
         let token = String::from_utf8(out.stdout).expect("token is text");
         let jwt = dir.join("operator-sa-token");
-        crate::support::write_private(&jwt, token.trim());
+        crate::process::write_private(&jwt, token.trim());
 
         let mut kc = Kubeconfig::read_from(&cluster.kubeconfig).expect("read kubeconfig");
         let user = format!("system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}");
@@ -59,7 +59,7 @@ impl OperatorIdentity {
             ctx.user = Some(user.clone());
         }
         let kubeconfig = dir.join("operator.kubeconfig");
-        crate::support::write_private(
+        crate::process::write_private(
             &kubeconfig,
             &serde_json::to_string(&kc).expect("kubeconfig as JSON"),
         );

@@ -1,7 +1,6 @@
 //! End-to-end harness: a private local control plane (e2e/controlplane), a private OpenBao, the
 //! CRD, a namespace, and the operator binary as a separate process. The test plays kubelet by
 //! patching pod status.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::json;
 
-use crate::support::Bao;
+use cubbyhole::config::{AuthConfig, KubernetesAuth, OperatorConfig, RoleRule, VaultConfig};
+
+use crate::openbao::Bao;
 
 mod identity;
 mod transcript;
@@ -47,7 +48,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts etcd + the API server with `e2e/controlplane/up.sh`.
     pub fn start(dir: &Path) -> Cluster {
-        let up = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/controlplane/up.sh");
+        let up = crate::paths::repo().join("e2e/controlplane/up.sh");
         let out = Command::new(up).arg(dir).output().expect("run up.sh");
         assert!(
             out.status.success(),
@@ -134,7 +135,7 @@ impl Drop for Cluster {
             return;
         }
         self.resume();
-        let down = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/controlplane/down.sh");
+        let down = crate::paths::repo().join("e2e/controlplane/down.sh");
         let _ = Command::new(down)
             .arg(&self.dir)
             .env("CUBBYHOLE_WIPE", "1")
@@ -175,7 +176,7 @@ impl Operator {
                 .append(true)
                 .open(log)
                 .expect("operator log");
-            let child = Command::new(env!("CARGO_BIN_EXE_cubbyhole"))
+            let child = Command::new(crate::paths::cubbyhole_bin())
                 .args(["operator", "--config"])
                 .arg(config)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -320,7 +321,7 @@ pub const LEADER_ARGS: [&str; 5] = [
 /// Options for an e2e environment.
 pub struct Options {
     /// Operator lookup period.
-    pub lookup_period: &'static str,
+    pub lookup_period: Duration,
     /// Roles allowed in [`NS`].
     pub allowed_roles: Vec<&'static str>,
 }
@@ -328,8 +329,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            lookup_period: "1s",
-            allowed_roles: vec![crate::support::ROLE],
+            lookup_period: Duration::from_secs(1),
+            allowed_roles: vec![crate::openbao::ROLE],
         }
     }
 }
@@ -399,7 +400,10 @@ impl Env {
         wait_for_default_service_account(&client, &ns).await;
         let identity = OperatorIdentity::provision(&cluster, &dir);
         let auth = if external {
-            format!("tokenFile: {}", bao.operator_token_file.display())
+            AuthConfig {
+                kubernetes: None,
+                token_file: Some(bao.operator_token_file.clone()),
+            }
         } else {
             // The operator logs in to OpenBao with its service account token, which OpenBao
             // checks with a TokenReview against this API server.
@@ -413,25 +417,37 @@ impl Env {
                 "setup.sh (kubernetes auth) failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            format!(
-                "kubernetes:\n      role: cubbyhole-operator\n      jwtPath: {}",
-                identity.jwt.display()
-            )
+            AuthConfig {
+                kubernetes: Some(KubernetesAuth {
+                    role: "cubbyhole-operator".into(),
+                    mount: "kubernetes".into(),
+                    jwt_path: identity.jwt.clone(),
+                }),
+                token_file: None,
+            }
+        };
+        let operator_config = OperatorConfig {
+            allowed_roles: vec![RoleRule {
+                namespaces: vec![ns.clone(), format!("{ns}-*")],
+                roles: options
+                    .allowed_roles
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect(),
+            }],
+            lookup_period: options.lookup_period,
+            sweep_period: Duration::from_secs(3),
+            ..OperatorConfig::with_vault(VaultConfig {
+                address: bao.addr.clone(),
+                ca_cert: None,
+                namespace: None,
+                auth,
+            })
         };
         let config = dir.join("operator.yaml");
-        let roles = options
-            .allowed_roles
-            .iter()
-            .map(|r| format!("\"{r}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
         std::fs::write(
             &config,
-            format!(
-                "vault:\n  address: {}\n  auth:\n    {auth}\nallowedRoles:\n  - namespaces: [\"{ns}\", \"{ns}-*\"]\n    roles: [{roles}]\nlookupPeriod: {}\nsweepPeriod: 3s\n",
-                bao.addr,
-                options.lookup_period
-            ),
+            serde_yaml_ng::to_string(&operator_config).expect("config to YAML"),
         )
         .unwrap();
         let transcript = Transcript::start(&cluster.kubeconfig, &dir);
@@ -530,7 +546,7 @@ impl Env {
     pub fn spec(app: &str, wrap_ttl: &str) -> serde_json::Value {
         json!({
             "podSelector": {"matchLabels": {"app": app}},
-            "vault": {"tokenRole": crate::support::ROLE, "wrapTTL": wrap_ttl, "tokenTTL": "1h"},
+            "vault": {"tokenRole": crate::openbao::ROLE, "wrapTTL": wrap_ttl, "tokenTTL": "1h"},
             "agentContainer": "unwrap",
         })
     }
@@ -632,8 +648,8 @@ impl Env {
     pub fn run_agent(&self, token: &str, name: &str) -> (Option<Receipt>, i32) {
         let dir = self.dir.join(format!("agent-{name}-{}", rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
-        crate::support::write_private(&dir.join("wrap"), token);
-        let out = Command::new(env!("CARGO_BIN_EXE_cubbyhole"))
+        crate::process::write_private(&dir.join("wrap"), token);
+        let out = Command::new(crate::paths::cubbyhole_bin())
             .args(["unwrap", "--vault-addr", &self.bao.addr, "--retries", "1"])
             .arg("--token-file")
             .arg(dir.join("wrap"))
@@ -641,7 +657,7 @@ impl Env {
             .arg(dir.join("token"))
             .arg("--receipt-file")
             .arg(dir.join("receipt"))
-            .args(["--expect-path", crate::support::ROLE_PATH])
+            .args(["--expect-path", crate::openbao::ROLE_PATH])
             .output()
             .expect("run agent");
         if let Ok(t) = std::fs::read_to_string(dir.join("token")) {
@@ -933,10 +949,8 @@ pub async fn wait_for_default_service_account(client: &Client, ns: &str) {
 }
 
 async fn install_crd(client: &Client) {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/agentsecretbinding.yaml"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(crate::paths::repo().join("crds/agentsecretbinding.yaml")).unwrap();
     let doc = text.split("---").nth(1).expect("CRD document");
     let crd: CustomResourceDefinition = serde_yaml_ng::from_str(doc).expect("CRD yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());

@@ -1,18 +1,21 @@
-//! Test harness: a private OpenBao dev server per test, set up with `config/vault/setup.sh`.
+//! A private OpenBao dev server per test, set up with `config/vault/setup.sh`.
 //!
 //! Each [`Bao`] gets its own port pair (the dev server also listens on port + 1 for cluster
 //! traffic), root token and directory under `target/test-tmp/`, so tests run in parallel under
 //! cargo-nextest. The directory (with the server log) is kept when the test panics.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cubbyhole::vault::{TokenRequest, VaultAuth, VaultClient, VaultEndpoint, WrapInfo};
+
+use crate::process::{
+    free_port_pair, process_state, random_hex, scratch_dir, signal, write_private,
+};
 
 /// The token role (and agent policy) `setup.sh` creates by default.
 pub const ROLE: &str = "cubbyhole-agent";
@@ -30,7 +33,7 @@ pub struct Bao {
     /// This server's scratch directory (log, token files, test outputs).
     pub dir: PathBuf,
     /// The server process; `None` for an external Vault (see [`Bao::external`]).
-    child: Option<Child>,
+    pub(crate) child: Option<Child>,
 }
 
 impl Bao {
@@ -116,7 +119,7 @@ impl Bao {
     /// Runs `config/vault/setup.sh --dev-operator-token-file <operator_token_file>` again as
     /// admin, with extra environment `envs` (e.g. `KUBERNETES_HOST`).
     pub fn setup_with(&self, envs: &[(&str, &str)]) -> Output {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vault/setup.sh");
+        let script = crate::paths::repo().join("config/vault/setup.sh");
         Command::new("bash")
             .arg(script)
             .arg("--dev-operator-token-file")
@@ -259,7 +262,13 @@ impl Drop for Bao {
 }
 
 /// Spawns `bao server -dev` on `port` with `extra` flags, its output in `dir/bao.log`.
-fn spawn_dev_server(dir: &Path, port: u16, root_token: &str, scheme: &str, extra: &[&str]) -> Bao {
+pub(crate) fn spawn_dev_server(
+    dir: &Path,
+    port: u16,
+    root_token: &str,
+    scheme: &str,
+    extra: &[&str],
+) -> Bao {
     let log = std::fs::File::create(dir.join("bao.log")).expect("create log");
     let child = Command::new(bao_bin())
         .args([
@@ -303,62 +312,9 @@ pub fn agent_request(wrap_ttl_secs: u64) -> TokenRequest {
     }
 }
 
-/// An address where nothing listens (a port we bound and released).
-pub fn closed_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
-/// Panics when `text` (named `what` in the message) contains any of `secrets`.
-pub fn assert_no_secrets(what: &str, text: &str, secrets: &[&str]) {
-    for (i, secret) in secrets.iter().enumerate() {
-        assert!(secret.len() >= 8, "secret #{i} is too short to check for");
-        assert!(!text.contains(secret), "{what} leaks secret #{i}");
-    }
-}
-
-/// Writes `content` to a new file readable only by us.
-pub fn write_private(path: &Path, content: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .expect("create private file");
-    std::io::Write::write_all(&mut file, content.as_bytes()).expect("write private file");
-    std::fs::rename(&tmp, path).expect("rename private file");
-}
-
 /// The CLI binary; `BAO_BIN` overrides `bao` from PATH.
-fn bao_bin() -> String {
+pub(crate) fn bao_bin() -> String {
     std::env::var("BAO_BIN").unwrap_or_else(|_| "bao".to_string())
-}
-
-/// A fresh directory under `target/test-tmp/` (not removed: for tests without a server).
-pub fn scratch_dir() -> PathBuf {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("test-tmp");
-    let dir = base.join(format!("bao-{}-{}", std::process::id(), random_hex(6)));
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
-/// A port P with P and P + 1 free right now (the dev server's API and cluster listeners).
-fn free_port_pair() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
 }
 
 /// True when `/v1/sys/health` answers 200 (plain HTTP/1.0, std only).
@@ -376,184 +332,7 @@ fn health_ok(port: u16) -> bool {
     answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
 }
 
-/// Sends a signal with `kill(1)` (the crate forbids unsafe code, so no libc); true on success.
-fn signal(pid: u32, sig: &str) -> bool {
-    Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The state letter of process `pid` from `/proc/<pid>/stat` (`T` when stopped).
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) S ...": the command may contain spaces, so split after the last ')'.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// `2 * bytes` random hex digits from the kernel.
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
-    hex::encode(buf)
-}
-
-// --- Kubernetes-style JWT login and TLS (used by tests/vault_auth.rs) ---
-
-/// An RSA key pair (files in a scratch directory) that signs RS256 JWTs with the `openssl`
-/// CLI: a stand-in for the Kubernetes service account token issuer.
-pub struct JwtKey {
-    private: PathBuf,
-    public: PathBuf,
-}
-
-impl JwtKey {
-    /// Generates a 2048-bit key pair as `<dir>/<name>.key` and `<dir>/<name>.pub` (PEM).
-    pub fn generate(dir: &Path, name: &str) -> JwtKey {
-        let private = dir.join(format!("{name}.key"));
-        let public = dir.join(format!("{name}.pub"));
-        run_ok(
-            Command::new("openssl")
-                .args(["genpkey", "-algorithm", "RSA"])
-                .args(["-pkeyopt", "rsa_keygen_bits:2048", "-out"])
-                .arg(&private),
-        );
-        run_ok(
-            Command::new("openssl")
-                .args(["pkey", "-pubout", "-in"])
-                .arg(&private)
-                .arg("-out")
-                .arg(&public),
-        );
-        JwtKey { private, public }
-    }
-
-    /// The PEM file with the public key (what Vault is told to trust).
-    pub fn public_pem(&self) -> &Path {
-        &self.public
-    }
-
-    /// A compact RS256 JWT carrying `claims`, signed with this key.
-    pub fn sign(&self, claims: &serde_json::Value) -> String {
-        let header = base64url(br#"{"alg":"RS256","typ":"JWT"}"#);
-        let payload = base64url(&serde_json::to_vec(claims).expect("claims to JSON"));
-        let input = format!("{header}.{payload}");
-        let mut child = Command::new("openssl")
-            .args(["dgst", "-sha256", "-sign"])
-            .arg(&self.private)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run openssl dgst");
-        // Dropping stdin after the write closes it, so openssl sees the end of the input.
-        std::io::Write::write_all(
-            &mut child.stdin.take().expect("openssl stdin"),
-            input.as_bytes(),
-        )
-        .expect("write signing input");
-        let out = child.wait_with_output().expect("wait for openssl dgst");
-        assert!(
-            out.status.success() && out.stdout.len() == 256,
-            "openssl dgst failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        format!("{input}.{}", base64url(&out.stdout))
-    }
-}
-
-/// Claims of a projected service account token for `sub` and audience `aud`, valid from a
-/// minute ago for ten minutes.
-pub fn service_account_claims(sub: &str, aud: &str) -> serde_json::Value {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    serde_json::json!({
-        "iss": "https://kubernetes.default.svc.cluster.local",
-        "sub": sub,
-        "aud": [aud],
-        "iat": now - 60,
-        "nbf": now - 60,
-        "exp": now + 600,
-    })
-}
-
-/// Base64url without padding (RFC 7515 §2), as JWTs use.
-pub fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// The audience the JWT role of [`Bao::enable_jwt_login`] is bound to.
-pub const JWT_AUDIENCE: &str = "cubbyhole-test";
-
 impl Bao {
-    /// Mounts OpenBao's JWT auth method at `auth/kubernetes` (it takes the same
-    /// `{"role", "jwt"}` login as the Kubernetes method, without a TokenReview API), trusting
-    /// `key`, with role `role` bound to [`JWT_AUDIENCE`] and giving tokens the `policy` policy
-    /// and `token_ttl` (also the max TTL, so the token cannot be renewed past it).
-    pub fn enable_jwt_login(&self, key: &JwtKey, role: &str, policy: &str, token_ttl: &str) {
-        let pubkey = format!("jwt_validation_pubkeys=@{}", key.public_pem().display());
-        let steps: [Vec<String>; 3] = [
-            vec![
-                "auth".into(),
-                "enable".into(),
-                "-path=kubernetes".into(),
-                "jwt".into(),
-            ],
-            vec!["write".into(), "auth/kubernetes/config".into(), pubkey],
-            vec![
-                "write".into(),
-                format!("auth/kubernetes/role/{role}"),
-                "role_type=jwt".into(),
-                format!("bound_audiences={JWT_AUDIENCE}"),
-                "user_claim=sub".into(),
-                format!("token_policies={policy}"),
-                format!("token_ttl={token_ttl}"),
-                format!("token_max_ttl={token_ttl}"),
-            ],
-        ];
-        for step in steps {
-            let args: Vec<&str> = step.iter().map(String::as_str).collect();
-            let out = self.cli(&self.root_token, &args);
-            assert!(
-                out.status.success(),
-                "bao {}: {}",
-                args[..2].join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-
-    /// A client that logs in at `auth/kubernetes` as `role` with the JWT in `jwt_path`.
-    pub fn kubernetes_client(
-        &self,
-        endpoint: VaultEndpoint,
-        role: &str,
-        jwt_path: &Path,
-    ) -> VaultClient {
-        let auth = VaultAuth::Kubernetes {
-            mount: "kubernetes".to_string(),
-            role: role.to_string(),
-            jwt_path: jwt_path.to_path_buf(),
-        };
-        VaultClient::new(endpoint, Some(auth)).expect("client")
-    }
-
     /// Every entry of the audit log so far (only servers from [`Bao::start`] have one).
     pub fn audit_entries(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
@@ -601,88 +380,4 @@ impl Bao {
             .filter_map(|e| e["auth"]["accessor"].as_str().map(str::to_string))
             .collect()
     }
-
-    /// Starts a dev server with TLS (`-dev-tls`: a fresh CA and server certificate for
-    /// 127.0.0.1 in `<dir>/tls/`), at an `https://` address, and runs `setup.sh` against it.
-    /// No audit log. Use [`Bao::ca_cert`] / [`Bao::tls_endpoint`] to trust it; the CLI needs
-    /// `-ca-cert=<ca_cert>`.
-    pub fn start_tls() -> Bao {
-        let dir = scratch_dir();
-        let root_token = format!("root-{}", random_hex(12));
-        for _ in 0..5 {
-            let port = free_port_pair();
-            if let Some(bao) = Bao::try_start_tls(&dir, port, &root_token) {
-                let ca = bao.ca_cert();
-                let out = bao.setup_with(&[("VAULT_CACERT", ca.to_str().expect("UTF-8 path"))]);
-                assert!(
-                    out.status.success(),
-                    "setup.sh (TLS) failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                return bao;
-            }
-        }
-        panic!(
-            "OpenBao (TLS) did not start; see {}",
-            dir.join("bao.log").display()
-        );
-    }
-
-    /// Starts the TLS server on `port`; `None` when it exits early (e.g. a port was taken).
-    fn try_start_tls(dir: &Path, port: u16, root_token: &str) -> Option<Bao> {
-        let tls_dir = dir.join("tls");
-        // A failed attempt's drop removed the directory (and the read-only files bao wrote).
-        std::fs::create_dir_all(&tls_dir).expect("create TLS dir");
-        let cert_dir = format!("-dev-tls-cert-dir={}", tls_dir.display());
-        let mut bao = spawn_dev_server(dir, port, root_token, "https", &["-dev-tls", &cert_dir]);
-        bao.wait_healthy_tls().then_some(bao)
-    }
-
-    /// Waits up to 30 s for `bao status` (trusting only our CA) to report an unsealed server;
-    /// false when the server died.
-    fn wait_healthy_tls(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return false;
-            }
-            if self.ca_cert().exists() {
-                let status = Command::new(bao_bin())
-                    .args(["status", &format!("-ca-cert={}", self.ca_cert().display())])
-                    .env("VAULT_ADDR", &self.addr)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                if status.is_ok_and(|s| s.success()) {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("OpenBao (TLS) not healthy after 30 s:\n{}", self.log());
-    }
-
-    /// The CA that signed a [`Bao::start_tls`] server's certificate (PEM).
-    pub fn ca_cert(&self) -> PathBuf {
-        self.dir.join("tls").join("vault-ca.pem")
-    }
-
-    /// The endpoint of a [`Bao::start_tls`] server, trusting its CA.
-    pub fn tls_endpoint(&self) -> VaultEndpoint {
-        VaultEndpoint {
-            ca_cert: Some(self.ca_cert()),
-            ..self.endpoint()
-        }
-    }
-}
-
-/// Runs `cmd`, panicking with its stderr when it fails.
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.stdin(Stdio::null()).output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -2,7 +2,6 @@
 //! `config/webhook/` configuration pointed at it by URL (the API server here cannot reach a
 //! Service), and running an injected init container exactly as the stored pod says.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -77,7 +76,7 @@ impl Env {
     /// caBundle: the operator fills that in.
     pub async fn install_webhook_configuration(&self, port: u16) {
         let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/webhook/mutating_webhook.yaml"),
+            crate::paths::repo().join("config/webhook/mutating_webhook.yaml"),
         )
         .unwrap();
         let mut config: MutatingWebhookConfiguration =
@@ -154,7 +153,7 @@ impl Env {
             .unwrap_or_else(|| panic!("{pod} has no init container {container}"));
         let dir = self.dir.join(format!("agent-{pod}"));
         std::fs::create_dir_all(&dir).unwrap();
-        crate::support::write_private(&dir.join("wrap"), token);
+        crate::process::write_private(&dir.join("wrap"), token);
         let mut args = vec![];
         for a in init.args.clone().unwrap_or_default() {
             if a.starts_with("--token-file=") {
@@ -172,7 +171,7 @@ impl Env {
             .flatten()
             .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
             .collect();
-        let out = Command::new(env!("CARGO_BIN_EXE_cubbyhole"))
+        let out = Command::new(crate::paths::cubbyhole_bin())
             .args(&args)
             .env_remove("VAULT_ADDR")
             .envs(env)
