@@ -29,8 +29,8 @@ crds:
 
 # Formatting and clippy, warnings are errors.
 lint:
-    cargo fmt --check
-    cargo clippy --all-targets -- -D warnings
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
 
 # Start a local control plane + OpenBao (state in target/e2e).
 cluster-up:

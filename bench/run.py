@@ -284,6 +284,7 @@ allowedRoles:
   - namespaces: ["*"]
     roles: ["{ROLE}"]
 lookupPeriod: {args.lookup_period}
+maxLookupsPerSecond: {args.max_lookups}
 """)
         if args.operator_config:
             f.write(args.operator_config.replace("\\n", "\n") + "\n")
@@ -430,7 +431,7 @@ def pod_manifest(name, app, binding):
     }
 
 
-def burst(args, kube, vault, audit, rss, bindings):
+def burst(args, kube, vault, audit, op, bindings, restart):
     n, c = args.pods, args.concurrency
     ns = f"bench-{bindings}b-{args.run_id}"
     label = f"{n} pods / {bindings} binding{'s' if bindings > 1 else ''}"
@@ -489,8 +490,8 @@ def burst(args, kube, vault, audit, rss, bindings):
     audit_steady_start = audit.offset()
     time.sleep(5)
     audit_steady_end = audit.offset()
-    steady = rss.between(steady_from, time.monotonic())
-    peak = rss.between(start, time.monotonic())
+    steady = op["rss"].between(steady_from, time.monotonic())
+    peak = op["rss"].between(start, time.monotonic())
     lat = [served[p] - created[p] for p in created if p in served]
     st = summary(lat, start, max(served.values()) if served else all_served, len(lat))
     st.update({"label": label, "pods": n, "bindings": bindings, "served": len(served), "created_in_s": created_in,
@@ -503,6 +504,8 @@ def burst(args, kube, vault, audit, rss, bindings):
     st["vault_requests_per_s_steady"] = {k: v / 5.0 for k, v in steady_counts.items()}
     log(f"burst {label}: served {len(served)}/{n}, {st['per_s']:.0f} pods/s, p50 {st['p50_s']:.2f} s, "
         f"p99 {st['p99_s']:.2f} s, max {st['max_s']:.2f} s")
+    if restart:
+        st["restart"] = restart_phase(args, audit, op, n)
 
     # Correctness: exactly one mint per pod, and after the pods go, nothing they got stays alive.
     minted = {}
@@ -558,6 +561,30 @@ def burst(args, kube, vault, audit, rss, bindings):
 # ---------------------------------------------------------------- report
 
 
+def restart_phase(args, audit, op, outstanding):
+    """Restarts the operator with every wrap of the burst outstanding: how long until it is
+    ready, whether it mints anything, and how hard it looks wraps up right after (its record
+    of the last lookups was in memory)."""
+    log(f"restart: SIGTERM to the operator with {outstanding} wraps outstanding, then a new one")
+    op["hwm"] = max(op.get("hwm") or 0, op["rss"].read().get("VmHWM") or 0)
+    op["proc"].send_signal(signal.SIGTERM)
+    op["proc"].wait(30)
+    audit_start = audit.offset()
+    t = time.monotonic()
+    op["proc"] = start_operator(args, op["env"], op["port"])
+    ready_s = time.monotonic() - t
+    op["rss"] = Rss(op["proc"].pid)
+    window = 10.0
+    time.sleep(window)
+    counts = request_counts(audit.entries(audit_start))
+    per_s = {k: v / (ready_s + window) for k, v in counts.items()}
+    result = {"outstanding": outstanding, "ready_s": ready_s, "mints": counts.get("auth/token/create", 0),
+              "requests_per_s_first_10s": per_s, "max_lookups_per_second": args.max_lookups}
+    log(f"restart: ready in {ready_s:.2f} s, {result['mints']} mints, "
+        f"{per_s.get('sys/wrapping/lookup', 0):.0f} lookups/s over the first {ready_s + window:.0f} s")
+    return result
+
+
 def fmt(v, unit="s"):
     if v is None:
         return "-"
@@ -575,6 +602,10 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
         if ratio is not None:
             goals.append((f"throughput >= 0.8x raw ({b['label']})", ratio >= 0.8, f"{ratio:.2f}x"))
         goals.append((f"exactly once, nothing live after ({b['label']})", b["correct"], "; ".join(b["problems"]) or "ok"))
+        r = b.get("restart")
+        if r:
+            goals.append((f"restart: ready < 5 s, 0 mints ({r['outstanding']} outstanding)",
+                          r["ready_s"] < 5 and r["mints"] == 0, f"{r['ready_s']:.2f} s, {r['mints']} mints"))
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
@@ -617,6 +648,13 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
     for b in bursts:
         steady = ", ".join(f"{k} {v:.1f}/s" for k, v in sorted(b["vault_requests_per_s_steady"].items())) or "none"
         lines.append(f"- {b['label']}: {steady}")
+    for b in bursts:
+        r = b.get("restart")
+        if r:
+            lines += ["", f"Restart with {r['outstanding']} wraps outstanding ({b['label']}, maxLookupsPerSecond "
+                      f"{r['max_lookups_per_second']}): ready {r['ready_s']:.2f} s after start, {r['mints']} new mints, "
+                      + (", ".join(f"{k} {v:.1f}/s" for k, v in sorted(r["requests_per_s_first_10s"].items())) or "no Vault requests")
+                      + " from start to 10 s after ready."]
     lines += ["", "## Goals (issue 12)", "", "| goal | met | value |", "|---|---|---|"]
     lines += [f"| {g} | {'met' if m else 'NOT met'} | {v} |" for g, m, v in goals]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -642,6 +680,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for a burst to be served")
     ap.add_argument("--keep-cluster", action="store_true", help="leave the control plane and OpenBao running")
     ap.add_argument("--no-raw", action="store_true")
+    ap.add_argument("--max-lookups", type=int, default=100, help="the operator's maxLookupsPerSecond")
+    ap.add_argument("--no-restart", action="store_true", help="skip the restart phase (after the last burst)")
     args = ap.parse_args()
     args.bindings = [int(b) for b in str(args.bindings).split(",") if b]
     args.run_id = str(int(time.time()))
@@ -675,18 +715,21 @@ def main():
         raw = None if args.no_raw else raw_pipeline(args, kube, vault, op_token)
         port = free_port()
         log(f"starting the operator ({os.path.relpath(args.operator_bin, ROOT)}) as its service account, Kubernetes auth to OpenBao")
-        operator = start_operator(args, env, port)
-        rss = Rss(operator.pid)
-        bursts = [burst(args, kube, vault, audit, rss, b) for b in args.bindings]
-        hwm = rss.read().get("VmHWM")
+        op = {"proc": start_operator(args, env, port), "env": env, "port": port}
+        op["rss"] = Rss(op["proc"].pid)
+        operator = op
+        last = len(args.bindings) - 1
+        bursts = [burst(args, kube, vault, audit, op, b, restart=(i == last and not args.no_restart))
+                  for i, b in enumerate(args.bindings)]
+        hwm = max(op.get("hwm") or 0, op["rss"].read().get("VmHWM") or 0) or None
         report = write_report(args, raw, bursts, hwm, args.out, time.monotonic() - T0)
     finally:
         if operator:
-            operator.send_signal(signal.SIGTERM)
+            operator["proc"].send_signal(signal.SIGTERM)
             try:
-                operator.wait(10)
+                operator["proc"].wait(10)
             except subprocess.TimeoutExpired:
-                operator.kill()
+                operator["proc"].kill()
         if not args.keep_cluster:
             subprocess.run([os.path.join(ROOT, "e2e", "cluster-down.sh"), args.dir], capture_output=True)
     print()

@@ -32,6 +32,15 @@ pub struct OperatorConfig {
     /// flight together). Default 16, at least 1.
     #[serde(default = "default_step_concurrency")]
     pub step_concurrency: usize,
+    /// Most `sys/wrapping/lookup` calls per second, over all bindings (0: unlimited). A lookup
+    /// over the budget is deferred (its wrap stays due, oldest first); deadline revocations
+    /// and mints are never held back. Default 100.
+    #[serde(default = "default_max_lookups_per_second")]
+    pub max_lookups_per_second: u32,
+}
+
+fn default_max_lookups_per_second() -> u32 {
+    100
 }
 
 fn default_step_concurrency() -> usize {
@@ -135,6 +144,7 @@ impl OperatorConfig {
             sweep_period: default_sweep_period(),
             injector: Default::default(),
             step_concurrency: default_step_concurrency(),
+            max_lookups_per_second: default_max_lookups_per_second(),
         }
     }
 
@@ -324,6 +334,7 @@ mod tests {
             lookup_period: Duration::from_millis(2500),
             sweep_period: Duration::from_secs(90),
             step_concurrency: 4,
+            max_lookups_per_second: 0,
             ..OperatorConfig::with_vault(vault)
         };
         let yaml = serde_yaml_ng::to_string(&config).unwrap();

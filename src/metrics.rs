@@ -81,6 +81,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     reconcile_errors: Family<CategoryLabels, Counter>,
     forged_records: Family<NamespaceLabels, Counter>,
+    lookups_deferred: Counter,
 }
 
 impl Default for Metrics {
@@ -149,6 +150,12 @@ impl Metrics {
             "Per-pod records not written by the operator (bad signature, or unsigned and naming tokens not theirs), left untouched",
             forged_records.clone(),
         );
+        let lookups_deferred = Counter::default();
+        registry.register(
+            "lookups_deferred",
+            "Wrap lookups deferred to a later round because maxLookupsPerSecond was spent",
+            lookups_deferred.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             wraps_issued,
@@ -160,6 +167,7 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             forged_records,
+            lookups_deferred,
         }
     }
 
@@ -248,6 +256,10 @@ impl Metrics {
                 category: category.into(),
             })
             .inc();
+    }
+    /// A lookup was deferred: the global lookup budget was spent.
+    pub fn lookup_deferred(&self) {
+        self.lookups_deferred.inc();
     }
     /// A forged record was found (and left untouched) in `namespace`.
     pub fn forged_record(&self, namespace: &str) {

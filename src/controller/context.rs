@@ -3,13 +3,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
 use crate::config::OperatorConfig;
+use crate::controller::budget::LookupBudget;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
 use crate::record::seal::RecordKeys;
@@ -30,6 +31,9 @@ pub enum Error {
     /// The pod cache is gone (shutting down).
     #[error("pod cache: {0}")]
     Cache(String),
+    /// A record changed between reading and removing it; retried with the change seen.
+    #[error("record {0} changed while it was being removed; retrying")]
+    RecordChanged(String),
     /// Vault was unavailable for some of this round's actions; the status says so and the
     /// binding is retried with backoff.
     #[error("{0}; retrying with backoff")]
@@ -45,6 +49,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Cache(_) => "cache",
             Error::VaultUnavailable(_) => "unreachable",
+            Error::RecordChanged(_) => "conflict",
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct Context {
     pub bindings: Store<AgentSecretBinding>,
     /// Every pod, as the controller's pod watch sees it (stripped to what the planner reads).
     pub pods: Store<Pod>,
+    /// Every per-pod record (cubbyhole's Secrets), as the controller's Secret watch sees it.
+    pub secrets: Store<Secret>,
     /// `namespace/secret` -> last lookup.
     pub last_lookup: Mutex<HashMap<String, Timestamp>>,
     /// `namespace/binding` -> consecutive failures (for backoff).
@@ -113,6 +120,8 @@ pub struct Context {
     pub record_keys: RecordKeys,
     /// `namespace/secret` -> resourceVersion of forged records already reported (once each).
     pub forged: Mutex<HashMap<String, Option<String>>>,
+    /// The global budget of Vault lookups (`maxLookupsPerSecond`).
+    pub lookups: LookupBudget,
 }
 
 /// `namespace/name`, the key of the per-binding and per-Secret maps.

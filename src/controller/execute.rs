@@ -30,6 +30,8 @@ pub struct Executed {
     pub names_taken: BTreeMap<String, String>,
     /// Vault was unavailable (message without secrets); later actions were not started.
     pub vault_unavailable: Option<String>,
+    /// Lookups deferred because the global lookup budget was spent (tried again next round).
+    pub lookups_deferred: usize,
     /// The first error that is neither of those (the binding retries with backoff).
     pub error: Option<Error>,
 }
@@ -43,6 +45,8 @@ enum Met {
     NameTaken { pod: String, secret: String },
     /// Vault did not answer (or its answer may have been lost).
     VaultUnavailable(String),
+    /// The global lookup budget was spent: the lookup waits for the next round.
+    LookupDeferred,
 }
 
 /// Runs a plan's actions for one binding, the actions of up to `concurrency` records at a
@@ -67,6 +71,7 @@ pub async fn run_all(
                     Ok(Met::NameTaken { pod, secret }) => {
                         done.names_taken.insert(pod, secret);
                     }
+                    Ok(Met::LookupDeferred) => done.lookups_deferred += 1,
                     Ok(Met::VaultUnavailable(message)) => {
                         done.vault_unavailable = Some(message);
                         stop.store(true, Ordering::Relaxed);
@@ -91,6 +96,7 @@ pub async fn run_all(
         if let Some(e) = done.error {
             all.error.get_or_insert(e);
         }
+        all.lookups_deferred += done.lookups_deferred;
     }
     all
 }
@@ -290,6 +296,10 @@ impl Executor<'_> {
         else {
             return Ok(Met::Nothing);
         };
+        if !self.ctx.lookups.try_take() {
+            self.ctx.metrics.lookup_deferred();
+            return Ok(Met::LookupDeferred);
+        }
         match self.ctx.vault.lookup_wrap(&token).await {
             Ok(Some(_)) => {
                 self.ctx
@@ -371,7 +381,10 @@ impl Executor<'_> {
         if let Err(e) = self.revoke_record(&wrap, revoke).await {
             return vault_failed(e);
         }
-        writes::remove(self.records.api, &wrap).await?;
+        if !writes::remove(self.records.api, &wrap).await? {
+            // Changed since it was read (e.g. a new start claimed it): the next round decides.
+            return Ok(Met::Nothing);
+        }
         self.ctx
             .last_lookup
             .lock()

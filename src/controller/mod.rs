@@ -2,6 +2,7 @@
 //! plan, execute, status), the executor (`execute`), trust in records (`trust`), the sweep of
 //! orphaned records, leader election. Depends on everything below it; nothing depends on it.
 
+pub mod budget;
 pub mod context;
 pub mod execute;
 pub mod failpoint;

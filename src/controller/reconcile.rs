@@ -32,6 +32,8 @@ use crate::record::{BINDING_FINALIZER, BINDING_LABEL, WrapState};
 pub const FIELD_MANAGER: &str = "cubbyhole";
 /// How often a pod whose Secret name another Secret holds is tried again.
 const TAKEN_NAME_RETRY: Duration = Duration::from_secs(30);
+/// How soon a round whose only actions were lookups over the global budget runs again.
+const DEFERRED_LOOKUP_RETRY: Duration = Duration::from_secs(1);
 /// Safety-net requeue when nothing is due.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 /// Longest wait between retries of a failing binding.
@@ -153,7 +155,8 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         };
         // Records are independent: their actions run side by side, each record's in order.
         let executed = execute::run_all(&executor, plan.actions, ctx.config.step_concurrency).await;
-        let all_refused_for_taken_names = executed.names_taken.len() == planned;
+        let took_effect = planned - executed.names_taken.len() - executed.lookups_deferred;
+        let deferred = executed.lookups_deferred > 0;
         problems.names_taken.extend(executed.names_taken);
         if let Some(v) = executed.vault_unavailable {
             problems.vault_unavailable.get_or_insert(v);
@@ -162,19 +165,22 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
             first_error.get_or_insert(e);
         }
         // The status shows only our records; anything new and unsigned is vetted next round.
-        observed.records = list_records(ctx, &secrets_api, &name, Some(&b.spec.secret_key))
+        observed.records = cached_records(ctx, &ns, &name, &b.spec.secret_key)
             .await?
             .0
             .into_iter()
             .filter(|w| w.authenticity == Authenticity::Authentic)
             .collect();
         // Something changed: look again soon for follow-ups (e.g. the next round of a
-        // recreated pod). Claims refused because another Secret holds the name changed
-        // nothing: those are tried again at a calm pace (nothing watches a foreign Secret).
-        let follow_up = if all_refused_for_taken_names {
-            add_duration(now, TAKEN_NAME_RETRY)
-        } else {
+        // recreated pod). Lookups over the global budget are tried again in a second. Claims
+        // refused because another Secret holds the name changed nothing: those are tried
+        // again at a calm pace (nothing watches a foreign Secret).
+        let follow_up = if took_effect > 0 {
             now
+        } else if deferred {
+            add_duration(now, DEFERRED_LOOKUP_RETRY)
+        } else {
+            add_duration(now, TAKEN_NAME_RETRY)
         };
         wake = Some(wake.map_or(follow_up, |w: Timestamp| w.min(follow_up)));
     }
@@ -245,13 +251,8 @@ async fn observe(
     validity: &Result<spec::ValidSpec, spec::Invalid>,
 ) -> Result<Observed, Error> {
     let ns = records.sealer.namespace;
-    let (listed, secrets) = list_records(
-        ctx,
-        records.api,
-        records.sealer.binding,
-        Some(&b.spec.secret_key),
-    )
-    .await?;
+    let (listed, secrets) =
+        cached_records(ctx, ns, records.sealer.binding, &b.spec.secret_key).await?;
     let (vetted, vet_error) = trust::vet(ctx, records, Some(b), listed, &secrets).await;
     let (pods, conflicts) = match validity {
         Ok(valid) => {
@@ -324,8 +325,38 @@ async fn selected_pods(
         .collect())
 }
 
-/// The binding's records (each with its authenticity), and the raw Secrets by name (only for
-/// reading wrapping tokens). `secret_key` is the data key of the wrapping token, when known.
+/// The binding's records from the shared cache (the controller's Secret watch), each with its
+/// authenticity, and the Secrets by name (only for reading wrapping tokens). Waits for the
+/// cache's first full list: an empty cache is never taken for "no records".
+async fn cached_records(
+    ctx: &Context,
+    ns: &str,
+    binding: &str,
+    secret_key: &str,
+) -> Result<(Vec<WrapState>, BTreeMap<String, Secret>), Error> {
+    ctx.secrets
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Cache(e.to_string()))?;
+    let secrets: BTreeMap<String, Secret> = ctx
+        .secrets
+        .state_filter(|s| {
+            s.namespace().as_deref() == Some(ns)
+                && s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding)
+        })
+        .into_iter()
+        .map(|s| (s.name_any(), s.as_ref().clone()))
+        .collect();
+    let records = secrets
+        .values()
+        .filter_map(|s| WrapState::from_secret(s, Some(secret_key), &ctx.record_keys))
+        .collect();
+    Ok((records, secrets))
+}
+
+/// The binding's records listed from the API server (each with its authenticity), and the raw
+/// Secrets by name. `secret_key` is the data key of the wrapping token, when known. For
+/// retiring a binding's records, where only a fresh read will do.
 pub async fn list_records(
     ctx: &Context,
     secrets: &Api<Secret>,

@@ -29,8 +29,10 @@
 //! of operations of a round (its memory, the last-lookup times, is lost; the next round plans
 //! from the stores only), lost Vault answers (Vault did the work; a lost mint may even be carried
 //! out later, before Vault next answers), Vault refusing a mint, Vault down for a while, API
-//! errors (the write has no effect), and a second replica running a whole round in the middle
-//! of another's (a deposed leader that has not noticed yet).
+//! errors (the write has no effect), a second replica running a whole round in the middle
+//! of another's (a deposed leader that has not noticed yet), and rounds that plan from a
+//! records cache lagging a few operations behind the store (the controller's Secret watch;
+//! the finalizer reads fresh, as `sweep::retire_records` does).
 //!
 //! **Invariants**, checked after every operation of the operator and every external event:
 //! 1. never two live (unconsumed, unexpired, unrevoked) wraps for one pod of one binding — so
@@ -61,7 +63,9 @@
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
 //! 2); the planner's lost-mint wait removed (`vault_seen_at` + wrapTTL + 10 s: invariant 1);
 //! the planner's conflict check removed (invariant 4); the executor's revocation of a wrap
-//! whose delivery failed removed (invariant 2). Edits of `core/plan.rs` itself, each caught by
+//! whose delivery failed removed (invariant 2); a record's finalizer released without the
+//! resourceVersion guard (a round reading a lagging cache removes a record that a new start
+//! took over, its token never revoked: invariant 2). Edits of `core/plan.rs` itself, each caught by
 //! `simulation_keeps_every_invariant`: the lost-mint wait removed (invariant 1), the conflict
 //! check for new pods removed (4), the conflict check for pods with a record removed (4), a
 //! retried claim not revoking the previous start's token (2), cleanups not revoking an
@@ -139,6 +143,8 @@ pub enum Mutant {
     NoConflictCheck,
     /// The executor does not revoke a wrap whose delivery failed.
     NoRevokeOnDeliveryFailure,
+    /// A record's finalizer is released without the resourceVersion guard.
+    NoReleaseGuard,
 }
 
 /// Fault rates of a schedule (per mille, per operation or per round).
@@ -156,11 +162,14 @@ pub struct Faults {
     pub rival: u32,
     /// Vault goes down for a while (per schedule step).
     pub down: u32,
+    /// A round reads the records from a cache lagging a few operations behind the API server
+    /// (the controller's Secret watch), per round.
+    pub stale: u32,
 }
 
 impl Faults {
     fn any(&self) -> bool {
-        self.crash + self.lost + self.refuse + self.api + self.rival + self.down > 0
+        self.crash + self.lost + self.refuse + self.api + self.rival + self.down + self.stale > 0
     }
 }
 
@@ -564,6 +573,8 @@ struct World {
     /// External events may interleave with the operator's operations.
     interleave: bool,
     calls: BTreeMap<Owner, Calls>,
+    /// The records cache: a copy of `secrets` taken at random operations, so it lags behind.
+    cache: BTreeMap<String, Sec>,
     /// Pods that were relabelled, bindings that were deleted: leaving a binding ends a pod's
     /// stay, and the bound on Vault calls is per stay.
     relabelled: BTreeSet<String>,
@@ -619,6 +630,7 @@ impl World {
             last_op: None,
             interleave: true,
             calls: BTreeMap::new(),
+            cache: BTreeMap::new(),
             ever: BTreeMap::new(),
             changes: 0,
             in_hand: [vec![], vec![]],
@@ -662,13 +674,17 @@ impl World {
         }
     }
 
+    /// Remembers every binding's settings. A binding deleted and created again under the same
+    /// name keeps consumed tokens if any of its incarnations did (`revokeOnPodDeletion: false`).
     fn record_bindings(&mut self) {
         for (name, b) in &self.bindings {
             let s = &b.settings;
+            let revoke = s.revoke_on_pod_deletion
+                && self.ever.get(name).is_none_or(|(revoke, _, _)| *revoke);
             self.ever.insert(
                 name.clone(),
                 (
-                    s.revoke_on_pod_deletion,
+                    revoke,
                     s.wrap_ttl.as_secs() as i64,
                     s.lookup_period.as_secs() as i64,
                 ),
@@ -705,6 +721,9 @@ impl World {
         }
         self.stats.operations += 1;
         self.last_op = Some(op);
+        if self.faults.stale > 0 && self.rng.chance(300) {
+            self.cache = self.secrets.clone();
+        }
         Ok(())
     }
 
@@ -802,18 +821,25 @@ impl World {
         Ok(Ok(new_rv))
     }
 
-    /// `{"metadata":{"finalizers":null}}`: the Secret's uid, or NotFound.
-    fn api_unfinalize(&mut self, name: &str) -> Step<Result<u64, KubeErr>> {
+    /// `{"metadata":{"resourceVersion": read_at, "finalizers":null}}` (`writes::release_patch`):
+    /// the Secret's uid, NotFound, or Conflict when it changed since `read_at`.
+    fn api_unfinalize(&mut self, name: &str, read_at: Option<&str>) -> Step<Result<u64, KubeErr>> {
         self.op(Op::Unfinalize)?;
         if self.api_fails() {
             return Ok(Err(KubeErr::Failed));
         }
-        let rv = self.rv();
-        let Some(sec) = self.secrets.get_mut(name) else {
+        let guard = self.mutant != Mutant::NoReleaseGuard;
+        let Some(current) = self.secrets.get(name).map(|s| s.rv) else {
             return Ok(Err(KubeErr::NotFound));
         };
+        if guard && read_at.is_some_and(|rv| rv != current.to_string()) {
+            return Ok(Err(KubeErr::Conflict));
+        }
+        let rv = self.rv();
+        let sec = self.secrets.get_mut(name).expect("just read");
         sec.finalizer = false;
         sec.rv = rv;
+        sec.view = read_record(name, sec);
         self.changes += 1;
         let uid = sec.uid;
         if sec.deleting {
@@ -1032,7 +1058,9 @@ impl World {
     }
 
     /// Lists the binding's records: (authentic records, untrusted names, raw tokens).
-    fn list_records(&mut self, name: &str) -> Step<Result<Listing, KubeErr>> {
+    /// From the cache (`reconcile::cached_records`, which may lag) or fresh from the API server
+    /// (`reconcile::list_records`, as the finalizer and sweep read).
+    fn list_records(&mut self, name: &str, cached: bool) -> Step<Result<Listing, KubeErr>> {
         self.op(Op::ListSecrets)?;
         if self.api_fails() {
             return Ok(Err(KubeErr::Failed));
@@ -1040,7 +1068,9 @@ impl World {
         let mut wraps = vec![];
         let mut untrusted = BTreeSet::new();
         let mut raw = BTreeMap::new();
-        for (n, s) in &self.secrets {
+        let stale = cached && self.faults.stale > 0 && self.rng.chance(self.faults.stale);
+        let source = if stale { &self.cache } else { &self.secrets };
+        for (n, s) in source {
             if s.binding.as_deref() != Some(name) {
                 continue;
             }
@@ -1056,7 +1086,7 @@ impl World {
     }
 
     fn apply(&mut self, name: &str, binding: &Binding) -> Step<RoundOutcome> {
-        let Ok((wraps, untrusted, raw)) = self.list_records(name)? else {
+        let Ok((wraps, untrusted, raw)) = self.list_records(name, true)? else {
             return Ok(RoundOutcome::default());
         };
         self.op(Op::ListPods)?;
@@ -1371,7 +1401,7 @@ impl World {
             self.vault_failed(r, e);
             return Ok(());
         }
-        if self.remove(&wrap.secret)?.is_err() {
+        if self.remove(&wrap)?.is_err() {
             return Ok(());
         }
         self.forget_lookup(r, &wrap.secret);
@@ -1379,8 +1409,9 @@ impl World {
     }
 
     /// `writes::remove`: release the finalizer, delete with the uid as precondition.
-    fn remove(&mut self, name: &str) -> Step<Result<(), KubeErr>> {
-        match self.api_unfinalize(name)? {
+    fn remove(&mut self, wrap: &WrapState) -> Step<Result<(), KubeErr>> {
+        let name = wrap.secret.as_str();
+        match self.api_unfinalize(name, wrap.resource_version.as_deref())? {
             Ok(uid) => match self.api_delete(name, uid)? {
                 Ok(()) | Err(KubeErr::NotFound | KubeErr::Conflict) => Ok(Ok(())),
                 Err(e) => Ok(Err(e)),
@@ -1416,7 +1447,7 @@ impl World {
 
     /// The binding's finalizer (`sweep::retire_records`); the binding goes once it ran.
     fn finalize(&mut self, name: &str) -> Step<()> {
-        let Ok((wraps, _, _)) = self.list_records(name)? else {
+        let Ok((wraps, _, _)) = self.list_records(name, false)? else {
             return Ok(());
         };
         for wrap in &wraps {
@@ -1431,7 +1462,7 @@ impl World {
                     return Ok(());
                 }
             }
-            if self.remove(&wrap.secret)?.is_err() {
+            if self.remove(wrap)?.is_err() {
                 return Ok(());
             }
         }
@@ -1996,6 +2027,7 @@ fn profile(seed: u64) -> (Faults, usize) {
             api: [0, 20, 60][rng.below(3) as usize],
             rival: [0, 5, 20][rng.below(3) as usize],
             down: [0, 1][rng.below(2) as usize],
+            stale: [0, 300, 700][rng.below(3) as usize],
         },
     };
     (faults, steps)
@@ -2121,7 +2153,7 @@ mod tests {
         panic!("{mutant:?} survived {SCHEDULES} schedules");
     }
 
-    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|wait|conflict|deliver]
+    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|wait|conflict|deliver|release]
     /// SIM_FULL_TRACE=1 cargo test --lib sim::tests::replay -- --ignored`.
     #[test]
     #[ignore]
@@ -2132,6 +2164,7 @@ mod tests {
             Ok("wait") => Mutant::NoLostMintWait,
             Ok("conflict") => Mutant::NoConflictCheck,
             Ok("deliver") => Mutant::NoRevokeOnDeliveryFailure,
+            Ok("release") => Mutant::NoReleaseGuard,
             _ => Mutant::None,
         };
         if let Err(v) = run_schedule(seed, mutant) {
@@ -2305,6 +2338,12 @@ mod tests {
     fn without_the_conflict_check_it_fails() {
         let v = first_violation(Mutant::NoConflictCheck);
         assert_eq!(v.invariant, 4, "{}", v.message);
+    }
+
+    #[test]
+    fn without_the_release_guard_a_stale_read_removes_a_record_naming_a_live_token() {
+        let v = first_violation(Mutant::NoReleaseGuard);
+        assert_eq!(v.invariant, 2, "{}", v.message);
     }
 
     #[test]

@@ -99,18 +99,23 @@ pub async fn retire_records(
     };
     let (vetted, vet_error) = trust::vet(ctx, &writer, on, listed, &raw).await;
     let mut removed = 0;
+    let mut changed = None;
     for wrap in &vetted.trusted {
         // The binding is going: every token it minted goes with it.
         revoke_named(ctx, wrap, plan::revocations(wrap, true)).await?;
-        writes::remove(&secrets, wrap).await?;
-        removed += 1;
+        if writes::remove(&secrets, wrap).await? {
+            removed += 1;
+        } else {
+            changed.get_or_insert_with(|| wrap.secret.clone());
+        }
     }
     if !vetted.untrusted.is_empty() {
         tracing::debug!(namespace = %namespace, binding = %binding, left = vetted.untrusted.len(),
             "records that are not ours were left untouched");
     }
-    match vet_error {
-        Some(e) => Err(e),
-        None => Ok(removed),
+    match (vet_error, changed) {
+        (Some(e), _) => Err(e),
+        (None, Some(secret)) => Err(Error::RecordChanged(secret)),
+        (None, None) => Ok(removed),
     }
 }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::OperatorConfig;
+use crate::controller::budget::LookupBudget;
 use crate::controller::context::{Context, Readiness};
 use crate::controller::{reconcile, sweep};
 use crate::core::reason::Reason;
@@ -101,6 +102,18 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         .modify(strip_pod)
         .reflect(pod_writer)
         .touched_objects();
+    // One watch of cubbyhole's Secrets feeds the records cache and the controller's triggers:
+    // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,
+    // so a round that reads a cache lagging behind its own writes only loses a guard.
+    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let secret_events = watcher(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+    )
+    .default_backoff()
+    .modify(|s: &mut Secret| s.managed_fields_mut().clear())
+    .reflect(secret_writer)
+    .touched_objects();
     let reporter = Reporter {
         controller: "cubbyhole".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -113,11 +126,13 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         recorder: Recorder::new(client.clone(), reporter),
         bindings: store.clone(),
         pods,
+        secrets,
         last_lookup: Default::default(),
         failures: Default::default(),
         readiness: Readiness::default(),
         record_keys,
         forged: Default::default(),
+        lookups: LookupBudget::new(config.max_lookups_per_second),
     });
 
     let server = tokio::spawn(crate::server::serve(
@@ -175,15 +190,11 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
             watcher::Config::default(),
             move |changed| siblings_to_recheck(&sibling_store, &changed),
         )
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-            |secret| {
-                let ns = secret.namespace()?;
-                let binding = secret.labels().get(BINDING_LABEL)?.clone();
-                Some(ObjectRef::<AgentSecretBinding>::new(&binding).within(&ns))
-            },
-        )
+        .watches_stream(secret_events, |secret| {
+            let ns = secret.namespace()?;
+            let binding = secret.labels().get(BINDING_LABEL)?.clone();
+            Some(ObjectRef::<AgentSecretBinding>::new(&binding).within(&ns))
+        })
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move {

@@ -352,6 +352,15 @@ pub fn plan(input: &Input) -> Plan {
             receipts_after: None,
         }));
     }
+    // Routine lookups go last, the longest unchecked first: when the global lookup budget
+    // runs out, what is deferred is what was checked most recently.
+    actions.sort_by_key(|a| match a {
+        Action::Lookup {
+            wrap,
+            if_consumed: Outcome::ConsumedSeenByLookup,
+        } => (1, last_looked_at(input, wrap)),
+        _ => (0, Timestamp::MIN),
+    });
     plan.actions = cleanups(input.settings, input.pods, input.wraps)
         .into_iter()
         .chain(actions)
@@ -375,6 +384,16 @@ pub fn revocations(wrap: &WrapState, revoke_consumed: bool) -> Revoke {
         Phase::Unwrapped if revoke_consumed => Revoke::Token,
         _ => Revoke::Nothing,
     }
+}
+
+/// When the wrap was last seen valid: its last lookup (in memory), else its issue time.
+fn last_looked_at(input: &Input, wrap: &WrapState) -> Timestamp {
+    input
+        .last_lookup
+        .get(&wrap.secret)
+        .copied()
+        .or(wrap.issued_at)
+        .unwrap_or(input.now)
 }
 
 fn agent_restarts(settings: &Settings, pod: &PodView) -> u32 {
@@ -445,13 +464,7 @@ fn judge(
     if wrap.phase == Phase::Issued {
         let expires = wrap.expires_at.unwrap_or(now);
         let probe_at = sub(expires, s.expiry_margin());
-        let last = input
-            .last_lookup
-            .get(&wrap.secret)
-            .copied()
-            .or(wrap.issued_at)
-            .unwrap_or(now);
-        let lookup_at = add(last, s.lookup_period);
+        let lookup_at = add(last_looked_at(input, wrap), s.lookup_period);
         if now >= probe_at {
             actions.push(Action::ProbeExpiry { wrap: wrap.clone() });
         } else if now >= lookup_at {
@@ -741,6 +754,37 @@ mod tests {
         // When the pod goes, its record is cleaned up as usual.
         let p = run_with(&s, &[], &[issued("a", 0)], &conflicts, 5);
         assert!(matches!(p.actions[..], [Action::Cleanup { .. }]), "{p:?}");
+    }
+
+    #[test]
+    fn due_lookups_come_after_other_actions_the_longest_unchecked_first() {
+        let s = settings();
+        let pods = [pod("a"), pod("b"), pod("c"), pod("new")];
+        let wraps = [issued("a", 0), issued("b", 0), issued("c", 0)];
+        // a was looked up last at 8 s, b never since its issue at 0 s, c at 4 s.
+        let last_lookup = HashMap::from([
+            ("a-b-wrap".to_string(), t(8)),
+            ("c-b-wrap".to_string(), t(4)),
+        ]);
+        let p = plan(&Input {
+            settings: &s,
+            pods: &pods,
+            conflicts: &BTreeMap::new(),
+            wraps: &wraps,
+            untrusted: &BTreeSet::new(),
+            last_lookup: &last_lookup,
+            now: t(20),
+        });
+        let order: Vec<&str> = p
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Issue(i) => i.pod.as_str(),
+                Action::Lookup { wrap, .. } => wrap.pod.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(order, ["new", "b", "c", "a"]);
     }
 
     #[test]

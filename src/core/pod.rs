@@ -130,6 +130,76 @@ pub fn is_valid_secret_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_pod_is_read_with_its_restarts_receipts_and_secret_name() {
+        let unwrapped = Receipt::unwrapped("acc-1").to_line();
+        let refused = Receipt::failed(crate::agent::receipt::result::WRITE_FAILED).to_line();
+        let view = PodView::from_pod(&pod(serde_json::json!({
+            "metadata": {
+                "name": "agent-0", "uid": "uid-0",
+                "labels": {"app": "agent"},
+                "annotations": {"cubbyhole.dev/secret-name": "mine"},
+            },
+            "status": {
+                "phase": "Running",
+                "initContainerStatuses": [{
+                    "name": "cubbyhole-unwrap", "restartCount": 1, "ready": true, "image": "i", "imageID": "",
+                    "state": {"terminated": {"exitCode": 0, "message": unwrapped, "finishedAt": "2026-11-30T04:00:05Z"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": refused, "finishedAt": "2026-11-30T04:00:01Z"}},
+                }],
+                "containerStatuses": [{
+                    "name": "agent", "restartCount": 3, "ready": true, "image": "i", "imageID": "",
+                    "state": {"terminated": {"exitCode": 1, "message": "panic: not a receipt"}},
+                }],
+            },
+        })))
+        .unwrap();
+        assert_eq!(
+            (view.name.as_str(), view.uid.as_str()),
+            ("agent-0", "uid-0")
+        );
+        assert_eq!(view.labels["app"], "agent");
+        assert_eq!(view.secret_name.as_deref(), Some("mine"));
+        assert!(!view.terminating && !view.finished);
+        assert_eq!(view.restart_counts["cubbyhole-unwrap"], 1);
+        assert_eq!(view.restart_counts["agent"], 3);
+        // Both instances' receipts, newest first; other messages are not receipts.
+        assert_eq!(view.receipts.len(), 2, "{:?}", view.receipts);
+        assert_eq!(view.receipts[0].receipt, Receipt::unwrapped("acc-1"));
+        assert_eq!(view.receipts[0].container, "cubbyhole-unwrap");
+        assert_eq!(
+            view.newest_receipt_time(),
+            Some("2026-11-30T04:00:05Z".parse().unwrap())
+        );
+        assert!(!view.receipts[1].receipt.is_unwrapped());
+    }
+
+    #[test]
+    fn a_finished_or_deleted_pod_is_marked_and_a_pod_without_uid_is_not_read() {
+        for (phase, finished) in [("Succeeded", true), ("Failed", true), ("Pending", false)] {
+            let view = PodView::from_pod(&pod(serde_json::json!({
+                "metadata": {"name": "p", "uid": "u", "deletionTimestamp": "2026-11-30T04:00:00Z"},
+                "status": {"phase": phase},
+            })))
+            .unwrap();
+            assert_eq!(view.finished, finished, "{phase}");
+            assert!(view.terminating);
+            assert_eq!(view.secret_name, None);
+        }
+        let no_status = PodView::from_pod(&pod(
+            serde_json::json!({"metadata": {"name": "p", "uid": "u"}}),
+        ));
+        assert!(no_status.is_some_and(|v| !v.finished && v.receipts.is_empty()));
+        assert_eq!(
+            PodView::from_pod(&pod(serde_json::json!({"metadata": {"name": "p"}}))),
+            None
+        );
+    }
+
     #[test]
     fn names_are_deterministic_valid_and_bounded() {
         let pod = PodView {

@@ -331,7 +331,7 @@ async fn failures_and_vault_sightings_are_guarded_patches_without_a_token() {
 }
 
 #[tokio::test]
-async fn removal_releases_the_finalizer_then_deletes_that_very_secret() {
+async fn removal_releases_the_finalizer_as_read_then_deletes_that_very_secret() {
     let keys = keys();
     let wrap = issued_record(&keys);
     let (api, mut handle) = mocked();
@@ -340,19 +340,30 @@ async fn removal_releases_the_finalizer_then_deletes_that_very_secret() {
         let delete = answer(&mut handle, 200, status_json(200, "Success")).await;
         // Already gone: nothing more is sent.
         let gone = answer(&mut handle, 404, status_json(404, "NotFound")).await;
-        (unfinalize, delete, gone)
+        // Changed since it was read: not released, and nothing more is sent.
+        let changed = answer(&mut handle, 409, status_json(409, "Conflict")).await;
+        (unfinalize, delete, gone, changed)
     });
-    writes::remove(&api, &wrap).await.unwrap();
-    writes::remove(&api, &wrap).await.unwrap();
-    let (unfinalize, delete, gone) = server.await.unwrap();
+    assert!(writes::remove(&api, &wrap).await.unwrap());
+    assert!(
+        writes::remove(&api, &wrap).await.unwrap(),
+        "gone counts as removed"
+    );
+    assert!(
+        !writes::remove(&api, &wrap).await.unwrap(),
+        "changed: not removed"
+    );
+    let (unfinalize, delete, gone, changed) = server.await.unwrap();
     assert_eq!(
         (unfinalize.method, unfinalize.path.as_str()),
         (Method::PATCH, RECORD)
     );
+    // Released only as it was read: a record a new start claimed meanwhile keeps its finalizer.
     assert_eq!(
         unfinalize.body,
-        json!({ "metadata": { "finalizers": null } })
+        json!({ "metadata": { "resourceVersion": "5", "finalizers": null } })
     );
+    assert_eq!(changed.method, Method::PATCH);
     assert_eq!(
         (delete.method, delete.path.as_str()),
         (Method::DELETE, RECORD)

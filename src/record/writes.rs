@@ -389,9 +389,21 @@ pub async fn adopt(records: &Records<'_>, wrap: &WrapState) -> Result<String, Cl
     guarded_patch(records.api, &wrap.secret, &patch).await
 }
 
-/// Releases the finalizer and deletes the record. Idempotent.
-pub async fn remove(api: &Api<Secret>, wrap: &WrapState) -> Result<(), kube::Error> {
-    let patch = json!({ "metadata": { "finalizers": null } });
+/// The patch that releases a record's finalizer, guarded by the resourceVersion it was read
+/// at (when known): a record that changed since is not released.
+pub fn release_patch(wrap: &WrapState) -> Value {
+    match &wrap.resource_version {
+        Some(rv) => json!({ "metadata": { "resourceVersion": rv, "finalizers": null } }),
+        None => json!({ "metadata": { "finalizers": null } }),
+    }
+}
+
+/// Releases the finalizer (guarded) and deletes that very Secret (uid precondition).
+/// `Ok(false)` when the record changed since it was read: nothing is removed and the next
+/// round sees the change (a token it names now must be revoked first). Idempotent: a record
+/// already gone counts as removed.
+pub async fn remove(api: &Api<Secret>, wrap: &WrapState) -> Result<bool, kube::Error> {
+    let patch = release_patch(wrap);
     match api
         .patch(&wrap.secret, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -405,12 +417,13 @@ pub async fn remove(api: &Api<Secret>, wrap: &WrapState) -> Result<(), kube::Err
                 ..Default::default()
             };
             match api.delete(&wrap.secret, &dp).await {
-                Ok(_) => Ok(()),
-                Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(()),
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(true),
                 Err(e) => Err(e),
             }
         }
-        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }
