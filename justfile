@@ -53,4 +53,4 @@ bench *FLAGS:
 # pins down. Slow: ~350 mutants at ~25 s each on 2 cores; `just mutants -f src/record/seal.rs` runs a part.
 # Mutation testing of the pure core; report in mutants.out/.
 mutants *ARGS:
-    cargo mutants --test-tool nextest --cargo-test-arg=--lib {{ if ARGS == "" { "-f src/core/plan.rs -f src/core/status.rs -f src/core/spec.rs -f src/core/pod.rs -f src/record/seal.rs -f src/record/state.rs -f src/agent/receipt.rs -f src/config.rs -f src/webhook/inject.rs -f src/webhook/admit.rs" } else { ARGS } }}
+    cargo mutants --profile mutants --test-tool nextest --cargo-test-arg=--lib {{ if ARGS == "" { "-f src/core/plan.rs -f src/core/status.rs -f src/core/spec.rs -f src/core/pod.rs -f src/record/seal.rs -f src/record/state.rs -f src/agent/receipt.rs -f src/config.rs -f src/webhook/inject.rs -f src/webhook/admit.rs" } else { ARGS } }}

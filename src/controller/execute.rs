@@ -219,6 +219,8 @@ impl Executor<'_> {
                             "issued wrap (accessor {}) for pod {} start {}, expires {}",
                             wrap.accessor, issue.pod, issue.start, expires_at
                         );
+                        // On the pod only: a binding serving many pods would drown in these
+                        // (its status lists the records; warnings go to both).
                         self.event_on_pod(
                             &issue.pod,
                             &issue.pod_uid,
@@ -228,8 +230,6 @@ impl Executor<'_> {
                             &note,
                         )
                         .await;
-                        self.event(EventType::Normal, "WrapIssued", "Issue", &note)
-                            .await;
                         Ok(Met::Nothing)
                     }
                     Err(e) => {
@@ -371,7 +371,11 @@ impl Executor<'_> {
             Phase::Revoked => (EventType::Normal, "WrapRevoked"),
             _ => (EventType::Normal, "WrapUnwrapped"),
         };
-        self.event(kind, reason, "Track", &note).await;
+        // Warnings reach the binding too (that is where people look for trouble); routine
+        // settlements only the pod.
+        if kind == EventType::Warning {
+            self.event(kind, reason, "Track", &note).await;
+        }
         self.event_on_pod(&wrap.pod, &wrap.pod_uid, kind, reason, "Track", &note)
             .await;
         Ok(Met::Nothing)
