@@ -1027,14 +1027,9 @@ async fn deleting_a_namespace_with_a_binding_leaves_no_live_token() {
     let mut env = Env::start(Options::default()).await;
     let home = env.ns.clone();
     let doomed = format!("{home}-doomed");
+    cluster::create_namespace(&env.client, &doomed).await;
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
         kube::Api::all(env.client.clone());
-    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": doomed}}),
-    )
-    .unwrap();
-    namespaces.create(&Default::default(), &ns).await.unwrap();
-    cluster::wait_for_default_service_account(&env.client, &doomed).await;
     // The harness works in `env.ns`: point it at the doomed namespace for the setup.
     env.ns = doomed.clone();
     env.apply_binding("b", Env::spec("ns", "60s")).await;

@@ -112,16 +112,7 @@ async fn assert_live(env: &Env, accessor: &str) {
 async fn a_forged_record_of_a_binding_that_does_not_exist_is_reported_not_acted_on() {
     let env = Env::start(Options::default()).await;
     let ns = format!("{}-forged", env.ns);
-    let namespaces: Api<Namespace> = Api::all(env.client.clone());
-    let namespace: Namespace = serde_json::from_value(
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-    )
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("create namespace");
-    cluster::wait_for_default_service_account(&env.client, &ns).await;
+    cluster::create_namespace(&env.client, &ns).await;
     let accessor = victim(&env);
     create_forged(&env, &ns, "ghost-wrap", "ghost", &accessor).await;
 
@@ -158,6 +149,7 @@ async fn a_forged_record_of_a_binding_that_does_not_exist_is_reported_not_acted_
     assert!(secret_exists(&env, &ns, "ghost-wrap").await);
 
     env.assert_no_leaks().await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
     namespaces.delete(&ns, &DeleteParams::default()).await.ok();
 }
 

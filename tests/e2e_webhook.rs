@@ -220,17 +220,7 @@ async fn deployment_and_job_pods_arrive_injected_unwrap_and_verify() {
         for opt_in in [true, false] {
             let pod = agent_pod(&format!("lat{i}"), "fleet", opt_in);
             let started = Instant::now();
-            let stored = env
-                .pods()
-                .create(
-                    &PostParams {
-                        dry_run: true,
-                        ..Default::default()
-                    },
-                    &pod,
-                )
-                .await
-                .expect("dry-run create");
+            let stored = env.dry_run(&pod).await.expect("dry-run create");
             let took = started.elapsed();
             assert_eq!(is_injected(&stored, "fleet"), opt_in);
             if opt_in {

@@ -388,16 +388,7 @@ impl Env {
         };
         let client = cluster.client().await;
         install_crd(&client).await;
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let namespace: Namespace = serde_json::from_value(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-        )
-        .unwrap();
-        namespaces
-            .create(&PostParams::default(), &namespace)
-            .await
-            .ok();
-        wait_for_default_service_account(&client, &ns).await;
+        create_namespace(&client, &ns).await;
         let identity = OperatorIdentity::provision(&cluster, &dir);
         let auth = if external {
             AuthConfig {
@@ -933,6 +924,22 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Creates namespace `name` (one left by an earlier run is fine) and waits until pods may be
+/// created there (its `default` service account exists).
+pub async fn create_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .expect("a namespace");
+    match namespaces.create(&PostParams::default(), &namespace).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating namespace {name}: {e}"),
+    }
+    wait_for_default_service_account(client, name).await;
 }
 
 /// Waits for the service account controller to create `default` in `ns`: until then the

@@ -114,14 +114,18 @@ impl Env {
     /// An opted-in pod labelled `app=<app>` (generateName `<prefix>-`), as the API server
     /// would store it, without storing it.
     pub async fn dry_run_pod(&self, prefix: &str, app: &str) -> Result<Pod, String> {
-        let pod = agent_pod(prefix, app, true);
+        self.dry_run(&agent_pod(prefix, app, true)).await
+    }
+
+    /// `pod` as the API server (admission included) would store it, without storing it.
+    pub async fn dry_run(&self, pod: &Pod) -> Result<Pod, String> {
         self.pods()
             .create(
                 &PostParams {
                     dry_run: true,
                     ..Default::default()
                 },
-                &pod,
+                pod,
             )
             .await
             .map_err(|e| e.to_string())
