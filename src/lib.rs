@@ -13,6 +13,8 @@ pub mod core;
 pub mod crd;
 pub mod metrics;
 pub mod record;
+#[cfg(test)]
+mod rng;
 pub mod server;
 pub mod telemetry;
 pub mod vault;

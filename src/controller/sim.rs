@@ -89,38 +89,13 @@ use crate::record::writes::{
     Change, claim_changes, deliver_changes, failure_changes, settle_changes, takeover_changes,
 };
 use crate::record::{Phase, WrapState, ann};
+use crate::rng::Rng;
 use crate::vault::Revoked;
 
 /// The agent container named in `Settings::agent_container`.
 const AGENT: &str = "agent";
 /// How long `--wait-for-fresh` waits (seconds).
 const WAIT_FOR_FRESH: i64 = 90;
-
-/// A small deterministic generator (xorshift64).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// True with probability `per_mille`/1000.
-    fn chance(&mut self, per_mille: u32) -> bool {
-        self.below(1000) < u64::from(per_mille)
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
-    }
-}
 
 fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).expect("in range")

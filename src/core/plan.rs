@@ -558,6 +558,7 @@ fn judge_receipts(pod: &PodView, wrap: &WrapState) -> Option<Action> {
 mod tests {
     use super::*;
     use crate::agent::receipt::Receipt;
+    use crate::rng::Rng;
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -1172,24 +1173,6 @@ mod tests {
         assert_eq!(plan.actions[0].record(), None);
     }
 
-    /// A small deterministic generator (xorshift) for the randomized invariant test.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn chance(&mut self, percent: u64) -> bool {
-            self.below(100) < percent
-        }
-    }
-
     const PHASES: [Phase; 7] = Phase::ALL;
 
     type Case = (
@@ -1207,10 +1190,10 @@ mod tests {
         let mut untrusted = BTreeSet::new();
         for i in 0..rng.below(6) {
             let mut p = pod(&format!("p{i}"));
-            p.terminating = rng.chance(15);
-            p.finished = rng.chance(15);
+            p.terminating = rng.chance(150);
+            p.finished = rng.chance(150);
             p.restart_counts.insert("agent".into(), rng.below(3) as u32);
-            if rng.chance(30) {
+            if rng.chance(300) {
                 let r = match rng.below(4) {
                     0 => Receipt::unwrapped("acc"),
                     1 => Receipt::unwrapped("other"),
@@ -1219,32 +1202,32 @@ mod tests {
                 };
                 p.receipts.push(receipt(r, rng.below(100) as i64));
             }
-            if rng.chance(20) {
+            if rng.chance(200) {
                 conflicts.insert(p.name.clone(), vec!["other".to_string()]);
             }
-            if rng.chance(60) {
+            if rng.chance(600) {
                 let mut w = issued(&p.name, rng.below(100) as i64);
                 w.phase = PHASES[rng.below(7) as usize];
                 w.start = rng.below(3) as u32;
-                w.claimed_at = rng.chance(70).then(|| t(rng.below(100) as i64));
-                w.vault_seen_at = rng.chance(50).then(|| t(rng.below(150) as i64));
-                w.verified = rng.chance(20);
-                w.deleting = rng.chance(10);
-                if rng.chance(20) {
+                w.claimed_at = rng.chance(700).then(|| t(rng.below(100) as i64));
+                w.vault_seen_at = rng.chance(500).then(|| t(rng.below(150) as i64));
+                w.verified = rng.chance(200);
+                w.deleting = rng.chance(100);
+                if rng.chance(200) {
                     w.wrap_accessor = None;
                     w.accessor = None;
                 }
-                if rng.chance(10) {
+                if rng.chance(100) {
                     w.pod_uid = "uid-of-an-older-pod".into();
                 }
                 wraps.push(w);
-            } else if rng.chance(30) {
+            } else if rng.chance(300) {
                 // A forged (or not yet adopted) record holds this pod's Secret name.
                 untrusted.insert(secret_name(&p, "b"));
             }
             pods.push(p);
         }
-        if rng.chance(20) {
+        if rng.chance(200) {
             untrusted.insert("unrelated-forged".to_string());
         }
         // Records of pods that are gone.
@@ -1258,7 +1241,7 @@ mod tests {
 
     #[test]
     fn invariants_hold_on_random_inputs() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(1);
         for case in 0..20_000 {
             let (pods, wraps, conflicts, untrusted, now) = random_case(&mut rng);
             let plan = run_untrusted(&settings(), &pods, &wraps, &conflicts, &untrusted, now);
