@@ -100,6 +100,14 @@ mod tests {
     }
 
     #[test]
+    fn the_wall_clock_entry_takes_from_the_same_bucket() {
+        let budget = LookupBudget::new(1);
+        assert!(budget.try_take());
+        assert!(!budget.try_take(), "a second lookup within the same second");
+        assert!(LookupBudget::new(0).try_take());
+    }
+
+    #[test]
     fn zero_means_unlimited() {
         let budget = LookupBudget::new(0);
         assert_eq!(taken(&budget, Instant::now(), 10_000), 10_000);
