@@ -313,6 +313,8 @@ async fn forget_vanished(ctx: Arc<Context>, stop: CancellationToken) {
 /// annotations (e.g. last-applied-configuration), conditions.
 fn strip_pod(pod: &mut Pod) {
     pod.managed_fields_mut().clear();
+    pod.metadata.owner_references = None;
+    pod.metadata.finalizers = None;
     pod.annotations_mut()
         .retain(|k, _| k.starts_with("cubbyhole.dev/"));
     pod.spec = None;
