@@ -1005,7 +1005,21 @@ mod tests {
         w.receipts_after = None;
         w.previous_accessor = Some("old".into());
         p.receipts = vec![receipt(Receipt::unwrapped("old"), 3)];
-        assert!(run(&[p], &[w], 11).actions.is_empty());
+        assert!(
+            run(std::slice::from_ref(&p), std::slice::from_ref(&w), 11)
+                .actions
+                .is_empty()
+        );
+        // A receipt that finished after the current start began is this start's.
+        w.receipts_after = Some(t(3));
+        p.receipts = vec![receipt(Receipt::unwrapped("acc"), 5)];
+        assert!(matches!(
+            run(&[p], &[w], 11).actions[..],
+            [Action::Settle {
+                outcome: Outcome::UnwrappedByAgent,
+                ..
+            }]
+        ));
     }
 
     #[test]
