@@ -1066,6 +1066,18 @@ mod tests {
             run(&[pod("a")], std::slice::from_ref(&w), 30).actions[0],
             Action::ConfirmVault { .. }
         ));
+        // Vault must answer after the claim: a sighting from before it (a previous claim's)
+        // or at the same instant proves nothing about this claim's request.
+        for seen in [-5, 0] {
+            w.vault_seen_at = Some(t(seen));
+            assert!(
+                matches!(
+                    run(&[pod("a")], std::slice::from_ref(&w), 300).actions[..],
+                    [Action::ConfirmVault { .. }]
+                ),
+                "seen at {seen}"
+            );
+        }
         // Seen at 40: a request Vault still held then has expired by 40 + 60 + 10.
         w.vault_seen_at = Some(t(40));
         let early = run(&[pod("a")], std::slice::from_ref(&w), 50);
