@@ -991,6 +991,26 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_refusing_or_failing_to_store_the_wrap_settles_it() {
+        for (result, outcome) in [
+            (result::UNEXPECTED_CREATION_PATH, Outcome::RefusedByAgent),
+            (result::WRITE_FAILED, Outcome::AgentCouldNotStore),
+        ] {
+            let mut p = pod("a");
+            p.receipts.push(receipt(Receipt::failed(result), 3));
+            let plan = run(&[p], &[issued("a", 0)], 3);
+            assert_eq!(
+                plan.actions,
+                vec![Action::Settle {
+                    wrap: issued("a", 0),
+                    outcome
+                }],
+                "{result}"
+            );
+        }
+    }
+
+    #[test]
     fn receipts_of_earlier_starts_are_ignored() {
         let mut p = pod("a");
         p.receipts
@@ -1114,8 +1134,33 @@ mod tests {
             panic!("{plan:?}")
         };
         assert_eq!(i.revoke_previous.as_deref(), Some("acc-0"));
-        // The first start has no previous token.
+        // Without an agent container there are no new starts, so no previous token to revoke;
+        // nor for the first start, whatever the record says.
+        let no_agent = Settings {
+            agent_container: None,
+            ..settings()
+        };
+        let plan = run_with(
+            &no_agent,
+            std::slice::from_ref(&p),
+            std::slice::from_ref(&w),
+            &BTreeMap::new(),
+            100,
+        );
+        let Action::Issue(i) = &plan.actions[0] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(i.revoke_previous, None);
         w.start = 0;
+        let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 100);
+        let Action::Issue(i) = &plan.actions[0] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(
+            i.revoke_previous, None,
+            "the first start has no previous token"
+        );
+        // The first start has no previous token.
         w.previous_accessor = None;
         let plan = run(&[p], &[w], 100);
         let Action::Issue(i) = &plan.actions[0] else {
