@@ -306,6 +306,68 @@ mod tests {
     }
 
     #[test]
+    fn degraded_names_tampering_before_expiry_and_is_false_otherwise() {
+        let pods = [pod("a"), pod("b")];
+        let degraded = |wraps: &[WrapState]| {
+            let s = compute_with(&pods, wraps, &Problems::default(), &BTreeMap::new());
+            let c = &s.conditions[1];
+            (c.type_.clone(), c.status.clone(), c.reason.clone())
+        };
+        let d = |status: &str, reason: &str| {
+            (DEGRADED.to_string(), status.to_string(), reason.to_string())
+        };
+        assert_eq!(
+            degraded(&[wrap("a", Phase::Tampered), wrap("b", Phase::Expired)]),
+            d("True", "Tampered")
+        );
+        assert_eq!(
+            degraded(&[wrap("a", Phase::Expired), wrap("b", Phase::Unwrapped)]),
+            d("True", "WrapsExpired")
+        );
+        assert_eq!(
+            degraded(&[wrap("a", Phase::Unwrapped), wrap("b", Phase::Issued)]),
+            d("False", "AsExpected")
+        );
+        assert_eq!(degraded(&[]), d("False", "AsExpected"));
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let pods = [pod("a")];
+        let before = Timestamp::from_second(1_700_000_000).unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |previous: &AgentSecretBindingStatus, wraps: &[WrapState]| {
+            let s = compute(&StatusInput {
+                generation: Some(3),
+                pods: &pods,
+                wraps,
+                conflicts: &BTreeMap::new(),
+                problems: &Problems::default(),
+                previous: Some(previous),
+                now,
+            });
+            (
+                s.conditions[0].last_transition_time.clone(),
+                s.conditions[1].last_transition_time.clone(),
+            )
+        };
+        let mut previous = compute_with(&pods, &[], &Problems::default(), &BTreeMap::new());
+        for c in &mut previous.conditions {
+            c.last_transition_time = before.to_string();
+        }
+        // Ready stays True and Degraded stays False: both keep the earlier time.
+        assert_eq!(
+            at(&previous, &[wrap("a", Phase::Issued)]),
+            (before.to_string(), before.to_string())
+        );
+        // Degraded turns True: only its time moves.
+        assert_eq!(
+            at(&previous, &[wrap("a", Phase::Tampered)]),
+            (before.to_string(), now.to_string())
+        );
+    }
+
+    #[test]
     fn ready_reasons_in_priority_order() {
         let pods = [pod("a")];
         let mut problems = Problems {
