@@ -50,7 +50,7 @@ bench *FLAGS:
     python3 bench/run.py {{FLAGS}}
 
 # Needs `cargo install --locked cargo-mutants`. Every surviving mutant is a rule no unit test
-# pins down. Slow: ~350 mutants at ~25 s each on 2 cores; `just mutants -f src/record/seal.rs` runs a part.
-# Mutation testing of the pure core; report in mutants.out/.
+# pins down. Slow: ~420 mutants at ~18 s each on 2 cores; `just mutants -f src/core/plan.rs` runs a part.
+# Mutation testing of the pure core; results in mutants.out/, summary in mutants/REPORT.md.
 mutants *ARGS:
-    cargo mutants --profile mutants --test-tool nextest --cargo-test-arg=--lib {{ if ARGS == "" { "-f src/core/plan.rs -f src/core/status.rs -f src/core/spec.rs -f src/core/pod.rs -f src/record/seal.rs -f src/record/state.rs -f src/agent/receipt.rs -f src/config.rs -f src/webhook/inject.rs -f src/webhook/admit.rs" } else { ARGS } }}
+    cargo mutants --profile mutants --test-tool nextest --cargo-test-arg=--lib {{ if ARGS == "" { "-f src/core/plan.rs -f src/core/status.rs -f src/core/spec.rs -f src/core/pod.rs -f src/record/seal.rs -f src/record/state.rs -f src/agent/receipt.rs -f src/config.rs -f src/webhook/inject.rs -f src/webhook/admit.rs -f src/controller/budget.rs" } else { ARGS } }}
