@@ -306,6 +306,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = OperatorConfig::parse(
+            "vault:\n  address: http://127.0.0.1:8200\n  auth:\n    kubernetes:\n      role: r\n",
+        )
+        .unwrap();
+        assert_eq!(c.lookup_period, Duration::from_secs(10));
+        assert_eq!(c.sweep_period, Duration::from_secs(300));
+        assert_eq!(c.step_concurrency, 16);
+        assert_eq!(c.max_lookups_per_second, 100);
+        assert!(c.allowed_roles.is_empty());
+        let k8s = c.vault.auth.kubernetes.expect("kubernetes auth");
+        assert_eq!(k8s.mount, "kubernetes");
+        assert_eq!(
+            k8s.jwt_path,
+            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+        );
+    }
+
+    #[test]
     fn a_config_written_from_the_type_reads_back_the_same() {
         let vault = VaultConfig {
             address: "http://127.0.0.1:8200".into(),
