@@ -306,6 +306,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_vault_endpoint_carries_address_ca_and_namespace() {
+        let c = OperatorConfig::parse(
+            "vault:\n  address: https://127.0.0.1:8200\n  caCert: /etc/ca.pem\n  namespace: team-a\n  auth:\n    tokenFile: /dev/null\n",
+        )
+        .unwrap();
+        let e = c.vault_endpoint();
+        assert_eq!(e.address, "https://127.0.0.1:8200");
+        assert_eq!(e.ca_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(e.namespace.as_deref(), Some("team-a"));
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let c = OperatorConfig::parse(
             "vault:\n  address: http://127.0.0.1:8200\n  auth:\n    kubernetes:\n      role: r\n",
