@@ -651,16 +651,27 @@ impl Env {
             .args(["--expect-path", crate::openbao::ROLE_PATH])
             .output()
             .expect("run agent");
+        let receipt = self.agent_finished(&dir, name, &out);
+        (receipt, out.status.code().unwrap_or(-1))
+    }
+
+    /// After an agent ran in `dir`: remembers the token it stored (for the leak scan), keeps
+    /// its output as `agent-<name>.log` and reads its receipt.
+    pub fn agent_finished(
+        &self,
+        dir: &Path,
+        name: &str,
+        out: &std::process::Output,
+    ) -> Option<Receipt> {
         if let Ok(t) = std::fs::read_to_string(dir.join("token")) {
             self.remember(t.trim());
         }
         let mut log = String::from_utf8_lossy(&out.stdout).to_string();
         log.push_str(&String::from_utf8_lossy(&out.stderr));
         std::fs::write(self.dir.join(format!("agent-{name}.log")), log).unwrap();
-        let receipt = std::fs::read_to_string(dir.join("receipt"))
+        std::fs::read_to_string(dir.join("receipt"))
             .ok()
-            .and_then(|r| Receipt::parse(&r));
-        (receipt, out.status.code().unwrap_or(-1))
+            .and_then(|r| Receipt::parse(&r))
     }
 
     /// Accessors of every wrap Vault created (from the audit log) and whether each is alive.

@@ -181,15 +181,7 @@ impl Env {
             .envs(env)
             .output()
             .expect("run the injected init container");
-        if let Ok(t) = std::fs::read_to_string(dir.join("token")) {
-            self.remember(t.trim());
-        }
-        let mut log = String::from_utf8_lossy(&out.stdout).to_string();
-        log.push_str(&String::from_utf8_lossy(&out.stderr));
-        std::fs::write(self.dir.join(format!("agent-{pod}.log")), log).unwrap();
-        let receipt = std::fs::read_to_string(dir.join("receipt"))
-            .ok()
-            .and_then(|r| Receipt::parse(&r));
+        let receipt = self.agent_finished(&dir, pod, &out);
         AgentRun {
             code: out.status.code().unwrap_or(-1),
             receipt,
