@@ -25,6 +25,11 @@ KEY="$( (cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/etcd/main.go" "$0"; echo "$GOVERS
 OUT="$CACHE/bin/$K8S_VERSION-$GOVERSION-$KEY"
 BINS=(kube-apiserver kube-controller-manager etcd)
 
+# Tests start clusters in parallel and each runs this script: one at a time builds and writes
+# current.env (the others wait on the lock, then find the binaries and only rewrite the env).
+mkdir -p "$CACHE"
+if command -v flock >/dev/null; then exec 9>"$CACHE/build.lock"; flock 9; fi
+
 if [[ ! -x "$OUT/etcd" || ! -x "$OUT/kube-apiserver" || ! -x "$OUT/kube-controller-manager" ]]; then
   log "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager) and etcd with $GOVERSION"
   log "first build: module download (~250 MB) and compile take about 10 minutes on 2 cores; cached afterwards in $OUT"
@@ -45,11 +50,12 @@ if [[ ! -x "$OUT/etcd" || ! -x "$OUT/kube-apiserver" || ! -x "$OUT/kube-controll
   log "built in $((SECONDS - start)) s"
 fi
 
-cat >"$CACHE/current.env.tmp" <<ENV
+ENV_TMP="$(mktemp "$CACHE/current.env.XXXXXX")"
+cat >"$ENV_TMP" <<ENV
 K8S_VERSION=$K8S_VERSION
 APISERVER_BIN=$OUT/kube-apiserver
 CONTROLLER_MANAGER_BIN=$OUT/kube-controller-manager
 ETCD_BIN=$OUT/etcd
 ENV
-mv "$CACHE/current.env.tmp" "$CACHE/current.env"
+mv -f "$ENV_TMP" "$CACHE/current.env"
 for b in "${BINS[@]}"; do echo "$OUT/$b"; done
