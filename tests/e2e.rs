@@ -662,9 +662,45 @@ async fn probes_metrics_and_clean_sigterm() {
     assert!(
         metrics.contains("outstanding_wraps{namespace=\"agents\",binding=\"b\"} 1") || env.external
     );
+    // This API server streams initial lists (WatchList, on by default since 1.34): the operator
+    // must use them, so a restart never holds a whole list of pods in memory.
+    assert!(
+        env.op().log_text().contains("initial lists are streamed") || env.external,
+        "the operator did not choose streaming lists"
+    );
     env.assert_no_leaks().await;
     let status = env.operator.take().unwrap().terminate();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn without_streaming_lists_the_operator_pages_its_lists_and_serves() {
+    // Kubernetes 1.33 ships with WatchList off; a server without it refuses streaming lists.
+    let mut env = Env::start(Options {
+        apiserver_feature_gates: Some("WatchList=false"),
+        ..Options::default()
+    })
+    .await;
+    if env.skip_external("a private API server with WatchList off") {
+        return;
+    }
+    env.apply_binding("b", Env::spec("p", "60s")).await;
+    env.create_pod("p-0", "p").await;
+    issued(&env, "b", "p-0").await;
+    assert!(
+        env.op()
+            .log_text()
+            .contains("does not stream initial lists"),
+        "the operator did not fall back to paged lists"
+    );
+    // A restarted operator lists what exists (paged), keeps p-0's wrap and serves a new pod.
+    env.restart_operator();
+    env.create_pod("p-1", "p").await;
+    issued(&env, "b", "p-1").await;
+    let minted = env.minted_wraps().await;
+    assert_eq!(minted.len(), 2, "one mint per pod: {minted:?}");
+    assert!(minted.iter().all(|(_, live)| *live), "{minted:?}");
+    env.assert_no_leaks().await;
 }
 
 #[tokio::test]
@@ -774,6 +810,78 @@ async fn operator_killed_between_mint_and_delivery_converges_to_one_live_wrap() 
     let live: Vec<_> = minted.iter().filter(|(_, l)| *l).collect();
     assert_eq!(live.len(), 1, "{minted:?}");
     assert_eq!(live[0].0, ann(&secret)["wrap-accessor"]);
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_wrap_whose_delivery_fails_is_revoked_with_its_token() {
+    let mut env = Env::start(Options::default()).await;
+    if env.skip_external("the audit log and a failpoint") {
+        return;
+    }
+    env.apply_binding("b", Env::spec("d", "60s")).await;
+    // Every mint's answer is held for a few seconds before its delivery.
+    let paused = env.start_operator_with_failpoint("after-mint:pause");
+    env.operator = Some(paused);
+    env.create_pod("d-0", "d").await;
+    let claim = eventually("the claim", T, || async { env.records("b").await.pop() }).await;
+    assert_eq!(ann(&claim)["phase"], "Claimed");
+    eventually("the first mint", T, || async {
+        (env.minted_wraps().await.len() == 1).then_some(())
+    })
+    .await;
+    // Take the claim away while the mint's answer is held: its delivery must fail.
+    env.secrets()
+        .delete(&claim.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let (secret, _) = issued(&env, "b", "d-0").await;
+    assert!(
+        env.op()
+            .log_text()
+            .contains("failpoint after-mint: pausing"),
+        "the failpoint never held a mint"
+    );
+    // (wrap accessor, accessor of the token inside) of every mint, in order.
+    let minted: Vec<(String, String)> = env
+        .bao
+        .audit_entries()
+        .iter()
+        .filter(|e| e["type"] == "response")
+        .filter(|e| {
+            e["request"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("auth/token/create/"))
+        })
+        .filter_map(|e| {
+            let wrap = &e["response"]["wrap_info"];
+            Some((
+                wrap["accessor"].as_str()?.to_string(),
+                wrap["wrapped_accessor"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        minted.len(),
+        2,
+        "one lost delivery, one delivered: {minted:?}"
+    );
+    let root = env.bao.root_client();
+    // Only the executor ever knew the first wrap (the claim was gone before it was delivered):
+    // both it and the token inside must have been revoked, well within their TTLs.
+    let (lost_wrap, lost_token) = &minted[0];
+    assert!(
+        !root.accessor_is_live(lost_wrap).await.unwrap(),
+        "undelivered wrap left live"
+    );
+    assert!(
+        !root.accessor_is_live(lost_token).await.unwrap(),
+        "its token left live"
+    );
+    let (wrap, token) = &minted[1];
+    assert_eq!(&ann(&secret)["wrap-accessor"], wrap);
+    assert!(root.accessor_is_live(wrap).await.unwrap());
+    assert!(root.accessor_is_live(token).await.unwrap());
     env.assert_no_leaks().await;
 }
 

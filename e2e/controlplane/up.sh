@@ -141,6 +141,7 @@ if ! alive "$DIR/apiserver.pid"; then
     --service-account-key-file "$CERTS/sa.pub" --service-account-signing-key-file "$CERTS/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 --endpoint-reconciler-type none \
     --profiling=false --shutdown-delay-duration 0 --v "${CUBBYHOLE_APISERVER_V:-1}" \
+    ${CUBBYHOLE_APISERVER_FEATURE_GATES:+--feature-gates "$CUBBYHOLE_APISERVER_FEATURE_GATES"} \
     >"$DIR/apiserver.log" 2>&1 </dev/null &
   echo $! >"$DIR/apiserver.pid"
 fi

@@ -190,14 +190,14 @@ impl Executor<'_> {
             Err(ClaimError::Lost) => return Ok(Met::Nothing),
             Err(ClaimError::Kube(e)) => return Err(e.into()),
         };
-        failpoint::hit("after-claim");
+        failpoint::hit("after-claim").await;
         let request = self.token_request(&issue);
         // Vault counts the wrap's TTL from its own receipt of the request: start the clock
         // before sending, so our expiry is never later than Vault's.
         let issued_at = Timestamp::now();
         match self.ctx.vault.create_wrapped_token(&request).await {
             Ok(wrap) => {
-                failpoint::hit("after-mint");
+                failpoint::hit("after-mint").await;
                 let expires_at = issued_at
                     .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
                     .unwrap_or(issued_at);

@@ -7,6 +7,7 @@ pub mod context;
 pub mod execute;
 pub mod failpoint;
 pub mod leader;
+pub mod lists;
 pub mod reconcile;
 #[cfg(test)]
 mod sim;

@@ -92,32 +92,27 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let record_keys =
         crate::record::signing_keys::load(client.clone(), &args.lease_namespace, &shutdown).await?;
 
-    // Initial lists (at start and after a watch expires) are served from the API server's
-    // watch cache (`resourceVersion=0`) rather than read through to etcd: a restart with
-    // thousands of pods and records is ready in seconds. What it may miss by a moment the
-    // watch delivers next, and every record write is guarded by the version it was read at.
-    let controller = Controller::new(bindings.clone(), watcher::Config::default().any_semantic())
+    let Some(lists) = crate::controller::lists::probe(&client, &shutdown).await else {
+        return Ok(());
+    };
+    let watch_config = || lists.watcher_config();
+    let controller = Controller::new(bindings.clone(), watch_config())
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
     let store = controller.store();
     // One pod watch feeds both the reconciler's pod cache and the controller's triggers.
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_events = watcher(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(strip_pod)
-    .reflect(pod_writer)
-    .touched_objects();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watch_config())
+        .default_backoff()
+        .modify(strip_pod)
+        .reflect(pod_writer)
+        .touched_objects();
     // One watch of cubbyhole's Secrets feeds the records cache and the controller's triggers:
     // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,
     // so a round that reads a cache lagging behind its own writes only loses a guard.
     let (secrets, secret_writer) = reflector::store::<Secret>();
     let secret_events = watcher(
         Api::<Secret>::all(client.clone()),
-        watcher::Config::default()
-            .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
-            .any_semantic(),
+        watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
     )
     .default_backoff()
     .modify(|s: &mut Secret| s.managed_fields_mut().clear())
@@ -194,11 +189,9 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let sibling_store = store.clone();
     let running = controller
         .watches_stream(pod_events, move |pod| bindings_selecting(&pod_store, &pod))
-        .watches(
-            bindings.clone(),
-            watcher::Config::default().any_semantic(),
-            move |changed| siblings_to_recheck(&sibling_store, &changed),
-        )
+        .watches(bindings.clone(), watch_config(), move |changed| {
+            siblings_to_recheck(&sibling_store, &changed)
+        })
         .watches_stream(secret_events, |secret| {
             let ns = secret.namespace()?;
             let binding = secret.labels().get(BINDING_LABEL)?.clone();

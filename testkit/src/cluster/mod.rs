@@ -46,10 +46,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts etcd + the API server with `e2e/controlplane/up.sh`.
-    pub fn start(dir: &Path) -> Cluster {
+    /// Starts etcd + the API server with `e2e/controlplane/up.sh`, with these `--feature-gates`
+    /// (e.g. `WatchList=false`) if any.
+    pub fn start_with(dir: &Path, feature_gates: Option<&str>) -> Cluster {
         let up = crate::paths::repo().join("e2e/controlplane/up.sh");
-        let out = Command::new(up).arg(dir).output().expect("run up.sh");
+        let mut up = Command::new(up);
+        if let Some(gates) = feature_gates {
+            up.env("CUBBYHOLE_APISERVER_FEATURE_GATES", gates);
+        }
+        let out = up.arg(dir).output().expect("run up.sh");
         assert!(
             out.status.success(),
             "up.sh failed:\n{}\n{}",
@@ -324,6 +329,8 @@ pub struct Options {
     pub lookup_period: Duration,
     /// Roles allowed in [`NS`].
     pub allowed_roles: Vec<&'static str>,
+    /// The API server's `--feature-gates` (a private control plane only).
+    pub apiserver_feature_gates: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -331,6 +338,7 @@ impl Default for Options {
         Self {
             lookup_period: Duration::from_secs(1),
             allowed_roles: vec![crate::openbao::ROLE],
+            apiserver_feature_gates: None,
         }
     }
 }
@@ -384,7 +392,11 @@ impl Env {
             );
             (Cluster::external(&dir, kubeconfig.into()), ns)
         } else {
-            (Cluster::start(&dir.join("cluster")), NS.to_string())
+            let gates = options.apiserver_feature_gates;
+            (
+                Cluster::start_with(&dir.join("cluster"), gates),
+                NS.to_string(),
+            )
         };
         let client = cluster.client().await;
         install_crd(&client).await;

@@ -1,0 +1,114 @@
+//! How the operator's watches fetch their initial state (at start and after a watch expires).
+//!
+//! Preferred: a *streaming list* (`sendInitialEvents=true`, Kubernetes' WatchList), served from
+//! the API server's watch cache one object at a time, so the operator never holds a whole list
+//! of 10,000 pods in memory at once. Servers without it (before 1.32, or 1.33 where it is off by
+//! default) get paged lists, also from the watch cache. One probe at start-up decides.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{WatchEvent, WatchParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Annotation of the bookmark that ends a streaming list's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// A selector no object can match (a label both set and absent): the probe streams nothing.
+const MATCHES_NOTHING: &str = "cubbyhole.dev/probe=none,!cubbyhole.dev/probe";
+
+/// How initial lists are fetched; decided once by [`probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialLists {
+    /// Streamed as watch events (WatchList).
+    Streaming,
+    /// Paged LIST calls (500 objects a page).
+    Paged,
+}
+
+impl InitialLists {
+    /// The watcher configuration every watch of the operator starts from.
+    pub fn watcher_config(self) -> watcher::Config {
+        match self {
+            InitialLists::Streaming => watcher::Config::default().streaming_lists(),
+            // From the watch cache (`resourceVersion=0`) rather than read through to etcd: what
+            // it may miss by a moment the watch delivers next, and every record write is
+            // guarded by the version it was read at.
+            InitialLists::Paged => watcher::Config::default().any_semantic(),
+        }
+    }
+}
+
+/// Asks the API server once whether it streams initial lists: a watch with
+/// `sendInitialEvents=true` on a selector matching nothing must end its (empty) initial events
+/// with the marked bookmark. A refusal (422 where the feature is off) or a stream without the
+/// bookmark (servers that ignore the parameter) means paged lists. Retries while the API server
+/// cannot be reached; `None` on shutdown.
+pub async fn probe(client: &Client, shutdown: &CancellationToken) -> Option<InitialLists> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_secs(10), streams_initial_events(client));
+        let answer = tokio::select! {
+            answer = attempt => answer.unwrap_or(Err("no answer within 10 s".into())),
+            () = shutdown.cancelled() => return None,
+        };
+        match answer {
+            Ok(true) => {
+                info!("initial lists are streamed from the API server's watch cache");
+                return Some(InitialLists::Streaming);
+            }
+            Ok(false) => {
+                info!("the API server does not stream initial lists; using paged lists");
+                return Some(InitialLists::Paged);
+            }
+            Err(e) => warn!(error = %e, "probing the API server for streaming lists; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// `Ok(true)`: the marked bookmark came; `Ok(false)`: the server answered without it;
+/// `Err`: it could not be asked.
+async fn streams_initial_events(client: &Client) -> Result<bool, String> {
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let params = WatchParams {
+        label_selector: Some(MATCHES_NOTHING.into()),
+        timeout: Some(5),
+        bookmarks: true,
+        send_initial_events: true,
+        ..WatchParams::default()
+    };
+    let events = match secrets.watch(&params, "0").await {
+        Ok(events) => events,
+        Err(kube::Error::Api(refused)) => {
+            info!(code = refused.code, reason = %refused.reason, "streaming list refused");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut events = events.boxed();
+    loop {
+        match events.try_next().await {
+            Ok(Some(WatchEvent::Bookmark(mark)))
+                if mark.metadata.annotations.contains_key(INITIAL_EVENTS_END) =>
+            {
+                return Ok(true);
+            }
+            Ok(Some(WatchEvent::Error(refused))) => {
+                info!(code = refused.code, reason = %refused.reason, "streaming list refused");
+                return Ok(false);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
