@@ -532,9 +532,10 @@ def burst(args, kube, vault, audit, op, bindings, restart):
         status, body = kube.request("DELETE", f"/api/v1/namespaces/{ns}/pods")
         if status != 504:
             check(status, body, "delete pods")
-    except TimeoutError:
-        # A large collection takes the API server longer than the client waits; it goes on.
-        log("the delete-collection answer timed out; the API server carries on, polling")
+    except (TimeoutError, http.client.HTTPException, OSError) as e:
+        # A large collection takes the API server longer than the client waits (or than its
+        # own request timeout, when it drops the connection); the deletion goes on.
+        log(f"the delete-collection answer was lost ({type(e).__name__}); the API server carries on, polling")
     deadline = time.monotonic() + max(60, n * 0.2)
     left = None
     while time.monotonic() < deadline:

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{StreamExt, stream};
 
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -20,7 +20,7 @@ use crate::crd::AgentSecretBinding;
 use crate::metrics::TokenKind;
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, ClaimError, Records};
-use crate::record::{Phase, WrapState};
+use crate::record::{Phase, SecretsByName, WrapState};
 use crate::vault::{Revoked, TokenRequest, VaultError};
 
 /// What carrying out a plan met that the binding's status must show.
@@ -136,7 +136,7 @@ pub struct Executor<'a> {
     /// Its records: Secrets in its namespace, and how writes are signed.
     pub records: Records<'a>,
     /// Its Secrets by name (to read wrapping tokens for lookups).
-    pub secrets: &'a BTreeMap<String, Secret>,
+    pub secrets: &'a SecretsByName,
     /// Planner knobs.
     pub settings: &'a Settings,
 }

@@ -26,7 +26,7 @@ use crate::core::status::{self, Problems, StatusInput};
 use crate::crd::AgentSecretBinding;
 use crate::record::seal::Authenticity;
 use crate::record::writes::{Records, Sealer};
-use crate::record::{BINDING_FINALIZER, BINDING_LABEL, WrapState};
+use crate::record::{BINDING_FINALIZER, BINDING_LABEL, SecretsByName, WrapState};
 
 /// Field manager for everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "cubbyhole";
@@ -233,7 +233,7 @@ struct Observed {
     /// Secret names of records that are not ours (forged, or unsigned and not adopted).
     untrusted: BTreeSet<String>,
     /// The binding's Secrets by name (wrapping tokens are read from here for lookups).
-    secrets: BTreeMap<String, Secret>,
+    secrets: SecretsByName,
     /// The pods the binding selects; for an invalid binding, the records' pods that exist.
     pods: Vec<PodView>,
     /// Pod name -> other bindings selecting it too.
@@ -333,19 +333,19 @@ async fn cached_records(
     ns: &str,
     binding: &str,
     secret_key: &str,
-) -> Result<(Vec<WrapState>, BTreeMap<String, Secret>), Error> {
+) -> Result<(Vec<WrapState>, SecretsByName), Error> {
     ctx.secrets
         .wait_until_ready()
         .await
         .map_err(|e| Error::Cache(e.to_string()))?;
-    let secrets: BTreeMap<String, Secret> = ctx
+    let secrets: SecretsByName = ctx
         .secrets
         .state_filter(|s| {
             s.namespace().as_deref() == Some(ns)
                 && s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding)
         })
         .into_iter()
-        .map(|s| (s.name_any(), s.as_ref().clone()))
+        .map(|s| (s.name_any(), s))
         .collect();
     let records = secrets
         .values()
@@ -362,7 +362,7 @@ pub async fn list_records(
     secrets: &Api<Secret>,
     binding: &str,
     secret_key: Option<&str>,
-) -> Result<(Vec<WrapState>, BTreeMap<String, Secret>), kube::Error> {
+) -> Result<(Vec<WrapState>, SecretsByName), kube::Error> {
     let list = secrets
         .list(&ListParams::default().labels(&format!("{BINDING_LABEL}={binding}")))
         .await?;
@@ -371,7 +371,11 @@ pub async fn list_records(
         .iter()
         .filter_map(|s| WrapState::from_secret(s, secret_key, &ctx.record_keys))
         .collect();
-    let raw = list.items.into_iter().map(|s| (s.name_any(), s)).collect();
+    let raw = list
+        .items
+        .into_iter()
+        .map(|s| (s.name_any(), Arc::new(s)))
+        .collect();
     Ok((wraps, raw))
 }
 

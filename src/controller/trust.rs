@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error, key};
 use crate::crd::AgentSecretBinding;
-use crate::record::WrapState;
+use crate::record::{SecretsByName, WrapState};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, ClaimError, Records};
 use crate::vault::{SecretString, VaultError, WrapLookup};
@@ -132,13 +132,13 @@ pub async fn vet(
     records: &Records<'_>,
     binding: Option<&AgentSecretBinding>,
     wraps: Vec<WrapState>,
-    raw: &BTreeMap<String, Secret>,
+    raw: &SecretsByName,
 ) -> (Vetted, Option<Error>) {
     let ns = records.sealer.namespace;
     let mut vetted = Vetted::default();
     let mut first_error = None;
     for mut wrap in wraps {
-        let secret = raw.get(&wrap.secret);
+        let secret = raw.get(&wrap.secret).map(AsRef::as_ref);
         let why = match wrap.authenticity {
             Authenticity::Authentic => {
                 vetted.trusted.push(wrap);

@@ -15,3 +15,8 @@ pub use schema::{
     SECRET_NAME_ANNOTATION, ann,
 };
 pub use state::{Phase, WrapState};
+
+/// One binding's record Secrets by name, shared with the cache they were read from (never
+/// copied): for reading wrapping tokens and vetting unsigned records.
+pub type SecretsByName =
+    std::collections::BTreeMap<String, std::sync::Arc<k8s_openapi::api::core::v1::Secret>>;
