@@ -32,6 +32,11 @@ pub struct OperatorConfig {
     /// flight together). Default 16, at least 1.
     #[serde(default = "default_step_concurrency")]
     pub step_concurrency: usize,
+    /// How many bindings are reconciled at once (each with up to `step_concurrency` records in
+    /// flight). Bounds the requests in flight and the memory of rounds under way at a restart.
+    /// Default 8, at least 1.
+    #[serde(default = "default_reconcile_concurrency")]
+    pub reconcile_concurrency: u16,
     /// Most `sys/wrapping/lookup` calls per second, over all bindings (0: unlimited). A lookup
     /// over the budget is deferred (its wrap stays due, oldest first); deadline revocations
     /// and mints are never held back. Default 100.
@@ -45,6 +50,10 @@ fn default_max_lookups_per_second() -> u32 {
 
 fn default_step_concurrency() -> usize {
     16
+}
+
+fn default_reconcile_concurrency() -> u16 {
+    8
 }
 
 /// Vault address, trust and authentication.
@@ -144,6 +153,7 @@ impl OperatorConfig {
             sweep_period: default_sweep_period(),
             injector: Default::default(),
             step_concurrency: default_step_concurrency(),
+            reconcile_concurrency: default_reconcile_concurrency(),
             max_lookups_per_second: default_max_lookups_per_second(),
         }
     }
@@ -164,6 +174,9 @@ impl OperatorConfig {
         validate_period("sweepPeriod", config.sweep_period, "5m")?;
         if config.step_concurrency == 0 {
             return Err("stepConcurrency must be at least 1".into());
+        }
+        if config.reconcile_concurrency == 0 {
+            return Err("reconcileConcurrency must be at least 1".into());
         }
         Ok(config)
     }
@@ -326,6 +339,7 @@ mod tests {
         assert_eq!(c.lookup_period, Duration::from_secs(10));
         assert_eq!(c.sweep_period, Duration::from_secs(300));
         assert_eq!(c.step_concurrency, 16);
+        assert_eq!(c.reconcile_concurrency, 8);
         assert_eq!(c.max_lookups_per_second, 100);
         assert!(c.allowed_roles.is_empty());
         let k8s = c.vault.auth.kubernetes.expect("kubernetes auth");
@@ -445,6 +459,20 @@ mod tests {
         }
         let c = parse_with("https://v:8200", "lookupPeriod: 1s\nsweepPeriod: 1s\n").unwrap();
         assert_eq!((c.lookup_period, c.sweep_period), (MIN_PERIOD, MIN_PERIOD));
+    }
+
+    #[test]
+    fn concurrencies_of_zero_are_refused() {
+        for key in ["stepConcurrency", "reconcileConcurrency"] {
+            let err = parse_with("https://v:8200", &format!("{key}: 0\n")).unwrap_err();
+            assert_eq!(err, format!("{key} must be at least 1"));
+        }
+        let c = parse_with(
+            "https://v:8200",
+            "stepConcurrency: 1\nreconcileConcurrency: 1\n",
+        );
+        let c = c.unwrap();
+        assert_eq!((c.step_concurrency, c.reconcile_concurrency), (1, 1));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::runtime::events::Recorder;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 
 use crate::config::OperatorConfig;
@@ -102,8 +102,13 @@ pub struct Context {
     pub config: OperatorConfig,
     /// Metrics.
     pub metrics: Metrics,
-    /// Event recorder.
+    /// Event recorder for warnings: it keeps each Event for a few minutes, so a warning that
+    /// repeats becomes one Event with a count.
     pub recorder: Recorder,
+    /// Who publishes Events; routine ones (one per pod start, never repeated) go through a
+    /// recorder of their own that keeps nothing (at 10,000 pods the kept copies would be the
+    /// operator's largest cache).
+    pub reporter: Reporter,
     /// Every binding (for conflicts).
     pub bindings: Store<AgentSecretBinding>,
     /// Every pod, as the controller's pod watch sees it (stripped to what the planner reads).

@@ -444,7 +444,12 @@ impl Executor<'_> {
             uid: Some(uid.into()),
             ..Default::default()
         };
-        publish(&self.ctx.recorder, &reference, type_, reason, action, note).await;
+        if type_ == EventType::Normal {
+            let once = Recorder::new(self.ctx.client.clone(), self.ctx.reporter.clone());
+            publish(&once, &reference, type_, reason, action, note).await;
+        } else {
+            publish(&self.ctx.recorder, &reference, type_, reason, action, note).await;
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use crate::controller::reconcile::list_records;
 use crate::controller::trust;
 use crate::core::plan;
 use crate::crd::AgentSecretBinding;
-use crate::record::writes::{self, Records, Sealer};
 use crate::record::BINDING_LABEL;
+use crate::record::writes::{self, Records, Sealer};
 
 /// Every `sweep_period` (first after 5 s), once the operator is ready: retires the records of
 /// bindings that are gone. Runs until `shutdown`.

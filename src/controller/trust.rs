@@ -14,9 +14,9 @@ use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error, key};
 use crate::crd::AgentSecretBinding;
-use crate::record::{SecretsByName, WrapState};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, ClaimError, Records};
+use crate::record::{SecretsByName, WrapState};
 use crate::vault::{SecretString, VaultError, WrapLookup};
 
 /// Event reason for a record that is not the operator's.

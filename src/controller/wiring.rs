@@ -96,8 +96,11 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         return Ok(());
     };
     let watch_config = || lists.watcher_config();
-    let controller = Controller::new(bindings.clone(), watch_config())
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)));
+    let controller = Controller::new(bindings.clone(), watch_config()).with_config(
+        ControllerConfig::default()
+            .debounce(Duration::from_millis(200))
+            .concurrency(config.reconcile_concurrency),
+    );
     let store = controller.store();
     // One pod watch feeds both the reconciler's pod cache and the controller's triggers.
     let (pods, pod_writer) = reflector::store::<Pod>();
@@ -127,7 +130,8 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         vault,
         config: config.clone(),
         metrics,
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         bindings: store.clone(),
         pods,
         secrets,
