@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -11,6 +11,7 @@ use kube::runtime::reflector::Store;
 
 use crate::config::OperatorConfig;
 use crate::controller::budget::LookupBudget;
+use crate::core::pod::CachedPod;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
 use crate::record::seal::RecordKeys;
@@ -112,7 +113,7 @@ pub struct Context {
     /// Every binding (for conflicts).
     pub bindings: Store<AgentSecretBinding>,
     /// Every pod, as the controller's pod watch sees it (stripped to what the planner reads).
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     /// Every per-pod record (cubbyhole's Secrets), as the controller's Secret watch sees it.
     pub secrets: Store<Secret>,
     /// `namespace/secret` -> last lookup.

@@ -321,7 +321,7 @@ async fn selected_pods(
         .pods
         .state_filter(|p| p.namespace().as_deref() == Some(ns) && selector.matches(p.labels()))
         .iter()
-        .filter_map(|p| PodView::from_pod(p))
+        .filter_map(|p| PodView::from_cached(p))
         .collect())
 }
 

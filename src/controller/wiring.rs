@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::core::SelectorExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -23,6 +23,7 @@ use crate::config::OperatorConfig;
 use crate::controller::budget::LookupBudget;
 use crate::controller::context::{Context, Readiness};
 use crate::controller::{reconcile, sweep};
+use crate::core::pod::CachedPod;
 use crate::core::reason::Reason;
 use crate::core::status::READY;
 use crate::crd::AgentSecretBinding;
@@ -103,8 +104,8 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     );
     let store = controller.store();
     // One pod watch feeds both the reconciler's pod cache and the controller's triggers.
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watch_config())
+    let (pods, pod_writer) = reflector::store::<CachedPod>();
+    let pod_events = watcher(Api::<CachedPod>::all(client.clone()), watch_config())
         .default_backoff()
         .modify(strip_pod)
         .reflect(pod_writer)
@@ -306,15 +307,14 @@ async fn forget_vanished(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-/// Drops what the planner never reads from a cached pod: managed fields, the spec, foreign
-/// annotations (e.g. last-applied-configuration), conditions.
-fn strip_pod(pod: &mut Pod) {
+/// Drops what the planner never reads from a cached pod (the spec was never read): managed
+/// fields, foreign annotations (e.g. last-applied-configuration), conditions.
+fn strip_pod(pod: &mut CachedPod) {
     pod.managed_fields_mut().clear();
     pod.metadata.owner_references = None;
     pod.metadata.finalizers = None;
     pod.annotations_mut()
         .retain(|k, _| k.starts_with("cubbyhole.dev/"));
-    pod.spec = None;
     if let Some(status) = pod.status.as_mut() {
         status.conditions = None;
     }
@@ -322,7 +322,7 @@ fn strip_pod(pod: &mut Pod) {
 
 fn bindings_selecting(
     store: &Store<AgentSecretBinding>,
-    pod: &Pod,
+    pod: &CachedPod,
 ) -> Vec<ObjectRef<AgentSecretBinding>> {
     store
         .state()

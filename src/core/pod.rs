@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
 
 use crate::agent::receipt::Receipt;
 use crate::record::schema::SECRET_NAME_ANNOTATION;
@@ -42,11 +43,53 @@ pub struct PodView {
     pub receipts: Vec<ObservedReceipt>,
 }
 
+/// A pod as the operator caches it: metadata and status, never the spec. Read straight from
+/// the watch, so the spec (most of a real pod, and never read by the planner) is skipped
+/// rather than parsed and dropped, and a cached pod takes a third of a [`Pod`]'s room.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct CachedPod {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PodStatus>,
+}
+
+impl k8s_openapi::Resource for CachedPod {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for CachedPod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 impl PodView {
     /// Reads a Pod.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
-        let uid = pod.metadata.uid.clone()?;
-        let status = pod.status.as_ref();
+        Self::from_parts(&pod.metadata, pod.status.as_ref())
+    }
+
+    /// Reads a cached pod.
+    pub fn from_cached(pod: &CachedPod) -> Option<Self> {
+        Self::from_parts(&pod.metadata, pod.status.as_ref())
+    }
+
+    fn from_parts(meta: &ObjectMeta, status: Option<&PodStatus>) -> Option<Self> {
+        let uid = meta.uid.clone()?;
         let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
         let mut restart_counts = BTreeMap::new();
         let mut receipts = vec![];
@@ -76,11 +119,15 @@ impl PodView {
             }
         }
         Some(Self {
-            name: pod.name_any(),
+            name: meta.name.clone().unwrap_or_default(),
             uid,
-            labels: pod.labels().clone(),
-            secret_name: pod.annotations().get(SECRET_NAME_ANNOTATION).cloned(),
-            terminating: pod.metadata.deletion_timestamp.is_some(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            secret_name: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SECRET_NAME_ANNOTATION))
+                .cloned(),
+            terminating: meta.deletion_timestamp.is_some(),
             finished: matches!(phase, "Succeeded" | "Failed"),
             restart_counts,
             receipts,
@@ -176,6 +223,37 @@ mod tests {
             Some("2026-11-30T04:00:05Z".parse().unwrap())
         );
         assert!(!view.receipts[1].receipt.is_unwrapped());
+    }
+
+    #[test]
+    fn a_cached_pod_reads_as_the_full_pod_without_keeping_its_spec() {
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "agent-1", "uid": "uid-1", "labels": {"app": "agent"},
+                         "annotations": {"cubbyhole.dev/secret-name": "s"}},
+            "spec": {"containers": [{"name": "agent", "image": "busybox",
+                                     "env": [{"name": "A", "value": "1"}]}]},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "agent", "restartCount": 2, "ready": true, "image": "i", "imageID": "",
+            }]},
+        });
+        let cached: CachedPod = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(
+            PodView::from_cached(&cached),
+            PodView::from_pod(&pod(json.clone()))
+        );
+        assert_eq!(
+            PodView::from_cached(&cached).unwrap().restart_counts["agent"],
+            2
+        );
+        let kept = serde_json::to_value(&cached).unwrap();
+        assert!(kept.get("spec").is_none(), "{kept}");
+        // A third of a Pod's room, before any string is counted.
+        assert!(std::mem::size_of::<CachedPod>() * 2 < std::mem::size_of::<Pod>());
+        use kube::Resource;
+        assert_eq!(CachedPod::plural(&()), Pod::plural(&()));
+        assert_eq!(CachedPod::api_version(&()), Pod::api_version(&()));
+        assert_eq!(CachedPod::kind(&()), Pod::kind(&()));
     }
 
     #[test]
