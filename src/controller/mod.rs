@@ -1,6 +1,7 @@
-//! The controller: watches and wiring (`wiring`), one binding's round (`reconcile`: observe,
-//! plan, execute, status), the executor (`execute`), trust in records (`trust`), the sweep of
-//! orphaned records, leader election. Depends on everything below it; nothing depends on it.
+//! The controller: watches and wiring (`wiring`, initial lists by `lists`), one binding's round
+//! (`reconcile`: observe, plan, execute, status), the executor (`execute`), trust in records
+//! (`trust`), the sweep of orphaned records, leader election. Depends on everything below it;
+//! nothing depends on it.
 
 pub mod budget;
 pub mod context;
