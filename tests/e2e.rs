@@ -843,24 +843,7 @@ async fn a_wrap_whose_delivery_fails_is_revoked_with_its_token() {
         "the failpoint never held a mint"
     );
     // (wrap accessor, accessor of the token inside) of every mint, in order.
-    let minted: Vec<(String, String)> = env
-        .bao
-        .audit_entries()
-        .iter()
-        .filter(|e| e["type"] == "response")
-        .filter(|e| {
-            e["request"]["path"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("auth/token/create/"))
-        })
-        .filter_map(|e| {
-            let wrap = &e["response"]["wrap_info"];
-            Some((
-                wrap["accessor"].as_str()?.to_string(),
-                wrap["wrapped_accessor"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
+    let minted = env.bao.minted_accessors();
     assert_eq!(
         minted.len(),
         2,

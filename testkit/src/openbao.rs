@@ -350,6 +350,26 @@ impl Bao {
             .collect()
     }
 
+    /// `(wrap accessor, accessor of the token inside)` of every wrapped token create, in order.
+    pub fn minted_accessors(&self) -> Vec<(String, String)> {
+        self.audit_entries()
+            .iter()
+            .filter(|e| e["type"] == "response")
+            .filter(|e| {
+                e["request"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("auth/token/create/"))
+            })
+            .filter_map(|e| {
+                let wrap = &e["response"]["wrap_info"];
+                Some((
+                    wrap["accessor"].as_str()?.to_string(),
+                    wrap["wrapped_accessor"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
     /// Every token and wrapping token this server handed out (logins, creates, wraps, unwraps),
     /// from its raw audit log, except the dev server's root token (which it prints itself);
     /// empty for an external Vault.

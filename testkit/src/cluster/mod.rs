@@ -688,25 +688,11 @@ impl Env {
 
     /// Accessors of every wrap Vault created (from the audit log) and whether each is alive.
     pub async fn minted_wraps(&self) -> Vec<(String, bool)> {
-        let audit = std::fs::read_to_string(self.bao.dir.join("audit.log")).unwrap_or_default();
         let root = self.bao.root_client();
         let mut out = vec![];
-        for line in audit.lines() {
-            let v: serde_json::Value = match serde_json::from_str(line) {
-                Ok(v) => v,
-                Err(_) => continue,
-            };
-            if v["type"] != "response" {
-                continue;
-            }
-            let path = v["request"]["path"].as_str().unwrap_or("");
-            if !path.starts_with("auth/token/create/") {
-                continue;
-            }
-            if let Some(acc) = v["response"]["wrap_info"]["accessor"].as_str() {
-                let live = root.accessor_is_live(acc).await.expect("lookup accessor");
-                out.push((acc.to_string(), live));
-            }
+        for (acc, _) in self.bao.minted_accessors() {
+            let live = root.accessor_is_live(&acc).await.expect("lookup accessor");
+            out.push((acc, live));
         }
         out
     }
