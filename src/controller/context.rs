@@ -3,7 +3,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -14,6 +13,7 @@ use crate::controller::budget::LookupBudget;
 use crate::core::pod::CachedPod;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
+use crate::record::CachedRecord;
 use crate::record::seal::RecordKeys;
 use crate::vault::{VaultClient, VaultError};
 
@@ -112,10 +112,11 @@ pub struct Context {
     pub reporter: Reporter,
     /// Every binding (for conflicts).
     pub bindings: Store<AgentSecretBinding>,
-    /// Every pod, as the controller's pod watch sees it (stripped to what the planner reads).
+    /// Every pod, as the controller's pod watch sees it (read into what the planner reads).
     pub pods: Store<CachedPod>,
-    /// Every per-pod record (cubbyhole's Secrets), as the controller's Secret watch sees it.
-    pub secrets: Store<Secret>,
+    /// Every per-pod record (cubbyhole's Secrets), as the controller's Secret watch sees it
+    /// (packed: a round unpacks its binding's).
+    pub secrets: Store<CachedRecord>,
     /// `namespace/secret` -> last lookup.
     pub last_lookup: Mutex<HashMap<String, Timestamp>>,
     /// `namespace/binding` -> consecutive failures (for backoff).

@@ -319,7 +319,7 @@ async fn selected_pods(
         .map_err(|e| Error::Cache(e.to_string()))?;
     Ok(ctx
         .pods
-        .state_filter(|p| p.namespace().as_deref() == Some(ns) && selector.matches(p.labels()))
+        .state_filter(|p| &*p.namespace == ns && selector.matches(&p.view.labels))
         .iter()
         .filter_map(|p| PodView::from_cached(p))
         .collect())
@@ -340,12 +340,9 @@ async fn cached_records(
         .map_err(|e| Error::Cache(e.to_string()))?;
     let secrets: SecretsByName = ctx
         .secrets
-        .state_filter(|s| {
-            s.namespace().as_deref() == Some(ns)
-                && s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding)
-        })
+        .state_filter(|r| r.belongs_to(ns, binding))
         .into_iter()
-        .map(|s| (s.name_any(), s))
+        .filter_map(|r| Some((r.name.to_string(), Arc::new(r.unpack()?))))
         .collect();
     let records = secrets
         .values()

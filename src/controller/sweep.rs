@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::Api;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -16,7 +16,6 @@ use crate::controller::reconcile::list_records;
 use crate::controller::trust;
 use crate::core::plan;
 use crate::crd::AgentSecretBinding;
-use crate::record::BINDING_LABEL;
 use crate::record::writes::{self, Records, Sealer};
 
 /// Every `sweep_period` (first after 5 s), once the operator is ready: retires the records of
@@ -63,7 +62,7 @@ pub async fn orphaned_bindings(ctx: &Context) -> Result<Vec<(String, String)>, k
         .secrets
         .state()
         .iter()
-        .filter_map(|s| Some((s.namespace()?, s.labels().get(BINDING_LABEL)?.clone())))
+        .filter_map(|r| Some((r.namespace.to_string(), r.binding.as_deref()?.to_string())))
         .collect();
     let mut orphans = vec![];
     for (ns, binding) in owners {

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::core::SelectorExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -23,12 +23,12 @@ use crate::config::OperatorConfig;
 use crate::controller::budget::LookupBudget;
 use crate::controller::context::{Context, Readiness};
 use crate::controller::{reconcile, sweep};
-use crate::core::pod::CachedPod;
+use crate::core::pod::{CachedPod, WatchedPod};
 use crate::core::reason::Reason;
 use crate::core::status::READY;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
-use crate::record::{BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::record::{CachedRecord, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::vault::VaultClient;
 
 /// `cubbyhole operator` flags.
@@ -103,24 +103,23 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
             .concurrency(config.reconcile_concurrency),
     );
     let store = controller.store();
-    // One pod watch feeds both the reconciler's pod cache and the controller's triggers.
+    // One pod watch feeds both the reconciler's pod cache and the controller's triggers; the
+    // cache keeps each pod read into what the planner needs (`CachedPod`).
     let (pods, pod_writer) = reflector::store::<CachedPod>();
-    let pod_events = watcher(Api::<CachedPod>::all(client.clone()), watch_config())
+    let pod_events = watcher(Api::<WatchedPod>::all(client.clone()), watch_config())
         .default_backoff()
-        .modify(strip_pod)
-        .reflect(pod_writer)
+        .map_ok(cache_into(pod_writer, CachedPod::from_watched))
         .touched_objects();
     // One watch of cubbyhole's Secrets feeds the records cache and the controller's triggers:
     // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,
     // so a round that reads a cache lagging behind its own writes only loses a guard.
-    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let (secrets, secret_writer) = reflector::store::<CachedRecord>();
     let secret_events = watcher(
         Api::<Secret>::all(client.clone()),
         watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
     )
     .default_backoff()
-    .modify(|s: &mut Secret| s.managed_fields_mut().clear())
-    .reflect(secret_writer)
+    .map_ok(cache_into(secret_writer, CachedRecord::pack))
     .touched_objects();
     let reporter = Reporter {
         controller: "cubbyhole".into(),
@@ -193,15 +192,16 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let pod_store = store.clone();
     let sibling_store = store.clone();
     let running = controller
-        .watches_stream(pod_events, move |pod| bindings_selecting(&pod_store, &pod))
+        .reconcile_on(triggers(pod_events, move |pod| {
+            bindings_selecting(&pod_store, &pod)
+        }))
         .watches(bindings.clone(), watch_config(), move |changed| {
             siblings_to_recheck(&sibling_store, &changed)
         })
-        .watches_stream(secret_events, |secret| {
-            let ns = secret.namespace()?;
-            let binding = secret.labels().get(BINDING_LABEL)?.clone();
-            Some(ObjectRef::<AgentSecretBinding>::new(&binding).within(&ns))
-        })
+        .reconcile_on(triggers(secret_events, |record| {
+            let binding = record.binding.as_deref()?;
+            Some(ObjectRef::<AgentSecretBinding>::new(binding).within(&record.namespace))
+        }))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -307,17 +307,46 @@ async fn forget_vanished(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-/// Drops what the planner never reads from a cached pod (the spec was never read): managed
-/// fields, foreign annotations (e.g. last-applied-configuration), conditions.
-fn strip_pod(pod: &mut CachedPod) {
-    pod.managed_fields_mut().clear();
-    pod.metadata.owner_references = None;
-    pod.metadata.finalizers = None;
-    pod.annotations_mut()
-        .retain(|k, _| k.starts_with("cubbyhole.dev/"));
-    if let Some(status) = pod.status.as_mut() {
-        status.conditions = None;
+/// Reads each watch event into what a cache keeps (`pack`), applies it to the cache and
+/// passes it on (kube's `reflect`, for cached types that are not API objects themselves).
+fn cache_into<A, B: reflector::Lookup<DynamicType = ()> + Clone + 'static>(
+    mut writer: Writer<B>,
+    pack: impl Fn(A) -> B,
+) -> impl FnMut(watcher::Event<A>) -> watcher::Event<B> {
+    move |event| {
+        let event = match event {
+            watcher::Event::Apply(o) => watcher::Event::Apply(pack(o)),
+            watcher::Event::Delete(o) => watcher::Event::Delete(pack(o)),
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(pack(o)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        };
+        writer.apply_watcher_event(&event);
+        event
     }
+}
+
+/// The bindings to reconcile for each object a watch touched (its errors are retried by the
+/// watch's backoff; here they are only logged).
+fn triggers<K, I>(
+    touched: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    to_bindings: impl Fn(K) -> I + Send + 'static,
+) -> impl Stream<Item = ObjectRef<AgentSecretBinding>> + Send + 'static
+where
+    I: IntoIterator<Item = ObjectRef<AgentSecretBinding>>,
+    I::IntoIter: Send + 'static,
+{
+    touched
+        .filter_map(move |object| {
+            std::future::ready(match object {
+                Ok(object) => Some(futures::stream::iter(to_bindings(object))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "watch error (retried)");
+                    None
+                }
+            })
+        })
+        .flatten()
 }
 
 fn bindings_selecting(
@@ -327,8 +356,10 @@ fn bindings_selecting(
     store
         .state()
         .iter()
-        .filter(|b| b.namespace() == pod.namespace())
-        .filter(|b| crate::core::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(pod.labels())))
+        .filter(|b| b.namespace().as_deref() == Some(&*pod.namespace))
+        .filter(|b| {
+            crate::core::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(&pod.view.labels))
+        })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()
 }

@@ -43,11 +43,10 @@ pub struct PodView {
     pub receipts: Vec<ObservedReceipt>,
 }
 
-/// A pod as the operator caches it: metadata and status, never the spec. Read straight from
-/// the watch, so the spec (most of a real pod, and never read by the planner) is skipped
-/// rather than parsed and dropped, and a cached pod takes a third of a [`Pod`]'s room.
+/// A pod as its watch reads it: metadata and status, never the spec. The spec (most of a real
+/// pod, and never read by the planner) is skipped rather than parsed and dropped.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct CachedPod {
+pub struct WatchedPod {
     /// Metadata.
     #[serde(default)]
     pub metadata: ObjectMeta,
@@ -56,7 +55,7 @@ pub struct CachedPod {
     pub status: Option<PodStatus>,
 }
 
-impl k8s_openapi::Resource for CachedPod {
+impl k8s_openapi::Resource for WatchedPod {
     const API_VERSION: &'static str = "v1";
     const GROUP: &'static str = "";
     const KIND: &'static str = "Pod";
@@ -65,7 +64,7 @@ impl k8s_openapi::Resource for CachedPod {
     type Scope = k8s_openapi::NamespaceResourceScope;
 }
 
-impl k8s_openapi::Metadata for CachedPod {
+impl k8s_openapi::Metadata for WatchedPod {
     type Ty = ObjectMeta;
 
     fn metadata(&self) -> &ObjectMeta {
@@ -77,15 +76,44 @@ impl k8s_openapi::Metadata for CachedPod {
     }
 }
 
+/// A pod as the operator caches it: read into a [`PodView`] once, when its watch delivers it,
+/// so the cache keeps only what the planner reads (no metadata or status objects: at 10,000
+/// pods those were most of the operator's memory).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CachedPod {
+    /// Namespace.
+    pub namespace: Box<str>,
+    /// What the planner reads; `uid` is empty for a pod without one (never read).
+    pub view: PodView,
+}
+
+impl CachedPod {
+    /// Reads a watched pod.
+    pub fn from_watched(pod: WatchedPod) -> Self {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default().into();
+        let view =
+            PodView::from_parts(&pod.metadata, pod.status.as_ref()).unwrap_or_else(|| PodView {
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                ..Default::default()
+            });
+        Self { namespace, view }
+    }
+}
+
+crate::cache_key::core_v1_lookup!(CachedPod, "Pod", "pods", |pod| (
+    &pod.view.name,
+    &pod.namespace
+));
+
 impl PodView {
     /// Reads a Pod.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
         Self::from_parts(&pod.metadata, pod.status.as_ref())
     }
 
-    /// Reads a cached pod.
+    /// Reads a cached pod (`None` for a pod without uid).
     pub fn from_cached(pod: &CachedPod) -> Option<Self> {
-        Self::from_parts(&pod.metadata, pod.status.as_ref())
+        (!pod.view.uid.is_empty()).then(|| pod.view.clone())
     }
 
     fn from_parts(meta: &ObjectMeta, status: Option<&PodStatus>) -> Option<Self> {
@@ -176,6 +204,7 @@ pub fn is_valid_secret_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector::ObjectRef;
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).unwrap()
@@ -226,10 +255,10 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_pod_reads_as_the_full_pod_without_keeping_its_spec() {
+    fn a_cached_pod_reads_as_the_full_pod_and_keeps_neither_spec_nor_metadata() {
         let json = serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "agent-1", "uid": "uid-1", "labels": {"app": "agent"},
+            "metadata": {"name": "agent-1", "namespace": "ns", "uid": "uid-1", "labels": {"app": "agent"},
                          "annotations": {"cubbyhole.dev/secret-name": "s"}},
             "spec": {"containers": [{"name": "agent", "image": "busybox",
                                      "env": [{"name": "A", "value": "1"}]}]},
@@ -237,7 +266,10 @@ mod tests {
                 "name": "agent", "restartCount": 2, "ready": true, "image": "i", "imageID": "",
             }]},
         });
-        let cached: CachedPod = serde_json::from_value(json.clone()).unwrap();
+        let watched: WatchedPod = serde_json::from_value(json.clone()).unwrap();
+        let kept = serde_json::to_value(&watched).unwrap();
+        assert!(kept.get("spec").is_none(), "{kept}");
+        let cached = CachedPod::from_watched(watched);
         assert_eq!(
             PodView::from_cached(&cached),
             PodView::from_pod(&pod(json.clone()))
@@ -246,14 +278,34 @@ mod tests {
             PodView::from_cached(&cached).unwrap().restart_counts["agent"],
             2
         );
-        let kept = serde_json::to_value(&cached).unwrap();
-        assert!(kept.get("spec").is_none(), "{kept}");
-        // A third of a Pod's room, before any string is counted.
-        assert!(std::mem::size_of::<CachedPod>() * 2 < std::mem::size_of::<Pod>());
-        use kube::Resource;
-        assert_eq!(CachedPod::plural(&()), Pod::plural(&()));
-        assert_eq!(CachedPod::api_version(&()), Pod::api_version(&()));
-        assert_eq!(CachedPod::kind(&()), Pod::kind(&()));
+        use kube::runtime::reflector::Lookup;
+        assert_eq!(
+            cached.to_object_ref(()),
+            ObjectRef::<CachedPod>::new("agent-1").within("ns")
+        );
+        for (cached, watched, full) in [
+            (
+                CachedPod::plural(&()),
+                WatchedPod::plural(&()),
+                Pod::plural(&()),
+            ),
+            (
+                CachedPod::api_version(&()),
+                WatchedPod::api_version(&()),
+                Pod::api_version(&()),
+            ),
+            (CachedPod::kind(&()), WatchedPod::kind(&()), Pod::kind(&())),
+        ] {
+            assert_eq!((&cached, &watched), (&full, &full));
+        }
+        // A pod without uid is cached (so its deletion is seen) but never read.
+        let nameless = CachedPod::from_watched(
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}}),
+            )
+            .unwrap(),
+        );
+        assert_eq!(PodView::from_cached(&nameless), None);
     }
 
     #[test]

@@ -4,12 +4,14 @@
 
 #[cfg(test)]
 mod api_tests;
+pub mod cached;
 pub mod schema;
 pub mod seal;
 pub mod signing_keys;
 pub mod state;
 pub mod writes;
 
+pub use cached::CachedRecord;
 pub use schema::{
     BINDING_FINALIZER, BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SECRET_FINALIZER,
     SECRET_NAME_ANNOTATION, ann,
