@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::controller::context::{Context, Error, key};
 use crate::controller::execute::{self, Executor};
 use crate::controller::{sweep, trust};
+use crate::core::labels::LabelQuery;
 use crate::core::plan::{self, Settings};
 use crate::core::pod::PodView;
 use crate::core::spec;
@@ -313,13 +314,14 @@ async fn selected_pods(
     ns: &str,
     selector: &Selector,
 ) -> Result<Vec<PodView>, Error> {
+    let query = LabelQuery::from(selector.clone());
     ctx.pods
         .wait_until_ready()
         .await
         .map_err(|e| Error::Cache(e.to_string()))?;
     Ok(ctx
         .pods
-        .state_filter(|p| &*p.namespace == ns && selector.matches(&p.view.labels))
+        .state_filter(|p| &*p.namespace == ns && query.matches(&p.view.labels))
         .iter()
         .filter_map(|p| PodView::from_cached(p))
         .collect())
@@ -392,7 +394,8 @@ fn find_conflicts(
         let Ok(selector) = spec::pod_selector(&other.spec) else {
             continue;
         };
-        for pod in pods.iter().filter(|p| selector.matches(&p.labels)) {
+        let query = LabelQuery::from(selector);
+        for pod in pods.iter().filter(|p| query.matches(&p.labels)) {
             conflicts
                 .entry(pod.name.clone())
                 .or_default()

@@ -339,7 +339,7 @@ impl Pod {
         PodView {
             name: self.name.clone(),
             uid: self.uid.clone(),
-            labels: self.labels.clone(),
+            labels: (&self.labels).into(),
             secret_name: self.secret_name.clone(),
             terminating: self.terminating,
             finished: self.finished,

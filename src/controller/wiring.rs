@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
-use kube::core::SelectorExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
@@ -23,6 +22,7 @@ use crate::config::OperatorConfig;
 use crate::controller::budget::LookupBudget;
 use crate::controller::context::{Context, Readiness};
 use crate::controller::{reconcile, sweep};
+use crate::core::labels::LabelQuery;
 use crate::core::pod::{CachedPod, WatchedPod};
 use crate::core::reason::Reason;
 use crate::core::status::READY;
@@ -358,7 +358,8 @@ fn bindings_selecting(
         .iter()
         .filter(|b| b.namespace().as_deref() == Some(&*pod.namespace))
         .filter(|b| {
-            crate::core::spec::pod_selector(&b.spec).is_ok_and(|s| s.matches(&pod.view.labels))
+            crate::core::spec::pod_selector(&b.spec)
+                .is_ok_and(|s| LabelQuery::from(s).matches(&pod.view.labels))
         })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()

@@ -1,6 +1,7 @@
 //! The pure decision core: the planner, the status, spec validation and the pod view. No I/O,
 //! no clock of its own; depends on `crd`, `config` types and the record's pure parts only.
 
+pub mod labels;
 pub mod plan;
 pub mod pod;
 pub mod reason;

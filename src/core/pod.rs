@@ -9,6 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::receipt::Receipt;
+use crate::core::labels::Labels;
 use crate::record::schema::SECRET_NAME_ANNOTATION;
 
 /// A receipt found in a container's termination message.
@@ -30,7 +31,7 @@ pub struct PodView {
     /// Uid.
     pub uid: String,
     /// Labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The `cubbyhole.dev/secret-name` annotation.
     pub secret_name: Option<String>,
     /// Being deleted.
@@ -149,7 +150,11 @@ impl PodView {
         Some(Self {
             name: meta.name.clone().unwrap_or_default(),
             uid,
-            labels: meta.labels.clone().unwrap_or_default(),
+            labels: meta
+                .labels
+                .as_ref()
+                .map(Labels::from_map)
+                .unwrap_or_default(),
             secret_name: meta
                 .annotations
                 .as_ref()
@@ -238,7 +243,7 @@ mod tests {
             (view.name.as_str(), view.uid.as_str()),
             ("agent-0", "uid-0")
         );
-        assert_eq!(view.labels["app"], "agent");
+        assert_eq!(view.labels.get("app"), Some("agent"));
         assert_eq!(view.secret_name.as_deref(), Some("mine"));
         assert!(!view.terminating && !view.finished);
         assert_eq!(view.restart_counts["cubbyhole-unwrap"], 1);
