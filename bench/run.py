@@ -506,6 +506,8 @@ def burst(args, kube, vault, audit, op, bindings, restart):
         f"p99 {st['p99_s']:.2f} s, max {st['max_s']:.2f} s")
     if restart:
         st["restart"] = restart_phase(args, audit, op, n)
+    if args.soak:
+        st["soak"] = soak(args, kube, ns, bindings, op, created, served, lock, cond)
 
     # Correctness: exactly one mint per pod, and after the pods go, nothing they got stays alive.
     minted = {}
@@ -522,9 +524,10 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     missing = [p for p in created if p not in minted]
     if missing:
         problems.append(f"{len(missing)} pods never minted for: {missing[:5]}")
-    if len(served) != n:
-        problems.append(f"{n - len(served)} pods without a wrap in their Secret")
-    log(f"burst {label}: {sum(len(a) for a in minted.values())} mints for {n} pods"
+    unserved = [p for p in created if p not in served]
+    if unserved:
+        problems.append(f"{len(unserved)} pods without a wrap in their Secret")
+    log(f"burst {label}: {sum(len(a) for a in minted.values())} mints for {len(created)} pods"
         f"{' (' + '; '.join(problems) + ')' if problems else ', exactly one each'}; operator RSS peak "
         f"{fmt(st['rss_peak_mib'], 'MiB')}, steady {fmt(st['rss_steady_mib'], 'MiB')}")
     log(f"deleting the {n} pods; checking that every wrap minted for them is revoked")
@@ -553,12 +556,76 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     st["live_wraps_after_pods_gone"] = alive
     st["correct"] = not problems
     st["problems"] = problems
-    log(f"correctness: {'OK' if not problems else '; '.join(problems)} ({st['minted']} mints for {n} pods, "
+    log(f"correctness: {'OK' if not problems else '; '.join(problems)} ({st['minted']} mints for {len(created)} pods, "
         f"{alive} live wraps after deletion)")
     stop.set()
     kube.request("DELETE", f"/api/v1/namespaces/{ns}")
     st["latencies"] = sorted(lat)
     return st
+
+
+def soak(args, kube, ns, bindings, op, created, served, lock, cond):
+    """Churns the burst's pods for --soak minutes: every second deletes --soak-rate served pods
+    (oldest first) and creates as many new ones, while the operator's RSS is sampled every 10 s.
+    Then waits until every new pod is served. Growth = median RSS of the last two minutes over
+    that of the first two."""
+    rate, c = args.soak_rate, args.concurrency
+    log(f"soak: {args.soak} min of churn, {rate} pods deleted and {rate} created per second")
+    start = time.monotonic()
+    end = start + args.soak * 60
+    samples, gone, lat_soak = [], set(), []
+    oldest = iter(list(created))
+    k = 0
+
+    def delete(name):
+        s, body = kube.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}")
+        if s != 404:
+            check(s, body, "delete pod")
+
+    def create(name, j):
+        t = time.monotonic()
+        check(*kube.request("POST", f"/api/v1/namespaces/{ns}/pods", pod_manifest(name, f"agent-{j % bindings}", bindings)), "pod")
+        with lock:
+            created[name] = t
+
+    with ThreadPoolExecutor(c) as ex:
+        while (tick := time.monotonic()) < end:
+            victims = []
+            for p in oldest:
+                if p in served:
+                    victims.append(p)
+                if len(victims) == rate:
+                    break
+            names = [f"soak-{k + i}" for i in range(rate)]
+            list(ex.map(delete, victims))
+            gone.update(victims)
+            list(ex.map(create, names, range(k, k + rate)))
+            k += rate
+            if not samples or tick - samples[-1][0] >= 10:
+                samples.append((tick, op["rss"].read().get("VmRSS")))
+                if len(samples) % 6 == 1:
+                    log(f"soak: {(tick - start) / 60:.1f} min, {k} pods created, {len(gone)} deleted, "
+                        f"RSS {fmt(samples[-1][1], 'MiB')}")
+            time.sleep(max(0.0, tick + 1 - time.monotonic()))
+    with cond:
+        cond.wait_for(lambda: all(f"soak-{i}" in served for i in range(k)), timeout=args.timeout)
+    lat_soak = sorted(served[f"soak-{i}"] - created[f"soak-{i}"] for i in range(k) if f"soak-{i}" in served)
+
+    def median(xs):
+        xs = sorted(x for x in xs if x is not None)
+        return xs[len(xs) // 2] if xs else None
+
+    first = median(r for t, r in samples if t - start < 120)
+    last = median(r for t, r in samples if end - t <= 120)
+    result = {"minutes": args.soak, "rate_per_s": rate, "created": k, "deleted": len(gone),
+              "served": len(lat_soak), "p99_s": pct(lat_soak, 99) if lat_soak else None,
+              "rss_first_2min_mib": first, "rss_last_2min_mib": last,
+              "rss_max_mib": max((r for _, r in samples if r), default=None),
+              "rss_samples_mib": [(round(t - start), r) for t, r in samples]}
+    result["growth"] = (last / first - 1) if first and last else None
+    log(f"soak: {k} created, {len(gone)} deleted, {len(lat_soak)}/{k} served (p99 {fmt(result['p99_s'])}); "
+        f"RSS first 2 min {fmt(first, 'MiB')}, last 2 min {fmt(last, 'MiB')}, max {fmt(result['rss_max_mib'], 'MiB')}")
+    return result
 
 
 def delete_pods(kube, ns, c):
@@ -627,10 +694,19 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
         if ratio is not None:
             goals.append((f"throughput >= 0.8x raw ({b['label']})", ratio >= 0.8, f"{ratio:.2f}x"))
         goals.append((f"exactly once, nothing live after ({b['label']})", b["correct"], "; ".join(b["problems"]) or "ok"))
+        if b["pods"] >= 10000 and b["rss_steady_mib"]:
+            goals.append((f"RSS steady < 64 MiB ({b['label']})", b["rss_steady_mib"] < 64, fmt(b["rss_steady_mib"], "MiB")))
         r = b.get("restart")
         if r:
             goals.append((f"restart: ready < 5 s, 0 mints ({r['outstanding']} outstanding)",
                           r["ready_s"] < 5 and r["mints"] == 0, f"{r['ready_s']:.2f} s, {r['mints']} mints"))
+        so = b.get("soak")
+        if so:
+            growth = so["growth"]
+            goals.append((f"no RSS growth over a {so['minutes']}-minute churn soak (last 2 min vs first 2 min, within 5%)",
+                          growth is not None and growth <= 0.05 and so["served"] == so["created"],
+                          f"{fmt(so['rss_first_2min_mib'], 'MiB')} -> {fmt(so['rss_last_2min_mib'], 'MiB')}"
+                          f" ({(growth or 0) * 100:+.1f}%), {so['served']}/{so['created']} new pods served"))
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
@@ -680,6 +756,14 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
                       f"{r['max_lookups_per_second']}): ready {r['ready_s']:.2f} s after start, {r['mints']} new mints, "
                       + (", ".join(f"{k} {v:.1f}/s" for k, v in sorted(r["requests_per_s_first_10s"].items())) or "no Vault requests")
                       + f" from start to 10 s after ready; RSS then {fmt(r.get('rss_mib_after'), 'MiB')}."]
+        so = b.get("soak")
+        if so:
+            lines += ["", f"Churn soak ({b['label']}): {so['minutes']} min, {so['rate_per_s']} pods deleted and "
+                      f"{so['rate_per_s']} created per second ({so['created']} created, {so['deleted']} deleted); "
+                      f"{so['served']}/{so['created']} new pods served, p99 {fmt(so['p99_s'])}. Operator RSS, median of "
+                      f"the first 2 min {fmt(so['rss_first_2min_mib'], 'MiB')}, of the last 2 min "
+                      f"{fmt(so['rss_last_2min_mib'], 'MiB')}, max {fmt(so['rss_max_mib'], 'MiB')}. Samples (s, MiB): "
+                      + ", ".join(f"{t}: {r:.1f}" for t, r in so["rss_samples_mib"] if r) + "."]
     lines += ["", "## Goals (issue 12)", "", "| goal | met | value |", "|---|---|---|"]
     lines += [f"| {g} | {'met' if m else 'NOT met'} | {v} |" for g, m, v in goals]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
@@ -709,6 +793,8 @@ def main():
     ap.add_argument("--no-raw", action="store_true")
     ap.add_argument("--max-lookups", type=int, default=100, help="the operator's maxLookupsPerSecond")
     ap.add_argument("--no-restart", action="store_true", help="skip the restart phase (after the last burst)")
+    ap.add_argument("--soak", type=float, default=0, help="minutes of pod churn after each burst (and its restart); 0: none")
+    ap.add_argument("--soak-rate", type=int, default=10, help="pods deleted and created per second during the soak")
     args = ap.parse_args()
     WRAP_TTL = args.wrap_ttl
     args.bindings = [int(b) for b in str(args.bindings).split(",") if b]
