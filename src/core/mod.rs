@@ -1,5 +1,6 @@
-//! The pure decision core: the planner, the status, spec validation and the pod view. No I/O,
-//! no clock of its own; depends on `crd`, `config` types and the record's pure parts only.
+//! The pure decision core: the planner, the status, spec validation, the pod view and label
+//! selection. No I/O, no clock of its own; depends on `crd`, `config` types and the record's
+//! pure parts only.
 
 pub mod labels;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! The one owner of the per-pod Secret format: its keys (`schema`), how it is read (`state`),
-//! signed (`seal`, `signing_keys`) and written (`writes`, the only module that patches it).
-//! `schema`, `state` and `seal` are pure; `writes` and `signing_keys` talk to the API server.
+//! signed (`seal`, `signing_keys`), written (`writes`, the only module that patches it) and
+//! cached (`cached`). `schema`, `state`, `seal` and `cached` are pure; `writes` and
+//! `signing_keys` talk to the API server.
 
 #[cfg(test)]
 mod api_tests;
