@@ -271,6 +271,83 @@ class Rss:
         return [v for t, v in self.samples if a <= t <= b]
 
 
+class Cpu:
+    """CPU seconds (user + system) spent by each part of the run: the API server, etcd, the
+    controller manager, OpenBao, the operator (when given) and the bench's own clients."""
+
+    PARTS = {"API server": "cluster/apiserver.pid", "etcd": "cluster/etcd.pid",
+             "controller manager": "cluster/controller-manager.pid", "OpenBao": "bao.pid"}
+
+    def __init__(self, args, op=None):
+        self.args, self.op = args, op
+
+    def pids(self):
+        out = {}
+        for part, rel in self.PARTS.items():
+            try:
+                with open(os.path.join(self.args.dir, rel)) as f:
+                    out[part] = int(f.read().strip())
+            except (OSError, ValueError):
+                pass
+        if self.op:
+            out["operator"] = self.op["proc"].pid
+        return out
+
+    def read(self):
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for part, pid in self.pids().items():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[part] = (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, ValueError, IndexError):
+                pass
+        t = os.times()
+        out["bench clients"] = t.user + t.system
+        return out
+
+    @staticmethod
+    def spent(before, after):
+        return {k: after[k] - before[k] for k in after if k in before}
+
+
+def api_requests(kube):
+    """The API server's request counters (its /metrics): {(verb, resource[/subresource]): n}."""
+    c = kube.conn()
+    try:
+        c.request("GET", "/metrics", headers=kube.headers)
+        r = c.getresponse()
+        text = r.read().decode(errors="replace")
+    except (http.client.HTTPException, OSError):
+        kube.conn(fresh=True)
+        return {}
+    if r.status != 200:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        fields = dict(kv.split("=", 1) for kv in labels[len("apiserver_request_total{"):-1].split(",") if "=" in kv)
+        get = lambda k: fields.get(k, "").strip('"')
+        resource = get("resource") + (f"/{get('subresource')}" if get("subresource") else "")
+        key = (get("verb"), resource)
+        out[key] = out.get(key, 0) + float(value)
+    return out
+
+
+def api_writes_text(before, after, n):
+    """Writes per pod to the API server between two counter snapshots, by verb and resource."""
+    writes = {k: after[k] - before.get(k, 0) for k in after
+              if k[0] in ("POST", "PATCH", "PUT", "APPLY", "DELETE") and after[k] - before.get(k, 0) >= n / 200}
+    return ", ".join(f"{verb} {res} {v / n:.2f}" for (verb, res), v in sorted(writes.items(), key=lambda kv: -kv[1]))
+
+
+def cpu_text(spent, n):
+    return ", ".join(f"{k} {v:.1f} s ({v / n * 1000:.1f} ms/pod)" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]))
+
+
 def start_operator(args, env, port):
     cfg = os.path.join(args.dir, "bench-operator.yaml")
     with open(cfg, "w") as f:
@@ -331,44 +408,72 @@ def make_namespace(kube, name):
     die(f"no default service account in {name}")
 
 
-def raw_pipeline(args, kube, vault, token):
-    """N times: one wrapped create, one Secret create; C concurrent clients."""
-    ns = f"bench-raw-{args.run_id}"
+def raw_pipeline(args, kube, vault, token, protocol=False):
+    """N times, C concurrent clients: one wrapped create and one Secret create (the issue's raw
+    pipeline); or, with `protocol`, the writes one pod start costs the operator's claim protocol,
+    without watches, caches or planning: claim (Secret create), wrapped create, delivery (Secret
+    patch) and the pod's Event. The second is the ceiling of the design on this machine."""
+    kind = "protocol" if protocol else "raw"
+    ns = f"bench-{kind}-{args.run_id}"
     make_namespace(kube, ns)
-    log(f"raw pipeline: {args.pods} x (wrapped auth/token/create/{ROLE} + Secret create), {args.concurrency} clients")
+    steps = "claim + wrapped create + delivery + Event" if protocol else f"wrapped auth/token/create/{ROLE} + Secret create"
+    log(f"{kind} pipeline: {args.pods} x ({steps}), {args.concurrency} clients")
     lat, accessors = [None] * args.pods, [None] * args.pods
     done = [0]
     lock = threading.Lock()
 
     def one(i):
         t = time.monotonic()
+        name = f"raw-{i}-wrap"
+        secrets = f"/api/v1/namespaces/{ns}/secrets"
+        if protocol:
+            check(*kube.request("POST", secrets, {
+                "metadata": {"name": name, "labels": {"bench": "raw"}, "annotations": {"bench/phase": "Claimed"}},
+                "type": "Opaque"}), "claim")
         s, body = vault.request("POST", f"/v1/auth/token/create/{ROLE}", {
             "policies": [ROLE], "ttl": "1h",
             "meta": {"namespace": ns, "pod": f"raw-{i}", "pod_uid": f"raw-{i}", "binding": "raw"},
         }, {"X-Vault-Token": token, "X-Vault-Wrap-TTL": WRAP_TTL})
         wrap = check(s, body, "raw mint")["wrap_info"]
-        secret = {"metadata": {"name": f"raw-{i}-wrap", "labels": {"bench": "raw"}},
-                  "type": "Opaque",
-                  "data": {"token": base64.b64encode(wrap["token"].encode()).decode()}}
-        check(*kube.request("POST", f"/api/v1/namespaces/{ns}/secrets", secret), "raw Secret")
+        data = {"token": base64.b64encode(wrap["token"].encode()).decode()}
+        if protocol:
+            check(*kube.request("PATCH", f"{secrets}/{name}", {
+                "metadata": {"annotations": {"bench/phase": "Issued", "bench/accessor": wrap["accessor"]}},
+                "data": data}, {"Content-Type": "application/merge-patch+json"}), "delivery")
+            check(*kube.request("POST", f"/api/v1/namespaces/{ns}/events", {
+                "metadata": {"generateName": f"{name}-"},
+                "involvedObject": {"kind": "Secret", "namespace": ns, "name": name},
+                "reason": "WrapIssued", "message": f"wrap {wrap['accessor']} issued", "type": "Normal",
+                "source": {"component": "bench"}}), "Event")
+        else:
+            check(*kube.request("POST", secrets, {"metadata": {"name": name, "labels": {"bench": "raw"}},
+                                                  "type": "Opaque", "data": data}), "raw Secret")
         end = time.monotonic()
         lat[i], accessors[i] = (t, end), wrap["accessor"]
         with lock:
             done[0] += 1
 
     stop = threading.Event()
-    threading.Thread(target=progress, args=(stop, lambda: f"raw: {done[0]}/{args.pods}"), daemon=True).start()
+    threading.Thread(target=progress, args=(stop, lambda: f"{kind}: {done[0]}/{args.pods}"), daemon=True).start()
+    cpu = Cpu(args)
+    cpu_before, api_before = cpu.read(), api_requests(kube)
     start = time.monotonic()
     with ThreadPoolExecutor(args.concurrency) as ex:
         list(ex.map(one, range(args.pods)))
     stop.set()
     st = summary([b - a for a, b in lat], start, max(b for _, b in lat), args.pods)
-    log(f"raw: {st['per_s']:.0f} per s, p50 {st['p50_s'] * 1000:.1f} ms, p99 {st['p99_s'] * 1000:.1f} ms")
+    st["cpu_s"] = Cpu.spent(cpu_before, cpu.read())
+    st["api_writes_per_pod"] = api_writes_text(api_before, api_requests(kube), args.pods)
+    log(f"{kind}: {st['per_s']:.0f} per s, p50 {st['p50_s'] * 1000:.1f} ms, p99 {st['p99_s'] * 1000:.1f} ms")
     # Tidy up: nothing the bench minted stays alive.
     with ThreadPoolExecutor(args.concurrency) as ex:
         list(ex.map(lambda a: vault.request("POST", "/v1/auth/token/revoke-accessor", {"accessor": a},
                                             {"X-Vault-Token": args.root_token}), accessors))
+    # Gone before anything else is measured (the namespace controller's deletions cost CPU).
     kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and kube.request("GET", f"/api/v1/namespaces/{ns}")[0] != 404:
+        time.sleep(0.5)
     st["latencies"] = sorted(b - a for a, b in lat)
     return st
 
@@ -471,6 +576,8 @@ def burst(args, kube, vault, audit, op, bindings, restart):
 
     prog = threading.Event()
     threading.Thread(target=progress, args=(prog, lambda: f"burst {label}: created {len(created)}/{n}, served {len(served)}/{n}"), daemon=True).start()
+    cpu = Cpu(args, op)
+    cpu_before, api_before = cpu.read(), api_requests(kube)
     start = time.monotonic()
     with ThreadPoolExecutor(c) as ex:
         list(ex.map(create, range(n)))
@@ -480,6 +587,8 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     with cond:
         ok = cond.wait_for(lambda: len(served) >= n, timeout=timeout)
     all_served = time.monotonic()
+    cpu_spent = Cpu.spent(cpu_before, cpu.read())
+    api_writes = api_writes_text(api_before, api_requests(kube), n)
     prog.set()
     if not ok:
         log(f"WARNING: only {len(served)}/{n} pods served within {timeout} s")
@@ -495,6 +604,7 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     lat = [served[p] - created[p] for p in created if p in served]
     st = summary(lat, start, max(served.values()) if served else all_served, len(lat))
     st.update({"label": label, "pods": n, "bindings": bindings, "served": len(served), "created_in_s": created_in,
+               "cpu_s": cpu_spent, "api_writes_per_pod": api_writes,
                "rss_peak_mib": max(peak) if peak else None,
                "rss_steady_mib": sorted(steady)[len(steady) // 2] if steady else None})
     counts = request_counts(audit.entries(audit_start, audit_served))
@@ -690,6 +800,7 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
     for b in bursts:
         ratio = b["per_s"] / raw["per_s"] if raw else None
         b["ratio_to_raw"] = ratio
+        b["ratio_to_protocol"] = b["per_s"] / raw["protocol"]["per_s"] if raw else None
         goals.append((f"p99 < 1 s ({b['label']})", b["p99_s"] is not None and b["p99_s"] < 1, fmt(b["p99_s"])))
         if ratio is not None:
             goals.append((f"throughput >= 0.8x raw ({b['label']})", ratio >= 0.8, f"{ratio:.2f}x"))
@@ -714,7 +825,8 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
         "settings": {"pods": args.pods, "concurrency": args.concurrency, "bindings": args.bindings,
                      "lookup_period": args.lookup_period, "wrap_ttl": WRAP_TTL,
                      "operator_config": args.operator_config},
-        "raw": {k: v for k, v in (raw or {}).items() if k != "latencies"},
+        "raw": {k: v for k, v in (raw or {}).items() if k not in ("latencies", "protocol")},
+        "protocol": {k: v for k, v in (raw or {}).get("protocol", {}).items() if k != "latencies"},
         "bursts": [{k: v for k, v in b.items() if k != "latencies"} for b in bursts],
         "operator_rss_hwm_mib": hwm,
         "goals": [{"goal": g, "met": m, "value": v} for g, m, v in goals],
@@ -735,16 +847,35 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
     if raw:
         lines.append(f"| raw two-write pipeline | {raw['count']} | {fmt(raw['p50_s'])} | {fmt(raw['p90_s'])} | {fmt(raw['p99_s'])} | "
                      f"{fmt(raw['max_s'])} | {raw['per_s']:.0f} | 1.00x | 1 create | - | - |")
+        pr = raw["protocol"]
+        lines.append(f"| raw claim protocol (claim, mint, delivery, Event) | {pr['count']} | {fmt(pr['p50_s'])} | {fmt(pr['p90_s'])} | "
+                     f"{fmt(pr['p99_s'])} | {fmt(pr['max_s'])} | {pr['per_s']:.0f} | {pr['per_s'] / raw['per_s']:.2f}x | 1 create | - | - |")
     for b in bursts:
-        ratio_text = "-" if b["ratio_to_raw"] is None else f"{b['ratio_to_raw']:.2f}x"
+        ratio_text = "-" if b["ratio_to_raw"] is None else f"{b['ratio_to_raw']:.2f}x ({b['ratio_to_protocol']:.2f}x of the protocol)"
         req = ", ".join(f"{k} {v / b['pods']:.2f}" for k, v in sorted(b["vault_requests_until_served"].items()))
         lines.append(f"| operator, {b['label']} | {b['served']}/{b['pods']} | {fmt(b['p50_s'])} | {fmt(b['p90_s'])} | "
                      f"{fmt(b['p99_s'])} | {fmt(b['max_s'])} | {b['per_s']:.0f} | "
                      f"{ratio_text} | "
                      f"{req} | {fmt(b['rss_peak_mib'], 'MiB')} | {fmt(b['rss_steady_mib'], 'MiB')} |")
     lines += ["", f"Operator VmHWM over the whole run: {fmt(hwm, 'MiB')}.", "",
+              f"CPU seconds spent until every pod was served (the machine has {os.cpu_count()} cores):", ""]
+    if raw:
+        lines.append(f"- raw two-write pipeline: {cpu_text(raw['cpu_s'], raw['count'])}")
+        lines.append(f"- raw claim protocol: {cpu_text(raw['protocol']['cpu_s'], raw['protocol']['count'])}")
+    for b in bursts:
+        lines.append(f"- operator, {b['label']}: {cpu_text(b['cpu_s'], b['pods'])}")
+    lines += ["", "API server writes per pod over the same span (its `apiserver_request_total`; the operator "
+              "runs include the clients' pod creates):", ""]
+    if raw:
+        lines.append(f"- raw two-write pipeline: {raw['api_writes_per_pod'] or 'unknown'}")
+        lines.append(f"- raw claim protocol: {raw['protocol']['api_writes_per_pod'] or 'unknown'}")
+    for b in bursts:
+        lines.append(f"- operator, {b['label']}: {b['api_writes_per_pod'] or 'unknown'}")
+    lines += ["",
               "Latency: operator = pod create sent → wrapping token seen in the pod's Secret (watch); "
-              "raw = mint request sent → Secret create answered. Per s: served / (last served − first create).", "",
+              "raw = mint request sent → Secret create answered; raw claim protocol = claim sent → Event answered, "
+              "the same four requests one pod start costs the operator, without watches, caches or planning "
+              "(the ceiling of the design here). Per s: served / (last served − first create).", "",
               "Vault requests per second in steady state (5 s, every wrap outstanding, 10 s after the burst):", ""]
     for b in bursts:
         steady = ", ".join(f"{k} {v:.1f}/s" for k, v in sorted(b["vault_requests_per_s_steady"].items())) or "none"
@@ -768,7 +899,7 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
     lines += [f"| {g} | {'met' if m else 'NOT met'} | {v} |" for g, m, v in goals]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    series = ([("raw two-write pipeline", raw["latencies"])] if raw else []) + [(f"operator, {b['label']}", b["latencies"]) for b in bursts]
+    series = ([("raw two-write pipeline", raw["latencies"]), ("raw claim protocol", raw["protocol"]["latencies"])] if raw else []) + [(f"operator, {b['label']}", b["latencies"]) for b in bursts]
     cdf_svg(series, os.path.join(out_dir, "latency-cdf.svg"))
     return report
 
@@ -827,6 +958,8 @@ def main():
         if not os.path.exists(audit.path):
             die("OpenBao has no audit log (cluster-up.sh with CUBBYHOLE_BAO_AUDIT=1)")
         raw = None if args.no_raw else raw_pipeline(args, kube, vault, op_token)
+        if raw:
+            raw["protocol"] = raw_pipeline(args, kube, vault, op_token, protocol=True)
         port = free_port()
         log(f"starting the operator ({os.path.relpath(args.operator_bin, ROOT)}) as its service account, Kubernetes auth to OpenBao")
         op = {"proc": start_operator(args, env, port), "env": env, "port": port}
