@@ -614,10 +614,12 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     st["vault_requests_per_s_steady"] = {k: v / 5.0 for k, v in steady_counts.items()}
     log(f"burst {label}: served {len(served)}/{n}, {st['per_s']:.0f} pods/s, p50 {st['p50_s']:.2f} s, "
         f"p99 {st['p99_s']:.2f} s, max {st['max_s']:.2f} s")
-    if restart:
-        st["restart"] = restart_phase(args, audit, op, n)
+    # The soak starts from the steady state (before any restart), so growth is measured from a
+    # warm operator.
     if args.soak:
         st["soak"] = soak(args, kube, ns, bindings, op, created, served, lock, cond)
+    if restart:
+        st["restart"] = restart_phase(args, audit, op, n)
 
     # Correctness: exactly one mint per pod, and after the pods go, nothing they got stays alive.
     minted = {}
@@ -924,7 +926,7 @@ def main():
     ap.add_argument("--no-raw", action="store_true")
     ap.add_argument("--max-lookups", type=int, default=100, help="the operator's maxLookupsPerSecond")
     ap.add_argument("--no-restart", action="store_true", help="skip the restart phase (after the last burst)")
-    ap.add_argument("--soak", type=float, default=0, help="minutes of pod churn after each burst (and its restart); 0: none")
+    ap.add_argument("--soak", type=float, default=0, help="minutes of pod churn after each burst (before its restart); 0: none")
     ap.add_argument("--soak-rate", type=int, default=10, help="pods deleted and created per second during the soak")
     args = ap.parse_args()
     WRAP_TTL = args.wrap_ttl
