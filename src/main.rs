@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc: under pod churn glibc's allocator kept growing the operator's resident memory
+/// (10,000 pods, 10-minute soak: 60.8 -> 68.8 MiB, nothing live growing); jemalloc returns it
+/// (61.1 MiB at the start, 59.3 at minute 9).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// One response-wrapped Vault token per pod start, delivered in a per-pod Secret.
 #[derive(Parser)]
 #[command(name = "cubbyhole", version, about)]
