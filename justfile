@@ -13,13 +13,18 @@ build:
 release:
     cargo build --release
 
+# Find or install what the tests need (cargo-nextest, rustfmt, clippy, bao, kubectl); says what is missing otherwise.
+tools:
+    e2e/ensure-tools.sh
+
 # Everything CI runs: lint, then every test (unit, OpenBao integration, end-to-end).
-test: lint
+# On a fresh machine it first installs cargo-nextest and builds the control plane (~15 minutes cold).
+test: tools lint
     e2e/controlplane/build.sh >/dev/null
     cargo nextest run --no-fail-fast
 
 # Unit tests only (no servers).
-test-fast:
+test-fast: tools
     cargo nextest run --lib
 
 # Regenerate crds/ and config/crd/ from the Rust types.
@@ -28,7 +33,7 @@ crds:
     cp crds/agentsecretbinding.yaml config/crd/agentsecretbinding.yaml
 
 # Formatting and clippy, warnings are errors.
-lint:
+lint: tools
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
