@@ -42,6 +42,26 @@ pub struct OperatorConfig {
     /// and mints are never held back. Default 100.
     #[serde(default = "default_max_lookups_per_second")]
     pub max_lookups_per_second: u32,
+    /// How long past its wrap's expiry a token nobody took stays alive: every token is minted
+    /// with `ttl` = the binding's wrapTTL + this, so Vault ends it unless the operator renews
+    /// it for the pod's agent. Long enough to notice the agent's unwrap and renew. Default
+    /// `60s`, at least [`MIN_TOKEN_GRACE`].
+    #[serde(default = "default_token_grace", with = "humantime_serde_compat")]
+    pub token_grace: Duration,
+    /// How long a held token lives without the operator: while its pod lives, the operator
+    /// renews it (`auth/token/renew-accessor`) to this from now, about every half of it. A
+    /// token whose pod is gone dies within it even while the operator is down. Default `10m`,
+    /// at least [`MIN_RENEWAL_WINDOW`].
+    #[serde(default = "default_renewal_window", with = "humantime_serde_compat")]
+    pub renewal_window: Duration,
+}
+
+fn default_token_grace() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_renewal_window() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_max_lookups_per_second() -> u32 {
@@ -111,6 +131,11 @@ pub struct RoleRule {
 /// The shortest `lookupPeriod` and `sweepPeriod`: anything shorter would make the operator
 /// spin against Vault or the API server.
 pub const MIN_PERIOD: Duration = Duration::from_secs(1);
+/// The shortest `tokenGrace`: below it an agent's unwrap near the wrap's expiry could not be
+/// noticed and renewed before Vault ends the token.
+pub const MIN_TOKEN_GRACE: Duration = Duration::from_secs(5);
+/// The shortest `renewalWindow` (renewals come every half of it).
+pub const MIN_RENEWAL_WINDOW: Duration = Duration::from_secs(10);
 /// The shortest leader-election lease: it is renewed every third of it, and a renewal needs
 /// an API round trip.
 pub const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
@@ -155,6 +180,8 @@ impl OperatorConfig {
             step_concurrency: default_step_concurrency(),
             reconcile_concurrency: default_reconcile_concurrency(),
             max_lookups_per_second: default_max_lookups_per_second(),
+            token_grace: default_token_grace(),
+            renewal_window: default_renewal_window(),
         }
     }
 
@@ -172,6 +199,13 @@ impl OperatorConfig {
         validate_address(&config.vault.address)?;
         validate_period("lookupPeriod", config.lookup_period, "10s")?;
         validate_period("sweepPeriod", config.sweep_period, "5m")?;
+        validate_at_least("tokenGrace", config.token_grace, MIN_TOKEN_GRACE, "60s")?;
+        validate_at_least(
+            "renewalWindow",
+            config.renewal_window,
+            MIN_RENEWAL_WINDOW,
+            "10m",
+        )?;
         if config.step_concurrency == 0 {
             return Err("stepConcurrency must be at least 1".into());
         }
@@ -213,13 +247,23 @@ impl OperatorConfig {
 
 /// Refuses a period shorter than [`MIN_PERIOD`], saying what to write instead.
 fn validate_period(key: &str, period: Duration, default: &str) -> Result<(), String> {
-    if period >= MIN_PERIOD {
+    validate_at_least(key, period, MIN_PERIOD, default)
+}
+
+/// Refuses a duration shorter than `min`, saying what to write instead.
+fn validate_at_least(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    default: &str,
+) -> Result<(), String> {
+    if value >= min {
         return Ok(());
     }
     Err(format!(
         "{key} is {}: it must be at least {} (the default is {default})",
-        show(period),
-        show(MIN_PERIOD)
+        show(value),
+        show(min)
     ))
 }
 
@@ -341,6 +385,8 @@ mod tests {
         assert_eq!(c.step_concurrency, 16);
         assert_eq!(c.reconcile_concurrency, 8);
         assert_eq!(c.max_lookups_per_second, 100);
+        assert_eq!(c.token_grace, Duration::from_secs(60));
+        assert_eq!(c.renewal_window, Duration::from_secs(600));
         assert!(c.allowed_roles.is_empty());
         let k8s = c.vault.auth.kubernetes.expect("kubernetes auth");
         assert_eq!(k8s.mount, "kubernetes");
@@ -380,6 +426,8 @@ mod tests {
             sweep_period: Duration::from_secs(90),
             step_concurrency: 4,
             max_lookups_per_second: 0,
+            token_grace: Duration::from_secs(45),
+            renewal_window: Duration::from_secs(1200),
             ..OperatorConfig::with_vault(vault)
         };
         let yaml = serde_yaml_ng::to_string(&config).unwrap();
@@ -459,6 +507,25 @@ mod tests {
         }
         let c = parse_with("https://v:8200", "lookupPeriod: 1s\nsweepPeriod: 1s\n").unwrap();
         assert_eq!((c.lookup_period, c.sweep_period), (MIN_PERIOD, MIN_PERIOD));
+    }
+
+    #[test]
+    fn token_lives_too_short_to_renew_are_refused() {
+        for (key, value, shown, min) in [
+            ("tokenGrace", "4s", "4s", "5s"),
+            ("renewalWindow", "9s", "9s", "10s"),
+        ] {
+            let err = parse_with("https://v:8200", &format!("{key}: {value}\n")).unwrap_err();
+            assert!(
+                err.contains(&format!("{key} is {shown}: it must be at least {min}")),
+                "{key}={value}: {err}"
+            );
+        }
+        let c = parse_with("https://v:8200", "tokenGrace: 5s\nrenewalWindow: 10s\n").unwrap();
+        assert_eq!(
+            (c.token_grace, c.renewal_window),
+            (MIN_TOKEN_GRACE, MIN_RENEWAL_WINDOW)
+        );
     }
 
     #[test]

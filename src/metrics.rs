@@ -68,6 +68,30 @@ struct CategoryLabels {
     category: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// What a renewal by accessor found: the label of `cubbyhole_token_renewals_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenewalResult {
+    /// The token lives on for another renewal window.
+    Renewed,
+    /// Vault knows no such token any more (it expired or was revoked).
+    Gone,
+}
+
+impl RenewalResult {
+    /// The label value: `renewed` or `gone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RenewalResult::Renewed => "renewed",
+            RenewalResult::Gone => "gone",
+        }
+    }
+}
+
 /// All of cubbyhole's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -82,6 +106,9 @@ pub struct Metrics {
     reconcile_errors: Family<CategoryLabels, Counter>,
     forged_records: Family<NamespaceLabels, Counter>,
     lookups_deferred: Counter,
+    renewals: Family<ResultLabels, Counter>,
+    revocations_refused: Family<NamespaceLabels, Counter>,
+    unverified_released: Family<NamespaceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -156,6 +183,24 @@ impl Metrics {
             "Wrap lookups deferred to a later round because maxLookupsPerSecond was spent",
             lookups_deferred.clone(),
         );
+        let renewals = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "token_renewals",
+            "Renewals of agents' tokens by accessor, by result (renewed; gone: Vault no longer knows the token)",
+            renewals.clone(),
+        );
+        let revocations_refused = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "revocations_refused",
+            "Token revocations not made because Vault's metadata for the accessor did not name the record's namespace, pod and binding",
+            revocations_refused.clone(),
+        );
+        let unverified_released = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "unverified_records_released",
+            "Records whose signature no longer verifies (record key lost or rotated away, or forged) whose finalizer was released when their Secret was deleted, without any Vault call",
+            unverified_released.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             wraps_issued,
@@ -168,6 +213,9 @@ impl Metrics {
             reconcile_errors,
             forged_records,
             lookups_deferred,
+            renewals,
+            revocations_refused,
+            unverified_released,
         }
     }
 
@@ -264,6 +312,30 @@ impl Metrics {
     /// A forged record was found (and left untouched) in `namespace`.
     pub fn forged_record(&self, namespace: &str) {
         self.forged_records
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.into(),
+            })
+            .inc();
+    }
+    /// A renewal by accessor ended with `result`.
+    pub fn renewal(&self, result: RenewalResult) {
+        self.renewals
+            .get_or_create(&ResultLabels {
+                result: result.as_str().into(),
+            })
+            .inc();
+    }
+    /// A revocation in `namespace` was refused: Vault did not vouch for the token.
+    pub fn revocation_refused(&self, namespace: &str) {
+        self.revocations_refused
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.into(),
+            })
+            .inc();
+    }
+    /// A record in `namespace` that no longer verifies was released at its deletion.
+    pub fn unverified_released(&self, namespace: &str) {
+        self.unverified_released
             .get_or_create(&NamespaceLabels {
                 namespace: namespace.into(),
             })

@@ -79,8 +79,9 @@ done
 
 # 3. The operator: exactly the calls src/vault/mod.rs makes with its token. Mint only through
 #    those roles and only response-wrapped (min_wrapping_ttl forces wrapping; a POST there is
-#    an "update"), revoke by accessor, look up a token's metadata by accessor (the answer
-#    never holds the token). sys/wrapping/lookup needs no grant: the operator calls it
+#    an "update"), revoke by accessor, renew by accessor (keeps an agent's token alive while
+#    its pod lives), look up a token's metadata by accessor (before revoking: Vault must vouch
+#    that the token was minted for the record; the answer never holds the token). sys/wrapping/lookup needs no grant: the operator calls it
 #    without a token, like the agent.
 operator_policy() {
     for role in $ROLES; do
@@ -94,6 +95,9 @@ POLICY
     done
     cat <<POLICY
 path "auth/token/revoke-accessor" {
+  capabilities = ["update"]
+}
+path "auth/token/renew-accessor" {
   capabilities = ["update"]
 }
 path "auth/token/lookup-accessor" {

@@ -119,6 +119,8 @@ pub struct Context {
     pub secrets: Store<CachedRecord>,
     /// `namespace/secret` -> last lookup.
     pub last_lookup: Mutex<HashMap<String, Timestamp>>,
+    /// `namespace/secret` -> last renewal of the token its pod's agent holds.
+    pub last_renewal: Mutex<HashMap<String, Timestamp>>,
     /// `namespace/binding` -> consecutive failures (for backoff).
     pub failures: Mutex<HashMap<String, u32>>,
     /// First-sync tracking.

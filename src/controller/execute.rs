@@ -15,13 +15,16 @@ use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error, key};
 use crate::controller::failpoint;
-use crate::core::plan::{Action, Issue, Outcome, Revoke, Settings, expiry_outcome};
+use crate::controller::trust::TokenFacts;
+use crate::core::plan::{
+    Action, Issue, Outcome, Revoke, Settings, expiry_outcome, renewal_increment,
+};
 use crate::crd::AgentSecretBinding;
-use crate::metrics::TokenKind;
+use crate::metrics::{RenewalResult, TokenKind};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, ClaimError, Records};
 use crate::record::{Phase, SecretsByName, WrapState};
-use crate::vault::{Revoked, TokenRequest, VaultError};
+use crate::vault::{Renewed, Revoked, TokenRequest, VaultError};
 
 /// What carrying out a plan met that the binding's status must show.
 #[derive(Debug, Default)]
@@ -156,10 +159,15 @@ impl Executor<'_> {
             Action::Lookup { wrap, if_consumed } => self.lookup(wrap, if_consumed).await,
             Action::ProbeExpiry { wrap } => self.probe_expiry(wrap).await,
             Action::ConfirmVault { wrap } => self.confirm_vault(wrap).await,
-            Action::Settle { wrap, outcome } => {
+            Action::Settle {
+                wrap,
+                outcome,
+                start,
+            } => {
                 let revoke = outcome.revoke(wrap.phase);
-                self.settle(&wrap, outcome, revoke).await
+                self.settle(&wrap, outcome, revoke, start).await
             }
+            Action::Renew { wrap } => self.renew(wrap).await,
             Action::Cleanup { wrap, revoke } => self.cleanup(wrap, revoke).await,
         }
     }
@@ -174,7 +182,8 @@ impl Executor<'_> {
         // claimed, and the record still names it for the next round or the pod's cleanup.
         if let Some(previous) = &issue.revoke_previous
             && self.settings.revoke_on_pod_deletion
-            && let Err(e) = self.revoke(previous, TokenKind::Token).await
+            && let Err(e) =
+                revoke_vouched(self.ctx, &self.ns(), &binding, &issue.pod_uid, previous).await
         {
             return vault_failed(e);
         }
@@ -271,6 +280,8 @@ impl Executor<'_> {
         }
     }
 
+    /// What to mint: a token that dies by itself at wrapTTL + grace unless renewed for the
+    /// pod's agent, and never lives past the binding's tokenTTL (`explicit_max_ttl`).
     fn token_request(&self, issue: &Issue) -> TokenRequest {
         let spec = &self.binding.spec.vault;
         let mut meta = spec.metadata.clone();
@@ -278,14 +289,80 @@ impl Executor<'_> {
         meta.insert("pod".into(), issue.pod.clone());
         meta.insert("pod_uid".into(), issue.pod_uid.clone());
         meta.insert("binding".into(), self.binding.name_any());
+        let unclaimed_life = self.settings.wrap_ttl + self.ctx.config.token_grace;
         TokenRequest {
             role: spec.token_role.clone(),
             policies: spec.policies.clone(),
-            ttl: spec.token_ttl.clone(),
+            ttl: Some(format!("{}s", unclaimed_life.as_secs())),
+            explicit_max_ttl: spec.token_ttl.clone(),
             num_uses: spec.num_uses,
             meta,
             wrap_ttl_secs: self.settings.wrap_ttl.as_secs(),
         }
+    }
+
+    /// Extends the life of the token the pod's agent holds by the renewal window.
+    async fn renew(&self, wrap: WrapState) -> Result<Met, Error> {
+        let Some(accessor) = wrap.accessor.clone() else {
+            return Ok(Met::Nothing);
+        };
+        if !self.ctx.lookups.try_take() {
+            self.ctx.metrics.lookup_deferred();
+            return Ok(Met::LookupDeferred);
+        }
+        let Some(increment) = renewal_increment(
+            self.settings.renewal_window,
+            self.token_ttl(),
+            wrap.issued_at,
+            Timestamp::now(),
+        ) else {
+            // At its tokenTTL: nothing more to give it (it ends by its own TTL).
+            self.ctx
+                .last_renewal
+                .lock()
+                .expect("renewal lock")
+                .insert(key(&self.ns(), &wrap.secret), Timestamp::MAX);
+            return Ok(Met::Nothing);
+        };
+        let renewed = match self
+            .ctx
+            .vault
+            .renew_accessor(&accessor, increment.as_secs().max(1))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return vault_failed(e),
+        };
+        self.ctx
+            .last_renewal
+            .lock()
+            .expect("renewal lock")
+            .insert(key(&self.ns(), &wrap.secret), Timestamp::now());
+        match renewed {
+            Renewed::For(ttl) => {
+                self.ctx.metrics.renewal(RenewalResult::Renewed);
+                tracing::debug!(namespace = %self.ns(), pod = %wrap.pod, accessor = %accessor, ttl, "token renewed");
+            }
+            Renewed::NotFound => {
+                self.ctx.metrics.renewal(RenewalResult::Gone);
+                warn!(namespace = %self.ns(), pod = %wrap.pod, accessor = %accessor,
+                    "the token the pod's agent holds no longer exists in Vault");
+                let note = format!(
+                    "the token of pod {} (accessor {accessor}) no longer exists in Vault: it expired while nothing renewed it (was cubbyhole down longer than renewalWindow?) or was revoked; restart the pod's agent for a fresh wrap",
+                    wrap.pod
+                );
+                self.event_on_pod(
+                    &wrap.pod,
+                    &wrap.pod_uid,
+                    EventType::Warning,
+                    "TokenGone",
+                    "Renew",
+                    &note,
+                )
+                .await;
+            }
+        }
+        Ok(Met::Nothing)
     }
 
     async fn lookup(&self, wrap: WrapState, if_consumed: Outcome) -> Result<Met, Error> {
@@ -311,7 +388,7 @@ impl Executor<'_> {
             }
             Ok(None) => {
                 let revoke = if_consumed.revoke(wrap.phase);
-                self.settle(&wrap, if_consumed, revoke).await
+                self.settle(&wrap, if_consumed, revoke, wrap.start).await
             }
             Err(e) => vault_failed(e),
         }
@@ -337,7 +414,7 @@ impl Executor<'_> {
                 let outcome = expiry_outcome(revoked, wrap.expires_at, Timestamp::now());
                 // The probe itself revoked the wrap.
                 let revoke = outcome.revoke(wrap.phase);
-                self.settle(&wrap, outcome, revoke).await
+                self.settle(&wrap, outcome, revoke, wrap.start).await
             }
             Err(e) => vault_failed(e),
         }
@@ -348,13 +425,15 @@ impl Executor<'_> {
         wrap: &WrapState,
         outcome: Outcome,
         revoke: Revoke,
+        start: u32,
     ) -> Result<Met, Error> {
         if let Err(e) = self.revoke_record(wrap, revoke).await {
             return vault_failed(e);
         }
         let phase = outcome.phase();
         let message = outcome.message();
-        match writes::settle(&self.records, wrap, phase, outcome.verified(), message).await {
+        let verified = outcome.verified();
+        match writes::settle(&self.records, wrap, phase, verified, message, start).await {
             Ok(_) => {}
             Err(ClaimError::Kube(e)) => return Err(e.into()),
             Err(_) => return Ok(Met::Nothing),
@@ -385,15 +464,20 @@ impl Executor<'_> {
         if let Err(e) = self.revoke_record(&wrap, revoke).await {
             return vault_failed(e);
         }
+        if let Err(e) = self.release_kept_token(&wrap, revoke).await {
+            return vault_failed(e);
+        }
         if !writes::remove(self.records.api, &wrap).await? {
             // Changed since it was read (e.g. a new start claimed it): the next round decides.
             return Ok(Met::Nothing);
         }
+        let k = key(&self.ns(), &wrap.secret);
+        self.ctx.last_lookup.lock().expect("lookup lock").remove(&k);
         self.ctx
-            .last_lookup
+            .last_renewal
             .lock()
-            .expect("lookup lock")
-            .remove(&key(&self.ns(), &wrap.secret));
+            .expect("renewal lock")
+            .remove(&k);
         if revoke != Revoke::Nothing {
             self.ctx.metrics.transition(Phase::Revoked);
         }
@@ -415,7 +499,39 @@ impl Executor<'_> {
 
     /// Revokes what `revoke` asks of the accessors the record names.
     async fn revoke_record(&self, wrap: &WrapState, revoke: Revoke) -> Result<(), VaultError> {
-        revoke_named(self.ctx, wrap, revoke).await
+        revoke_named(self.ctx, &self.ns(), &self.binding.name_any(), wrap, revoke).await
+    }
+
+    /// A token kept past its pod (`revokeOnPodDeletion: false`) is renewed once to the
+    /// binding's tokenTTL (Vault caps it at the token's explicit max): from then on nothing
+    /// renews it, and it ends by its own TTL.
+    async fn release_kept_token(&self, wrap: &WrapState, revoke: Revoke) -> Result<(), VaultError> {
+        let Some(accessor) = wrap.accessor.as_deref() else {
+            return Ok(());
+        };
+        if revoke.token() || wrap.phase != Phase::Unwrapped || self.settings.revoke_on_pod_deletion
+        {
+            return Ok(());
+        }
+        let Some(rest) = renewal_increment(
+            self.token_ttl().unwrap_or(KEPT_TOKEN_LIFE),
+            self.token_ttl(),
+            wrap.issued_at,
+            Timestamp::now(),
+        ) else {
+            return Ok(());
+        };
+        self.ctx
+            .vault
+            .renew_accessor(accessor, rest.as_secs().max(1))
+            .await?;
+        Ok(())
+    }
+
+    /// The binding's tokenTTL, if it sets one.
+    fn token_ttl(&self) -> Option<std::time::Duration> {
+        let ttl = self.binding.spec.vault.token_ttl.as_deref()?;
+        humantime::parse_duration(ttl).ok()
     }
 
     async fn revoke(&self, accessor: &str, kind: TokenKind) -> Result<Revoked, VaultError> {
@@ -462,9 +578,17 @@ fn vault_failed(e: VaultError) -> Result<Met, Error> {
     }
 }
 
-/// Revokes what `revoke` asks of the accessors `wrap` names (a missing accessor is skipped).
+/// How long a token kept past its pod lives when its binding sets no tokenTTL (Vault caps it
+/// at the role's and the system's max TTL).
+const KEPT_TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(32 * 24 * 3600);
+
+/// Revokes what `revoke` asks of the accessors `wrap` (a record of `binding` in `namespace`)
+/// names; a missing accessor is skipped. The inner token is revoked only when Vault vouches
+/// that it was minted for this record ([`revoke_vouched`]).
 pub async fn revoke_named(
     ctx: &Context,
+    namespace: &str,
+    binding: &str,
     wrap: &WrapState,
     revoke: Revoke,
 ) -> Result<(), VaultError> {
@@ -476,9 +600,37 @@ pub async fn revoke_named(
     if revoke.token()
         && let Some(a) = &wrap.accessor
     {
-        revoke_counted(ctx, a, TokenKind::Token).await?;
+        revoke_vouched(ctx, namespace, binding, &wrap.pod_uid, a).await?;
     }
     Ok(())
+}
+
+/// Revokes the token behind `accessor` only if Vault says it was minted for this pod: its
+/// metadata names `namespace`, `pod_uid` and `binding` (set at every mint). Anything else
+/// (a record naming someone else's token) is refused with a warning and a metric, and counts
+/// as nothing to revoke.
+pub async fn revoke_vouched(
+    ctx: &Context,
+    namespace: &str,
+    binding: &str,
+    pod_uid: &str,
+    accessor: &str,
+) -> Result<Revoked, VaultError> {
+    let Some(facts) = ctx.vault.lookup_accessor::<TokenFacts>(accessor).await? else {
+        return Ok(Revoked::NotFound);
+    };
+    if !facts.minted_for(namespace, pod_uid, binding) {
+        ctx.metrics.revocation_refused(namespace);
+        warn!(
+            namespace,
+            binding,
+            pod_uid,
+            accessor,
+            "refused to revoke a token that Vault does not say was minted for this record"
+        );
+        return Ok(Revoked::NotFound);
+    }
+    revoke_counted(ctx, accessor, TokenKind::Token).await
 }
 
 /// Revokes one accessor; a token that was still alive is counted in the metrics.

@@ -124,11 +124,15 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     let plan = match &validity {
         Err(invalid) => {
             problems.invalid = Some(invalid.clone());
-            // No minting, but the tokens of pods that are gone are still revoked.
-            plan::Plan {
-                actions: plan::cleanups(&settings, &observed.pods, &observed.records),
-                ..Default::default()
-            }
+            // No minting, but the tokens of pods that are gone are still revoked, and those
+            // pods' agents hold are still renewed.
+            plan::upkeep(
+                &settings,
+                &observed.pods,
+                &observed.records,
+                &remembered(&ctx.last_renewal, &ns, &observed.records),
+                now,
+            )
         }
         Ok(_) => plan::plan(&plan::Input {
             settings: &settings,
@@ -136,13 +140,14 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
             conflicts: &observed.conflicts,
             wraps: &observed.records,
             untrusted: &observed.untrusted,
-            last_lookup: &last_lookups(ctx, &ns, &observed.records),
+            last_lookup: &remembered(&ctx.last_lookup, &ns, &observed.records),
+            last_renewal: &remembered(&ctx.last_renewal, &ns, &observed.records),
             now,
         }),
     };
     problems.invalid_names = plan.invalid_names.clone();
     problems.names_taken = plan.names_taken.clone();
-    let mut wake = plan.wake_at;
+    let mut wake = plan.next_round();
     tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
 
     if !plan.actions.is_empty() {
@@ -224,6 +229,7 @@ fn settings(
         lookup_period: ctx.config.lookup_period,
         agent_container: b.spec.agent_container.clone(),
         revoke_on_pod_deletion: b.spec.revoke_on_pod_deletion,
+        renewal_window: ctx.config.renewal_window,
     }
 }
 
@@ -298,9 +304,14 @@ async fn existing_pods(
     Ok(alive)
 }
 
-/// When each record was last looked up (in memory; a restart only causes early lookups).
-fn last_lookups(ctx: &Context, ns: &str, records: &[WrapState]) -> HashMap<String, Timestamp> {
-    let all = ctx.last_lookup.lock().expect("lookup lock");
+/// When each record was last looked up or renewed, from one of the in-memory maps (a restart
+/// only makes the next lookup or renewal early).
+fn remembered(
+    memory: &std::sync::Mutex<HashMap<String, Timestamp>>,
+    ns: &str,
+    records: &[WrapState],
+) -> HashMap<String, Timestamp> {
+    let all = memory.lock().expect("memory lock");
     records
         .iter()
         .filter_map(|w| all.get(&key(ns, &w.secret)).map(|t| (w.secret.clone(), *t)))

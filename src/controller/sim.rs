@@ -183,6 +183,7 @@ enum Op {
     Mint,
     Lookup,
     Revoke,
+    Renew,
     Health,
 }
 
@@ -245,7 +246,22 @@ struct VToken {
     lost: Option<&'static str>,
     /// Someone unwrapped it.
     consumed: bool,
+    /// When Vault ends it by its TTL (minted for wrap TTL + grace; each renewal extends it).
+    expires: i64,
+    /// The operator renewed it at least once (its pod's agent took it).
+    renewed: bool,
+    /// The operator asked Vault to revoke it (perhaps after Vault had already ended it).
+    revoke_asked: bool,
 }
+
+/// Prefix of the operator memory's renewal entries (beside its lookup times).
+const RENEWED: &str = "renewed:";
+
+/// The longest renewal window a schedule draws.
+const MAX_RENEWAL_WINDOW: i64 = 600;
+
+/// The model's token grace past the wrap TTL (the operator's `tokenGrace`).
+const GRACE: i64 = 30;
 
 #[derive(Clone, Debug, Default)]
 struct Vault {
@@ -288,6 +304,9 @@ impl Vault {
                 owner,
                 lost,
                 consumed: false,
+                expires: now + ttl + GRACE,
+                renewed: false,
+                revoke_asked: false,
             },
         );
         self.by_token.insert(token.clone(), wacc.clone());
@@ -437,6 +456,7 @@ struct Calls {
     creates: u32,
     lookups: u32,
     revokes: u32,
+    renews: u32,
     health: u32,
 }
 
@@ -553,6 +573,8 @@ struct World {
     /// Pods that were relabelled, bindings that were deleted: leaving a binding ends a pod's
     /// stay, and the bound on Vault calls is per stay.
     relabelled: BTreeSet<String>,
+    /// Pod uid -> when the pod was removed.
+    removed_at: HashMap<String, i64>,
     deleted_bindings: BTreeSet<String>,
     /// Token accessors each replica holds in memory, not yet in a record.
     in_hand: [Vec<String>; 2],
@@ -573,6 +595,10 @@ impl World {
             lookup_period: Duration::from_secs(*rng.pick(&[1, 3, 10]).expect("some")),
             agent_container: (!rng.chance(150)).then(|| AGENT.to_string()),
             revoke_on_pod_deletion: !rng.chance(200),
+            renewal_window: Duration::from_secs(
+                *rng.pick(&[40, 120, MAX_RENEWAL_WINDOW as u64])
+                    .expect("some"),
+            ),
         };
         let b = Binding {
             settings: settings(&mut rng, "b"),
@@ -610,6 +636,7 @@ impl World {
             changes: 0,
             in_hand: [vec![], vec![]],
             relabelled: BTreeSet::new(),
+            removed_at: HashMap::new(),
             deleted_bindings: BTreeSet::new(),
             stats: Stats::default(),
             trace: vec![],
@@ -960,10 +987,18 @@ impl World {
             Ok(lost) => lost,
         };
         let now = self.now;
+        if let Some(t) = self.vault.tokens.get_mut(accessor) {
+            t.revoke_asked = true;
+        }
         let existed = if self.vault.live(accessor, now) {
             self.vault.wraps.get_mut(accessor).expect("live").revoked = true;
             true
-        } else if let Some(t) = self.vault.tokens.get_mut(accessor).filter(|t| !t.revoked) {
+        } else if let Some(t) = self
+            .vault
+            .tokens
+            .get_mut(accessor)
+            .filter(|t| !t.revoked && now < t.expires)
+        {
             t.revoked = true;
             true
         } else {
@@ -979,6 +1014,32 @@ impl World {
         } else {
             Revoked::NotFound
         }))
+    }
+
+    /// `auth/token/renew-accessor`: extends a live token by `window`; false when it is gone.
+    fn v_renew(&mut self, accessor: &str, window: i64) -> Step<Result<bool, VErr>> {
+        self.op(Op::Renew)?;
+        if let Some(owner) = self.vault.tokens.get(accessor).map(|t| t.owner.clone()) {
+            self.calls(&owner).renews += 1;
+        }
+        let lost = match self.vault_gate() {
+            Err(e) => return Ok(Err(e)),
+            Ok(lost) => lost,
+        };
+        let now = self.now;
+        let live = match self.vault.tokens.get_mut(accessor) {
+            Some(t) if !t.revoked && now < t.expires => {
+                t.expires = now + window;
+                t.renewed = true;
+                true
+            }
+            _ => false,
+        };
+        self.note(format!("renew {accessor}: live={live} lost={lost}"));
+        if lost {
+            return Ok(Err(VErr::NoAnswer));
+        }
+        Ok(Ok(live))
     }
 
     fn v_health(&mut self, owner: Option<Owner>) -> Step<Result<(), VErr>> {
@@ -1088,6 +1149,11 @@ impl World {
             .iter()
             .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|s| (s.to_string(), *t)))
             .collect();
+        let renew_prefix = format!("{RENEWED}{name}/");
+        let last_renewal: HashMap<String, Timestamp> = self.memory[m]
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(&renew_prefix).map(|s| (s.to_string(), *t)))
+            .collect();
         let no_conflicts = BTreeMap::new();
         let input = Input {
             settings: &binding.settings,
@@ -1100,6 +1166,7 @@ impl World {
             wraps: &wraps,
             untrusted: &untrusted,
             last_lookup: &last_lookup,
+            last_renewal: &last_renewal,
             now: ts(self.now),
         };
         let mut planned = plan::plan(&input);
@@ -1133,10 +1200,15 @@ impl World {
             Action::Lookup { wrap, if_consumed } => self.lookup(r, wrap, if_consumed),
             Action::ProbeExpiry { wrap } => self.probe_expiry(r, wrap),
             Action::ConfirmVault { wrap } => self.confirm_vault(r, wrap),
-            Action::Settle { wrap, outcome } => {
+            Action::Settle {
+                wrap,
+                outcome,
+                start,
+            } => {
                 let revoke = outcome.revoke(wrap.phase);
-                self.settle(r, &wrap, outcome, revoke)
+                self.settle(r, &wrap, outcome, revoke, start)
             }
+            Action::Renew { wrap } => self.renew(r, wrap),
             Action::Cleanup { wrap, revoke } => self.cleanup(r, wrap, revoke),
         }
     }
@@ -1302,7 +1374,7 @@ impl World {
             }
             Ok(false) => {
                 let revoke = if_consumed.revoke(wrap.phase);
-                self.settle(r, &wrap, if_consumed, revoke)
+                self.settle(r, &wrap, if_consumed, revoke, wrap.start)
             }
             Err(e) => {
                 self.vault_failed(r, e);
@@ -1337,7 +1409,7 @@ impl World {
             Ok(revoked) => {
                 let outcome = expiry_outcome(revoked, wrap.expires_at, ts(self.now));
                 let revoke = outcome.revoke(wrap.phase);
-                self.settle(r, &wrap, outcome, revoke)
+                self.settle(r, &wrap, outcome, revoke, wrap.start)
             }
             Err(e) => {
                 self.vault_failed(r, e);
@@ -1353,19 +1425,37 @@ impl World {
         wrap: &WrapState,
         outcome: Outcome,
         revoke: Revoke,
+        start: u32,
     ) -> Step<()> {
         if let Err(e) = self.revoke_record(wrap, revoke)? {
             self.vault_failed(r, e);
             return Ok(());
         }
         let phase = outcome.phase();
-        let changes = settle_changes(phase, outcome.verified(), outcome.message());
+        let changes = settle_changes(phase, outcome.verified(), outcome.message(), start);
         let rv = wrap.resource_version.clone();
         if self
             .guarded_patch(&wrap.secret, rv.as_deref(), &changes, Data::Clear)?
             .is_ok()
         {
             *self.stats.settles.entry(phase.as_str()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// `Executor::renew`.
+    fn renew(&mut self, r: &mut Round, wrap: WrapState) -> Step<()> {
+        let Some(accessor) = wrap.accessor.clone() else {
+            return Ok(());
+        };
+        let window = r.settings.renewal_window.as_secs() as i64;
+        match self.v_renew(&accessor, window)? {
+            Ok(_) => {
+                let m = usize::from(r.replica == Replica::Rival);
+                let k = format!("{RENEWED}{}/{}", r.binding, wrap.secret);
+                self.memory[m].insert(k, ts(self.now));
+            }
+            Err(e) => self.vault_failed(r, e),
         }
         Ok(())
     }
@@ -1380,6 +1470,8 @@ impl World {
             return Ok(());
         }
         self.forget_lookup(r, &wrap.secret);
+        let m = usize::from(r.replica == Replica::Rival);
+        self.memory[m].remove(&format!("{RENEWED}{}/{}", r.binding, wrap.secret));
         Ok(())
     }
 
@@ -1602,6 +1694,7 @@ impl World {
     fn remove_pod(&mut self, i: usize) {
         let pod = self.pods.remove(i);
         self.note(format!("pod {} ({}) removed", pod.name, pod.uid));
+        self.removed_at.insert(pod.uid.clone(), self.now);
         self.collect_garbage(&pod.uid);
     }
 
@@ -1894,7 +1987,14 @@ impl World {
         }
         let mut unlearned = BTreeMap::new();
         for (a, t) in &self.vault.tokens {
-            if t.revoked {
+            // Vault holds the line (every token ends by its TTL), but the operator still does
+            // its part: a token alive when its pod went was revoked, or at least asked to be
+            // (Vault may have ended it first), unless kept or lost (below).
+            let died_first = |removed: &i64| t.expires <= *removed;
+            if t.revoked
+                || t.revoke_asked
+                || (now >= t.expires && self.removed_at.get(&t.owner.uid).is_some_and(died_first))
+            {
                 continue;
             }
             if let Some(why) = t.lost {
@@ -1905,7 +2005,10 @@ impl World {
                 .ever
                 .get(&t.owner.binding)
                 .is_some_and(|(revoke, _, _)| !revoke);
-            if keep && t.consumed {
+            // A kept token (`revokeOnPodDeletion: false`) stays with whoever took it; one the
+            // operator took for consumed (a lookup cannot tell an expired wrap from a consumed
+            // one) still ends by itself within the renewal window.
+            if keep && (t.consumed || t.expires <= now + MAX_RENEWAL_WINDOW) {
                 continue;
             }
             let msg = format!(
@@ -1984,7 +2087,12 @@ fn describe(a: &Action) -> String {
         Action::Lookup { wrap, if_consumed } => format!("lookup {} ({if_consumed:?})", wrap.secret),
         Action::ConfirmVault { wrap } => format!("confirm Vault for {}", wrap.secret),
         Action::ProbeExpiry { wrap } => format!("probe {}", wrap.secret),
-        Action::Settle { wrap, outcome } => format!("settle {} as {outcome:?}", wrap.secret),
+        Action::Settle {
+            wrap,
+            outcome,
+            start,
+        } => format!("settle {} as {outcome:?} (start {start})", wrap.secret),
+        Action::Renew { wrap } => format!("renew {}", wrap.secret),
         Action::Cleanup { wrap, .. } => format!("cleanup {}", wrap.secret),
     }
 }
@@ -2259,11 +2367,11 @@ mod tests {
         apply_model(&mut m, &[(ann::VAULT_SEEN_AT, Some(ts(7).to_string()))]);
         assert_eq!(r, m);
         for verified in [true, false] {
-            let patch = writes::settle_patch(&sealer, &issued, Phase::Unwrapped, verified, "x");
+            let patch = writes::settle_patch(&sealer, &issued, Phase::Unwrapped, verified, "x", 0);
             assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
             let (mut r, mut m) = (real.clone(), model.clone());
             apply_real(&mut r, &patch);
-            apply_model(&mut m, &settle_changes(Phase::Unwrapped, verified, "x"));
+            apply_model(&mut m, &settle_changes(Phase::Unwrapped, verified, "x", 0));
             assert_eq!(r, m);
         }
         let patch = writes::failure_patch(&sealer, &claimed, "refused", ts(8));
@@ -2275,9 +2383,9 @@ mod tests {
         // Takeover for the same start and for a new one (with and without receipts_after).
         apply_real(
             &mut real,
-            &writes::settle_patch(&sealer, &issued, Phase::Unwrapped, true, "ok"),
+            &writes::settle_patch(&sealer, &issued, Phase::Unwrapped, true, "ok", 0),
         );
-        apply_model(&mut model, &settle_changes(Phase::Unwrapped, true, "ok"));
+        apply_model(&mut model, &settle_changes(Phase::Unwrapped, true, "ok", 0));
         let settled = read_record("p-b-wrap", &sec(&model, 3, None)).expect("record");
         for (start, after) in [(0, None), (1, Some(9)), (1, None)] {
             let i = issue(start, Some(settled.clone()), after);

@@ -75,10 +75,10 @@ pub async fn orphaned_bindings(ctx: &Context) -> Result<Vec<(String, String)>, k
 }
 
 /// Revokes everything a binding minted and deletes its records (finalizer and sweep). Only
-/// authentic records (adopted ones included) are touched: forged ones are reported (Event on
-/// `on` when the binding still exists, else on the Secret) and stay. Returns how many records
-/// were removed; an error after the others were handled when an unsigned record could not be
-/// vetted (it is retried).
+/// authentic records are acted on: others are reported (Event on `on` when the binding still
+/// exists, else on the Secret) and stay, unless their Secret is being deleted, when their
+/// finalizer is released (`trust::vet`). Returns how many records were removed; an error after
+/// the others were handled when a release failed (it is retried).
 pub async fn retire_records(
     ctx: &Context,
     namespace: &str,
@@ -100,7 +100,7 @@ pub async fn retire_records(
     let mut changed = None;
     for wrap in &vetted.trusted {
         // The binding is going: every token it minted goes with it.
-        revoke_named(ctx, wrap, plan::revocations(wrap, true)).await?;
+        revoke_named(ctx, namespace, binding, wrap, plan::revocations(wrap, true)).await?;
         if writes::remove(&secrets, wrap).await? {
             removed += 1;
         } else {

@@ -136,6 +136,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         pods,
         secrets,
         last_lookup: Default::default(),
+        last_renewal: Default::default(),
         failures: Default::default(),
         readiness: Readiness::default(),
         record_keys,

@@ -13,6 +13,8 @@ use crate::vault::Revoked;
 
 /// A lost mint answer is assumed dead this long after its wrap would have expired.
 pub const LOST_MINT_SLACK: Duration = Duration::from_secs(10);
+/// How often an outstanding wrap the agent reported invalid is looked up again.
+pub const SUSPECT_RECHECK: Duration = Duration::from_secs(1);
 /// A failed mint is retried after this long.
 pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
 
@@ -29,6 +31,8 @@ pub struct Settings {
     pub agent_container: Option<String>,
     /// Revoke a pod's token when the pod goes.
     pub revoke_on_pod_deletion: bool,
+    /// How long a held token lives past each renewal; it is renewed every half of it.
+    pub renewal_window: Duration,
 }
 
 impl Settings {
@@ -89,6 +93,17 @@ pub enum Action {
         wrap: WrapState,
         /// How it ended.
         outcome: Outcome,
+        /// The start the record belongs to from now on: the agent instance that took the
+        /// wrap. An agent that restarted before it unwrapped is still this start, so the token
+        /// it holds is never revoked as the previous start's.
+        start: u32,
+    },
+    /// The pod's agent holds the token and the pod lives: extend the token's life by the
+    /// renewal window (`auth/token/renew-accessor`), so Vault ends it within the window once
+    /// nobody renews it.
+    Renew {
+        /// The record.
+        wrap: WrapState,
     },
     /// The pod is gone: revoke as asked and delete the Secret.
     Cleanup {
@@ -232,6 +247,7 @@ impl Action {
             | Action::ConfirmVault { wrap }
             | Action::ProbeExpiry { wrap }
             | Action::Settle { wrap, .. }
+            | Action::Renew { wrap }
             | Action::Cleanup { wrap, .. } => Some(wrap),
         }
     }
@@ -242,8 +258,11 @@ impl Action {
 pub struct Plan {
     /// Steps, cleanups first.
     pub actions: Vec<Action>,
-    /// Earliest time something becomes due.
+    /// Earliest time something other than a renewal becomes due.
     pub wake_at: Option<Timestamp>,
+    /// Earliest time a held token's renewal becomes due (kept apart: renewals recur for as
+    /// long as pods live, so they alone never mean there is work left to settle).
+    pub renew_at: Option<Timestamp>,
     /// Pod name -> the Secret name it asks for, which is not a valid name (nothing is minted).
     pub invalid_names: BTreeMap<String, String>,
     /// Pod name -> its Secret name, held by a record that is not ours (left untouched).
@@ -253,6 +272,18 @@ pub struct Plan {
 impl Plan {
     fn wake(&mut self, at: Timestamp) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    fn renew(&mut self, at: Timestamp) {
+        self.renew_at = Some(self.renew_at.map_or(at, |w| w.min(at)));
+    }
+
+    /// When the binding must be looked at again: the earlier of the two.
+    pub fn next_round(&self) -> Option<Timestamp> {
+        match (self.wake_at, self.renew_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -274,6 +305,8 @@ pub struct Input<'a> {
     pub untrusted: &'a BTreeSet<String>,
     /// Secret name -> last lookup time (in memory; a restart only causes early lookups).
     pub last_lookup: &'a HashMap<String, Timestamp>,
+    /// Secret name -> last renewal of its token (in memory; a restart only renews early).
+    pub last_renewal: &'a HashMap<String, Timestamp>,
     /// The clock.
     pub now: Timestamp,
 }
@@ -298,14 +331,117 @@ fn orphaned(pods: &[PodView], wrap: &WrapState) -> bool {
             .is_none_or(|p| p.finished)
 }
 
-/// Cleanup actions only: for a binding that may not mint (invalid spec, role not allowed) the
-/// tokens of pods that are gone are still revoked. `pods` are the records' pods that exist.
-pub fn cleanups(settings: &Settings, pods: &[PodView], wraps: &[WrapState]) -> Vec<Action> {
-    wraps
+/// The records whose pod is gone, revoked and removed. A claim whose mint answer was lost is
+/// kept until the lost-mint wait is over (Vault seen again, then one wrap TTL): the pod may
+/// only have left the selector, and a claim removed early would let it be minted for again
+/// while the lost wrap lives.
+fn cleanups(
+    settings: &Settings,
+    pods: &[PodView],
+    wraps: &[WrapState],
+    now: Timestamp,
+    plan: &mut Plan,
+) {
+    for wrap in wraps.iter().filter(|w| orphaned(pods, w)) {
+        if wrap.phase == Phase::Claimed && wrap.wrap_accessor.is_none() {
+            match lost_mint_wait(settings, wrap, now) {
+                Wait::ForVault => {
+                    plan.actions
+                        .push(Action::ConfirmVault { wrap: wrap.clone() });
+                    continue;
+                }
+                Wait::Until(at) => {
+                    plan.wake(at);
+                    continue;
+                }
+                Wait::Over => {}
+            }
+        }
+        plan.actions.push(cleanup(settings, wrap));
+    }
+}
+
+/// Where a claim whose mint answer was lost stands.
+enum Wait {
+    /// Vault has not answered since the claim.
+    ForVault,
+    /// Any wrap the lost request made expires by then.
+    Until(Timestamp),
+    /// Whatever the lost request made has expired.
+    Over,
+}
+
+fn lost_mint_wait(s: &Settings, wrap: &WrapState, now: Timestamp) -> Wait {
+    let claimed = wrap.claimed_at.unwrap_or(now);
+    match wrap.vault_seen_at.filter(|seen| *seen > claimed) {
+        None => Wait::ForVault,
+        Some(seen) => {
+            let over_at = add(seen, s.wrap_ttl + LOST_MINT_SLACK);
+            if now < over_at {
+                Wait::Until(over_at)
+            } else {
+                Wait::Over
+            }
+        }
+    }
+}
+
+/// What every binding owes its records whether or not it may mint (an invalid spec, a role no
+/// longer allowed): the tokens of pods that are gone are revoked, and the tokens pods' agents
+/// hold are renewed while their pods live. `pods` are the records' pods that exist.
+pub fn upkeep(
+    settings: &Settings,
+    pods: &[PodView],
+    wraps: &[WrapState],
+    last_renewal: &HashMap<String, Timestamp>,
+    now: Timestamp,
+) -> Plan {
+    let mut plan = Plan::default();
+    cleanups(settings, pods, wraps, now, &mut plan);
+    let half = settings.renewal_window / 2;
+    let mut due: Vec<(Timestamp, Action)> = vec![];
+    for wrap in wraps
         .iter()
-        .filter(|w| orphaned(pods, w))
-        .map(|w| cleanup(settings, w))
-        .collect()
+        .filter(|w| holds_token(w) && !orphaned(pods, w))
+    {
+        match last_renewal.get(&wrap.secret) {
+            Some(at) if now < add(*at, half) => plan.renew(add(*at, half)),
+            last => {
+                let since = last.copied().unwrap_or(Timestamp::MIN);
+                due.push((since, Action::Renew { wrap: wrap.clone() }));
+                plan.renew(add(now, half));
+            }
+        }
+    }
+    // The longest unrenewed first: when the Vault budget runs out, what waits is what was
+    // renewed most recently.
+    due.sort_by_key(|(since, _)| *since);
+    plan.actions.extend(due.into_iter().map(|(_, a)| a));
+    plan
+}
+
+/// How far to extend a held token from `now`: the renewal window, but never past the binding's
+/// tokenTTL counted from the mint (OpenBao does not cap a renewal by accessor at the token's
+/// explicit max TTL). `None` once the token has reached its tokenTTL: it is left to end.
+pub fn renewal_increment(
+    window: Duration,
+    token_ttl: Option<Duration>,
+    issued_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<Duration> {
+    let (Some(max), Some(issued)) = (token_ttl, issued_at) else {
+        return Some(window);
+    };
+    let end = add(issued, max);
+    let left = now.duration_until(end);
+    let left = Duration::try_from(left).ok().filter(|d| !d.is_zero())?;
+    Some(window.min(left))
+}
+
+/// True when the record's token was taken by the pod's agent (a verified receipt, or a
+/// consumption nothing contradicts): the token the operator keeps alive.
+fn holds_token(wrap: &WrapState) -> bool {
+    wrap.phase == Phase::Unwrapped && wrap.accessor.is_some()
 }
 
 /// Decides the next actions for one binding.
@@ -361,9 +497,37 @@ pub fn plan(input: &Input) -> Plan {
         } => (1, last_looked_at(input, wrap)),
         _ => (0, Timestamp::MIN),
     });
-    plan.actions = cleanups(input.settings, input.pods, input.wraps)
+    let upkeep = upkeep(
+        input.settings,
+        input.pods,
+        input.wraps,
+        input.last_renewal,
+        input.now,
+    );
+    if let Some(at) = upkeep.renew_at {
+        plan.renew(at);
+    }
+    // Cleanups first, then new mints and settlements, then renewals, then routine lookups.
+    let (lookups, steps): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| {
+        matches!(
+            a,
+            Action::Lookup {
+                if_consumed: Outcome::ConsumedSeenByLookup,
+                ..
+            }
+        )
+    });
+    let (mut renewals, cleanups): (Vec<Action>, Vec<Action>) = upkeep
+        .actions
         .into_iter()
-        .chain(actions)
+        .partition(|a| matches!(a, Action::Renew { .. }));
+    // A record with another step this round (a settlement, say) is renewed next round.
+    renewals.retain(|r| !steps.iter().any(|a| a.record() == r.record()));
+    plan.actions = cleanups
+        .into_iter()
+        .chain(steps)
+        .chain(renewals)
+        .chain(lookups)
         .collect();
     plan
 }
@@ -432,17 +596,11 @@ fn judge(
             // The answer to this claim's mint was lost. Vault may still carry the request out
             // (e.g. it was frozen), so first see Vault answer again, then wait until any wrap
             // made by that request has expired before minting anew.
-            let claimed = wrap.claimed_at.unwrap_or(now);
-            match wrap.vault_seen_at.filter(|seen| *seen > claimed) {
-                None => actions.push(Action::ConfirmVault { wrap: wrap.clone() }),
-                Some(seen) => {
-                    let retry_at = add(seen, s.wrap_ttl + LOST_MINT_SLACK);
-                    if now < retry_at {
-                        plan.wake(retry_at);
-                    } else if may_mint {
-                        actions.push(retry(s, pod, wrap));
-                    }
-                }
+            match lost_mint_wait(s, wrap, now) {
+                Wait::ForVault => actions.push(Action::ConfirmVault { wrap: wrap.clone() }),
+                Wait::Until(at) => plan.wake(at),
+                Wait::Over if may_mint => actions.push(retry(s, pod, wrap)),
+                Wait::Over => {}
             }
             return;
         }
@@ -457,22 +615,37 @@ fn judge(
         }
         _ => {}
     }
-    if let Some(step) = judge_receipts(pod, wrap) {
-        actions.push(step);
-        return;
+    // The agent found an outstanding wrap invalid: a theft, or a stale volume. Vault decides,
+    // on the wrap's usual schedule, only sooner.
+    let mut if_consumed = Outcome::ConsumedSeenByLookup;
+    let mut period = s.lookup_period;
+    match judge_receipts(s, pod, wrap) {
+        Some(Action::Lookup {
+            if_consumed: suspected,
+            ..
+        }) if wrap.phase == Phase::Issued => {
+            if_consumed = suspected;
+            period = period.min(SUSPECT_RECHECK);
+        }
+        Some(step) => {
+            actions.push(step);
+            return;
+        }
+        None => {}
     }
     if wrap.phase == Phase::Issued {
         let expires = wrap.expires_at.unwrap_or(now);
         let probe_at = sub(expires, s.expiry_margin());
-        let lookup_at = add(last_looked_at(input, wrap), s.lookup_period);
+        let lookup_at = add(last_looked_at(input, wrap), period);
+        let suspect = if_consumed != Outcome::ConsumedSeenByLookup;
         if now >= probe_at {
             actions.push(Action::ProbeExpiry { wrap: wrap.clone() });
-        } else if now >= lookup_at {
+        } else if now >= lookup_at || (suspect && !input.last_lookup.contains_key(&wrap.secret)) {
             actions.push(Action::Lookup {
                 wrap: wrap.clone(),
-                if_consumed: Outcome::ConsumedSeenByLookup,
+                if_consumed,
             });
-            plan.wake(add(now, s.lookup_period).min(probe_at));
+            plan.wake(add(now, period).min(probe_at));
         } else {
             plan.wake(lookup_at.min(probe_at));
         }
@@ -517,14 +690,21 @@ fn reissue(pod: &PodView, wrap: &WrapState, start: u32, revoke_previous: Option<
 }
 
 /// What the agent's receipts say about an Issued or Unwrapped wrap.
-fn judge_receipts(pod: &PodView, wrap: &WrapState) -> Option<Action> {
+fn judge_receipts(settings: &Settings, pod: &PodView, wrap: &WrapState) -> Option<Action> {
     if !matches!(wrap.phase, Phase::Issued | Phase::Unwrapped) || wrap.verified {
         return None;
     }
     let settle = |outcome| {
+        // The instance that took the wrap is the current one: its restarts before the unwrap
+        // belong to this start.
+        let start = match outcome {
+            Outcome::UnwrappedByAgent => wrap.start.max(agent_restarts(settings, pod)),
+            _ => wrap.start,
+        };
         Some(Action::Settle {
             wrap: wrap.clone(),
             outcome,
+            start,
         })
     };
     for r in current_receipts(pod, wrap) {
@@ -571,6 +751,7 @@ mod tests {
             lookup_period: Duration::from_secs(10),
             agent_container: Some("agent".into()),
             revoke_on_pod_deletion: true,
+            renewal_window: Duration::from_secs(600),
         }
     }
 
@@ -629,6 +810,9 @@ mod tests {
         untrusted: &BTreeSet<String>,
         now: i64,
     ) -> Plan {
+        // Every held token counts as just renewed: renewals have tests of their own.
+        let renewed: HashMap<String, Timestamp> =
+            wraps.iter().map(|w| (w.secret.clone(), t(now))).collect();
         plan(&Input {
             settings: s,
             pods,
@@ -636,6 +820,7 @@ mod tests {
             wraps,
             untrusted,
             last_lookup: &HashMap::new(),
+            last_renewal: &renewed,
             now: t(now),
         })
     }
@@ -774,6 +959,7 @@ mod tests {
             wraps: &wraps,
             untrusted: &BTreeSet::new(),
             last_lookup: &last_lookup,
+            last_renewal: &HashMap::new(),
             now: t(20),
         });
         let order: Vec<&str> = p
@@ -1003,7 +1189,8 @@ mod tests {
                 plan.actions,
                 vec![Action::Settle {
                     wrap: issued("a", 0),
-                    outcome
+                    outcome,
+                    start: 0,
                 }],
                 "{result}"
             );
@@ -1040,6 +1227,32 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    #[test]
+    fn an_agent_restarted_before_its_unwrap_keeps_its_start_and_its_token() {
+        // The agent's first run failed before unwrapping; the kubelet restarted it and the
+        // second run took the still-valid wrap.
+        let mut p = pod("a");
+        p.restart_counts.insert("agent".into(), 1);
+        p.receipts.push(receipt(Receipt::unwrapped("acc"), 3));
+        let w = issued("a", 0);
+        let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 3);
+        assert_eq!(
+            plan.actions,
+            vec![Action::Settle {
+                wrap: w.clone(),
+                outcome: Outcome::UnwrappedByAgent,
+                start: 1,
+            }]
+        );
+        // Settled as start 1: nothing is reissued and the token in use is not revoked.
+        let mut settled = w;
+        settled.phase = Phase::Unwrapped;
+        settled.verified = true;
+        settled.start = 1;
+        let plan = run(&[p], &[settled], 4);
+        assert!(plan.actions.is_empty(), "{plan:?}");
     }
 
     #[test]
@@ -1315,7 +1528,21 @@ mod tests {
         let mut rng = Rng::new(1);
         for case in 0..20_000 {
             let (pods, wraps, conflicts, untrusted, now) = random_case(&mut rng);
-            let plan = run_untrusted(&settings(), &pods, &wraps, &conflicts, &untrusted, now);
+            let plan = if rng.chance(500) {
+                run_untrusted(&settings(), &pods, &wraps, &conflicts, &untrusted, now)
+            } else {
+                // Nothing renewed since the operator started.
+                plan(&Input {
+                    settings: &settings(),
+                    pods: &pods,
+                    conflicts: &conflicts,
+                    wraps: &wraps,
+                    untrusted: &untrusted,
+                    last_lookup: &HashMap::new(),
+                    last_renewal: &HashMap::new(),
+                    now: t(now),
+                })
+            };
             let ctx = format!(
                 "case {case}: pods {pods:?}\nwraps {wraps:?}\nuntrusted {untrusted:?}\nplan {plan:?}"
             );
@@ -1393,6 +1620,17 @@ mod tests {
                     | Action::ProbeExpiry { wrap }
                     | Action::ConfirmVault { wrap }
                     | Action::Settle { wrap, .. } => Some(wrap.secret.clone()),
+                    Action::Renew { wrap } => {
+                        // Only a token the pod's agent took, and only while its pod lives.
+                        assert_eq!(wrap.phase, Phase::Unwrapped, "renewed: {ctx}");
+                        assert!(wrap.accessor.is_some(), "{ctx}");
+                        let pod = pods.iter().find(|p| p.uid == wrap.pod_uid);
+                        assert!(
+                            !wrap.deleting && pod.is_some_and(|p| !p.finished),
+                            "renewed the token of a pod that is gone: {ctx}"
+                        );
+                        Some(wrap.secret.clone())
+                    }
                     Action::Cleanup { wrap, revoke } => {
                         let pod = pods.iter().find(|p| p.uid == wrap.pod_uid);
                         assert!(
@@ -1414,6 +1652,103 @@ mod tests {
                     );
                 }
             }
+            // A held token of a live pod is never left to die: renewed, or due at the wake.
+            for w in &wraps {
+                let alive = pods
+                    .iter()
+                    .any(|p| p.uid == w.pod_uid && !p.finished && !w.deleting);
+                if alive && w.phase == Phase::Unwrapped && w.accessor.is_some() {
+                    assert!(
+                        touched_records.contains(&w.secret)
+                            || plan.renew_at.is_some_and(|at| at <= t(now + 300)),
+                        "held token neither renewed nor due: {ctx}"
+                    );
+                }
+            }
         }
+    }
+
+    #[test]
+    fn renewals_never_reach_past_the_token_ttl() {
+        let w = Duration::from_secs(600);
+        // No tokenTTL: the window.
+        assert_eq!(renewal_increment(w, None, Some(t(0)), t(100)), Some(w));
+        // A 1 h tokenTTL: the window until the last 10 minutes, then what is left.
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(renewal_increment(w, hour, Some(t(0)), t(100)), Some(w));
+        assert_eq!(
+            renewal_increment(w, hour, Some(t(0)), t(3400)),
+            Some(Duration::from_secs(200))
+        );
+        assert_eq!(renewal_increment(w, hour, Some(t(0)), t(3600)), None);
+        assert_eq!(renewal_increment(w, hour, Some(t(0)), t(4000)), None);
+    }
+
+    #[test]
+    fn held_tokens_are_renewed_every_half_window_while_their_pod_lives() {
+        let s = settings();
+        let mut w = issued("a", 0);
+        w.phase = Phase::Unwrapped;
+        let at = |pods: &[PodView], renewed: Option<i64>, now: i64| {
+            let last: HashMap<String, Timestamp> = renewed
+                .map(|r| (w.secret.clone(), t(r)))
+                .into_iter()
+                .collect();
+            plan(&Input {
+                settings: &s,
+                pods,
+                conflicts: &BTreeMap::new(),
+                wraps: std::slice::from_ref(&w),
+                untrusted: &BTreeSet::new(),
+                last_lookup: &HashMap::new(),
+                last_renewal: &last,
+                now: t(now),
+            })
+        };
+        let renew = vec![Action::Renew { wrap: w.clone() }];
+        // Never renewed since the operator started: at once.
+        assert_eq!(at(&[pod("a")], None, 70).actions, renew);
+        // Renewed at 100: next at 100 + 300 (half of the 600 s window).
+        let p = at(&[pod("a")], Some(100), 399);
+        assert!(p.actions.is_empty(), "{p:?}");
+        assert_eq!((p.wake_at, p.renew_at), (None, Some(t(400))));
+        assert_eq!(at(&[pod("a")], Some(100), 400).actions, renew);
+        // A terminating pod still runs its agent: still renewed.
+        let leaving = PodView {
+            terminating: true,
+            ..pod("a")
+        };
+        assert_eq!(at(&[leaving], Some(100), 400).actions, renew);
+        // Pod gone or finished: cleaned up, never renewed.
+        let finished = PodView {
+            finished: true,
+            ..pod("a")
+        };
+        for pods in [vec![], vec![finished]] {
+            let p = at(&pods, None, 400);
+            assert!(matches!(p.actions[..], [Action::Cleanup { .. }]), "{p:?}");
+        }
+        // Nothing taken, nothing renewed: an outstanding, expired or tampered wrap's token is
+        // left to die by its own TTL.
+        for phase in [
+            Phase::Issued,
+            Phase::Expired,
+            Phase::Tampered,
+            Phase::Failed,
+        ] {
+            let mut other = w.clone();
+            other.phase = phase;
+            let p = upkeep(&s, &[pod("a")], &[other], &HashMap::new(), t(400));
+            assert!(p.actions.is_empty(), "{phase:?}: {p:?}");
+        }
+        // A binding that may not mint (invalid spec) still renews what its pods hold.
+        let p = upkeep(
+            &s,
+            &[pod("a")],
+            std::slice::from_ref(&w),
+            &HashMap::new(),
+            t(1),
+        );
+        assert_eq!(p.actions, renew);
     }
 }

@@ -275,9 +275,9 @@ async fn settling_records_the_phase_and_removes_the_token_and_a_gone_record_is_l
         (ok, gone, broken)
     });
     let r = records(&api, &keys);
-    let settled = writes::settle(&r, &wrap, Phase::Expired, false, "expired").await;
-    let gone = writes::settle(&r, &wrap, Phase::Expired, false, "expired").await;
-    let broken = writes::settle(&r, &wrap, Phase::Expired, false, "expired").await;
+    let settled = writes::settle(&r, &wrap, Phase::Expired, false, "expired", 0).await;
+    let gone = writes::settle(&r, &wrap, Phase::Expired, false, "expired", 0).await;
+    let broken = writes::settle(&r, &wrap, Phase::Expired, false, "expired", 0).await;
     let (seen, _, _) = server.await.unwrap();
     assert_eq!(settled.unwrap(), "6");
     assert!(matches!(gone, Err(ClaimError::Lost)), "{gone:?}");
@@ -370,30 +370,4 @@ async fn removal_releases_the_finalizer_as_read_then_deletes_that_very_secret() 
     );
     assert_eq!(delete.body["preconditions"]["uid"], "uid-secret");
     assert_eq!(gone.method, Method::PATCH);
-}
-
-#[tokio::test]
-async fn adopting_an_unsigned_record_only_signs_it_guarded_by_its_version() {
-    let keys = keys();
-    let mut wrap = issued_record(&keys);
-    wrap.authenticity = Authenticity::Unsigned;
-    let (api, mut handle) = mocked();
-    let server =
-        tokio::spawn(
-            async move { answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await },
-        );
-    let rv = writes::adopt(&records(&api, &keys), &wrap).await.unwrap();
-    let seen = server.await.unwrap();
-    assert_eq!(rv, "6");
-    assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
-    assert_eq!(seen.content_type.as_deref(), Some(MERGE_PATCH));
-    assert_eq!(seen.body["metadata"]["resourceVersion"], "5");
-    // Only the signature changes: no annotation the record carries is rewritten, no data.
-    let annotations = seen.body["metadata"]["annotations"].as_object().unwrap();
-    assert_eq!(
-        annotations.keys().collect::<Vec<_>>(),
-        [ann::SIGNATURE],
-        "{annotations:?}"
-    );
-    assert!(seen.body.get("data").is_none());
 }

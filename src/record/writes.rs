@@ -175,11 +175,12 @@ pub fn failure_changes(message: &str, now: Timestamp) -> Vec<Change> {
 }
 
 /// The annotation changes of settling a wrap in `phase`.
-pub fn settle_changes(phase: Phase, verified: bool, message: &str) -> Vec<Change> {
+pub fn settle_changes(phase: Phase, verified: bool, message: &str, start: u32) -> Vec<Change> {
     vec![
         (ann::PHASE, Some(phase.as_str().to_string())),
         (ann::VERIFIED, verified.then(|| "true".to_string())),
         (ann::MESSAGE, Some(truncate(message, 512))),
+        (ann::START, Some(start.to_string())),
     ]
 }
 
@@ -354,8 +355,9 @@ pub fn settle_patch(
     phase: Phase,
     verified: bool,
     message: &str,
+    start: u32,
 ) -> Value {
-    let changes = settle_changes(phase, verified, message);
+    let changes = settle_changes(phase, verified, message, start);
     let (annotations, _) = sealer.patch(&wrap.secret, &wrap.annotations, &changes);
     json!({
         "metadata": { "resourceVersion": wrap.resource_version, "annotations": annotations },
@@ -370,22 +372,9 @@ pub async fn settle(
     phase: Phase,
     verified: bool,
     message: &str,
+    start: u32,
 ) -> Result<String, ClaimError> {
-    let patch = settle_patch(&records.sealer, wrap, phase, verified, message);
-    guarded_patch(records.api, &wrap.secret, &patch).await
-}
-
-/// The patch that signs a record as it stands (adopting an unsigned one).
-pub fn adopt_patch(sealer: &Sealer, wrap: &WrapState) -> Value {
-    let (annotations, _) = sealer.patch(&wrap.secret, &wrap.annotations, &[]);
-    json!({
-        "metadata": { "resourceVersion": wrap.resource_version, "annotations": annotations }
-    })
-}
-
-/// Signs a record as it stands, guarded by its resourceVersion; returns the new one.
-pub async fn adopt(records: &Records<'_>, wrap: &WrapState) -> Result<String, ClaimError> {
-    let patch = adopt_patch(&records.sealer, wrap);
+    let patch = settle_patch(&records.sealer, wrap, phase, verified, message, start);
     guarded_patch(records.api, &wrap.secret, &patch).await
 }
 
@@ -592,7 +581,7 @@ mod tests {
         );
         let settled = apply(
             &delivered,
-            &settle_patch(&sealer, &w, Phase::Unwrapped, true, "verified"),
+            &settle_patch(&sealer, &w, Phase::Unwrapped, true, "verified", 0),
         );
         let w = read(&settled, &keys);
         assert_eq!(
@@ -618,28 +607,6 @@ mod tests {
         );
         assert_eq!(seen.authenticity, Authenticity::Authentic);
         assert_eq!(seen.vault_seen_at, Some(t(20)));
-    }
-
-    #[test]
-    fn adopting_signs_an_unsigned_record_as_it_stands() {
-        let keys = keys();
-        let sealer = Sealer {
-            namespace: "ns",
-            binding: "b",
-            keys: &keys,
-        };
-        let (mut secret, _) = created(&sealer);
-        secret
-            .metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .remove(ann::SIGNATURE);
-        let unsigned = read(&secret, &keys);
-        assert_eq!(unsigned.authenticity, Authenticity::Unsigned);
-        let adopted = read(&apply(&secret, &adopt_patch(&sealer, &unsigned)), &keys);
-        assert_eq!(adopted.authenticity, Authenticity::Authentic);
-        assert_eq!(adopted.annotations, unsigned.annotations);
     }
 
     #[test]

@@ -158,8 +158,10 @@ pub struct TokenRequest {
     pub role: String,
     /// Requested policies (empty: the role's).
     pub policies: Vec<String>,
-    /// Token TTL, Go duration.
+    /// Token TTL, Go duration: how long the token lives unless renewed.
     pub ttl: Option<String>,
+    /// Longest life the token may ever reach by renewal, Go duration (unset: the role's).
+    pub explicit_max_ttl: Option<String>,
     /// Number of uses (0: unlimited).
     pub num_uses: Option<u32>,
     /// Token metadata.
@@ -203,6 +205,16 @@ pub struct UnwrappedToken {
     pub accessor: String,
     /// Its policies.
     pub policies: Vec<String>,
+}
+
+/// Outcome of renewing a token by accessor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewed {
+    /// The token lives on for this many more seconds (Vault may grant less than asked: its
+    /// explicit max TTL, the role's, or a periodic role's period).
+    For(u64),
+    /// No token with this accessor (expired or revoked).
+    NotFound,
 }
 
 /// Outcome of revoking by accessor.
@@ -265,6 +277,9 @@ impl VaultClient {
         }
         if let Some(ttl) = &req.ttl {
             body["ttl"] = json!(ttl);
+        }
+        if let Some(max) = &req.explicit_max_ttl {
+            body["explicit_max_ttl"] = json!(max);
         }
         if let Some(n) = req.num_uses {
             body["num_uses"] = json!(n);
@@ -377,13 +392,7 @@ impl VaultClient {
     pub async fn revoke_accessor(&self, accessor: &str) -> Result<Revoked, VaultError> {
         const OP: &str = "revoke";
         let body = json!({ "accessor": accessor });
-        let resp = self
-            .authed(OP, |token| {
-                self.request(reqwest::Method::POST, "auth/token/revoke-accessor")
-                    .header("X-Vault-Token", token)
-                    .json(&body)
-            })
-            .await;
+        let resp = self.post(OP, "auth/token/revoke-accessor", &body).await;
         match resp {
             Ok(resp) if resp.status() == reqwest::StatusCode::NO_CONTENT => Ok(Revoked::Existed),
             Ok(resp) => {
@@ -399,9 +408,40 @@ impl VaultClient {
                 status: 400,
                 message,
                 ..
-            }) if message.contains("invalid accessor") || message.contains("No token found") => {
-                Ok(Revoked::NotFound)
+            }) if is_unknown_accessor(&message) => Ok(Revoked::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extends a token's life by accessor (`auth/token/renew-accessor`, `increment_secs` from
+    /// now). The answer never holds the token itself.
+    pub async fn renew_accessor(
+        &self,
+        accessor: &str,
+        increment_secs: u64,
+    ) -> Result<Renewed, VaultError> {
+        const OP: &str = "renew";
+        let body = json!({ "accessor": accessor, "increment": increment_secs });
+        let resp = self.post(OP, "auth/token/renew-accessor", &body).await;
+        match resp {
+            Ok(resp) => {
+                #[derive(Deserialize)]
+                struct Raw {
+                    auth: Option<RawAuth>,
+                }
+                #[derive(Deserialize)]
+                struct RawAuth {
+                    #[serde(default)]
+                    lease_duration: u64,
+                }
+                let raw: Raw = parse(OP, resp).await?;
+                Ok(Renewed::For(raw.auth.map_or(0, |a| a.lease_duration)))
             }
+            Err(VaultError::Refused {
+                status: 400,
+                message,
+                ..
+            }) if is_unknown_accessor(&message) => Ok(Renewed::NotFound),
             Err(e) => Err(e),
         }
     }
@@ -437,6 +477,21 @@ impl VaultClient {
             rb = rb.header("X-Vault-Namespace", ns);
         }
         rb
+    }
+
+    /// POSTs `body` to `path` with the operator's token (see [`VaultClient::authed`]).
+    async fn post(
+        &self,
+        op: &'static str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, VaultError> {
+        self.authed(op, |token| {
+            self.request(reqwest::Method::POST, path)
+                .header("X-Vault-Token", token)
+                .json(body)
+        })
+        .await
     }
 
     /// Sends an authenticated request, logging in first if needed and once more on 403.
@@ -559,13 +614,7 @@ impl VaultClient {
     ) -> Result<Option<T>, VaultError> {
         const OP: &str = "lookup_accessor";
         let body = json!({ "accessor": accessor });
-        let resp = self
-            .authed(OP, |token| {
-                self.request(reqwest::Method::POST, "auth/token/lookup-accessor")
-                    .header("X-Vault-Token", token)
-                    .json(&body)
-            })
-            .await;
+        let resp = self.post(OP, "auth/token/lookup-accessor", &body).await;
         match resp {
             Ok(resp) => {
                 #[derive(Deserialize)]
@@ -578,10 +627,15 @@ impl VaultClient {
                 status: 400,
                 message,
                 ..
-            }) if message.contains("invalid accessor") => Ok(None),
+            }) if is_unknown_accessor(&message) => Ok(None),
             Err(e) => Err(e),
         }
     }
+}
+
+/// Vault's words for an accessor it knows no token of (expired, revoked or never issued).
+fn is_unknown_accessor(message: &str) -> bool {
+    message.contains("invalid accessor") || message.contains("No token found")
 }
 
 /// A failed login: Vault down stays "unreachable" (the real request was never sent, so it cannot

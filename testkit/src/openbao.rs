@@ -306,6 +306,7 @@ pub fn agent_request(wrap_ttl_secs: u64) -> TokenRequest {
         role: ROLE.to_string(),
         policies: vec![],
         ttl: Some("1h".to_string()),
+        explicit_max_ttl: None,
         num_uses: None,
         meta,
         wrap_ttl_secs,
