@@ -1434,3 +1434,81 @@ async fn the_expiry_probe_tells_an_unconsumed_wrap_from_a_consumed_one() {
     assert!(!revoked.contains(&ann(&taken)["accessor"]));
     env.assert_no_leaks().await;
 }
+
+/// The token's remaining TTL, as Vault reports it by accessor (`None`: gone).
+async fn ttl_of(env: &Env, accessor: &str) -> Option<u64> {
+    let facts: Option<serde_json::Value> = env
+        .bao
+        .root_client()
+        .lookup_accessor(accessor)
+        .await
+        .expect("lookup accessor");
+    facts.map(|f| f["ttl"].as_u64().expect("ttl"))
+}
+
+#[tokio::test]
+async fn vault_ends_every_token_by_itself_while_the_operator_is_down() {
+    // Grace 5 s and a 30 s renewal window: a token nobody took lives wrapTTL (10 s) + 5 s; a
+    // held one is renewed to 30 s every 15 s.
+    let mut env = Env::start(Options {
+        token_life: Some((Duration::from_secs(5), Duration::from_secs(30))),
+        ..Options::default()
+    })
+    .await;
+    env.apply_binding("b", Env::spec("agent", "10s")).await;
+    env.create_pod("taken", "agent").await;
+    let (_, wrap) = issued(&env, "b", "taken").await;
+    let (receipt, code) = env.run_agent(&wrap, "taken");
+    assert_eq!(code, 0, "{receipt:?}");
+    let receipt = receipt.unwrap();
+    let held = receipt.accessor.clone().unwrap();
+    env.report_receipt("taken", Some(&receipt), 0).await;
+    // Minted for wrapTTL + grace; once verified, renewed to the window.
+    eventually("the held token renewed to the window", T, || async {
+        (ttl_of(&env, &held).await? > 15).then_some(())
+    })
+    .await;
+    assert!(env.audit_requests("auth/token/renew-accessor") >= 1);
+
+    env.create_pod("untaken", "agent").await;
+    let (untaken, _) = issued(&env, "b", "untaken").await;
+    let unheld = ann(&untaken)["accessor"].clone();
+    let minted = ttl_of(&env, &unheld).await.expect("alive");
+    assert!((10..=15).contains(&minted), "minted for {minted} s");
+
+    // The operator goes before anything expires; the held token's pod goes too.
+    env.operator.take().unwrap().kill();
+    env.delete_pod("taken").await;
+    let stopped = std::time::Instant::now();
+    let root = env.bao.root_client();
+    eventually(
+        "Vault ended both tokens",
+        Duration::from_secs(45),
+        || async {
+            let live = root.accessor_is_live(&held).await.ok()?
+                || root.accessor_is_live(&unheld).await.ok()?;
+            (!live).then_some(())
+        },
+    )
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took <= Duration::from_secs(31),
+        "ended {took:?} after the operator stopped"
+    );
+    // Nobody revoked them: Vault ended them by their TTL.
+    let revoked = revoked_accessors(&env.bao.audit_entries());
+    assert!(
+        !revoked.contains(&held) && !revoked.contains(&unheld),
+        "revoked by someone: {revoked:?}"
+    );
+    env.restart_operator();
+    eventually("records of the gone pods removed", T, || async {
+        let left = env.records("b").await;
+        left.iter()
+            .all(|s| ann(s).get("pod").map(String::as_str) == Some("untaken"))
+            .then_some(())
+    })
+    .await;
+    env.assert_no_leaks().await;
+}

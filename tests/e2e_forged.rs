@@ -1,6 +1,9 @@
 //! End-to-end: the operator trusts nothing in a Secret. A Secret made to look like a per-pod
-//! record (or a real record altered) never makes the operator revoke or delete anything: it is
-//! reported once (Warning Event `ForgedRecord`, `cubbyhole_forged_records_total`) and left alone.
+//! record (or a real record altered, or signed with a key the operator lost) never makes the
+//! operator revoke anything: it is reported once (Warning Event `ForgedRecord`,
+//! `cubbyhole_forged_records_total`) and left alone, except that once its pod is gone and its
+//! Secret is being deleted, its finalizer is released (`UnverifiedRecordReleased`) and Vault
+//! ends what it named by its TTL.
 
 // The shared harness exports more than this suite uses.
 #[allow(unused_imports)]
@@ -243,42 +246,62 @@ async fn an_altered_accessor_on_a_real_record_is_never_revoked() {
     .await;
     assert!(forged_metric(&env, &env.ns) > 0.0);
 
-    // The pod goes: the altered record is not acted on (nothing revoked, not removed).
+    // The pod goes: nothing the altered record names is revoked.
     env.delete_pod("web-0").await;
     // A new pod served afterwards shows the operator has reconciled since the deletion.
     env.create_pod("web-1", "web").await;
     issued(&env, "b", "web-1").await;
     assert_live(&env, &accessor).await;
-    let kept = env
-        .secrets()
-        .get(&real.name_any())
-        .await
-        .expect("the altered record stays");
-    assert_eq!(ann(&kept)["accessor"], accessor);
-    // Once per version of the Secret (altered, then marked for deletion by the garbage
-    // collector, which the finalizer holds off), not once per reconcile.
+    // Its pod is gone, so its Secret is released (nothing stranded), without any Vault call.
+    eventually("the altered record released", T, || async {
+        (!secret_exists(&env, &env.ns, &real.name_any()).await).then_some(())
+    })
+    .await;
+    assert!(
+        !env.events_with_reason("UnverifiedRecordReleased")
+            .await
+            .is_empty()
+    );
+    assert_live(&env, &accessor).await;
+    // Reported once per version of the Secret, not once per reconcile.
     let reports = forged_metric(&env, &env.ns);
-    assert!((1.0..=3.0).contains(&reports), "{reports} reports");
+    assert!((1.0..=2.0).contains(&reports), "{reports} reports");
     env.assert_no_leaks().await;
 }
 
 #[tokio::test]
-async fn records_of_the_previous_version_are_adopted_when_vault_vouches_for_them() {
-    let mut env = Env::start(Options::default()).await;
-    env.apply_binding("b", Env::spec("old", "60s")).await;
+async fn records_that_stop_verifying_are_never_acted_on_in_vault_and_never_stranded() {
+    // Grace 5 s, window 20 s: what the records name ends in Vault by itself.
+    let mut env = Env::start(Options {
+        token_life: Some((Duration::from_secs(5), Duration::from_secs(20))),
+        ..Options::default()
+    })
+    .await;
+    env.apply_binding("b", Env::spec("old", "10s")).await;
     env.create_pod("old-0", "old").await;
     env.create_pod("old-1", "old").await;
-    let (r0, t0) = issued(&env, "b", "old-0").await;
+    let (_, t0) = issued(&env, "b", "old-0").await;
     let (r1, _) = issued(&env, "b", "old-1").await;
     let (receipt, code) = env.run_agent(&t0, "old-0");
     assert_eq!(code, 0);
-    let token0 = receipt.unwrap().accessor.unwrap();
-    let wrap1 = ann(&r1)["wrap-accessor"].clone();
-    // The records as the previous version wrote them: no signature (operator stopped, so it
-    // cannot sign them again meanwhile).
+    let receipt = receipt.unwrap();
+    let token0 = receipt.accessor.clone().unwrap();
+    env.report_receipt("old-0", Some(&receipt), 0).await;
+    eventually("old-0 verified", T, || async {
+        let s = env
+            .records("b")
+            .await
+            .into_iter()
+            .find(|s| ann(s)["pod"] == "old-0")?;
+        (ann(&s).get("verified").map(String::as_str) == Some("true")).then_some(())
+    })
+    .await;
+    let token1 = ann(&r1)["accessor"].clone();
+    // The record key is lost (or the records altered): with the operator stopped, every
+    // signature is stripped, so nothing verifies any more.
     env.operator.take().unwrap().kill();
     let unsigned = json!({"metadata": {"annotations": {"cubbyhole.dev/signature": null}}});
-    for r in [&r0, &r1] {
+    for r in env.records("b").await {
         env.secrets()
             .patch(
                 &r.name_any(),
@@ -289,26 +312,57 @@ async fn records_of_the_previous_version_are_adopted_when_vault_vouches_for_them
             .expect("strip the signature");
     }
     env.restart_operator();
-    // Vault vouches for what they name: they are signed again, not reported as forged.
-    eventually("both records signed again", T, || async {
-        let records = env.records("b").await;
-        (records.len() == 2 && records.iter().all(|s| ann(s).contains_key("signature")))
-            .then_some(())
+    eventually("both reported as not verifying", T, || async {
+        (forged_metric(&env, &env.ns) >= 2.0).then_some(())
     })
     .await;
-    assert!(env.events_with_reason(FORGED).await.is_empty());
-    assert_eq!(forged_metric(&env, &env.ns), 0.0);
-    // And they are served as before: the pods go, their tokens are revoked, the records removed.
+    // The pods go: the records are released (no finalizer stuck), nothing is revoked by the
+    // operator, and Vault ends both tokens by their TTL.
     for p in ["old-0", "old-1"] {
         env.delete_pod(p).await;
     }
-    let root = env.bao.root_client();
-    eventually("adopted records cleaned up", T, || async {
-        let gone = env.records("b").await.is_empty();
-        let dead = !root.accessor_is_live(&token0).await.ok()?
-            && !root.accessor_is_live(&wrap1).await.ok()?;
-        (gone && dead).then_some(())
+    eventually("records released and removed", T, || async {
+        env.records("b").await.is_empty().then_some(())
     })
     .await;
+    assert!(
+        !env.events_with_reason("UnverifiedRecordReleased")
+            .await
+            .is_empty()
+    );
+    let metrics = env.op().get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains(&format!(
+            "cubbyhole_unverified_records_released_total{{namespace=\"{}\"}} 2",
+            env.ns
+        )),
+        "{metrics}"
+    );
+    let root = env.bao.root_client();
+    eventually(
+        "Vault ended both tokens",
+        Duration::from_secs(40),
+        || async {
+            let live = root.accessor_is_live(&token0).await.ok()?
+                || root.accessor_is_live(&token1).await.ok()?;
+            (!live).then_some(())
+        },
+    )
+    .await;
+    let revoked: Vec<String> = env
+        .bao
+        .audit_entries()
+        .iter()
+        .filter(|e| e["type"] == "request" && e["request"]["path"] == "auth/token/revoke-accessor")
+        .filter_map(|e| {
+            e["request"]["data"]["accessor"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(
+        !revoked.contains(&token0) && !revoked.contains(&token1),
+        "the operator acted on records that do not verify: {revoked:?}"
+    );
     env.assert_no_leaks().await;
 }

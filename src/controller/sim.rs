@@ -46,7 +46,10 @@
 //!    terminating or finished, a valid Secret name that no other Secret holds) has a record for
 //!    its current start that was delivered (phase past Claimed/Failed);
 //! 2. then every pod is deleted and removed; at quiescence (time past every TTL and wait) no
-//!    record is left and no wrap and no token minted for a pod is alive. Exceptions, counted
+//!    record is left and no wrap and no token minted for a pod is alive, tokens counted dead
+//!    when revoked, when the operator asked Vault to revoke them (Vault may have ended them
+//!    first), or when Vault ended them by their TTL before their pod went (the model's tokens
+//!    are minted for wrapTTL + grace and renewals extend them: `Action::Renew`). Exceptions, counted
 //!    separately (`Stats::unlearned_tokens`): an inner token the operator lost before any record
 //!    named it — a lost mint answer, a crash between Vault's answer and the delivery, a failed
 //!    revocation after a failed delivery (nobody ever held its wrap, which is asserted dead;

@@ -331,6 +331,8 @@ pub struct Options {
     pub allowed_roles: Vec<&'static str>,
     /// The API server's `--feature-gates` (a private control plane only).
     pub apiserver_feature_gates: Option<&'static str>,
+    /// Operator `tokenGrace` and `renewalWindow` (`None`: the operator's defaults).
+    pub token_life: Option<(Duration, Duration)>,
 }
 
 impl Default for Options {
@@ -339,6 +341,7 @@ impl Default for Options {
             lookup_period: Duration::from_secs(1),
             allowed_roles: vec![crate::openbao::ROLE],
             apiserver_feature_gates: None,
+            token_life: None,
         }
     }
 }
@@ -429,6 +432,12 @@ impl Env {
                 token_file: None,
             }
         };
+        let defaults = OperatorConfig::with_vault(VaultConfig {
+            address: String::new(),
+            ca_cert: None,
+            namespace: None,
+            auth: auth.clone(),
+        });
         let operator_config = OperatorConfig {
             allowed_roles: vec![RoleRule {
                 namespaces: vec![ns.clone(), format!("{ns}-*")],
@@ -440,6 +449,10 @@ impl Env {
             }],
             lookup_period: options.lookup_period,
             sweep_period: Duration::from_secs(3),
+            token_grace: options.token_life.map_or(defaults.token_grace, |(g, _)| g),
+            renewal_window: options
+                .token_life
+                .map_or(defaults.renewal_window, |(_, w)| w),
             ..OperatorConfig::with_vault(VaultConfig {
                 address: bao.addr.clone(),
                 ca_cert: None,
