@@ -331,10 +331,10 @@ fn orphaned(pods: &[PodView], wrap: &WrapState) -> bool {
             .is_none_or(|p| p.finished)
 }
 
-/// The records whose pod is gone, revoked and removed. A claim whose mint answer was lost is
-/// kept until the lost-mint wait is over (Vault seen again, then one wrap TTL): the pod may
-/// only have left the selector, and a claim removed early would let it be minted for again
-/// while the lost wrap lives.
+/// The records whose pod is gone, revoked and removed. A claim whose pod only left the
+/// selector (the record is not being deleted) is kept until the lost-mint wait is over (Vault
+/// seen again, then one wrap TTL): removed early, it would let the pod, selected again, be
+/// minted for while a lost mint's wrap lives.
 fn cleanups(
     settings: &Settings,
     pods: &[PodView],
@@ -343,7 +343,7 @@ fn cleanups(
     plan: &mut Plan,
 ) {
     for wrap in wraps.iter().filter(|w| orphaned(pods, w)) {
-        if wrap.phase == Phase::Claimed && wrap.wrap_accessor.is_none() {
+        if wrap.phase == Phase::Claimed && wrap.wrap_accessor.is_none() && !wrap.deleting {
             match lost_mint_wait(settings, wrap, now) {
                 Wait::ForVault => {
                     plan.actions
