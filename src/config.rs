@@ -54,6 +54,11 @@ pub struct OperatorConfig {
     /// at least [`MIN_RENEWAL_WINDOW`].
     #[serde(default = "default_renewal_window", with = "humantime_serde_compat")]
     pub renewal_window: Duration,
+    /// Publish a Normal Event on the pod for every routine step (wrap issued, unwrapped, pod
+    /// gone). Default false: warnings only (the binding's status counts everything). Each one
+    /// is an API write per pod start.
+    #[serde(default)]
+    pub routine_events: bool,
 }
 
 fn default_token_grace() -> Duration {
@@ -182,6 +187,7 @@ impl OperatorConfig {
             max_lookups_per_second: default_max_lookups_per_second(),
             token_grace: default_token_grace(),
             renewal_window: default_renewal_window(),
+            routine_events: false,
         }
     }
 
@@ -387,6 +393,7 @@ mod tests {
         assert_eq!(c.max_lookups_per_second, 100);
         assert_eq!(c.token_grace, Duration::from_secs(60));
         assert_eq!(c.renewal_window, Duration::from_secs(600));
+        assert!(!c.routine_events);
         assert!(c.allowed_roles.is_empty());
         let k8s = c.vault.auth.kubernetes.expect("kubernetes auth");
         assert_eq!(k8s.mount, "kubernetes");
@@ -428,6 +435,7 @@ mod tests {
             max_lookups_per_second: 0,
             token_grace: Duration::from_secs(45),
             renewal_window: Duration::from_secs(1200),
+            routine_events: true,
             ..OperatorConfig::with_vault(vault)
         };
         let yaml = serde_yaml_ng::to_string(&config).unwrap();

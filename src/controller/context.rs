@@ -119,6 +119,9 @@ pub struct Context {
     pub secrets: Store<CachedRecord>,
     /// `namespace/secret` -> last lookup.
     pub last_lookup: Mutex<HashMap<String, Timestamp>>,
+    /// `namespace/secret` -> when a Secret not of its binding was found holding that name (its
+    /// pod is not minted for again until `TAKEN_NAME_RETRY` later).
+    pub names_taken: Mutex<HashMap<String, Timestamp>>,
     /// `namespace/secret` -> last renewal of the token its pod's agent holds.
     pub last_renewal: Mutex<HashMap<String, Timestamp>>,
     /// `namespace/binding` -> consecutive failures (for backoff).

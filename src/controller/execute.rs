@@ -23,7 +23,7 @@ use crate::crd::AgentSecretBinding;
 use crate::metrics::{RenewalResult, TokenKind};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, ClaimError, Records};
-use crate::record::{Phase, SecretsByName, WrapState};
+use crate::record::{BINDING_LABEL, Phase, SecretsByName, WrapState};
 use crate::vault::{Renewed, Revoked, TokenRequest, VaultError};
 
 /// What carrying out a plan met that the binding's status must show.
@@ -158,7 +158,6 @@ impl Executor<'_> {
             Action::Issue(issue) => self.issue(issue).await,
             Action::Lookup { wrap, if_consumed } => self.lookup(wrap, if_consumed).await,
             Action::ProbeExpiry { wrap } => self.probe_expiry(wrap).await,
-            Action::ConfirmVault { wrap } => self.confirm_vault(wrap).await,
             Action::Settle {
                 wrap,
                 outcome,
@@ -187,97 +186,149 @@ impl Executor<'_> {
         {
             return vault_failed(e);
         }
-        let now = Timestamp::now();
-        let claimed = match writes::claim(&self.records, &issue, now).await {
-            Ok(c) => c,
+        if issue.replaces.is_none()
+            && let Some(met) = self.still_taken(&issue).await?
+        {
+            return Ok(met);
+        }
+        let request = self.token_request(&issue);
+        // Vault counts the wrap's TTL from its own receipt of the request: start the clock
+        // before sending, so our expiry is never later than Vault's.
+        let issued_at = Timestamp::now();
+        let wrap = match self.ctx.vault.create_wrapped_token(&request).await {
+            Ok(wrap) => wrap,
+            Err(e) if e.may_have_been_processed() => {
+                // Nothing names what that request may have made: nobody can hold its wrap, it
+                // expires by itself and its token at wrapTTL + tokenGrace.
+                warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e,
+                    "mint answer lost; whatever it made expires unheld");
+                return Ok(Met::VaultUnavailable(e.to_string()));
+            }
+            Err(e) => return self.mint_failed(&issue, e).await,
+        };
+        failpoint::hit("after-mint").await;
+        let expires_at = issued_at
+            .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
+            .unwrap_or(issued_at);
+        let ending = writes::deliver_changes(
+            &wrap.accessor,
+            &wrap.wrapped_accessor,
+            issued_at,
+            expires_at,
+        );
+        let changes = writes::issue_changes(&issue, ending);
+        let key = self.binding.spec.secret_key.as_str();
+        let written =
+            writes::write_issue(&self.records, &issue, &changes, Some((key, &wrap.token))).await;
+        if let Err(e) = written {
+            // Nobody can ever read this wrap: kill it and its token at once.
+            self.revoke(&wrap.accessor, TokenKind::Wrap).await.ok();
+            self.revoke(&wrap.wrapped_accessor, TokenKind::Token)
+                .await
+                .ok();
+            return match e {
+                ClaimError::Taken => {
+                    self.remember_taken(&issue.secret);
+                    Ok(Met::NameTaken {
+                        pod: issue.pod.clone(),
+                        secret: issue.secret.clone(),
+                    })
+                }
+                ClaimError::Lost => Ok(Met::Nothing),
+                ClaimError::Kube(e) => Err(e.into()),
+            };
+        }
+        self.ctx.metrics.wrap_issued();
+        info!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, start = issue.start,
+            wrap_accessor = %wrap.accessor, accessor = %wrap.wrapped_accessor, "wrap issued");
+        if self.ctx.config.routine_events {
+            let note = format!(
+                "issued wrap (accessor {}) for pod {} start {}, expires {}",
+                wrap.accessor, issue.pod, issue.start, expires_at
+            );
+            self.event_on_pod(
+                &issue.pod,
+                &issue.pod_uid,
+                EventType::Normal,
+                "WrapIssued",
+                "Issue",
+                &note,
+            )
+            .await;
+        }
+        Ok(Met::Nothing)
+    }
+
+    /// Vault refused the mint (or is down): the record says so (one write, no token) and the
+    /// mint is retried after a pause.
+    async fn mint_failed(&self, issue: &Issue, e: VaultError) -> Result<Met, Error> {
+        warn!(namespace = %self.ns(), binding = %self.binding.name_any(), pod = %issue.pod, error = %e, "mint failed");
+        let changes = writes::issue_changes(
+            issue,
+            writes::failure_changes(&e.to_string(), Timestamp::now()),
+        );
+        match writes::write_issue(&self.records, issue, &changes, None).await {
             Err(ClaimError::Taken) => {
+                self.remember_taken(&issue.secret);
                 return Ok(Met::NameTaken {
                     pod: issue.pod.clone(),
                     secret: issue.secret.clone(),
                 });
             }
-            Err(ClaimError::Lost) => return Ok(Met::Nothing),
-            Err(ClaimError::Kube(e)) => return Err(e.into()),
-        };
-        failpoint::hit("after-claim").await;
-        let request = self.token_request(&issue);
-        // Vault counts the wrap's TTL from its own receipt of the request: start the clock
-        // before sending, so our expiry is never later than Vault's.
-        let issued_at = Timestamp::now();
-        match self.ctx.vault.create_wrapped_token(&request).await {
-            Ok(wrap) => {
-                failpoint::hit("after-mint").await;
-                let expires_at = issued_at
-                    .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
-                    .unwrap_or(issued_at);
-                let delivered = writes::deliver(
-                    &self.records,
-                    &claimed,
-                    &self.binding.spec.secret_key,
-                    &wrap,
-                    issued_at,
-                    expires_at,
-                )
-                .await;
-                match delivered {
-                    Ok(_) => {
-                        self.ctx.metrics.wrap_issued();
-                        info!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, start = issue.start,
-                            wrap_accessor = %wrap.accessor, accessor = %wrap.wrapped_accessor, "wrap issued");
-                        let note = format!(
-                            "issued wrap (accessor {}) for pod {} start {}, expires {}",
-                            wrap.accessor, issue.pod, issue.start, expires_at
-                        );
-                        // On the pod only: a binding serving many pods would drown in these
-                        // (its status lists the records; warnings go to both).
-                        self.event_on_pod(
-                            &issue.pod,
-                            &issue.pod_uid,
-                            EventType::Normal,
-                            "WrapIssued",
-                            "Issue",
-                            &note,
-                        )
-                        .await;
-                        Ok(Met::Nothing)
-                    }
-                    Err(e) => {
-                        // Nobody can ever read this wrap: kill it and its token.
-                        self.revoke(&wrap.accessor, TokenKind::Wrap).await.ok();
-                        self.revoke(&wrap.wrapped_accessor, TokenKind::Token)
-                            .await
-                            .ok();
-                        match e {
-                            ClaimError::Kube(e) => Err(e.into()),
-                            _ => Ok(Met::Nothing),
-                        }
-                    }
-                }
-            }
-            Err(e) if e.may_have_been_processed() => {
-                warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e,
-                    "mint answer lost; the claim waits until any wrap it made has expired");
-                Ok(Met::VaultUnavailable(e.to_string()))
-            }
-            Err(e) => {
-                warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e, "mint failed");
-                writes::record_failure(&self.records, &claimed, &e.to_string(), Timestamp::now())
-                    .await
-                    .ok();
-                self.ctx.metrics.transition(Phase::Failed);
-                self.event(
-                    EventType::Warning,
-                    "VaultError",
-                    "Issue",
-                    &format!("minting for pod {} failed: {e}", issue.pod),
-                )
-                .await;
-                if e.is_unavailable() {
-                    return Ok(Met::VaultUnavailable(e.to_string()));
-                }
-                Ok(Met::Nothing)
-            }
+            Err(ClaimError::Kube(k)) => return Err(k.into()),
+            _ => {}
         }
+        self.ctx.metrics.transition(Phase::Failed);
+        self.event(
+            EventType::Warning,
+            "VaultError",
+            "Issue",
+            &format!("minting for pod {} failed: {e}", issue.pod),
+        )
+        .await;
+        if e.is_unavailable() {
+            return Ok(Met::VaultUnavailable(e.to_string()));
+        }
+        Ok(Met::Nothing)
+    }
+
+    /// For a name a Secret not of this binding was found holding before: reads it first, so a
+    /// squatted name costs a read per retry, not a mint. `None`: free now (or ours), go on.
+    async fn still_taken(&self, issue: &Issue) -> Result<Option<Met>, Error> {
+        let k = key(&self.ns(), &issue.secret);
+        if !self
+            .ctx
+            .names_taken
+            .lock()
+            .expect("taken lock")
+            .contains_key(&k)
+        {
+            return Ok(None);
+        }
+        let holder = self.records.api.get_metadata_opt(&issue.secret).await?;
+        let ours = holder.as_ref().is_some_and(|s| {
+            s.labels().get(BINDING_LABEL).map(String::as_str)
+                == Some(self.binding.name_any().as_str())
+        });
+        if holder.is_some() && !ours {
+            self.remember_taken(&issue.secret);
+            return Ok(Some(Met::NameTaken {
+                pod: issue.pod.clone(),
+                secret: issue.secret.clone(),
+            }));
+        }
+        self.ctx.names_taken.lock().expect("taken lock").remove(&k);
+        Ok(None)
+    }
+
+    /// Remembers that a Secret not of this binding holds `secret`: its pod is not minted for
+    /// again for a while (`Context::names_taken`), then only once the name reads as free.
+    fn remember_taken(&self, secret: &str) {
+        self.ctx
+            .names_taken
+            .lock()
+            .expect("taken lock")
+            .insert(key(&self.ns(), secret), Timestamp::now());
     }
 
     /// What to mint: a token that dies by itself at wrapTTL + grace unless renewed for the
@@ -394,17 +445,6 @@ impl Executor<'_> {
         }
     }
 
-    /// After a lost mint answer: once Vault answers again, record when (the wait starts then).
-    async fn confirm_vault(&self, wrap: WrapState) -> Result<Met, Error> {
-        if let Err(e) = self.ctx.vault.health().await {
-            return vault_failed(e);
-        }
-        match writes::mark_vault_seen(&self.records, &wrap, Timestamp::now()).await {
-            Err(ClaimError::Kube(e)) => Err(e.into()),
-            _ => Ok(Met::Nothing),
-        }
-    }
-
     async fn probe_expiry(&self, wrap: WrapState) -> Result<Met, Error> {
         let Some(wrap_accessor) = wrap.wrap_accessor.clone() else {
             return Ok(Met::Nothing);
@@ -451,12 +491,14 @@ impl Executor<'_> {
             _ => (EventType::Normal, "WrapUnwrapped"),
         };
         // Warnings reach the binding too (that is where people look for trouble); routine
-        // settlements only the pod.
+        // settlements only the pod, and only when asked for (`routineEvents`).
         if kind == EventType::Warning {
             self.event(kind, reason, "Track", &note).await;
         }
-        self.event_on_pod(&wrap.pod, &wrap.pod_uid, kind, reason, "Track", &note)
-            .await;
+        if kind == EventType::Warning || self.ctx.config.routine_events {
+            self.event_on_pod(&wrap.pod, &wrap.pod_uid, kind, reason, "Track", &note)
+                .await;
+        }
         Ok(Met::Nothing)
     }
 
@@ -492,8 +534,10 @@ impl Executor<'_> {
                 ""
             }
         );
-        self.event(EventType::Normal, "WrapRevoked", "Cleanup", &note)
-            .await;
+        if self.ctx.config.routine_events {
+            self.event(EventType::Normal, "WrapRevoked", "Cleanup", &note)
+                .await;
+        }
         Ok(Met::Nothing)
     }
 

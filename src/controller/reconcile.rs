@@ -33,6 +33,8 @@ use crate::record::{BINDING_FINALIZER, BINDING_LABEL, SecretsByName, WrapState};
 pub const FIELD_MANAGER: &str = "cubbyhole";
 /// How often a pod whose Secret name another Secret holds is tried again.
 const TAKEN_NAME_RETRY: Duration = Duration::from_secs(30);
+/// How long a name found taken is remembered (each retry reads it before minting).
+const TAKEN_NAME_FORGET: Duration = Duration::from_secs(3600);
 /// How soon a round whose only actions were lookups over the global budget runs again.
 const DEFERRED_LOOKUP_RETRY: Duration = Duration::from_secs(1);
 /// Safety-net requeue when nothing is due.
@@ -113,6 +115,9 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     let now = Timestamp::now();
 
     let mut observed = observe(ctx, b, &records, &validity).await?;
+    // Names a Secret not of this binding was found holding lately: not minted for again yet.
+    let (taken, retry_taken_at) = recently_taken(ctx, &ns, now);
+    observed.untrusted.extend(taken);
     let mut first_error = observed.vet_error.take().and_then(|e| match e {
         Error::Vault(v) if v.is_unavailable() || v.may_have_been_processed() => {
             problems.vault_unavailable = Some(v.to_string());
@@ -147,7 +152,10 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     };
     problems.invalid_names = plan.invalid_names.clone();
     problems.names_taken = plan.names_taken.clone();
-    let mut wake = plan.next_round();
+    let mut wake = match (plan.next_round(), retry_taken_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
 
     if !plan.actions.is_empty() {
@@ -302,6 +310,29 @@ async fn existing_pods(
         }
     }
     Ok(alive)
+}
+
+/// Secret names in `ns` found held by a Secret not of its binding less than
+/// `TAKEN_NAME_RETRY` ago (older entries are forgotten).
+/// Also says when the earliest of them is tried again.
+fn recently_taken(ctx: &Context, ns: &str, now: Timestamp) -> (Vec<String>, Option<Timestamp>) {
+    let mut taken = ctx.names_taken.lock().expect("taken lock");
+    // Forgotten after a while: a name never tried again (its pod went) does not stay forever.
+    taken.retain(|_, at| add_duration(*at, TAKEN_NAME_FORGET) > now);
+    let prefix = key(ns, "");
+    let mut retry_at: Option<Timestamp> = None;
+    let names = taken
+        .iter()
+        .filter_map(|(k, at)| {
+            let name = k.strip_prefix(&prefix)?;
+            let retry = add_duration(*at, TAKEN_NAME_RETRY);
+            (retry > now).then(|| {
+                retry_at = Some(retry_at.map_or(retry, |r| r.min(retry)));
+                name.to_string()
+            })
+        })
+        .collect();
+    (names, retry_at)
 }
 
 /// When each record was last looked up or renewed, from one of the in-memory maps (a restart

@@ -8,13 +8,14 @@
 //! Creates fail with AlreadyExists, patches with a stale resourceVersion with Conflict, a
 //! removed pod's Secrets are marked for deletion by the garbage collector. Vault holds wraps
 //! (accessor, inner token accessor, expiry in simulated time; unwrap consumes; revoke by
-//! accessor answers "existed" or "no token"; `sys/wrapping/lookup`; health) and inner tokens.
+//! accessor answers "existed" or "no token"; `sys/wrapping/lookup`; renewal) and inner tokens
+//! (expiring at wrapTTL + grace unless renewed).
 //!
 //! **The model executor** ([`World::reconcile`] and the methods below it) mirrors
 //! `reconcile::apply` (list, plan, run the steps in order, stop at the first Vault outage),
 //! `sweep::retire_records` (a binding's finalizer) and `execute::Executor::{issue, lookup,
-//! confirm_vault, probe_expiry, settle, cleanup, revoke_record, vault_failed}` with the writes of
-//! `writes::{claim, deliver, record_failure, mark_vault_seen, settle, remove}`: which
+//! probe_expiry, settle, renew, cleanup, revoke_record, vault_failed}` with the writes of
+//! `writes::{write_issue, settle, remove}`: which
 //! annotations each write sets or removes, which resourceVersion guards it, what each error
 //! leads to. `model_writes_match_the_record_builders` checks the writes against the real
 //! patch builders of `record::writes`.
@@ -58,7 +59,7 @@
 //!    so a pod that goes before the new start was claimed still names it for its cleanup;
 //! 5. in schedules without faults, Vault calls per pod start (binding, pod uid, start) are
 //!    within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉ lookups, at most 4
-//!    revocations (2 while tracking + 2 at deletion or at the next start), no health check.
+//!    revocations (2 while tracking + 2 at deletion or at the next start).
 //!    With faults each crash or lost answer may repeat a step, so no tighter bound is claimed
 //!    there than the lost-mint wait itself (invariant 1).
 //!
@@ -83,13 +84,11 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::agent::receipt::{Receipt, result};
-use crate::core::plan::{
-    self, Action, Input, Issue, LOST_MINT_SLACK, Outcome, Revoke, Settings, expiry_outcome,
-};
+use crate::core::plan::{self, Action, Input, Issue, Outcome, Revoke, Settings, expiry_outcome};
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{
-    Change, claim_changes, deliver_changes, failure_changes, settle_changes, takeover_changes,
+    Change, deliver_changes, failure_changes, issue_changes, settle_changes,
 };
 use crate::record::{Phase, WrapState, ann};
 use crate::rng::Rng;
@@ -115,8 +114,6 @@ pub enum Mutant {
     None,
     /// The model API server ignores `resourceVersion` on patches.
     NoResourceVersionGuard,
-    /// The planner re-mints a lost mint's claim as soon as Vault answers again.
-    NoLostMintWait,
     /// The planner is never told about conflicts.
     NoConflictCheck,
     /// The executor does not revoke a wrap whose delivery failed.
@@ -187,7 +184,6 @@ enum Op {
     Lookup,
     Revoke,
     Renew,
-    Health,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +233,8 @@ struct VWrap {
     consumed: bool,
     revoked: bool,
     owner: Owner,
+    /// A record write carrying it succeeded: someone can read it.
+    delivered: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -259,6 +257,10 @@ struct VToken {
 
 /// Prefix of the operator memory's renewal entries (beside its lookup times).
 const RENEWED: &str = "renewed:";
+/// Prefix of the operator memory's names found taken (`Context::names_taken`).
+const TAKEN: &str = "taken:";
+/// How long a taken name is left alone (`reconcile::TAKEN_NAME_RETRY`).
+const TAKEN_RETRY: i64 = 30;
 
 /// The longest renewal window a schedule draws.
 const MAX_RENEWAL_WINDOW: i64 = 600;
@@ -298,6 +300,7 @@ impl Vault {
                 consumed: false,
                 revoked: false,
                 owner: owner.clone(),
+                delivered: false,
             },
         );
         self.tokens.insert(
@@ -395,7 +398,6 @@ struct Sec {
 /// What a patch does to the Secret's data.
 #[derive(Clone, Debug, PartialEq)]
 enum Data {
-    Keep,
     Clear,
     Set(String),
 }
@@ -460,7 +462,6 @@ struct Calls {
     lookups: u32,
     revokes: u32,
     renews: u32,
-    health: u32,
 }
 
 /// Counters that show the mechanisms ran.
@@ -548,6 +549,8 @@ type Listing = (
 #[derive(Clone, Copy, Debug, Default)]
 struct RoundOutcome {
     wake_at: Option<i64>,
+    /// When a name found taken is tried again (the real round's requeue).
+    retry_taken_at: Option<i64>,
 }
 
 /// The whole simulated world: API server, Vault, the operator's memory, faults.
@@ -576,6 +579,8 @@ struct World {
     /// Pods that were relabelled, bindings that were deleted: leaving a binding ends a pod's
     /// stay, and the bound on Vault calls is per stay.
     relabelled: BTreeSet<String>,
+    /// Pods whose Secret name a foreign Secret was found holding.
+    squatted: BTreeSet<String>,
     /// Pod uid -> when the pod was removed.
     removed_at: HashMap<String, i64>,
     deleted_bindings: BTreeSet<String>,
@@ -640,6 +645,7 @@ impl World {
             in_hand: [vec![], vec![]],
             relabelled: BTreeSet::new(),
             removed_at: HashMap::new(),
+            squatted: BTreeSet::new(),
             deleted_bindings: BTreeSet::new(),
             stats: Stats::default(),
             trace: vec![],
@@ -732,7 +738,7 @@ impl World {
         Ok(())
     }
 
-    /// Invariant 1 (at most one live wrap per pod of a binding).
+    /// Invariant 1 (at most one live delivered wrap per pod of a binding).
     fn check(&mut self) -> Result<(), Violation> {
         let now = self.now;
         let vault = &mut self.vault;
@@ -742,8 +748,13 @@ impl World {
                 .get(a)
                 .is_some_and(|w| !w.consumed && !w.revoked && now < w.expires)
         });
+        let delivered: Vec<&String> = vault
+            .maybe_live
+            .iter()
+            .filter(|a| vault.wraps[*a].delivered)
+            .collect();
         let mut seen: BTreeMap<(&str, &str), &str> = BTreeMap::new();
-        for a in &vault.maybe_live {
+        for a in delivered {
             let w = &vault.wraps[a];
             if let Some(other) = seen.insert((&w.owner.binding, &w.owner.uid), a) {
                 let msg = format!(
@@ -815,7 +826,6 @@ impl World {
             };
         }
         match data {
-            Data::Keep => {}
             Data::Clear => sec.token = None,
             Data::Set(t) => sec.token = Some(t),
         }
@@ -1045,18 +1055,6 @@ impl World {
         Ok(Ok(live))
     }
 
-    fn v_health(&mut self, owner: Option<Owner>) -> Step<Result<(), VErr>> {
-        self.op(Op::Health)?;
-        if let Some(owner) = &owner {
-            self.calls(owner).health += 1;
-        }
-        match self.vault_gate() {
-            Err(e) => Ok(Err(e)),
-            Ok(true) => Ok(Err(VErr::NoAnswer)),
-            Ok(false) => Ok(Ok(())),
-        }
-    }
-
     // ---------------------------------------------------------------- the operator
 
     fn conflicts_of(&self, me: &str, pods: &[Pod]) -> BTreeMap<String, Vec<String>> {
@@ -1125,9 +1123,21 @@ impl World {
     }
 
     fn apply(&mut self, name: &str, binding: &Binding) -> Step<RoundOutcome> {
-        let Ok((wraps, untrusted, raw)) = self.list_records(name, true)? else {
+        let Ok((wraps, mut untrusted, raw)) = self.list_records(name, true)? else {
             return Ok(RoundOutcome::default());
         };
+        // `reconcile::recently_taken`: names found held by a foreign Secret lately.
+        let m = usize::from(self.replica == Replica::Rival);
+        let now = self.now;
+        let mut retry_taken_at: Option<i64> = None;
+        untrusted.extend(self.memory[m].iter().filter_map(|(k, at)| {
+            let name = k.strip_prefix(TAKEN)?;
+            let retry = secs(*at) + TAKEN_RETRY;
+            (retry > now).then(|| {
+                retry_taken_at = Some(retry_taken_at.map_or(retry, |r: i64| r.min(retry)));
+                name.to_string()
+            })
+        }));
         self.op(Op::ListPods)?;
         if self.api_fails() {
             return Ok(RoundOutcome::default());
@@ -1172,10 +1182,7 @@ impl World {
             last_renewal: &last_renewal,
             now: ts(self.now),
         };
-        let mut planned = plan::plan(&input);
-        if self.mutant == Mutant::NoLostMintWait {
-            remint_without_waiting(&input, &mut planned);
-        }
+        let planned = plan::plan(&input);
         let mut round = Round {
             binding: name.to_string(),
             settings: binding.settings.clone(),
@@ -1193,6 +1200,7 @@ impl World {
         }
         Ok(RoundOutcome {
             wake_at: planned.wake_at.map(secs),
+            retry_taken_at,
         })
     }
 
@@ -1202,7 +1210,6 @@ impl World {
             Action::Issue(issue) => self.issue(r, issue),
             Action::Lookup { wrap, if_consumed } => self.lookup(r, wrap, if_consumed),
             Action::ProbeExpiry { wrap } => self.probe_expiry(r, wrap),
-            Action::ConfirmVault { wrap } => self.confirm_vault(r, wrap),
             Action::Settle {
                 wrap,
                 outcome,
@@ -1216,11 +1223,15 @@ impl World {
         }
     }
 
-    /// `writes::claim`.
-    fn claim(&mut self, r: &Round, issue: &Issue) -> Step<Result<(String, u64), ClaimError>> {
-        let now = ts(self.now);
+    /// `writes::write_issue`: create the record, or take `issue.replaces` over (guarded).
+    fn write_issue(
+        &mut self,
+        r: &Round,
+        issue: &Issue,
+        changes: &[Change],
+        data: Data,
+    ) -> Step<Result<u64, ClaimError>> {
         let Some(old) = &issue.replaces else {
-            let changes = claim_changes(issue, now);
             let sec = Sec {
                 uid: 0,
                 rv: 0,
@@ -1228,33 +1239,41 @@ impl World {
                 forged: false,
                 owner_uid: Some(issue.pod_uid.clone()),
                 ann: changes
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k, v?)))
+                    .iter()
+                    .filter_map(|(k, v)| Some((*k, v.clone()?)))
                     .collect(),
-                token: None,
+                token: match data {
+                    Data::Set(t) => Some(t),
+                    _ => None,
+                },
                 finalizer: true,
                 deleting: false,
                 view: None,
             };
             return Ok(match self.api_create(&issue.secret, sec)? {
-                Ok(rv) => Ok((issue.secret.clone(), rv)),
+                Ok(rv) => Ok(rv),
                 Err(KubeErr::AlreadyExists) => match self.api_get(&issue.secret)? {
                     Ok(Some(label)) if label.as_deref() == Some(r.binding.as_str()) => {
                         self.stats.lost_races += 1;
                         Err(ClaimError::Lost)
                     }
-                    Ok(Some(_)) => Err(ClaimError::Taken),
+                    Ok(Some(_)) => {
+                        // `Executor::remember_taken`; the bound on Vault calls is per stay of a
+                        // pod whose name is its own (a squatted name costs a mint and its
+                        // revocations, once per operator memory).
+                        let m = usize::from(r.replica == Replica::Rival);
+                        self.memory[m].insert(format!("{TAKEN}{}", issue.secret), ts(self.now));
+                        self.squatted.insert(issue.pod_uid.clone());
+                        Err(ClaimError::Taken)
+                    }
                     Ok(None) => Err(ClaimError::Lost),
                     Err(_) => Err(ClaimError::Kube),
                 },
                 Err(_) => Err(ClaimError::Kube),
             });
         };
-        let changes = takeover_changes(issue, old, now);
         let rv = old.resource_version.clone();
-        Ok(self
-            .guarded_patch(&old.secret, rv.as_deref(), &changes, Data::Clear)?
-            .map(|rv| (old.secret.clone(), rv)))
+        self.guarded_patch(&old.secret, rv.as_deref(), changes, data)
     }
 
     /// `writes::guarded_patch`.
@@ -1293,32 +1312,37 @@ impl World {
             r.vault_unavailable = true;
             return Ok(());
         }
-        let (secret, rv) = match self.claim(r, &issue)? {
-            Ok(c) => c,
-            Err(ClaimError::Taken | ClaimError::Lost | ClaimError::Kube) => return Ok(()),
-        };
-        if issue
-            .replaces
-            .as_ref()
-            .is_some_and(|w| w.phase == Phase::Claimed)
-        {
-            self.stats.remints_after_loss += 1;
-        }
         let owner = Owner {
             binding: r.binding.clone(),
             uid: issue.pod_uid.clone(),
             start: issue.start,
         };
+        // `Executor::still_taken`: a name found taken before is read before minting again.
+        let m = usize::from(r.replica == Replica::Rival);
+        let taken_key = format!("{TAKEN}{}", issue.secret);
+        if issue.replaces.is_none() && self.memory[m].contains_key(&taken_key) {
+            match self.api_get(&issue.secret)? {
+                Ok(Some(label)) if label.as_deref() != Some(r.binding.as_str()) => {
+                    self.memory[m].insert(taken_key, ts(self.now));
+                    return Ok(());
+                }
+                Ok(_) => {
+                    self.memory[m].remove(&taken_key);
+                }
+                Err(_) => return Ok(()),
+            }
+        }
         let issued_at = self.now;
         let ttl = r.settings.wrap_ttl.as_secs() as i64;
-        match self.v_create(owner, ttl)? {
+        match self.v_create(owner.clone(), ttl)? {
             Ok((token, wacc, tacc)) => {
                 let expires_at = issued_at + ttl;
-                let changes = deliver_changes(&wacc, &tacc, ts(issued_at), ts(expires_at));
-                let rv = rv.to_string();
+                let ending = deliver_changes(&wacc, &tacc, ts(issued_at), ts(expires_at));
+                let changes = issue_changes(&issue, ending);
                 let m = usize::from(r.replica == Replica::Rival);
-                match self.guarded_patch(&secret, Some(&rv), &changes, Data::Set(token))? {
+                match self.write_issue(r, &issue, &changes, Data::Set(token))? {
                     Ok(_) => {
+                        self.vault.wraps.get_mut(&wacc).expect("minted").delivered = true;
                         self.in_hand[m].clear();
                         Ok(())
                     }
@@ -1344,9 +1368,8 @@ impl World {
                 Ok(())
             }
             Err(e) => {
-                let changes = failure_changes("refused", ts(self.now));
-                let rv = rv.to_string();
-                let _ = self.guarded_patch(&secret, Some(&rv), &changes, Data::Clear)?;
+                let changes = issue_changes(&issue, failure_changes("refused", ts(self.now)));
+                let _ = self.write_issue(r, &issue, &changes, Data::Clear)?;
                 if e.is_unavailable() {
                     r.vault_unavailable = true;
                 }
@@ -1384,23 +1407,6 @@ impl World {
                 Ok(())
             }
         }
-    }
-
-    /// `Executor::confirm_vault`.
-    fn confirm_vault(&mut self, r: &mut Round, wrap: WrapState) -> Step<()> {
-        let owner = Owner {
-            binding: r.binding.clone(),
-            uid: wrap.pod_uid.clone(),
-            start: wrap.start,
-        };
-        if let Err(e) = self.v_health(Some(owner))? {
-            self.vault_failed(r, e);
-            return Ok(());
-        }
-        let changes = [(ann::VAULT_SEEN_AT, Some(ts(self.now).to_string()))];
-        let rv = wrap.resource_version.clone();
-        let _ = self.guarded_patch(&wrap.secret, rv.as_deref(), &changes, Data::Keep)?;
-        Ok(())
     }
 
     /// `Executor::probe_expiry`.
@@ -1890,15 +1896,22 @@ impl World {
 
     /// Rounds of every binding until nothing is due (time jumps to the next wake-up).
     fn settle_down(&mut self, max_iterations: u32) -> Result<(), Violation> {
+        // Taken names are retried for as long as they stay taken: one retry after the last
+        // change is enough to see whether a freed name gets served.
+        let mut retried = false;
         for _ in 0..max_iterations {
             let names: Vec<String> = self.bindings.keys().cloned().collect();
             let before = self.changes;
             let mut wake: Option<i64> = None;
+            let mut retry: Option<i64> = None;
             for name in names {
                 match self.reconcile(&name, Replica::Main) {
                     Ok(o) => {
                         if let Some(w) = o.wake_at {
                             wake = Some(wake.map_or(w, |x: i64| x.min(w)));
+                        }
+                        if let Some(w) = o.retry_taken_at {
+                            retry = Some(retry.map_or(w, |x: i64| x.min(w)));
                         }
                     }
                     Err(Stop::Crash) => unreachable!("no crashes while settling"),
@@ -1909,8 +1922,12 @@ impl World {
             // retried at once by the operator) does not count as activity.
             let acted = self.changes > before || self.bindings.values().any(|b| b.deleting);
             if acted {
+                retried = false;
                 self.now += 1;
             } else if let Some(w) = wake {
+                self.now = w.max(self.now + 1);
+            } else if let Some(w) = retry.filter(|_| !retried) {
+                retried = true;
                 self.now = w.max(self.now + 1);
             } else {
                 return Ok(());
@@ -2033,6 +2050,7 @@ impl World {
                 continue;
             };
             if self.relabelled.contains(&owner.uid)
+                || self.squatted.contains(&owner.uid)
                 || self.deleted_bindings.contains(&owner.binding)
             {
                 continue;
@@ -2042,40 +2060,12 @@ impl World {
             if c.lookups > self.stats.max_lookups.0 {
                 self.stats.max_lookups = (c.lookups, lookups);
             }
-            if c.creates > 1 || c.lookups > lookups || c.revokes > 4 || c.health > 0 {
+            if c.creates > 1 || c.lookups > lookups || c.revokes > 4 {
                 let msg = format!("Vault calls for {owner:?}: {c:?} (lookups allowed: {lookups})");
                 return Err(self.violation(5, msg));
             }
         }
         Ok(())
-    }
-}
-
-/// The planner with its lost-mint wait removed ([`Mutant::NoLostMintWait`]).
-fn remint_without_waiting(input: &Input, planned: &mut plan::Plan) {
-    for w in input.wraps {
-        let seen = w
-            .vault_seen_at
-            .is_some_and(|s| w.claimed_at.is_none_or(|c| s > c));
-        let pod = input.pods.iter().find(|p| p.uid == w.pod_uid);
-        let busy = planned.actions.iter().any(|a| a.record() == Some(w));
-        if w.phase == Phase::Claimed
-            && seen
-            && !busy
-            && !input.conflicts.contains_key(&w.pod)
-            && !w.deleting
-            && pod.is_some_and(|p| !p.terminating && !p.finished)
-        {
-            planned.actions.push(Action::Issue(Issue {
-                pod: w.pod.clone(),
-                pod_uid: w.pod_uid.clone(),
-                secret: w.secret.clone(),
-                start: w.start,
-                replaces: Some(w.clone()),
-                revoke_previous: None,
-                receipts_after: w.receipts_after,
-            }));
-        }
     }
 }
 
@@ -2088,7 +2078,6 @@ fn describe(a: &Action) -> String {
             i.replaces.as_ref().map(|w| w.phase)
         ),
         Action::Lookup { wrap, if_consumed } => format!("lookup {} ({if_consumed:?})", wrap.secret),
-        Action::ConfirmVault { wrap } => format!("confirm Vault for {}", wrap.secret),
         Action::ProbeExpiry { wrap } => format!("probe {}", wrap.secret),
         Action::Settle {
             wrap,
@@ -2155,7 +2144,7 @@ pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
         }
         w.settle_down(300)?;
         let longest = w.ever.values().map(|(_, ttl, _)| *ttl).max().unwrap_or(60);
-        w.now += longest + LOST_MINT_SLACK.as_secs() as i64 + 1;
+        w.now += longest + 10 + 1;
         w.settle_down(300)?;
         w.check()?;
         w.check_nothing_left()
@@ -2196,7 +2185,6 @@ mod tests {
             stats.lost_mints > 0 && stats.deferred_mints > 0,
             "{stats:?}"
         );
-        assert!(stats.remints_after_loss > 0, "{stats:?}");
         assert!(stats.lost_races > 0 && stats.rival_rounds > 0, "{stats:?}");
         assert!(stats.delivery_failures > 0, "{stats:?}");
         assert!(stats.conflicts_with_record > 0, "{stats:?}");
@@ -2219,7 +2207,7 @@ mod tests {
             "Mint",
             "Lookup",
             "Revoke",
-            "Health",
+            "Renew",
         ] {
             assert!(
                 stats.crashes_after.contains_key(op),
@@ -2247,7 +2235,6 @@ mod tests {
         let seed = std::env::var("SEED").map_or(0, |s| s.parse().expect("SEED is a number"));
         let mutant = match std::env::var("MUTANT").as_deref() {
             Ok("rv") => Mutant::NoResourceVersionGuard,
-            Ok("wait") => Mutant::NoLostMintWait,
             Ok("conflict") => Mutant::NoConflictCheck,
             Ok("deliver") => Mutant::NoRevokeOnDeliveryFailure,
             Ok("release") => Mutant::NoReleaseGuard,
@@ -2309,8 +2296,8 @@ mod tests {
     /// alike.
     #[test]
     fn model_writes_match_the_record_builders() {
-        use crate::record::writes::{self, Claimed, Sealer};
-        use crate::vault::{SecretString, WrapInfo};
+        use crate::record::writes::{self, Sealer};
+        use crate::vault::SecretString;
         let keys =
             crate::record::seal::RecordKeys::new(BTreeMap::from([(1, vec![7; 32])])).expect("key");
         let sealer = Sealer {
@@ -2327,83 +2314,69 @@ mod tests {
             revoke_previous: None,
             receipts_after: after.map(ts),
         };
-        // Claim by create.
-        let (secret, signed) = writes::claim_secret(&sealer, &issue(0, None, Some(3)), ts(5));
+        let token = SecretString::new("wt1");
+        // A pod start in one create: the record with its wrap.
+        let first = issue(0, None, Some(3));
+        let changes = issue_changes(&first, deliver_changes("wa1", "ta1", ts(6), ts(66)));
+        let secret = writes::issue_secret(&sealer, &first, &changes, Some(("token", &token)));
+        assert!(
+            secret
+                .data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("token"))
+        );
         let mut real = secret.metadata.annotations.clone().expect("annotations");
         real.remove(ann::SIGNATURE);
         let mut model = BTreeMap::new();
-        apply_model(&mut model, &claim_changes(&issue(0, None, Some(3)), ts(5)));
-        assert_eq!(real, model);
-        assert_eq!(signed, model);
-        // Deliver.
-        let claimed = Claimed {
-            secret: "p-b-wrap".into(),
-            resource_version: "1".into(),
-            annotations: model.clone(),
-        };
-        let info = WrapInfo {
-            token: SecretString::new("wt1"),
-            accessor: "wa1".into(),
-            wrapped_accessor: "ta1".into(),
-            ttl: 60,
-            creation_path: "auth/token/create/r".into(),
-        };
-        let patch = writes::deliver_patch(&sealer, &claimed, "token", &info, ts(6), ts(66));
-        assert_eq!(
-            patch.pointer("/metadata/resourceVersion"),
-            Some(&"1".into())
-        );
-        assert!(patch.pointer("/data/token").is_some());
-        apply_real(&mut real, &patch);
-        apply_model(&mut model, &deliver_changes("wa1", "ta1", ts(6), ts(66)));
+        apply_model(&mut model, &changes);
         assert_eq!(real, model);
         let issued = read_record("p-b-wrap", &sec(&model, 2, Some("wt1"))).expect("record");
         assert_eq!((issued.phase, issued.has_token), (Phase::Issued, true));
-        // Vault seen, settle (verified or not), failure.
-        let patch = writes::vault_seen_patch(&sealer, &issued, ts(7));
-        assert_eq!(
-            patch.pointer("/metadata/resourceVersion"),
-            Some(&"2".into())
-        );
-        let (mut r, mut m) = (real.clone(), model.clone());
-        apply_real(&mut r, &patch);
-        apply_model(&mut m, &[(ann::VAULT_SEEN_AT, Some(ts(7).to_string()))]);
-        assert_eq!(r, m);
+        // Settle (verified or not).
         for verified in [true, false] {
             let patch = writes::settle_patch(&sealer, &issued, Phase::Unwrapped, verified, "x", 0);
+            assert_eq!(
+                patch.pointer("/metadata/resourceVersion"),
+                Some(&"2".into())
+            );
             assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
             let (mut r, mut m) = (real.clone(), model.clone());
             apply_real(&mut r, &patch);
             apply_model(&mut m, &settle_changes(Phase::Unwrapped, verified, "x", 0));
             assert_eq!(r, m);
         }
-        let patch = writes::failure_patch(&sealer, &claimed, "refused", ts(8));
-        assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
-        let (mut r, mut m) = (real.clone(), model.clone());
-        apply_real(&mut r, &patch);
-        apply_model(&mut m, &failure_changes("refused", ts(8)));
-        assert_eq!(r, m);
-        // Takeover for the same start and for a new one (with and without receipts_after).
         apply_real(
             &mut real,
             &writes::settle_patch(&sealer, &issued, Phase::Unwrapped, true, "ok", 0),
         );
         apply_model(&mut model, &settle_changes(Phase::Unwrapped, true, "ok", 0));
         let settled = read_record("p-b-wrap", &sec(&model, 3, None)).expect("record");
+        // A new start taking the record over, delivered or failed, for the same start and a new
+        // one (with and without receipts_after).
         for (start, after) in [(0, None), (1, Some(9)), (1, None)] {
             let i = issue(start, Some(settled.clone()), after);
-            let (patch, signed) = writes::takeover_patch(&sealer, &i, &settled, ts(10));
-            assert_eq!(
-                patch.pointer("/metadata/resourceVersion"),
-                Some(&"3".into())
-            );
-            assert!(patch.get("data").is_some_and(serde_json::Value::is_null));
-            let (mut r, mut m) = (real.clone(), model.clone());
-            apply_real(&mut r, &patch);
-            apply_model(&mut m, &takeover_changes(&i, &settled, ts(10)));
-            assert_eq!(r, m, "takeover to start {start}");
-            m.remove(ann::MESSAGE);
-            assert_eq!(signed, m);
+            for (ending, data) in [
+                (
+                    deliver_changes("wa2", "ta2", ts(10), ts(70)),
+                    Some(("token", &token)),
+                ),
+                (failure_changes("refused", ts(10)), None),
+            ] {
+                let changes = issue_changes(&i, ending);
+                let patch = writes::issue_patch(&sealer, &settled, &changes, data);
+                assert_eq!(
+                    patch.pointer("/metadata/resourceVersion"),
+                    Some(&"3".into())
+                );
+                assert_eq!(
+                    patch.get("data").is_some_and(serde_json::Value::is_null),
+                    data.is_none()
+                );
+                let (mut r, mut m) = (real.clone(), model.clone());
+                apply_real(&mut r, &patch);
+                apply_model(&mut m, &changes);
+                assert_eq!(r, m, "takeover to start {start}");
+            }
         }
     }
 
@@ -2412,12 +2385,6 @@ mod tests {
         // A deposed replica's stale takeover hides a live wrap (1) or token (2).
         let v = first_violation(Mutant::NoResourceVersionGuard);
         assert!(matches!(v.invariant, 1 | 2), "{}", v.message);
-    }
-
-    #[test]
-    fn without_the_lost_mint_wait_it_fails() {
-        let v = first_violation(Mutant::NoLostMintWait);
-        assert_eq!(v.invariant, 1, "{}", v.message);
     }
 
     #[test]

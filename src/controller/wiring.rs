@@ -137,6 +137,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         secrets,
         last_lookup: Default::default(),
         last_renewal: Default::default(),
+        names_taken: Default::default(),
         failures: Default::default(),
         readiness: Readiness::default(),
         record_keys,

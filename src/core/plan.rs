@@ -11,8 +11,6 @@ use crate::core::pod::{ObservedReceipt, PodView, is_valid_secret_name, secret_na
 use crate::record::{Phase, WrapState};
 use crate::vault::Revoked;
 
-/// A lost mint answer is assumed dead this long after its wrap would have expired.
-pub const LOST_MINT_SLACK: Duration = Duration::from_secs(10);
 /// How often an outstanding wrap the agent reported invalid is looked up again.
 pub const SUSPECT_RECHECK: Duration = Duration::from_secs(1);
 /// A failed mint is retried after this long.
@@ -74,11 +72,6 @@ pub enum Action {
         /// What a consumed wrap means: a plain consumption, or tampering when the agent
         /// reported the wrap invalid.
         if_consumed: Outcome,
-    },
-    /// A mint's answer was lost: check that Vault answers again, and record when.
-    ConfirmVault {
-        /// The record.
-        wrap: WrapState,
     },
     /// Shortly before expiry: revoke the wrap; Vault's answer decides the outcome
     /// ([`expiry_outcome`]).
@@ -244,7 +237,6 @@ impl Action {
         match self {
             Action::Issue(i) => i.replaces.as_ref(),
             Action::Lookup { wrap, .. }
-            | Action::ConfirmVault { wrap }
             | Action::ProbeExpiry { wrap }
             | Action::Settle { wrap, .. }
             | Action::Renew { wrap }
@@ -331,58 +323,10 @@ fn orphaned(pods: &[PodView], wrap: &WrapState) -> bool {
             .is_none_or(|p| p.finished)
 }
 
-/// The records whose pod is gone, revoked and removed. A claim whose pod only left the
-/// selector (the record is not being deleted) is kept until the lost-mint wait is over (Vault
-/// seen again, then one wrap TTL): removed early, it would let the pod, selected again, be
-/// minted for while a lost mint's wrap lives.
-fn cleanups(
-    settings: &Settings,
-    pods: &[PodView],
-    wraps: &[WrapState],
-    now: Timestamp,
-    plan: &mut Plan,
-) {
+/// The records whose pod is gone (or left the selector), revoked and removed.
+fn cleanups(settings: &Settings, pods: &[PodView], wraps: &[WrapState], plan: &mut Plan) {
     for wrap in wraps.iter().filter(|w| orphaned(pods, w)) {
-        if wrap.phase == Phase::Claimed && wrap.wrap_accessor.is_none() && !wrap.deleting {
-            match lost_mint_wait(settings, wrap, now) {
-                Wait::ForVault => {
-                    plan.actions
-                        .push(Action::ConfirmVault { wrap: wrap.clone() });
-                    continue;
-                }
-                Wait::Until(at) => {
-                    plan.wake(at);
-                    continue;
-                }
-                Wait::Over => {}
-            }
-        }
         plan.actions.push(cleanup(settings, wrap));
-    }
-}
-
-/// Where a claim whose mint answer was lost stands.
-enum Wait {
-    /// Vault has not answered since the claim.
-    ForVault,
-    /// Any wrap the lost request made expires by then.
-    Until(Timestamp),
-    /// Whatever the lost request made has expired.
-    Over,
-}
-
-fn lost_mint_wait(s: &Settings, wrap: &WrapState, now: Timestamp) -> Wait {
-    let claimed = wrap.claimed_at.unwrap_or(now);
-    match wrap.vault_seen_at.filter(|seen| *seen > claimed) {
-        None => Wait::ForVault,
-        Some(seen) => {
-            let over_at = add(seen, s.wrap_ttl + LOST_MINT_SLACK);
-            if now < over_at {
-                Wait::Until(over_at)
-            } else {
-                Wait::Over
-            }
-        }
     }
 }
 
@@ -397,7 +341,7 @@ pub fn upkeep(
     now: Timestamp,
 ) -> Plan {
     let mut plan = Plan::default();
-    cleanups(settings, pods, wraps, now, &mut plan);
+    cleanups(settings, pods, wraps, &mut plan);
     let half = settings.renewal_window / 2;
     let mut due: Vec<(Timestamp, Action)> = vec![];
     for wrap in wraps
@@ -471,7 +415,12 @@ pub fn plan(input: &Input) -> Plan {
             plan.invalid_names.insert(pod.name.clone(), name);
             continue;
         }
-        if input.wraps.iter().any(|w| w.secret == name) {
+        // Another pod's record (or another pod of this round) holds the name: one at a time.
+        if input.wraps.iter().any(|w| w.secret == name)
+            || actions
+                .iter()
+                .any(|a| matches!(a, Action::Issue(i) if i.secret == name))
+        {
             continue;
         }
         if input.untrusted.contains(&name) {
@@ -593,14 +542,10 @@ fn judge(
     let may_mint = !input.conflicts.contains_key(&pod.name);
     match wrap.phase {
         Phase::Claimed => {
-            // The answer to this claim's mint was lost. Vault may still carry the request out
-            // (e.g. it was frozen), so first see Vault answer again, then wait until any wrap
-            // made by that request has expired before minting anew.
-            match lost_mint_wait(s, wrap, now) {
-                Wait::ForVault => actions.push(Action::ConfirmVault { wrap: wrap.clone() }),
-                Wait::Until(at) => plan.wake(at),
-                Wait::Over if may_mint => actions.push(retry(s, pod, wrap)),
-                Wait::Over => {}
+            // A claim written by an earlier version, whose mint answer was lost: nobody holds
+            // what that mint made (it ends by its TTL), so the start is simply issued again.
+            if may_mint {
+                actions.push(retry(s, pod, wrap));
             }
             return;
         }
@@ -666,9 +611,9 @@ fn judge(
     }
 }
 
-/// Mints again for a claim whose mint failed or whose answer was lost. The previous start's
-/// token, revoked before the first claim, is revoked again (a claim by an earlier version may
-/// not have revoked it; a gone token costs one call).
+/// Mints again for a start whose mint failed (or, written by an earlier version, whose answer
+/// was lost). The previous start's token, revoked before the first attempt, is revoked again
+/// (an attempt may have stopped before revoking it; a gone token costs one call).
 fn retry(s: &Settings, pod: &PodView, wrap: &WrapState) -> Action {
     let previous = wrap
         .previous_accessor
@@ -921,21 +866,15 @@ mod tests {
         w.claimed_at = Some(t(0));
         let p = run_with(&s, &[pod("a")], std::slice::from_ref(&w), &conflicts, 30);
         assert!(p.actions.is_empty(), "{p:?}");
-        // A lost mint: Vault is still confirmed (that mints nothing), but no re-mint.
+        // An earlier version's claim whose mint answer was lost: no re-mint either.
         let mut w = issued("a", 0);
         w.phase = Phase::Claimed;
         w.claimed_at = Some(t(0));
         w.wrap_accessor = None;
         w.accessor = None;
         let p = run_with(&s, &[pod("a")], std::slice::from_ref(&w), &conflicts, 5);
-        assert!(
-            matches!(p.actions[..], [Action::ConfirmVault { .. }]),
-            "{p:?}"
-        );
-        w.vault_seen_at = Some(t(5));
-        let p = run_with(&s, &[pod("a")], std::slice::from_ref(&w), &conflicts, 200);
         assert!(p.actions.is_empty(), "{p:?}");
-        let p = run_with(&s, &[pod("a")], &[w], &none, 200);
+        let p = run_with(&s, &[pod("a")], &[w], &none, 5);
         assert!(matches!(p.actions[..], [Action::Issue(_)]), "{p:?}");
         // When the pod goes, its record is cleaned up as usual.
         let p = run_with(&s, &[], &[issued("a", 0)], &conflicts, 5);
@@ -1288,38 +1227,18 @@ mod tests {
     }
 
     #[test]
-    fn lost_mint_waits_until_any_wrap_it_made_has_expired() {
+    fn an_earlier_versions_claim_is_issued_again_at_once() {
+        // Nobody holds what a lost mint made (nothing names it; Vault ends it by its TTL).
         let mut w = issued("a", 0);
         w.phase = Phase::Claimed;
         w.claimed_at = Some(t(0));
         w.wrap_accessor = None;
         w.accessor = None;
-        // First: is Vault answering again?
-        assert!(matches!(
-            run(&[pod("a")], std::slice::from_ref(&w), 30).actions[0],
-            Action::ConfirmVault { .. }
-        ));
-        // Vault must answer after the claim: a sighting from before it (a previous claim's)
-        // or at the same instant proves nothing about this claim's request.
-        for seen in [-5, 0] {
-            w.vault_seen_at = Some(t(seen));
-            assert!(
-                matches!(
-                    run(&[pod("a")], std::slice::from_ref(&w), 300).actions[..],
-                    [Action::ConfirmVault { .. }]
-                ),
-                "seen at {seen}"
-            );
-        }
-        // Seen at 40: a request Vault still held then has expired by 40 + 60 + 10.
-        w.vault_seen_at = Some(t(40));
-        let early = run(&[pod("a")], std::slice::from_ref(&w), 50);
-        assert!(early.actions.is_empty());
-        assert_eq!(early.wake_at, Some(t(110)));
-        assert!(matches!(
-            run(&[pod("a")], &[w], 110).actions[0],
-            Action::Issue(_)
-        ));
+        let p = run(&[pod("a")], std::slice::from_ref(&w), 1);
+        let Action::Issue(i) = &p.actions[0] else {
+            panic!("{p:?}")
+        };
+        assert_eq!(i.replaces.as_ref(), Some(&w));
     }
 
     #[test]
@@ -1341,7 +1260,6 @@ mod tests {
         };
         assert_eq!((i.start, i.revoke_previous.as_deref()), (1, Some("acc-0")));
         w.phase = Phase::Claimed;
-        w.vault_seen_at = Some(t(1));
         let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 100);
         let Action::Issue(i) = &plan.actions[0] else {
             panic!("{plan:?}")
@@ -1601,24 +1519,14 @@ mod tests {
                                 None
                             }
                             Some(old) => {
-                                // An outstanding wrap is never replaced; a lost mint only after
-                                // Vault answered and its wrap has surely expired.
+                                // A delivered, outstanding wrap is never replaced.
                                 assert_ne!(old.phase, Phase::Issued, "replaced a live wrap: {ctx}");
-                                if old.phase == Phase::Claimed {
-                                    let seen = old.vault_seen_at.expect("seen Vault");
-                                    assert!(seen > old.claimed_at.unwrap_or(t(now)), "{ctx}");
-                                    assert!(
-                                        t(now) >= add(seen, Duration::from_secs(70)),
-                                        "early re-mint: {ctx}"
-                                    );
-                                }
                                 Some(old.secret.clone())
                             }
                         }
                     }
                     Action::Lookup { wrap, .. }
                     | Action::ProbeExpiry { wrap }
-                    | Action::ConfirmVault { wrap }
                     | Action::Settle { wrap, .. } => Some(wrap.secret.clone()),
                     Action::Renew { wrap } => {
                         // Only a token the pod's agent took, and only while its pod lives.

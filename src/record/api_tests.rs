@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 use crate::core::plan::Issue;
 use crate::record::seal::{Authenticity, RecordKeys};
-use crate::record::writes::{self, ClaimError, Claimed, Records, Sealer};
+use crate::record::writes::{self, ClaimError, Records, Sealer};
 use crate::record::{Phase, SECRET_FINALIZER, WrapState, ann};
-use crate::vault::{SecretString, WrapInfo};
+use crate::vault::SecretString;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -145,17 +145,29 @@ fn records<'a>(api: &'a Api<Secret>, keys: &'a RecordKeys) -> Records<'a> {
     }
 }
 
+/// The changes of a delivered mint (wrap accessor `wacc`, token accessor `acc`).
+fn delivered(i: &Issue) -> Vec<writes::Change> {
+    writes::issue_changes(i, writes::deliver_changes("wacc", "acc", t(0), t(60)))
+}
+
 #[tokio::test]
-async fn a_claim_creates_the_record_owned_by_the_pod_with_a_finalizer_and_no_token() {
+async fn a_pod_start_is_one_create_owned_by_the_pod_with_a_finalizer_and_the_wrap() {
     let keys = keys();
     let (api, mut handle) = mocked();
     let server =
         tokio::spawn(
             async move { answer(&mut handle, 201, secret_json("p-b-wrap", "7", "b")).await },
         );
-    let claimed = writes::claim(&records(&api, &keys), &issue(None), t(0))
-        .await
-        .unwrap();
+    let token = SecretString::new("s.wrapping");
+    let i = issue(None);
+    let rv = writes::write_issue(
+        &records(&api, &keys),
+        &i,
+        &delivered(&i),
+        Some(("vault-token", &token)),
+    )
+    .await
+    .unwrap();
     let seen = server.await.unwrap();
     assert_eq!((seen.method, seen.path.as_str()), (Method::POST, SECRETS));
     let meta = &seen.body["metadata"];
@@ -165,14 +177,17 @@ async fn a_claim_creates_the_record_owned_by_the_pod_with_a_finalizer_and_no_tok
     assert_eq!(meta["finalizers"], json!([SECRET_FINALIZER]));
     assert_eq!(meta["ownerReferences"][0]["uid"], "uid-p");
     assert_eq!(meta["ownerReferences"][0]["kind"], "Pod");
-    assert_eq!(meta["annotations"][ann::PHASE], "Claimed");
+    assert_eq!(meta["annotations"][ann::PHASE], "Issued");
+    assert_eq!(meta["annotations"][ann::WRAP_ACCESSOR], "wacc");
+    assert_eq!(meta["annotations"][ann::ACCESSOR], "acc");
     assert!(meta["annotations"][ann::SIGNATURE].is_string());
-    assert!(seen.body.get("data").is_none(), "a claim carries no token");
-    assert_eq!(claimed.resource_version, "7");
+    // base64("s.wrapping")
+    assert_eq!(seen.body["data"]["vault-token"], "cy53cmFwcGluZw==");
+    assert_eq!(rv, "7");
 }
 
 #[tokio::test]
-async fn a_claim_losing_the_create_race_reads_who_won() {
+async fn a_create_losing_the_race_reads_who_won() {
     let keys = keys();
     for (holder, expected) in [("b", "Lost"), ("someone-else", "Taken")] {
         let (api, mut handle) = mocked();
@@ -181,7 +196,15 @@ async fn a_claim_losing_the_create_race_reads_who_won() {
             let get = answer(&mut handle, 200, secret_json("p-b-wrap", "3", holder)).await;
             (create, get)
         });
-        let result = writes::claim(&records(&api, &keys), &issue(None), t(0)).await;
+        let token = SecretString::new("s.wrapping");
+        let i = issue(None);
+        let result = writes::write_issue(
+            &records(&api, &keys),
+            &i,
+            &delivered(&i),
+            Some(("token", &token)),
+        )
+        .await;
         let (create, get) = server.await.unwrap();
         assert_eq!(create.method, Method::POST);
         assert_eq!((get.method, get.path.as_str()), (Method::GET, RECORD));
@@ -195,72 +218,68 @@ async fn a_claim_losing_the_create_race_reads_who_won() {
 }
 
 #[tokio::test]
-async fn a_takeover_is_a_merge_patch_guarded_by_the_old_version_that_drops_the_token() {
+async fn a_new_start_takes_the_record_over_in_one_patch_guarded_by_the_old_version() {
     let keys = keys();
     let old = issued_record(&keys);
     let (api, mut handle) = mocked();
-    let server =
-        tokio::spawn(
-            async move { answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await },
-        );
-    let claimed = writes::claim(&records(&api, &keys), &issue(Some(old)), t(0))
-        .await
-        .unwrap();
-    let seen = server.await.unwrap();
-    assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
-    assert_eq!(seen.content_type.as_deref(), Some(MERGE_PATCH));
-    assert_eq!(seen.body["metadata"]["resourceVersion"], "5");
-    assert_eq!(seen.body["data"], Value::Null);
-    assert!(seen.body.as_object().unwrap().contains_key("data"));
-    let annotations = &seen.body["metadata"]["annotations"];
-    assert_eq!(annotations[ann::PHASE], "Claimed");
-    // The previous wrap's accessors are removed (null in a merge patch), not left behind.
-    assert!(
-        annotations
-            .as_object()
-            .unwrap()
-            .contains_key(ann::WRAP_ACCESSOR)
-    );
-    assert_eq!(annotations[ann::WRAP_ACCESSOR], Value::Null);
-    assert_eq!(claimed.resource_version, "6");
-}
-
-#[tokio::test]
-async fn delivery_puts_the_token_under_the_binding_key_guarded_by_the_claim() {
-    let keys = keys();
-    let claimed = Claimed {
-        secret: "p-b-wrap".into(),
-        resource_version: "7".into(),
-        annotations: BTreeMap::new(),
-    };
-    let wrap = WrapInfo {
-        token: SecretString::new("s.wrapping"),
-        accessor: "wacc".into(),
-        wrapped_accessor: "acc".into(),
-        ttl: 60,
-        creation_path: "auth/token/create/r".into(),
-    };
-    let (api, mut handle) = mocked();
     let server = tokio::spawn(async move {
-        let ok = answer(&mut handle, 200, secret_json("p-b-wrap", "8", "b")).await;
+        let ok = answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await;
         let conflict = answer(&mut handle, 409, status_json(409, "Conflict")).await;
         (ok, conflict)
     });
+    let token = SecretString::new("s.wrapping");
+    let i = issue(Some(old));
     let r = records(&api, &keys);
-    let delivered = writes::deliver(&r, &claimed, "vault-token", &wrap, t(0), t(60)).await;
-    let lost = writes::deliver(&r, &claimed, "vault-token", &wrap, t(0), t(60)).await;
+    let rv = writes::write_issue(&r, &i, &delivered(&i), Some(("token", &token)))
+        .await
+        .unwrap();
+    let lost = writes::write_issue(&r, &i, &delivered(&i), Some(("token", &token))).await;
     let (seen, _) = server.await.unwrap();
-    assert_eq!(delivered.unwrap(), "8");
+    assert_eq!(rv, "6");
     assert!(matches!(lost, Err(ClaimError::Lost)), "{lost:?}");
     assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
     assert_eq!(seen.content_type.as_deref(), Some(MERGE_PATCH));
-    assert_eq!(seen.body["metadata"]["resourceVersion"], "7");
-    // base64("s.wrapping")
-    assert_eq!(seen.body["data"]["vault-token"], "cy53cmFwcGluZw==");
+    assert_eq!(seen.body["metadata"]["resourceVersion"], "5");
+    assert_eq!(seen.body["data"]["token"], "cy53cmFwcGluZw==");
     let annotations = &seen.body["metadata"]["annotations"];
     assert_eq!(annotations[ann::PHASE], "Issued");
     assert_eq!(annotations[ann::WRAP_ACCESSOR], "wacc");
-    assert_eq!(annotations[ann::ACCESSOR], "acc");
+}
+
+#[tokio::test]
+async fn a_failed_mint_is_recorded_in_the_same_one_write_without_a_token() {
+    let keys = keys();
+    let old = issued_record(&keys);
+    let (api, mut handle) = mocked();
+    let server = tokio::spawn(async move {
+        let created = answer(&mut handle, 201, secret_json("p-b-wrap", "1", "b")).await;
+        let patched = answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await;
+        (created, patched)
+    });
+    let r = records(&api, &keys);
+    for i in [issue(None), issue(Some(old))] {
+        let changes = writes::issue_changes(&i, writes::failure_changes("permission denied", t(1)));
+        writes::write_issue(&r, &i, &changes, None).await.unwrap();
+    }
+    let (created, patched) = server.await.unwrap();
+    assert_eq!(created.method, Method::POST);
+    assert!(created.body.get("data").is_none(), "no token");
+    assert_eq!(
+        created.body["metadata"]["annotations"][ann::PHASE],
+        "Failed"
+    );
+    assert_eq!(patched.method, Method::PATCH);
+    assert_eq!(patched.body["metadata"]["resourceVersion"], "5");
+    assert_eq!(
+        patched.body["metadata"]["annotations"][ann::PHASE],
+        "Failed"
+    );
+    // The previous wrap's accessors are removed (null in a merge patch), not left behind.
+    let annotations = patched.body["metadata"]["annotations"].as_object().unwrap();
+    assert!(annotations.contains_key(ann::WRAP_ACCESSOR));
+    assert_eq!(annotations[ann::WRAP_ACCESSOR], Value::Null);
+    assert!(patched.body.as_object().unwrap().contains_key("data"));
+    assert_eq!(patched.body["data"], Value::Null);
 }
 
 #[tokio::test]
@@ -291,43 +310,6 @@ async fn settling_records_the_phase_and_removes_the_token_and_a_gone_record_is_l
         "the token leaves the Secret"
     );
     assert_eq!(seen.body["metadata"]["annotations"][ann::PHASE], "Expired");
-}
-
-#[tokio::test]
-async fn failures_and_vault_sightings_are_guarded_patches_without_a_token() {
-    let keys = keys();
-    let wrap = issued_record(&keys);
-    let claimed = Claimed {
-        secret: "p-b-wrap".into(),
-        resource_version: "7".into(),
-        annotations: BTreeMap::new(),
-    };
-    let (api, mut handle) = mocked();
-    let server = tokio::spawn(async move {
-        let failure = answer(&mut handle, 200, secret_json("p-b-wrap", "8", "b")).await;
-        let seen = answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await;
-        (failure, seen)
-    });
-    let r = records(&api, &keys);
-    writes::record_failure(&r, &claimed, "permission denied", t(1))
-        .await
-        .unwrap();
-    writes::mark_vault_seen(&r, &wrap, t(2)).await.unwrap();
-    let (failure, vault_seen) = server.await.unwrap();
-    assert_eq!(failure.body["metadata"]["resourceVersion"], "7");
-    assert_eq!(
-        failure.body["metadata"]["annotations"][ann::PHASE],
-        "Failed"
-    );
-    assert_eq!(failure.body["data"], Value::Null);
-    assert_eq!(vault_seen.content_type.as_deref(), Some(MERGE_PATCH));
-    assert_eq!(vault_seen.body["metadata"]["resourceVersion"], "5");
-    assert_eq!(
-        vault_seen.body["metadata"]["annotations"][ann::VAULT_SEEN_AT],
-        t(2).to_string()
-    );
-    // Recording a sighting never touches the token.
-    assert!(vault_seen.body.get("data").is_none());
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Every write to a per-pod Secret. Creates claim a pod start; every later change is a JSON
-//! merge patch guarded by `resourceVersion`, so two writers can never both win. Every write
+//! Every write to a per-pod Secret. A pod start is one write: the record created with its wrap
+//! (or a failed mint), or an older record taken over by a JSON merge patch guarded by
+//! `resourceVersion`, as is every later change, so two writers can never both win. Every write
 //! carries a fresh signature over the annotations it leaves (see [`crate::record::seal`]): the patch
 //! builders are pure and compute the resulting annotations from the ones read plus the change.
 
@@ -18,9 +19,9 @@ use crate::record::seal::{Fields, RecordKeys};
 use crate::record::{
     BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Phase, SECRET_FINALIZER, WrapState, ann,
 };
-use crate::vault::WrapInfo;
+use crate::vault::SecretString;
 
-/// Why a claim did not happen.
+/// Why a record write did not happen.
 #[derive(Debug)]
 pub enum ClaimError {
     /// A Secret of that name exists and is not this binding's record.
@@ -100,25 +101,12 @@ pub struct Records<'a> {
     pub sealer: Sealer<'a>,
 }
 
-/// A record just claimed: what delivery (or a failure record) builds on.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Claimed {
-    /// Secret name.
-    pub secret: String,
-    /// resourceVersion after the claim (guards the next write).
-    pub resource_version: String,
-    /// Signed annotations after the claim.
-    pub annotations: BTreeMap<String, String>,
-}
-
-/// The annotations of a fresh claim.
-pub fn claim_changes(issue: &Issue, now: Timestamp) -> Vec<Change> {
+/// The annotations every pod start's record carries, whatever its mint gave.
+pub fn start_changes(issue: &Issue) -> Vec<Change> {
     let mut changes = vec![
         (ann::POD, Some(issue.pod.clone())),
         (ann::POD_UID, Some(issue.pod_uid.clone())),
         (ann::START, Some(issue.start.to_string())),
-        (ann::PHASE, Some(Phase::Claimed.as_str().to_string())),
-        (ann::CLAIMED_AT, Some(now.to_string())),
     ];
     if let Some(t) = issue.receipts_after {
         changes.push((ann::RECEIPTS_AFTER, Some(t.to_string())));
@@ -126,10 +114,10 @@ pub fn claim_changes(issue: &Issue, now: Timestamp) -> Vec<Change> {
     changes
 }
 
-/// The annotation changes of taking over `old` for a new claim: the claim's, every trace of
-/// the previous wrap cleared, and the previous start's token remembered.
-pub fn takeover_changes(issue: &Issue, old: &WrapState, now: Timestamp) -> Vec<Change> {
-    let mut changes = claim_changes(issue, now);
+/// The annotation changes of a new start taking `old` over: every trace of the previous wrap
+/// cleared, and the previous start's token remembered.
+pub fn takeover_changes(issue: &Issue, old: &WrapState) -> Vec<Change> {
+    let mut changes = start_changes(issue);
     for k in [
         ann::WRAP_ACCESSOR,
         ann::ACCESSOR,
@@ -138,6 +126,7 @@ pub fn takeover_changes(issue: &Issue, old: &WrapState, now: Timestamp) -> Vec<C
         ann::VERIFIED,
         ann::MESSAGE,
         ann::VAULT_SEEN_AT,
+        ann::CLAIMED_AT,
     ] {
         changes.push((k, None));
     }
@@ -174,7 +163,7 @@ pub fn failure_changes(message: &str, now: Timestamp) -> Vec<Change> {
     ]
 }
 
-/// The annotation changes of settling a wrap in `phase`.
+/// The annotation changes of settling a wrap in `phase`, for start `start`.
 pub fn settle_changes(phase: Phase, verified: bool, message: &str, start: u32) -> Vec<Change> {
     vec![
         (ann::PHASE, Some(phase.as_str().to_string())),
@@ -184,18 +173,37 @@ pub fn settle_changes(phase: Phase, verified: bool, message: &str, start: u32) -
     ]
 }
 
-/// The Secret that claims a new pod start (no token yet), and its signed annotations.
-pub fn claim_secret(
-    sealer: &Sealer,
-    issue: &Issue,
-    now: Timestamp,
-) -> (Secret, BTreeMap<String, String>) {
-    let (patch, after) = sealer.patch(&issue.secret, &BTreeMap::new(), &claim_changes(issue, now));
+/// The annotation changes of issuing `issue`, whose mint ended as `ending` (a delivery or a
+/// failure): the start's, then the ending's.
+pub fn issue_changes(issue: &Issue, ending: Vec<Change>) -> Vec<Change> {
+    let mut changes = match &issue.replaces {
+        None => start_changes(issue),
+        Some(old) => takeover_changes(issue, old),
+    };
+    changes.extend(ending);
+    changes
+}
+
+/// What an issue write puts in the Secret's data: the wrapping token under its key, or
+/// nothing (a failed mint).
+pub type WrapData<'a> = Option<(&'a str, &'a SecretString)>;
+
+fn data_of(data: WrapData) -> Value {
+    match data {
+        Some((key, token)) => json!({ key: ByteString(token.expose().as_bytes().to_vec()) }),
+        None => Value::Null,
+    }
+}
+
+/// The Secret that records a new pod start (owned by the pod, with the finalizer) carrying
+/// `changes` and `data`.
+pub fn issue_secret(sealer: &Sealer, issue: &Issue, changes: &[Change], data: WrapData) -> Secret {
+    let (patch, _) = sealer.patch(&issue.secret, &BTreeMap::new(), changes);
     let annotations = patch
         .into_iter()
         .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
         .collect();
-    let secret = Secret {
+    Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(issue.secret.clone()),
             labels: Some(BTreeMap::from([
@@ -213,44 +221,42 @@ pub fn claim_secret(
             finalizers: Some(vec![SECRET_FINALIZER.to_string()]),
             ..Default::default()
         },
+        data: data.map(|(key, token)| {
+            BTreeMap::from([(
+                key.to_string(),
+                ByteString(token.expose().as_bytes().to_vec()),
+            )])
+        }),
         type_: Some("Opaque".into()),
         ..Default::default()
-    };
-    (secret, after)
+    }
 }
 
-/// The patch that takes record `old` over for a new claim, and the resulting annotations.
-pub fn takeover_patch(
-    sealer: &Sealer,
-    issue: &Issue,
-    old: &WrapState,
-    now: Timestamp,
-) -> (Value, BTreeMap<String, String>) {
-    let changes = takeover_changes(issue, old, now);
-    let (annotations, after) = sealer.patch(&old.secret, &old.annotations, &changes);
-    let patch = json!({
+/// The patch that turns record `old` into the record of a new start, guarded by the
+/// resourceVersion it was read at.
+pub fn issue_patch(sealer: &Sealer, old: &WrapState, changes: &[Change], data: WrapData) -> Value {
+    let (annotations, _) = sealer.patch(&old.secret, &old.annotations, changes);
+    json!({
         "metadata": { "resourceVersion": old.resource_version, "annotations": annotations },
-        "data": null,
-    });
-    (patch, after)
+        "data": data_of(data),
+    })
 }
 
-/// Claims a pod start: creates the record (no token yet) or takes over `issue.replaces`.
-pub async fn claim(
+/// Writes a pod start's record in one write: creates it, or takes `issue.replaces` over
+/// (guarded). Returns the new resourceVersion. `Lost`: another writer got there first (the
+/// caller revokes what it minted); `Taken`: a Secret of that name is not this binding's.
+pub async fn write_issue(
     records: &Records<'_>,
     issue: &Issue,
-    now: Timestamp,
-) -> Result<Claimed, ClaimError> {
+    changes: &[Change],
+    data: WrapData<'_>,
+) -> Result<String, ClaimError> {
     let api = records.api;
     let binding = records.sealer.binding;
     let Some(old) = &issue.replaces else {
-        let (secret, annotations) = claim_secret(&records.sealer, issue, now);
+        let secret = issue_secret(&records.sealer, issue, changes, data);
         return match api.create(&PostParams::default(), &secret).await {
-            Ok(s) => Ok(Claimed {
-                secret: issue.secret.clone(),
-                resource_version: s.resource_version().unwrap_or_default(),
-                annotations,
-            }),
+            Ok(s) => Ok(s.resource_version().unwrap_or_default()),
             Err(e) if is_conflict(&e) => match api.get_opt(&issue.secret).await {
                 Ok(Some(s))
                     if s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding) =>
@@ -264,88 +270,8 @@ pub async fn claim(
             Err(e) => Err(ClaimError::Kube(e)),
         };
     };
-    let (patch, annotations) = takeover_patch(&records.sealer, issue, old, now);
-    let resource_version = guarded_patch(api, &old.secret, &patch).await?;
-    Ok(Claimed {
-        secret: old.secret.clone(),
-        resource_version,
-        annotations,
-    })
-}
-
-/// The patch that puts the wrapping token into a claimed record.
-pub fn deliver_patch(
-    sealer: &Sealer,
-    claimed: &Claimed,
-    key: &str,
-    wrap: &WrapInfo,
-    issued_at: Timestamp,
-    expires_at: Timestamp,
-) -> Value {
-    let changes = deliver_changes(
-        &wrap.accessor,
-        &wrap.wrapped_accessor,
-        issued_at,
-        expires_at,
-    );
-    let (annotations, _) = sealer.patch(&claimed.secret, &claimed.annotations, &changes);
-    json!({
-        "metadata": { "resourceVersion": claimed.resource_version, "annotations": annotations },
-        "data": { key: ByteString(wrap.token.expose().as_bytes().to_vec()) },
-    })
-}
-
-/// Puts the wrapping token into a claimed record.
-pub async fn deliver(
-    records: &Records<'_>,
-    claimed: &Claimed,
-    key: &str,
-    wrap: &WrapInfo,
-    issued_at: Timestamp,
-    expires_at: Timestamp,
-) -> Result<String, ClaimError> {
-    let patch = deliver_patch(&records.sealer, claimed, key, wrap, issued_at, expires_at);
-    guarded_patch(records.api, &claimed.secret, &patch).await
-}
-
-/// The patch that records a failed mint.
-pub fn failure_patch(sealer: &Sealer, claimed: &Claimed, message: &str, now: Timestamp) -> Value {
-    let changes = failure_changes(message, now);
-    let (annotations, _) = sealer.patch(&claimed.secret, &claimed.annotations, &changes);
-    json!({
-        "metadata": { "resourceVersion": claimed.resource_version, "annotations": annotations },
-        "data": null,
-    })
-}
-
-/// Records a failed mint (no token) so it is retried after a pause and shown in the status.
-pub async fn record_failure(
-    records: &Records<'_>,
-    claimed: &Claimed,
-    message: &str,
-    now: Timestamp,
-) -> Result<String, ClaimError> {
-    let patch = failure_patch(&records.sealer, claimed, message, now);
-    guarded_patch(records.api, &claimed.secret, &patch).await
-}
-
-/// The patch that records when Vault answered again after a lost mint answer.
-pub fn vault_seen_patch(sealer: &Sealer, wrap: &WrapState, now: Timestamp) -> Value {
-    let changes = [(ann::VAULT_SEEN_AT, Some(now.to_string()))];
-    let (annotations, _) = sealer.patch(&wrap.secret, &wrap.annotations, &changes);
-    json!({
-        "metadata": { "resourceVersion": wrap.resource_version, "annotations": annotations }
-    })
-}
-
-/// Records that Vault answered again after a claim whose mint answer was lost.
-pub async fn mark_vault_seen(
-    records: &Records<'_>,
-    wrap: &WrapState,
-    now: Timestamp,
-) -> Result<String, ClaimError> {
-    let patch = vault_seen_patch(&records.sealer, wrap, now);
-    guarded_patch(records.api, &wrap.secret, &patch).await
+    let patch = issue_patch(&records.sealer, old, changes, data);
+    guarded_patch(api, &old.secret, &patch).await
 }
 
 /// The patch that records a final phase and removes the wrapping token.
@@ -504,27 +430,15 @@ mod tests {
         }
     }
 
-    fn wrap_info(n: u8) -> WrapInfo {
-        WrapInfo {
-            token: SecretString::new(format!("s.wrapping-token-{n}")),
-            accessor: format!("wacc-{n}"),
-            wrapped_accessor: format!("acc-{n}"),
-            ttl: 60,
-            creation_path: "auth/token/create/r".into(),
-        }
-    }
-
-    /// The claim as created in namespace `ns`, resourceVersion 1.
-    fn created(sealer: &Sealer) -> (Secret, Claimed) {
-        let (mut secret, annotations) = claim_secret(sealer, &issue(0, None), t(0));
+    /// The record of a first start as created in namespace `ns`, resourceVersion 1.
+    fn created(sealer: &Sealer) -> Secret {
+        let i = issue(0, None);
+        let changes = issue_changes(&i, deliver_changes("wacc-1", "acc-1", t(0), t(60)));
+        let token = SecretString::new("s.wrapping-token-1");
+        let mut secret = issue_secret(sealer, &i, &changes, Some(("token", &token)));
         secret.metadata.namespace = Some("ns".into());
         secret.metadata.resource_version = Some("1".into());
-        let claimed = Claimed {
-            secret: "p-b-wrap".into(),
-            resource_version: "1".into(),
-            annotations,
-        };
-        (secret, claimed)
+        secret
     }
 
     #[test]
@@ -535,39 +449,9 @@ mod tests {
             binding: "b",
             keys: &keys,
         };
-        let (secret, claimed) = created(&sealer);
+        // Issued in one write, then Unwrapped.
+        let secret = created(&sealer);
         let w = read(&secret, &keys);
-        assert_eq!(
-            (w.authenticity, w.phase),
-            (Authenticity::Authentic, Phase::Claimed)
-        );
-        assert_eq!(w.annotations, claimed.annotations);
-
-        // Claimed -> Failed -> (retry) Claimed -> Issued -> Unwrapped.
-        let failed = apply(&secret, &failure_patch(&sealer, &claimed, "refused", t(1)));
-        let w = read(&failed, &keys);
-        assert_eq!(
-            (w.authenticity, w.phase),
-            (Authenticity::Authentic, Phase::Failed)
-        );
-        let (patch, annotations) = takeover_patch(&sealer, &issue(0, Some(w.clone())), &w, t(7));
-        let reclaimed = apply(&failed, &patch);
-        let w = read(&reclaimed, &keys);
-        assert_eq!(
-            (w.authenticity, w.phase),
-            (Authenticity::Authentic, Phase::Claimed)
-        );
-        assert_eq!(w.message, None);
-        let claimed = Claimed {
-            secret: w.secret.clone(),
-            resource_version: w.resource_version.clone().unwrap(),
-            annotations,
-        };
-        let delivered = apply(
-            &reclaimed,
-            &deliver_patch(&sealer, &claimed, "token", &wrap_info(1), t(8), t(68)),
-        );
-        let w = read(&delivered, &keys);
         assert_eq!(
             (w.authenticity, w.phase),
             (Authenticity::Authentic, Phase::Issued)
@@ -580,7 +464,7 @@ mod tests {
             "no token in annotations"
         );
         let settled = apply(
-            &delivered,
+            &secret,
             &settle_patch(&sealer, &w, Phase::Unwrapped, true, "verified", 0),
         );
         let w = read(&settled, &keys);
@@ -590,23 +474,38 @@ mod tests {
         );
         assert!(w.verified && !w.has_token);
 
-        // The agent restarts: a new start takes the record over and remembers the old token.
-        let (patch, _) = takeover_patch(&sealer, &issue(1, Some(w.clone())), &w, t(90));
-        let next = read(&apply(&settled, &patch), &keys);
-        assert_eq!(next.authenticity, Authenticity::Authentic);
-        assert_eq!(next.previous_accessor.as_deref(), Some("acc-1"));
-        assert_eq!((next.accessor, next.wrap_accessor), (None, None));
-
-        // A lost mint answer: Vault seen again.
-        let seen = read(
+        // The agent restarts: its mint fails, then the retry delivers, each in one write; the
+        // new start remembers the old token.
+        let i = issue(1, Some(w.clone()));
+        let failed_changes = issue_changes(&i, failure_changes("refused", t(90)));
+        let failed = apply(&settled, &issue_patch(&sealer, &w, &failed_changes, None));
+        let f = read(&failed, &keys);
+        assert_eq!(
+            (f.authenticity, f.phase, f.has_token),
+            (Authenticity::Authentic, Phase::Failed, false)
+        );
+        assert_eq!(f.previous_accessor.as_deref(), Some("acc-1"));
+        assert_eq!(
+            (f.accessor.as_deref(), f.wrap_accessor.as_deref()),
+            (None, None)
+        );
+        let retry = issue(1, Some(f.clone()));
+        let changes = issue_changes(&retry, deliver_changes("wacc-2", "acc-2", t(95), t(155)));
+        let token = SecretString::new("s.wrapping-token-2");
+        let next = read(
             &apply(
-                &secret,
-                &vault_seen_patch(&sealer, &read(&secret, &keys), t(20)),
+                &failed,
+                &issue_patch(&sealer, &f, &changes, Some(("token", &token))),
             ),
             &keys,
         );
-        assert_eq!(seen.authenticity, Authenticity::Authentic);
-        assert_eq!(seen.vault_seen_at, Some(t(20)));
+        assert_eq!(
+            (next.authenticity, next.phase, next.start),
+            (Authenticity::Authentic, Phase::Issued, 1)
+        );
+        assert_eq!(next.accessor.as_deref(), Some("acc-2"));
+        assert_eq!(next.previous_accessor.as_deref(), Some("acc-1"));
+        assert!(next.has_token && next.message.is_none());
     }
 
     #[test]
@@ -617,7 +516,7 @@ mod tests {
             binding: "b",
             keys: &keys,
         };
-        let (secret, _) = created(&sealer);
+        let secret = created(&sealer);
         let edit = |k: &str, v: &str| {
             let patch = json!({"metadata": {"annotations": {k: v}}});
             read(&apply(&secret, &patch), &keys).authenticity
@@ -635,8 +534,7 @@ mod tests {
             binding: "other",
             ..sealer
         };
-        let (theirs, _) = claim_secret(&other, &issue(0, None), t(0));
-        let mut theirs = theirs;
+        let mut theirs = created(&other);
         theirs.metadata.namespace = Some("ns".into());
         theirs
             .metadata

@@ -453,6 +453,8 @@ impl Env {
             renewal_window: options
                 .token_life
                 .map_or(defaults.renewal_window, |(_, w)| w),
+            // The suite checks the routine Events too (off by default in the shipped config).
+            routine_events: true,
             ..OperatorConfig::with_vault(VaultConfig {
                 address: bao.addr.clone(),
                 ca_cert: None,
