@@ -1540,3 +1540,36 @@ async fn vault_ends_every_token_by_itself_while_the_operator_is_down() {
     .await;
     env.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn an_agent_restarted_before_it_unwrapped_keeps_its_token() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("web", "60s")).await;
+    env.create_pod("web-0", "web").await;
+    let (_, token) = issued(&env, "b", "web-0").await;
+    // The first run failed before unwrapping (no receipt); the kubelet restarted it.
+    env.report_receipt("web-0", None, 1).await;
+    // The second run takes the still-valid wrap.
+    let (receipt, code) = env.run_agent(&token, "second-run");
+    assert_eq!(code, 0, "{receipt:?}");
+    let receipt = receipt.unwrap();
+    let held = receipt.accessor.clone().unwrap();
+    env.report_receipt("web-0", Some(&receipt), 1).await;
+    eventually("verified as start 1", T, || async {
+        let s = env.records("b").await.pop()?;
+        let a = ann(&s);
+        (a.get("verified").map(String::as_str) == Some("true") && a["start"] == "1").then_some(())
+    })
+    .await;
+    // The token in use is never revoked as "the previous start's", and nothing is re-minted.
+    let root = env.bao.root_client();
+    cluster::holds_for(
+        "the held token stays live",
+        Duration::from_secs(5),
+        || async { root.accessor_is_live(&held).await.unwrap_or(false) },
+    )
+    .await;
+    assert_eq!(env.minted_wraps().await.len(), 1);
+    assert!(!revoked_accessors(&env.bao.audit_entries()).contains(&held));
+    env.assert_no_leaks().await;
+}

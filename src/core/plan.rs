@@ -795,6 +795,19 @@ mod tests {
     }
 
     #[test]
+    fn two_pods_asking_for_one_secret_name_get_one_mint_at_a_time() {
+        let p = |name: &str| PodView {
+            secret_name: Some("shared".into()),
+            ..pod(name)
+        };
+        let plan = run(&[p("a"), p("b")], &[], 0);
+        assert!(
+            matches!(&plan.actions[..], [Action::Issue(i)] if i.secret == "shared"),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn an_invalid_annotated_secret_name_is_reported_not_minted() {
         let p = PodView {
             secret_name: Some("Not_Valid".into()),
