@@ -231,7 +231,8 @@ def request_counts(entries):
             continue
         p = e.get("request", {}).get("path", "")
         for prefix in ("auth/token/create/", "sys/wrapping/lookup", "auth/token/revoke-accessor",
-                       "auth/token/lookup-accessor", "auth/kubernetes/login", "sys/health"):
+                       "auth/token/lookup-accessor", "auth/token/renew-accessor", "auth/kubernetes/login",
+                       "sys/health"):
             if p.startswith(prefix):
                 p = prefix.rstrip("/")
                 break
