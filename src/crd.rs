@@ -112,6 +112,9 @@ pub struct VaultTokenSpec {
 fn default_secret_key() -> String {
     "token".into()
 }
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
 fn default_true() -> bool {
     true
 }
@@ -186,6 +189,11 @@ pub struct WrapRecord {
     /// Start number: restart count of the agent container when the wrap was issued.
     #[schemars(with = "i32")]
     pub start: u32,
+    /// How many times this start's wrap was replaced because it expired before the pod took
+    /// it (a slow start; at most 3).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(with = "i32")]
+    pub replaced: u32,
     /// Per-pod Secret that holds (or held) the wrapping token.
     pub secret: String,
     /// Claimed, Issued, Unwrapped, Expired, Revoked, Tampered or Failed.

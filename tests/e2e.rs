@@ -1573,3 +1573,50 @@ async fn an_agent_restarted_before_it_unwrapped_keeps_its_token() {
     assert!(!revoked_accessors(&env.bao.audit_entries()).contains(&held));
     env.assert_no_leaks().await;
 }
+
+#[tokio::test]
+async fn a_pod_slower_than_its_wrap_ttl_gets_a_fresh_wrap() {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("slow", "5s")).await;
+    // The pod's agent does not run before the first wrap expires (a slow image pull).
+    env.create_pod("slow-0", "slow").await;
+    let (first, _) = issued(&env, "b", "slow-0").await;
+    let first_wrap = ann(&first)["wrap-accessor"].clone();
+    assert!(
+        !ann(&first).contains_key("replaced"),
+        "the first wrap was missed"
+    );
+    let (fresh, token) = eventually(
+        "a fresh wrap for the same start",
+        Duration::from_secs(60),
+        || async {
+            let s = env.records("b").await.pop()?;
+            let a = ann(&s);
+            let fresh = a.get("phase")? == "Issued" && a.get("wrap-accessor")? != &first_wrap;
+            fresh
+                .then(|| (s.clone(), env.token_of(&s)))?
+                .1
+                .map(|t| (s, t))
+        },
+    )
+    .await;
+    assert_eq!(ann(&fresh)["start"], "0");
+    assert_eq!(ann(&fresh)["replaced"], "1");
+    // The first one expired unconsumed and was revoked with its token; nothing was tampered.
+    let root = env.bao.root_client();
+    assert!(!root.accessor_is_live(&first_wrap).await.unwrap());
+    assert!(
+        !root
+            .accessor_is_live(&ann(&first)["accessor"])
+            .await
+            .unwrap()
+    );
+    // The agent finally runs and takes the fresh one.
+    let (receipt, code) = env.run_agent(&token, "slow-0");
+    assert_eq!(code, 0, "{receipt:?}");
+    env.report_receipt("slow-0", receipt.as_ref(), 0).await;
+    let status = status_where(&env, "b", |s| s.unwrapped == 1 && s.tampered == 0).await;
+    assert_eq!(status.records[0].replaced, 1);
+    assert!(status.records[0].verified);
+    env.assert_no_leaks().await;
+}

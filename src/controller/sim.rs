@@ -462,6 +462,8 @@ struct Calls {
     lookups: u32,
     revokes: u32,
     renews: u32,
+    /// Mints that replaced this start's wrap after it expired untaken.
+    replacements: u32,
 }
 
 /// Counters that show the mechanisms ran.
@@ -483,6 +485,8 @@ pub struct Stats {
     pub deferred_mints: u64,
     /// Re-mints after a lost mint's wait.
     pub remints_after_loss: u64,
+    /// Wraps replaced after expiring before their pod took them.
+    pub replacements: u64,
     /// Claims or writes lost to another writer (resourceVersion conflicts, AlreadyExists).
     pub lost_races: u64,
     /// Rounds of a second replica interleaved with another's.
@@ -517,6 +521,7 @@ impl Stats {
         self.lost_mints += o.lost_mints;
         self.deferred_mints += o.deferred_mints;
         self.remints_after_loss += o.remints_after_loss;
+        self.replacements += o.replacements;
         self.lost_races += o.lost_races;
         self.rival_rounds += o.rival_rounds;
         self.delivery_failures += o.delivery_failures;
@@ -1332,6 +1337,10 @@ impl World {
                 Err(_) => return Ok(()),
             }
         }
+        if issue.replaced > 0 {
+            self.calls(&owner).replacements += 1;
+            self.stats.replacements += 1;
+        }
         let issued_at = self.now;
         let ttl = r.settings.wrap_ttl.as_secs() as i64;
         match self.v_create(owner.clone(), ttl)? {
@@ -2060,7 +2069,9 @@ impl World {
             if c.lookups > self.stats.max_lookups.0 {
                 self.stats.max_lookups = (c.lookups, lookups);
             }
-            if c.creates > 1 || c.lookups > lookups || c.revokes > 4 {
+            // Each replacement of an expired wrap is a whole wrap life again.
+            let lives = 1 + c.replacements;
+            if c.creates > lives || c.lookups > lookups * lives || c.revokes > 4 * lives {
                 let msg = format!("Vault calls for {owner:?}: {c:?} (lookups allowed: {lookups})");
                 return Err(self.violation(5, msg));
             }
@@ -2128,7 +2139,7 @@ pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
         w.ops_left = None;
         w.vault.down_until = w.now;
         w.record_bindings();
-        w.settle_down(300)?;
+        w.settle_down(1500)?;
         w.check_liveness()?;
         if !faulty {
             w.check_bounds()?;
@@ -2138,14 +2149,14 @@ pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
         for p in &mut w.pods {
             p.terminating = true;
         }
-        w.settle_down(300)?;
+        w.settle_down(1500)?;
         while !w.pods.is_empty() {
             w.remove_pod(0);
         }
-        w.settle_down(300)?;
+        w.settle_down(1500)?;
         let longest = w.ever.values().map(|(_, ttl, _)| *ttl).max().unwrap_or(60);
         w.now += longest + 10 + 1;
-        w.settle_down(300)?;
+        w.settle_down(1500)?;
         w.check()?;
         w.check_nothing_left()
     };
@@ -2187,6 +2198,7 @@ mod tests {
         );
         assert!(stats.lost_races > 0 && stats.rival_rounds > 0, "{stats:?}");
         assert!(stats.delivery_failures > 0, "{stats:?}");
+        assert!(stats.replacements > 0, "{stats:?}");
         assert!(stats.conflicts_with_record > 0, "{stats:?}");
         assert!(
             stats.eligible_checked > 0 && stats.starts_bounded > 0,
@@ -2313,6 +2325,7 @@ mod tests {
             replaces,
             revoke_previous: None,
             receipts_after: after.map(ts),
+            replaced: 0,
         };
         let token = SecretString::new("wt1");
         // A pod start in one create: the record with its wrap.

@@ -11,6 +11,14 @@ use crate::core::pod::{ObservedReceipt, PodView, is_valid_secret_name, secret_na
 use crate::record::{Phase, WrapState};
 use crate::vault::Revoked;
 
+/// How many times one start's wrap is replaced after expiring before the pod took it.
+pub const MAX_REPLACEMENTS: u32 = 3;
+
+/// The pause after the `n`th expiry before the next replacement: 5 s, 20 s, 80 s.
+pub fn replacement_pause(n: u32) -> Duration {
+    Duration::from_secs(5 << (2 * n.min(4)))
+}
+
 /// How often an outstanding wrap the agent reported invalid is looked up again.
 pub const SUSPECT_RECHECK: Duration = Duration::from_secs(1);
 /// A failed mint is retried after this long.
@@ -58,6 +66,9 @@ pub struct Issue {
     pub revoke_previous: Option<String>,
     /// Receipts finished at or before this belong to earlier starts.
     pub receipts_after: Option<Timestamp>,
+    /// How many times this start's wrap has been replaced, this mint included (0: not a
+    /// replacement).
+    pub replaced: u32,
 }
 
 /// One step for the I/O layer.
@@ -435,6 +446,7 @@ pub fn plan(input: &Input) -> Plan {
             replaces: None,
             revoke_previous: None,
             receipts_after: None,
+            replaced: 0,
         }));
     }
     // Routine lookups go last, the longest unchecked first: when the global lookup budget
@@ -596,8 +608,31 @@ fn judge(
         }
         return;
     }
-    // Settled: a new start of the agent container gets a fresh wrap.
+    // Expired before the pod took it (a slow image pull, a slow node): the same start gets a
+    // fresh wrap, a few times, each after a longer pause.
     let restarts = agent_restarts(s, pod);
+    if may_mint
+        && wrap.phase == Phase::Expired
+        && restarts <= wrap.start
+        && wrap.replaced < MAX_REPLACEMENTS
+        && !current_receipts(pod, wrap)
+            .iter()
+            .any(|r| r.receipt.is_unwrapped())
+    {
+        let expired = wrap.expires_at.unwrap_or(now);
+        let retry_at = add(expired, replacement_pause(wrap.replaced));
+        if now < retry_at {
+            plan.wake(retry_at);
+        } else {
+            let mut step = reissue(pod, wrap, wrap.start, None);
+            if let Action::Issue(issue) = &mut step {
+                issue.replaced = wrap.replaced + 1;
+            }
+            actions.push(step);
+        }
+        return;
+    }
+    // Settled: a new start of the agent container gets a fresh wrap.
     if may_mint && wrap.phase.is_settled() && s.agent_container.is_some() && restarts > wrap.start {
         let previous = wrap
             .accessor
@@ -631,6 +666,11 @@ fn reissue(pod: &PodView, wrap: &WrapState, start: u32, revoke_previous: Option<
         replaces: Some(wrap.clone()),
         revoke_previous,
         receipts_after: wrap.receipts_after,
+        replaced: if start == wrap.start {
+            wrap.replaced
+        } else {
+            0
+        },
     })
 }
 
@@ -726,6 +766,7 @@ mod tests {
             verified: false,
             message: None,
             receipts_after: None,
+            replaced: 0,
             has_token: true,
             deleting: false,
             authenticity: crate::record::seal::Authenticity::Authentic,
@@ -792,6 +833,78 @@ mod tests {
         // Once a record exists, nothing more is minted for this start.
         let p = run(&[pod("a")], &[issued("a", 0)], 1);
         assert!(p.actions.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn a_wrap_that_expired_before_a_slow_pod_took_it_is_replaced_a_few_times() {
+        let s = Settings {
+            agent_container: None,
+            ..settings()
+        };
+        let mut w = issued("a", 0);
+        w.phase = Phase::Expired;
+        // Expired at 60: replaced 5 s later, then 20 s, then 80 s after each expiry.
+        let p = run_with(
+            &s,
+            &[pod("a")],
+            std::slice::from_ref(&w),
+            &BTreeMap::new(),
+            62,
+        );
+        assert!(p.actions.is_empty(), "{p:?}");
+        assert_eq!(p.wake_at, Some(t(65)));
+        let p = run_with(
+            &s,
+            &[pod("a")],
+            std::slice::from_ref(&w),
+            &BTreeMap::new(),
+            65,
+        );
+        let [Action::Issue(i)] = &p.actions[..] else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            (i.start, i.replaced, i.revoke_previous.as_deref()),
+            (0, 1, None)
+        );
+        assert_eq!(i.replaces.as_ref(), Some(&w));
+        w.replaced = 2;
+        let p = run_with(
+            &s,
+            &[pod("a")],
+            std::slice::from_ref(&w),
+            &BTreeMap::new(),
+            100,
+        );
+        assert_eq!(p.wake_at, Some(t(140)));
+        // The agent ran after the expiry and found its wrap invalid: still replaced.
+        let mut late = pod("a");
+        late.receipts
+            .push(receipt(Receipt::failed(result::INVALID_WRAPPING_TOKEN), 70));
+        let p = run_with(&s, &[late], std::slice::from_ref(&w), &BTreeMap::new(), 140);
+        assert!(matches!(p.actions[..], [Action::Issue(_)]), "{p:?}");
+        // At most three replacements; none for a pod whose agent unwrapped something, or a
+        // pod that is leaving.
+        w.replaced = MAX_REPLACEMENTS;
+        let p = run_with(
+            &s,
+            &[pod("a")],
+            std::slice::from_ref(&w),
+            &BTreeMap::new(),
+            10_000,
+        );
+        assert!(p.actions.is_empty(), "{p:?}");
+        w.replaced = 0;
+        let mut took = pod("a");
+        took.receipts.push(receipt(Receipt::unwrapped("other"), 70));
+        let leaving = PodView {
+            terminating: true,
+            ..pod("a")
+        };
+        for p in [took, leaving] {
+            let plan = run_with(&s, &[p], std::slice::from_ref(&w), &BTreeMap::new(), 10_000);
+            assert!(plan.actions.is_empty(), "{plan:?}");
+        }
     }
 
     #[test]

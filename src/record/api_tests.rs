@@ -47,6 +47,7 @@ fn issue(replaces: Option<WrapState>) -> Issue {
         replaces,
         revoke_previous: None,
         receipts_after: None,
+        replaced: 0,
     }
 }
 

@@ -44,12 +44,15 @@ pub mod ann {
     pub const VAULT_SEEN_AT: &str = "cubbyhole.dev/vault-seen-at";
     /// Receipts that finished at or before this time (kubelet clock) belong to earlier starts.
     pub const RECEIPTS_AFTER: &str = "cubbyhole.dev/receipts-after";
+    /// How many times this start's wrap was replaced because it expired before the pod took
+    /// it (a slow start).
+    pub const REPLACED: &str = "cubbyhole.dev/replaced";
     /// HMAC over the record (`v1:<key-id>:<hex>`, see [`crate::record::seal`]).
     pub const SIGNATURE: &str = "cubbyhole.dev/signature";
 
     /// The annotations the signature covers: every one the operator writes and reads, except
     /// the free-text [`MESSAGE`] and the signature itself.
-    pub const SIGNED: [&str; 13] = [
+    pub const SIGNED: [&str; 14] = [
         POD,
         POD_UID,
         START,
@@ -63,5 +66,6 @@ pub mod ann {
         VERIFIED,
         VAULT_SEEN_AT,
         RECEIPTS_AFTER,
+        REPLACED,
     ];
 }

@@ -118,6 +118,8 @@ pub struct WrapState {
     pub message: Option<String>,
     /// Receipts finished at or before this belong to earlier starts.
     pub receipts_after: Option<Timestamp>,
+    /// How many times this start's wrap was replaced after expiring untaken.
+    pub replaced: u32,
     /// The Secret still holds a wrapping token.
     pub has_token: bool,
     /// The Secret is being deleted (garbage collection of a gone pod).
@@ -181,6 +183,7 @@ impl WrapState {
             pod: get(ann::POD)?,
             pod_uid: get(ann::POD_UID)?,
             start: get(ann::START).and_then(|s| s.parse().ok()).unwrap_or(0),
+            replaced: get(ann::REPLACED).and_then(|s| s.parse().ok()).unwrap_or(0),
             phase: get(ann::PHASE)
                 .and_then(|p| Phase::parse(&p))
                 .unwrap_or(Phase::Claimed),

@@ -107,6 +107,10 @@ pub fn start_changes(issue: &Issue) -> Vec<Change> {
         (ann::POD, Some(issue.pod.clone())),
         (ann::POD_UID, Some(issue.pod_uid.clone())),
         (ann::START, Some(issue.start.to_string())),
+        (
+            ann::REPLACED,
+            (issue.replaced > 0).then(|| issue.replaced.to_string()),
+        ),
     ];
     if let Some(t) = issue.receipts_after {
         changes.push((ann::RECEIPTS_AFTER, Some(t.to_string())));
@@ -427,6 +431,7 @@ mod tests {
             replaces,
             revoke_previous: None,
             receipts_after: Some(t(-5)),
+            replaced: 0,
         }
     }
 
