@@ -627,6 +627,8 @@ fn judge(
             let mut step = reissue(pod, wrap, wrap.start, None);
             if let Action::Issue(issue) = &mut step {
                 issue.replaced = wrap.replaced + 1;
+                // What the agent said about the expired wrap is not about the fresh one.
+                issue.receipts_after = pod.newest_receipt_time().or(wrap.receipts_after);
             }
             actions.push(step);
         }
@@ -882,7 +884,11 @@ mod tests {
         late.receipts
             .push(receipt(Receipt::failed(result::INVALID_WRAPPING_TOKEN), 70));
         let p = run_with(&s, &[late], std::slice::from_ref(&w), &BTreeMap::new(), 140);
-        assert!(matches!(p.actions[..], [Action::Issue(_)]), "{p:?}");
+        let [Action::Issue(i)] = &p.actions[..] else {
+            panic!("{p:?}")
+        };
+        // That report is about the expired wrap, not the fresh one.
+        assert_eq!(i.receipts_after, Some(t(70)));
         // At most three replacements; none for a pod whose agent unwrapped something, or a
         // pod that is leaving.
         w.replaced = MAX_REPLACEMENTS;
