@@ -561,6 +561,28 @@ fn judge(
             }
             return;
         }
+        Phase::Failed if wrap.refused_by_agent() => {
+            // The agent refused the delivered wrap (e.g. an unexpected creation path): a fresh
+            // one for its next run, a few times for the same start, each after a longer pause.
+            let start = agent_restarts(s, pod).max(wrap.start);
+            let same_start = start == wrap.start;
+            if !may_mint || (same_start && wrap.replaced >= MAX_REPLACEMENTS) {
+                return;
+            }
+            let issued = wrap.issued_at.unwrap_or(now);
+            let retry_at = add(issued, replacement_pause(wrap.replaced));
+            if same_start && now < retry_at {
+                plan.wake(retry_at);
+                return;
+            }
+            let mut step = reissue(pod, wrap, start, None);
+            if let Action::Issue(issue) = &mut step {
+                issue.replaced = if same_start { wrap.replaced + 1 } else { 0 };
+                issue.receipts_after = pod.newest_receipt_time().or(wrap.receipts_after);
+            }
+            actions.push(step);
+            return;
+        }
         Phase::Failed => {
             let retry_at = add(wrap.claimed_at.unwrap_or(now), RETRY_FAILED_AFTER);
             if now < retry_at {
@@ -911,6 +933,48 @@ mod tests {
             let plan = run_with(&s, &[p], std::slice::from_ref(&w), &BTreeMap::new(), 10_000);
             assert!(plan.actions.is_empty(), "{plan:?}");
         }
+    }
+
+    #[test]
+    fn a_wrap_the_agent_refused_is_replaced_a_few_times_then_left() {
+        let mut w = issued("a", 0);
+        w.phase = Phase::Failed;
+        let mut p = pod("a");
+        p.receipts.push(receipt(
+            Receipt::failed(result::UNEXPECTED_CREATION_PATH),
+            3,
+        ));
+        // Issued at 0: the next wrap 5 s later, for the same start while the agent has not
+        // restarted.
+        let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 2);
+        assert!(plan.actions.is_empty(), "{plan:?}");
+        assert_eq!(plan.wake_at, Some(t(5)));
+        let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 5);
+        let [Action::Issue(i)] = &plan.actions[..] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!((i.start, i.replaced, i.receipts_after), (0, 1, Some(t(3))));
+        // Three times at most for one start...
+        w.replaced = MAX_REPLACEMENTS;
+        assert!(
+            run(std::slice::from_ref(&p), std::slice::from_ref(&w), 1_000)
+                .actions
+                .is_empty()
+        );
+        // ...but a restarted agent is a new start: a fresh wrap at once.
+        p.restart_counts.insert("agent".into(), 1);
+        let plan = run(std::slice::from_ref(&p), std::slice::from_ref(&w), 6);
+        let [Action::Issue(i)] = &plan.actions[..] else {
+            panic!("{plan:?}")
+        };
+        assert_eq!((i.start, i.replaced), (1, 0));
+        // A failed mint is not a refusal: retried 5 s after its attempt, as before.
+        let mut failed = issued("a", 0);
+        failed.phase = Phase::Failed;
+        failed.issued_at = None;
+        failed.claimed_at = Some(t(10));
+        let plan = run(&[pod("a")], std::slice::from_ref(&failed), 12);
+        assert_eq!(plan.wake_at, Some(t(15)));
     }
 
     #[test]

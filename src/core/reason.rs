@@ -16,6 +16,8 @@ pub enum Reason {
     VaultUnavailable,
     /// `Ready=False`: Vault refused to mint for a pod.
     VaultRefused,
+    /// `Ready=False`: a pod's agent refused its wrap (e.g. an unexpected creation path).
+    AgentRefused,
     /// `Ready=False`: pods are selected by another binding too; neither mints for them.
     Conflict,
     /// `Ready=False`: a pod asks for a Secret name that is not valid.
@@ -39,6 +41,7 @@ impl Reason {
             Reason::RoleNotAllowed => "RoleNotAllowed",
             Reason::VaultUnavailable => "VaultUnavailable",
             Reason::VaultRefused => "VaultRefused",
+            Reason::AgentRefused => "AgentRefused",
             Reason::Conflict => "Conflict",
             Reason::InvalidSecretName => "InvalidSecretName",
             Reason::SecretNameTaken => "SecretNameTaken",

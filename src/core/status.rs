@@ -121,6 +121,18 @@ fn ready_condition(input: &StatusInput, failed: &[&&WrapState]) -> (bool, Reason
             format!("{msg}; retrying with backoff"),
         );
     }
+    if let Some(w) = failed.iter().find(|w| w.refused_by_agent()) {
+        return (
+            false,
+            Reason::AgentRefused,
+            format!(
+                "the agent of pod {} refused its wrap ({}); a fresh wrap is tried up to {} times per start: check the init container's --expect-path and who writes its Secret",
+                w.pod,
+                w.message.as_deref().unwrap_or("no detail"),
+                crate::core::plan::MAX_REPLACEMENTS
+            ),
+        );
+    }
     if let Some(w) = failed.first() {
         return (
             false,
@@ -393,6 +405,11 @@ mod tests {
         problems.vault_unavailable = None;
         let s = compute_with(&pods, &[wrap("a", Phase::Failed)], &problems, &none);
         assert_eq!(ready(&s), ("False", "VaultRefused"));
+        let mut refused = wrap("a", Phase::Failed);
+        refused.issued_at = Some(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let s = compute_with(&pods, &[refused], &problems, &none);
+        assert_eq!(ready(&s).0, "False");
+        assert_eq!(ready(&s).1, "AgentRefused");
         assert!(s.conditions[0].message.contains("permission denied"));
         let mut conflicts = BTreeMap::new();
         conflicts.insert("a".to_string(), vec!["other".to_string()]);

@@ -131,6 +131,12 @@ pub struct WrapState {
 }
 
 impl WrapState {
+    /// True for a `Failed` record whose wrap was delivered and then refused by the pod's agent
+    /// (a failed mint records when it was attempted and has no issue time).
+    pub fn refused_by_agent(&self) -> bool {
+        self.phase == Phase::Failed && self.claimed_at.is_none() && self.issued_at.is_some()
+    }
+
     /// Reads a per-pod Secret and checks its signature; `None` when it is not a cubbyhole
     /// record. `secret_key` is the data key of the wrapping token when known (a record read
     /// without it reports no token).
