@@ -24,7 +24,8 @@ pub mod ann {
     pub const START: &str = "cubbyhole.dev/start";
     /// Phase of the wrap.
     pub const PHASE: &str = "cubbyhole.dev/phase";
-    /// When the current mint attempt was claimed (RFC 3339).
+    /// When the current start's mint was attempted, for a mint that failed (RFC 3339; the retry
+    /// pause counts from it). Earlier versions wrote it at every claim.
     pub const CLAIMED_AT: &str = "cubbyhole.dev/claimed-at";
     /// Accessor of the wrapping token.
     pub const WRAP_ACCESSOR: &str = "cubbyhole.dev/wrap-accessor";
