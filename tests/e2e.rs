@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use cubbyhole::agent::receipt::{Receipt, result};
 use cubbyhole_testkit::cluster::{self, Env, Options, ann, condition, eventually, issued};
-use cubbyhole_testkit::openbao::ROLE;
+use cubbyhole_testkit::openbao::{ROLE, audit_requests_at, revoked_accessors};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -1223,27 +1223,6 @@ async fn the_operator_logs_in_to_openbao_through_a_real_token_review() {
         "a foreign service account logged in"
     );
     env.assert_no_leaks().await;
-}
-
-/// Requests in the audit log (from `entries`) at `path`.
-fn audit_requests_at<'a>(
-    entries: &'a [serde_json::Value],
-    path: &'a str,
-) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
-    entries
-        .iter()
-        .filter(move |e| e["type"] == "request" && e["request"]["path"] == path)
-}
-
-/// Accessors named by revoke-accessor requests in `entries`.
-fn revoked_accessors(entries: &[serde_json::Value]) -> Vec<String> {
-    audit_requests_at(entries, "auth/token/revoke-accessor")
-        .filter_map(|e| {
-            e["request"]["data"]["accessor"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
 }
 
 #[tokio::test]

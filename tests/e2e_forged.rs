@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cubbyhole_testkit::cluster::{self, Env, Options, ann, eventually, issued};
+use cubbyhole_testkit::openbao::revoked_accessors;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -349,17 +350,7 @@ async fn records_that_stop_verifying_are_never_acted_on_in_vault_and_never_stran
         },
     )
     .await;
-    let revoked: Vec<String> = env
-        .bao
-        .audit_entries()
-        .iter()
-        .filter(|e| e["type"] == "request" && e["request"]["path"] == "auth/token/revoke-accessor")
-        .filter_map(|e| {
-            e["request"]["data"]["accessor"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let revoked = revoked_accessors(&env.bao.audit_entries());
     assert!(
         !revoked.contains(&token0) && !revoked.contains(&token1),
         "the operator acted on records that do not verify: {revoked:?}"

@@ -22,7 +22,7 @@ use crate::core::plan::{
 use crate::crd::AgentSecretBinding;
 use crate::metrics::{RenewalResult, TokenKind};
 use crate::record::seal::Authenticity;
-use crate::record::writes::{self, ClaimError, Records};
+use crate::record::writes::{self, Records, WriteError};
 use crate::record::{BINDING_LABEL, Phase, SecretsByName, WrapState};
 use crate::vault::{Renewed, Revoked, TokenRequest, VaultError};
 
@@ -178,7 +178,7 @@ impl Executor<'_> {
     async fn issue(&self, issue: Issue) -> Result<Met, Error> {
         let binding = self.binding.name_any();
         // A new start's previous token goes first: if Vault cannot revoke it now, nothing is
-        // claimed, and the record still names it for the next round or the pod's cleanup.
+        // minted, and the record still names it for the next round or the pod's cleanup.
         if let Some(previous) = &issue.revoke_previous
             && self.settings.revoke_on_pod_deletion
             && let Err(e) =
@@ -227,15 +227,9 @@ impl Executor<'_> {
                 .await
                 .ok();
             return match e {
-                ClaimError::Taken => {
-                    self.remember_taken(&issue.secret);
-                    Ok(Met::NameTaken {
-                        pod: issue.pod.clone(),
-                        secret: issue.secret.clone(),
-                    })
-                }
-                ClaimError::Lost => Ok(Met::Nothing),
-                ClaimError::Kube(e) => Err(e.into()),
+                WriteError::Taken => Ok(self.name_taken(&issue)),
+                WriteError::Lost => Ok(Met::Nothing),
+                WriteError::Kube(e) => Err(e.into()),
             };
         }
         self.ctx.metrics.wrap_issued();
@@ -268,14 +262,8 @@ impl Executor<'_> {
             writes::failure_changes(&e.to_string(), Timestamp::now()),
         );
         match writes::write_issue(&self.records, issue, &changes, None).await {
-            Err(ClaimError::Taken) => {
-                self.remember_taken(&issue.secret);
-                return Ok(Met::NameTaken {
-                    pod: issue.pod.clone(),
-                    secret: issue.secret.clone(),
-                });
-            }
-            Err(ClaimError::Kube(k)) => return Err(k.into()),
+            Err(WriteError::Taken) => return Ok(self.name_taken(issue)),
+            Err(WriteError::Kube(k)) => return Err(k.into()),
             _ => {}
         }
         self.ctx.metrics.transition(Phase::Failed);
@@ -311,24 +299,34 @@ impl Executor<'_> {
                 == Some(self.binding.name_any().as_str())
         });
         if holder.is_some() && !ours {
-            self.remember_taken(&issue.secret);
-            return Ok(Some(Met::NameTaken {
-                pod: issue.pod.clone(),
-                secret: issue.secret.clone(),
-            }));
+            return Ok(Some(self.name_taken(issue)));
         }
         self.ctx.names_taken.lock().expect("taken lock").remove(&k);
         Ok(None)
     }
 
-    /// Remembers that a Secret not of this binding holds `secret`: its pod is not minted for
-    /// again for a while (`Context::names_taken`), then only once the name reads as free.
-    fn remember_taken(&self, secret: &str) {
+    /// Remembers that a Secret not of this binding holds the issue's Secret name (its pod is
+    /// not minted for again for a while, `Context::names_taken`, then only once the name reads
+    /// as free) and says so.
+    fn name_taken(&self, issue: &Issue) -> Met {
         self.ctx
             .names_taken
             .lock()
             .expect("taken lock")
-            .insert(key(&self.ns(), secret), Timestamp::now());
+            .insert(key(&self.ns(), &issue.secret), Timestamp::now());
+        Met::NameTaken {
+            pod: issue.pod.clone(),
+            secret: issue.secret.clone(),
+        }
+    }
+
+    /// Remembers when the record's token was last renewed (`Timestamp::MAX`: never again).
+    fn remember_renewal(&self, secret: &str, at: Timestamp) {
+        self.ctx
+            .last_renewal
+            .lock()
+            .expect("renewal lock")
+            .insert(key(&self.ns(), secret), at);
     }
 
     /// What to mint: a token that dies by itself at wrapTTL + grace unless renewed for the
@@ -357,10 +355,6 @@ impl Executor<'_> {
         let Some(accessor) = wrap.accessor.clone() else {
             return Ok(Met::Nothing);
         };
-        if !self.ctx.lookups.try_take() {
-            self.ctx.metrics.lookup_deferred();
-            return Ok(Met::LookupDeferred);
-        }
         let Some(increment) = renewal_increment(
             self.settings.renewal_window,
             self.token_ttl(),
@@ -368,13 +362,13 @@ impl Executor<'_> {
             Timestamp::now(),
         ) else {
             // At its tokenTTL: nothing more to give it (it ends by its own TTL).
-            self.ctx
-                .last_renewal
-                .lock()
-                .expect("renewal lock")
-                .insert(key(&self.ns(), &wrap.secret), Timestamp::MAX);
+            self.remember_renewal(&wrap.secret, Timestamp::MAX);
             return Ok(Met::Nothing);
         };
+        if !self.ctx.lookups.try_take() {
+            self.ctx.metrics.lookup_deferred();
+            return Ok(Met::LookupDeferred);
+        }
         let renewed = match self
             .ctx
             .vault
@@ -384,11 +378,7 @@ impl Executor<'_> {
             Ok(r) => r,
             Err(e) => return vault_failed(e),
         };
-        self.ctx
-            .last_renewal
-            .lock()
-            .expect("renewal lock")
-            .insert(key(&self.ns(), &wrap.secret), Timestamp::now());
+        self.remember_renewal(&wrap.secret, Timestamp::now());
         match renewed {
             Renewed::For(ttl) => {
                 self.ctx.metrics.renewal(RenewalResult::Renewed);
@@ -475,7 +465,7 @@ impl Executor<'_> {
         let verified = outcome.verified();
         match writes::settle(&self.records, wrap, phase, verified, message, start).await {
             Ok(_) => {}
-            Err(ClaimError::Kube(e)) => return Err(e.into()),
+            Err(WriteError::Kube(e)) => return Err(e.into()),
             Err(_) => return Ok(Met::Nothing),
         }
         self.ctx.metrics.transition(phase);
@@ -510,7 +500,7 @@ impl Executor<'_> {
             return vault_failed(e);
         }
         if !writes::remove(self.records.api, &wrap).await? {
-            // Changed since it was read (e.g. a new start claimed it): the next round decides.
+            // Changed since it was read (e.g. a new start took it over): the next round decides.
             return Ok(Met::Nothing);
         }
         let k = key(&self.ns(), &wrap.secret);

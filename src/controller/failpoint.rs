@@ -1,8 +1,8 @@
 //! Fault points for the end-to-end tests. `CUBBYHOLE_FAILPOINT=<name>` makes the operator abort
 //! at that line (as SIGKILL would end it), so a test can prove recovery from a kill at the worst
 //! moment; `CUBBYHOLE_FAILPOINT=<name>:pause` holds every pass over that line for
-//! [`PAUSE`], so a test can change the world in between (e.g. remove a claim before its
-//! delivery). Unset in production, where [`hit`] is a cheap no-op.
+//! [`PAUSE`], so a test can change the world in between (e.g. take a pod's Secret name between
+//! its mint and the record write). Unset in production, where [`hit`] is a cheap no-op.
 
 use std::time::Duration;
 

@@ -32,7 +32,7 @@ use crate::record::{BINDING_FINALIZER, BINDING_LABEL, SecretsByName, WrapState};
 /// Field manager for everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "cubbyhole";
 /// How often a pod whose Secret name another Secret holds is tried again.
-const TAKEN_NAME_RETRY: Duration = Duration::from_secs(30);
+pub const TAKEN_NAME_RETRY: Duration = Duration::from_secs(30);
 /// How long a name found taken is remembered (each retry reads it before minting).
 const TAKEN_NAME_FORGET: Duration = Duration::from_secs(3600);
 /// How soon a round whose only actions were lookups over the global budget runs again.
@@ -118,13 +118,8 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     // Names a Secret not of this binding was found holding lately: not minted for again yet.
     let (taken, retry_taken_at) = recently_taken(ctx, &ns, now);
     observed.untrusted.extend(taken);
-    let mut first_error = observed.vet_error.take().and_then(|e| match e {
-        Error::Vault(v) if v.is_unavailable() || v.may_have_been_processed() => {
-            problems.vault_unavailable = Some(v.to_string());
-            None
-        }
-        other => Some(other),
-    });
+    // Vetting makes no Vault call: its only errors are the API server's.
+    let mut first_error = observed.vet_error.take();
 
     let plan = match &validity {
         Err(invalid) => {
@@ -152,10 +147,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     };
     problems.invalid_names = plan.invalid_names.clone();
     problems.names_taken = plan.names_taken.clone();
-    let mut wake = match (plan.next_round(), retry_taken_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let mut wake = plan::earliest(plan.next_round(), retry_taken_at);
     tracing::debug!(namespace = %ns, binding = %name, actions = plan.actions.len(), wake_at = ?plan.wake_at, "planned");
 
     if !plan.actions.is_empty() {

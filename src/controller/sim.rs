@@ -36,8 +36,9 @@
 //! the finalizer reads fresh, as `sweep::retire_records` does).
 //!
 //! **Invariants**, checked after every operation of the operator and every external event:
-//! 1. never two live (unconsumed, unexpired, unrevoked) wraps for one pod of one binding — so
-//!    never two for one pod start — counting the wraps of lost mints, which Vault knows of;
+//! 1. never two live (unconsumed, unexpired, unrevoked) delivered wraps for one pod of one
+//!    binding — so never two for one pod start. A lost mint's wrap, which no record ever
+//!    carried, reaches nobody and is not counted (it expires by its TTL);
 //! 4. a pod the planner was told is conflicted (selected by another binding too) never gets a
 //!    new mint;
 //!
@@ -45,7 +46,8 @@
 //! 3. liveness: after the faults stop (Vault up, no crashes, no lost answers, no API errors)
 //!    and the rounds reach quiescence, every eligible pod (selected by exactly one binding, not
 //!    terminating or finished, a valid Secret name that no other Secret holds) has a record for
-//!    its current start that was delivered (phase past Claimed/Failed);
+//!    its current start that was delivered (phase past Claimed/Failed; an expired or refused
+//!    wrap is replaced a few times, each replacement a wrap life of its own);
 //! 2. then every pod is deleted and removed; at quiescence (time past every TTL and wait) no
 //!    record is left and no wrap and no token minted for a pod is alive, tokens counted dead
 //!    when revoked, when the operator asked Vault to revoke them (Vault may have ended them
@@ -55,25 +57,21 @@
 //!    named it — a lost mint answer, a crash between Vault's answer and the delivery, a failed
 //!    revocation after a failed delivery (nobody ever held its wrap, which is asserted dead;
 //!    README "Known limits") —, consumed tokens of a binding with `revokeOnPodDeletion: false`,
-//!    nothing else: a new start's previous token is revoked before its claim (`Executor::issue`),
-//!    so a pod that goes before the new start was claimed still names it for its cleanup;
-//! 5. in schedules without faults, Vault calls per pod start (binding, pod uid, start) are
-//!    within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉ lookups, at most 4
-//!    revocations (2 while tracking + 2 at deletion or at the next start).
+//!    nothing else: a new start's previous token is revoked before its mint (`Executor::issue`),
+//!    so a pod that goes before the new start was written still names it for its cleanup;
+//! 5. in schedules without faults, Vault calls per wrap life of a pod start (binding, pod uid,
+//!    start; a replacement is a life of its own; pods whose name a foreign Secret squatted are
+//!    left out) are within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉
+//!    lookups, at most 4 revocations (2 while tracking + 2 at deletion or at the next start).
 //!    With faults each crash or lost answer may repeat a step, so no tighter bound is claimed
-//!    there than the lost-mint wait itself (invariant 1).
+//!    there than invariant 1.
 //!
 //! **Guards it must catch** ([`Mutant`], one test each): the store's resourceVersion guard
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
-//! 2); the planner's lost-mint wait removed (`vault_seen_at` + wrapTTL + 10 s: invariant 1);
-//! the planner's conflict check removed (invariant 4); the executor's revocation of a wrap
-//! whose delivery failed removed (invariant 2); a record's finalizer released without the
+//! 2); the planner's conflict check removed (invariant 4); the executor's revocation of a wrap
+//! whose record write failed removed (invariant 2); a record's finalizer released without the
 //! resourceVersion guard (a round reading a lagging cache removes a record that a new start
-//! took over, its token never revoked: invariant 2). Edits of `core/plan.rs` itself, each caught by
-//! `simulation_keeps_every_invariant`: the lost-mint wait removed (invariant 1), the conflict
-//! check for new pods removed (4), the conflict check for pods with a record removed (4), a
-//! retried claim not revoking the previous start's token (2), cleanups not revoking an
-//! outstanding wrap (1).
+//! took over, its token never revoked: invariant 2).
 //!
 //! `replay` (ignored) reruns one seed with its whole trace.
 #![allow(clippy::too_many_lines)]
@@ -211,9 +209,9 @@ impl VErr {
     }
 }
 
-/// Mirrors `writes::ClaimError`.
+/// Mirrors `writes::WriteError`.
 #[derive(Debug)]
-enum ClaimError {
+enum WriteError {
     Taken,
     Lost,
     Kube,
@@ -249,8 +247,6 @@ struct VToken {
     consumed: bool,
     /// When Vault ends it by its TTL (minted for wrap TTL + grace; each renewal extends it).
     expires: i64,
-    /// The operator renewed it at least once (its pod's agent took it).
-    renewed: bool,
     /// The operator asked Vault to revoke it (perhaps after Vault had already ended it).
     revoke_asked: bool,
 }
@@ -259,8 +255,8 @@ struct VToken {
 const RENEWED: &str = "renewed:";
 /// Prefix of the operator memory's names found taken (`Context::names_taken`).
 const TAKEN: &str = "taken:";
-/// How long a taken name is left alone (`reconcile::TAKEN_NAME_RETRY`).
-const TAKEN_RETRY: i64 = 30;
+/// How long a taken name is left alone, in model seconds.
+const TAKEN_RETRY: i64 = crate::controller::reconcile::TAKEN_NAME_RETRY.as_secs() as i64;
 
 /// The longest renewal window a schedule draws.
 const MAX_RENEWAL_WINDOW: i64 = 600;
@@ -311,7 +307,6 @@ impl Vault {
                 lost,
                 consumed: false,
                 expires: now + ttl + GRACE,
-                renewed: false,
                 revoke_asked: false,
             },
         );
@@ -483,8 +478,6 @@ pub struct Stats {
     pub lost_mints: u64,
     /// Lost mints carried out later than the request.
     pub deferred_mints: u64,
-    /// Re-mints after a lost mint's wait.
-    pub remints_after_loss: u64,
     /// Wraps replaced after expiring before their pod took them.
     pub replacements: u64,
     /// Claims or writes lost to another writer (resourceVersion conflicts, AlreadyExists).
@@ -520,7 +513,6 @@ impl Stats {
         self.mints += o.mints;
         self.lost_mints += o.lost_mints;
         self.deferred_mints += o.deferred_mints;
-        self.remints_after_loss += o.remints_after_loss;
         self.replacements += o.replacements;
         self.lost_races += o.lost_races;
         self.rival_rounds += o.rival_rounds;
@@ -1048,7 +1040,6 @@ impl World {
         let live = match self.vault.tokens.get_mut(accessor) {
             Some(t) if !t.revoked && now < t.expires => {
                 t.expires = now + window;
-                t.renewed = true;
                 true
             }
             _ => false,
@@ -1235,7 +1226,7 @@ impl World {
         issue: &Issue,
         changes: &[Change],
         data: Data,
-    ) -> Step<Result<u64, ClaimError>> {
+    ) -> Step<Result<u64, WriteError>> {
         let Some(old) = &issue.replaces else {
             let sec = Sec {
                 uid: 0,
@@ -1260,7 +1251,7 @@ impl World {
                 Err(KubeErr::AlreadyExists) => match self.api_get(&issue.secret)? {
                     Ok(Some(label)) if label.as_deref() == Some(r.binding.as_str()) => {
                         self.stats.lost_races += 1;
-                        Err(ClaimError::Lost)
+                        Err(WriteError::Lost)
                     }
                     Ok(Some(_)) => {
                         // `Executor::remember_taken`; the bound on Vault calls is per stay of a
@@ -1269,12 +1260,12 @@ impl World {
                         let m = usize::from(r.replica == Replica::Rival);
                         self.memory[m].insert(format!("{TAKEN}{}", issue.secret), ts(self.now));
                         self.squatted.insert(issue.pod_uid.clone());
-                        Err(ClaimError::Taken)
+                        Err(WriteError::Taken)
                     }
-                    Ok(None) => Err(ClaimError::Lost),
-                    Err(_) => Err(ClaimError::Kube),
+                    Ok(None) => Err(WriteError::Lost),
+                    Err(_) => Err(WriteError::Kube),
                 },
-                Err(_) => Err(ClaimError::Kube),
+                Err(_) => Err(WriteError::Kube),
             });
         };
         let rv = old.resource_version.clone();
@@ -1288,14 +1279,14 @@ impl World {
         rv: Option<&str>,
         changes: &[Change],
         data: Data,
-    ) -> Step<Result<u64, ClaimError>> {
+    ) -> Step<Result<u64, WriteError>> {
         Ok(match self.api_patch(name, rv, changes, data)? {
             Ok(rv) => Ok(rv),
             Err(KubeErr::Conflict | KubeErr::NotFound) => {
                 self.stats.lost_races += 1;
-                Err(ClaimError::Lost)
+                Err(WriteError::Lost)
             }
-            Err(_) => Err(ClaimError::Kube),
+            Err(_) => Err(WriteError::Kube),
         })
     }
 

@@ -274,19 +274,24 @@ pub struct Plan {
 
 impl Plan {
     fn wake(&mut self, at: Timestamp) {
-        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        self.wake_at = earliest(self.wake_at, Some(at));
     }
 
     fn renew(&mut self, at: Timestamp) {
-        self.renew_at = Some(self.renew_at.map_or(at, |w| w.min(at)));
+        self.renew_at = earliest(self.renew_at, Some(at));
     }
 
     /// When the binding must be looked at again: the earlier of the two.
     pub fn next_round(&self) -> Option<Timestamp> {
-        match (self.wake_at, self.renew_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(self.wake_at, self.renew_at)
+    }
+}
+
+/// The earlier of two times, either of which may be unknown.
+pub fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -564,23 +569,12 @@ fn judge(
         Phase::Failed if wrap.refused_by_agent() => {
             // The agent refused the delivered wrap (e.g. an unexpected creation path): a fresh
             // one for its next run, a few times for the same start, each after a longer pause.
-            let start = agent_restarts(s, pod).max(wrap.start);
-            let same_start = start == wrap.start;
-            if !may_mint || (same_start && wrap.replaced >= MAX_REPLACEMENTS) {
-                return;
+            let restarts = agent_restarts(s, pod);
+            if may_mint && restarts > wrap.start {
+                actions.push(fresh_wrap(pod, wrap, restarts, None));
+            } else if may_mint && wrap.replaced < MAX_REPLACEMENTS {
+                replace_after(wrap.issued_at.unwrap_or(now), pod, wrap, now, plan, actions);
             }
-            let issued = wrap.issued_at.unwrap_or(now);
-            let retry_at = add(issued, replacement_pause(wrap.replaced));
-            if same_start && now < retry_at {
-                plan.wake(retry_at);
-                return;
-            }
-            let mut step = reissue(pod, wrap, start, None);
-            if let Action::Issue(issue) = &mut step {
-                issue.replaced = if same_start { wrap.replaced + 1 } else { 0 };
-                issue.receipts_after = pod.newest_receipt_time().or(wrap.receipts_after);
-            }
-            actions.push(step);
             return;
         }
         Phase::Failed => {
@@ -641,19 +635,14 @@ fn judge(
             .iter()
             .any(|r| r.receipt.is_unwrapped())
     {
-        let expired = wrap.expires_at.unwrap_or(now);
-        let retry_at = add(expired, replacement_pause(wrap.replaced));
-        if now < retry_at {
-            plan.wake(retry_at);
-        } else {
-            let mut step = reissue(pod, wrap, wrap.start, None);
-            if let Action::Issue(issue) = &mut step {
-                issue.replaced = wrap.replaced + 1;
-                // What the agent said about the expired wrap is not about the fresh one.
-                issue.receipts_after = pod.newest_receipt_time().or(wrap.receipts_after);
-            }
-            actions.push(step);
-        }
+        replace_after(
+            wrap.expires_at.unwrap_or(now),
+            pod,
+            wrap,
+            now,
+            plan,
+            actions,
+        );
         return;
     }
     // Settled: a new start of the agent container gets a fresh wrap.
@@ -662,12 +651,42 @@ fn judge(
             .accessor
             .clone()
             .filter(|_| wrap.phase == Phase::Unwrapped);
-        let mut step = reissue(pod, wrap, restarts, previous);
-        if let Action::Issue(issue) = &mut step {
-            issue.receipts_after = pod.newest_receipt_time().or(wrap.receipts_after);
-        }
-        actions.push(step);
+        actions.push(fresh_wrap(pod, wrap, restarts, previous));
     }
+}
+
+/// Replaces `wrap` for the same start once the pause for its next replacement has passed
+/// since `since` (its expiry or its refusal).
+fn replace_after(
+    since: Timestamp,
+    pod: &PodView,
+    wrap: &WrapState,
+    now: Timestamp,
+    plan: &mut Plan,
+    actions: &mut Vec<Action>,
+) {
+    let at = add(since, replacement_pause(wrap.replaced));
+    if now < at {
+        plan.wake(at);
+    } else {
+        actions.push(fresh_wrap(pod, wrap, wrap.start, None));
+    }
+}
+
+/// A fresh wrap for `start` (a new start, or a replacement within the same one) replacing
+/// `wrap`. Whatever the agent reported so far is about the old wrap, not this one.
+fn fresh_wrap(
+    pod: &PodView,
+    wrap: &WrapState,
+    start: u32,
+    revoke_previous: Option<String>,
+) -> Action {
+    let mut issue = reissue(pod, wrap, start, revoke_previous);
+    if start == wrap.start {
+        issue.replaced = wrap.replaced + 1;
+    }
+    issue.receipts_after = pod.newest_receipt_time().or(wrap.receipts_after);
+    Action::Issue(issue)
 }
 
 /// Mints again for a start whose mint failed (or, written by an earlier version, whose answer
@@ -678,11 +697,13 @@ fn retry(s: &Settings, pod: &PodView, wrap: &WrapState) -> Action {
         .previous_accessor
         .clone()
         .filter(|_| s.agent_container.is_some() && wrap.start > 0);
-    reissue(pod, wrap, wrap.start, previous)
+    Action::Issue(reissue(pod, wrap, wrap.start, previous))
 }
 
-fn reissue(pod: &PodView, wrap: &WrapState, start: u32, revoke_previous: Option<String>) -> Action {
-    Action::Issue(Issue {
+/// The issue that takes `wrap` over for `start` (the replacement count carries over within one
+/// start).
+fn reissue(pod: &PodView, wrap: &WrapState, start: u32, revoke_previous: Option<String>) -> Issue {
+    Issue {
         pod: pod.name.clone(),
         pod_uid: pod.uid.clone(),
         secret: wrap.secret.clone(),
@@ -695,7 +716,7 @@ fn reissue(pod: &PodView, wrap: &WrapState, start: u32, revoke_previous: Option<
         } else {
             0
         },
-    })
+    }
 }
 
 /// What the agent's receipts say about an Issued or Unwrapped wrap.
@@ -781,7 +802,6 @@ mod tests {
             start: 0,
             phase: Phase::Issued,
             claimed_at: None,
-            vault_seen_at: None,
             wrap_accessor: Some("wacc".into()),
             accessor: Some("acc".into()),
             previous_accessor: None,
@@ -1608,7 +1628,6 @@ mod tests {
                 w.phase = PHASES[rng.below(7) as usize];
                 w.start = rng.below(3) as u32;
                 w.claimed_at = rng.chance(700).then(|| t(rng.below(100) as i64));
-                w.vault_seen_at = rng.chance(500).then(|| t(rng.below(150) as i64));
                 w.verified = rng.chance(200);
                 w.deleting = rng.chance(100);
                 if rng.chance(200) {

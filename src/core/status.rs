@@ -259,7 +259,6 @@ mod tests {
             start: 0,
             phase,
             claimed_at: None,
-            vault_seen_at: None,
             wrap_accessor: Some("wa".into()),
             accessor: Some("a".into()),
             previous_accessor: None,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::core::plan::Issue;
 use crate::record::seal::{Authenticity, RecordKeys};
-use crate::record::writes::{self, ClaimError, Records, Sealer};
+use crate::record::writes::{self, Records, Sealer, WriteError};
 use crate::record::{Phase, SECRET_FINALIZER, WrapState, ann};
 use crate::vault::SecretString;
 
@@ -210,8 +210,8 @@ async fn a_create_losing_the_race_reads_who_won() {
         assert_eq!(create.method, Method::POST);
         assert_eq!((get.method, get.path.as_str()), (Method::GET, RECORD));
         let got = match result {
-            Err(ClaimError::Lost) => "Lost",
-            Err(ClaimError::Taken) => "Taken",
+            Err(WriteError::Lost) => "Lost",
+            Err(WriteError::Taken) => "Taken",
             other => panic!("{holder}: {other:?}"),
         };
         assert_eq!(got, expected, "record held by {holder}");
@@ -237,7 +237,7 @@ async fn a_new_start_takes_the_record_over_in_one_patch_guarded_by_the_old_versi
     let lost = writes::write_issue(&r, &i, &delivered(&i), Some(("token", &token))).await;
     let (seen, _) = server.await.unwrap();
     assert_eq!(rv, "6");
-    assert!(matches!(lost, Err(ClaimError::Lost)), "{lost:?}");
+    assert!(matches!(lost, Err(WriteError::Lost)), "{lost:?}");
     assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
     assert_eq!(seen.content_type.as_deref(), Some(MERGE_PATCH));
     assert_eq!(seen.body["metadata"]["resourceVersion"], "5");
@@ -300,8 +300,8 @@ async fn settling_records_the_phase_and_removes_the_token_and_a_gone_record_is_l
     let broken = writes::settle(&r, &wrap, Phase::Expired, false, "expired", 0).await;
     let (seen, _, _) = server.await.unwrap();
     assert_eq!(settled.unwrap(), "6");
-    assert!(matches!(gone, Err(ClaimError::Lost)), "{gone:?}");
-    assert!(matches!(broken, Err(ClaimError::Kube(_))), "{broken:?}");
+    assert!(matches!(gone, Err(WriteError::Lost)), "{gone:?}");
+    assert!(matches!(broken, Err(WriteError::Kube(_))), "{broken:?}");
     assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
     assert_eq!(seen.body["metadata"]["resourceVersion"], "5");
     assert!(seen.body.as_object().unwrap().contains_key("data"));

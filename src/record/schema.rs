@@ -41,7 +41,8 @@ pub mod ann {
     pub const VERIFIED: &str = "cubbyhole.dev/verified";
     /// Human-readable detail.
     pub const MESSAGE: &str = "cubbyhole.dev/message";
-    /// When Vault was seen answering after a claim whose mint answer was lost.
+    /// Written by earlier versions (when Vault answered again after a claim's mint answer was
+    /// lost); still signed, and cleared by the next start.
     pub const VAULT_SEEN_AT: &str = "cubbyhole.dev/vault-seen-at";
     /// Receipts that finished at or before this time (kubelet clock) belong to earlier starts.
     pub const RECEIPTS_AFTER: &str = "cubbyhole.dev/receipts-after";

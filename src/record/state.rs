@@ -13,7 +13,8 @@ use crate::record::seal::{Authenticity, Fields, RecordKeys};
 /// Where a pod start's wrap stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
-    /// A mint was claimed; its answer has not been recorded (in flight or lost).
+    /// Written only by earlier versions: a mint was claimed and its answer never recorded
+    /// (lost). Read so such a record is issued again.
     Claimed,
     /// Delivered in the Secret, not yet consumed.
     Issued,
@@ -98,10 +99,9 @@ pub struct WrapState {
     pub start: u32,
     /// Phase.
     pub phase: Phase,
-    /// When the current mint was claimed.
+    /// When the current start's mint was attempted, for a failed mint (earlier versions: when
+    /// it was claimed).
     pub claimed_at: Option<Timestamp>,
-    /// When Vault answered again after this claim's mint answer was lost.
-    pub vault_seen_at: Option<Timestamp>,
     /// Wrapping token accessor.
     pub wrap_accessor: Option<String>,
     /// Inner token accessor.
@@ -194,7 +194,6 @@ impl WrapState {
                 .and_then(|p| Phase::parse(&p))
                 .unwrap_or(Phase::Claimed),
             claimed_at: time(ann::CLAIMED_AT),
-            vault_seen_at: time(ann::VAULT_SEEN_AT),
             wrap_accessor: get(ann::WRAP_ACCESSOR),
             accessor: get(ann::ACCESSOR),
             previous_accessor: get(ann::PREVIOUS_ACCESSOR),

@@ -23,7 +23,7 @@ use crate::vault::SecretString;
 
 /// Why a record write did not happen.
 #[derive(Debug)]
-pub enum ClaimError {
+pub enum WriteError {
     /// A Secret of that name exists and is not this binding's record.
     Taken,
     /// Someone else changed the record first; the next reconcile sees their change.
@@ -254,7 +254,7 @@ pub async fn write_issue(
     issue: &Issue,
     changes: &[Change],
     data: WrapData<'_>,
-) -> Result<String, ClaimError> {
+) -> Result<String, WriteError> {
     let api = records.api;
     let binding = records.sealer.binding;
     let Some(old) = &issue.replaces else {
@@ -265,13 +265,13 @@ pub async fn write_issue(
                 Ok(Some(s))
                     if s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding) =>
                 {
-                    Err(ClaimError::Lost)
+                    Err(WriteError::Lost)
                 }
-                Ok(Some(_)) => Err(ClaimError::Taken),
-                Ok(None) => Err(ClaimError::Lost),
-                Err(e) => Err(ClaimError::Kube(e)),
+                Ok(Some(_)) => Err(WriteError::Taken),
+                Ok(None) => Err(WriteError::Lost),
+                Err(e) => Err(WriteError::Kube(e)),
             },
-            Err(e) => Err(ClaimError::Kube(e)),
+            Err(e) => Err(WriteError::Kube(e)),
         };
     };
     let patch = issue_patch(&records.sealer, old, changes, data);
@@ -303,7 +303,7 @@ pub async fn settle(
     verified: bool,
     message: &str,
     start: u32,
-) -> Result<String, ClaimError> {
+) -> Result<String, WriteError> {
     let patch = settle_patch(&records.sealer, wrap, phase, verified, message, start);
     guarded_patch(records.api, &wrap.secret, &patch).await
 }
@@ -347,14 +347,14 @@ pub async fn remove(api: &Api<Secret>, wrap: &WrapState) -> Result<bool, kube::E
     }
 }
 
-async fn guarded_patch(api: &Api<Secret>, name: &str, patch: &Value) -> Result<String, ClaimError> {
+async fn guarded_patch(api: &Api<Secret>, name: &str, patch: &Value) -> Result<String, WriteError> {
     match api
         .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
     {
         Ok(s) => Ok(s.resource_version().unwrap_or_default()),
-        Err(e) if is_conflict(&e) || is_not_found(&e) => Err(ClaimError::Lost),
-        Err(e) => Err(ClaimError::Kube(e)),
+        Err(e) if is_conflict(&e) || is_not_found(&e) => Err(WriteError::Lost),
+        Err(e) => Err(WriteError::Kube(e)),
     }
 }
 

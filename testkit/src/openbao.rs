@@ -402,3 +402,24 @@ impl Bao {
             .collect()
     }
 }
+
+/// Requests in the audit log (from `entries`) at `path`.
+pub fn audit_requests_at<'a>(
+    entries: &'a [serde_json::Value],
+    path: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    entries
+        .iter()
+        .filter(move |e| e["type"] == "request" && e["request"]["path"] == path)
+}
+
+/// Accessors named by revoke-accessor requests in `entries`.
+pub fn revoked_accessors(entries: &[serde_json::Value]) -> Vec<String> {
+    audit_requests_at(entries, "auth/token/revoke-accessor")
+        .filter_map(|e| {
+            e["request"]["data"]["accessor"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
