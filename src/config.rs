@@ -59,6 +59,52 @@ pub struct OperatorConfig {
     /// is an API write per pod start.
     #[serde(default)]
     pub routine_events: bool,
+    /// How often agents may ask for their wraps (request delivery), per operator replica.
+    #[serde(default)]
+    pub request_limits: RequestLimits,
+}
+
+/// Rate limits of the request endpoint: a token bucket per pod and one per namespace. An ask
+/// over either is answered 429 with `Retry-After`, before anything is minted.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestLimits {
+    /// Asks one pod may make back to back. Default 3.
+    #[serde(default = "default_pod_burst")]
+    pub pod_burst: u32,
+    /// One more ask per pod after this long. Default `10s`.
+    #[serde(default = "default_pod_refill", with = "humantime_serde_compat")]
+    pub pod_refill: Duration,
+    /// Asks the pods of one namespace may make back to back. Default 600.
+    #[serde(default = "default_namespace_burst")]
+    pub namespace_burst: u32,
+    /// Asks per second one namespace's pods may make once the burst is spent. Default 100.
+    #[serde(default = "default_namespace_per_second")]
+    pub namespace_per_second: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            pod_burst: default_pod_burst(),
+            pod_refill: default_pod_refill(),
+            namespace_burst: default_namespace_burst(),
+            namespace_per_second: default_namespace_per_second(),
+        }
+    }
+}
+
+fn default_pod_burst() -> u32 {
+    3
+}
+fn default_pod_refill() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_namespace_burst() -> u32 {
+    600
+}
+fn default_namespace_per_second() -> u32 {
+    100
 }
 
 fn default_token_grace() -> Duration {
@@ -188,6 +234,7 @@ impl OperatorConfig {
             token_grace: default_token_grace(),
             renewal_window: default_renewal_window(),
             routine_events: false,
+            request_limits: RequestLimits::default(),
         }
     }
 
@@ -211,6 +258,20 @@ impl OperatorConfig {
             config.renewal_window,
             MIN_RENEWAL_WINDOW,
             "10m",
+        )?;
+        let limits = &config.request_limits;
+        if limits.pod_burst == 0 || limits.namespace_burst == 0 || limits.namespace_per_second == 0
+        {
+            return Err(
+                "requestLimits: podBurst, namespaceBurst and namespacePerSecond must be at least 1"
+                    .into(),
+            );
+        }
+        validate_at_least(
+            "requestLimits.podRefill",
+            limits.pod_refill,
+            Duration::from_secs(1),
+            "10s",
         )?;
         if config.step_concurrency == 0 {
             return Err("stepConcurrency must be at least 1".into());

@@ -60,6 +60,23 @@ pub struct AgentSecretBindingSpec {
     /// Default true; set false for tokens meant to outlive the pod (they still expire by TTL).
     #[serde(default = "default_true")]
     pub revoke_on_pod_deletion: bool,
+
+    /// How the wrap reaches the pod. `Secret` (default): the operator mints at each pod start
+    /// and writes the wrapping token into the per-pod Secret. `Request`: the pod's agent asks
+    /// the operator's endpoint for it, proving who it is with its projected service-account
+    /// token; the wrap is minted then and travels only in that TLS answer, never in a Secret.
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// How a binding's wraps reach their pods.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Delivery {
+    /// Minted at each pod start and written into the per-pod Secret.
+    #[default]
+    Secret,
+    /// Minted when the pod's agent asks the operator's endpoint, and returned only to it.
+    Request,
 }
 
 /// The Vault token request made for each pod start.

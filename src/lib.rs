@@ -1,8 +1,9 @@
-//! cubbyhole: one response-wrapped Vault token per pod start, delivered in a per-pod Secret.
+//! cubbyhole: one response-wrapped Vault token per pod start, delivered in a per-pod Secret or
+//! handed to the pod's agent when it asks.
 //!
 //! Layout by role: [`core`] decides (pure), [`record`] owns the per-pod Secret format,
 //! [`controller`] observes and acts, [`vault`] talks to Vault, [`webhook`] injects the agent,
-//! [`agent`] runs in the pod; `config`, `crd`, `metrics`, `server` and `telemetry` are plumbing.
+//! [`request`] answers agents that ask for their wraps, [`agent`] runs in the pod; `config`, `crd`, `metrics`, `server` and `telemetry` are plumbing.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod core;
 pub mod crd;
 pub mod metrics;
 pub mod record;
+pub mod request;
 #[cfg(test)]
 mod rng;
 pub mod server;

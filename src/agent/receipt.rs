@@ -20,6 +20,10 @@ pub mod result {
     pub const TOKEN_FILE_UNREADABLE: &str = "token-file-unreadable";
     /// The token could not be written to the output file (found before or after unwrapping).
     pub const WRITE_FAILED: &str = "write-failed";
+    /// On request: the operator's endpoint refused the ask.
+    pub const REQUEST_REFUSED: &str = "request-refused";
+    /// On request: the operator's endpoint could not be reached.
+    pub const OPERATOR_UNREACHABLE: &str = "operator-unreachable";
 }
 
 /// What the agent reports about one unwrap attempt.

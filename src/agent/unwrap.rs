@@ -18,6 +18,12 @@
 //! | 6    | Vault answered with another error                             | `vault-error`              |
 //! | 7    | the wrapping token file is unreadable or empty                | `token-file-unreadable`    |
 //! | 8    | the token cannot be written (checked before unwrapping, too)  | `write-failed`             |
+//! | 9    | on request: the operator refused the ask (reason printed)     | `request-refused`          |
+//! | 10   | on request: the operator's endpoint unreachable after retries | `operator-unreachable`     |
+//!
+//! With `--request` the wrap is not read from a file: the agent asks the operator's endpoint
+//! for it with the pod's projected service-account token ([`crate::agent::ask`]), and reports
+//! its receipt there as well as in the termination message.
 //!
 //! Network errors are retried with exponential backoff (`--retries`), except an unwrap that
 //! may have reached Vault: its wrap may be consumed, so that is reported, never retried.
@@ -27,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::agent::ask::{AskError, Asker};
 use crate::agent::receipt::{Receipt, result};
 use crate::vault::{SecretString, VaultClient, VaultEndpoint, VaultError, WrapLookup};
 
@@ -43,6 +50,16 @@ const POLL: Duration = Duration::from_millis(500);
 /// Flags of `cubbyhole unwrap`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct UnwrapArgs {
+    /// Ask the operator's endpoint at this base URL for the wrap (request delivery) instead of
+    /// reading `--token-file`.
+    #[arg(long)]
+    pub request: Option<String>,
+    /// With `--request`: the pod's projected service-account token (audience `cubbyhole`).
+    #[arg(long, default_value = "/var/run/cubbyhole/identity/token")]
+    pub identity_token: PathBuf,
+    /// With `--request`: the PEM CA bundle (the text itself) to trust for the endpoint.
+    #[arg(long, env = "CUBBYHOLE_REQUEST_CA", hide_env_values = true)]
+    pub request_ca: Option<String>,
     /// File holding the wrapping token (the operator's per-pod Secret, mounted).
     #[arg(long, default_value = "/var/run/cubbyhole/wrap/token")]
     pub token_file: PathBuf,
@@ -102,6 +119,23 @@ pub enum Failure {
     /// The token could not be written.
     #[error("unwrapped, but cannot write the token: {0}")]
     Write(String),
+    /// The operator's endpoint refused the ask.
+    #[error("the operator refused to hand out a wrap: {} (reason {})", .0.message, .0.reason)]
+    Refused(crate::request::protocol::Refusal),
+    /// The operator's endpoint could not be reached.
+    #[error("{0}")]
+    OperatorUnreachable(String),
+}
+
+impl From<AskError> for Failure {
+    fn from(e: AskError) -> Self {
+        match e {
+            AskError::Usage(m) => Failure::Usage(m),
+            AskError::Identity(m) => Failure::TokenFile(m),
+            AskError::Refused(r) => Failure::Refused(r),
+            e @ AskError::Unreachable(_) => Failure::OperatorUnreachable(e.to_string()),
+        }
+    }
 }
 
 impl Failure {
@@ -115,6 +149,8 @@ impl Failure {
             Failure::Vault(_) => 6,
             Failure::TokenFile(_) => 7,
             Failure::Write(_) => 8,
+            Failure::Refused(_) => 9,
+            Failure::OperatorUnreachable(_) => 10,
         }
     }
 
@@ -128,13 +164,37 @@ impl Failure {
             Failure::Vault(_) => Some(result::VAULT_ERROR),
             Failure::TokenFile(_) => Some(result::TOKEN_FILE_UNREADABLE),
             Failure::Write(_) => Some(result::WRITE_FAILED),
+            Failure::Refused(_) => Some(result::REQUEST_REFUSED),
+            Failure::OperatorUnreachable(_) => Some(result::OPERATOR_UNREACHABLE),
         }
+    }
+
+    /// True when the run got no wrap at all (nothing to report to the endpoint).
+    fn before_wrap(&self) -> bool {
+        matches!(
+            self,
+            Failure::Usage(_)
+                | Failure::TokenFile(_)
+                | Failure::Refused(_)
+                | Failure::OperatorUnreachable(_)
+        )
     }
 }
 
 /// Runs the command: unwrap, write the token, leave a receipt, return the exit code.
 pub async fn run(args: UnwrapArgs) -> ExitCode {
-    let outcome = unwrap_to_file(&args).await;
+    let asker = match &args.request {
+        Some(url) => match Asker::new(url, args.request_ca.as_deref(), &args.identity_token) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let failure = Failure::from(e);
+                log(&format!("failed: {failure}"));
+                return ExitCode::from(failure.exit_code());
+            }
+        },
+        None => None,
+    };
+    let outcome = unwrap_to_file(&args, asker.as_ref()).await;
     let (receipt, code) = match &outcome {
         Ok(accessor) => {
             log(&format!("done: token with accessor {accessor} written"));
@@ -147,15 +207,38 @@ pub async fn run(args: UnwrapArgs) -> ExitCode {
     };
     if let Some(receipt) = receipt {
         write_receipt(&args.receipt_file, &receipt);
+        let had_wrap = outcome.as_ref().err().is_none_or(|f| !f.before_wrap());
+        if let Some(asker) = asker.as_ref().filter(|_| had_wrap) {
+            match asker.report(&receipt).await {
+                Ok(()) => log("receipt reported to the operator"),
+                Err(e) => log(&format!(
+                    "could not report the receipt to the operator: {e}"
+                )),
+            }
+        }
     }
     ExitCode::from(code)
 }
 
 /// The whole procedure; returns the accessor of the token written to `--out`.
-async fn unwrap_to_file(args: &UnwrapArgs) -> Result<String, Failure> {
+async fn unwrap_to_file(args: &UnwrapArgs, asker: Option<&Asker>) -> Result<String, Failure> {
     let expected = expected_path(&args.expect_path)?;
     let client = client(args)?;
-    let token = valid_wrap(&client, args, &expected).await?;
+    let token = match asker {
+        Some(asker) => {
+            let (token, facts) = asker.ask(args.retries, log).await?;
+            log(&format!(
+                "the operator handed out wrap {} (binding {}, start {}, valid {} s)",
+                facts.wrap_accessor, facts.binding, facts.start, facts.wrap_ttl_seconds
+            ));
+            match lookup(&client, &token, args.retries).await? {
+                Some(found) => check_path(&found, &expected)?,
+                None => return Err(Failure::InvalidWrap),
+            }
+            token
+        }
+        None => valid_wrap(&client, args, &expected).await?,
+    };
     // A wrap is single-use: make sure the token can be delivered before consuming it.
     check_writable(&args.out).map_err(|e| {
         Failure::Write(format!(

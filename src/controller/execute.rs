@@ -24,7 +24,7 @@ use crate::metrics::{RenewalResult, TokenKind};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, Records, WriteError};
 use crate::record::{BINDING_LABEL, Phase, SecretsByName, WrapState};
-use crate::vault::{Renewed, Revoked, TokenRequest, VaultError};
+use crate::vault::{Renewed, Revoked, VaultError};
 
 /// What carrying out a plan met that the binding's status must show.
 #[derive(Debug, Default)]
@@ -191,7 +191,13 @@ impl Executor<'_> {
         {
             return Ok(met);
         }
-        let request = self.token_request(&issue);
+        let request = crate::core::spec::token_request(
+            self.binding,
+            &issue.pod,
+            &issue.pod_uid,
+            self.settings.wrap_ttl,
+            self.ctx.config.token_grace,
+        );
         // Vault counts the wrap's TTL from its own receipt of the request: start the clock
         // before sending, so our expiry is never later than Vault's.
         let issued_at = Timestamp::now();
@@ -327,27 +333,6 @@ impl Executor<'_> {
             .lock()
             .expect("renewal lock")
             .insert(key(&self.ns(), secret), at);
-    }
-
-    /// What to mint: a token that dies by itself at wrapTTL + grace unless renewed for the
-    /// pod's agent, and never lives past the binding's tokenTTL (`explicit_max_ttl`).
-    fn token_request(&self, issue: &Issue) -> TokenRequest {
-        let spec = &self.binding.spec.vault;
-        let mut meta = spec.metadata.clone();
-        meta.insert("namespace".into(), self.ns());
-        meta.insert("pod".into(), issue.pod.clone());
-        meta.insert("pod_uid".into(), issue.pod_uid.clone());
-        meta.insert("binding".into(), self.binding.name_any());
-        let unclaimed_life = self.settings.wrap_ttl + self.ctx.config.token_grace;
-        TokenRequest {
-            role: spec.token_role.clone(),
-            policies: spec.policies.clone(),
-            ttl: Some(format!("{}s", unclaimed_life.as_secs())),
-            explicit_max_ttl: spec.token_ttl.clone(),
-            num_uses: spec.num_uses,
-            meta,
-            wrap_ttl_secs: self.settings.wrap_ttl.as_secs(),
-        }
     }
 
     /// Extends the life of the token the pod's agent holds by the renewal window.
@@ -667,8 +652,9 @@ pub async fn revoke_vouched(
     revoke_counted(ctx, accessor, TokenKind::Token).await
 }
 
-/// Revokes one accessor; a token that was still alive is counted in the metrics.
-async fn revoke_counted(
+/// Revokes one accessor (no vouching: for what this process just minted, or a wrap accessor of
+/// a signed record); a token that was still alive is counted in the metrics.
+pub async fn revoke_counted(
     ctx: &Context,
     accessor: &str,
     kind: TokenKind,

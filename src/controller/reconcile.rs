@@ -24,7 +24,7 @@ use crate::core::plan::{self, Settings};
 use crate::core::pod::PodView;
 use crate::core::spec;
 use crate::core::status::{self, Problems, StatusInput};
-use crate::crd::AgentSecretBinding;
+use crate::crd::{AgentSecretBinding, Delivery};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{Records, Sealer};
 use crate::record::{BINDING_FINALIZER, BINDING_LABEL, SecretsByName, WrapState};
@@ -230,6 +230,7 @@ fn settings(
         agent_container: b.spec.agent_container.clone(),
         revoke_on_pod_deletion: b.spec.revoke_on_pod_deletion,
         renewal_window: ctx.config.renewal_window,
+        on_request: b.spec.delivery == Delivery::Request,
     }
 }
 

@@ -604,6 +604,7 @@ impl World {
                 *rng.pick(&[40, 120, MAX_RENEWAL_WINDOW as u64])
                     .expect("some"),
             ),
+            on_request: false,
         };
         let b = Binding {
             settings: settings(&mut rng, "b"),

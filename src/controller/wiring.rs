@@ -153,9 +153,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     // Every replica serves the webhook, before and regardless of leader election.
     let _webhook = crate::webhook::start(
         &args.webhook,
-        client.clone(),
-        &config,
-        &ctx.metrics,
+        ctx.clone(),
         &args.lease_namespace,
         shutdown.clone(),
     )

@@ -39,6 +39,9 @@ pub struct Settings {
     pub revoke_on_pod_deletion: bool,
     /// How long a held token lives past each renewal; it is renewed every half of it.
     pub renewal_window: Duration,
+    /// Request delivery: the pods' agents ask the endpoint for their wraps, which writes each
+    /// start's record; the planner never mints, it only follows and ends what was asked for.
+    pub on_request: bool,
 }
 
 impl Settings {
@@ -419,6 +422,9 @@ pub fn plan(input: &Input) -> Plan {
         }
     }
     for pod in input.pods {
+        if input.settings.on_request {
+            break;
+        }
         if pod.terminating || pod.finished || input.wraps.iter().any(|w| w.pod_uid == pod.uid) {
             continue;
         }
@@ -556,7 +562,8 @@ fn judge(
     let s = input.settings;
     let now = input.now;
     // Selected by another binding too: nothing new is minted for it (see `Input::conflicts`).
-    let may_mint = !input.conflicts.contains_key(&pod.name);
+    // On request, only the agent's own ask mints.
+    let may_mint = !input.conflicts.contains_key(&pod.name) && !s.on_request;
     match wrap.phase {
         Phase::Claimed => {
             // A claim written by an earlier version, whose mint answer was lost: nobody holds
@@ -613,6 +620,10 @@ fn judge(
         let suspect = if_consumed != Outcome::ConsumedSeenByLookup;
         if now >= probe_at {
             actions.push(Action::ProbeExpiry { wrap: wrap.clone() });
+        } else if !wrap.has_token {
+            // Nothing to look up with (asked for on request, or the token was removed from
+            // the Secret): the receipt or the expiry probe decides.
+            plan.wake(probe_at);
         } else if now >= lookup_at || (suspect && !input.last_lookup.contains_key(&wrap.secret)) {
             actions.push(Action::Lookup {
                 wrap: wrap.clone(),
@@ -737,7 +748,14 @@ fn judge_receipts(settings: &Settings, pod: &PodView, wrap: &WrapState) -> Optio
             start,
         })
     };
-    for r in current_receipts(pod, wrap) {
+    // What the agent reported to the endpoint (request delivery) counts like its termination
+    // message.
+    let reported = wrap.reported.clone().map(|receipt| ObservedReceipt {
+        container: String::new(),
+        receipt,
+        finished_at: None,
+    });
+    for r in reported.iter().chain(current_receipts(pod, wrap)) {
         let receipt = &r.receipt;
         if receipt.is_unwrapped() {
             if receipt.accessor.is_some() && receipt.accessor == wrap.accessor {
@@ -782,6 +800,7 @@ mod tests {
             agent_container: Some("agent".into()),
             revoke_on_pod_deletion: true,
             renewal_window: Duration::from_secs(600),
+            on_request: false,
         }
     }
 
@@ -811,6 +830,7 @@ mod tests {
             message: None,
             receipts_after: None,
             replaced: 0,
+            reported: None,
             has_token: true,
             deleting: false,
             authenticity: crate::record::seal::Authenticity::Authentic,

@@ -7,7 +7,10 @@ use kube::core::Selector;
 
 use crate::config::{RoleRule, role_allowed};
 use crate::core::reason::Reason;
-use crate::crd::AgentSecretBindingSpec;
+use kube::ResourceExt;
+
+use crate::crd::{AgentSecretBinding, AgentSecretBindingSpec};
+use crate::vault::TokenRequest;
 
 /// A spec the operator can act on.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +78,34 @@ pub fn validate(
         });
     }
     Ok(ValidSpec { selector, wrap_ttl })
+}
+
+/// What to mint for one start of `pod`: a token that dies by itself at wrapTTL + `grace`
+/// unless renewed for the pod's agent, never living past the binding's tokenTTL
+/// (`explicit_max_ttl`), whose metadata names the namespace, pod, pod uid and binding (what
+/// the operator checks before it ever revokes it).
+pub fn token_request(
+    binding: &AgentSecretBinding,
+    pod: &str,
+    pod_uid: &str,
+    wrap_ttl: Duration,
+    grace: Duration,
+) -> TokenRequest {
+    let spec = &binding.spec.vault;
+    let mut meta = spec.metadata.clone();
+    meta.insert("namespace".into(), binding.namespace().unwrap_or_default());
+    meta.insert("pod".into(), pod.to_string());
+    meta.insert("pod_uid".into(), pod_uid.to_string());
+    meta.insert("binding".into(), binding.name_any());
+    TokenRequest {
+        role: spec.token_role.clone(),
+        policies: spec.policies.clone(),
+        ttl: Some(format!("{}s", (wrap_ttl + grace).as_secs())),
+        explicit_max_ttl: spec.token_ttl.clone(),
+        num_uses: spec.num_uses,
+        meta,
+        wrap_ttl_secs: wrap_ttl.as_secs(),
+    }
 }
 
 /// The binding's selector, refusing an empty one (it would select every pod).
@@ -184,6 +215,7 @@ mod tests {
             secret_key: "token".into(),
             agent_container: None,
             revoke_on_pod_deletion: true,
+            delivery: Default::default(),
         }
     }
 

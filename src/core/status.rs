@@ -268,6 +268,7 @@ mod tests {
             message: Some("permission denied".into()),
             receipts_after: None,
             replaced: 0,
+            reported: None,
             has_token: false,
             deleting: false,
             authenticity: crate::record::seal::Authenticity::Authentic,

@@ -49,12 +49,15 @@ pub mod ann {
     /// How many times this start's wrap was replaced because it expired before the pod took
     /// it (a slow start).
     pub const REPLACED: &str = "cubbyhole.dev/replaced";
+    /// The receipt the pod's agent reported to the request endpoint (request delivery), as
+    /// the receipt's JSON line; cleared by the next start.
+    pub const RECEIPT: &str = "cubbyhole.dev/receipt";
     /// HMAC over the record (`v1:<key-id>:<hex>`, see [`crate::record::seal`]).
     pub const SIGNATURE: &str = "cubbyhole.dev/signature";
 
     /// The annotations the signature covers: every one the operator writes and reads, except
     /// the free-text [`MESSAGE`] and the signature itself.
-    pub const SIGNED: [&str; 14] = [
+    pub const SIGNED: [&str; 15] = [
         POD,
         POD_UID,
         START,
@@ -69,5 +72,6 @@ pub mod ann {
         VAULT_SEEN_AT,
         RECEIPTS_AFTER,
         REPLACED,
+        RECEIPT,
     ];
 }

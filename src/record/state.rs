@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use crate::agent::receipt::Receipt;
 use crate::record::schema::{BINDING_LABEL, ann};
 use crate::record::seal::{Authenticity, Fields, RecordKeys};
 
@@ -120,6 +121,9 @@ pub struct WrapState {
     pub receipts_after: Option<Timestamp>,
     /// How many times this start's wrap was replaced after expiring untaken.
     pub replaced: u32,
+    /// What the pod's agent reported to the request endpoint for this start (request
+    /// delivery; the termination message carries the same).
+    pub reported: Option<Receipt>,
     /// The Secret still holds a wrapping token.
     pub has_token: bool,
     /// The Secret is being deleted (garbage collection of a gone pod).
@@ -202,6 +206,7 @@ impl WrapState {
             verified: get(ann::VERIFIED).as_deref() == Some("true"),
             message: get(ann::MESSAGE),
             receipts_after: time(ann::RECEIPTS_AFTER),
+            reported: get(ann::RECEIPT).and_then(|r| Receipt::parse(&r)),
             has_token,
             deleting: false,
             authenticity,

@@ -14,6 +14,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::agent::receipt::Receipt;
 use crate::core::plan::Issue;
 use crate::record::seal::{Fields, RecordKeys};
 use crate::record::{
@@ -131,6 +132,7 @@ pub fn takeover_changes(issue: &Issue, old: &WrapState) -> Vec<Change> {
         ann::MESSAGE,
         ann::VAULT_SEEN_AT,
         ann::CLAIMED_AT,
+        ann::RECEIPT,
     ] {
         changes.push((k, None));
     }
@@ -276,6 +278,26 @@ pub async fn write_issue(
     };
     let patch = issue_patch(&records.sealer, old, changes, data);
     guarded_patch(api, &old.secret, &patch).await
+}
+
+/// The patch that records what the pod's agent reported to the request endpoint (the
+/// planner reads it like a termination message), guarded by the resourceVersion read.
+pub fn report_patch(sealer: &Sealer, wrap: &WrapState, receipt: &Receipt) -> Value {
+    let changes = [(ann::RECEIPT, Some(receipt.to_line()))];
+    let (annotations, _) = sealer.patch(&wrap.secret, &wrap.annotations, &changes);
+    json!({
+        "metadata": { "resourceVersion": wrap.resource_version, "annotations": annotations },
+    })
+}
+
+/// Records the agent's report in `wrap` (see [`report_patch`]).
+pub async fn report(
+    records: &Records<'_>,
+    wrap: &WrapState,
+    receipt: &Receipt,
+) -> Result<String, WriteError> {
+    let patch = report_patch(&records.sealer, wrap, receipt);
+    guarded_patch(records.api, &wrap.secret, &patch).await
 }
 
 /// The patch that records a final phase and removes the wrapping token.

@@ -104,6 +104,8 @@ fn files_round(dir: &std::path::Path, resolver: &Reloadable) -> Result<(), Strin
         std::fs::read_to_string(dir.join(name))
             .map_err(|e| format!("reading {}: {e}", dir.join(name).display()))
     };
+    // cert-manager's Secrets carry the issuing CA as `ca.crt`.
+    resolver.set_ca_bundle(read("ca.crt").ok());
     if resolver.install(&read("tls.crt")?, &read("tls.key")?)? {
         info!(dir = %dir.display(), "webhook serving certificate loaded from files");
     }
@@ -159,6 +161,7 @@ async fn managed_round(
             Err(e) => return Err(format!("writing Secret {namespace}/{name}: {e}")),
         }
     };
+    resolver.set_ca_bundle(Some(state.ca_bundle()));
     if resolver.install(&state.serving_cert, &state.serving_key)? {
         info!(
             not_after = state.serving_not_after,

@@ -12,8 +12,9 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
-use crate::crd::AgentSecretBindingSpec;
+use crate::crd::{AgentSecretBindingSpec, Delivery};
 use crate::record::SECRET_NAME_ANNOTATION;
+use crate::request::protocol::AUDIENCE;
 use crate::webhook::settings::InjectorConfig;
 
 /// Pod label that opts a pod in (the webhook configuration's `objectSelector`).
@@ -34,6 +35,14 @@ pub const CA_VOLUME: &str = "cubbyhole-vault-ca";
 pub const WRAP_DIR: &str = "/var/run/cubbyhole/wrap";
 /// Where Vault's CA is mounted.
 pub const CA_DIR: &str = "/var/run/cubbyhole/vault-ca";
+/// Projected service-account token volume (audience `cubbyhole`) of request delivery.
+pub const IDENTITY_VOLUME: &str = "cubbyhole-identity";
+/// Where the init container sees its identity token.
+pub const IDENTITY_DIR: &str = "/var/run/cubbyhole/identity";
+/// Lifetime asked for the identity token (the API server's minimum; the kubelet refreshes it).
+pub const IDENTITY_EXPIRY_SECONDS: i64 = 600;
+/// Environment variable carrying the request endpoint's CA bundle (PEM) to the init container.
+pub const REQUEST_CA_ENV: &str = "CUBBYHOLE_REQUEST_CA";
 /// Name of the injected init container unless the binding's `agentContainer` names one the
 /// pod does not have (then that name: its restarts are the pod's new starts).
 pub const DEFAULT_INIT_NAME: &str = "cubbyhole-unwrap";
@@ -174,7 +183,21 @@ pub fn build(
             "the pod already has a container named {init_name:?}, which cubbyhole injects: rename it"
         ));
     }
-    let mut own_volumes = vec![WRAP_VOLUME, TOKEN_VOLUME];
+    let on_request = target.spec.delivery == Delivery::Request;
+    let request = match (&cfg.request, on_request) {
+        (None, true) => {
+            return Err(
+                "the request endpoint's certificate is not loaded yet; retry in a few seconds"
+                    .into(),
+            );
+        }
+        (r, _) => r.as_ref().filter(|_| on_request),
+    };
+    let mut own_volumes = if on_request {
+        vec![IDENTITY_VOLUME, TOKEN_VOLUME]
+    } else {
+        vec![WRAP_VOLUME, TOKEN_VOLUME]
+    };
     if cfg.vault_ca_config_map.is_some() {
         own_volumes.push(CA_VOLUME);
     }
@@ -251,8 +274,14 @@ pub fn build(
         }
     }
     // Volumes.
+    let delivery_volume = if on_request {
+        json!({"name": IDENTITY_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": AUDIENCE, "expirationSeconds": IDENTITY_EXPIRY_SECONDS, "path": "token"}}]}})
+    } else {
+        json!({"name": WRAP_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}})
+    };
     let mut volumes = vec![
-        json!({"name": WRAP_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}}),
+        delivery_volume,
         json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
     ];
     if let Some(ca) = &cfg.vault_ca_config_map {
@@ -290,16 +319,26 @@ pub fn build(
         }
     }
     // The init container, first of all.
-    let mut args = vec![
-        "unwrap".to_string(),
-        format!("--token-file={WRAP_DIR}/{}", target.spec.secret_key),
+    let source = match request {
+        Some(r) => vec![
+            format!("--request={}", r.url),
+            format!("--identity-token={IDENTITY_DIR}/token"),
+        ],
+        None => vec![format!(
+            "--token-file={WRAP_DIR}/{}",
+            target.spec.secret_key
+        )],
+    };
+    let mut args = vec!["unwrap".to_string()];
+    args.extend(source);
+    args.extend([
         format!("--out={token_dir}/token"),
         format!(
             "--expect-path=auth/token/create/{}",
             target.spec.vault.token_role
         ),
-    ];
-    if target.spec.agent_container.is_some() {
+    ]);
+    if target.spec.agent_container.is_some() && !on_request {
         let wait = (target.wrap_ttl * 2).max(MIN_WAIT_FOR_FRESH);
         args.push(format!("--wait-for-fresh={}s", wait.as_secs()));
     }
@@ -315,17 +354,25 @@ pub fn build(
         security["runAsUser"] = json!(uid);
     }
     let mut mounts = vec![
-        json!({"name": WRAP_VOLUME, "mountPath": WRAP_DIR, "readOnly": true}),
+        if on_request {
+            json!({"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": true})
+        } else {
+            json!({"name": WRAP_VOLUME, "mountPath": WRAP_DIR, "readOnly": true})
+        },
         json!({"name": TOKEN_VOLUME, "mountPath": token_dir}),
     ];
     if cfg.vault_ca_config_map.is_some() {
         mounts.push(ca_mount);
     }
+    let mut init_env = agent_env.clone();
+    if let Some(r) = request {
+        init_env.push(json!({"name": REQUEST_CA_ENV, "value": r.ca_pem}));
+    }
     let mut init = json!({
         "name": init_name,
         "image": cfg.image,
         "args": args,
-        "env": agent_env,
+        "env": init_env,
         "resources": cfg.resources,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,9 +32,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{OperatorConfig, RoleRule};
+use crate::config::RoleRule;
+use crate::controller::context::Context;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
+use crate::request::limits::Limits;
+use crate::request::serve::{Endpoint, RequestMetrics};
 use crate::webhook::admit::Refusal;
 use crate::webhook::cert_store::Source;
 use crate::webhook::certs::CertSettings;
@@ -93,6 +96,10 @@ pub struct Webhook {
     pub rules: Vec<RoleRule>,
     /// What to inject.
     pub injector: InjectorConfig,
+    /// Where injected agents of request-delivery bindings ask for their wraps.
+    pub request_url: String,
+    /// The serving certificate, and the CA bundle agents trust it by.
+    pub resolver: Arc<tls::Reloadable>,
     /// Events on bindings.
     pub recorder: Recorder,
     /// Metrics.
@@ -144,15 +151,17 @@ impl Webhook {
 }
 
 /// Starts the webhook when `--webhook-listen` is given: the binding reflector, the
-/// certificate keeper and the HTTPS server. Returns the server task.
+/// certificate keeper and the HTTPS server, which also serves the request endpoint
+/// ([`crate::request`]). Returns the server task.
 pub async fn start(
     args: &WebhookArgs,
-    client: Client,
-    config: &OperatorConfig,
-    metrics: &Metrics,
+    ctx: Arc<Context>,
     namespace: &str,
     shutdown: CancellationToken,
 ) -> Result<Option<JoinHandle<Result<(), String>>>, String> {
+    let client = ctx.client.clone();
+    let config = &ctx.config;
+    let metrics = &ctx.metrics;
     let Some(addr) = args.webhook_listen else {
         return Ok(None);
     };
@@ -209,14 +218,27 @@ pub async fn start(
         controller: "cubbyhole-webhook".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let endpoint = Arc::new(Endpoint {
+        ctx: ctx.clone(),
+        bindings: bindings.clone(),
+        rules: config.allowed_roles.clone(),
+        limits: Limits::new(&config.request_limits),
+        metrics: RequestMetrics::new(metrics),
+    });
     let webhook = Arc::new(Webhook {
         bindings,
         rules: config.allowed_roles.clone(),
         injector,
+        request_url: args.request_url(namespace),
+        resolver: resolver.clone(),
         recorder: Recorder::new(client, reporter),
         metrics: AdmissionMetrics::new(metrics),
     });
     Ok(Some(tokio::spawn(server::serve(
-        listener, resolver, webhook, shutdown,
+        listener,
+        resolver,
+        webhook,
+        crate::request::serve::routes(endpoint),
+        shutdown,
     ))))
 }

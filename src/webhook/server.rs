@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::webhook::Webhook;
 use crate::webhook::admit::{Decision, decide};
+use crate::webhook::settings::RequestEndpoint;
 use crate::webhook::tls::{Reloadable, server_config};
 
 /// How long a client may take for its TLS handshake.
@@ -31,13 +32,15 @@ pub async fn serve(
     listener: TcpListener,
     resolver: Arc<Reloadable>,
     webhook: Arc<Webhook>,
+    requests: Router,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(resolver.clone())?));
     let app = Router::new()
         .route("/mutate-pods", post(mutate))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(webhook);
+        .with_state(webhook)
+        .merge(requests);
     tokio::select! {
         _ = resolver.wait_loaded() => {}
         _ = shutdown.cancelled() => return Ok(()),
@@ -135,12 +138,17 @@ async fn answer(
     }
     let who = crate::webhook::inject::describe_pod(pod);
     let bindings = webhook.bindings.state();
+    let mut injector = webhook.injector.clone();
+    injector.request = webhook.resolver.ca_bundle().map(|ca_pem| RequestEndpoint {
+        url: webhook.request_url.clone(),
+        ca_pem,
+    });
     match decide(
         pod,
         &namespace,
         &bindings,
         &webhook.rules,
-        &webhook.injector,
+        &injector,
         &nonce(),
     ) {
         Decision::Skip(why) => {

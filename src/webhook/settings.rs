@@ -41,6 +41,19 @@ pub struct InjectorConfig {
     /// names one. The token file is 0400 and owned by it: run agents as the same user.
     #[serde(default = "default_run_as_user")]
     pub run_as_user: i64,
+    /// Where agents of request-delivery bindings ask, filled in by the webhook at each
+    /// admission (not part of the file).
+    #[serde(skip)]
+    pub request: Option<RequestEndpoint>,
+}
+
+/// The request endpoint as injected agents reach it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestEndpoint {
+    /// Base URL (`/v1/wrap` is added by the agent).
+    pub url: String,
+    /// PEM CA bundle the agent trusts the endpoint's certificate by.
+    pub ca_pem: String,
 }
 
 /// A key of a ConfigMap.
@@ -85,6 +98,7 @@ impl Default for InjectorConfig {
             resources: default_resources(),
             token_path: default_token_path(),
             run_as_user: default_run_as_user(),
+            request: None,
         }
     }
 }
@@ -138,6 +152,11 @@ pub struct WebhookArgs {
     /// cert-manager's CA injector.
     #[arg(long)]
     pub webhook_cert_dir: Option<PathBuf>,
+    /// Base URL injected agents of request-delivery bindings ask at (`/v1/wrap` is added).
+    /// Default: `https://<webhook-service>.<namespace>.svc`. Its host must be in the serving
+    /// certificate.
+    #[arg(long)]
+    pub request_endpoint: Option<String>,
 }
 
 /// The shortest serving-certificate lifetime accepted (a renewal every few seconds at most).
@@ -158,6 +177,15 @@ impl WebhookArgs {
             );
         }
         Ok(())
+    }
+
+    /// The base URL agents ask at (see `--request-endpoint`).
+    pub fn request_url(&self, namespace: &str) -> String {
+        self.request_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://{}.{namespace}.svc", self.webhook_service))
+            .trim_end_matches('/')
+            .to_string()
     }
 
     /// The names in the serving certificate: the Service's DNS names in `namespace`, then the

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct Reloadable {
     current: RwLock<Option<(String, Arc<CertifiedKey>)>>,
+    ca_bundle: RwLock<Option<String>>,
     loaded: watch::Sender<bool>,
 }
 
@@ -21,6 +22,7 @@ impl Default for Reloadable {
     fn default() -> Self {
         Self {
             current: RwLock::new(None),
+            ca_bundle: RwLock::new(None),
             loaded: watch::channel(false).0,
         }
     }
@@ -38,6 +40,16 @@ impl Reloadable {
         *current = Some((cert_pem.to_string(), Arc::new(key)));
         self.loaded.send_replace(true);
         Ok(true)
+    }
+
+    /// Keeps the PEM CA bundle clients trust the certificate by (handed to injected agents).
+    pub fn set_ca_bundle(&self, pem: Option<String>) {
+        *self.ca_bundle.write().expect("CA bundle lock") = pem;
+    }
+
+    /// The PEM CA bundle, when known.
+    pub fn ca_bundle(&self) -> Option<String> {
+        self.ca_bundle.read().expect("CA bundle lock").clone()
     }
 
     /// Waits until a certificate has been installed.

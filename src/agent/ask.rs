@@ -1,0 +1,247 @@
+//! Request delivery, the agent's half: ask the operator's endpoint for this pod's wrap with the
+//! pod's projected service-account token, and report the receipt back. Transient refusals
+//! (rate limited, busy, Vault or the API server down) and network errors are retried with
+//! backoff; the rest end the run with the endpoint's reason. Tokens never reach a log line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
+
+use crate::agent::receipt::Receipt;
+use crate::request::protocol::{
+    RECEIPT_PATH, Refusal, WRAP_PATH, WRAPPING_TOKEN_FIELD, WrapFacts, reason,
+};
+use crate::vault::SecretString;
+
+/// Longest wait between two asks, whatever `Retry-After` says.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How long one ask may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an ask did not give a wrap.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// Bad flags or CA.
+    #[error("configuration error: {0}")]
+    Usage(String),
+    /// The identity token file is unreadable or empty.
+    #[error("cannot read the identity token: {0}")]
+    Identity(String),
+    /// The endpoint refused (after retrying the transient refusals).
+    #[error("the operator refused: {} ({})", .0.message, .0.reason)]
+    Refused(Refusal),
+    /// The endpoint could not be reached or answered nonsense, after the retries.
+    #[error("the operator's endpoint is unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// A client of one endpoint.
+pub struct Asker {
+    http: reqwest::Client,
+    base: String,
+    identity: PathBuf,
+}
+
+enum Attempt {
+    Got(SecretString, WrapFacts),
+    Again(String, Option<Duration>),
+    Stop(AskError),
+}
+
+impl Asker {
+    /// A client for the endpoint at `base` (`https://...`), trusting only `ca_pem` when given,
+    /// presenting the token read from `identity` at each attempt.
+    pub fn new(base: &str, ca_pem: Option<&str>, identity: &Path) -> Result<Self, AskError> {
+        let base = base.trim().trim_end_matches('/').to_string();
+        if !base.starts_with("https://") {
+            return Err(AskError::Usage(format!(
+                "--request {base:?} must be an https:// URL"
+            )));
+        }
+        let mut builder = reqwest::Client::builder().timeout(TIMEOUT).https_only(true);
+        if let Some(pem) = ca_pem.filter(|p| !p.trim().is_empty()) {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| AskError::Usage(format!("the endpoint CA is not PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(AskError::Usage(
+                    "the endpoint CA holds no certificate".into(),
+                ));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| AskError::Usage(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            identity: identity.to_path_buf(),
+        })
+    }
+
+    fn identity_token(&self) -> Result<SecretString, AskError> {
+        let text = std::fs::read_to_string(&self.identity)
+            .map_err(|e| AskError::Identity(format!("{}: {e}", self.identity.display())))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(AskError::Identity(format!(
+                "{} is empty",
+                self.identity.display()
+            )));
+        }
+        Ok(SecretString::new(token))
+    }
+
+    /// Asks for the wrap, retrying transient failures `retries` times.
+    pub async fn ask(
+        &self,
+        retries: u32,
+        log: impl Fn(&str),
+    ) -> Result<(SecretString, WrapFacts), AskError> {
+        let mut retry = 0;
+        loop {
+            match self.attempt().await? {
+                Attempt::Got(token, facts) => return Ok((token, facts)),
+                Attempt::Stop(e) => return Err(e),
+                Attempt::Again(why, wait) if retry < retries => {
+                    let wait = wait
+                        .unwrap_or_default()
+                        .max(crate::agent::unwrap::backoff(retry))
+                        .min(MAX_WAIT);
+                    log(&format!(
+                        "{why}; asking again in {:.1}s (retry {} of {retries})",
+                        wait.as_secs_f64(),
+                        retry + 1
+                    ));
+                    tokio::time::sleep(wait).await;
+                    retry += 1;
+                }
+                Attempt::Again(why, _) => {
+                    return Err(AskError::Unreachable(why));
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self) -> Result<Attempt, AskError> {
+        let identity = self.identity_token()?;
+        let sent = self
+            .http
+            .post(format!("{}{WRAP_PATH}", self.base))
+            .header(AUTHORIZATION, format!("Bearer {}", identity.expose()))
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            // reqwest's errors name the URL, never the headers.
+            Err(e) => return Ok(Attempt::Again(e.to_string(), None)),
+        };
+        let status = response.status();
+        let wait = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Ok(Attempt::Again(format!("reading the answer: {e}"), wait)),
+        };
+        if status == StatusCode::OK {
+            return Ok(read_wrap(&body));
+        }
+        match serde_json::from_slice::<Refusal>(&body) {
+            Ok(refusal) if reason::retriable(&refusal.reason) => Ok(Attempt::Again(
+                format!("{} ({})", refusal.message, refusal.reason),
+                wait,
+            )),
+            Ok(refusal) => Ok(Attempt::Stop(AskError::Refused(refusal))),
+            Err(_) if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+                Ok(Attempt::Again(format!("HTTP {status}"), wait))
+            }
+            Err(_) => Ok(Attempt::Stop(AskError::Unreachable(format!(
+                "HTTP {status} without a cubbyhole answer: is --request the operator's endpoint?"
+            )))),
+        }
+    }
+
+    /// Reports `receipt` to the endpoint (best effort; the termination message carries it
+    /// too). Returns what went wrong, if anything.
+    pub async fn report(&self, receipt: &Receipt) -> Result<(), String> {
+        let identity = self.identity_token().map_err(|e| e.to_string())?;
+        let response = self
+            .http
+            .post(format!("{}{RECEIPT_PATH}", self.base))
+            .header(AUTHORIZATION, format!("Bearer {}", identity.expose()))
+            .body(receipt.to_line())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<Refusal>(&body) {
+            Ok(r) => format!("{} ({})", r.message, r.reason),
+            Err(_) => format!("HTTP {status}"),
+        })
+    }
+}
+
+/// Reads a successful answer: the wrapping token and what the endpoint says about it.
+fn read_wrap(body: &[u8]) -> Attempt {
+    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let token = parsed
+        .as_ref()
+        .and_then(|v| v.get(WRAPPING_TOKEN_FIELD)?.as_str())
+        .filter(|t| !t.is_empty())
+        .map(SecretString::new);
+    let facts = parsed.and_then(|v| serde_json::from_value::<WrapFacts>(v).ok());
+    match (token, facts) {
+        (Some(token), Some(facts)) => Attempt::Got(token, facts),
+        _ => Attempt::Stop(AskError::Unreachable(
+            "the endpoint's answer carries no wrap".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_and_real_pem_are_accepted() {
+        let id = Path::new("/nonexistent");
+        assert!(matches!(
+            Asker::new("http://op", None, id),
+            Err(AskError::Usage(_))
+        ));
+        assert!(matches!(
+            Asker::new("https://op", Some("not pem"), id),
+            Err(AskError::Usage(_))
+        ));
+        assert!(Asker::new("https://op/", None, id).is_ok());
+    }
+
+    #[test]
+    fn an_answer_without_a_token_is_not_a_wrap() {
+        assert!(matches!(
+            read_wrap(br#"{"wrapAccessor":"a","binding":"b","start":0,"wrapTtlSeconds":60}"#),
+            Attempt::Stop(_)
+        ));
+        match read_wrap(
+            br#"{"wrappingToken":"s.x","wrapAccessor":"a","binding":"b","start":2,"wrapTtlSeconds":60}"#,
+        ) {
+            Attempt::Got(t, f) => {
+                assert_eq!(t.expose(), "s.x");
+                assert_eq!(f.start, 2);
+            }
+            _ => panic!("a wrap"),
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The request endpoint, on every replica beside the admission webhook (same TLS listener):
+//! `POST /v1/wrap` mints a wrap for the pod the caller's token is bound to and returns it;
+//! `POST /v1/receipt` records what the agent did with it. Each ask is one pod start: one mint
+//! and one record write (the record carries accessors and phases, never the token), the
+//! previous start's wrap and token revoked first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
+use kube::{Api, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::agent::receipt::Receipt;
+use crate::config::RoleRule;
+use crate::controller::context::Context;
+use crate::controller::execute::{publish, revoke_counted, revoke_named};
+use crate::core::plan::{Issue, revocations};
+use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
+use crate::core::spec::token_request;
+use crate::crd::AgentSecretBinding;
+use crate::metrics::{Metrics, TokenKind};
+use crate::record::seal::Authenticity;
+use crate::record::writes::{self, Records, Sealer, WriteError};
+use crate::record::{BINDING_LABEL, WrapState};
+use crate::request::gate::{Chosen, choose};
+use crate::request::identity::{PodIdentity, review};
+use crate::request::limits::Limits;
+use crate::request::protocol::{
+    RECEIPT_PATH, Refusal, WRAP_PATH, WRAPPING_TOKEN_FIELD, WrapFacts, reason,
+};
+use crate::vault::{SecretString, VaultError, WrapInfo};
+
+/// Longest bearer token or receipt body read.
+const MAX_INPUT: usize = 16 * 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    endpoint: &'static str,
+    result: String,
+}
+
+/// The endpoint's metrics: answers by endpoint and result, and how long asks took.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    answers: Family<ResultLabels, Counter>,
+    duration: Histogram,
+}
+
+impl RequestMetrics {
+    /// Registers `cubbyhole_wrap_requests_total{endpoint,result}` and
+    /// `cubbyhole_wrap_request_duration_seconds`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let answers = Family::<ResultLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        metrics.register(
+            "wrap_requests",
+            "Asks (endpoint wrap) and receipts (endpoint receipt) answered by the request endpoint, by result (served, accepted, or the refusal's reason)",
+            answers.clone(),
+        );
+        metrics.register(
+            "wrap_request_duration_seconds",
+            "Time from an agent's ask to its answer",
+            duration.clone(),
+        );
+        Self { answers, duration }
+    }
+
+    fn observe(&self, endpoint: &'static str, result: &str) {
+        self.answers
+            .get_or_create(&ResultLabels {
+                endpoint,
+                result: result.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// What the endpoint needs.
+pub struct Endpoint {
+    /// The operator's shared state (Vault, API client, record keys, metrics, Events).
+    pub ctx: Arc<Context>,
+    /// Every binding (the webhook's reflector, on every replica).
+    pub bindings: Store<AgentSecretBinding>,
+    /// Allowed roles.
+    pub rules: Vec<RoleRule>,
+    /// Per-pod and per-namespace rate limits.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: RequestMetrics,
+}
+
+/// A refusal, and how long to wait before asking again (for `Retry-After`).
+struct Refused(Refusal, Option<Duration>);
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Self {
+        let wait = match r.reason.as_str() {
+            reason::RETRY | reason::INTERNAL => Some(Duration::from_secs(1)),
+            reason::VAULT_UNAVAILABLE => Some(Duration::from_secs(2)),
+            _ => None,
+        };
+        Refused(r, wait)
+    }
+}
+
+fn internal(e: kube::Error) -> Refused {
+    Refusal::new(reason::INTERNAL, format!("Kubernetes API: {e}")).into()
+}
+
+fn vault_refusal(e: &VaultError) -> Refused {
+    if e.is_unavailable() || e.may_have_been_processed() {
+        Refusal::new(
+            reason::VAULT_UNAVAILABLE,
+            format!("Vault is unavailable: {e}"),
+        )
+        .into()
+    } else {
+        Refusal::new(reason::VAULT_REFUSED, format!("Vault refused: {e}")).into()
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::FORBIDDEN);
+        let mut response = (status, axum::Json(&self.0)).into_response();
+        if let Some(wait) = self.1 {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+/// The endpoint's routes, to merge into the webhook's server.
+pub fn routes(endpoint: Arc<Endpoint>) -> Router {
+    Router::new()
+        .route(WRAP_PATH, post(ask))
+        .route(RECEIPT_PATH, post(receipt))
+        .with_state(endpoint)
+}
+
+async fn ask(State(e): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let answer = e.ask(&headers).await;
+    e.metrics.duration.observe(started.elapsed().as_secs_f64());
+    match answer {
+        Ok((facts, token)) => {
+            e.metrics.observe("wrap", "served");
+            let mut body = serde_json::to_value(&facts).unwrap_or_default();
+            body[WRAPPING_TOKEN_FIELD] = json!(token.expose());
+            let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(refused) => {
+            e.metrics.observe("wrap", &refused.0.reason);
+            refused.into_response()
+        }
+    }
+}
+
+async fn receipt(State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) -> Response {
+    match e.report(&headers, &body).await {
+        Ok(()) => {
+            e.metrics.observe("receipt", "accepted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(refused) => {
+            e.metrics.observe("receipt", &refused.0.reason);
+            refused.into_response()
+        }
+    }
+}
+
+/// The bearer token of a request.
+fn bearer(headers: &HeaderMap) -> Result<SecretString, Refused> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_INPUT)
+        .map(SecretString::new)
+        .ok_or_else(|| {
+            Refusal::new(
+                reason::NO_TOKEN,
+                "send the pod's projected service-account token (audience \"cubbyhole\") as Authorization: Bearer",
+            )
+            .into()
+        })
+}
+
+/// The pod an ask is for, the binding serving it, and where its record is.
+struct Served {
+    who: PodIdentity,
+    pod: PodView,
+    chosen: Chosen,
+    secret: String,
+}
+
+impl Served {
+    fn binding(&self) -> String {
+        self.chosen.binding.name_any()
+    }
+}
+
+impl Endpoint {
+    fn secrets(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.ctx.client.clone(), namespace)
+    }
+
+    /// `binding`'s records in `namespace`, written through `api` and signed.
+    fn records<'a>(
+        &'a self,
+        api: &'a Api<Secret>,
+        namespace: &'a str,
+        binding: &'a str,
+    ) -> Records<'a> {
+        Records {
+            api,
+            sealer: Sealer {
+                namespace,
+                binding,
+                keys: &self.ctx.record_keys,
+            },
+        }
+    }
+
+    /// Who asks, whether they may, and which binding serves them (no rate limit here).
+    async fn admit(&self, headers: &HeaderMap) -> Result<Served, Refused> {
+        let token = bearer(headers)?;
+        let who = match review(&self.ctx.client, &token).await {
+            Ok(who) => who,
+            Err(Ok(refusal)) => return Err(refusal.into()),
+            Err(Err(e)) => return Err(internal(e)),
+        };
+        let pod = Api::<Pod>::namespaced(self.ctx.client.clone(), &who.namespace)
+            .get_opt(&who.pod)
+            .await
+            .map_err(internal)?;
+        if tokio::time::timeout(Duration::from_secs(2), self.bindings.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return Err(Refusal::new(
+                reason::RETRY,
+                "the operator has not loaded the AgentSecretBindings yet",
+            )
+            .into());
+        }
+        let chosen = match choose(&who, pod.as_ref(), &self.bindings.state(), &self.rules) {
+            Ok(c) => c,
+            Err(refusal) => {
+                self.refused_event(&who, &refusal).await;
+                return Err(refusal.into());
+            }
+        };
+        let pod = pod
+            .as_ref()
+            .and_then(PodView::from_pod)
+            .ok_or_else(|| Refused::from(Refusal::new(reason::POD_GONE, "the pod has no uid")))?;
+        let secret = secret_name(&pod, &chosen.binding.name_any());
+        if !is_valid_secret_name(&secret) {
+            return Err(Refusal::new(
+                reason::INVALID_BINDING,
+                format!("the pod's record name {secret:?} is not a valid Secret name: fix annotation cubbyhole.dev/secret-name"),
+            )
+            .into());
+        }
+        Ok(Served {
+            who,
+            pod,
+            chosen,
+            secret,
+        })
+    }
+
+    /// The pod's current record: `None` when there is none; refused when the name holds
+    /// something else or a record of an earlier pod of the same name.
+    async fn current_record(&self, s: &Served) -> Result<Option<WrapState>, Refused> {
+        let Some(found) = self
+            .secrets(&s.who.namespace)
+            .get_opt(&s.secret)
+            .await
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        let binding = s.binding();
+        let taken = || -> Refused {
+            Refusal::new(
+                reason::NAME_TAKEN,
+                format!(
+                    "Secret {}/{} exists and is not a record of AgentSecretBinding {binding:?}: remove it or choose another name with annotation cubbyhole.dev/secret-name",
+                    s.who.namespace, s.secret
+                ),
+            )
+            .into()
+        };
+        if found.labels().get(BINDING_LABEL) != Some(&binding) {
+            return Err(taken());
+        }
+        let record = WrapState::from_secret(&found, None, &self.ctx.record_keys)
+            .filter(|r| r.authenticity == Authenticity::Authentic)
+            .ok_or_else(taken)?;
+        if record.deleting || record.pod_uid != s.pod.uid {
+            return Err(Refusal::new(
+                reason::RETRY,
+                "an earlier pod's record under this name is still being removed",
+            )
+            .into());
+        }
+        Ok(Some(record))
+    }
+
+    /// One ask: a fresh wrap for a new start of the pod.
+    async fn ask(&self, headers: &HeaderMap) -> Result<(WrapFacts, SecretString), Refused> {
+        let s = self.admit(headers).await?;
+        if let Err(wait) = self
+            .limits
+            .take(&s.who.namespace, &s.who.pod_uid, Instant::now())
+        {
+            return Err(Refused(
+                Refusal::new(
+                    reason::RATE_LIMITED,
+                    format!(
+                        "too many asks from pod {}/{} or its namespace; ask again in {:.1}s",
+                        s.who.namespace,
+                        s.who.pod,
+                        wait.as_secs_f64()
+                    ),
+                ),
+                Some(wait),
+            ));
+        }
+        let namespace = s.who.namespace.as_str();
+        let binding = s.binding();
+        let old = self.current_record(&s).await?;
+        // The previous start's wrap and token go first: whatever that agent instance held, the
+        // new one is asking afresh.
+        if let Some(old) = &old {
+            let revoke = revocations(old, s.chosen.binding.spec.revoke_on_pod_deletion);
+            revoke_named(&self.ctx, namespace, &binding, old, revoke)
+                .await
+                .map_err(|e| vault_refusal(&e))?;
+        }
+        let issue = Issue {
+            pod: s.pod.name.clone(),
+            pod_uid: s.pod.uid.clone(),
+            secret: s.secret.clone(),
+            start: old.as_ref().map_or(0, |o| o.start + 1),
+            receipts_after: s
+                .pod
+                .newest_receipt_time()
+                .or(old.as_ref().and_then(|o| o.receipts_after)),
+            replaces: old,
+            revoke_previous: None,
+            replaced: 0,
+        };
+        let wrap_ttl = s.chosen.valid.wrap_ttl;
+        let request = token_request(
+            &s.chosen.binding,
+            &issue.pod,
+            &issue.pod_uid,
+            wrap_ttl,
+            self.ctx.config.token_grace,
+        );
+        let issued_at = Timestamp::now();
+        let wrap = match self.ctx.vault.create_wrapped_token(&request).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(%namespace, %binding, pod = %issue.pod, error = %e, "mint on request failed");
+                return Err(vault_refusal(&e));
+            }
+        };
+        let expires_at = issued_at
+            .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
+            .unwrap_or(issued_at);
+        let changes = writes::issue_changes(
+            &issue,
+            writes::deliver_changes(
+                &wrap.accessor,
+                &wrap.wrapped_accessor,
+                issued_at,
+                expires_at,
+            ),
+        );
+        let api = self.secrets(namespace);
+        let records = self.records(&api, namespace, &binding);
+        if let Err(e) = writes::write_issue(&records, &issue, &changes, None).await {
+            // Nobody will ever hold this wrap: end it and its token now.
+            self.discard(&wrap).await;
+            return Err(match e {
+                WriteError::Taken => Refusal::new(
+                    reason::NAME_TAKEN,
+                    format!(
+                        "Secret {namespace}/{} is not this binding's record",
+                        issue.secret
+                    ),
+                )
+                .into(),
+                WriteError::Lost => {
+                    Refusal::new(reason::RETRY, "another ask for this pod won; ask again").into()
+                }
+                WriteError::Kube(e) => internal(e),
+            });
+        }
+        self.ctx.metrics.wrap_issued();
+        info!(%namespace, %binding, pod = %issue.pod, start = issue.start,
+            wrap_accessor = %wrap.accessor, accessor = %wrap.wrapped_accessor, "wrap issued on request");
+        let facts = WrapFacts {
+            wrap_accessor: wrap.accessor.clone(),
+            binding,
+            start: issue.start,
+            wrap_ttl_seconds: wrap_ttl.as_secs(),
+        };
+        Ok((facts, wrap.token))
+    }
+
+    /// Revokes a wrap nobody can hold, and its token.
+    async fn discard(&self, wrap: &WrapInfo) {
+        revoke_counted(&self.ctx, &wrap.accessor, TokenKind::Wrap)
+            .await
+            .ok();
+        revoke_counted(&self.ctx, &wrap.wrapped_accessor, TokenKind::Token)
+            .await
+            .ok();
+    }
+
+    /// One receipt: recorded in the pod's current record for the planner to settle.
+    async fn report(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refused> {
+        let s = self.admit(headers).await?;
+        let receipt = std::str::from_utf8(body)
+            .ok()
+            .filter(|b| b.len() <= MAX_INPUT)
+            .and_then(Receipt::parse)
+            .ok_or_else(|| {
+                Refused::from(Refusal::new(
+                    reason::BAD_RECEIPT,
+                    "the body is not a cubbyhole receipt",
+                ))
+            })?;
+        let stale = || -> Refused {
+            Refusal::new(
+                reason::STALE_RECEIPT,
+                "this receipt is not about the pod's current wrap (a newer ask replaced it)",
+            )
+            .into()
+        };
+        let record = self.current_record(&s).await?.ok_or_else(stale)?;
+        if receipt.accessor.is_some() && receipt.accessor == record.previous_accessor {
+            return Err(stale());
+        }
+        if record.reported.as_ref() == Some(&receipt) {
+            return Ok(());
+        }
+        let namespace = s.who.namespace.as_str();
+        let binding = s.binding();
+        let api = self.secrets(namespace);
+        let records = self.records(&api, namespace, &binding);
+        match writes::report(&records, &record, &receipt).await {
+            Ok(_) => Ok(()),
+            Err(WriteError::Kube(e)) => Err(internal(e)),
+            Err(_) => Err(Refusal::new(reason::RETRY, "the record changed; report again").into()),
+        }
+    }
+
+    /// A Warning Event on the pod that asked and was refused.
+    async fn refused_event(&self, who: &PodIdentity, refusal: &Refusal) {
+        if refusal.reason == reason::POD_GONE {
+            return;
+        }
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(who.pod.clone()),
+            namespace: Some(who.namespace.clone()),
+            uid: Some(who.pod_uid.clone()),
+            ..Default::default()
+        };
+        publish(
+            &self.ctx.recorder,
+            &reference,
+            EventType::Warning,
+            "WrapRequestRefused",
+            "Request",
+            &format!("{}: {}", refusal.reason, refusal.message),
+        )
+        .await;
+    }
+}
