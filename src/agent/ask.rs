@@ -44,10 +44,27 @@ pub struct Asker {
     identity: PathBuf,
 }
 
-enum Attempt {
-    Got(SecretString, WrapFacts),
-    Again(String, Option<Duration>),
-    Stop(AskError),
+/// The answer to one ask.
+pub enum Answer {
+    /// The wrap.
+    Wrap(SecretString, WrapFacts),
+    /// Refused; `retry_after` is the endpoint's `Retry-After`.
+    Refused {
+        /// Why.
+        refusal: Refusal,
+        /// When to ask again, if the endpoint said.
+        retry_after: Option<Duration>,
+    },
+    /// No cubbyhole answer (network error, or an HTTP error without a refusal); `retry`:
+    /// worth asking again.
+    Failed {
+        /// What happened.
+        what: String,
+        /// Worth asking again.
+        retry: bool,
+        /// When to ask again, if the endpoint said.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl Asker {
@@ -105,10 +122,25 @@ impl Asker {
     ) -> Result<(SecretString, WrapFacts), AskError> {
         let mut retry = 0;
         loop {
-            match self.attempt().await? {
-                Attempt::Got(token, facts) => return Ok((token, facts)),
-                Attempt::Stop(e) => return Err(e),
-                Attempt::Again(why, wait) if retry < retries => {
+            let (why, wait) = match self.ask_once().await? {
+                Answer::Wrap(token, facts) => return Ok((token, facts)),
+                Answer::Refused {
+                    refusal,
+                    retry_after,
+                } if reason::retriable(&refusal.reason) => (
+                    format!("{} ({})", refusal.message, refusal.reason),
+                    retry_after,
+                ),
+                Answer::Refused { refusal, .. } => return Err(AskError::Refused(refusal)),
+                Answer::Failed {
+                    what,
+                    retry: true,
+                    retry_after,
+                } => (what, retry_after),
+                Answer::Failed { what, .. } => return Err(AskError::Unreachable(what)),
+            };
+            match (why, wait) {
+                (why, wait) if retry < retries => {
                     let wait = wait
                         .unwrap_or_default()
                         .max(crate::agent::unwrap::backoff(retry))
@@ -121,14 +153,13 @@ impl Asker {
                     tokio::time::sleep(wait).await;
                     retry += 1;
                 }
-                Attempt::Again(why, _) => {
-                    return Err(AskError::Unreachable(why));
-                }
+                (why, _) => return Err(AskError::Unreachable(why)),
             }
         }
     }
 
-    async fn attempt(&self) -> Result<Attempt, AskError> {
+    /// One ask, no retry.
+    pub async fn ask_once(&self) -> Result<Answer, AskError> {
         let identity = self.identity_token()?;
         let sent = self
             .http
@@ -136,10 +167,17 @@ impl Asker {
             .header(AUTHORIZATION, format!("Bearer {}", identity.expose()))
             .send()
             .await;
+        let failed = |what: String, retry: bool, retry_after: Option<Duration>| {
+            Ok(Answer::Failed {
+                what,
+                retry,
+                retry_after,
+            })
+        };
         let response = match sent {
             Ok(r) => r,
             // reqwest's errors name the URL, never the headers.
-            Err(e) => return Ok(Attempt::Again(e.to_string(), None)),
+            Err(e) => return failed(e.to_string(), true, None),
         };
         let status = response.status();
         let wait = response
@@ -149,23 +187,26 @@ impl Asker {
             .map(Duration::from_secs);
         let body = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return Ok(Attempt::Again(format!("reading the answer: {e}"), wait)),
+            Err(e) => return failed(format!("reading the answer: {e}"), true, wait),
         };
         if status == StatusCode::OK {
             return Ok(read_wrap(&body));
         }
         match serde_json::from_slice::<Refusal>(&body) {
-            Ok(refusal) if reason::retriable(&refusal.reason) => Ok(Attempt::Again(
-                format!("{} ({})", refusal.message, refusal.reason),
-                wait,
-            )),
-            Ok(refusal) => Ok(Attempt::Stop(AskError::Refused(refusal))),
-            Err(_) if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
-                Ok(Attempt::Again(format!("HTTP {status}"), wait))
+            Ok(refusal) => Ok(Answer::Refused {
+                refusal,
+                retry_after: wait,
+            }),
+            Err(_) => {
+                let retry = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                failed(
+                    format!(
+                        "HTTP {status} without a cubbyhole answer: is --request the operator's endpoint?"
+                    ),
+                    retry,
+                    wait,
+                )
             }
-            Err(_) => Ok(Attempt::Stop(AskError::Unreachable(format!(
-                "HTTP {status} without a cubbyhole answer: is --request the operator's endpoint?"
-            )))),
         }
     }
 
@@ -194,7 +235,7 @@ impl Asker {
 }
 
 /// Reads a successful answer: the wrapping token and what the endpoint says about it.
-fn read_wrap(body: &[u8]) -> Attempt {
+fn read_wrap(body: &[u8]) -> Answer {
     let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
     let token = parsed
         .as_ref()
@@ -203,10 +244,12 @@ fn read_wrap(body: &[u8]) -> Attempt {
         .map(SecretString::new);
     let facts = parsed.and_then(|v| serde_json::from_value::<WrapFacts>(v).ok());
     match (token, facts) {
-        (Some(token), Some(facts)) => Attempt::Got(token, facts),
-        _ => Attempt::Stop(AskError::Unreachable(
-            "the endpoint's answer carries no wrap".into(),
-        )),
+        (Some(token), Some(facts)) => Answer::Wrap(token, facts),
+        _ => Answer::Failed {
+            what: "the endpoint's answer carries no wrap".into(),
+            retry: false,
+            retry_after: None,
+        },
     }
 }
 
@@ -232,12 +275,12 @@ mod tests {
     fn an_answer_without_a_token_is_not_a_wrap() {
         assert!(matches!(
             read_wrap(br#"{"wrapAccessor":"a","binding":"b","start":0,"wrapTtlSeconds":60}"#),
-            Attempt::Stop(_)
+            Answer::Failed { retry: false, .. }
         ));
         match read_wrap(
             br#"{"wrappingToken":"s.x","wrapAccessor":"a","binding":"b","start":2,"wrapTtlSeconds":60}"#,
         ) {
-            Attempt::Got(t, f) => {
+            Answer::Wrap(t, f) => {
                 assert_eq!(t.expose(), "s.x");
                 assert_eq!(f.start, 2);
             }

@@ -9,7 +9,8 @@ use cubbyhole::agent::receipt::Receipt;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -148,6 +149,25 @@ impl Env {
     /// except that `--token-file` points at a local file holding the Secret's `token` and
     /// `--out` and the receipt go to local files. Remembers the unwrapped token.
     pub async fn run_injected(&self, pod: &str, container: &str, token: &str) -> AgentRun {
+        self.run_init(pod, container, "--token-file", token).await
+    }
+
+    /// Runs the pod's injected init container of a request-delivery binding exactly as stored,
+    /// except that `--identity-token` points at a local file holding `identity` (what the
+    /// kubelet would project) and `--out` and the receipt go to local files.
+    pub async fn run_injected_asking(
+        &self,
+        pod: &str,
+        container: &str,
+        identity: &str,
+    ) -> AgentRun {
+        self.run_init(pod, container, "--identity-token", identity)
+            .await
+    }
+
+    /// Runs init container `container` of `pod` as stored, its file flag `flag` pointing at a
+    /// local file holding `content`.
+    async fn run_init(&self, pod: &str, container: &str, flag: &str, content: &str) -> AgentRun {
         let stored = self.pods().get(pod).await.expect("get pod");
         let init: Container = stored
             .spec
@@ -157,11 +177,11 @@ impl Env {
             .unwrap_or_else(|| panic!("{pod} has no init container {container}"));
         let dir = self.dir.join(format!("agent-{pod}"));
         std::fs::create_dir_all(&dir).unwrap();
-        crate::process::write_private(&dir.join("wrap"), token);
+        crate::process::write_private(&dir.join("wrap"), content);
         let mut args = vec![];
         for a in init.args.clone().unwrap_or_default() {
-            if a.starts_with("--token-file=") {
-                args.push(format!("--token-file={}", dir.join("wrap").display()));
+            if a.starts_with(&format!("{flag}=")) {
+                args.push(format!("{flag}={}", dir.join("wrap").display()));
             } else if a.starts_with("--out=") {
                 args.push(format!("--out={}", dir.join("token").display()));
             } else {
@@ -187,6 +207,62 @@ impl Env {
             receipt,
             args,
         }
+    }
+
+    /// The identity token the kubelet would project into `pod` (of the test's namespace): a
+    /// TokenRequest for the pod's service account, bound to the pod, for `audience`, valid 10
+    /// minutes.
+    pub async fn pod_identity_token(&self, pod: &str, audience: &str) -> String {
+        self.token_for_pod_in(&self.ns, pod, audience).await
+    }
+
+    /// [`Env::pod_identity_token`] for a pod of namespace `ns`.
+    pub async fn token_for_pod_in(&self, ns: &str, pod: &str, audience: &str) -> String {
+        let stored = Api::<Pod>::namespaced(self.client.clone(), ns)
+            .get(pod)
+            .await
+            .expect("get pod");
+        let bound = BoundObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.into()),
+            uid: stored.uid(),
+        };
+        let account = stored
+            .spec
+            .and_then(|s| s.service_account_name)
+            .unwrap_or_else(|| "default".into());
+        self.token_request(ns, &account, audience, Some(bound))
+            .await
+    }
+
+    /// A token of service account `account` for `audience`, bound to nothing.
+    pub async fn unbound_token(&self, account: &str, audience: &str) -> String {
+        self.token_request(&self.ns, account, audience, None).await
+    }
+
+    async fn token_request(
+        &self,
+        ns: &str,
+        account: &str,
+        audience: &str,
+        bound: Option<BoundObjectReference>,
+    ) -> String {
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![audience.into()],
+                expiration_seconds: Some(600),
+                bound_object_ref: bound,
+            },
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(self.client.clone(), ns)
+            .create_token_request(account, &PostParams::default(), &request)
+            .await
+            .expect("TokenRequest")
+            .status
+            .expect("token")
+            .token
     }
 
     /// Plays kubelet: init container `container` of `pod` terminated with `receipt`.
@@ -264,7 +340,7 @@ pub fn agent_pod(prefix: &str, app: &str, opt_in: bool) -> Pod {
     .unwrap()
 }
 
-/// True when `pod` carries everything the webhook injects for `binding`.
+/// True when `pod` carries everything the webhook injects for `binding` (either delivery).
 pub fn is_injected(pod: &Pod, binding: &str) -> bool {
     let ann = pod.annotations();
     let Some(secret) = ann.get("cubbyhole.dev/secret-name") else {
@@ -275,7 +351,15 @@ pub fn is_injected(pod: &Pod, binding: &str) -> bool {
     };
     ann.get("cubbyhole.dev/injected").map(String::as_str) == Some(binding)
         && spec.volumes.iter().flatten().any(|v| {
+            // The wrap's Secret, or (request delivery) the projected identity token.
             v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret.as_str())
+                || v.projected.as_ref().is_some_and(|p| {
+                    p.sources.iter().flatten().any(|s| {
+                        s.service_account_token
+                            .as_ref()
+                            .is_some_and(|t| t.audience.as_deref() == Some("cubbyhole"))
+                    })
+                })
         })
         && spec
             .init_containers

@@ -1,0 +1,431 @@
+//! End-to-end: request delivery on the real kube-apiserver and OpenBao. Pods of an injected
+//! Deployment ask the operator's endpoint for their wraps with identity tokens made exactly as
+//! the kubelet makes them (TokenRequest bound to the pod, audience `cubbyhole`); the injected
+//! init container's stored command asks, unwraps and reports; no Secret ever holds a wrap.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cubbyhole::agent::ask::{Answer, Asker};
+use cubbyhole::request::protocol::reason;
+use cubbyhole_testkit::cluster::webhook::{agent_pod, is_injected, webhook_port};
+use cubbyhole_testkit::cluster::{Env, Options, ann, create_namespace, eventually};
+use cubbyhole_testkit::openbao::ROLE_PATH;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+const BINDING: &str = "askers";
+const INIT: &str = "cubbyhole-unwrap";
+
+/// Every Secret value written anywhere in the cluster while the test runs, and the names of
+/// this binding's records that ever carried data.
+#[derive(Default)]
+struct SecretScan {
+    values: BTreeSet<String>,
+    records_with_data: BTreeSet<String>,
+}
+
+fn scan_secrets(env: &Env) -> Arc<Mutex<SecretScan>> {
+    let scan = Arc::new(Mutex::new(SecretScan::default()));
+    let seen = scan.clone();
+    let stream = watcher(Api::<Secret>::all(env.client.clone()), Default::default());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let secrets = match event {
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => vec![s],
+                _ => continue,
+            };
+            let mut scan = seen.lock().unwrap();
+            for s in secrets {
+                let data = s.data.clone().unwrap_or_default();
+                if s.labels().get("cubbyhole.dev/binding").map(String::as_str) == Some(BINDING)
+                    && !data.is_empty()
+                {
+                    scan.records_with_data.insert(s.name_any());
+                }
+                for v in data.values() {
+                    scan.values
+                        .insert(String::from_utf8_lossy(&v.0).trim().to_string());
+                }
+            }
+        }
+    });
+    scan
+}
+
+/// Starts the operator serving the webhook and the request endpoint on 127.0.0.1, the
+/// webhook configuration, and a request-delivery binding selecting `app=askers`.
+async fn env_on_request() -> (Env, u16) {
+    let mut env = Env::start(Options::default()).await;
+    let port = webhook_port();
+    let endpoint = format!("--request-endpoint=https://127.0.0.1:{port}");
+    env.restart_with_webhook(port, &[&endpoint]);
+    env.install_webhook_configuration(port).await;
+    env.wait_webhook_serving().await;
+    let mut spec = Env::spec(BINDING, "60s");
+    spec.as_object_mut().unwrap().remove("agentContainer");
+    spec["delivery"] = json!("Request");
+    env.apply_binding(BINDING, spec).await;
+    eventually("the webhook knows the binding", T, || async {
+        env.dry_run_pod("probe", BINDING)
+            .await
+            .ok()
+            .filter(|p| is_injected(p, BINDING))
+    })
+    .await;
+    (env, port)
+}
+
+/// The CA the injected init container of `pod` trusts the endpoint by.
+fn injected_ca(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == INIT))
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == "CUBBYHOLE_REQUEST_CA"))
+        .and_then(|e| e.value.clone())
+        .expect("the init container carries the endpoint's CA")
+}
+
+/// A client of the endpoint presenting `identity`, as an agent of `pod` would.
+fn asker(env: &Env, pod: &Pod, port: u16, identity: &str, name: &str) -> Asker {
+    let file = env.dir.join(format!("identity-{name}"));
+    std::fs::write(&file, identity).unwrap();
+    Asker::new(
+        &format!("https://127.0.0.1:{port}"),
+        Some(&injected_ca(pod)),
+        &file,
+    )
+    .expect("asker")
+}
+
+async fn refusal_of(asker: &Asker) -> (String, Option<Duration>) {
+    match asker.ask_once().await.expect("an answer") {
+        Answer::Refused {
+            refusal,
+            retry_after,
+        } => (refusal.reason, retry_after),
+        Answer::Wrap(..) => panic!("served"),
+        Answer::Failed { what, .. } => panic!("no answer: {what}"),
+    }
+}
+
+async fn record_of(env: &Env, pod: &str) -> Option<Secret> {
+    env.records(BINDING)
+        .await
+        .into_iter()
+        .find(|s| ann(s).get("pod").map(String::as_str) == Some(pod))
+}
+
+async fn verified(env: &Env, pod: &str) -> Secret {
+    eventually(&format!("{pod} verified"), T, || async {
+        let s = record_of(env, pod).await?;
+        (ann(&s).get("verified").map(String::as_str) == Some("true")
+            && ann(&s).get("phase").map(String::as_str) == Some("Unwrapped"))
+        .then_some(s)
+    })
+    .await
+}
+
+async fn create_deployment(env: &Env, replicas: u32) -> Vec<Pod> {
+    let template = serde_json::to_value(agent_pod("unused", BINDING, true)).unwrap();
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": BINDING},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": BINDING}},
+            "template": {"metadata": {"labels": template["metadata"]["labels"]}, "spec": template["spec"]},
+        }
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create Deployment");
+    eventually("the Deployment's pods", T, || async {
+        let pods: Vec<Pod> = env
+            .pods_labelled("app", BINDING)
+            .await
+            .into_iter()
+            .filter(|p| p.labels().contains_key("pod-template-hash"))
+            .collect();
+        (pods.len() == replicas as usize).then_some(pods)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_request_ask_unwrap_and_verify_and_no_secret_ever_holds_their_wrap() {
+    let (env, port) = env_on_request().await;
+    if env.skip_external("the API server calling a webhook on 127.0.0.1") {
+        return;
+    }
+    let scan = scan_secrets(&env);
+    let pods = create_deployment(&env, 3).await;
+    let creates_before = env.audit_requests(ROLE_PATH);
+    for pod in &pods {
+        let name = pod.name_any();
+        assert!(is_injected(pod, BINDING), "{name} not injected");
+        let spec = pod.spec.as_ref().unwrap();
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert!(
+            volumes.contains(&"cubbyhole-identity") && !volumes.contains(&"cubbyhole-wrap"),
+            "request delivery mounts an identity token, never a wrap Secret: {volumes:?}"
+        );
+        let identity = env.pod_identity_token(&name, "cubbyhole").await;
+        let run = env.run_injected_asking(&name, INIT, &identity).await;
+        assert_eq!(run.code, 0, "{name}: {:?}", run.args);
+        assert!(run.args.iter().any(|a| a.starts_with("--request=https://")));
+        let receipt = run.receipt.expect("a receipt");
+        assert!(receipt.is_unwrapped());
+        // Verified from the receipt the agent reported to the endpoint: nobody patched the
+        // pod's status here.
+        let record = verified(&env, &name).await;
+        assert_eq!(ann(&record).get("accessor"), receipt.accessor.as_ref());
+        assert!(
+            ann(&record).contains_key("receipt"),
+            "the endpoint recorded the receipt"
+        );
+        assert!(record.data.as_ref().is_none_or(|d| d.is_empty()));
+    }
+    assert_eq!(
+        env.audit_requests(ROLE_PATH) - creates_before,
+        3,
+        "one create per ask"
+    );
+
+    // A second run of one pod's agent (a restart) asks afresh: a new start, the previous
+    // start's token revoked, the new one verified.
+    let first = pods[0].name_any();
+    let before = verified(&env, &first).await;
+    let identity = env.pod_identity_token(&first, "cubbyhole").await;
+    let again = env.run_injected_asking(&first, INIT, &identity).await;
+    assert_eq!(again.code, 0);
+    let after = eventually("the new start verified", T, || async {
+        let s = verified(&env, &first).await;
+        (ann(&s).get("start").map(String::as_str) == Some("1")).then_some(s)
+    })
+    .await;
+    let old_accessor = ann(&before)["accessor"].clone();
+    assert_eq!(ann(&after).get("previous-accessor"), Some(&old_accessor));
+    assert!(
+        !env.bao
+            .root_client()
+            .accessor_is_live(&old_accessor)
+            .await
+            .unwrap(),
+        "the previous start's token is revoked"
+    );
+    assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, 4);
+
+    // Asked in-process, so the test holds a wrapping token: it never appears in any Secret.
+    let pod = env.pods().get(&pods[1].name_any()).await.unwrap();
+    let identity = env.pod_identity_token(&pod.name_any(), "cubbyhole").await;
+    let direct = asker(&env, &pod, port, &identity, "direct");
+    let Answer::Wrap(wrap, facts) = direct.ask_once().await.expect("answer") else {
+        panic!("no wrap");
+    };
+    assert_eq!(facts.binding, BINDING);
+    env.remember(wrap.expose());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    {
+        let scan = scan.lock().unwrap();
+        assert!(
+            scan.records_with_data.is_empty(),
+            "records that carried data: {:?}",
+            scan.records_with_data
+        );
+        assert!(
+            !scan.values.contains(wrap.expose()),
+            "a Secret held a wrapping token"
+        );
+    }
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn asks_that_cannot_be_trusted_are_refused_and_mint_nothing() {
+    let (env, port) = env_on_request().await;
+    if env.skip_external("the API server calling a webhook on 127.0.0.1") {
+        return;
+    }
+    let pods = create_deployment(&env, 2).await;
+    let (good, doomed) = (
+        env.pods().get(&pods[0].name_any()).await.unwrap(),
+        env.pods().get(&pods[1].name_any()).await.unwrap(),
+    );
+    let creates_before = env.audit_requests(ROLE_PATH);
+    let refused = |identity: String, name: &'static str| {
+        let asker = asker(&env, &good, port, &identity, name);
+        async move { refusal_of(&asker).await.0 }
+    };
+
+    // A token for another audience, and one bound to no pod.
+    let other_audience = env.pod_identity_token(&good.name_any(), "vault").await;
+    assert_eq!(
+        refused(other_audience, "audience").await,
+        reason::NOT_AUTHENTICATED
+    );
+    let unbound = env.unbound_token("default", "cubbyhole").await;
+    assert_eq!(refused(unbound, "unbound").await, reason::NOT_BOUND_TO_POD);
+
+    // A deleted pod's token, still unexpired.
+    let doomed_identity = env
+        .pod_identity_token(&doomed.name_any(), "cubbyhole")
+        .await;
+    env.pods()
+        .delete(&doomed.name_any(), &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually("the pod is gone", T, || async {
+        env.pods()
+            .get_opt(&doomed.name_any())
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let gone = refused(doomed_identity, "deleted").await;
+    assert!(
+        gone == reason::NOT_AUTHENTICATED || gone == reason::POD_GONE,
+        "a deleted pod's token: {gone}"
+    );
+
+    // A pod no binding selects; a pod of another namespace with the same labels; a pod of a
+    // binding that delivers by Secret.
+    let plain = env
+        .pods()
+        .create(&PostParams::default(), &agent_pod("plain", "nobody", false))
+        .await
+        .unwrap();
+    let plain_identity = env.pod_identity_token(&plain.name_any(), "cubbyhole").await;
+    assert_eq!(refused(plain_identity, "plain").await, reason::NOT_SELECTED);
+    let other_ns = format!("{}-other", env.ns);
+    create_namespace(&env.client, &other_ns).await;
+    cubbyhole_testkit::cluster::wait_for_default_service_account(&env.client, &other_ns).await;
+    let foreign = Api::<Pod>::namespaced(env.client.clone(), &other_ns)
+        .create(
+            &PostParams::default(),
+            &agent_pod("foreign", BINDING, false),
+        )
+        .await
+        .unwrap();
+    let foreign_identity = env
+        .token_for_pod_in(&other_ns, &foreign.name_any(), "cubbyhole")
+        .await;
+    assert_eq!(
+        refused(foreign_identity, "foreign").await,
+        reason::NOT_SELECTED
+    );
+    env.apply_binding("pushed", Env::spec("pushed", "60s"))
+        .await;
+    let pushed = env
+        .pods()
+        .create(
+            &PostParams::default(),
+            &agent_pod("pushed", "pushed", false),
+        )
+        .await
+        .unwrap();
+    let pushed_identity = env
+        .pod_identity_token(&pushed.name_any(), "cubbyhole")
+        .await;
+    eventually("the endpoint knows the Secret-delivery binding", T, || {
+        let identity = pushed_identity.clone();
+        let refused = &refused;
+        async move { (refused(identity, "pushed").await == reason::NOT_ON_REQUEST).then_some(()) }
+    })
+    .await;
+    // A missing bearer token.
+    let no_token = asker(&env, &good, port, "", "empty");
+    assert!(
+        no_token.ask_once().await.is_err(),
+        "an empty identity file is not sent"
+    );
+    assert_eq!(
+        env.audit_requests(ROLE_PATH) - creates_before,
+        0,
+        "no refused ask minted"
+    );
+
+    // A flood from one pod: its burst is served, then 429 with Retry-After.
+    let identity = env.pod_identity_token(&good.name_any(), "cubbyhole").await;
+    let flooding = asker(&env, &good, port, &identity, "flood");
+    let mut served = 0;
+    let mut limited = None;
+    for _ in 0..10 {
+        match flooding.ask_once().await.expect("answer") {
+            Answer::Wrap(w, _) => {
+                env.remember(w.expose());
+                served += 1;
+            }
+            Answer::Refused {
+                refusal,
+                retry_after,
+            } => {
+                assert_eq!(refusal.reason, reason::RATE_LIMITED, "{}", refusal.message);
+                limited = retry_after;
+            }
+            Answer::Failed { what, .. } => panic!("{what}"),
+        }
+    }
+    assert_eq!(served, 3, "the default burst per pod");
+    let wait = limited.expect("429 with Retry-After");
+    assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(10));
+    assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, 3);
+    let metrics = env.op().get("/metrics").unwrap().1;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "cubbyhole_wrap_requests_total{endpoint=\"wrap\",result=\"RateLimited\"}"
+        )),
+        "{metrics}"
+    );
+    // Every served wrap but the last was revoked by the next ask: one live wrap per pod.
+    let live: Vec<_> = env
+        .minted_wraps()
+        .await
+        .into_iter()
+        .filter(|(_, live)| *live)
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_operator_down_the_agent_fails_clearly_and_its_retry_succeeds() {
+    let (mut env, port) = env_on_request().await;
+    if env.skip_external("the API server calling a webhook on 127.0.0.1") {
+        return;
+    }
+    let pods = create_deployment(&env, 1).await;
+    let name = pods[0].name_any();
+    let identity = env.pod_identity_token(&name, "cubbyhole").await;
+    env.operator.take().unwrap().kill();
+    let down = env.run_injected_asking(&name, INIT, &identity).await;
+    assert_eq!(down.code, 10, "operator unreachable");
+    let log = std::fs::read_to_string(env.dir.join(format!("agent-{name}.log"))).unwrap();
+    assert!(log.contains("endpoint is unreachable"), "{log}");
+    let endpoint = format!("--request-endpoint=https://127.0.0.1:{port}");
+    env.restart_with_webhook(port, &[&endpoint]);
+    env.wait_webhook_serving().await;
+    let up = env.run_injected_asking(&name, INIT, &identity).await;
+    assert_eq!(up.code, 0, "the kubelet's retry once the operator is back");
+    verified(&env, &name).await;
+    env.assert_no_leaks().await;
+}
