@@ -369,7 +369,10 @@ maxLookupsPerSecond: {args.max_lookups}
     penv = dict(os.environ, KUBECONFIG=env["OPERATOR_KUBECONFIG"], POD_NAMESPACE="cubbyhole-system")
     penv.setdefault("RUST_LOG", "info,kube=warn,hyper=warn,tower=warn")
     logf = open(os.path.join(args.dir, "bench-operator.log"), "w")
-    p = subprocess.Popen([args.operator_bin, "operator", "--config", cfg, "--listen", f"127.0.0.1:{port}"],
+    # The webhook listener also serves the request endpoint (request delivery).
+    args.endpoint_port = free_port()
+    p = subprocess.Popen([args.operator_bin, "operator", "--config", cfg, "--listen", f"127.0.0.1:{port}",
+                          "--webhook-listen", f"127.0.0.1:{args.endpoint_port}"],
                          env=penv, stdout=logf, stderr=subprocess.STDOUT)
     with open(os.path.join(args.dir, "operator.pid"), "w") as f:
         f.write(str(p.pid))
@@ -677,6 +680,165 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     return st
 
 
+def request_phase(args, kube, vault, audit, op_token):
+    """Request delivery: N pods, each with an identity token made as the kubelet makes it
+    (TokenRequest bound to the pod, audience cubbyhole), ask the operator's endpoint at once
+    (C clients). Compared with the raw pipeline of the same work without the operator: a
+    TokenReview and a wrapped create per ask, same clients, same run."""
+    n, c = args.pods, args.request_concurrency
+    ns = f"bench-request-{args.run_id}"
+    log(f"request delivery: {n} agents asking, {c} clients (namespace {ns})")
+    make_namespace(kube, ns)
+    check(*kube.request("POST", f"/apis/cubbyhole.dev/v1alpha1/namespaces/{ns}/agentsecretbindings", {
+        "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding", "metadata": {"name": "askers"},
+        "spec": {"podSelector": {"matchLabels": {"app": "asker"}}, "delivery": "Request",
+                 "vault": {"tokenRole": ROLE, "policies": [ROLE], "tokenTTL": "1h", "wrapTTL": WRAP_TTL}},
+    }), "binding")
+    identities = [None] * n
+
+    def create(i):
+        name = f"asker-{i}"
+        pod = pod_manifest(name, "asker", 1)
+        pod["spec"]["volumes"] = [v for v in pod["spec"]["volumes"] if v["name"] != "wrap"]
+        pod["spec"]["initContainers"] = []
+        body = check(*kube.request("POST", f"/api/v1/namespaces/{ns}/pods", pod), "pod")
+        token = check(*kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/default/token", {
+            "spec": {"audiences": ["cubbyhole"], "expirationSeconds": 600,
+                     "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": body["metadata"]["uid"]}},
+        }), "TokenRequest")["status"]["token"]
+        identities[i] = token
+
+    with ThreadPoolExecutor(args.concurrency) as ex:
+        list(ex.map(create, range(n)))
+    # The endpoint's CA, from the certificate Secret the operator manages.
+    deadline = time.monotonic() + 60
+    ca = None
+    while time.monotonic() < deadline and ca is None:
+        s, body = kube.request("GET", "/api/v1/namespaces/cubbyhole-system/secrets/cubbyhole-webhook-tls")
+        if s == 200 and body.get("data", {}).get("ca.crt"):
+            ca = base64.b64decode(body["data"]["ca.crt"]).decode()
+        else:
+            time.sleep(0.5)
+    if ca is None:
+        die("the operator did not create its certificate Secret within 60 s")
+    ctx = ssl.create_default_context(cadata=ca)
+    endpoint = Http(f"https://127.0.0.1:{args.endpoint_port}", ctx)
+    # Ready once the endpoint knows the binding (a refusal other than NotSelected, or a wrap,
+    # would spend a pod's ask: probe with an unbound token instead, which is refused first).
+    unbound = check(*kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/default/token", {
+        "spec": {"audiences": ["cubbyhole"], "expirationSeconds": 600}}), "TokenRequest")["status"]["token"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            s, body = endpoint.request("POST", "/v1/wrap", headers={"Authorization": f"Bearer {unbound}"})
+            if s == 403:
+                break
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.5)
+    else:
+        die("the request endpoint did not answer within 60 s")
+    time.sleep(2)  # the binding reaches every reflector
+
+    def timed(fn):
+        lat = [None] * n
+
+        def one(i):
+            t = time.monotonic()
+            result = fn(i)
+            lat[i] = (t, time.monotonic())
+            return result
+
+        stop = threading.Event()
+        cpu = Cpu(args, {"proc": op_proc_holder[0]} if op_proc_holder[0] else None)
+        cpu_before = cpu.read()
+        start = time.monotonic()
+        with ThreadPoolExecutor(c) as ex:
+            results = list(ex.map(one, range(n)))
+        stop.set()
+        st = summary([b - a for a, b in lat], start, max(b for _, b in lat), n)
+        st["cpu_s"] = Cpu.spent(cpu_before, cpu.read())
+        st["latencies"] = sorted(b - a for a, b in lat)
+        return st, results
+
+    def raw_one(i):
+        review = check(*kube.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": identities[i], "audiences": ["cubbyhole"]}}), "TokenReview")
+        if not review.get("status", {}).get("authenticated"):
+            raise RuntimeError("raw TokenReview did not authenticate")
+        s, body = vault.request("POST", f"/v1/auth/token/create/{ROLE}", {
+            "policies": [ROLE], "ttl": "1h",
+            "meta": {"namespace": ns, "pod": f"raw-{i}", "pod_uid": f"raw-{i}", "binding": "raw"},
+        }, {"X-Vault-Token": op_token, "X-Vault-Wrap-TTL": WRAP_TTL})
+        return check(s, body, "raw mint")["wrap_info"]["accessor"]
+
+    log(f"raw request pipeline: {n} x (TokenReview + wrapped create), {c} clients")
+    raw, raw_accessors = timed(raw_one)
+    for a in raw_accessors:
+        vault.request("POST", "/v1/auth/token/revoke-accessor", {"accessor": a}, {"X-Vault-Token": args.root_token})
+    log(f"raw request pipeline: {raw['per_s']:.0f} per s, p99 {raw['p99_s'] * 1000:.1f} ms")
+
+    def ask(i):
+        s, body = endpoint.request("POST", "/v1/wrap", headers={"Authorization": f"Bearer {identities[i]}"})
+        if s != 200 or not (body or {}).get("wrappingToken"):
+            return f"HTTP {s} {(body or {}).get('reason')}"
+        return None
+
+    audit_start = audit.offset()
+    api_before = api_requests(kube)
+    log(f"operator on request: {n} asks, {c} clients")
+    st, failures = timed(ask)
+    st["api_writes_per_pod"] = api_writes_text(api_before, api_requests(kube), n)
+    refused = [f for f in failures if f]
+    creates = sum(1 for e in audit.entries(audit_start)
+                  if e.get("type") == "request" and e.get("request", {}).get("path", "").startswith("auth/token/create/"))
+    s, body = kube.request("GET", f"/api/v1/namespaces/{ns}/secrets?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dcubbyhole")
+    records = check(s, body, "list records")["items"]
+    with_data = sum(1 for r in records if r.get("data"))
+    problems = []
+    if refused:
+        problems.append(f"{len(refused)} asks not served: {sorted(set(refused))[:3]}")
+    if creates != n:
+        problems.append(f"{creates} creates for {n} asks")
+    if len(records) != n:
+        problems.append(f"{len(records)} records for {n} asks")
+    if with_data:
+        problems.append(f"{with_data} records carry data")
+    log(f"operator on request: {st['per_s']:.0f} per s, p50 {st['p50_s'] * 1000:.0f} ms, p99 {st['p99_s'] * 1000:.0f} ms; "
+        f"{creates} creates, {len(records)} records, {with_data} with data")
+    # Nothing stays alive once the pods go.
+    delete_pods(kube, ns, args.concurrency)
+    deadline = time.monotonic() + max(60, n * 0.2)
+    while time.monotonic() < deadline:
+        s, body = kube.request("GET", f"/api/v1/namespaces/{ns}/secrets?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dcubbyhole")
+        if not check(s, body, "list records")["items"]:
+            break
+        time.sleep(0.5)
+    else:
+        problems.append("records still there after their pods were deleted")
+    accessors = [e.get("response", {}).get("wrap_info", {}).get("accessor") for e in audit.entries(audit_start)
+                 if e.get("type") == "response" and e.get("request", {}).get("path", "").startswith("auth/token/create/")]
+
+    def live(a):
+        s, _ = vault.request("POST", "/v1/auth/token/lookup-accessor", {"accessor": a}, {"X-Vault-Token": args.root_token})
+        return s == 200
+
+    with ThreadPoolExecutor(args.concurrency) as ex:
+        alive = sum(ex.map(live, [a for a in accessors if a]))
+    if alive:
+        problems.append(f"{alive} wraps alive after their pods were deleted")
+    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    st.update({"raw": raw, "creates": creates, "records": len(records), "records_with_data": with_data,
+               "live_after": alive, "problems": problems, "correct": not problems,
+               "ratio_to_raw": st["per_s"] / raw["per_s"], "concurrency": c})
+    log(f"request correctness: {'OK' if not problems else '; '.join(problems)}")
+    return st
+
+
+op_proc_holder = [None]
+
+
 def soak(args, kube, ns, bindings, op, created, served, lock, cond):
     """Churns the burst's pods for --soak minutes: every second deletes --soak-rate served pods
     (oldest first) and creates as many new ones, while the operator's RSS is sampled every 10 s.
@@ -798,8 +960,14 @@ def fmt(v, unit="s"):
     return f"{v:.1f} {unit}"
 
 
-def write_report(args, raw, bursts, hwm, out_dir, total_s):
+def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
     goals = []
+    if request:
+        goals.append((f"on request: p99 ask -> wrap < 1 s ({args.pods} agents)", request["p99_s"] < 1, fmt(request["p99_s"])))
+        goals.append((f"on request: >= 0.8x the raw TokenReview + mint pipeline", request["ratio_to_raw"] >= 0.8,
+                      f"{request['ratio_to_raw']:.2f}x"))
+        goals.append(("on request: one create per ask, no record carries data, nothing live after",
+                      request["correct"], "; ".join(request["problems"]) or "ok"))
     for b in bursts:
         ratio = b["per_s"] / raw["per_s"] if raw else None
         b["ratio_to_raw"] = ratio
@@ -831,6 +999,8 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
         "raw": {k: v for k, v in (raw or {}).items() if k not in ("latencies", "protocol")},
         "protocol": {k: v for k, v in (raw or {}).get("protocol", {}).items() if k != "latencies"},
         "bursts": [{k: v for k, v in b.items() if k != "latencies"} for b in bursts],
+        "request": {k: (v if k != "raw" else {rk: rv for rk, rv in v.items() if rk != "latencies"})
+                    for k, v in (request or {}).items() if k != "latencies"},
         "operator_rss_hwm_mib": hwm,
         "goals": [{"goal": g, "met": m, "value": v} for g, m, v in goals],
         "total_s": total_s,
@@ -860,6 +1030,14 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
                      f"{fmt(b['p99_s'])} | {fmt(b['max_s'])} | {b['per_s']:.0f} | "
                      f"{ratio_text} | "
                      f"{req} | {fmt(b['rss_peak_mib'], 'MiB')} | {fmt(b['rss_steady_mib'], 'MiB')} |")
+    if request:
+        rr = request["raw"]
+        lines.append(f"| raw request pipeline (TokenReview + wrapped create), {request['concurrency']} clients | {rr['count']} | "
+                     f"{fmt(rr['p50_s'])} | {fmt(rr['p90_s'])} | {fmt(rr['p99_s'])} | {fmt(rr['max_s'])} | {rr['per_s']:.0f} | 1.00x | 1 create | - | - |")
+        lines.append(f"| operator on request (ask -> wrap), {request['concurrency']} clients | {request['count']} | "
+                     f"{fmt(request['p50_s'])} | {fmt(request['p90_s'])} | {fmt(request['p99_s'])} | {fmt(request['max_s'])} | "
+                     f"{request['per_s']:.0f} | {request['ratio_to_raw']:.2f}x of its raw pipeline | "
+                     f"{request['creates'] / max(request['count'], 1):.2f} create | - | - |")
     lines += ["", f"Operator VmHWM over the whole run: {fmt(hwm, 'MiB')}.", "",
               f"CPU seconds spent until every pod was served (the machine has {os.cpu_count()} cores):", ""]
     if raw:
@@ -867,6 +1045,10 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
         lines.append(f"- raw claim protocol: {cpu_text(raw['protocol']['cpu_s'], raw['protocol']['count'])}")
     for b in bursts:
         lines.append(f"- operator, {b['label']}: {cpu_text(b['cpu_s'], b['pods'])}")
+    if request:
+        lines.append(f"- raw request pipeline: {cpu_text(request['raw']['cpu_s'], request['raw']['count'])}")
+        lines.append(f"- operator on request: {cpu_text(request['cpu_s'], request['count'])}")
+        lines.append(f"- API server writes per ask on request: {request['api_writes_per_pod'] or 'unknown'}")
     lines += ["", "API server writes per pod over the same span (its `apiserver_request_total`; the operator "
               "runs include the clients' pod creates):", ""]
     if raw:
@@ -903,6 +1085,8 @@ def write_report(args, raw, bursts, hwm, out_dir, total_s):
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     series = ([("raw two-write pipeline", raw["latencies"]), ("raw claim protocol", raw["protocol"]["latencies"])] if raw else []) + [(f"operator, {b['label']}", b["latencies"]) for b in bursts]
+    if request:
+        series += [("raw request pipeline", request["raw"]["latencies"]), ("operator on request", request["latencies"])]
     cdf_svg(series, os.path.join(out_dir, "latency-cdf.svg"))
     return report
 
@@ -929,6 +1113,8 @@ def main():
     ap.add_argument("--no-restart", action="store_true", help="skip the restart phase (after the last burst)")
     ap.add_argument("--soak", type=float, default=0, help="minutes of pod churn after each burst (before its restart); 0: none")
     ap.add_argument("--soak-rate", type=int, default=10, help="pods deleted and created per second during the soak")
+    ap.add_argument("--no-request", action="store_true", help="skip the request-delivery phase")
+    ap.add_argument("--request-concurrency", type=int, default=32, help="agents asking at once in the request phase")
     args = ap.parse_args()
     WRAP_TTL = args.wrap_ttl
     args.bindings = [int(b) for b in str(args.bindings).split(",") if b]
@@ -969,10 +1155,12 @@ def main():
         op["rss"] = Rss(op["proc"].pid)
         operator = op
         last = len(args.bindings) - 1
+        op_proc_holder[0] = op["proc"]
         bursts = [burst(args, kube, vault, audit, op, b, restart=(i == last and not args.no_restart))
                   for i, b in enumerate(args.bindings)]
+        request = None if args.no_request else request_phase(args, kube, vault, audit, op_token)
         hwm = max(op.get("hwm") or 0, op["rss"].read().get("VmHWM") or 0) or None
-        report = write_report(args, raw, bursts, hwm, args.out, time.monotonic() - T0)
+        report = write_report(args, raw, bursts, request, hwm, args.out, time.monotonic() - T0)
     finally:
         if operator:
             operator["proc"].send_signal(signal.SIGTERM)
@@ -986,7 +1174,7 @@ def main():
     with open(os.path.join(args.out, "report.md")) as f:
         print(f.read())
     log(f"report: {args.out}/report.md, report.json, latency-cdf.svg")
-    if not all(b["correct"] for b in report["bursts"]):
+    if not all(b["correct"] for b in report["bursts"]) or not report["request"].get("correct", True):
         die("correctness check failed")
 
 
