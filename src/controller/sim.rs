@@ -73,6 +73,16 @@
 //! resourceVersion guard (a round reading a lagging cache removes a record that a new start
 //! took over, its token never revoked: invariant 2).
 //!
+//! **Request delivery.** A quarter of the schedules make binding `b` deliver on request: its
+//! pods' agents ask (`endpoint_ask` mirrors `request::serve::Endpoint::ask`: the record read
+//! fresh, the previous start's wrap and token revoked, a mint built by the real
+//! `plan::asked`, one guarded write without data; `endpoint_report` mirrors the receipt) from
+//! either replica, with crashes between its operations and answers that reach an agent that
+//! died or restarted meanwhile; the planner only follows those records. At the end the kubelet
+//! restarts every request pod's agent until it holds a token (`agents_ask_again`) before
+//! liveness is checked. Mutant `NoRevokeBeforeAsk` (the endpoint keeps the previous start
+//! alive) must break invariant 1 or 2.
+//!
 //! `replay` (ignored) reruns one seed with its whole trace.
 #![allow(clippy::too_many_lines)]
 
@@ -118,6 +128,9 @@ pub enum Mutant {
     NoRevokeOnDeliveryFailure,
     /// A record's finalizer is released without the resourceVersion guard.
     NoReleaseGuard,
+    /// The request endpoint mints for a new ask without revoking the previous start's wrap and
+    /// token.
+    NoRevokeBeforeAsk,
 }
 
 /// Fault rates of a schedule (per mille, per operation or per round).
@@ -395,6 +408,8 @@ struct Sec {
 enum Data {
     Clear,
     Set(String),
+    /// The data is left as it is (`writes::report_patch`).
+    Keep,
 }
 
 /// The operator's reading of a record it wrote (signature verified): the real parser.
@@ -500,6 +515,12 @@ pub struct Stats {
     pub starts_bounded: u64,
     /// Most lookups seen for one start in a schedule without faults, and the bound then.
     pub max_lookups: (u32, u32),
+    /// Asks of agents of request-delivery bindings (of them, answered with a wrap).
+    pub asks: u64,
+    /// Asks answered with a wrap.
+    pub asks_served: u64,
+    /// Receipts reported to the endpoint and recorded.
+    pub receipts_reported: u64,
 }
 
 impl Stats {
@@ -529,6 +550,9 @@ impl Stats {
             *self.unlearned_tokens.entry(k).or_default() += v;
         }
         self.starts_bounded += o.starts_bounded;
+        self.asks += o.asks;
+        self.asks_served += o.asks_served;
+        self.receipts_reported += o.receipts_reported;
         if o.max_lookups.0 > self.max_lookups.0 {
             self.max_lookups = o.max_lookups;
         }
@@ -585,6 +609,8 @@ struct World {
     in_hand: [Vec<String>; 2],
     /// Successful writes and Vault state changes (to tell a round that changed nothing).
     changes: u64,
+    /// An ask is being answered (asks do not nest).
+    asking: bool,
     /// Every binding that existed: (revokeOnPodDeletion, wrap TTL, lookup period) in seconds.
     ever: BTreeMap<String, (bool, i64, i64)>,
     stats: Stats,
@@ -606,8 +632,10 @@ impl World {
             ),
             on_request: false,
         };
+        let mut b_settings = settings(&mut rng, "b");
+        b_settings.on_request = rng.chance(250);
         let b = Binding {
-            settings: settings(&mut rng, "b"),
+            settings: b_settings,
             selector: ("app", "agent"),
             deleting: false,
         };
@@ -640,6 +668,7 @@ impl World {
             cache: BTreeMap::new(),
             ever: BTreeMap::new(),
             changes: 0,
+            asking: false,
             in_hand: [vec![], vec![]],
             relabelled: BTreeSet::new(),
             removed_at: HashMap::new(),
@@ -826,6 +855,7 @@ impl World {
         match data {
             Data::Clear => sec.token = None,
             Data::Set(t) => sec.token = Some(t),
+            Data::Keep => {}
         }
         sec.rv = new_rv;
         sec.view = read_record(name, sec);
@@ -1348,16 +1378,10 @@ impl World {
                         Ok(())
                     }
                     Err(_) => {
-                        self.stats.delivery_failures += 1;
                         if self.mutant != Mutant::NoRevokeOnDeliveryFailure {
-                            // `.ok()` in `Executor::issue`: a failed revocation is not retried.
-                            let wrap = self.v_revoke(&wacc)?;
-                            let token = self.v_revoke(&tacc)?;
-                            if (wrap.is_err() || token.is_err())
-                                && let Some(t) = self.vault.tokens.get_mut(&tacc)
-                            {
-                                t.lost = Some("revocation after a failed delivery failed");
-                            }
+                            self.discard(&wacc, &tacc)?;
+                        } else {
+                            self.stats.delivery_failures += 1;
                         }
                         self.in_hand[m].clear();
                         Ok(())
@@ -1559,19 +1583,21 @@ impl World {
     /// The Secret a pod mounts: its annotation, else `<pod>-<binding>-wrap` of the binding
     /// its spec was written for.
     fn mounted(&self, pod: &Pod) -> String {
-        let binding = if pod.labels.contains_key("app") {
-            "b"
-        } else {
-            "c"
-        };
-        secret_name(&pod.view(), binding)
+        secret_name(&pod.view(), spec_binding(pod))
     }
 
     /// The current agent instance tries to unwrap (`cubbyhole unwrap`, or plain `bao unwrap`).
-    fn agent_attempt(&mut self, i: usize) {
+    fn agent_attempt(&mut self, i: usize, nested: bool) -> Step<()> {
         let pod = self.pods[i].clone();
         if pod.attempted || !pod.running() {
-            return;
+            return Ok(());
+        }
+        if self
+            .bindings
+            .get(spec_binding(&pod))
+            .is_some_and(|b| b.settings.on_request)
+        {
+            return self.agent_asks(i, nested);
         }
         let token = self
             .secrets
@@ -1580,7 +1606,7 @@ impl World {
         let now = self.now;
         let plain = self.rng.chance(100);
         let receipt = match token {
-            None if pod.wait_for_fresh => return,
+            None if pod.wait_for_fresh => return Ok(()),
             None => {
                 *self.stats.agent.entry("token-file-unreadable").or_default() += 1;
                 Some(Receipt::failed(result::TOKEN_FILE_UNREADABLE))
@@ -1597,7 +1623,7 @@ impl World {
                 if !valid && pod.wait_for_fresh {
                     let since = *self.pods[i].waiting_since.get_or_insert(now);
                     if now < since + WAIT_FOR_FRESH {
-                        return;
+                        return Ok(());
                     }
                 }
                 match self.vault.unwrap(&token, now) {
@@ -1637,6 +1663,207 @@ impl World {
                 finished_at: Some(ts(now)),
             });
         }
+        Ok(())
+    }
+
+    /// The current agent instance of a request-delivery pod asks the endpoint for its wrap
+    /// (`cubbyhole unwrap --request`), unwraps what it gets and reports its receipt: to the
+    /// endpoint (most of the time) and in its termination message. Asked between another
+    /// round's operations, another replica's endpoint answers.
+    fn agent_asks(&mut self, i: usize, nested: bool) -> Step<()> {
+        if self.asking {
+            return Ok(());
+        }
+        let pod = self.pods[i].clone();
+        self.stats.asks += 1;
+        let outer = self.replica;
+        let replica = if nested {
+            Replica::Rival
+        } else {
+            Replica::Main
+        };
+        self.replica = replica;
+        self.asking = true;
+        let answer = self.endpoint_ask(&pod);
+        self.asking = false;
+        self.replica = outer;
+        let Some((token, binding, secret)) = answer? else {
+            // Refused or no answer: the agent asks again later (its retry, or the kubelet's).
+            return Ok(());
+        };
+        self.stats.asks_served += 1;
+        // The pod may have gone, or its agent restarted, while the ask was answered: the
+        // answer reaches nobody (the wrap expires, the planner's probe settles it).
+        let Some(i) = self
+            .pods
+            .iter()
+            .position(|p| p.uid == pod.uid && p.restarts == pod.restarts && p.running())
+        else {
+            return Ok(());
+        };
+        let now = self.now;
+        if self.rng.chance(50) {
+            self.note(format!("pod {} agent dies holding its answer", pod.name));
+            self.restart(i);
+            return Ok(());
+        }
+        let receipt = if now < self.vault.down_until {
+            Receipt::failed(result::VAULT_UNREACHABLE)
+        } else if let Some(inner) = self.vault.unwrap(&token, now) {
+            self.note(format!("pod {} unwraps {inner} (asked for)", pod.name));
+            *self.stats.agent.entry("unwrapped").or_default() += 1;
+            Receipt::unwrapped(inner)
+        } else {
+            self.note(format!(
+                "pod {} finds the wrap it asked for invalid",
+                pod.name
+            ));
+            *self.stats.agent.entry("invalid").or_default() += 1;
+            Receipt::failed(result::INVALID_WRAPPING_TOKEN)
+        };
+        let p = &mut self.pods[i];
+        p.attempted = true;
+        p.current = Some(ObservedReceipt {
+            container: AGENT.to_string(),
+            receipt: receipt.clone(),
+            finished_at: Some(ts(now)),
+        });
+        if self.rng.chance(800) {
+            self.replica = replica;
+            self.asking = true;
+            let reported = self.endpoint_report(&pod, &binding, &secret, &receipt);
+            self.asking = false;
+            self.replica = outer;
+            reported?;
+        }
+        Ok(())
+    }
+
+    /// `request::serve::Endpoint::ask` for `pod` (its identity already reviewed): the one
+    /// request-delivery binding selecting it, its record read fresh, the previous start's wrap
+    /// and token revoked, a mint, the record written without data. The wrapping token, the
+    /// binding and the record's name when it answers with a wrap.
+    fn endpoint_ask(&mut self, pod: &Pod) -> Step<Option<(String, String, String)>> {
+        let selecting: Vec<String> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| !b.deleting && b.selects(pod))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let [name] = &selecting[..] else {
+            return Ok(None);
+        };
+        let binding = self.bindings[name].clone();
+        let secret = secret_name(&pod.view(), name);
+        if !binding.settings.on_request || !crate::core::pod::is_valid_secret_name(&secret) {
+            return Ok(None);
+        }
+        self.op(Op::GetSecret)?;
+        if self.api_fails() || !self.pods.iter().any(|p| p.uid == pod.uid && p.running()) {
+            return Ok(None);
+        }
+        let old = match self.secrets.get(&secret) {
+            None => None,
+            Some(s) if s.forged || s.binding.as_deref() != Some(name.as_str()) => {
+                return Ok(None);
+            }
+            Some(s) => match &s.view {
+                Some(w) if !w.deleting && w.pod_uid == pod.uid => Some(w.clone()),
+                _ => return Ok(None),
+            },
+        };
+        if let Some(old) = old
+            .as_ref()
+            .filter(|_| self.mutant != Mutant::NoRevokeBeforeAsk)
+        {
+            let revoke = plan::revocations(old, binding.settings.revoke_on_pod_deletion);
+            if self.revoke_record(old, revoke)?.is_err() {
+                return Ok(None);
+            }
+        }
+        let issue = plan::asked(&pod.view(), secret.clone(), old);
+        let owner = Owner {
+            binding: name.clone(),
+            uid: pod.uid.clone(),
+            start: issue.start,
+        };
+        let ttl = binding.settings.wrap_ttl.as_secs() as i64;
+        let issued_at = self.now;
+        let Ok((token, wacc, tacc)) = self.v_create(owner, ttl)? else {
+            return Ok(None);
+        };
+        let ending = deliver_changes(&wacc, &tacc, ts(issued_at), ts(issued_at + ttl));
+        let changes = issue_changes(&issue, ending);
+        let round = Round {
+            binding: name.clone(),
+            settings: binding.settings.clone(),
+            raw: BTreeMap::new(),
+            vault_unavailable: false,
+            conflicts: BTreeMap::new(),
+            replica: self.replica,
+        };
+        let m = usize::from(self.replica == Replica::Rival);
+        let written = self.write_issue(&round, &issue, &changes, Data::Clear)?;
+        if written.is_ok() {
+            self.vault.wraps.get_mut(&wacc).expect("minted").delivered = true;
+            self.in_hand[m].clear();
+            return Ok(Some((token, name.clone(), secret)));
+        }
+        self.discard(&wacc, &tacc)?;
+        self.in_hand[m].clear();
+        Ok(None)
+    }
+
+    /// A mint whose record write failed: its wrap and token revoked at once (`.ok()` in
+    /// `Executor::issue` and `Endpoint::discard`: a failed revocation is not retried).
+    fn discard(&mut self, wacc: &str, tacc: &str) -> Step<()> {
+        self.stats.delivery_failures += 1;
+        let wrap = self.v_revoke(wacc)?;
+        let token = self.v_revoke(tacc)?;
+        if (wrap.is_err() || token.is_err())
+            && let Some(t) = self.vault.tokens.get_mut(tacc)
+        {
+            t.lost = Some("revocation after a failed delivery failed");
+        }
+        Ok(())
+    }
+
+    /// `request::serve::Endpoint::report`: the receipt recorded in the pod's current record
+    /// (guarded), unless it is about the previous start's token.
+    fn endpoint_report(
+        &mut self,
+        pod: &Pod,
+        binding: &str,
+        secret: &str,
+        receipt: &Receipt,
+    ) -> Step<()> {
+        self.op(Op::GetSecret)?;
+        if self.api_fails() || !self.pods.iter().any(|p| p.uid == pod.uid && p.running()) {
+            return Ok(());
+        }
+        let Some(sec) = self.secrets.get(secret).cloned() else {
+            return Ok(());
+        };
+        if sec.forged || sec.binding.as_deref() != Some(binding) {
+            return Ok(());
+        }
+        let Some(w) = sec.view.filter(|w| w.pod_uid == pod.uid && !w.deleting) else {
+            return Ok(());
+        };
+        if (receipt.accessor.is_some() && receipt.accessor == w.previous_accessor)
+            || w.reported.as_ref() == Some(receipt)
+        {
+            return Ok(());
+        }
+        let changes = [(ann::RECEIPT, Some(receipt.to_line()))];
+        let rv = w.resource_version.clone();
+        if self
+            .guarded_patch(secret, rv.as_deref(), &changes, Data::Keep)?
+            .is_ok()
+        {
+            self.stats.receipts_reported += 1;
+        }
+        Ok(())
     }
 
     fn thief(&mut self) {
@@ -1747,7 +1974,7 @@ impl World {
         match self.rng.below(1000) {
             0..40 => {
                 if let Some(&i) = self.rng.pick(&self.running_pods()) {
-                    self.agent_attempt(i);
+                    self.agent_attempt(i, true)?;
                 }
             }
             40..50 => self.thief(),
@@ -1776,6 +2003,18 @@ impl World {
         Ok(())
     }
 
+    /// The main replica crashed: its memory is gone, and what it held is lost.
+    fn crashed(&mut self) {
+        self.memory[0].clear();
+        self.ops_left = None;
+        self.asking = false;
+        for a in std::mem::take(&mut self.in_hand[0]) {
+            if let Some(t) = self.vault.tokens.get_mut(&a) {
+                t.lost = Some("operator crashed holding it");
+            }
+        }
+    }
+
     /// One step of a random schedule.
     fn random_event(&mut self) -> Step<()> {
         let roll = self.rng.below(1000);
@@ -1795,15 +2034,7 @@ impl World {
                 self.ops_left = None;
                 match outcome {
                     Ok(_) => {}
-                    Err(Stop::Crash) => {
-                        self.memory[0].clear();
-                        self.ops_left = None;
-                        for a in std::mem::take(&mut self.in_hand[0]) {
-                            if let Some(t) = self.vault.tokens.get_mut(&a) {
-                                t.lost = Some("operator crashed holding it");
-                            }
-                        }
-                    }
+                    Err(Stop::Crash) => self.crashed(),
                     Err(e) => return Err(e),
                 }
             }
@@ -1813,7 +2044,17 @@ impl World {
             }
             450..600 => {
                 if let Some(&i) = self.rng.pick(&self.running_pods()) {
-                    self.agent_attempt(i);
+                    if self.faults.crash > 0 && self.rng.chance(self.faults.crash) {
+                        self.ops_left = Some(self.rng.below(8) as u32);
+                    }
+                    self.last_op = None;
+                    let attempt = self.agent_attempt(i, false);
+                    self.ops_left = None;
+                    match attempt {
+                        Ok(()) => {}
+                        Err(Stop::Crash) => self.crashed(),
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             600..650 => {
@@ -1938,6 +2179,47 @@ impl World {
         Err(self.violation(3, "no quiescence".to_string()))
     }
 
+    /// The kubelet restarts the init container of a request-delivery pod until its agent holds
+    /// a token: every running pod whose agent asks (its spec's binding delivers on request) and
+    /// whose record is not an unwrapped wrap of its own gets a new agent instance that asks.
+    fn agents_ask_again(&mut self) -> Result<(), Violation> {
+        for _ in 0..5 {
+            let waiting: Vec<String> = self
+                .pods
+                .iter()
+                .filter(|p| p.running())
+                .filter(|p| {
+                    self.bindings
+                        .get(spec_binding(p))
+                        .is_some_and(|b| b.settings.on_request)
+                })
+                .filter(|p| {
+                    let record = self.secrets.get(&self.mounted(p));
+                    !record
+                        .and_then(|s| s.view.as_ref())
+                        .is_some_and(|w| w.pod_uid == p.uid && w.phase == Phase::Unwrapped)
+                })
+                .map(|p| p.uid.clone())
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            for uid in waiting {
+                let Some(i) = self.pods.iter().position(|p| p.uid == uid) else {
+                    continue;
+                };
+                self.restart(i);
+                match self.agent_attempt(i, false) {
+                    Ok(()) => {}
+                    Err(Stop::Crash) => unreachable!("no crashes once the faults stop"),
+                    Err(Stop::Broken(v)) => return Err(v),
+                }
+            }
+            self.settle_down(1500)?;
+        }
+        Ok(())
+    }
+
     /// Invariant 3.
     fn check_liveness(&mut self) -> Result<(), Violation> {
         for pod in self.pods.clone() {
@@ -1973,8 +2255,10 @@ impl World {
             } else {
                 0
             };
+            // On request a start is an ask: the record of the pod's last one counts.
             let ok = record.and_then(|s| s.view.as_ref()).is_some_and(|w| {
-                w.start == start && !matches!(w.phase, Phase::Claimed | Phase::Failed)
+                (b.settings.on_request || w.start == start)
+                    && !matches!(w.phase, Phase::Claimed | Phase::Failed)
             });
             if !ok {
                 let msg = format!(
@@ -2072,6 +2356,16 @@ impl World {
     }
 }
 
+/// The binding a pod's spec was written for (the one whose Secret it mounts, or whose
+/// endpoint its agent asks).
+fn spec_binding(pod: &Pod) -> &'static str {
+    if pod.labels.contains_key("app") {
+        "b"
+    } else {
+        "c"
+    }
+}
+
 fn describe(a: &Action) -> String {
     match a {
         Action::Issue(i) => format!(
@@ -2132,6 +2426,7 @@ pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
         w.vault.down_until = w.now;
         w.record_bindings();
         w.settle_down(1500)?;
+        w.agents_ask_again()?;
         w.check_liveness()?;
         if !faulty {
             w.check_bounds()?;
@@ -2191,6 +2486,11 @@ mod tests {
         assert!(stats.lost_races > 0 && stats.rival_rounds > 0, "{stats:?}");
         assert!(stats.delivery_failures > 0, "{stats:?}");
         assert!(stats.replacements > 0, "{stats:?}");
+        // Request delivery: agents asked, were served, and reported receipts.
+        assert!(
+            stats.asks_served > 0 && stats.asks > stats.asks_served && stats.receipts_reported > 0,
+            "{stats:?}"
+        );
         assert!(stats.conflicts_with_record > 0, "{stats:?}");
         assert!(
             stats.eligible_checked > 0 && stats.starts_bounded > 0,
@@ -2231,7 +2531,7 @@ mod tests {
         panic!("{mutant:?} survived {SCHEDULES} schedules");
     }
 
-    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|wait|conflict|deliver|release]
+    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|conflict|deliver|release|ask]
     /// SIM_FULL_TRACE=1 cargo test --lib sim::tests::replay -- --ignored`.
     #[test]
     #[ignore]
@@ -2242,6 +2542,7 @@ mod tests {
             Ok("conflict") => Mutant::NoConflictCheck,
             Ok("deliver") => Mutant::NoRevokeOnDeliveryFailure,
             Ok("release") => Mutant::NoReleaseGuard,
+            Ok("ask") => Mutant::NoRevokeBeforeAsk,
             _ => Mutant::None,
         };
         if let Err(v) = run_schedule(seed, mutant) {
@@ -2402,6 +2703,14 @@ mod tests {
     fn without_the_release_guard_a_stale_read_removes_a_record_naming_a_live_token() {
         let v = first_violation(Mutant::NoReleaseGuard);
         assert_eq!(v.invariant, 2, "{}", v.message);
+    }
+
+    #[test]
+    fn an_endpoint_that_keeps_the_previous_start_alive_fails() {
+        // The previous ask's wrap, still unconsumed, lives beside the new one (1), or the
+        // previous token outlives its record (2).
+        let v = first_violation(Mutant::NoRevokeBeforeAsk);
+        assert!(matches!(v.invariant, 1 | 2), "{}", v.message);
     }
 
     #[test]

@@ -533,11 +533,33 @@ fn last_looked_at(input: &Input, wrap: &WrapState) -> Timestamp {
 }
 
 fn agent_restarts(settings: &Settings, pod: &PodView) -> u32 {
+    if settings.on_request {
+        // On request a start is an ask, counted by the endpoint, not a container restart.
+        return 0;
+    }
     settings
         .agent_container
         .as_ref()
         .and_then(|c| pod.restart_counts.get(c).copied())
         .unwrap_or(0)
+}
+
+/// The issue an ask of `pod`'s agent makes (request delivery): a new start after `current`
+/// (the pod's record, if it has one), which it takes over. The endpoint revokes what `current`
+/// names before minting.
+pub fn asked(pod: &PodView, secret: String, current: Option<WrapState>) -> Issue {
+    Issue {
+        pod: pod.name.clone(),
+        pod_uid: pod.uid.clone(),
+        secret,
+        start: current.as_ref().map_or(0, |c| c.start + 1),
+        receipts_after: pod
+            .newest_receipt_time()
+            .or(current.as_ref().and_then(|c| c.receipts_after)),
+        replaces: current,
+        revoke_previous: None,
+        replaced: 0,
+    }
 }
 
 /// Receipts written for the current start.
@@ -881,6 +903,94 @@ mod tests {
             receipt: r,
             finished_at: Some(t(at)),
         }
+    }
+
+    #[test]
+    fn on_request_the_planner_never_mints_and_follows_what_the_agent_asked_for() {
+        let s = Settings {
+            on_request: true,
+            ..settings()
+        };
+        let mut p = pod("a");
+        p.restart_counts.insert("agent".into(), 4);
+        // A pod without a record waits for its agent to ask.
+        let plan = run_with(&s, std::slice::from_ref(&p), &[], &BTreeMap::new(), 0);
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        // An asked-for record (no token in its Secret) is never looked up: the probe decides.
+        let mut w = issued("a", 0);
+        w.has_token = false;
+        let plan = run_with(
+            &s,
+            std::slice::from_ref(&p),
+            std::slice::from_ref(&w),
+            &BTreeMap::new(),
+            30,
+        );
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.wake_at, Some(t(55)));
+        let plan = run_with(
+            &s,
+            std::slice::from_ref(&p),
+            std::slice::from_ref(&w),
+            &BTreeMap::new(),
+            55,
+        );
+        assert!(matches!(plan.actions[..], [Action::ProbeExpiry { .. }]));
+        // The receipt the agent reported to the endpoint verifies it, its start unchanged by
+        // container restarts.
+        let mut reported = w.clone();
+        reported.reported = Some(Receipt::unwrapped("acc"));
+        let plan = run_with(
+            &s,
+            std::slice::from_ref(&p),
+            &[reported],
+            &BTreeMap::new(),
+            30,
+        );
+        assert_eq!(
+            plan.actions,
+            vec![Action::Settle {
+                wrap: {
+                    let mut r = w.clone();
+                    r.reported = Some(Receipt::unwrapped("acc"));
+                    r
+                },
+                outcome: Outcome::UnwrappedByAgent,
+                start: 0,
+            }]
+        );
+        // Expired, refused or failed: nothing is minted again; the agent's next ask is.
+        for phase in [Phase::Expired, Phase::Failed, Phase::Unwrapped] {
+            let mut settled = w.clone();
+            settled.phase = phase;
+            let plan = run_with(
+                &s,
+                std::slice::from_ref(&p),
+                &[settled],
+                &BTreeMap::new(),
+                500,
+            );
+            assert!(
+                !plan.actions.iter().any(|a| matches!(a, Action::Issue(_))),
+                "{phase:?}: {:?}",
+                plan.actions
+            );
+        }
+    }
+
+    #[test]
+    fn an_ask_is_a_new_start_taking_the_pods_record_over() {
+        let p = pod("a");
+        let first = asked(&p, "a-b-wrap".into(), None);
+        assert_eq!((first.start, first.replaces.is_none()), (0, true));
+        let mut w = issued("a", 0);
+        w.start = 3;
+        w.receipts_after = Some(t(7));
+        let next = asked(&p, w.secret.clone(), Some(w.clone()));
+        assert_eq!(next.start, 4);
+        assert_eq!(next.receipts_after, Some(t(7)));
+        assert_eq!(next.replaces, Some(w));
+        assert_eq!(next.revoke_previous, None);
     }
 
     #[test]

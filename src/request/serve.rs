@@ -29,7 +29,7 @@ use crate::agent::receipt::Receipt;
 use crate::config::RoleRule;
 use crate::controller::context::Context;
 use crate::controller::execute::{publish, revoke_counted, revoke_named};
-use crate::core::plan::{Issue, revocations};
+use crate::core::plan::{asked, revocations};
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::core::spec::token_request;
 use crate::crd::AgentSecretBinding;
@@ -191,6 +191,19 @@ async fn receipt(State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes
     }
 }
 
+/// Reads `name` from the API server's watch cache (`resourceVersion=0`): no etcd read, perhaps
+/// a moment behind.
+async fn cached_get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_with(name, &kube::api::GetParams::any()).await {
+        Ok(k) => Ok(Some(k)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The bearer token of a request.
 fn bearer(headers: &HeaderMap) -> Result<SecretString, Refused> {
     headers
@@ -253,10 +266,12 @@ impl Endpoint {
             Err(Ok(refusal)) => return Err(refusal.into()),
             Err(Err(e)) => return Err(internal(e)),
         };
-        let pod = Api::<Pod>::namespaced(self.ctx.client.clone(), &who.namespace)
-            .get_opt(&who.pod)
-            .await
-            .map_err(internal)?;
+        let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), &who.namespace);
+        // The watch cache first; a pod too new for it (or replaced) is read from etcd.
+        let mut pod = cached_get(&pods, &who.pod).await.map_err(internal)?;
+        if pod.as_ref().and_then(|p| p.uid()).as_deref() != Some(who.pod_uid.as_str()) {
+            pod = pods.get_opt(&who.pod).await.map_err(internal)?;
+        }
         if tokio::time::timeout(Duration::from_secs(2), self.bindings.wait_until_ready())
             .await
             .is_err()
@@ -297,9 +312,9 @@ impl Endpoint {
     /// The pod's current record: `None` when there is none; refused when the name holds
     /// something else or a record of an earlier pod of the same name.
     async fn current_record(&self, s: &Served) -> Result<Option<WrapState>, Refused> {
-        let Some(found) = self
-            .secrets(&s.who.namespace)
-            .get_opt(&s.secret)
+        // A cached read is enough: the write that follows is guarded by its resourceVersion
+        // (a stale read loses that race and the agent asks again).
+        let Some(found) = cached_get(&self.secrets(&s.who.namespace), &s.secret)
             .await
             .map_err(internal)?
         else {
@@ -363,19 +378,7 @@ impl Endpoint {
                 .await
                 .map_err(|e| vault_refusal(&e))?;
         }
-        let issue = Issue {
-            pod: s.pod.name.clone(),
-            pod_uid: s.pod.uid.clone(),
-            secret: s.secret.clone(),
-            start: old.as_ref().map_or(0, |o| o.start + 1),
-            receipts_after: s
-                .pod
-                .newest_receipt_time()
-                .or(old.as_ref().and_then(|o| o.receipts_after)),
-            replaces: old,
-            revoke_previous: None,
-            replaced: 0,
-        };
+        let issue = asked(&s.pod, s.secret.clone(), old);
         let wrap_ttl = s.chosen.valid.wrap_ttl;
         let request = token_request(
             &s.chosen.binding,
