@@ -761,7 +761,7 @@ def request_phase(args, kube, vault, audit, op_token):
         st["latencies"] = sorted(b - a for a, b in lat)
         return st, results
 
-    def raw_one(i):
+    def raw_one(i, record=False):
         review = check(*kube.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", {
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
             "spec": {"token": identities[i], "audiences": ["cubbyhole"]}}), "TokenReview")
@@ -771,13 +771,24 @@ def request_phase(args, kube, vault, audit, op_token):
             "policies": [ROLE], "ttl": "1h",
             "meta": {"namespace": ns, "pod": f"raw-{i}", "pod_uid": f"raw-{i}", "binding": "raw"},
         }, {"X-Vault-Token": op_token, "X-Vault-Wrap-TTL": WRAP_TTL})
-        return check(s, body, "raw mint")["wrap_info"]["accessor"]
+        accessor = check(s, body, "raw mint")["wrap_info"]["accessor"]
+        if record:
+            # The record an ask leaves: accessors, no data.
+            check(*kube.request("POST", f"/api/v1/namespaces/{ns}/secrets", {
+                "metadata": {"name": f"raw-record-{i}", "labels": {"bench": "raw"},
+                             "annotations": {"bench/wrap-accessor": accessor}},
+                "type": "Opaque"}), "raw record")
+        return accessor
 
     log(f"raw request pipeline: {n} x (TokenReview + wrapped create), {c} clients")
     raw, raw_accessors = timed(raw_one)
-    for a in raw_accessors:
-        vault.request("POST", "/v1/auth/token/revoke-accessor", {"accessor": a}, {"X-Vault-Token": args.root_token})
     log(f"raw request pipeline: {raw['per_s']:.0f} per s, p99 {raw['p99_s'] * 1000:.1f} ms")
+    log(f"raw request pipeline with the record: {n} x (TokenReview + wrapped create + Secret create), {c} clients")
+    with_record, record_accessors = timed(lambda i: raw_one(i, record=True))
+    raw["with_record"] = with_record
+    for a in raw_accessors + record_accessors:
+        vault.request("POST", "/v1/auth/token/revoke-accessor", {"accessor": a}, {"X-Vault-Token": args.root_token})
+    log(f"raw request pipeline with the record: {with_record['per_s']:.0f} per s, p99 {with_record['p99_s'] * 1000:.1f} ms")
 
     def ask(i):
         s, body = endpoint.request("POST", "/v1/wrap", headers={"Authorization": f"Bearer {identities[i]}"})
@@ -829,9 +840,11 @@ def request_phase(args, kube, vault, audit, op_token):
     if alive:
         problems.append(f"{alive} wraps alive after their pods were deleted")
     kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    # The raw records go with the namespace; they must not count as the operator's.
     st.update({"raw": raw, "creates": creates, "records": len(records), "records_with_data": with_data,
                "live_after": alive, "problems": problems, "correct": not problems,
-               "ratio_to_raw": st["per_s"] / raw["per_s"], "concurrency": c})
+               "ratio_to_raw": st["per_s"] / raw["per_s"],
+               "ratio_to_raw_with_record": st["per_s"] / raw["with_record"]["per_s"], "concurrency": c})
     log(f"request correctness: {'OK' if not problems else '; '.join(problems)}")
     return st
 
@@ -965,7 +978,7 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
     if request:
         goals.append((f"on request: p99 ask -> wrap < 1 s ({args.pods} agents)", request["p99_s"] < 1, fmt(request["p99_s"])))
         goals.append((f"on request: >= 0.8x the raw TokenReview + mint pipeline", request["ratio_to_raw"] >= 0.8,
-                      f"{request['ratio_to_raw']:.2f}x"))
+                      f"{request['ratio_to_raw']:.2f}x ({request['ratio_to_raw_with_record']:.2f}x of TokenReview + mint + record create)"))
         goals.append(("on request: one create per ask, no record carries data, nothing live after",
                       request["correct"], "; ".join(request["problems"]) or "ok"))
     for b in bursts:
@@ -999,7 +1012,8 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
         "raw": {k: v for k, v in (raw or {}).items() if k not in ("latencies", "protocol")},
         "protocol": {k: v for k, v in (raw or {}).get("protocol", {}).items() if k != "latencies"},
         "bursts": [{k: v for k, v in b.items() if k != "latencies"} for b in bursts],
-        "request": {k: (v if k != "raw" else {rk: rv for rk, rv in v.items() if rk != "latencies"})
+        "request": {k: (v if k != "raw" else {rk: (rv if rk != "with_record" else {wk: wv for wk, wv in rv.items() if wk != "latencies"})
+                                              for rk, rv in v.items() if rk != "latencies"})
                     for k, v in (request or {}).items() if k != "latencies"},
         "operator_rss_hwm_mib": hwm,
         "goals": [{"goal": g, "met": m, "value": v} for g, m, v in goals],
@@ -1034,9 +1048,13 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
         rr = request["raw"]
         lines.append(f"| raw request pipeline (TokenReview + wrapped create), {request['concurrency']} clients | {rr['count']} | "
                      f"{fmt(rr['p50_s'])} | {fmt(rr['p90_s'])} | {fmt(rr['p99_s'])} | {fmt(rr['max_s'])} | {rr['per_s']:.0f} | 1.00x | 1 create | - | - |")
+        wr = rr["with_record"]
+        lines.append(f"| raw request pipeline with the record (+ Secret create), {request['concurrency']} clients | {wr['count']} | "
+                     f"{fmt(wr['p50_s'])} | {fmt(wr['p90_s'])} | {fmt(wr['p99_s'])} | {fmt(wr['max_s'])} | {wr['per_s']:.0f} | "
+                     f"{wr['per_s'] / rr['per_s']:.2f}x | 1 create | - | - |")
         lines.append(f"| operator on request (ask -> wrap), {request['concurrency']} clients | {request['count']} | "
                      f"{fmt(request['p50_s'])} | {fmt(request['p90_s'])} | {fmt(request['p99_s'])} | {fmt(request['max_s'])} | "
-                     f"{request['per_s']:.0f} | {request['ratio_to_raw']:.2f}x of its raw pipeline | "
+                     f"{request['per_s']:.0f} | {request['ratio_to_raw']:.2f}x ({request['ratio_to_raw_with_record']:.2f}x of the pipeline with the record) | "
                      f"{request['creates'] / max(request['count'], 1):.2f} create | - | - |")
     lines += ["", f"Operator VmHWM over the whole run: {fmt(hwm, 'MiB')}.", "",
               f"CPU seconds spent until every pod was served (the machine has {os.cpu_count()} cores):", ""]
@@ -1086,7 +1104,9 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
         f.write("\n".join(lines) + "\n")
     series = ([("raw two-write pipeline", raw["latencies"]), ("raw claim protocol", raw["protocol"]["latencies"])] if raw else []) + [(f"operator, {b['label']}", b["latencies"]) for b in bursts]
     if request:
-        series += [("raw request pipeline", request["raw"]["latencies"]), ("operator on request", request["latencies"])]
+        series += [("raw request pipeline", request["raw"]["latencies"]),
+                   ("raw request pipeline with the record", request["raw"]["with_record"]["latencies"]),
+                   ("operator on request", request["latencies"])]
     cdf_svg(series, os.path.join(out_dir, "latency-cdf.svg"))
     return report
 

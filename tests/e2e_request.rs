@@ -32,11 +32,11 @@ struct SecretScan {
     records_with_data: BTreeSet<String>,
 }
 
-fn scan_secrets(env: &Env) -> Arc<Mutex<SecretScan>> {
+fn scan_secrets(env: &Env) -> (Arc<Mutex<SecretScan>>, tokio::task::JoinHandle<()>) {
     let scan = Arc::new(Mutex::new(SecretScan::default()));
     let seen = scan.clone();
     let stream = watcher(Api::<Secret>::all(env.client.clone()), Default::default());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             let secrets = match event {
@@ -58,7 +58,7 @@ fn scan_secrets(env: &Env) -> Arc<Mutex<SecretScan>> {
             }
         }
     });
-    scan
+    (scan, task)
 }
 
 /// Starts the operator serving the webhook and the request endpoint on 127.0.0.1, the
@@ -170,7 +170,7 @@ async fn pods_on_request_ask_unwrap_and_verify_and_no_secret_ever_holds_their_wr
     if env.skip_external("the API server calling a webhook on 127.0.0.1") {
         return;
     }
-    let scan = scan_secrets(&env);
+    let (scan, watching) = scan_secrets(&env);
     let pods = create_deployment(&env, 3).await;
     let creates_before = env.audit_requests(ROLE_PATH);
     for pod in &pods {
@@ -255,6 +255,9 @@ async fn pods_on_request_ask_unwrap_and_verify_and_no_secret_ever_holds_their_wr
             "a Secret held a wrapping token"
         );
     }
+    // The watch ends before the control plane does.
+    watching.abort();
+    let _ = watching.await;
     env.assert_no_leaks().await;
 }
 

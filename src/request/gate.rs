@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::core::SelectorExt;
 
 use crate::config::RoleRule;
+use crate::core::labels::LabelQuery;
+use crate::core::pod::PodView;
 use crate::core::spec::{ValidSpec, pod_selector, validate};
 use crate::crd::{AgentSecretBinding, Delivery};
 use crate::request::identity::PodIdentity;
@@ -22,31 +22,28 @@ pub struct Chosen {
     pub valid: ValidSpec,
 }
 
-/// Decides for `pod` (read from the API server just now; `None`: not found) asking as `who`,
-/// given every known binding.
+/// Decides for `pod` (as read just now; `None`: not found) asking as `who`, given every known
+/// binding.
 pub fn choose(
     who: &PodIdentity,
-    pod: Option<&Pod>,
+    pod: Option<&PodView>,
     bindings: &[Arc<AgentSecretBinding>],
     rules: &[RoleRule],
 ) -> Result<Chosen, Refusal> {
     let name = format!("pod {}/{}", who.namespace, who.pod);
-    let pod = pod
-        .filter(|p| p.uid().as_deref() == Some(who.pod_uid.as_str()))
-        .ok_or_else(|| {
-            Refusal::new(
-                reason::POD_GONE,
-                format!("{name} with uid {} no longer exists", who.pod_uid),
-            )
-        })?;
-    if pod.metadata.deletion_timestamp.is_some() {
+    let pod = pod.filter(|p| p.uid == who.pod_uid).ok_or_else(|| {
+        Refusal::new(
+            reason::POD_GONE,
+            format!("{name} with uid {} no longer exists", who.pod_uid),
+        )
+    })?;
+    if pod.terminating {
         return Err(Refusal::new(
             reason::POD_GONE,
             format!("{name} is terminating"),
         ));
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
+    if pod.finished {
         return Err(Refusal::new(
             reason::POD_GONE,
             format!("{name} has finished"),
@@ -57,7 +54,7 @@ pub fn choose(
         .filter(|b| {
             b.namespace().as_deref() == Some(who.namespace.as_str())
                 && b.metadata.deletion_timestamp.is_none()
-                && pod_selector(&b.spec).is_ok_and(|s| s.matches(pod.labels()))
+                && pod_selector(&b.spec).is_ok_and(|s| LabelQuery::from(s).matches(&pod.labels))
         })
         .collect();
     selecting.sort_by_key(|b| b.name_any());
@@ -135,12 +132,13 @@ mod tests {
         )
     }
 
-    fn pod(uid: &str, app: &str) -> Pod {
-        serde_json::from_value(json!({
+    fn pod(uid: &str, app: &str) -> PodView {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
             "metadata": {"name": "web-1", "namespace": "agents", "uid": uid, "labels": {"app": app}},
             "status": {"phase": "Pending"},
         }))
-        .unwrap()
+        .unwrap();
+        PodView::from_pod(&pod).unwrap()
     }
 
     fn who() -> PodIdentity {
@@ -173,7 +171,7 @@ mod tests {
     #[test]
     fn each_refusal_names_its_reason() {
         let one = [binding("b", "agents", "web", "Request", "agent")];
-        let refused = |pod: Option<Pod>, bindings: &[Arc<AgentSecretBinding>]| {
+        let refused = |pod: Option<PodView>, bindings: &[Arc<AgentSecretBinding>]| {
             choose(&who(), pod.as_ref(), bindings, &rules())
                 .unwrap_err()
                 .reason
@@ -182,13 +180,10 @@ mod tests {
         // Same name, another uid: a replaced pod's token.
         assert_eq!(refused(Some(pod("u-2", "web")), &one), reason::POD_GONE);
         let mut terminating = pod("u-1", "web");
-        terminating.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            ));
+        terminating.terminating = true;
         assert_eq!(refused(Some(terminating), &one), reason::POD_GONE);
         let mut finished = pod("u-1", "web");
-        finished.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        finished.finished = true;
         assert_eq!(refused(Some(finished), &one), reason::POD_GONE);
         assert_eq!(refused(Some(pod("u-1", "db")), &one), reason::NOT_SELECTED);
         let two = [

@@ -13,10 +13,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,13 +31,13 @@ use crate::config::RoleRule;
 use crate::controller::context::Context;
 use crate::controller::execute::{publish, revoke_counted, revoke_named};
 use crate::core::plan::{asked, revocations};
-use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
+use crate::core::pod::{CachedPod, PodView, is_valid_secret_name, secret_name};
 use crate::core::spec::token_request;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::{Metrics, TokenKind};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, Records, Sealer, WriteError};
-use crate::record::{BINDING_LABEL, WrapState};
+use crate::record::{BINDING_LABEL, CachedRecord, WrapState};
 use crate::request::gate::{Chosen, choose};
 use crate::request::identity::{PodIdentity, review};
 use crate::request::limits::Limits;
@@ -266,12 +267,7 @@ impl Endpoint {
             Err(Ok(refusal)) => return Err(refusal.into()),
             Err(Err(e)) => return Err(internal(e)),
         };
-        let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), &who.namespace);
-        // The watch cache first; a pod too new for it (or replaced) is read from etcd.
-        let mut pod = cached_get(&pods, &who.pod).await.map_err(internal)?;
-        if pod.as_ref().and_then(|p| p.uid()).as_deref() != Some(who.pod_uid.as_str()) {
-            pod = pods.get_opt(&who.pod).await.map_err(internal)?;
-        }
+        let pod = self.read_pod(&who).await?;
         if tokio::time::timeout(Duration::from_secs(2), self.bindings.wait_until_ready())
             .await
             .is_err()
@@ -289,10 +285,7 @@ impl Endpoint {
                 return Err(refusal.into());
             }
         };
-        let pod = pod
-            .as_ref()
-            .and_then(PodView::from_pod)
-            .ok_or_else(|| Refused::from(Refusal::new(reason::POD_GONE, "the pod has no uid")))?;
+        let pod = pod.expect("chosen for a pod that exists");
         let secret = secret_name(&pod, &chosen.binding.name_any());
         if !is_valid_secret_name(&secret) {
             return Err(Refusal::new(
@@ -309,15 +302,45 @@ impl Endpoint {
         })
     }
 
+    /// The pod `who` is bound to, read where it is cheapest and still knows that pod: the
+    /// controller's pod cache (the leader's), the API server's watch cache, else etcd (a pod too
+    /// new for either).
+    async fn read_pod(&self, who: &PodIdentity) -> Result<Option<PodView>, Refused> {
+        let key = ObjectRef::<CachedPod>::new(&who.pod).within(&who.namespace);
+        if let Some(view) = self
+            .ctx
+            .pods
+            .get(&key)
+            .and_then(|p| PodView::from_cached(&p))
+            && view.uid == who.pod_uid
+        {
+            return Ok(Some(view));
+        }
+        let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), &who.namespace);
+        let cached = cached_get(&pods, &who.pod).await.map_err(internal)?;
+        let view = cached.as_ref().and_then(PodView::from_pod);
+        if view.as_ref().is_some_and(|v| v.uid == who.pod_uid) {
+            return Ok(view);
+        }
+        let fresh = pods.get_opt(&who.pod).await.map_err(internal)?;
+        Ok(fresh.as_ref().and_then(PodView::from_pod))
+    }
+
     /// The pod's current record: `None` when there is none; refused when the name holds
     /// something else or a record of an earlier pod of the same name.
     async fn current_record(&self, s: &Served) -> Result<Option<WrapState>, Refused> {
         // A cached read is enough: the write that follows is guarded by its resourceVersion
-        // (a stale read loses that race and the agent asks again).
-        let Some(found) = cached_get(&self.secrets(&s.who.namespace), &s.secret)
-            .await
-            .map_err(internal)?
-        else {
+        // (a stale read loses that race and the agent asks again). The controller's records
+        // cache once it is synced (the leader's), else the API server's watch cache.
+        let found = if self.ctx.secrets.wait_until_ready().now_or_never().is_some() {
+            let key = ObjectRef::<CachedRecord>::new(&s.secret).within(&s.who.namespace);
+            self.ctx.secrets.get(&key).and_then(|r| r.unpack())
+        } else {
+            cached_get(&self.secrets(&s.who.namespace), &s.secret)
+                .await
+                .map_err(internal)?
+        };
+        let Some(found) = found else {
             return Ok(None);
         };
         let binding = s.binding();
@@ -430,6 +453,14 @@ impl Endpoint {
         self.ctx.metrics.wrap_issued();
         info!(%namespace, %binding, pod = %issue.pod, start = issue.start,
             wrap_accessor = %wrap.accessor, accessor = %wrap.wrapped_accessor, "wrap issued on request");
+        if self.ctx.config.routine_events {
+            let note = format!(
+                "issued wrap (accessor {}) on request for pod {} start {}, expires {expires_at}",
+                wrap.accessor, issue.pod, issue.start
+            );
+            self.pod_event(&s.who, EventType::Normal, "WrapIssued", &note)
+                .await;
+        }
         let facts = WrapFacts {
             wrap_accessor: wrap.accessor.clone(),
             binding,
@@ -492,6 +523,13 @@ impl Endpoint {
         if refusal.reason == reason::POD_GONE {
             return;
         }
+        let note = format!("{}: {}", refusal.reason, refusal.message);
+        self.pod_event(who, EventType::Warning, "WrapRequestRefused", &note)
+            .await;
+    }
+
+    /// An Event on the pod `who` is bound to.
+    async fn pod_event(&self, who: &PodIdentity, type_: EventType, reason: &str, note: &str) {
         let reference = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -503,10 +541,10 @@ impl Endpoint {
         publish(
             &self.ctx.recorder,
             &reference,
-            EventType::Warning,
-            "WrapRequestRefused",
+            type_,
+            reason,
             "Request",
-            &format!("{}: {}", refusal.reason, refusal.message),
+            note,
         )
         .await;
     }
