@@ -357,3 +357,95 @@ async fn records_that_stop_verifying_are_never_acted_on_in_vault_and_never_stran
     );
     env.assert_no_leaks().await;
 }
+
+/// The `cubbyhole.dev/*` annotations of a record, signature included.
+fn record_annotations(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .annotations()
+        .iter()
+        .filter(|(k, _)| k.starts_with("cubbyhole.dev/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_signed_record_copied_to_another_name_or_put_back_in_an_older_version_revokes_nothing_foreign()
+ {
+    let env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("web", "60s")).await;
+    env.create_pod("web-0", "web").await;
+    let (first, token) = issued(&env, "b", "web-0").await;
+    let older = record_annotations(&first);
+    assert!(older.contains_key("cubbyhole.dev/signature"));
+    let (receipt, code) = env.run_agent(&token, "web-0");
+    assert_eq!(code, 0);
+    let receipt = receipt.unwrap();
+    let held = receipt.accessor.clone().unwrap();
+    env.report_receipt("web-0", Some(&receipt), 0).await;
+    let verified = eventually("web-0 verified", T, || async {
+        let s = env.secrets().get_opt(&first.name_any()).await.ok()??;
+        (ann(&s).get("verified").map(String::as_str) == Some("true")).then_some(s)
+    })
+    .await;
+
+    // A copy of the signed, verified record under another name: the signature binds the name,
+    // so it is a forgery, reported and left alone; nothing it names is revoked.
+    let mut copy = forged_secret(&env.ns, "copied-b-wrap", "b", "unused");
+    copy.metadata.annotations = Some(record_annotations(&verified));
+    env.secrets()
+        .create(&PostParams::default(), &copy)
+        .await
+        .expect("create the copy");
+    eventually("ForgedRecord Event for the copy", T, || async {
+        (!env.events_with_reason(FORGED).await.is_empty()).then_some(())
+    })
+    .await;
+    env.secrets()
+        .delete("copied-b-wrap", &DeleteParams::default())
+        .await
+        .expect("delete the copy");
+    assert_live(&env, &held).await;
+
+    // The record put back as it was when issued (a valid signature of an earlier version):
+    // it names only what was minted for this pod, so the agent's token is never revoked; the
+    // operator sees the wrap consumed and, from the agent's receipt, verified again.
+    let victim = victim(&env);
+    let mut replay: BTreeMap<String, Option<String>> = record_annotations(&verified)
+        .into_keys()
+        .map(|k| (k, None))
+        .collect();
+    replay.extend(older.into_iter().map(|(k, v)| (k, Some(v))));
+    let patch = json!({"metadata": {"annotations": replay}});
+    env.secrets()
+        .patch(
+            &first.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .expect("put the older version back");
+    eventually("verified again after the replay", T, || async {
+        let s = env.secrets().get_opt(&first.name_any()).await.ok()??;
+        (ann(&s).get("phase").map(String::as_str) == Some("Unwrapped")
+            && ann(&s).get("verified").map(String::as_str) == Some("true"))
+        .then_some(())
+    })
+    .await;
+    assert_live(&env, &held).await;
+    assert_live(&env, &victim).await;
+    let revoked = revoked_accessors(&env.bao.audit_entries());
+    assert!(
+        !revoked.contains(&held) && !revoked.contains(&victim),
+        "revoked: {revoked:?}"
+    );
+
+    // The pod goes: its own token is revoked as usual, the bystander's never.
+    env.delete_pod("web-0").await;
+    let root = env.bao.root_client();
+    eventually("web-0's token revoked", T, || async {
+        (!root.accessor_is_live(&held).await.ok()?).then_some(())
+    })
+    .await;
+    assert_live(&env, &victim).await;
+    env.assert_no_leaks().await;
+}

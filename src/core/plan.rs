@@ -789,6 +789,13 @@ fn judge_receipts(settings: &Settings, pod: &PodView, wrap: &WrapState) -> Optio
             result::INVALID_WRAPPING_TOKEN if wrap.phase == Phase::Unwrapped => {
                 return settle(Outcome::ConsumedByAnother);
             }
+            // Consumed (seen by lookup, so the wrap was removed from the Secret) before the
+            // agent ever read it: someone else took it.
+            result::TOKEN_FILE_UNREADABLE
+                if wrap.phase == Phase::Unwrapped && !settings.on_request =>
+            {
+                return settle(Outcome::ConsumedByAnother);
+            }
             result::INVALID_WRAPPING_TOKEN => {
                 // Confirm with Vault: an agent reading a stale volume is not a theft.
                 return Some(Action::Lookup {
@@ -1450,6 +1457,31 @@ mod tests {
                 ..
             }
         ));
+        // Consumed (by lookup) and the agent finds its file empty: the same.
+        let mut empty = pod("a");
+        empty
+            .receipts
+            .push(receipt(Receipt::failed(result::TOKEN_FILE_UNREADABLE), 3));
+        let mut w = issued("a", 0);
+        w.phase = Phase::Unwrapped;
+        let plan = run(std::slice::from_ref(&empty), std::slice::from_ref(&w), 3);
+        assert!(matches!(
+            &plan.actions[0],
+            Action::Settle {
+                outcome: Outcome::ConsumedByAnother,
+                ..
+            }
+        ));
+        // An empty file while the wrap is outstanding is the kubelet being slow: nothing.
+        let plan = run(std::slice::from_ref(&empty), &[issued("a", 0)], 3);
+        assert!(
+            !plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Settle { .. })),
+            "{:?}",
+            plan.actions
+        );
         // Still Issued: confirm with Vault first.
         let plan = run(&[p], &[issued("a", 0)], 3);
         assert!(matches!(
