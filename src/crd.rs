@@ -36,6 +36,10 @@ use serde::{Deserialize, Serialize};
     {
         "rule": "(has(self.podSelector.matchLabels) && size(self.podSelector.matchLabels) > 0) || (has(self.podSelector.matchExpressions) && size(self.podSelector.matchExpressions) > 0)",
         "message": "podSelector must not be empty: an empty selector would hand tokens to every pod in the namespace"
+    },
+    {
+        "rule": "!has(self.secretKey) || (self.secretKey != '.' && self.secretKey != '..')",
+        "message": "secretKey must not be '.' or '..'"
     }
 ]))]
 pub struct AgentSecretBindingSpec {
@@ -101,8 +105,10 @@ pub struct VaultTokenSpec {
     )]
     pub token_role: String,
 
-    /// Policies for the token; must be allowed by the role. Empty: the role's defaults.
+    /// Policies for the token; must be allowed by the role. Empty: the role's defaults. At most
+    /// 64, each at most 256 characters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub policies: Vec<String>,
 
     /// TTL of the agent's token, as a Go duration (`30m`, `1h`). Unset: the role's default.
@@ -121,8 +127,14 @@ pub struct VaultTokenSpec {
     pub wrap_ttl: String,
 
     /// Extra token metadata. The operator always adds `namespace`, `pod`, `pod_uid` and
-    /// `binding`, which cannot be overridden.
+    /// `binding`, which cannot be overridden. At most 32 entries, keys up to 128 and values up
+    /// to 512 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "string", "maxLength": 512},
+        "x-kubernetes-validations" = [{"rule": "self.all(k, size(k) <= 128)", "message": "metadata keys must be at most 128 characters"}]
+    ))]
     pub metadata: BTreeMap<String, String>,
 }
 

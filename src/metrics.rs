@@ -109,6 +109,7 @@ pub struct Metrics {
     renewals: Family<ResultLabels, Counter>,
     revocations_refused: Family<NamespaceLabels, Counter>,
     unverified_released: Family<NamespaceLabels, Counter>,
+    oversized_ignored: Family<NamespaceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -201,6 +202,12 @@ impl Metrics {
             "Records whose signature no longer verifies (record key lost or rotated away, or forged) whose finalizer was released when their Secret was deleted, without any Vault call",
             unverified_released.clone(),
         );
+        let oversized_ignored = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "oversized_secrets_ignored",
+            "Watch events of Secrets labelled as records but too large to be one, cached without their content and never read as records",
+            oversized_ignored.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             wraps_issued,
@@ -216,6 +223,7 @@ impl Metrics {
             renewals,
             revocations_refused,
             unverified_released,
+            oversized_ignored,
         }
     }
 
@@ -302,6 +310,14 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&CategoryLabels {
                 category: category.into(),
+            })
+            .inc();
+    }
+    /// A labelled Secret in `namespace` was too large to be a record (cached as a stub).
+    pub fn oversized_ignored(&self, namespace: &str) {
+        self.oversized_ignored
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.into(),
             })
             .inc();
     }

@@ -1280,7 +1280,11 @@ impl World {
             return Ok(match self.api_create(&issue.secret, sec)? {
                 Ok(rv) => Ok(rv),
                 Err(KubeErr::AlreadyExists) => match self.api_get(&issue.secret)? {
-                    Ok(Some(label)) if label.as_deref() == Some(r.binding.as_str()) => {
+                    // `writes::is_own_record`: a record of this binding that verifies.
+                    Ok(Some(label))
+                        if label.as_deref() == Some(r.binding.as_str())
+                            && !self.secrets.get(&issue.secret).is_some_and(|s| s.forged) =>
+                    {
                         self.stats.lost_races += 1;
                         Err(WriteError::Lost)
                     }

@@ -119,7 +119,18 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
     )
     .default_backoff()
-    .map_ok(cache_into(secret_writer, CachedRecord::pack))
+    .map_ok(cache_into(secret_writer, {
+        let metrics = metrics.clone();
+        move |secret| {
+            let record = CachedRecord::pack(secret);
+            if record.oversized {
+                warn!(namespace = %record.namespace, secret = %record.name,
+                    "a Secret labelled as a record is too large to be one; ignored");
+                metrics.oversized_ignored(&record.namespace);
+            }
+            record
+        }
+    }))
     .touched_objects();
     let reporter = Reporter {
         controller: "cubbyhole".into(),

@@ -58,6 +58,8 @@ pub fn validate(
             .ok_or_else(|| invalid(format!("tokenTTL {ttl:?} is not a duration like 30m or 1h")))?;
     }
     if spec.secret_key.is_empty()
+        || spec.secret_key == "."
+        || spec.secret_key == ".."
         || !spec
             .secret_key
             .chars()
@@ -68,6 +70,7 @@ pub fn validate(
             spec.secret_key
         )));
     }
+    check_bounds(spec)?;
     if !role_allowed(rules, namespace, &spec.vault.token_role) {
         return Err(Invalid {
             reason: Reason::RoleNotAllowed,
@@ -106,6 +109,34 @@ pub fn token_request(
         meta,
         wrap_ttl_secs: wrap_ttl.as_secs(),
     }
+}
+
+/// Most policies a binding may name, and their longest name.
+pub const MAX_POLICIES: (usize, usize) = (64, 256);
+/// Most metadata entries a binding may add, the longest key and the longest value.
+pub const MAX_METADATA: (usize, usize, usize) = (32, 128, 512);
+
+/// The CRD's bounds, checked again for objects stored before they existed: what a binding
+/// asks for is copied into every token it mints.
+fn check_bounds(spec: &AgentSecretBindingSpec) -> Result<(), Invalid> {
+    let v = &spec.vault;
+    let (most, longest) = MAX_POLICIES;
+    if v.policies.len() > most || v.policies.iter().any(|p| p.is_empty() || p.len() > longest) {
+        return Err(invalid(format!(
+            "vault.policies: at most {most} policies of 1 to {longest} characters"
+        )));
+    }
+    let (entries, key, value) = MAX_METADATA;
+    if v.metadata.len() > entries
+        || v.metadata
+            .iter()
+            .any(|(k, val)| k.len() > key || val.len() > value)
+    {
+        return Err(invalid(format!(
+            "vault.metadata: at most {entries} entries, keys up to {key} and values up to {value} characters"
+        )));
+    }
+    Ok(())
 }
 
 /// The binding's selector, refusing an empty one (it would select every pod).
@@ -312,6 +343,9 @@ mod tests {
             ("a.b-c_1", true),
             ("", false),
             ("a/b", false),
+            (".", false),
+            ("..", false),
+            ("..a", true),
         ] {
             let mut s = spec(&[("app", "a")], "agent", "60s");
             s.secret_key = key.into();
@@ -321,5 +355,32 @@ mod tests {
                 assert!(result.unwrap_err().message.contains("secretKey"));
             }
         }
+    }
+
+    #[test]
+    fn what_is_copied_into_every_token_is_bounded() {
+        let ok = spec(&[("app", "a")], "agent", "60s");
+        assert!(validate(&ok, "ns", &rules()).is_ok());
+        let mut many = ok.clone();
+        many.vault.policies = (0..65).map(|i| format!("p{i}")).collect();
+        let mut long = ok.clone();
+        long.vault.policies = vec!["p".repeat(257)];
+        let mut meta = ok.clone();
+        meta.vault.metadata = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+        let mut big_value = ok.clone();
+        big_value.vault.metadata.insert("k".into(), "v".repeat(513));
+        let mut big_key = ok.clone();
+        big_key.vault.metadata.insert("k".repeat(129), "v".into());
+        for s in [many, long, meta, big_value, big_key] {
+            let e = validate(&s, "ns", &rules()).unwrap_err();
+            assert_eq!(e.reason, Reason::InvalidSpec);
+            assert!(e.message.contains("vault."), "{}", e.message);
+        }
+        let mut at_bounds = ok;
+        at_bounds.vault.policies = (0..64).map(|i| format!("{i}{}", "p".repeat(250))).collect();
+        at_bounds.vault.metadata = (0..32)
+            .map(|i| (format!("{i:03}{}", "k".repeat(125)), "v".repeat(512)))
+            .collect();
+        assert!(validate(&at_bounds, "ns", &rules()).is_ok());
     }
 }

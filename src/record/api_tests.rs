@@ -190,11 +190,48 @@ async fn a_pod_start_is_one_create_owned_by_the_pod_with_a_finalizer_and_the_wra
 #[tokio::test]
 async fn a_create_losing_the_race_reads_who_won() {
     let keys = keys();
-    for (holder, expected) in [("b", "Lost"), ("someone-else", "Taken")] {
+    // The winner's record of this binding, as the operator signs it.
+    let signed = {
+        let mut s = secret_json("p-b-wrap", "3", "b");
+        s["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("cubbyhole");
+        let sealer = Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys: &keys,
+        };
+        let (patch, _) = sealer.patch(
+            "p-b-wrap",
+            &BTreeMap::new(),
+            &[
+                (ann::POD, Some("p".into())),
+                (ann::POD_UID, Some("uid-p".into())),
+            ],
+        );
+        s["metadata"]["annotations"] = Value::Object(patch);
+        s
+    };
+    let unsigned = {
+        let mut s = signed.clone();
+        s["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(ann::SIGNATURE);
+        s
+    };
+    for (holder, secret, expected) in [
+        ("b", signed, "Lost"),
+        ("b, unsigned", unsigned, "Taken"),
+        (
+            "someone-else",
+            secret_json("p-b-wrap", "3", "someone-else"),
+            "Taken",
+        ),
+        ("b, unlabelled", secret_json("p-b-wrap", "3", "b"), "Taken"),
+    ] {
         let (api, mut handle) = mocked();
         let server = tokio::spawn(async move {
             let create = answer(&mut handle, 409, status_json(409, "AlreadyExists")).await;
-            let get = answer(&mut handle, 200, secret_json("p-b-wrap", "3", holder)).await;
+            let get = answer(&mut handle, 200, secret).await;
             (create, get)
         });
         let token = SecretString::new("s.wrapping");

@@ -3,9 +3,17 @@
 //! binding's records; the cache holds one allocation per record instead of a Secret's maps and
 //! strings (at 10,000 records those were the operator's largest cache).
 
-use k8s_openapi::api::core::v1::Secret;
+use std::collections::BTreeMap;
 
-use crate::record::schema::BINDING_LABEL;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+
+use crate::record::schema::{BINDING_LABEL, MANAGED_BY_LABEL};
+
+/// Largest Secret kept whole: a record is a few hundred bytes of annotations and a wrapping
+/// token. A bigger one (a tenant's Secret labelled as a record) is kept as a stub naming it,
+/// never read as a record, so it cannot fill the operator's memory.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
 /// A cached record (see the module doc).
 #[derive(Clone, Default, PartialEq)]
@@ -18,6 +26,8 @@ pub struct CachedRecord {
     pub binding: Option<Box<str>>,
     /// The Secret, managed fields dropped, as JSON (the wrapping token included: never shown).
     packed: Box<[u8]>,
+    /// Larger than [`MAX_RECORD_BYTES`]: only its name and labels were kept.
+    pub oversized: bool,
 }
 
 impl CachedRecord {
@@ -38,10 +48,37 @@ impl CachedRecord {
                 .as_ref()
                 .and_then(|l| l.get(BINDING_LABEL))
                 .map(|b| b.as_str().into()),
-            packed: serde_json::to_vec(&secret)
-                .unwrap_or_default()
-                .into_boxed_slice(),
+            packed: Box::default(),
+            oversized: false,
         }
+        .with(secret)
+    }
+
+    fn with(mut self, secret: Secret) -> Self {
+        let packed = serde_json::to_vec(&secret).unwrap_or_default();
+        if packed.len() <= MAX_RECORD_BYTES {
+            self.packed = packed.into_boxed_slice();
+            return self;
+        }
+        let labels = secret.metadata.labels.map(|l| {
+            l.into_iter()
+                .filter(|(k, _)| k == MANAGED_BY_LABEL || k == BINDING_LABEL)
+                .collect::<BTreeMap<_, _>>()
+        });
+        let stub = Secret {
+            metadata: ObjectMeta {
+                name: secret.metadata.name,
+                namespace: secret.metadata.namespace,
+                labels,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        self.packed = serde_json::to_vec(&stub)
+            .unwrap_or_default()
+            .into_boxed_slice();
+        self.oversized = true;
+        self
     }
 
     /// The Secret as it was watched (managed fields aside). `None` only if it could not be
@@ -77,6 +114,41 @@ crate::cache_key::core_v1_lookup!(CachedRecord, "Secret", "secrets", |record| (
 mod tests {
     use super::*;
     use kube::runtime::reflector::{Lookup, ObjectRef};
+
+    #[test]
+    fn a_secret_too_large_to_be_a_record_is_kept_as_a_stub() {
+        let big = "A".repeat(MAX_RECORD_BYTES);
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "huge", "namespace": "team",
+                "labels": {"app.kubernetes.io/managed-by": "cubbyhole", "cubbyhole.dev/binding": "agents", "other": "x"},
+                "annotations": {"cubbyhole.dev/pod": "p", "cubbyhole.dev/pod-uid": "u"},
+            },
+            "data": {"token": k8s_openapi::ByteString(big.into_bytes())},
+        }))
+        .unwrap();
+        let record = CachedRecord::pack(secret);
+        assert!(record.oversized);
+        assert!(
+            record.packed.len() < 1024,
+            "{} bytes kept",
+            record.packed.len()
+        );
+        assert!(record.belongs_to("team", "agents"));
+        let stub = record.unpack().unwrap();
+        assert_eq!(stub.metadata.name.as_deref(), Some("huge"));
+        assert!(stub.data.is_none() && stub.metadata.annotations.is_none());
+        assert_eq!(stub.metadata.labels.unwrap().len(), 2);
+        // A real record is kept whole.
+        let small: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "r", "namespace": "team"},
+            "data": {"token": "aHZzLnNlY3JldA=="},
+        }))
+        .unwrap();
+        let kept = CachedRecord::pack(small.clone());
+        assert!(!kept.oversized);
+        assert_eq!(kept.unpack(), Some(small));
+    }
 
     #[test]
     fn a_packed_record_unpacks_to_the_watched_secret_without_managed_fields() {

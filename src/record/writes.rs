@@ -248,6 +248,15 @@ pub fn issue_patch(sealer: &Sealer, old: &WrapState, changes: &[Change], data: W
     })
 }
 
+/// True for a Secret that is a record of the sealer's binding that the operator signed.
+pub fn is_own_record(sealer: &Sealer, secret: &Secret) -> bool {
+    let labels = secret.labels();
+    labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(BINDING_LABEL).map(String::as_str) == Some(sealer.binding)
+        && WrapState::from_secret(secret, None, sealer.keys)
+            .is_some_and(|w| w.authenticity == crate::record::seal::Authenticity::Authentic)
+}
+
 /// Writes a pod start's record in one write: creates it, or takes `issue.replaces` over
 /// (guarded). Returns the new resourceVersion. `Lost`: another writer got there first (the
 /// caller revokes what it minted); `Taken`: a Secret of that name is not this binding's.
@@ -258,17 +267,15 @@ pub async fn write_issue(
     data: WrapData<'_>,
 ) -> Result<String, WriteError> {
     let api = records.api;
-    let binding = records.sealer.binding;
     let Some(old) = &issue.replaces else {
         let secret = issue_secret(&records.sealer, issue, changes, data);
         return match api.create(&PostParams::default(), &secret).await {
             Ok(s) => Ok(s.resource_version().unwrap_or_default()),
             Err(e) if is_conflict(&e) => match api.get_opt(&issue.secret).await {
-                Ok(Some(s))
-                    if s.labels().get(BINDING_LABEL).map(String::as_str) == Some(binding) =>
-                {
-                    Err(WriteError::Lost)
-                }
+                // Another writer's record of this binding (it won the race); anything else
+                // holding the name (unlabelled, another binding's, a forgery) is not ours to
+                // wait for.
+                Ok(Some(s)) if is_own_record(&records.sealer, &s) => Err(WriteError::Lost),
                 Ok(Some(_)) => Err(WriteError::Taken),
                 Ok(None) => Err(WriteError::Lost),
                 Err(e) => Err(WriteError::Kube(e)),

@@ -100,6 +100,22 @@ fn pointer_key(key: &str) -> String {
 /// derived from its name, or for a `generateName` pod from the prefix plus `nonce`.
 pub fn chosen_secret_name(pod: &Pod, binding: &str, nonce: &str) -> Result<String, String> {
     if let Some(name) = pod.annotations().get(SECRET_NAME_ANNOTATION) {
+        // A pod made from a template (a generated name, or a controller's: ReplicaSet, Job,
+        // StatefulSet) shares the annotation with every replica: one Secret for all of them.
+        let templated = pod
+            .metadata
+            .generate_name
+            .as_deref()
+            .is_some_and(|g| !g.is_empty())
+            || pod
+                .owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true));
+        if templated {
+            return Err(format!(
+                "annotation {SECRET_NAME_ANNOTATION}={name:?} comes from a pod template: every replica would share that one Secret; remove it from the template (each pod then gets its own name)"
+            ));
+        }
         return if is_valid_secret_name(name) {
             Ok(name.clone())
         } else {

@@ -228,7 +228,7 @@ fn agent_user_and_overrides() {
         json!({"secretKey": "wrap", "vault": {"tokenRole": "agent", "wrapTTL": "10s"}, "agentContainer": "agent"}),
     );
     let p = pod(
-        json!({"annotations": {"cubbyhole.dev/secret-name": "chosen-by-me", TOKEN_PATH_ANNOTATION: "/etc/vault-token/"}}),
+        json!({"name": "web-0", "generateName": null, "annotations": {"cubbyhole.dev/secret-name": "chosen-by-me", TOKEN_PATH_ANNOTATION: "/etc/vault-token/"}}),
         json!({"containers": [{"name": "agent", "image": "a", "securityContext": {"runAsUser": 1001}}]}),
     );
     let (doc, patch) = injected(&p, run(&p, &[b]));
@@ -300,20 +300,32 @@ fn the_pods_own_names_are_never_overwritten() {
             "cubbyhole's own mount",
         ),
         (
-            json!({"annotations": {"cubbyhole.dev/secret-name": "Bad_Name"}}),
+            json!({"name": "web-0", "generateName": null, "annotations": {"cubbyhole.dev/secret-name": "Bad_Name"}}),
             agent_spec(),
             "not a valid Secret name",
         ),
+        (
+            // A template's fixed name would be every replica's.
+            json!({"annotations": {"cubbyhole.dev/secret-name": "shared-wrap"}}),
+            agent_spec(),
+            "every replica would share that one Secret",
+        ),
+        (
+            json!({"name": "db-0", "generateName": null, "annotations": {"cubbyhole.dev/secret-name": "shared-wrap"},
+                   "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}]}),
+            agent_spec(),
+            "every replica would share that one Secret",
+        ),
     ];
     for (meta, spec, expected) in cases {
+        let named = meta.get("name").and_then(Value::as_str).map(str::to_string);
         let r = refusal(run(&pod(meta, spec), &b()));
         assert_eq!(r.reason, "CannotInject");
         assert!(r.message.contains(expected), "{}", r.message);
-        assert!(
-            r.message.contains("\"web-7d9f8c-*\" (generateName)"),
-            "{}",
-            r.message
-        );
+        let who = named.map_or("\"web-7d9f8c-*\" (generateName)".to_string(), |n| {
+            format!("{n:?}")
+        });
+        assert!(r.message.contains(&who), "{}", r.message);
         assert_eq!(r.bindings, ["b"]);
     }
 }
