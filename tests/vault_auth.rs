@@ -159,6 +159,37 @@ async fn revoked_login_token_is_replaced_by_one_new_login() {
     assert_eq!((creates.len(), refused), (3, 1), "{creates:#?}");
 }
 
+#[tokio::test]
+async fn a_path_the_policy_refuses_is_answered_without_logging_in_again() {
+    let (bao, _, jwt_path) = jwt_server(OPERATOR_POLICY, "1h");
+    let operator = operator_by_jwt(&bao, &jwt_path);
+    operator
+        .create_wrapped_token(&agent_request(30))
+        .await
+        .expect("first mint");
+    // A role the operator policy does not name: 403 from a valid token, ten times over.
+    let mut forbidden = agent_request(30);
+    forbidden.role = "not-granted".into();
+    for _ in 0..10 {
+        let e = operator
+            .create_wrapped_token(&forbidden)
+            .await
+            .expect_err("the policy refuses it");
+        assert!(e.to_string().contains("403"), "{e}");
+    }
+    assert_eq!(
+        bao.login_accessors().len(),
+        1,
+        "a permission refusal is not an expired login"
+    );
+    // The login still serves what the policy allows.
+    operator
+        .create_wrapped_token(&agent_request(30))
+        .await
+        .expect("mint after the refusals");
+    assert_eq!(bao.login_accessors().len(), 1);
+}
+
 /// Takes 3 s: waits for the login token's TTL (2 s) to run out.
 #[tokio::test]
 async fn expired_login_token_is_replaced_transparently() {

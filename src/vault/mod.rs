@@ -494,7 +494,9 @@ impl VaultClient {
         .await
     }
 
-    /// Sends an authenticated request, logging in first if needed and once more on 403.
+    /// Sends an authenticated request, logging in first if needed and once more on a 403 that
+    /// came from an invalid token (expired or revoked). A 403 of a valid token (a path its
+    /// policy does not allow) is returned as it is: logging in again would only pile up logins.
     async fn authed(
         &self,
         op: &'static str,
@@ -508,7 +510,10 @@ impl VaultClient {
             let started = Instant::now();
             let sent = build(token.expose()).send().await;
             match self.finish(op, started, sent).await {
-                Err(VaultError::Refused { status: 403, .. }) if attempt == 0 => {
+                Err(e @ VaultError::Refused { status: 403, .. }) if attempt == 0 => {
+                    if self.token_still_valid(&token).await {
+                        return Err(e);
+                    }
                     // Forget the token only if no other caller has replaced it already.
                     let mut cached = self.token.lock().await;
                     if cached.as_ref() == Some(&token) {
@@ -519,6 +524,19 @@ impl VaultClient {
             }
         }
         unreachable!("the second attempt always returns")
+    }
+
+    /// True when Vault still accepts `token`: a metadata lookup of an accessor that does not
+    /// exist (a grant the operator has) is refused with 403 only for an invalid token.
+    async fn token_still_valid(&self, token: &SecretString) -> bool {
+        let answer = self
+            .request(reqwest::Method::POST, "auth/token/lookup-accessor")
+            .header("X-Vault-Token", token.expose())
+            .json(&json!({ "accessor": "cubbyhole-token-check" }))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        answer.is_ok_and(|r| r.status() != reqwest::StatusCode::FORBIDDEN)
     }
 
     async fn current_token(&self) -> Result<SecretString, VaultError> {
