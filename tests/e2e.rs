@@ -251,6 +251,20 @@ async fn vault_refusal_is_surfaced_with_vaults_message() {
     .await;
     assert!(msg.contains("subset"), "{msg}");
     issued(&env, "fine", "ok-0").await;
+    // Retried with a pause doubling per failure (5, 5, 10, 20 s...), not every 5 s: within 30 s
+    // at most 5 attempts (a fixed 5 s would make 7), and the record counts them.
+    let started = std::time::Instant::now();
+    let refused_before = env.audit_requests("auth/token/create/");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let attempts = env.audit_requests("auth/token/create/") - refused_before;
+    assert!(
+        (2..=5).contains(&attempts),
+        "{attempts} mints in {:?}",
+        started.elapsed()
+    );
+    let record = env.records("greedy").await.pop().expect("the failed record");
+    let failures: u32 = ann(&record)["failures"].parse().unwrap();
+    assert!(failures >= 3, "{failures} failures recorded");
     env.assert_no_leaks().await;
 }
 

@@ -265,7 +265,11 @@ impl Executor<'_> {
         warn!(namespace = %self.ns(), binding = %self.binding.name_any(), pod = %issue.pod, error = %e, "mint failed");
         let changes = writes::issue_changes(
             issue,
-            writes::failure_changes(&e.to_string(), Timestamp::now()),
+            writes::failure_changes(
+                &e.to_string(),
+                Timestamp::now(),
+                writes::failures_after(issue),
+            ),
         );
         match writes::write_issue(&self.records, issue, &changes, None).await {
             Err(WriteError::Taken) => return Ok(self.name_taken(issue)),

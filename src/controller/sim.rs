@@ -96,7 +96,7 @@ use crate::core::plan::{self, Action, Input, Issue, Outcome, Revoke, Settings, e
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{
-    Change, deliver_changes, failure_changes, issue_changes, settle_changes,
+    Change, deliver_changes, failure_changes, failures_after, issue_changes, settle_changes,
 };
 use crate::record::{Phase, WrapState, ann};
 use crate::rng::Rng;
@@ -1397,7 +1397,9 @@ impl World {
                 Ok(())
             }
             Err(e) => {
-                let changes = issue_changes(&issue, failure_changes("refused", ts(self.now)));
+                let failures = failures_after(&issue);
+                let changes =
+                    issue_changes(&issue, failure_changes("refused", ts(self.now), failures));
                 let _ = self.write_issue(r, &issue, &changes, Data::Clear)?;
                 if e.is_unavailable() {
                     r.vault_unavailable = true;
@@ -2670,7 +2672,7 @@ mod tests {
                     deliver_changes("wa2", "ta2", ts(10), ts(70)),
                     Some(("token", &token)),
                 ),
-                (failure_changes("refused", ts(10)), None),
+                (failure_changes("refused", ts(10), 2), None),
             ] {
                 let changes = issue_changes(&i, ending);
                 let patch = writes::issue_patch(&sealer, &settled, &changes, data);

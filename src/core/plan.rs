@@ -21,8 +21,11 @@ pub fn replacement_pause(n: u32) -> Duration {
 
 /// How often an outstanding wrap the agent reported invalid is looked up again.
 pub const SUSPECT_RECHECK: Duration = Duration::from_secs(1);
-/// A failed mint is retried after this long.
-pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(5);
+/// The pause before retrying a mint that failed `failures` times in a row: 5 s, doubling with
+/// each failure, at most 5 minutes.
+pub fn failed_mint_pause(failures: u32) -> Duration {
+    Duration::from_secs(5 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(300))
+}
 
 /// Per-binding knobs the planner needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -607,7 +610,10 @@ fn judge(
             return;
         }
         Phase::Failed => {
-            let retry_at = add(wrap.claimed_at.unwrap_or(now), RETRY_FAILED_AFTER);
+            let retry_at = add(
+                wrap.claimed_at.unwrap_or(now),
+                failed_mint_pause(wrap.failures),
+            );
             if now < retry_at {
                 plan.wake(retry_at);
             } else if may_mint {
@@ -860,6 +866,7 @@ mod tests {
             receipts_after: None,
             replaced: 0,
             reported: None,
+            failures: 0,
             has_token: true,
             deleting: false,
             authenticity: crate::record::seal::Authenticity::Authentic,
@@ -1689,9 +1696,21 @@ mod tests {
                 .is_empty()
         );
         assert!(matches!(
-            run(&[pod("a")], &[w], 5).actions[0],
+            run(&[pod("a")], std::slice::from_ref(&w), 5).actions[0],
             Action::Issue(_)
         ));
+        // Each failure in a row doubles the pause, up to 5 minutes: a role Vault refuses
+        // costs a pod a few mints an hour, not one every 5 s.
+        w.failures = 4;
+        let plan = run(&[pod("a")], std::slice::from_ref(&w), 39);
+        assert!(plan.actions.is_empty());
+        assert_eq!(plan.wake_at, Some(t(40)));
+        assert!(matches!(
+            run(&[pod("a")], std::slice::from_ref(&w), 40).actions[0],
+            Action::Issue(_)
+        ));
+        let pauses: Vec<u64> = (0..10).map(|n| failed_mint_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [5, 5, 10, 20, 40, 80, 160, 300, 300, 300]);
     }
 
     #[test]

@@ -269,6 +269,7 @@ mod tests {
             receipts_after: None,
             replaced: 0,
             reported: None,
+            failures: 0,
             has_token: false,
             deleting: false,
             authenticity: crate::record::seal::Authenticity::Authentic,

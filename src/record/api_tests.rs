@@ -296,7 +296,8 @@ async fn a_failed_mint_is_recorded_in_the_same_one_write_without_a_token() {
     });
     let r = records(&api, &keys);
     for i in [issue(None), issue(Some(old))] {
-        let changes = writes::issue_changes(&i, writes::failure_changes("permission denied", t(1)));
+        let changes =
+            writes::issue_changes(&i, writes::failure_changes("permission denied", t(1), 1));
         writes::write_issue(&r, &i, &changes, None).await.unwrap();
     }
     let (created, patched) = server.await.unwrap();

@@ -52,12 +52,14 @@ pub mod ann {
     /// The receipt the pod's agent reported to the request endpoint (request delivery), as
     /// the receipt's JSON line; cleared by the next start.
     pub const RECEIPT: &str = "cubbyhole.dev/receipt";
+    /// How many mints of this record failed in a row (the retry pause doubles with each).
+    pub const FAILURES: &str = "cubbyhole.dev/failures";
     /// HMAC over the record (`v1:<key-id>:<hex>`, see [`crate::record::seal`]).
     pub const SIGNATURE: &str = "cubbyhole.dev/signature";
 
     /// The annotations the signature covers: every one the operator writes and reads, except
     /// the free-text [`MESSAGE`] and the signature itself.
-    pub const SIGNED: [&str; 15] = [
+    pub const SIGNED: [&str; 16] = [
         POD,
         POD_UID,
         START,
@@ -73,5 +75,6 @@ pub mod ann {
         RECEIPTS_AFTER,
         REPLACED,
         RECEIPT,
+        FAILURES,
     ];
 }

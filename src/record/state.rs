@@ -121,6 +121,8 @@ pub struct WrapState {
     pub receipts_after: Option<Timestamp>,
     /// How many times this start's wrap was replaced after expiring untaken.
     pub replaced: u32,
+    /// Mints of this record that failed in a row.
+    pub failures: u32,
     /// What the pod's agent reported to the request endpoint for this start (request
     /// delivery; the termination message carries the same).
     pub reported: Option<Receipt>,
@@ -206,6 +208,7 @@ impl WrapState {
             verified: get(ann::VERIFIED).as_deref() == Some("true"),
             message: get(ann::MESSAGE),
             receipts_after: time(ann::RECEIPTS_AFTER),
+            failures: get(ann::FAILURES).and_then(|s| s.parse().ok()).unwrap_or(0),
             reported: get(ann::RECEIPT).and_then(|r| Receipt::parse(&r)),
             has_token,
             deleting: false,

@@ -157,16 +157,29 @@ pub fn deliver_changes(
         (ann::ISSUED_AT, Some(issued_at.to_string())),
         (ann::EXPIRES_AT, Some(expires_at.to_string())),
         (ann::MESSAGE, None),
+        (ann::FAILURES, None),
     ]
 }
 
-/// The annotation changes of a failed mint (retried after a pause).
-pub fn failure_changes(message: &str, now: Timestamp) -> Vec<Change> {
+/// The annotation changes of a failed mint, the `failures`th in a row (retried after a pause
+/// that doubles with each, [`crate::core::plan::failed_mint_pause`]).
+pub fn failure_changes(message: &str, now: Timestamp, failures: u32) -> Vec<Change> {
     vec![
         (ann::PHASE, Some(Phase::Failed.as_str().to_string())),
         (ann::CLAIMED_AT, Some(now.to_string())),
         (ann::MESSAGE, Some(truncate(message, 512))),
+        (ann::FAILURES, Some(failures.to_string())),
     ]
+}
+
+/// Which failure in a row a failed mint for `issue` is: one more than the record it replaces
+/// had, if that one had failed too.
+pub fn failures_after(issue: &Issue) -> u32 {
+    issue
+        .replaces
+        .as_ref()
+        .filter(|w| w.phase == Phase::Failed)
+        .map_or(1, |w| w.failures.saturating_add(1))
 }
 
 /// The annotation changes of settling a wrap in `phase`, for start `start`.
@@ -511,7 +524,7 @@ mod tests {
         // The agent restarts: its mint fails, then the retry delivers, each in one write; the
         // new start remembers the old token.
         let i = issue(1, Some(w.clone()));
-        let failed_changes = issue_changes(&i, failure_changes("refused", t(90)));
+        let failed_changes = issue_changes(&i, failure_changes("refused", t(90), 1));
         let failed = apply(&settled, &issue_patch(&sealer, &w, &failed_changes, None));
         let f = read(&failed, &keys);
         assert_eq!(
