@@ -262,7 +262,11 @@ async fn vault_refusal_is_surfaced_with_vaults_message() {
         "{attempts} mints in {:?}",
         started.elapsed()
     );
-    let record = env.records("greedy").await.pop().expect("the failed record");
+    let record = env
+        .records("greedy")
+        .await
+        .pop()
+        .expect("the failed record");
     let failures: u32 = ann(&record)["failures"].parse().unwrap();
     assert!(failures >= 3, "{failures} failures recorded");
     env.assert_no_leaks().await;

@@ -81,7 +81,8 @@ impl RequestMetrics {
         Self { answers, duration }
     }
 
-    fn observe(&self, endpoint: &'static str, result: &str) {
+    /// One answer of `endpoint` (`wrap` or `receipt`) with `result`.
+    pub fn observe(&self, endpoint: &'static str, result: &str) {
         self.answers
             .get_or_create(&ResultLabels {
                 endpoint,
