@@ -321,7 +321,10 @@ mod tests {
             .as_str()
             .unwrap();
         assert!(agent.len() > 150 && !agent.contains('\n'), "{agent}");
-        assert!(agent.contains("new starts: when its restart count"), "{agent}");
+        assert!(
+            agent.contains("new starts: when its restart count"),
+            "{agent}"
+        );
     }
 
     #[test]

@@ -496,3 +496,99 @@ async fn certificate_rotation_keeps_admission_working() {
     unwrap_and_verify(&env, "rot", &wraps).await;
     env.assert_no_leaks().await;
 }
+
+/// A pod that satisfies Pod Security "restricted" on its own (opted in or not), labelled
+/// `app=<app>`, without a fixed user id.
+fn restricted_pod(app: &str, opt_in: bool) -> Pod {
+    let mut labels = json!({"app": app});
+    if opt_in {
+        labels["cubbyhole.dev/inject"] = json!("true");
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": format!("{app}-"), "labels": labels},
+        "spec": {
+            "schedulingGates": [{"name": "cubbyhole.dev/e2e-no-kubelet"}],
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "agent", "image": "agent",
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn injected_pods_pass_pod_security_restricted_with_either_delivery() {
+    let mut env = Env::start(Options::default()).await;
+    if env.skip_external("the API server calling a webhook on 127.0.0.1") {
+        return;
+    }
+    let port = webhook_port();
+    let endpoint = format!("--request-endpoint=https://127.0.0.1:{port}");
+    env.restart_with_webhook(port, &[&endpoint]);
+    env.install_webhook_configuration(port).await;
+    env.wait_webhook_serving().await;
+    let ns = format!("{}-restricted", env.ns);
+    cubbyhole_testkit::cluster::create_namespace(&env.client, &ns).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    let enforce = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    namespaces
+        .patch(
+            &ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&enforce),
+        )
+        .await
+        .expect("label the namespace restricted");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    // Pod Security is enforced here: a pod without a security context is refused.
+    let plain = pods
+        .create(&PostParams::default(), &agent_pod("plain", "nobody", false))
+        .await
+        .expect_err("restricted refuses a pod without a security context");
+    assert!(plain.to_string().contains("PodSecurity"), "{plain}");
+    let bindings: Api<cubbyhole::crd::AgentSecretBinding> =
+        Api::namespaced(env.client.clone(), &ns);
+    for (name, delivery) in [("pushed", "Secret"), ("asked", "Request")] {
+        let mut spec = Env::spec(name, "60s");
+        spec.as_object_mut().unwrap().remove("agentContainer");
+        spec["delivery"] = json!(delivery);
+        let binding = serde_json::from_value(json!({
+            "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("create binding");
+        // The injected pod (init container, volumes, fsGroup) is admitted by "restricted".
+        let pod = eventually(
+            &format!("{delivery}: an injected pod admitted"),
+            T,
+            || async {
+                pods.create(&PostParams::default(), &restricted_pod(name, true))
+                    .await
+                    .ok()
+                    .filter(|p| is_injected(p, name))
+            },
+        )
+        .await;
+        let spec = pod.spec.as_ref().unwrap();
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        let security = init.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        println!(
+            "{delivery}: injected pod {} admitted under restricted (init runs as {:?})",
+            pod.name_any(),
+            security.run_as_user
+        );
+    }
+    env.assert_no_leaks().await;
+}
