@@ -13,6 +13,7 @@ pub mod config;
 pub mod controller;
 pub mod core;
 pub mod crd;
+pub mod doctor;
 pub mod metrics;
 pub mod record;
 pub mod request;

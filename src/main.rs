@@ -25,6 +25,8 @@ enum Command {
     Operator(cubbyhole::controller::OperatorArgs),
     /// Unwrap the pod's wrapping token into a 0400 file and leave a receipt (agent side).
     Unwrap(cubbyhole::agent::unwrap::UnwrapArgs),
+    /// Check what the operator needs (Vault, its policy, roles, RBAC, webhook), one line each.
+    Doctor(cubbyhole::doctor::DoctorArgs),
     /// Print the AgentSecretBinding CRD as YAML.
     Crd,
 }
@@ -34,6 +36,7 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Operator(args) => cubbyhole::controller::run(args).await,
         Command::Unwrap(args) => cubbyhole::agent::unwrap::run(args).await,
+        Command::Doctor(args) => cubbyhole::doctor::run(args).await,
         Command::Crd => {
             print!("{}", cubbyhole::crd::crd_yaml());
             ExitCode::SUCCESS

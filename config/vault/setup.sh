@@ -81,7 +81,8 @@ done
 #    those roles and only response-wrapped (min_wrapping_ttl forces wrapping; a POST there is
 #    an "update"), revoke by accessor, renew by accessor (keeps an agent's token alive while
 #    its pod lives), look up a token's metadata by accessor (before revoking: Vault must vouch
-#    that the token was minted for the record; the answer never holds the token). sys/wrapping/lookup needs no grant: the operator calls it
+#    that the token was minted for the record; the answer never holds the token), and for
+#    `cubbyhole doctor` read its roles' definitions and its own capabilities. sys/wrapping/lookup needs no grant: the operator calls it
 #    without a token, like the agent.
 operator_policy() {
     for role in $ROLES; do
@@ -90,6 +91,9 @@ path "auth/token/create/$role" {
   capabilities = ["update"]
   min_wrapping_ttl = "5s"
   max_wrapping_ttl = "1h"
+}
+path "auth/token/roles/$role" {
+  capabilities = ["read"]
 }
 POLICY
     done
@@ -101,6 +105,9 @@ path "auth/token/renew-accessor" {
   capabilities = ["update"]
 }
 path "auth/token/lookup-accessor" {
+  capabilities = ["update"]
+}
+path "sys/capabilities-self" {
   capabilities = ["update"]
 }
 POLICY

@@ -649,6 +649,69 @@ impl VaultClient {
             Err(e) => Err(e),
         }
     }
+
+    /// `sys/capabilities-self`: what the operator's token may do on each of `paths`.
+    pub async fn capabilities_self(
+        &self,
+        paths: &[String],
+    ) -> Result<BTreeMap<String, Vec<String>>, VaultError> {
+        const OP: &str = "capabilities_self";
+        let resp = self
+            .post(OP, "sys/capabilities-self", &json!({ "paths": paths }))
+            .await?;
+        let raw: serde_json::Value = parse(OP, resp).await?;
+        Ok(paths
+            .iter()
+            .map(|p| {
+                let caps = raw
+                    .get(p)
+                    .or_else(|| raw.get("data").and_then(|d| d.get(p)))
+                    .and_then(|c| serde_json::from_value(c.clone()).ok())
+                    .unwrap_or_default();
+                (p.clone(), caps)
+            })
+            .collect())
+    }
+
+    /// `auth/token/roles/<role>`: the token role's definition, `None` when it does not exist.
+    pub async fn token_role(&self, role: &str) -> Result<Option<TokenRole>, VaultError> {
+        const OP: &str = "read_role";
+        let path = format!("auth/token/roles/{role}");
+        let resp = self
+            .authed(OP, |token| {
+                self.request(reqwest::Method::GET, &path)
+                    .header("X-Vault-Token", token)
+            })
+            .await;
+        match resp {
+            Ok(resp) => {
+                #[derive(Deserialize)]
+                struct Raw {
+                    data: TokenRole,
+                }
+                Ok(Some(parse::<Raw>(OP, resp).await?.data))
+            }
+            Err(VaultError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What a token role allows, as far as a binding's request is concerned.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TokenRole {
+    /// Policies a token of the role may ask for (empty: any the creator holds).
+    #[serde(default)]
+    pub allowed_policies: Vec<String>,
+    /// Policies it may never have.
+    #[serde(default)]
+    pub disallowed_policies: Vec<String>,
+    /// Longest life of its tokens, seconds (0: none set).
+    #[serde(default)]
+    pub token_explicit_max_ttl: u64,
+    /// Periodic tokens' period, seconds (0: not periodic).
+    #[serde(default)]
+    pub token_period: u64,
 }
 
 /// Vault's words for an accessor it knows no token of (expired, revoked or never issued).

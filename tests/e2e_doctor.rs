@@ -1,0 +1,128 @@
+//! End-to-end: `cubbyhole doctor`, run with the operator's configuration and service account
+//! against the real API server and OpenBao, is green on a correct install and names each of a
+//! few broken setups precisely.
+
+use std::process::Command;
+use std::time::Duration;
+
+use cubbyhole_testkit::cluster::webhook::webhook_port;
+use cubbyhole_testkit::cluster::{Env, Options, eventually};
+use cubbyhole_testkit::openbao::ROLE;
+
+/// Runs the doctor as the operator with `config`; its exit code and output.
+fn doctor(env: &Env, config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(cubbyhole_testkit::paths::cubbyhole_bin())
+        .args(["doctor", "--config"])
+        .arg(config)
+        .env("KUBECONFIG", &env.identity.kubeconfig)
+        .env_remove("VAULT_ADDR")
+        .output()
+        .expect("run cubbyhole doctor");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(env.dir.join("doctor.log"), &text).ok();
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn line<'a>(text: &'a str, start: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting {start:?} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
+    let mut env = Env::start(Options {
+        allowed_roles: vec![ROLE, "never-created"],
+        ..Options::default()
+    })
+    .await;
+    if env.skip_external("OpenBao's operator policy to break") {
+        return;
+    }
+    let port = webhook_port();
+    env.restart_with_webhook(port, &[]);
+    env.install_webhook_configuration(port).await;
+    env.wait_webhook_serving().await;
+    env.apply_binding("fine", Env::spec("fine", "60s")).await;
+    let ns = env.ns.clone();
+
+    let (code, text) = doctor(&env, &env.config);
+    assert_eq!(code, 0, "{text}");
+    for expected in [
+        "OK    vault reachable",
+        "OK    vault login",
+        "OK    vault capabilities",
+        &format!("OK    binding {ns}/fine: token role \"{ROLE}\" allows"),
+        "OK    kubernetes permissions: all",
+        "OK    webhook: cubbyhole-injector: caBundle set",
+    ] {
+        line(&text, expected);
+    }
+
+    // A binding whose role the namespace may not use, and one whose role Vault does not have.
+    let mut forbidden = Env::spec("x", "60s");
+    forbidden["vault"]["tokenRole"] = serde_json::json!("admin");
+    env.apply_binding("forbidden", forbidden).await;
+    let mut missing = Env::spec("y", "60s");
+    missing["vault"]["tokenRole"] = serde_json::json!("never-created");
+    env.apply_binding("missing", missing).await;
+    let (code, text) = doctor(&env, &env.config);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        line(&text, &format!("FAIL  binding {ns}/forbidden")).contains("RoleNotAllowed"),
+        "{text}"
+    );
+    assert!(
+        line(&text, &format!("FAIL  binding {ns}/missing")).contains("\"never-created\""),
+        "{text}"
+    );
+    line(&text, &format!("OK    binding {ns}/fine"));
+    // The operator's policy lacks the role the second binding asks for.
+    assert!(
+        line(&text, "FAIL  vault capabilities").contains("auth/token/create/never-created"),
+        "{text}"
+    );
+
+    // The operator's policy loses renewals.
+    let policy = env.bao.cli(
+        &env.bao.root_token,
+        &["policy", "read", "cubbyhole-operator"],
+    );
+    let text_policy = String::from_utf8_lossy(&policy.stdout).to_string();
+    let start = text_policy
+        .find("path \"auth/token/renew-accessor\"")
+        .expect("renew-accessor in the policy");
+    let end = start + text_policy[start..].find('}').unwrap() + 1;
+    let cut = format!("{}{}", &text_policy[..start], &text_policy[end..]);
+    let file = env.dir.join("policy-without-renew.hcl");
+    std::fs::write(&file, cut).unwrap();
+    let out = env.bao.cli(
+        &env.bao.root_token,
+        &["policy", "write", "cubbyhole-operator", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = eventually("the doctor sees the policy change", Duration::from_secs(30), || async {
+        let (_, text) = doctor(&env, &env.config);
+        text.lines()
+            .any(|l| l.starts_with("FAIL  vault capabilities") && l.contains("auth/token/renew-accessor"))
+            .then_some(text)
+    })
+    .await;
+    assert!(!line(&text, "FAIL  vault capabilities").contains("revoke-accessor"), "{text}");
+
+    // Vault unreachable: the configuration names a closed port.
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    let closed = format!("http://127.0.0.1:{}", webhook_port());
+    let broken = config.replace(&env.bao.addr, &closed);
+    assert_ne!(broken, config);
+    let broken_path = env.dir.join("operator-unreachable.yaml");
+    std::fs::write(&broken_path, broken).unwrap();
+    let (code, text) = doctor(&env, &broken_path);
+    assert_eq!(code, 1, "{text}");
+    assert!(line(&text, "FAIL  vault reachable").contains(&closed), "{text}");
+    env.assert_no_leaks().await;
+}
