@@ -102,17 +102,36 @@ async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
     std::fs::write(&file, cut).unwrap();
     let out = env.bao.cli(
         &env.bao.root_token,
-        &["policy", "write", "cubbyhole-operator", file.to_str().unwrap()],
+        &[
+            "policy",
+            "write",
+            "cubbyhole-operator",
+            file.to_str().unwrap(),
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = eventually("the doctor sees the policy change", Duration::from_secs(30), || async {
-        let (_, text) = doctor(&env, &env.config);
-        text.lines()
-            .any(|l| l.starts_with("FAIL  vault capabilities") && l.contains("auth/token/renew-accessor"))
-            .then_some(text)
-    })
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = eventually(
+        "the doctor sees the policy change",
+        Duration::from_secs(30),
+        || async {
+            let (_, text) = doctor(&env, &env.config);
+            text.lines()
+                .any(|l| {
+                    l.starts_with("FAIL  vault capabilities")
+                        && l.contains("auth/token/renew-accessor")
+                })
+                .then_some(text)
+        },
+    )
     .await;
-    assert!(!line(&text, "FAIL  vault capabilities").contains("revoke-accessor"), "{text}");
+    assert!(
+        !line(&text, "FAIL  vault capabilities").contains("revoke-accessor"),
+        "{text}"
+    );
 
     // Vault unreachable: the configuration names a closed port.
     let config = std::fs::read_to_string(&env.config).unwrap();
@@ -123,6 +142,9 @@ async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
     std::fs::write(&broken_path, broken).unwrap();
     let (code, text) = doctor(&env, &broken_path);
     assert_eq!(code, 1, "{text}");
-    assert!(line(&text, "FAIL  vault reachable").contains(&closed), "{text}");
+    assert!(
+        line(&text, "FAIL  vault reachable").contains(&closed),
+        "{text}"
+    );
     env.assert_no_leaks().await;
 }
