@@ -83,6 +83,13 @@
 //! liveness is checked. Mutant `NoRevokeBeforeAsk` (the endpoint keeps the previous start
 //! alive) must break invariant 1 or 2.
 //!
+//! **Record key loss.** In faulty schedules the record key may be lost: every record written so
+//! far stops verifying (the operator's later writes sign with a new key). Such records are never
+//! acted on in Vault; once their Secret is being deleted they are released (`trust::vet`, from
+//! a round or the sweep of a gone binding's records), and what they named ends by Vault's TTLs
+//! within the renewal window (checked after time passes it). Mutant `NoUnverifiedRelease` must
+//! leave a record stranded (invariant 2).
+//!
 //! `replay` (ignored) reruns one seed with its whole trace.
 #![allow(clippy::too_many_lines)]
 
@@ -131,6 +138,8 @@ pub enum Mutant {
     /// The request endpoint mints for a new ask without revoking the previous start's wrap and
     /// token.
     NoRevokeBeforeAsk,
+    /// A record that no longer verifies (the record key lost) is never released.
+    NoUnverifiedRelease,
 }
 
 /// Fault rates of a schedule (per mille, per operation or per round).
@@ -262,6 +271,9 @@ struct VToken {
     expires: i64,
     /// The operator asked Vault to revoke it (perhaps after Vault had already ended it).
     revoke_asked: bool,
+    /// A record named it when the record key was lost: the operator can no longer act on it,
+    /// and only Vault ends it (within the renewal window).
+    unvouched: bool,
 }
 
 /// Prefix of the operator memory's renewal entries (beside its lookup times).
@@ -321,6 +333,7 @@ impl Vault {
                 consumed: false,
                 expires: now + ttl + GRACE,
                 revoke_asked: false,
+                unvouched: false,
             },
         );
         self.by_token.insert(token.clone(), wacc.clone());
@@ -521,6 +534,10 @@ pub struct Stats {
     pub asks_served: u64,
     /// Receipts reported to the endpoint and recorded.
     pub receipts_reported: u64,
+    /// Record keys lost, and records released at deletion without verifying.
+    pub key_losses: u64,
+    /// Records that no longer verified, released at their deletion.
+    pub unverified_released: u64,
 }
 
 impl Stats {
@@ -553,6 +570,8 @@ impl Stats {
         self.asks += o.asks;
         self.asks_served += o.asks_served;
         self.receipts_reported += o.receipts_reported;
+        self.key_losses += o.key_losses;
+        self.unverified_released += o.unverified_released;
         if o.max_lookups.0 > self.max_lookups.0 {
             self.max_lookups = o.max_lookups;
         }
@@ -605,6 +624,8 @@ struct World {
     /// Pod uid -> when the pod was removed.
     removed_at: HashMap<String, i64>,
     deleted_bindings: BTreeSet<String>,
+    /// The record key was lost during the schedule.
+    key_lost: bool,
     /// Token accessors each replica holds in memory, not yet in a record.
     in_hand: [Vec<String>; 2],
     /// Successful writes and Vault state changes (to tell a round that changed nothing).
@@ -674,6 +695,7 @@ impl World {
             removed_at: HashMap::new(),
             squatted: BTreeSet::new(),
             deleted_bindings: BTreeSet::new(),
+            key_lost: false,
             stats: Stats::default(),
             trace: vec![],
         }
@@ -858,6 +880,8 @@ impl World {
             Data::Keep => {}
         }
         sec.rv = new_rv;
+        // Every write of the operator is signed with its current key.
+        sec.forged = false;
         sec.view = read_record(name, sec);
         self.next_rv = new_rv;
         self.changes += 1;
@@ -1153,6 +1177,7 @@ impl World {
         let Ok((wraps, mut untrusted, raw)) = self.list_records(name, true)? else {
             return Ok(RoundOutcome::default());
         };
+        self.release_unverified(&untrusted)?;
         // `reconcile::recently_taken`: names found held by a foreign Secret lately.
         let m = usize::from(self.replica == Replica::Rival);
         let now = self.now;
@@ -1552,11 +1577,58 @@ impl World {
         }
     }
 
+    /// `trust::vet`: a record that does not verify is never acted on in Vault, but once its
+    /// Secret is being deleted its finalizer is released (guarded), so it is never stranded.
+    fn release_unverified(&mut self, untrusted: &BTreeSet<String>) -> Step<()> {
+        if self.mutant == Mutant::NoUnverifiedRelease {
+            return Ok(());
+        }
+        for n in untrusted {
+            let Some(s) = self.secrets.get(n) else {
+                continue;
+            };
+            if !(s.deleting && s.finalizer) {
+                continue;
+            }
+            let rv = s.rv.to_string();
+            if self.api_unfinalize(n, Some(&rv))?.is_ok() {
+                self.stats.unverified_released += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// The binding's finalizer (`sweep::retire_records`); the binding goes once it ran.
     fn finalize(&mut self, name: &str) -> Step<()> {
-        let Ok((wraps, _, _)) = self.list_records(name, false)? else {
-            return Ok(());
+        if self.retire(name)? {
+            self.note(format!("binding {name} is gone"));
+            self.bindings.remove(name);
+        }
+        Ok(())
+    }
+
+    /// `sweep::sweep_loop`: the records of bindings that are gone are retired like their
+    /// finalizer would (a record that stopped verifying is released once it is being deleted).
+    fn sweep(&mut self) -> Step<()> {
+        let gone: BTreeSet<String> = self
+            .secrets
+            .values()
+            .filter_map(|s| s.binding.clone())
+            .filter(|b| !self.bindings.contains_key(b))
+            .collect();
+        for name in gone {
+            self.retire(&name)?;
+        }
+        Ok(())
+    }
+
+    /// `sweep::retire_records`: revokes what the binding's records name and removes them; true
+    /// when all of them were.
+    fn retire(&mut self, name: &str) -> Step<bool> {
+        let Ok((wraps, untrusted, _)) = self.list_records(name, false)? else {
+            return Ok(false);
         };
+        self.release_unverified(&untrusted)?;
         for wrap in &wraps {
             let revoke = plan::revocations(wrap, true);
             for (revoke, accessor) in [
@@ -1566,16 +1638,14 @@ impl World {
                 if let (true, Some(a)) = (revoke, accessor)
                     && self.v_revoke(a)?.is_err()
                 {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             if self.remove(wrap)?.is_err() {
-                return Ok(());
+                return Ok(false);
             }
         }
-        self.note(format!("binding {name} is gone"));
-        self.bindings.remove(name);
-        Ok(())
+        Ok(true)
     }
 
     // ---------------------------------------------------------------- the world around it
@@ -1975,6 +2045,29 @@ impl World {
         );
     }
 
+    /// The record key is lost (its Secret deleted, the operator's namespace reinstalled): every
+    /// record written so far stops verifying; the operator's next writes sign with a new key.
+    fn lose_record_key(&mut self) {
+        let mut named = vec![];
+        for s in self.secrets.values_mut() {
+            if s.binding.is_none() || s.forged || s.view.is_none() {
+                continue;
+            }
+            s.forged = true;
+            for k in [ann::ACCESSOR, ann::WRAP_ACCESSOR, ann::PREVIOUS_ACCESSOR] {
+                named.extend(s.ann.get(k).cloned());
+            }
+        }
+        for a in named {
+            if let Some(t) = self.vault.tokens.get_mut(&a) {
+                t.unvouched = true;
+            }
+        }
+        self.key_lost = true;
+        self.stats.key_losses += 1;
+        self.note("the record key is lost: every record written so far stops verifying".into());
+    }
+
     /// Events that may happen between two operations of the operator.
     fn external_between_ops(&mut self) -> Step<()> {
         match self.rng.below(1000) {
@@ -2134,6 +2227,7 @@ impl World {
                 self.note(format!("Vault down for {d} s"));
             }
             940..950 => self.foreign_secret(),
+            950..953 if self.faults.any() => self.lose_record_key(),
             _ => {}
         }
         self.check()?;
@@ -2165,6 +2259,11 @@ impl World {
                     Err(Stop::Crash) => unreachable!("no crashes while settling"),
                     Err(Stop::Broken(v)) => return Err(v),
                 }
+            }
+            match self.sweep() {
+                Ok(()) => {}
+                Err(Stop::Crash) => unreachable!("no crashes while settling"),
+                Err(Stop::Broken(v)) => return Err(v),
             }
             // A round whose steps changed nothing (a claim of a name someone else holds is
             // retried at once by the operator) does not count as activity.
@@ -2289,6 +2388,14 @@ impl World {
             let msg = format!("record {n} left after every pod is gone");
             return Err(self.violation(2, msg));
         }
+        if let Some((n, _)) = self
+            .secrets
+            .iter()
+            .find(|(_, s)| s.owner_uid.is_some() && s.deleting && s.finalizer)
+        {
+            let msg = format!("record {n} stranded: being deleted, its finalizer never released");
+            return Err(self.violation(2, msg));
+        }
         let now = self.now;
         for (a, w) in &self.vault.wraps {
             if !w.consumed && !w.revoked && now < w.expires {
@@ -2305,6 +2412,8 @@ impl World {
             if t.revoked
                 || t.revoke_asked
                 || (now >= t.expires && self.removed_at.get(&t.owner.uid).is_some_and(died_first))
+                // After a key loss only Vault ends it: by now (past every renewal window).
+                || (t.unvouched && now >= t.expires)
             {
                 continue;
             }
@@ -2425,7 +2534,7 @@ pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
         }
         // The faults stop; Vault is up; agents idle.
         w.note("--- faults stop".to_string());
-        let faulty = faults.any() || w.stats.rival_rounds > 0;
+        let faulty = faults.any() || w.stats.rival_rounds > 0 || w.key_lost;
         w.faults = Faults::default();
         w.interleave = false;
         w.ops_left = None;
@@ -2449,6 +2558,10 @@ pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
         w.settle_down(1500)?;
         let longest = w.ever.values().map(|(_, ttl, _)| *ttl).max().unwrap_or(60);
         w.now += longest + 10 + 1;
+        if w.key_lost {
+            // What only Vault can end now ends within the renewal window.
+            w.now += MAX_RENEWAL_WINDOW + GRACE + 1;
+        }
         w.settle_down(1500)?;
         w.check()?;
         w.check_nothing_left()
@@ -2492,6 +2605,11 @@ mod tests {
         assert!(stats.lost_races > 0 && stats.rival_rounds > 0, "{stats:?}");
         assert!(stats.delivery_failures > 0, "{stats:?}");
         assert!(stats.replacements > 0, "{stats:?}");
+        // Record keys were lost, and records that stopped verifying were released.
+        assert!(
+            stats.key_losses > 0 && stats.unverified_released > 0,
+            "{stats:?}"
+        );
         // Request delivery: agents asked, were served, and reported receipts.
         assert!(
             stats.asks_served > 0 && stats.asks > stats.asks_served && stats.receipts_reported > 0,
@@ -2537,7 +2655,7 @@ mod tests {
         panic!("{mutant:?} survived {SCHEDULES} schedules");
     }
 
-    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|conflict|deliver|release|ask]
+    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|conflict|deliver|release|ask|key]
     /// SIM_FULL_TRACE=1 cargo test --lib sim::tests::replay -- --ignored`.
     #[test]
     #[ignore]
@@ -2549,6 +2667,7 @@ mod tests {
             Ok("deliver") => Mutant::NoRevokeOnDeliveryFailure,
             Ok("release") => Mutant::NoReleaseGuard,
             Ok("ask") => Mutant::NoRevokeBeforeAsk,
+            Ok("key") => Mutant::NoUnverifiedRelease,
             _ => Mutant::None,
         };
         if let Err(v) = run_schedule(seed, mutant) {
@@ -2709,6 +2828,15 @@ mod tests {
     fn without_the_release_guard_a_stale_read_removes_a_record_naming_a_live_token() {
         let v = first_violation(Mutant::NoReleaseGuard);
         assert_eq!(v.invariant, 2, "{}", v.message);
+    }
+
+    #[test]
+    fn records_stranded_after_a_record_key_loss_are_caught() {
+        // The record key is lost; without the release, a gone pod's record keeps its
+        // finalizer forever.
+        let v = first_violation(Mutant::NoUnverifiedRelease);
+        assert_eq!(v.invariant, 2, "{}", v.message);
+        assert!(v.message.contains("stranded"), "{}", v.message);
     }
 
     #[test]
