@@ -274,9 +274,11 @@ async fn operator_policy_grants_exactly_the_calls_the_client_makes() {
         paths,
         [
             ROLE_PATH,
+            "auth/token/roles/cubbyhole-agent",
             "auth/token/revoke-accessor",
             "auth/token/renew-accessor",
-            "auth/token/lookup-accessor"
+            "auth/token/lookup-accessor",
+            "sys/capabilities-self",
         ],
         "{rules:#?}"
     );
@@ -295,6 +297,15 @@ async fn operator_policy_grants_exactly_the_calls_the_client_makes() {
     for path in only_update {
         assert_eq!(capabilities(&bao, &operator, path), ["update"], "{path}");
     }
+    // For `cubbyhole doctor`: its roles' definitions and its own capabilities, nothing more.
+    assert_eq!(
+        capabilities(&bao, &operator, "auth/token/roles/cubbyhole-agent"),
+        ["read"]
+    );
+    assert_eq!(
+        capabilities(&bao, &operator, "sys/capabilities-self"),
+        ["update"]
+    );
     for path in [
         "sys/wrapping/lookup",
         "sys/wrapping/unwrap",
@@ -304,6 +315,8 @@ async fn operator_policy_grants_exactly_the_calls_the_client_makes() {
         "auth/token/lookup",
         "auth/token/lookup-self",
         "auth/token/renew-self",
+        "auth/token/roles/another-role",
+        "auth/token/roles",
         "cubbyhole/anything",
         "secret/data/agents/x",
     ] {
