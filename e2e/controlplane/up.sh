@@ -156,7 +156,8 @@ done
 # ---- kube-controller-manager ----------------------------------------------------------
 # The controllers a cluster needs for what we test: service accounts, namespace deletion,
 # garbage collection, Deployments/ReplicaSets, StatefulSets, Jobs, the root CA ConfigMap.
-# Each runs as its own service account, as on kubeadm clusters.
+# Each runs as its own service account, as on kubeadm clusters. The node lifecycle controller
+# lifts the not-ready taint a kubelet registers with (node-up.sh) once the node is Ready.
 if ! alive "$DIR/controller-manager.pid"; then
   nohup "$CONTROLLER_MANAGER_BIN" \
     --kubeconfig "$DIR/controller-manager.kubeconfig" \
@@ -165,7 +166,7 @@ if ! alive "$DIR/controller-manager.pid"; then
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
     --use-service-account-credentials --service-account-private-key-file "$CERTS/sa.key" \
     --root-ca-file "$CERTS/ca.crt" \
-    --controllers serviceaccount-controller,namespace-controller,garbage-collector-controller,deployment-controller,replicaset-controller,statefulset-controller,job-controller,root-ca-certificate-publisher-controller \
+    --controllers serviceaccount-controller,namespace-controller,garbage-collector-controller,deployment-controller,replicaset-controller,statefulset-controller,job-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller \
     --profiling=false --v "${CUBBYHOLE_CONTROLLER_MANAGER_V:-1}" \
     >"$DIR/controller-manager.log" 2>&1 </dev/null &
   echo $! >"$DIR/controller-manager.pid"

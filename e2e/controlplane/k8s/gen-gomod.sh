@@ -2,7 +2,7 @@
 # Writes go.mod and go.sum of the control-plane module: k8s.io/kubernetes at one version, every
 # k8s.io/* staging module pinned to the matching v0.x.y by a replace line (kubernetes' own go.mod
 # replaces them with ./staging paths, which a dependent module cannot use), the binaries we build
-# as `tool` lines, and etcd at the version kubernetes itself requires.
+# as `tool` lines (the control plane's and the local node's kubelet and scheduler), and etcd at the version kubernetes itself requires.
 #
 #   e2e/controlplane/k8s/gen-gomod.sh v1.36.3
 #
@@ -32,6 +32,8 @@ ETCD="$(sed -n 's/^\s*go.etcd.io\/etcd\/server\/v3 \(v[^ ]*\).*/\1/p' "$KMOD" | 
   echo "tool ("
   echo "	k8s.io/kubernetes/cmd/kube-apiserver"
   echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+  echo "	k8s.io/kubernetes/cmd/kube-scheduler"
+  echo "	k8s.io/kubernetes/cmd/kubelet"
   echo ")"
   echo
   echo "replace ("

@@ -22,6 +22,7 @@ use cubbyhole::config::{AuthConfig, KubernetesAuth, OperatorConfig, RoleRule, Va
 use crate::openbao::Bao;
 
 mod identity;
+pub mod node;
 mod transcript;
 pub mod webhook;
 pub use identity::{OPERATOR_SA, OperatorIdentity};
@@ -791,6 +792,22 @@ impl Env {
             {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 corpus.push((name, text));
+            }
+        }
+        // A node's logs, and every container log its kubelet wrote.
+        for name in ["kubelet.log", "containerd.log", "scheduler.log"] {
+            if let Ok(text) = std::fs::read_to_string(self.cluster.dir.join(name)) {
+                corpus.push((name.into(), text));
+            }
+        }
+        let mut dirs = vec![self.cluster.pod_logs_dir()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    dirs.push(entry.path());
+                } else if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    corpus.push((format!("container log {}", entry.path().display()), text));
+                }
             }
         }
         let bindings = self.bindings().list(&ListParams::default()).await.unwrap();
