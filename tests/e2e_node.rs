@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use cubbyhole_testkit::cluster::node::{CUBBYHOLE_IMAGE, NODE};
 use cubbyhole_testkit::cluster::{Env, Options, ann, eventually};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, DeleteParams, ListParams};
 
 /// Pods on the node take image unpacking, volume setup and a sandbox: more than a fake's time.
 const RUN: Duration = Duration::from_secs(120);
@@ -101,5 +101,245 @@ async fn an_injected_deployment_runs_on_the_node_and_its_agent_uses_the_token() 
     let root = env.bao.root_client();
     assert!(root.accessor_is_live(&record["accessor"]).await.unwrap());
     assert_eq!(env.minted_wraps().await.len(), 1);
+    env.assert_no_leaks().await;
+}
+
+/// The pid of the process named `comm` in pod `uid`'s cgroup on the node.
+fn pid_in_pod(uid: &str, comm: &str) -> Option<u32> {
+    let marker = format!("pod{uid}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+        let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (cgroup.contains(&marker) && name.trim() == comm).then_some(pid)
+    })
+}
+
+fn kill(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {pid}");
+}
+
+fn all_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| cs.iter().all(|c| c.ready))
+}
+
+fn restarts(pod: &Pod, container: &str, init: bool) -> i32 {
+    let status = pod.status.as_ref().unwrap();
+    let list = if init {
+        &status.init_container_statuses
+    } else {
+        &status.container_statuses
+    };
+    list.iter()
+        .flatten()
+        .find(|c| c.name == container)
+        .map_or(0, |c| c.restart_count)
+}
+
+#[tokio::test]
+async fn an_app_container_restart_keeps_the_token_it_holds() {
+    let env = env_on_node("keep", "60s").await;
+    env.create_deployment("keep", "keep", 1).await;
+    let pod = env.running_pods("keep", 1, RUN).await.remove(0);
+    let name = pod.name_any();
+    let record = verified_record(&env, &name).await;
+    // The kubelet restarts the app container after its process is killed; the init container
+    // does not run again: it is the same start, the token in the memory volume is the same.
+    let sleeper = eventually("the app container's process", T, || async {
+        pid_in_pod(&pod.uid().unwrap(), "sleep")
+    })
+    .await;
+    kill(sleeper);
+    let pod = eventually("the app container restarted and runs", T, || async {
+        let p = env.pods().get(&name).await.ok()?;
+        (restarts(&p, "agent", false) == 1 && all_ready(&p)).then_some(p)
+    })
+    .await;
+    assert_eq!(restarts(&pod, "unwrap", true), 0);
+    let used = eventually("the restarted container looked its token up", T, || async {
+        let used = accessor_used(&env, &name);
+        (used.len() == 2).then_some(used)
+    })
+    .await;
+    assert_eq!(
+        used,
+        vec![record["accessor"].clone(), record["accessor"].clone()]
+    );
+    let root = env.bao.root_client();
+    cubbyhole_testkit::cluster::holds_for(
+        "the token in use stays live",
+        Duration::from_secs(5),
+        || async {
+            root.accessor_is_live(&record["accessor"])
+                .await
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    assert_eq!(env.minted_wraps().await.len(), 1);
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_new_pod_sandbox_is_a_new_start_with_a_fresh_wrap() {
+    let env = env_on_node("fresh", "60s").await;
+    env.create_deployment("fresh", "fresh", 1).await;
+    let pod = env.running_pods("fresh", 1, RUN).await.remove(0);
+    let name = pod.name_any();
+    let first = verified_record(&env, &name).await;
+    assert_eq!(first["start"], "0");
+    // The sandbox dies (as on a runtime restart): the kubelet makes a new one and runs the init
+    // container again, whose restart is the binding's new start.
+    let pause = eventually("the pod's sandbox process", T, || async {
+        pid_in_pod(&pod.uid().unwrap(), "pause")
+    })
+    .await;
+    kill(pause);
+    let killed = std::time::Instant::now();
+    let second = eventually(
+        "start 1 unwrapped and verified",
+        Duration::from_secs(180),
+        || async {
+            let s = env.records("b").await.pop()?;
+            let a = ann(&s);
+            (a.get("start")? == "1"
+                && a.get("phase")? == "Unwrapped"
+                && a.get("verified")? == "true")
+                .then_some(a)
+        },
+    )
+    .await;
+    println!(
+        "new start unwrapped {:?} after the sandbox died",
+        killed.elapsed()
+    );
+    assert_ne!(second["accessor"], first["accessor"]);
+    // The restarted init container waited for the fresh wrap in its volume and unwrapped it;
+    // the app container uses the new token, and the old one is dead.
+    let used = eventually("the new app container used the new token", RUN, || async {
+        let used = accessor_used(&env, &name);
+        (used.len() == 2).then_some(used)
+    })
+    .await;
+    assert_eq!(
+        used,
+        vec![first["accessor"].clone(), second["accessor"].clone()]
+    );
+    let root = env.bao.root_client();
+    eventually("the first start's token is revoked", T, || async {
+        (!root.accessor_is_live(&first["accessor"]).await.ok()?).then_some(())
+    })
+    .await;
+    assert!(root.accessor_is_live(&second["accessor"]).await.unwrap());
+    let pod = env.pods().get(&name).await.unwrap();
+    assert_eq!(restarts(&pod, "unwrap", true), 1);
+    // The kubelet puts the new start's wrap into the volume at its next sync of the pod
+    // (seconds, or up to its sync period, 1 min): a wrap that expired first was replaced.
+    let replaced: usize = second.get("replaced").map_or(0, |r| r.parse().unwrap());
+    let wraps = env.minted_wraps().await;
+    assert_eq!(wraps.len(), 2 + replaced, "{wraps:?}");
+    assert!(wraps.iter().all(|(_, live)| !live), "{wraps:?}");
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn a_pod_whose_image_appears_late_still_gets_a_usable_wrap() {
+    let mut env = Env::start(Options::default()).await;
+    // The init container's image is not on the node yet (a slow pull).
+    let late = "127.0.0.1:5000/cubbyhole:late";
+    env.start_node_and_webhook_with_image(late).await;
+    env.apply_binding("b", Env::spec("late", "20s")).await;
+    eventually("the webhook knows the binding", T, || async {
+        env.dry_run_pod("probe", "late").await.ok()
+    })
+    .await;
+    env.create_deployment("late", "late", 1).await;
+    let first = eventually("a wrap is issued", T, || async {
+        let s = env.records("b").await.pop()?;
+        ann(&s).get("wrap-accessor").cloned()
+    })
+    .await;
+    let waiting = eventually("the kubelet cannot pull the image", T, || async {
+        let pods = env
+            .pods()
+            .list(&ListParams::default().labels("app=late"))
+            .await
+            .ok()?;
+        let pod = pods.items.into_iter().next()?;
+        let waiting = pod.status.as_ref()?.init_container_statuses.as_ref()?[0]
+            .state
+            .as_ref()?
+            .waiting
+            .as_ref()?
+            .reason
+            .clone()?;
+        waiting.contains("Image").then_some(waiting)
+    })
+    .await;
+    println!("init container waiting: {waiting}");
+    // The first wrap expires unconsumed and is replaced for the same start.
+    eventually("the wrap is replaced", RUN, || async {
+        let s = env.records("b").await.pop()?;
+        let a = ann(&s);
+        (a.get("wrap-accessor")? != &first && a.get("replaced").is_some()).then_some(())
+    })
+    .await;
+    env.cluster.load_cubbyhole_image(late);
+    let pod = env
+        .running_pods("late", 1, Duration::from_secs(240))
+        .await
+        .remove(0);
+    let name = pod.name_any();
+    let record = verified_record(&env, &name).await;
+    let used = eventually("the app container used its token", T, || async {
+        let used = accessor_used(&env, &name);
+        (!used.is_empty()).then_some(used)
+    })
+    .await;
+    assert_eq!(used, vec![record["accessor"].clone()]);
+    let root = env.bao.root_client();
+    assert!(!root.accessor_is_live(&first).await.unwrap());
+    assert!(root.accessor_is_live(&record["accessor"]).await.unwrap());
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn deleting_a_running_pod_revokes_its_token_and_its_replacement_gets_its_own() {
+    let env = env_on_node("gone", "60s").await;
+    env.create_deployment("gone", "gone", 1).await;
+    let pod = env.running_pods("gone", 1, RUN).await.remove(0);
+    let first = verified_record(&env, &pod.name_any()).await;
+    env.pods()
+        .delete(&pod.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let root = env.bao.root_client();
+    eventually("the deleted pod's token is revoked", T, || async {
+        (!root.accessor_is_live(&first["accessor"]).await.ok()?).then_some(())
+    })
+    .await;
+    let next = eventually("the replacement runs", RUN, || async {
+        let pods = env
+            .pods()
+            .list(&ListParams::default().labels("app=gone"))
+            .await
+            .ok()?;
+        pods.items
+            .into_iter()
+            .find(|p| p.name_any() != pod.name_any() && all_ready(p))
+            .map(|p| p.name_any())
+    })
+    .await;
+    let second = verified_record(&env, &next).await;
+    assert_ne!(second["accessor"], first["accessor"]);
+    assert_eq!(accessor_used(&env, &next), vec![second["accessor"].clone()]);
     env.assert_no_leaks().await;
 }

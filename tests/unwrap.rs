@@ -317,6 +317,41 @@ async fn waits_for_a_fresh_wrap_after_a_consumed_one() {
 }
 
 #[tokio::test]
+async fn waits_for_a_wrap_when_the_token_file_is_missing_at_first() {
+    // A new pod sandbox: the init container runs before the kubelet refreshed the volume.
+    let bao = Bao::start();
+    let files = Files::in_dir(&bao.dir);
+    let fresh = bao.mint(30).await;
+    let file = files.wrap.clone();
+    let fresh_token = fresh.token.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        write_private(&file, fresh_token.expose());
+    });
+    let run = unwrap(
+        &bao.addr,
+        &files,
+        &["--wait-for-fresh", "20s", "--expect-path", ROLE_PATH],
+    );
+    writer.join().unwrap();
+    assert_eq!(run.code, Some(0));
+    assert_eq!(run.receipt(), Receipt::unwrapped(&fresh.wrapped_accessor));
+    let token = std::fs::read_to_string(&files.out).unwrap();
+    run.assert_clean(&[fresh.token.expose(), &token]);
+}
+
+#[tokio::test]
+async fn a_missing_token_file_without_wait_for_fresh_fails_at_once() {
+    let bao = Bao::start();
+    let files = Files::in_dir(&bao.dir);
+    let started = Instant::now();
+    let run = unwrap(&bao.addr, &files, &[EXPECT[0], EXPECT[1]]);
+    assert_ne!(run.code, Some(0));
+    assert_eq!(run.receipt().result, "token-file-unreadable");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn wait_for_fresh_gives_up_at_the_deadline() {
     let bao = Bao::start();
     let files = Files::in_dir(&bao.dir);

@@ -329,14 +329,15 @@ fn client(args: &UnwrapArgs) -> Result<VaultClient, Failure> {
 }
 
 /// Reads the token file and looks the wrap up until it is valid and made at the right path.
-/// An invalid wrap is waited on (the file re-read) for up to `--wait-for-fresh`.
+/// An invalid wrap, and a missing or empty file, are waited on (the file re-read) for up to
+/// `--wait-for-fresh`.
 async fn valid_wrap(
     client: &VaultClient,
     args: &UnwrapArgs,
     expected: &str,
 ) -> Result<SecretString, Failure> {
     let deadline = Instant::now() + args.wait_for_fresh;
-    let mut token = read_token(&args.token_file)?;
+    let mut token = first_token(&args.token_file, deadline).await?;
     loop {
         match lookup(client, &token, args.retries).await? {
             Some(found) => {
@@ -414,6 +415,27 @@ fn read_token(path: &Path) -> Result<SecretString, Failure> {
         return Err(Failure::TokenFile(format!("{} is empty", path.display())));
     }
     Ok(SecretString::new(token))
+}
+
+/// Reads the token file, waiting until `deadline` while it is missing or empty: after a new
+/// pod sandbox the init container may run before the kubelet has put the new start's wrap
+/// into the Secret volume (the operator removed the previous, consumed one).
+async fn first_token(path: &Path, deadline: Instant) -> Result<SecretString, Failure> {
+    let mut said = false;
+    loop {
+        match read_token(path) {
+            Ok(token) => return Ok(token),
+            Err(e) if Instant::now() < deadline => {
+                if !said {
+                    log(&format!("{e}; waiting for a wrap in the token file"));
+                    said = true;
+                }
+                tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Polls `path` until it holds a token other than `old`; `None` at the deadline.

@@ -144,10 +144,16 @@ impl Env {
     /// Starts the node, an operator serving the webhook (injecting [`CUBBYHOLE_IMAGE`]) and
     /// the shipped webhook configuration pointed at it.
     pub async fn start_node_and_webhook(&mut self) {
+        self.start_node_and_webhook_with_image(CUBBYHOLE_IMAGE)
+            .await;
+    }
+
+    /// The same, injecting `image` (which may not be on the node yet).
+    pub async fn start_node_and_webhook_with_image(&mut self, image: &str) {
         self.cluster.start_node();
         let mut config: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap();
-        config["injector"]["image"] = CUBBYHOLE_IMAGE.into();
+        config["injector"]["image"] = image.into();
         config["injector"]["imagePullPolicy"] = "IfNotPresent".into();
         std::fs::write(&self.config, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
         let port = webhook_port();
