@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use cubbyhole_testkit::cluster::node::{CUBBYHOLE_IMAGE, NODE};
 use cubbyhole_testkit::cluster::{Env, Options, ann, eventually};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::watcher;
 
 /// Pods on the node take image unpacking, volume setup and a sandbox: more than a fake's time.
 const RUN: Duration = Duration::from_secs(120);
@@ -341,5 +343,96 @@ async fn deleting_a_running_pod_revokes_its_token_and_its_replacement_gets_its_o
     let second = verified_record(&env, &next).await;
     assert_ne!(second["accessor"], first["accessor"]);
     assert_eq!(accessor_used(&env, &next), vec![second["accessor"].clone()]);
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn on_request_the_init_container_asks_with_the_kubelets_token_at_every_start() {
+    let mut env = Env::start(Options::default()).await;
+    env.start_node_and_webhook_with(CUBBYHOLE_IMAGE, true).await;
+    let mut spec = Env::spec("ask", "60s");
+    spec.as_object_mut().unwrap().remove("agentContainer");
+    spec["delivery"] = serde_json::json!("Request");
+    env.apply_binding("b", spec).await;
+    eventually("the webhook knows the binding", T, || async {
+        env.dry_run_pod("probe", "ask").await.ok()
+    })
+    .await;
+    // Every version of every record, as the watch saw it: none may ever carry data.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Secret>::new()));
+    let sink = seen.clone();
+    let records: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let config = watcher::Config::default().labels("cubbyhole.dev/binding=b");
+    let watch = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher(records, config));
+        while let Some(event) = stream.next().await {
+            if let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event {
+                sink.lock().unwrap().push(s);
+            }
+        }
+    });
+    env.create_deployment("ask", "ask", 1).await;
+    let pod = env.running_pods("ask", 1, RUN).await.remove(0);
+    let name = pod.name_any();
+    // The kubelet projected the pod's own token (audience cubbyhole); the init container asked
+    // the endpoint with it, unwrapped and reported.
+    let init = &pod
+        .status
+        .as_ref()
+        .unwrap()
+        .init_container_statuses
+        .as_ref()
+        .unwrap()[0];
+    let done = init
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("terminated");
+    assert_eq!(done.exit_code, 0, "{done:?}");
+    let first = verified_record(&env, &name).await;
+    let used = eventually("the app container used its token", T, || async {
+        let used = accessor_used(&env, &name);
+        (!used.is_empty()).then_some(used)
+    })
+    .await;
+    assert_eq!(used, vec![first["accessor"].clone()]);
+    // A new sandbox: the init container runs again and asks afresh; the old token dies.
+    let pause = eventually("the pod's sandbox process", T, || async {
+        pid_in_pod(&pod.uid().unwrap(), "pause")
+    })
+    .await;
+    kill(pause);
+    let second = eventually("the next start asked and unwrapped", RUN, || async {
+        let s = env.records("b").await.pop()?;
+        let a = ann(&s);
+        (a.get("accessor")? != &first["accessor"]
+            && a.get("phase")? == "Unwrapped"
+            && a.get("verified")? == "true")
+            .then_some(a)
+    })
+    .await;
+    let used = eventually("the new app container used the new token", RUN, || async {
+        let used = accessor_used(&env, &name);
+        (used.len() == 2).then_some(used)
+    })
+    .await;
+    assert_eq!(used[1], second["accessor"]);
+    let root = env.bao.root_client();
+    eventually("the first start's token is revoked", T, || async {
+        (!root.accessor_is_live(&first["accessor"]).await.ok()?).then_some(())
+    })
+    .await;
+    assert!(root.accessor_is_live(&second["accessor"]).await.unwrap());
+    assert_eq!(env.minted_wraps().await.len(), 2);
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the watch saw the records");
+    for s in &seen {
+        assert!(
+            s.data.as_ref().is_none_or(|d| d.is_empty()),
+            "a record carried data: {:?}",
+            s.metadata.name
+        );
+    }
     env.assert_no_leaks().await;
 }

@@ -150,6 +150,12 @@ impl Env {
 
     /// The same, injecting `image` (which may not be on the node yet).
     pub async fn start_node_and_webhook_with_image(&mut self, image: &str) {
+        self.start_node_and_webhook_with(image, false).await;
+    }
+
+    /// The same; with `request`, the operator also serves the request endpoint on the
+    /// webhook's listener and injects its URL (`--request-endpoint`).
+    pub async fn start_node_and_webhook_with(&mut self, image: &str, request: bool) {
         self.cluster.start_node();
         let mut config: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap();
@@ -157,7 +163,9 @@ impl Env {
         config["injector"]["imagePullPolicy"] = "IfNotPresent".into();
         std::fs::write(&self.config, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
         let port = webhook_port();
-        self.restart_with_webhook(port, &[]);
+        let endpoint = format!("--request-endpoint=https://127.0.0.1:{port}");
+        let extra: &[&str] = if request { &[&endpoint] } else { &[] };
+        self.restart_with_webhook(port, extra);
         self.install_webhook_configuration(port).await;
         self.wait_webhook_serving().await;
     }
