@@ -7,12 +7,13 @@
 use std::time::Duration;
 
 use cubbyhole_testkit::cluster::node::{CUBBYHOLE_IMAGE, NODE};
-use cubbyhole_testkit::cluster::{Env, Options, ann, eventually};
+use cubbyhole_testkit::cluster::{Env, Options, ann, eventually, free_port};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::watcher;
+use serde_json::json;
 
 /// Pods on the node take image unpacking, volume setup and a sandbox: more than a fake's time.
 const RUN: Duration = Duration::from_secs(120);
@@ -352,7 +353,7 @@ async fn on_request_the_init_container_asks_with_the_kubelets_token_at_every_sta
     env.start_node_and_webhook_with(CUBBYHOLE_IMAGE, true).await;
     let mut spec = Env::spec("ask", "60s");
     spec.as_object_mut().unwrap().remove("agentContainer");
-    spec["delivery"] = serde_json::json!("Request");
+    spec["delivery"] = json!("Request");
     env.apply_binding("b", spec).await;
     eventually("the webhook knows the binding", T, || async {
         env.dry_run_pod("probe", "ask").await.ok()
@@ -434,5 +435,144 @@ async fn on_request_the_init_container_asks_with_the_kubelets_token_at_every_sta
             s.metadata.name
         );
     }
+    env.assert_no_leaks().await;
+}
+
+/// `kubectl kustomize config/` as objects.
+fn shipped_config() -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(cubbyhole_testkit::paths::repo().join("config"))
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str(doc).expect("a YAML object"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_operator_runs_in_the_cluster_from_its_image_with_config_as_shipped() {
+    let mut env = Env::start(Options::default()).await;
+    env.cluster.start_node();
+    // From here the operator is the pod the kubelet runs, not the harness's process.
+    if let Some(op) = env.operator.take() {
+        op.kill();
+    }
+    let api_port = env
+        .cluster
+        .api_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let (http, webhook) = (free_port(), free_port());
+    let mut objects = shipped_config();
+    // Only what this machine needs: the local image; the node's network (hostNetwork) with the
+    // API server, probes and webhook on 127.0.0.1 (no kube-proxy, and nothing may be reached
+    // outside 127.0.0.0/8, so no Service routing); OpenBao's address. One replica: two would
+    // share the node's ports.
+    for o in objects.iter_mut() {
+        match o["kind"].as_str().unwrap() {
+            "Deployment" => {
+                o["spec"]["replicas"] = json!(1);
+                let spec = &mut o["spec"]["template"]["spec"];
+                spec["hostNetwork"] = json!(true);
+                let c = &mut spec["containers"][0];
+                c["image"] = json!(CUBBYHOLE_IMAGE);
+                c["imagePullPolicy"] = json!("IfNotPresent");
+                let mut args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap();
+                let at = args.iter().position(|a| a == "--webhook-listen").unwrap();
+                args[at + 1] = format!("127.0.0.1:{webhook}");
+                args.extend(["--listen".into(), format!("127.0.0.1:{http}")]);
+                c["args"] = json!(args);
+                c["ports"] = json!([
+                    {"name": "http", "containerPort": http},
+                    {"name": "webhook", "containerPort": webhook},
+                ]);
+                for probe in ["readinessProbe", "livenessProbe"] {
+                    c[probe]["httpGet"]["host"] = json!("127.0.0.1");
+                }
+                let env_list = c["env"].as_array_mut().unwrap();
+                env_list.push(json!({"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"}));
+                env_list.push(json!({"name": "KUBERNETES_SERVICE_PORT", "value": api_port}));
+            }
+            "ConfigMap" => {
+                let mut config: serde_yaml_ng::Value =
+                    serde_yaml_ng::from_str(o["data"]["config.yaml"].as_str().unwrap()).unwrap();
+                config["vault"]["address"] = env.bao.addr.clone().into();
+                config["injector"]["image"] = CUBBYHOLE_IMAGE.into();
+                config["injector"]["imagePullPolicy"] = "IfNotPresent".into();
+                config["lookupPeriod"] = "1s".into();
+                o["data"]["config.yaml"] = json!(serde_yaml_ng::to_string(&config).unwrap());
+            }
+            "MutatingWebhookConfiguration" => {
+                for hook in o["webhooks"].as_array_mut().unwrap() {
+                    hook["clientConfig"] =
+                        json!({"url": format!("https://127.0.0.1:{webhook}/mutate-pods")});
+                }
+            }
+            _ => {}
+        }
+    }
+    let file = env.dir.join("in-cluster.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": objects}))
+            .unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The kubelet runs the operator: its service-account token mounted by the kubelet is what
+    // it logs in to OpenBao with; its probes pass.
+    let operators: Api<Pod> = Api::namespaced(env.client.clone(), "cubbyhole-system");
+    let operator = eventually("the operator pod is Ready", RUN, || async {
+        let pods = operators
+            .list(&ListParams::default().labels("app.kubernetes.io/name=cubbyhole"))
+            .await
+            .ok()?;
+        pods.items.into_iter().find(all_ready)
+    })
+    .await;
+    assert_eq!(
+        operator.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(NODE)
+    );
+    env.apply_binding("b", Env::spec("web", "60s")).await;
+    eventually("the operator's webhook knows the binding", T, || async {
+        env.dry_run_pod("probe", "web").await.ok()
+    })
+    .await;
+    env.create_deployment("web", "web", 2).await;
+    let pods = env.running_pods("web", 2, RUN).await;
+    for pod in &pods {
+        let record = verified_record(&env, &pod.name_any()).await;
+        let used = eventually("the app container used its token", T, || async {
+            let used = accessor_used(&env, &pod.name_any());
+            (!used.is_empty()).then_some(used)
+        })
+        .await;
+        assert_eq!(used, vec![record["accessor"].clone()]);
+    }
+    let log = env.cluster.container_log(&operator.name_any(), "operator");
+    assert!(
+        log.contains("\"level\""),
+        "JSON logs from the pod: {log:.300}"
+    );
     env.assert_no_leaks().await;
 }
