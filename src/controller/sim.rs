@@ -110,7 +110,7 @@ use crate::rng::Rng;
 use crate::vault::Revoked;
 
 /// The agent container named in `Settings::agent_container`.
-const AGENT: &str = "agent";
+const AGENT: &str = crate::core::pod::UNWRAP_CONTAINER;
 /// How long `--wait-for-fresh` waits (seconds).
 const WAIT_FOR_FRESH: i64 = 90;
 

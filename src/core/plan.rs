@@ -7,7 +7,9 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::agent::receipt::result;
-use crate::core::pod::{ObservedReceipt, PodView, is_valid_secret_name, secret_name};
+use crate::core::pod::{
+    ObservedReceipt, PodView, UNWRAP_CONTAINER, is_valid_secret_name, secret_name,
+};
 use crate::record::{Phase, WrapState};
 use crate::vault::Revoked;
 
@@ -566,9 +568,19 @@ pub fn asked(pod: &PodView, secret: String, current: Option<WrapState>) -> Issue
 }
 
 /// Receipts written for the current start.
-fn current_receipts<'a>(pod: &'a PodView, wrap: &WrapState) -> Vec<&'a ObservedReceipt> {
+fn current_receipts<'a>(
+    settings: &Settings,
+    pod: &'a PodView,
+    wrap: &WrapState,
+) -> Vec<&'a ObservedReceipt> {
     pod.receipts
         .iter()
+        // Only the agent's container speaks for the pod: an app container's termination
+        // message claiming an unwrap would otherwise hide a theft.
+        .filter(|r| {
+            r.container == UNWRAP_CONTAINER
+                || settings.agent_container.as_ref() == Some(&r.container)
+        })
         .filter(|r| match (r.finished_at, wrap.receipts_after) {
             (Some(f), Some(after)) => f > after,
             _ => true,
@@ -670,7 +682,7 @@ fn judge(
         && wrap.phase == Phase::Expired
         && restarts <= wrap.start
         && wrap.replaced < MAX_REPLACEMENTS
-        && !current_receipts(pod, wrap)
+        && !current_receipts(s, pod, wrap)
             .iter()
             .any(|r| r.receipt.is_unwrapped())
     {
@@ -783,7 +795,7 @@ fn judge_receipts(settings: &Settings, pod: &PodView, wrap: &WrapState) -> Optio
         receipt,
         finished_at: None,
     });
-    for r in reported.iter().chain(current_receipts(pod, wrap)) {
+    for r in reported.iter().chain(current_receipts(settings, pod, wrap)) {
         let receipt = &r.receipt;
         if receipt.is_unwrapped() {
             if receipt.accessor.is_some() && receipt.accessor == wrap.accessor {
@@ -913,7 +925,7 @@ mod tests {
 
     fn receipt(r: Receipt, at: i64) -> ObservedReceipt {
         ObservedReceipt {
-            container: "unwrap".into(),
+            container: UNWRAP_CONTAINER.into(),
             receipt: r,
             finished_at: Some(t(at)),
         }
@@ -1427,6 +1439,34 @@ mod tests {
     fn matching_receipt_verifies_without_vault() {
         let mut p = pod("a");
         p.receipts.push(receipt(Receipt::unwrapped("acc"), 3));
+        let plan = run(&[p], &[issued("a", 0)], 3);
+        assert!(matches!(
+            &plan.actions[0],
+            Action::Settle {
+                outcome: Outcome::UnwrappedByAgent,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn receipts_count_only_from_the_agents_container() {
+        // An app container's termination message claiming the unwrap is not a receipt.
+        let mut p = pod("a");
+        let mut forged = receipt(Receipt::unwrapped("acc"), 3);
+        forged.container = "app".into();
+        p.receipts.push(forged);
+        let plan = run(&[p.clone()], &[issued("a", 0)], 3);
+        assert!(
+            !plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Settle { .. })),
+            "{:?}",
+            plan.actions
+        );
+        // The binding's agentContainer speaks for the pod (settings() names "agent").
+        p.receipts[0].container = "agent".into();
         let plan = run(&[p], &[issued("a", 0)], 3);
         assert!(matches!(
             &plan.actions[0],

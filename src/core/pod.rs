@@ -23,6 +23,10 @@ pub struct ObservedReceipt {
     pub finished_at: Option<Timestamp>,
 }
 
+/// Name of the injected `cubbyhole unwrap` init container when the binding names no
+/// `agentContainer`. Receipts count only from it and from the binding's `agentContainer`.
+pub const UNWRAP_CONTAINER: &str = "cubbyhole-unwrap";
+
 /// What the planner needs to know about a pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodView {

@@ -45,7 +45,7 @@ pub const IDENTITY_EXPIRY_SECONDS: i64 = 600;
 pub const REQUEST_CA_ENV: &str = "CUBBYHOLE_REQUEST_CA";
 /// Name of the injected init container unless the binding's `agentContainer` names one the
 /// pod does not have (then that name: its restarts are the pod's new starts).
-pub const DEFAULT_INIT_NAME: &str = "cubbyhole-unwrap";
+pub const DEFAULT_INIT_NAME: &str = crate::core::pod::UNWRAP_CONTAINER;
 /// Shortest `--wait-for-fresh` given to a restartable agent.
 pub const MIN_WAIT_FOR_FRESH: Duration = Duration::from_secs(90);
 
