@@ -110,6 +110,7 @@ pub struct Metrics {
     revocations_refused: Family<NamespaceLabels, Counter>,
     unverified_released: Family<NamespaceLabels, Counter>,
     oversized_ignored: Family<NamespaceLabels, Counter>,
+    oversized_pods: Family<NamespaceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -208,6 +209,12 @@ impl Metrics {
             "Watch events of Secrets labelled as records but too large to be one, cached without their content and never read as records",
             oversized_ignored.clone(),
         );
+        let oversized_pods = Family::<NamespaceLabels, Counter>::default();
+        registry.register(
+            "oversized_pods_ignored",
+            "Watch events of pods whose labels exceed 16 KiB, read without their labels (so no binding selects them)",
+            oversized_pods.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             wraps_issued,
@@ -224,6 +231,7 @@ impl Metrics {
             revocations_refused,
             unverified_released,
             oversized_ignored,
+            oversized_pods,
         }
     }
 
@@ -316,6 +324,14 @@ impl Metrics {
     /// A labelled Secret in `namespace` was too large to be a record (cached as a stub).
     pub fn oversized_ignored(&self, namespace: &str) {
         self.oversized_ignored
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.into(),
+            })
+            .inc();
+    }
+    /// A pod in `namespace` carried too many labels to be read with them.
+    pub fn oversized_pod(&self, namespace: &str) {
+        self.oversized_pods
             .get_or_create(&NamespaceLabels {
                 namespace: namespace.into(),
             })

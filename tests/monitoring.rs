@@ -25,6 +25,7 @@ fn exported() -> BTreeSet<String> {
     metrics.reconciled(ms);
     metrics.reconcile_error("vault");
     metrics.oversized_ignored("ns");
+    metrics.oversized_pod("ns");
     metrics.lookup_deferred();
     metrics.forged_record("ns");
     metrics.renewal(RenewalResult::Gone);

@@ -108,7 +108,18 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let (pods, pod_writer) = reflector::store::<CachedPod>();
     let pod_events = watcher(Api::<WatchedPod>::all(client.clone()), watch_config())
         .default_backoff()
-        .map_ok(cache_into(pod_writer, CachedPod::from_watched))
+        .map_ok(cache_into(pod_writer, {
+            let metrics = metrics.clone();
+            move |pod| {
+                let pod = CachedPod::from_watched(pod);
+                if pod.oversized {
+                    warn!(namespace = %pod.namespace, pod = %pod.view.name,
+                        "a pod's labels exceed 16 KiB; read without them, no binding selects it");
+                    metrics.oversized_pod(&pod.namespace);
+                }
+                pod
+            }
+        }))
         .touched_objects();
     // One watch of cubbyhole's Secrets feeds the records cache and the controller's triggers:
     // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,

@@ -27,6 +27,16 @@ pub struct ObservedReceipt {
 /// `agentContainer`. Receipts count only from it and from the binding's `agentContainer`.
 pub const UNWRAP_CONTAINER: &str = "cubbyhole-unwrap";
 
+/// Most bytes of labels (keys and values) a pod may carry and still be read with them. A pod
+/// over it is read without labels, so no binding selects it: one tenant's huge labels cannot
+/// fill the operator's memory (the API server allows about 1 MiB per object).
+pub const MAX_POD_LABEL_BYTES: usize = 16 * 1024;
+
+/// Bytes of a label map's keys and values.
+pub fn label_bytes(labels: &BTreeMap<String, String>) -> usize {
+    labels.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
 /// What the planner needs to know about a pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodView {
@@ -90,18 +100,29 @@ pub struct CachedPod {
     pub namespace: Box<str>,
     /// What the planner reads; `uid` is empty for a pod without one (never read).
     pub view: PodView,
+    /// Its labels exceed [`MAX_POD_LABEL_BYTES`]: read without them.
+    pub oversized: bool,
 }
 
 impl CachedPod {
     /// Reads a watched pod.
     pub fn from_watched(pod: WatchedPod) -> Self {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or_default().into();
+        let oversized = pod
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| label_bytes(l) > MAX_POD_LABEL_BYTES);
         let view =
             PodView::from_parts(&pod.metadata, pod.status.as_ref()).unwrap_or_else(|| PodView {
                 name: pod.metadata.name.clone().unwrap_or_default(),
                 ..Default::default()
             });
-        Self { namespace, view }
+        Self {
+            namespace,
+            view,
+            oversized,
+        }
     }
 }
 
@@ -157,13 +178,15 @@ impl PodView {
             labels: meta
                 .labels
                 .as_ref()
+                .filter(|l| label_bytes(l) <= MAX_POD_LABEL_BYTES)
                 .map(Labels::from_map)
                 .unwrap_or_default(),
+            // Longer than any valid name: kept invalid, but bounded.
             secret_name: meta
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(SECRET_NAME_ANNOTATION))
-                .cloned(),
+                .map(|n| n.chars().take(254).collect()),
             terminating: meta.deletion_timestamp.is_some(),
             finished: matches!(phase, "Succeeded" | "Failed"),
             restart_counts,
@@ -217,6 +240,39 @@ mod tests {
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_pod_with_oversized_labels_is_read_without_them() {
+        let big: BTreeMap<String, String> = (0..400)
+            .map(|i| (format!("key-{i:04}-{}", "k".repeat(20)), "v".repeat(63)))
+            .collect();
+        assert!(label_bytes(&big) > MAX_POD_LABEL_BYTES);
+        let mut pod = WatchedPod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.namespace = Some("ns".into());
+        pod.metadata.uid = Some("u".into());
+        pod.metadata.labels = Some(big);
+        pod.metadata.annotations = Some(
+            [(SECRET_NAME_ANNOTATION.to_string(), "s".repeat(100_000))]
+                .into_iter()
+                .collect(),
+        );
+        let cached = CachedPod::from_watched(pod.clone());
+        assert!(cached.oversized);
+        assert!(
+            cached
+                .view
+                .labels
+                .get("key-0000-kkkkkkkkkkkkkkkkkkkk")
+                .is_none()
+        );
+        assert_eq!(cached.view.secret_name.as_ref().map(String::len), Some(254));
+        // Within the bound: read as is.
+        pod.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        let cached = CachedPod::from_watched(pod);
+        assert!(!cached.oversized);
+        assert_eq!(cached.view.labels.get("app"), Some("web"));
     }
 
     #[test]
