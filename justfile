@@ -27,10 +27,11 @@ test: tools lint
 test-fast: tools
     cargo nextest run --lib
 
-# Regenerate crds/ and config/crd/ from the Rust types.
+# Regenerate crds/, config/crd/ and the chart's CRD from the Rust types.
 crds:
     cargo run -q -- crd > crds/agentsecretbinding.yaml
     cp crds/agentsecretbinding.yaml config/crd/agentsecretbinding.yaml
+    cp crds/agentsecretbinding.yaml charts/cubbyhole/crds/agentsecretbinding.yaml
 
 # Formatting and clippy, warnings are errors.
 lint: tools

@@ -333,6 +333,7 @@ mod tests {
         for path in [
             "crds/agentsecretbinding.yaml",
             "config/crd/agentsecretbinding.yaml",
+            "charts/cubbyhole/crds/agentsecretbinding.yaml",
         ] {
             let on_disk = std::fs::read_to_string(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path),

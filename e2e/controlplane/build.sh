@@ -3,7 +3,7 @@
 # modules (the module in k8s/, pinned by its committed go.mod/go.sum; see k8s/gen-gomod.sh),
 # and the local node's parts: kubelet and kube-scheduler from the same module, containerd, its
 # runc shim, ctr and a pause binary from the module in node/ (runc and the CNI plugins come from
-# Debian's packages; node-up.sh checks for them).
+# Debian's packages; node-up.sh checks for them); helm from the module in helm/ (chart tests).
 # Everything lands in the cache dir, never in the repo; a warm run only hashes and exits.
 #
 #   CUBBYHOLE_CACHE   cache root (default ~/.cache/cubbyhole)
@@ -26,9 +26,10 @@ K8S_VERSION="$(sed -n 's/^\s*k8s.io\/kubernetes \(v[^ ]*\).*/\1/p' "$MOD/go.mod"
 [[ -n "$K8S_VERSION" ]] || die "no k8s.io/kubernetes version in $MOD/go.mod"
 GOVERSION="$(go env GOVERSION)"
 NODE="$HERE/node"
-KEY="$( (cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/etcd/main.go" "$NODE/go.mod" "$NODE/go.sum" "$NODE/pause/main.go" "$0"; echo "$GOVERSION") | sha256sum | cut -c1-16)"
+HELM="$HERE/helm"
+KEY="$( (cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/etcd/main.go" "$NODE/go.mod" "$NODE/go.sum" "$NODE/pause/main.go" "$HELM/go.mod" "$HELM/go.sum" "$0"; echo "$GOVERSION") | sha256sum | cut -c1-16)"
 OUT="$CACHE/bin/$K8S_VERSION-$GOVERSION-$KEY"
-BINS=(kube-apiserver kube-controller-manager etcd kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr pause)
+BINS=(kube-apiserver kube-controller-manager etcd kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr pause helm)
 
 # Tests start clusters in parallel and each runs this script: one at a time builds and writes
 # current.env (the others wait on the lock, then find the binaries and only rewrite the env).
@@ -59,6 +60,9 @@ if ! built; then
       github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
       github.com/containerd/containerd/v2/cmd/ctr ./pause ) >&2 \
     || die "go build of containerd failed (see above)"
+  ( cd "$HELM" && env -u GOFLAGS CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+      go build -trimpath -ldflags "-s -w" -o "$OUT.tmp/" helm.sh/helm/v3/cmd/helm ) >&2 \
+    || die "go build of helm failed (see above)"
   for b in "${BINS[@]}"; do [[ -x "$OUT.tmp/$b" ]] || die "go build produced no $b"; done
   rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
   log "built in $((SECONDS - start)) s"
@@ -73,6 +77,7 @@ ETCD_BIN=$OUT/etcd
 KUBELET_BIN=$OUT/kubelet
 SCHEDULER_BIN=$OUT/kube-scheduler
 NODE_BIN_DIR=$OUT
+HELM_BIN=$OUT/helm
 ENV
 mv -f "$ENV_TMP" "$CACHE/current.env"
 for b in "${BINS[@]}"; do echo "$OUT/$b"; done

@@ -32,3 +32,18 @@ pub fn cubbyhole_bin() -> PathBuf {
         .expect("test binary under <target>/<profile>/deps")
         .join("cubbyhole")
 }
+
+/// The `helm` binary `e2e/controlplane/build.sh` built (from its `current.env`).
+pub fn helm_bin() -> PathBuf {
+    let cache = std::env::var_os("CUBBYHOLE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/cubbyhole")
+        });
+    let env = std::fs::read_to_string(cache.join("controlplane/current.env"))
+        .expect("run e2e/controlplane/build.sh first (it builds helm)");
+    env.lines()
+        .find_map(|l| l.strip_prefix("HELM_BIN="))
+        .map(PathBuf::from)
+        .expect("HELM_BIN in current.env: run e2e/controlplane/build.sh")
+}
