@@ -538,8 +538,13 @@ async fn the_operator_runs_in_the_cluster_from_its_image_with_config_as_shipped(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The kubelet runs the operator: its service-account token mounted by the kubelet is what
-    // it logs in to OpenBao with; its probes pass.
+    operator_pod_serves_the_seed_flow(&env).await;
+}
+
+/// Waits for the operator pod the kubelet runs (its service-account token, mounted by the
+/// kubelet, is what it logs in to OpenBao with; its probes pass), then runs the seed flow
+/// through it: its webhook injects a 2-replica Deployment whose pods run and use their tokens.
+async fn operator_pod_serves_the_seed_flow(env: &Env) {
     let operators: Api<Pod> = Api::namespaced(env.client.clone(), "cubbyhole-system");
     let operator = eventually("the operator pod is Ready", RUN, || async {
         let pods = operators
@@ -575,4 +580,70 @@ async fn the_operator_runs_in_the_cluster_from_its_image_with_config_as_shipped(
         "JSON logs from the pod: {log:.300}"
     );
     env.assert_no_leaks().await;
+}
+
+#[tokio::test]
+async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed_flow() {
+    let mut env = Env::start(Options::default()).await;
+    env.cluster.start_node();
+    if let Some(op) = env.operator.take() {
+        op.kill();
+    }
+    let api_port = env
+        .cluster
+        .api_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let (http, webhook) = (free_port(), free_port());
+    // The chart's defaults, except what this machine needs (as in the test above).
+    let values = json!({
+        "image": {"repository": "127.0.0.1:5000/cubbyhole", "tag": "dev", "pullPolicy": "IfNotPresent"},
+        "replicas": 1,
+        "hostNetwork": true,
+        "listen": format!("127.0.0.1:{http}"),
+        "probes": {"host": "127.0.0.1"},
+        "webhook": {
+            "listen": format!("127.0.0.1:{webhook}"),
+            "url": format!("https://127.0.0.1:{webhook}/mutate-pods"),
+        },
+        "extraEnv": [
+            {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": api_port},
+        ],
+        "config": {
+            "vault": {"address": env.bao.addr},
+            "lookupPeriod": "1s",
+            "injector": {"imagePullPolicy": "IfNotPresent"},
+        },
+    });
+    let file = env.dir.join("values.json");
+    std::fs::write(&file, values.to_string()).unwrap();
+    // The harness applied config/rbac (as a kustomize install would have): the release takes
+    // those objects over, as when moving from `kubectl apply -k config/` to the chart.
+    let out = std::process::Command::new(cubbyhole_testkit::paths::helm_bin())
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .args(["install", "cubbyhole"])
+        .arg(cubbyhole_testkit::paths::repo().join("charts/cubbyhole"))
+        .args([
+            "--namespace",
+            "cubbyhole-system",
+            "--take-ownership",
+            "--wait",
+            "--timeout",
+            "3m",
+        ])
+        .arg("--values")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    operator_pod_serves_the_seed_flow(&env).await;
 }
