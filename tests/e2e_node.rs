@@ -566,9 +566,9 @@ async fn operator_pod_serves_the_seed_flow(env: &Env) {
     env.create_deployment("web", "web", 2).await;
     let pods = env.running_pods("web", 2, RUN).await;
     for pod in &pods {
-        let record = verified_record(&env, &pod.name_any()).await;
+        let record = verified_record(env, &pod.name_any()).await;
         let used = eventually("the app container used its token", T, || async {
-            let used = accessor_used(&env, &pod.name_any());
+            let used = accessor_used(env, &pod.name_any());
             (!used.is_empty()).then_some(used)
         })
         .await;
