@@ -124,6 +124,7 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
     if let Ok(client) = &kube {
         findings.extend(rbac_checks(client).await);
         findings.push(webhook_check(client, &args.webhook_configuration).await);
+        findings.push(webhook_call_check(client, bindings.as_deref().unwrap_or_default()).await);
     }
     for f in &findings {
         println!("{}", f.line());
@@ -441,6 +442,77 @@ async fn webhook_check(client: &Client, name: &str) -> Finding {
                 )
             }
         }
+    }
+}
+
+/// Whether the API server can call the webhook: a server-side dry run of an opted-in pod,
+/// labelled like the first binding's selector asks, in that binding's namespace. An answer from
+/// the webhook (injected, or a refusal in its words) passes; a failed call fails. The
+/// operator's own identity may not create pods: then the check is skipped, saying so.
+async fn webhook_call_check(client: &Client, bindings: &[AgentSecretBinding]) -> Finding {
+    const CHECK: &str = "webhook call";
+    let binding = bindings.iter().find(|b| b.namespace().is_some());
+    let namespace = binding
+        .and_then(|b| b.namespace())
+        .unwrap_or_else(|| "default".into());
+    let mut labels: std::collections::BTreeMap<String, String> = binding
+        .and_then(|b| b.spec.pod_selector.match_labels.clone())
+        .unwrap_or_default();
+    labels.insert("cubbyhole.dev/inject".into(), "true".into());
+    let pod: k8s_openapi::api::core::v1::Pod = match serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "cubbyhole-doctor-", "labels": labels},
+        "spec": {"containers": [{"name": "agent", "image": "cubbyhole-doctor-probe"}]},
+    })) {
+        Ok(pod) => pod,
+        Err(e) => return Finding::fail(CHECK, format!("probe pod: {e}"), "report this"),
+    };
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match api.create(&params, &pod).await {
+        Ok(created) => {
+            let injected = created.annotations().get("cubbyhole.dev/injected").cloned();
+            match injected {
+                Some(b) => Finding::ok(
+                    CHECK,
+                    format!(
+                        "the API server called it: a dry-run pod in {namespace} was injected for binding {b}"
+                    ),
+                ),
+                None => Finding::fail(
+                    CHECK,
+                    format!("a dry-run opted-in pod in {namespace} was admitted without injection"),
+                    "check the webhook configuration's objectSelector and namespaceSelector (the label cubbyhole.dev/inject: \"true\" must reach it)",
+                ),
+            }
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 && !e.message.contains("admission webhook") => {
+            Finding::ok(
+                CHECK,
+                "not checked: this identity may not create pods (run the doctor with an admin's KUBECONFIG to check it)",
+            )
+        }
+        Err(kube::Error::Api(e)) if e.message.contains("failed calling webhook") => Finding::fail(
+            CHECK,
+            format!("the API server cannot call it: {}", e.message),
+            "check that an operator replica is ready, the Service cubbyhole-webhook has endpoints, the caBundle matches its certificate, and no NetworkPolicy blocks the API server",
+        ),
+        Err(kube::Error::Api(e)) if e.message.contains("denied the request") => Finding::ok(
+            CHECK,
+            format!(
+                "the API server called it; it refused the dry-run pod in {namespace}: {}",
+                e.message
+            ),
+        ),
+        Err(e) => Finding::fail(
+            CHECK,
+            format!("dry-run pod in {namespace}: {e}"),
+            "check the API server and the webhook configuration",
+        ),
     }
 }
 

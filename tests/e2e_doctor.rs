@@ -11,10 +11,15 @@ use cubbyhole_testkit::openbao::ROLE;
 
 /// Runs the doctor as the operator with `config`; its exit code and output.
 fn doctor(env: &Env, config: &std::path::Path) -> (i32, String) {
+    doctor_as(env, config, &env.identity.kubeconfig)
+}
+
+/// Runs the doctor with `config` as whoever `kubeconfig` names.
+fn doctor_as(env: &Env, config: &std::path::Path, kubeconfig: &std::path::Path) -> (i32, String) {
     let out = Command::new(cubbyhole_testkit::paths::cubbyhole_bin())
         .args(["doctor", "--config"])
         .arg(config)
-        .env("KUBECONFIG", &env.identity.kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .env_remove("VAULT_ADDR")
         .output()
         .expect("run cubbyhole doctor");
@@ -59,9 +64,19 @@ async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
         &format!("OK    binding {ns}/fine: token role \"{ROLE}\" allows"),
         "OK    kubernetes permissions: all",
         "OK    webhook: cubbyhole-injector: caBundle set",
+        // The operator may not create pods, so it cannot dry-run one.
+        "OK    webhook call: not checked",
     ] {
         line(&text, expected);
     }
+    // An admin can: the API server calls the webhook, which injects the dry-run pod.
+    let (code, text) = doctor_as(&env, &env.config, &env.cluster.kubeconfig);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        line(&text, "OK    webhook call: the API server called it")
+            .contains(&format!("in {ns} was injected for binding fine")),
+        "{text}"
+    );
 
     // A binding whose role the namespace may not use, and one whose role Vault does not have.
     let mut forbidden = Env::spec("x", "60s");
@@ -144,6 +159,16 @@ async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
     assert_eq!(code, 1, "{text}");
     assert!(
         line(&text, "FAIL  vault reachable").contains(&closed),
+        "{text}"
+    );
+    // No operator serving the webhook: the API server's call fails, and the doctor says so.
+    if let Some(op) = env.operator.take() {
+        op.kill();
+    }
+    let (code, text) = doctor_as(&env, &env.config, &env.cluster.kubeconfig);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        line(&text, "FAIL  webhook call: the API server cannot call it").contains("fix:"),
         "{text}"
     );
     env.assert_no_leaks().await;
