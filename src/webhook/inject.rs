@@ -262,7 +262,7 @@ pub fn build(
     let init_uid = agent_uid.or(if pod_uid.is_some() {
         None
     } else {
-        Some(cfg.run_as_user)
+        cfg.run_as_user
     });
 
     let vault_addr = cfg.vault_address.clone().unwrap_or_default();
@@ -403,9 +403,11 @@ pub fn build(
     } else {
         ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
     }
-    // The pod's fsGroup makes the Secret volume readable by the init container's user.
-    if pod_sc.and_then(|s| s.fs_group).is_none() {
-        let group = init_uid.or(pod_uid).unwrap_or(cfg.run_as_user);
+    // The pod's fsGroup makes the Secret volume readable by the init container's user (none
+    // when no user is known: the platform assigns both).
+    if pod_sc.and_then(|s| s.fs_group).is_none()
+        && let Some(group) = init_uid.or(pod_uid).or(cfg.run_as_user)
+    {
         if pod_sc.is_none() {
             ops.push(
                 json!({"op": "add", "path": "/spec/securityContext", "value": {"fsGroup": group}}),

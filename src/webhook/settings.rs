@@ -38,9 +38,11 @@ pub struct InjectorConfig {
     #[serde(default = "default_token_path")]
     pub token_path: String,
     /// User id of the init container when neither the first agent container nor the pod
-    /// names one. The token file is 0400 and owned by it: run agents as the same user.
+    /// names one (also the pod's fsGroup when it has none). The token file is 0400 and owned
+    /// by it: run agents as the same user. `null`: none is set, the platform assigns the
+    /// user (OpenShift's restricted SCC gives every container of a pod the same one).
     #[serde(default = "default_run_as_user")]
-    pub run_as_user: i64,
+    pub run_as_user: Option<i64>,
     /// Where agents of request-delivery bindings ask, filled in by the webhook at each
     /// admission (not part of the file).
     #[serde(skip)]
@@ -73,8 +75,8 @@ fn default_image() -> String {
 fn default_token_path() -> String {
     "/var/run/cubbyhole/token".into()
 }
-fn default_run_as_user() -> i64 {
-    65532
+fn default_run_as_user() -> Option<i64> {
+    Some(65532)
 }
 fn default_ca_key() -> String {
     "ca.crt".into()

@@ -155,6 +155,33 @@ fn deployment_pod_gets_everything_and_a_second_call_changes_nothing() {
 }
 
 #[test]
+fn without_a_configured_user_no_uid_or_fs_group_is_fixed() {
+    // OpenShift's restricted SCC refuses a fixed UID outside the namespace's range: with
+    // `runAsUser: null` the webhook sets neither, and the platform assigns both.
+    let b = binding("b", NS, "web", json!({}));
+    let p = pod(json!({}), agent_spec());
+    let cfg = InjectorConfig {
+        run_as_user: None,
+        ..cfg()
+    };
+    let decision = decide(&p, NS, &[b], &rules(), &cfg, "x7k2p9qb");
+    let (doc, _) = injected(&p, decision);
+    let init = &doc["spec"]["initContainers"][0];
+    assert!(init["securityContext"].get("runAsUser").is_none(), "{init}");
+    assert_eq!(init["securityContext"]["runAsNonRoot"], true);
+    assert!(
+        doc["spec"].get("securityContext").is_none(),
+        "{}",
+        doc["spec"]
+    );
+    // The file form: `runAsUser: null`.
+    let parsed: InjectorConfig = serde_yaml_ng::from_str("runAsUser: null").unwrap();
+    assert_eq!(parsed.run_as_user, None);
+    let default: InjectorConfig = serde_yaml_ng::from_str("{}").unwrap();
+    assert_eq!(default.run_as_user, Some(65532));
+}
+
+#[test]
 fn multi_container_pod_with_init_containers_and_annotations() {
     let b = binding("b", NS, "web", json!({}));
     let p = pod(
