@@ -33,17 +33,21 @@ pub fn cubbyhole_bin() -> PathBuf {
         .join("cubbyhole")
 }
 
-/// The `helm` binary `e2e/controlplane/build.sh` built (from its `current.env`).
+/// The `helm` binary of this checkout's `e2e/controlplane/build.sh` (run here: a warm run
+/// only hashes, and its printed paths belong to this checkout even when another one shares the
+/// cache).
 pub fn helm_bin() -> PathBuf {
-    let cache = std::env::var_os("CUBBYHOLE_CACHE")
+    let out = std::process::Command::new(repo().join("e2e/controlplane/build.sh"))
+        .output()
+        .expect("run e2e/controlplane/build.sh");
+    assert!(
+        out.status.success(),
+        "build.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/cubbyhole")
-        });
-    let env = std::fs::read_to_string(cache.join("controlplane/current.env"))
-        .expect("run e2e/controlplane/build.sh first (it builds helm)");
-    env.lines()
-        .find_map(|l| l.strip_prefix("HELM_BIN="))
-        .map(PathBuf::from)
-        .expect("HELM_BIN in current.env: run e2e/controlplane/build.sh")
+        .find(|p| p.file_name().is_some_and(|n| n == "helm"))
+        .expect("build.sh printed the helm binary's path")
 }
