@@ -326,16 +326,10 @@ async fn refusals_opt_out_and_webhook_down() {
         e.contains("\"not-allowed-here\" is not allowed in namespace"),
         "{e}"
     );
-    for binding in ["one", "two", "bad-role"] {
-        eventually(&format!("InjectionRefused on {binding}"), T, || async {
-            env.events_with_reason("InjectionRefused")
-                .await
-                .into_iter()
-                .any(|ev| ev.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(binding))
-                .then_some(())
-        })
-        .await;
-    }
+    // The refusals were counted, and published nowhere: the webhook has no side effects (a
+    // caller it cannot authenticate must not make it write Events on other tenants' bindings).
+    assert!(Env::admission_requests_by(env.op(), "refused") >= 3);
+    assert!(env.events_with_reason("InjectionRefused").await.is_empty());
 
     // A pod without the opt-in label never reaches the webhook; the operator still serves it
     // (it is selected by a binding) under its default Secret name.

@@ -21,10 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,13 +37,9 @@ use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
 use crate::request::limits::Limits;
 use crate::request::serve::{Endpoint, RequestMetrics};
-use crate::webhook::admit::Refusal;
 use crate::webhook::cert_store::Source;
 use crate::webhook::certs::CertSettings;
 pub use crate::webhook::settings::{InjectorConfig, WebhookArgs};
-
-/// Events API limit for a note.
-const MAX_NOTE: usize = 1000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -100,54 +95,8 @@ pub struct Webhook {
     pub request_url: String,
     /// The serving certificate, and the CA bundle agents trust it by.
     pub resolver: Arc<tls::Reloadable>,
-    /// Events on bindings.
-    pub recorder: Recorder,
     /// Metrics.
     pub metrics: AdmissionMetrics,
-}
-
-impl Webhook {
-    /// Publishes a Warning Event `InjectionRefused` on each binding of `refusal`, in the
-    /// background (the answer does not wait for it).
-    pub async fn refused(&self, namespace: &str, refusal: &Refusal) {
-        let references: Vec<_> = self
-            .bindings
-            .state()
-            .iter()
-            .filter(|b| {
-                b.namespace().as_deref() == Some(namespace)
-                    && refusal.bindings.contains(&b.name_any())
-            })
-            .map(|b| b.object_ref(&()))
-            .collect();
-        if references.is_empty() {
-            return;
-        }
-        let mut note = refusal.message.clone();
-        if note.len() > MAX_NOTE {
-            let mut cut = MAX_NOTE - 3;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-            note.push_str("...");
-        }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InjectionRefused".into(),
-            note: Some(note),
-            action: "Admit".into(),
-            secondary: None,
-        };
-        let recorder = self.recorder.clone();
-        tokio::spawn(async move {
-            for reference in references {
-                if let Err(e) = recorder.publish(&event, &reference).await {
-                    tracing::debug!(error = %e, "event not published");
-                }
-            }
-        });
-    }
 }
 
 /// Starts the webhook when `--webhook-listen` is given: the binding reflector, the
@@ -214,10 +163,6 @@ pub async fn start(
         resolver.clone(),
         shutdown.clone(),
     ));
-    let reporter = Reporter {
-        controller: "cubbyhole-webhook".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
     let endpoint = Arc::new(Endpoint {
         ctx: ctx.clone(),
         bindings: bindings.clone(),
@@ -231,7 +176,6 @@ pub async fn start(
         injector,
         request_url: args.request_url(namespace),
         resolver: resolver.clone(),
-        recorder: Recorder::new(client, reporter),
         metrics: AdmissionMetrics::new(metrics),
     });
     Ok(Some(tokio::spawn(server::serve(

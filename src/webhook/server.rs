@@ -175,10 +175,10 @@ async fn answer(
             }
         }
         Decision::Refuse(refusal) => {
+            // No Event: the webhook has no side effects (its callers cannot be authenticated,
+            // so nothing it is told may be published). The creator gets the message; a
+            // controller's pods show it in the controller's FailedCreate Events.
             info!(%namespace, pod = %who, reason = refusal.reason, bindings = ?refusal.bindings, "pod refused");
-            if !req.dry_run {
-                webhook.refused(&namespace, &refusal).await;
-            }
             (allowed.deny(&refusal.message), "refused")
         }
     }
