@@ -207,7 +207,9 @@ async fn a_create_losing_the_race_reads_who_won() {
                 (ann::POD_UID, Some("uid-p".into())),
             ],
         );
-        s["metadata"]["annotations"] = Value::Object(patch);
+        // As a create carries it: removals (nulls) are not annotations.
+        s["metadata"]["annotations"] =
+            Value::Object(patch.into_iter().filter(|(_, v)| !v.is_null()).collect());
         s
     };
     let unsigned = {

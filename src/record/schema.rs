@@ -57,8 +57,9 @@ pub mod ann {
     /// HMAC over the record (`v1:<key-id>:<hex>`, see [`crate::record::seal`]).
     pub const SIGNATURE: &str = "cubbyhole.dev/signature";
 
-    /// The annotations the signature covers: every one the operator writes and reads, except
-    /// the free-text [`MESSAGE`] and the signature itself.
+    /// The annotations every signature covers: every one the operator writes and reads, except
+    /// the free-text [`MESSAGE`] (covered by the current format only, see
+    /// [`crate::record::seal`]) and the signature itself.
     pub const SIGNED: [&str; 16] = [
         POD,
         POD_UID,
@@ -77,4 +78,9 @@ pub mod ann {
         RECEIPT,
         FAILURES,
     ];
+
+    /// True for the annotations a current signature covers: [`SIGNED`] and [`MESSAGE`].
+    pub fn is_signed(key: &str) -> bool {
+        SIGNED.contains(&key) || key == MESSAGE
+    }
 }

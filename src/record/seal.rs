@@ -1,9 +1,11 @@
 //! Authenticated records: an HMAC-SHA256 over what a per-pod Secret says (namespace, name,
-//! binding label and every annotation the operator reads, except the free-text message), so a
-//! Secret the operator did not write, or one altered since, is never acted on. Pure; no I/O.
+//! binding label and every annotation the operator reads, the free-text message included), so
+//! a Secret the operator did not write, or one altered since, is never acted on. Pure; no I/O.
 //!
-//! The signature is stored in [`ann::SIGNATURE`] as `v1:<key-id>:<hex>`. Keys are numbered:
-//! the highest signs, every present one verifies (rotation).
+//! The signature is stored in [`ann::SIGNATURE`] as `v2:<key-id>:<hex>`. Keys are numbered:
+//! the highest signs, every present one verifies (rotation). Signatures of earlier versions
+//! (`v1:`, which did not cover the message) still verify, but their message is not trusted
+//! ([`covers_message`]); the operator's next write of such a record signs it as `v2`.
 
 use std::collections::BTreeMap;
 
@@ -12,10 +14,14 @@ use sha2::Sha256;
 
 use crate::record::ann;
 
-/// Version tag of the signature format.
-const VERSION: &str = "v1";
+/// Version tag of the signature format written now.
+const VERSION: &str = "v2";
+/// The earlier format, still verified: the same, without the message.
+const VERSION_1: &str = "v1";
 /// Domain separation: these bytes start every signed message and nothing else.
-const DOMAIN: &[u8] = b"cubbyhole.dev/record-signature/v1\n";
+const DOMAIN: &[u8] = b"cubbyhole.dev/record-signature/v2\n";
+/// The same for [`VERSION_1`].
+const DOMAIN_1: &[u8] = b"cubbyhole.dev/record-signature/v1\n";
 /// Shortest key accepted (bytes).
 pub const MIN_KEY_LEN: usize = 32;
 
@@ -83,10 +89,21 @@ impl RecordKeys {
 
     /// The signature annotation's value for `fields`, made with the highest key.
     pub fn sign(&self, fields: &Fields) -> String {
+        self.sign_as(VERSION, fields)
+    }
+
+    /// A signature in the earlier `v1` format (tests of records written before the message
+    /// was covered).
+    #[cfg(test)]
+    pub(crate) fn sign_v1(&self, fields: &Fields) -> String {
+        self.sign_as(VERSION_1, fields)
+    }
+
+    fn sign_as(&self, version: &str, fields: &Fields) -> String {
         let id = self.signing_id();
-        let mac = self.mac(id, fields).expect("signing key exists");
+        let mac = self.mac(id, version, fields).expect("signing key exists");
         format!(
-            "{VERSION}:{id}:{}",
+            "{version}:{id}:{}",
             hex::encode(mac.finalize().into_bytes())
         )
     }
@@ -97,32 +114,43 @@ impl RecordKeys {
             return Authenticity::Unsigned;
         };
         let mut parts = signature.splitn(3, ':');
-        let (Some(VERSION), Some(id), Some(code)) = (parts.next(), parts.next(), parts.next())
+        let (Some(version @ (VERSION | VERSION_1)), Some(id), Some(code)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Authenticity::Forged;
         };
         let (Ok(id), Ok(code)) = (id.parse::<u32>(), hex::decode(code)) else {
             return Authenticity::Forged;
         };
-        match self.mac(id, fields).map(|mac| mac.verify_slice(&code)) {
+        match self
+            .mac(id, version, fields)
+            .map(|mac| mac.verify_slice(&code))
+        {
             Some(Ok(())) => Authenticity::Authentic,
             _ => Authenticity::Forged,
         }
     }
 
-    fn mac(&self, id: u32, fields: &Fields) -> Option<Hmac<Sha256>> {
+    fn mac(&self, id: u32, version: &str, fields: &Fields) -> Option<Hmac<Sha256>> {
         let key = self.keys.get(&id)?;
         let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-        mac.update(&canonical(fields));
+        mac.update(&canonical(fields, version == VERSION));
         Some(mac)
     }
+}
+
+/// True when a record's signature (if it verifies) also vouches for its free-text message:
+/// signatures of the current format do, `v1` ones did not cover it.
+pub fn covers_message(signature: Option<&str>) -> bool {
+    signature.is_some_and(|s| s.starts_with(&format!("{VERSION}:")))
 }
 
 /// The signed message: a domain tag, then namespace, name, binding and each covered
 /// annotation (sorted by key) as key and value, every item prefixed with its length (8 bytes,
 /// big endian). Length prefixes make it unambiguous: no two different inputs give one message.
-pub fn canonical(fields: &Fields) -> Vec<u8> {
-    let mut out = DOMAIN.to_vec();
+/// `with_message`: the current format, which covers [`ann::MESSAGE`] too.
+pub fn canonical(fields: &Fields, with_message: bool) -> Vec<u8> {
+    let mut out = if with_message { DOMAIN } else { DOMAIN_1 }.to_vec();
     let mut item = |bytes: &[u8]| {
         out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
         out.extend_from_slice(bytes);
@@ -130,11 +158,9 @@ pub fn canonical(fields: &Fields) -> Vec<u8> {
     item(fields.namespace.as_bytes());
     item(fields.name.as_bytes());
     item(fields.binding.as_bytes());
-    for (k, v) in fields
-        .annotations
-        .iter()
-        .filter(|(k, _)| ann::SIGNED.contains(&k.as_str()))
-    {
+    for (k, v) in fields.annotations.iter().filter(|(k, _)| {
+        ann::SIGNED.contains(&k.as_str()) || (with_message && k.as_str() == ann::MESSAGE)
+    }) {
         item(k.as_bytes());
         item(v.as_bytes());
     }
@@ -177,12 +203,13 @@ mod tests {
     }
 
     #[test]
-    fn a_signed_record_verifies_and_the_format_is_v1_id_hex() {
+    fn a_signed_record_verifies_and_the_format_is_v2_id_hex() {
         let k = keys(&[1]);
         let a = record();
         let sig = k.sign(&fields(&a));
         let parts: Vec<&str> = sig.split(':').collect();
-        assert_eq!((parts[0], parts[1], parts[2].len()), ("v1", "1", 64));
+        assert_eq!((parts[0], parts[1], parts[2].len()), ("v2", "1", 64));
+        assert!(covers_message(Some(&sig)));
         assert_eq!(k.verify(&fields(&a), Some(&sig)), Authenticity::Authentic);
         assert_eq!(k.verify(&fields(&a), None), Authenticity::Unsigned);
     }
@@ -233,17 +260,38 @@ mod tests {
     }
 
     #[test]
-    fn the_message_and_foreign_annotations_are_not_covered() {
+    fn the_message_is_covered_and_foreign_annotations_are_not() {
         let k = keys(&[1]);
         let mut a = record();
         let sig = k.sign(&fields(&a));
-        a.insert(ann::MESSAGE.into(), "changed".into());
         a.insert(
             "kubectl.kubernetes.io/last-applied-configuration".into(),
             "{}".into(),
         );
         a.insert(ann::SIGNATURE.into(), sig.clone());
         assert_eq!(k.verify(&fields(&a), Some(&sig)), Authenticity::Authentic);
+        a.insert(ann::MESSAGE.into(), "changed".into());
+        assert_eq!(k.verify(&fields(&a), Some(&sig)), Authenticity::Forged);
+    }
+
+    #[test]
+    fn a_v1_signature_still_verifies_but_does_not_vouch_for_the_message() {
+        let k = keys(&[1]);
+        let mut a = record();
+        let sig = k.sign_as(VERSION_1, &fields(&a));
+        assert!(sig.starts_with("v1:1:"));
+        assert_eq!(k.verify(&fields(&a), Some(&sig)), Authenticity::Authentic);
+        a.insert(ann::MESSAGE.into(), "changed".into());
+        assert_eq!(k.verify(&fields(&a), Some(&sig)), Authenticity::Authentic);
+        assert!(!covers_message(Some(&sig)));
+        assert!(!covers_message(None));
+        // A v1 signature over v2's message form, or the reverse, never verifies.
+        let v2 = k.sign(&fields(&a));
+        let relabelled = v2.replacen("v2:", "v1:", 1);
+        assert_eq!(
+            k.verify(&fields(&a), Some(&relabelled)),
+            Authenticity::Forged
+        );
     }
 
     #[test]
@@ -256,13 +304,14 @@ mod tests {
         flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
         let flipped = String::from_utf8(flipped).unwrap();
         for bad in [
-            format!("v1:2:{code}"),
-            format!("v2:1:{code}"),
-            format!("v1:1:{flipped}"),
-            format!("v1:1:{}", &code[..62]),
-            "v1:1:zz".to_string(),
-            "v1:one:00".to_string(),
-            "v1".to_string(),
+            format!("v2:2:{code}"),
+            format!("v1:1:{code}"),
+            format!("v3:1:{code}"),
+            format!("v2:1:{flipped}"),
+            format!("v2:1:{}", &code[..62]),
+            "v2:1:zz".to_string(),
+            "v2:one:00".to_string(),
+            "v2".to_string(),
             String::new(),
         ] {
             assert_eq!(
@@ -283,7 +332,7 @@ mod tests {
         let a = record();
         let by_old = old.sign(&fields(&a));
         let by_new = both.sign(&fields(&a));
-        assert!(by_new.starts_with("v1:2:"));
+        assert!(by_new.starts_with("v2:2:"));
         assert_eq!(
             both.verify(&fields(&a), Some(&by_old)),
             Authenticity::Authentic
@@ -322,7 +371,7 @@ mod tests {
         ];
         let sig = k.sign(&base);
         for m in moved {
-            assert_ne!(canonical(&m), canonical(&base));
+            assert_ne!(canonical(&m, true), canonical(&base, true));
             assert_eq!(k.verify(&m, Some(&sig)), Authenticity::Forged);
         }
         // ... also between an annotation's key, its value and the next annotation.
@@ -347,11 +396,14 @@ mod tests {
         // The binding is not confusable with an annotation value.
         let empty_value = BTreeMap::from([(ann::POD.to_string(), String::new())]);
         assert_ne!(
-            canonical(&Fields {
-                annotations: &empty_value,
-                ..base
-            }),
-            canonical(&base)
+            canonical(
+                &Fields {
+                    annotations: &empty_value,
+                    ..base
+                },
+                true
+            ),
+            canonical(&base, true)
         );
     }
 

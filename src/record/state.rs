@@ -189,6 +189,8 @@ impl WrapState {
     ) -> Option<Self> {
         let get = |k: &str| a.get(k).filter(|v| !v.is_empty()).cloned();
         let time = |k: &str| get(k).and_then(|v| v.parse::<Timestamp>().ok());
+        let message_trusted =
+            crate::record::seal::covers_message(a.get(ann::SIGNATURE).map(String::as_str));
         Some(Self {
             secret: name,
             resource_version: None,
@@ -206,7 +208,8 @@ impl WrapState {
             issued_at: time(ann::ISSUED_AT),
             expires_at: time(ann::EXPIRES_AT),
             verified: get(ann::VERIFIED).as_deref() == Some("true"),
-            message: get(ann::MESSAGE),
+            // Shown in the binding's status only when the signature vouches for it.
+            message: get(ann::MESSAGE).filter(|_| message_trusted),
             receipts_after: time(ann::RECEIPTS_AFTER),
             failures: get(ann::FAILURES).and_then(|s| s.parse().ok()).unwrap_or(0),
             reported: get(ann::RECEIPT).and_then(|r| Receipt::parse(&r)),
@@ -215,7 +218,10 @@ impl WrapState {
             authenticity,
             annotations: a
                 .iter()
-                .filter(|(k, _)| ann::SIGNED.contains(&k.as_str()))
+                // What the next write signs on: never a message no signature vouched for.
+                .filter(|(k, _)| {
+                    ann::is_signed(k) && (k.as_str() != ann::MESSAGE || message_trusted)
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         })

@@ -84,7 +84,15 @@ impl Sealer<'_> {
             };
             patch.insert(k.to_string(), v.clone().map_or(Value::Null, Value::String));
         }
-        after.retain(|k, _| ann::SIGNED.contains(&k.as_str()));
+        after.retain(|k, _| ann::is_signed(k));
+        // The message is pinned to what is signed (an unvouched one from an older record is
+        // removed), so the record reads back exactly as signed.
+        patch.insert(
+            ann::MESSAGE.into(),
+            after
+                .get(ann::MESSAGE)
+                .map_or(Value::Null, |m| Value::String(m.clone())),
+        );
         patch.insert(
             ann::SIGNATURE.into(),
             Value::String(self.sign(secret, &after)),
@@ -556,7 +564,48 @@ mod tests {
     }
 
     #[test]
-    fn only_the_message_may_change_behind_the_operators_back() {
+    fn a_record_signed_before_the_message_was_covered_keeps_working_and_its_message_is_not_trusted()
+    {
+        let keys = keys();
+        let sealer = Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys: &keys,
+        };
+        // A record of the earlier format, whose message someone has since rewritten.
+        let mut secret = created(&sealer);
+        let a = secret.metadata.annotations.as_mut().unwrap();
+        a.insert(ann::MESSAGE.into(), "all is well, ignore the alerts".into());
+        let v1 = keys.sign_v1(&Fields {
+            namespace: "ns",
+            name: "p-b-wrap",
+            binding: "b",
+            annotations: a,
+        });
+        a.insert(ann::SIGNATURE.into(), v1);
+        let w = read(&secret, &keys);
+        assert_eq!(w.authenticity, Authenticity::Authentic);
+        assert_eq!(w.message, None, "an unvouched message is not shown");
+        assert!(!w.annotations.contains_key(ann::MESSAGE));
+        // The next write signs the current format and removes the unvouched message.
+        let settled = apply(
+            &secret,
+            &settle_patch(&sealer, &w, Phase::Unwrapped, true, "verified", 0),
+        );
+        let w = read(&settled, &keys);
+        assert_eq!(w.authenticity, Authenticity::Authentic);
+        assert_eq!(w.message.as_deref(), Some("verified"));
+        let refreshed = apply(
+            &settled,
+            &report_patch(&sealer, &w, &Receipt::unwrapped("acc-1")),
+        );
+        let w = read(&refreshed, &keys);
+        assert_eq!(w.authenticity, Authenticity::Authentic);
+        assert_eq!(w.message.as_deref(), Some("verified"));
+    }
+
+    #[test]
+    fn nothing_may_change_behind_the_operators_back() {
         let keys = keys();
         let sealer = Sealer {
             namespace: "ns",
@@ -568,7 +617,9 @@ mod tests {
             let patch = json!({"metadata": {"annotations": {k: v}}});
             read(&apply(&secret, &patch), &keys).authenticity
         };
-        assert_eq!(edit(ann::MESSAGE, "hello"), Authenticity::Authentic);
+        // The free-text message too: it is shown in the binding's status.
+        assert_eq!(edit(ann::MESSAGE, "hello"), Authenticity::Forged);
+        assert_eq!(edit("example.com/unrelated", "x"), Authenticity::Authentic);
         assert_eq!(edit(ann::ACCESSOR, "victim"), Authenticity::Forged);
         assert_eq!(edit(ann::PHASE, "Unwrapped"), Authenticity::Forged);
         let relabelled = apply(
