@@ -458,11 +458,11 @@ fn shipped_config() -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test]
-async fn the_operator_runs_in_the_cluster_from_its_image_with_config_as_shipped() {
+/// An environment with a node and without the harness's operator process (the operator will
+/// be the pod the kubelet runs), and the API server's port for that pod to reach it on.
+async fn env_for_an_operator_pod() -> (Env, String) {
     let mut env = Env::start(Options::default()).await;
     env.cluster.start_node();
-    // From here the operator is the pod the kubelet runs, not the harness's process.
     if let Some(op) = env.operator.take() {
         op.kill();
     }
@@ -473,6 +473,12 @@ async fn the_operator_runs_in_the_cluster_from_its_image_with_config_as_shipped(
         .next()
         .unwrap()
         .to_string();
+    (env, api_port)
+}
+
+#[tokio::test]
+async fn the_operator_runs_in_the_cluster_from_its_image_with_config_as_shipped() {
+    let (env, api_port) = env_for_an_operator_pod().await;
     let (http, webhook) = (free_port(), free_port());
     let mut objects = shipped_config();
     // Only what this machine needs: the local image; the node's network (hostNetwork) with the
@@ -586,18 +592,7 @@ async fn operator_pod_serves_the_seed_flow(env: &Env) {
 
 #[tokio::test]
 async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed_flow() {
-    let mut env = Env::start(Options::default()).await;
-    env.cluster.start_node();
-    if let Some(op) = env.operator.take() {
-        op.kill();
-    }
-    let api_port = env
-        .cluster
-        .api_url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let (env, api_port) = env_for_an_operator_pod().await;
     let (http, webhook) = (free_port(), free_port());
     // The chart's defaults, except what this machine needs (as in the test above).
     let values = json!({
