@@ -193,7 +193,11 @@ async fn an_app_container_restart_keeps_the_token_it_holds() {
 
 #[tokio::test]
 async fn a_new_pod_sandbox_is_a_new_start_with_a_fresh_wrap() {
-    let env = env_on_node("fresh", "60s").await;
+    // wrapTTL 150 s: the kubelet refreshes the Secret volume only at its next sync of the pod
+    // (1 to 1.5 min after the last); with 60 s the new start's wrap could expire first and its
+    // replacement wait another sync, past any sane timeout on a loaded machine. The replacement
+    // path is the late-image test's subject, not this one's.
+    let env = env_on_node("fresh", "150s").await;
     env.create_deployment("fresh", "fresh", 1).await;
     let pod = env.running_pods("fresh", 1, RUN).await.remove(0);
     let name = pod.name_any();
@@ -209,7 +213,7 @@ async fn a_new_pod_sandbox_is_a_new_start_with_a_fresh_wrap() {
     let killed = std::time::Instant::now();
     let second = eventually(
         "start 1 unwrapped and verified",
-        Duration::from_secs(180),
+        Duration::from_secs(240),
         || async {
             let s = env.records("b").await.pop()?;
             let a = ann(&s);
