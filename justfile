@@ -55,6 +55,13 @@ demo:
 bench *FLAGS:
     python3 bench/run.py {{FLAGS}}
 
+# Noisy neighbour at the goal's scale (release operator): one namespace with 2,000 bindings,
+# 300 labelled Secrets of 0.9 MiB, 150 pods with 0.8 MiB of labels, a binding Vault refuses
+# over 50 pods and a crash-looping agent; prints the quiet namespace's p50/p99, the operator's
+# peak RSS, and Vault logins and mints (the line starting NOISY). ~4 min after the build.
+bench-noisy: tools
+    CUBBYHOLE_NOISY=full cargo nextest run --release --test e2e_noisy --no-capture
+
 # Needs `cargo install --locked cargo-mutants`. Every surviving mutant is a rule no unit test
 # pins down. Slow: ~420 mutants at ~18 s each on 2 cores; `just mutants -f src/core/plan.rs` runs a part.
 # Mutation testing of the pure core; results in mutants.out/, summary in mutants/REPORT.md.

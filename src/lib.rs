@@ -8,7 +8,6 @@
 #![warn(missing_docs)]
 
 pub mod agent;
-mod cache_key;
 pub mod config;
 pub mod controller;
 pub mod core;

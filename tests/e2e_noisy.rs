@@ -1,7 +1,9 @@
 //! End-to-end: one tenant's namespace at its worst cannot starve, slow or blind another's.
 //! On the real API server and OpenBao, a noisy namespace holds hundreds of bindings, labelled
-//! Secrets of ~0.9 MiB, pods with ~0.8 MiB of labels selected by a binding, and a binding Vault
-//! refuses over many pods; meanwhile a quiet namespace's new pods get their wraps.
+//! Secrets of ~0.9 MiB, pods with ~0.8 MiB of labels selected by a binding, a binding Vault
+//! refuses over many pods and an agent crash-looping before it unwraps; meanwhile a quiet namespace's new pods get
+//! their wraps. `CUBBYHOLE_NOISY=full` (`just bench-noisy`) runs it at the scale of issue 22's
+//! goal: 2,000 bindings, 300 Secrets, 150 big-label pods.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,11 +17,40 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-const NOISY_BINDINGS: usize = 500;
-const BIG_SECRETS: usize = 60;
-const BIG_PODS: usize = 40;
 const REFUSED_PODS: usize = 50;
 const QUIET_PODS: usize = 20;
+/// How often the crash-looping agent restarts (the kubelet's back-off starts at 10 s: this is
+/// harsher than any real crash loop).
+const CRASH_EVERY: Duration = Duration::from_secs(2);
+
+/// How much noise: the suite's size, or the goal's (`CUBBYHOLE_NOISY=full`).
+struct Scale {
+    bindings: usize,
+    big_secrets: usize,
+    big_pods: usize,
+    /// Pods the noisy namespace starts at once, one per binding, as the quiet pods start.
+    burst: usize,
+}
+
+impl Scale {
+    fn from_env() -> Self {
+        if std::env::var("CUBBYHOLE_NOISY").as_deref() == Ok("full") {
+            Self {
+                bindings: 2000,
+                big_secrets: 300,
+                big_pods: 150,
+                burst: 1000,
+            }
+        } else {
+            Self {
+                bindings: 500,
+                big_secrets: 60,
+                big_pods: 40,
+                burst: 300,
+            }
+        }
+    }
+}
 
 /// About `bytes` of labels: many keys, each value the longest a label value may be.
 fn big_labels(bytes: usize) -> BTreeMap<String, String> {
@@ -57,6 +88,7 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
     if env.skip_external("OpenBao's audit log and the operator's process") {
         return;
     }
+    let scale = Scale::from_env();
     let noisy = format!("{}-noisy", env.ns);
     create_namespace(&env.client, &noisy).await;
     let pid = env.op().pid();
@@ -87,7 +119,7 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
         }
     };
     // Hundreds of bindings selecting nothing, one selecting the big pods, one Vault refuses.
-    stream::iter(0..NOISY_BINDINGS)
+    stream::iter(0..scale.bindings)
         .for_each_concurrent(16, |i| {
             apply(format!("noise-{i}"), Env::spec(&format!("none-{i}"), "60s"))
         })
@@ -96,10 +128,13 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
     let mut refused = Env::spec("refused", "60s");
     refused["vault"]["policies"] = json!(["root"]);
     apply("refused".into(), refused).await;
+    let mut crashy = Env::spec("crashy", "60s");
+    crashy["agentContainer"] = json!("agent");
+    apply("crashy".into(), crashy).await;
     // Labelled Secrets of ~0.9 MiB, pods with ~0.9 MiB of labels, pods Vault refuses tokens for.
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &noisy);
     let blob = "x".repeat(900 * 1024);
-    stream::iter(0..BIG_SECRETS)
+    stream::iter(0..scale.big_secrets)
         .for_each_concurrent(4, |i| {
             let secrets = secrets.clone();
             let blob = blob.clone();
@@ -119,11 +154,12 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
         })
         .await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &noisy);
-    stream::iter(0..BIG_PODS + REFUSED_PODS)
+    let big_pods = scale.big_pods;
+    stream::iter(0..big_pods + REFUSED_PODS)
         .for_each_concurrent(4, |i| {
             let pods = pods.clone();
             async move {
-                let pod = if i < BIG_PODS {
+                let pod = if i < big_pods {
                     let mut labels = big_labels(800 * 1024);
                     labels.insert("app".into(), "big".into());
                     gated_pod(&format!("big-{i}"), labels)
@@ -139,8 +175,54 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
             }
         })
         .await;
+    // An agent that crashes before it unwraps and is restarted every few seconds.
+    pods.create(
+        &PostParams::default(),
+        &gated_pod("crashy", [("app".into(), "crashy".into())].into()),
+    )
+    .await
+    .expect("create pod");
+    let restarts = Arc::new(AtomicU64::new(0));
+    let crash_loop = {
+        let (pods, restarts) = (pods.clone(), restarts.clone());
+        tokio::spawn(async move {
+            loop {
+                let n = restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                let status = json!({"status": {"phase": "Running", "containerStatuses": [{
+                    "name": "agent", "image": "agent", "imageID": "", "ready": false,
+                    "restartCount": n,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                }]}});
+                let _ = pods
+                    .patch_status("crashy", &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+                tokio::time::sleep(CRASH_EVERY).await;
+            }
+        })
+    };
     println!("noise in place after {:?}", started.elapsed());
-    // Meanwhile the quiet namespace's new pods get their wraps.
+    // Meanwhile a new binding in the quiet namespace and its new pods get their wraps, while
+    // the noisy namespace starts a burst of pods, one for each of its first bindings: hundreds
+    // of rounds that each mint, queued at once. The quiet rounds take the next free reconcile
+    // slot ahead of them (fair shares).
+    let burst = {
+        let pods = pods.clone();
+        let n = scale.burst;
+        tokio::spawn(async move {
+            stream::iter(0..n)
+                .for_each_concurrent(16, |i| {
+                    let pods = pods.clone();
+                    async move {
+                        let labels = [("app".into(), format!("none-{i}"))].into();
+                        let pod = gated_pod(&format!("burst-{i}"), labels);
+                        pods.create(&PostParams::default(), &pod)
+                            .await
+                            .expect("create pod");
+                    }
+                })
+                .await;
+        })
+    };
     env.apply_binding("quiet", Env::spec("quiet", "60s")).await;
     let mut latencies = vec![];
     for i in 0..QUIET_PODS {
@@ -164,11 +246,14 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
         latencies.push(created.elapsed());
     }
     println!("quiet latencies: {latencies:?}");
+    burst.await.unwrap();
     let p50 = percentile(&latencies, 50.0);
     let p99 = percentile(&latencies, 99.0);
     // Give the noisy namespace a minute of retries to show what it costs Vault.
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(started.elapsed())).await;
     sampler.abort();
+    crash_loop.abort();
+    let crashes = restarts.load(Ordering::Relaxed) as usize;
     let peak_mib = peak.load(Ordering::Relaxed) as f64 / 1024.0;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     let logins = env.audit_requests("auth/kubernetes/login");
@@ -176,7 +261,9 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
     println!(
         "NOISY quiet pods: p50 {p50:?}, p99 {p99:?}; operator peak RSS {peak_mib:.1} MiB; \
          over {minutes:.1} min: {logins} logins, {mints} mint requests \
-         ({BIG_PODS} big-label pods, {REFUSED_PODS} refused pods, {QUIET_PODS} quiet pods)"
+         ({} bindings, {} big Secrets, {big_pods} big-label pods, {REFUSED_PODS} refused \
+         pods, {crashes} agent restarts, a burst of {} pods, {QUIET_PODS} quiet pods)",
+        scale.bindings, scale.big_secrets, scale.burst
     );
     // The noise happened: the operator saw every oversized object and Vault refused the mints.
     let metrics = env.op().get("/metrics").map(|(_, b)| b).unwrap_or_default();
@@ -188,10 +275,10 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
             .sum()
     };
     assert!(
-        counted("cubbyhole_oversized_pods_ignored_total") >= BIG_PODS as f64,
+        counted("cubbyhole_oversized_pods_ignored_total") >= big_pods as f64,
         "{metrics:.2000}"
     );
-    assert!(counted("cubbyhole_oversized_secrets_ignored_total") >= BIG_SECRETS as f64);
+    assert!(counted("cubbyhole_oversized_secrets_ignored_total") >= scale.big_secrets as f64);
     let refused = bindings.get("refused").await.unwrap();
     let ready = refused
         .status
@@ -201,10 +288,11 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
     // The operator never restarted, stayed small, and the quiet pods were served promptly.
     assert!(env.op().get("/healthz").is_some(), "the operator is up");
     assert!(peak_mib < 128.0, "peak RSS {peak_mib:.1} MiB");
-    // Not starved: the quiet pods wait at most for the noise's backlog (the first ones after
-    // it: 2-6 s measured here; the goal of p99 < 2 s needs fair shares between namespaces,
-    // not built yet), and are served promptly once it has drained.
-    assert!(p99 < Duration::from_secs(15), "quiet p99 {p99:?}");
+    // Not starved, not even slowed much: the quiet namespace's rounds take the next free
+    // reconcile slot ahead of the noisy backlog (fair shares). Measured here: p99 0.5-1 s with
+    // fair shares, 4.7 s without (the first quiet pod waited for the burst). The goal, p99 <
+    // 2 s, is `just bench-noisy`'s figure; the suite allows 3 s on a shared CI machine.
+    assert!(p99 < Duration::from_secs(3), "quiet p99 {p99:?}");
     assert!(p50 < Duration::from_secs(1), "quiet p50 {p50:?}");
     // Pods with huge labels are selected by nothing: no record, no mint for them.
     let big_records = secrets
@@ -216,8 +304,27 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
     // mints back off, doubling from 5 s).
     assert!(logins <= 2, "{logins} logins");
     assert!(
-        mints <= QUIET_PODS + REFUSED_PODS * 6,
+        mints <= QUIET_PODS + REFUSED_PODS * 6 + 2 + scale.burst,
         "{mints} mint requests in {minutes:.1} min"
     );
+    // The crash loop happened, and cost one wrap: an agent that never got to unwrap keeps its
+    // start whatever its restarts (a new start needs the previous wrap taken).
+    assert!(crashes >= 10, "{crashes} restarts");
+    let crashy = secrets
+        .list(&kube::api::ListParams::default().labels("cubbyhole.dev/binding=crashy"))
+        .await
+        .unwrap();
+    let start: u64 = crashy
+        .items
+        .first()
+        .and_then(|s| {
+            cubbyhole_testkit::cluster::ann(s)
+                .get("start")?
+                .parse()
+                .ok()
+        })
+        .expect("the crash-looping pod has a record");
+    assert_eq!(crashy.items.len(), 1);
+    assert!(start <= 2, "start {start} after {crashes} restarts");
     env.assert_no_leaks().await;
 }

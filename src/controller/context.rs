@@ -1,17 +1,17 @@
 //! The reconciler's shared state and its one error type.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
 
 use crate::config::OperatorConfig;
 use crate::controller::budget::LookupBudget;
+use crate::controller::cache::{CachedBinding, IndexedCache};
+use crate::controller::fair::FairSlots;
 use crate::core::pod::CachedPod;
-use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
 use crate::record::CachedRecord;
 use crate::record::seal::RecordKeys;
@@ -29,9 +29,6 @@ pub enum Error {
     /// Adding or removing the binding finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
-    /// The pod cache is gone (shutting down).
-    #[error("pod cache: {0}")]
-    Cache(String),
     /// A record changed between reading and removing it; retried with the change seen.
     #[error("record {0} changed while it was being removed; retrying")]
     RecordChanged(String),
@@ -48,7 +45,6 @@ impl Error {
             Error::Kube(_) => "kubernetes",
             Error::Vault(e) => e.category(),
             Error::Finalizer(_) => "finalizer",
-            Error::Cache(_) => "cache",
             Error::VaultUnavailable(_) => "unreachable",
             Error::RecordChanged(_) => "conflict",
         }
@@ -110,13 +106,16 @@ pub struct Context {
     /// recorder of their own that keeps nothing (at 10,000 pods the kept copies would be the
     /// operator's largest cache).
     pub reporter: Reporter,
-    /// Every binding (for conflicts).
-    pub bindings: Store<AgentSecretBinding>,
-    /// Every pod, as the controller's pod watch sees it (read into what the planner reads).
-    pub pods: Store<CachedPod>,
-    /// Every per-pod record (cubbyhole's Secrets), as the controller's Secret watch sees it
-    /// (packed: a round unpacks its binding's).
-    pub secrets: Store<CachedRecord>,
+    /// Every binding, by namespace, its selector parsed (for conflicts and pod events).
+    pub bindings: Arc<IndexedCache<CachedBinding>>,
+    /// Every pod, by namespace, as the controller's pod watch sees it (read into what the
+    /// planner reads).
+    pub pods: Arc<IndexedCache<CachedPod>>,
+    /// Every per-pod record (cubbyhole's Secrets), by namespace and binding, as the
+    /// controller's Secret watch sees it (packed: a round unpacks its binding's).
+    pub secrets: Arc<IndexedCache<CachedRecord>>,
+    /// The reconcile slots (`reconcileConcurrency`), shared fairly between namespaces.
+    pub slots: FairSlots,
     /// `namespace/secret` -> last lookup.
     pub last_lookup: Mutex<HashMap<String, Timestamp>>,
     /// `namespace/secret` -> when a Secret not of its binding was found holding that name (its

@@ -4,9 +4,11 @@
 //! nothing depends on it.
 
 pub mod budget;
+pub mod cache;
 pub mod context;
 pub mod execute;
 pub mod failpoint;
+pub mod fair;
 pub mod leader;
 pub mod lists;
 pub mod reconcile;

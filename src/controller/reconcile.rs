@@ -12,7 +12,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::Selector;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -47,9 +47,12 @@ pub async fn reconcile(
     binding: Arc<AgentSecretBinding>,
     ctx: Arc<Context>,
 ) -> Result<Requeue, Error> {
-    let started = Instant::now();
     let ns = binding.namespace().unwrap_or_default();
     let name = binding.name_any();
+    // A fair share of the slots: another namespace's backlog delays this round by at most
+    // one round.
+    let _slot = ctx.slots.acquire(&ns).await;
+    let started = Instant::now();
     let api: Api<AgentSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, BINDING_FINALIZER, binding, |event| async {
         match event {
@@ -172,7 +175,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         }
         // The status shows only our records; anything new and unsigned is vetted next round.
         observed.records = cached_records(ctx, &ns, &name, &b.spec.secret_key)
-            .await?
+            .await
             .0
             .into_iter()
             .filter(|w| w.authenticity == Authenticity::Authentic)
@@ -260,11 +263,11 @@ async fn observe(
 ) -> Result<Observed, Error> {
     let ns = records.sealer.namespace;
     let (listed, secrets) =
-        cached_records(ctx, ns, records.sealer.binding, &b.spec.secret_key).await?;
+        cached_records(ctx, ns, records.sealer.binding, &b.spec.secret_key).await;
     let (vetted, vet_error) = trust::vet(ctx, records, Some(b), listed, &secrets).await;
     let (pods, conflicts) = match validity {
         Ok(valid) => {
-            let pods = selected_pods(ctx, ns, &valid.selector).await?;
+            let pods = selected_pods(ctx, ns, &valid.selector).await;
             let conflicts = find_conflicts(ctx, b, &pods);
             (pods, conflicts)
         }
@@ -344,22 +347,14 @@ fn remembered(
 
 /// The pods `selector` picks in `ns`, from the shared pod cache (kept by the controller's pod
 /// watch). Waits for the cache's first full list: an empty cache is never taken for "no pods".
-async fn selected_pods(
-    ctx: &Context,
-    ns: &str,
-    selector: &Selector,
-) -> Result<Vec<PodView>, Error> {
+async fn selected_pods(ctx: &Context, ns: &str, selector: &Selector) -> Vec<PodView> {
     let query = LabelQuery::from(selector.clone());
+    ctx.pods.ready().await;
     ctx.pods
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache(e.to_string()))?;
-    Ok(ctx
-        .pods
-        .state_filter(|p| &*p.namespace == ns && query.matches(&p.view.labels))
+        .in_namespace(ns, |p| query.matches(&p.view.labels))
         .iter()
         .filter_map(|p| PodView::from_cached(p))
-        .collect())
+        .collect()
 }
 
 /// The binding's records from the shared cache (the controller's Secret watch), each with its
@@ -370,14 +365,11 @@ async fn cached_records(
     ns: &str,
     binding: &str,
     secret_key: &str,
-) -> Result<(Vec<WrapState>, SecretsByName), Error> {
-    ctx.secrets
-        .wait_until_ready()
-        .await
-        .map_err(|e| Error::Cache(e.to_string()))?;
+) -> (Vec<WrapState>, SecretsByName) {
+    ctx.secrets.ready().await;
     let secrets: SecretsByName = ctx
         .secrets
-        .state_filter(|r| r.belongs_to(ns, binding))
+        .in_group(ns, binding)
         .into_iter()
         .filter_map(|r| Some((r.name.to_string(), Arc::new(r.unpack()?))))
         .collect();
@@ -385,7 +377,7 @@ async fn cached_records(
         .values()
         .filter_map(|s| WrapState::from_secret(s, Some(secret_key), &ctx.record_keys))
         .collect();
-    Ok((records, secrets))
+    (records, secrets)
 }
 
 /// The binding's records listed from the API server (each with its authenticity), and the raw
@@ -413,28 +405,27 @@ pub async fn list_records(
     Ok((wraps, raw))
 }
 
+/// Pod name -> the other bindings of the namespace (not being deleted) that select it too.
 fn find_conflicts(
     ctx: &Context,
     me: &AgentSecretBinding,
     pods: &[PodView],
 ) -> BTreeMap<String, Vec<String>> {
     let mut conflicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for other in ctx.bindings.state() {
-        if other.namespace() != me.namespace()
-            || other.name_any() == me.name_any()
-            || other.meta().deletion_timestamp.is_some()
-        {
-            continue;
-        }
-        let Ok(selector) = spec::pod_selector(&other.spec) else {
-            continue;
-        };
-        let query = LabelQuery::from(selector);
-        for pod in pods.iter().filter(|p| query.matches(&p.labels)) {
+    if pods.is_empty() {
+        return conflicts;
+    }
+    let ns = me.namespace().unwrap_or_default();
+    let me = me.name_any();
+    let others = ctx
+        .bindings
+        .in_namespace(&ns, |b| *b.name != *me && !b.deleting);
+    for other in others {
+        for pod in pods.iter().filter(|p| other.selects(&p.labels)) {
             conflicts
                 .entry(pod.name.clone())
                 .or_default()
-                .push(other.name_any());
+                .push(other.name.to_string());
         }
     }
     conflicts

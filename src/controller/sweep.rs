@@ -58,12 +58,7 @@ pub async fn sweep_loop(ctx: Arc<Context>, shutdown: CancellationToken) {
 /// a binding created a moment ago is never swept. A record the cache has not seen yet is
 /// swept in a later round.
 pub async fn orphaned_bindings(ctx: &Context) -> Result<Vec<(String, String)>, kube::Error> {
-    let owners: BTreeSet<(String, String)> = ctx
-        .secrets
-        .state()
-        .iter()
-        .filter_map(|r| Some((r.namespace.to_string(), r.binding.as_deref()?.to_string())))
-        .collect();
+    let owners: BTreeSet<(String, String)> = ctx.secrets.groups().into_iter().collect();
     let mut orphans = vec![];
     for (ns, binding) in owners {
         let api: Api<AgentSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);

@@ -12,20 +12,19 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::OperatorConfig;
 use crate::controller::budget::LookupBudget;
+use crate::controller::cache::{CachedBinding, Indexed, IndexedCache};
 use crate::controller::context::{Context, Readiness};
+use crate::controller::fair::FairSlots;
 use crate::controller::{reconcile, sweep};
-use crate::core::labels::LabelQuery;
 use crate::core::pod::{CachedPod, WatchedPod};
-use crate::core::reason::Reason;
-use crate::core::status::READY;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
 use crate::record::{CachedRecord, MANAGED_BY, MANAGED_BY_LABEL};
@@ -97,18 +96,19 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         return Ok(());
     };
     let watch_config = || lists.watcher_config();
+    // The controller runs every due round at once; each waits for one of the
+    // `reconcileConcurrency` slots, shared fairly between namespaces (`fair`).
     let controller = Controller::new(bindings.clone(), watch_config()).with_config(
         ControllerConfig::default()
             .debounce(Duration::from_millis(200))
-            .concurrency(config.reconcile_concurrency),
+            .concurrency(0),
     );
-    let store = controller.store();
     // One pod watch feeds both the reconciler's pod cache and the controller's triggers; the
     // cache keeps each pod read into what the planner needs (`CachedPod`).
-    let (pods, pod_writer) = reflector::store::<CachedPod>();
+    let pods = Arc::new(IndexedCache::<CachedPod>::default());
     let pod_events = watcher(Api::<WatchedPod>::all(client.clone()), watch_config())
         .default_backoff()
-        .map_ok(cache_into(pod_writer, {
+        .map_ok(cache_into(pods.clone(), {
             let metrics = metrics.clone();
             move |pod| {
                 let pod = CachedPod::from_watched(pod);
@@ -124,13 +124,13 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     // One watch of cubbyhole's Secrets feeds the records cache and the controller's triggers:
     // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,
     // so a round that reads a cache lagging behind its own writes only loses a guard.
-    let (secrets, secret_writer) = reflector::store::<CachedRecord>();
+    let secrets = Arc::new(IndexedCache::<CachedRecord>::default());
     let secret_events = watcher(
         Api::<Secret>::all(client.clone()),
         watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
     )
     .default_backoff()
-    .map_ok(cache_into(secret_writer, {
+    .map_ok(cache_into(secrets.clone(), {
         let metrics = metrics.clone();
         move |secret| {
             let record = CachedRecord::pack(secret);
@@ -143,6 +143,14 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         }
     }))
     .touched_objects();
+    // A second watch of bindings keeps them by namespace with their selectors parsed: pod
+    // events and conflict checks read only their namespace's, and a changed binding has only
+    // the siblings it may conflict with rechecked.
+    let binding_index = Arc::new(IndexedCache::<CachedBinding>::default());
+    let binding_events = watcher(bindings.clone(), watch_config())
+        .default_backoff()
+        .map_ok(cache_into(binding_index.clone(), CachedBinding::read))
+        .touched_objects();
     let reporter = Reporter {
         controller: "cubbyhole".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -154,9 +162,10 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         metrics,
         recorder: Recorder::new(client.clone(), reporter.clone()),
         reporter,
-        bindings: store.clone(),
-        pods,
+        bindings: binding_index.clone(),
+        pods: pods.clone(),
         secrets,
+        slots: FairSlots::new(config.reconcile_concurrency.into()),
         last_lookup: Default::default(),
         last_renewal: Default::default(),
         names_taken: Default::default(),
@@ -211,15 +220,15 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     info!(lookup_period = ?config.lookup_period, "operator starting");
     let sweeper = tokio::spawn(sweep::sweep_loop(ctx.clone(), stop.clone()));
 
-    let pod_store = store.clone();
-    let sibling_store = store.clone();
     let running = controller
-        .reconcile_on(triggers(pod_events, move |pod| {
-            bindings_selecting(&pod_store, &pod)
+        .reconcile_on(triggers(pod_events, {
+            let index = binding_index.clone();
+            move |pod| bindings_selecting(&index, &pod)
         }))
-        .watches(bindings.clone(), watch_config(), move |changed| {
-            siblings_to_recheck(&sibling_store, &changed)
-        })
+        .reconcile_on(triggers(binding_events, {
+            let index = binding_index.clone();
+            move |changed| siblings_to_recheck(&index, &pods, &changed)
+        }))
         .reconcile_on(triggers(secret_events, |record| {
             let binding = record.binding.as_deref()?;
             Some(ObjectRef::<AgentSecretBinding>::new(binding).within(&record.namespace))
@@ -330,20 +339,20 @@ async fn forget_vanished(ctx: Arc<Context>, stop: CancellationToken) {
 }
 
 /// Reads each watch event into what a cache keeps (`pack`), applies it to the cache and
-/// passes it on (kube's `reflect`, for cached types that are not API objects themselves).
-fn cache_into<A, B: reflector::Lookup<DynamicType = ()> + Clone + 'static>(
-    mut writer: Writer<B>,
+/// passes it on.
+fn cache_into<A, B: Indexed>(
+    cache: Arc<IndexedCache<B>>,
     pack: impl Fn(A) -> B,
-) -> impl FnMut(watcher::Event<A>) -> watcher::Event<B> {
+) -> impl FnMut(watcher::Event<A>) -> watcher::Event<Arc<B>> {
     move |event| {
         let event = match event {
-            watcher::Event::Apply(o) => watcher::Event::Apply(pack(o)),
-            watcher::Event::Delete(o) => watcher::Event::Delete(pack(o)),
-            watcher::Event::InitApply(o) => watcher::Event::InitApply(pack(o)),
+            watcher::Event::Apply(o) => watcher::Event::Apply(Arc::new(pack(o))),
+            watcher::Event::Delete(o) => watcher::Event::Delete(Arc::new(pack(o))),
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(Arc::new(pack(o))),
             watcher::Event::Init => watcher::Event::Init,
             watcher::Event::InitDone => watcher::Event::InitDone,
         };
-        writer.apply_watcher_event(&event);
+        cache.apply(&event);
         event
     }
 }
@@ -371,45 +380,44 @@ where
         .flatten()
 }
 
+/// The bindings of the pod's namespace that select it.
 fn bindings_selecting(
-    store: &Store<AgentSecretBinding>,
+    index: &IndexedCache<CachedBinding>,
     pod: &CachedPod,
 ) -> Vec<ObjectRef<AgentSecretBinding>> {
-    store
-        .state()
+    index
+        .in_namespace(&pod.namespace, |b| b.selects(&pod.view.labels))
         .iter()
-        .filter(|b| b.namespace().as_deref() == Some(&*pod.namespace))
-        .filter(|b| {
-            crate::core::spec::pod_selector(&b.spec)
-                .is_ok_and(|s| LabelQuery::from(s).matches(&pod.view.labels))
-        })
-        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .map(|b| binding_ref(b))
         .collect()
 }
 
 /// A binding whose spec changed (or that is going away) may start or end a conflict with its
-/// namespace neighbours: recheck those that are in conflict, or all of them when it is new.
+/// namespace neighbours: recheck those already in conflict, and those selecting any pod it
+/// now selects. Bindings that share no pod are never rechecked.
 fn siblings_to_recheck(
-    store: &Store<AgentSecretBinding>,
-    changed: &AgentSecretBinding,
+    index: &IndexedCache<CachedBinding>,
+    pods: &IndexedCache<CachedPod>,
+    changed: &CachedBinding,
 ) -> Vec<ObjectRef<AgentSecretBinding>> {
-    let spec_changed = changed.meta().deletion_timestamp.is_some()
-        || changed.status.as_ref().and_then(|s| s.observed_generation)
-            != changed.metadata.generation;
-    store
-        .state()
-        .iter()
-        .filter(|b| b.namespace() == changed.namespace() && b.name_any() != changed.name_any())
-        .filter(|b| {
-            spec_changed
-                || b.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == READY && c.reason == Reason::Conflict.as_str())
-                })
+    let shared = if changed.spec_changed && !changed.deleting {
+        pods.in_namespace(&changed.namespace, |p| changed.selects(&p.view.labels))
+    } else {
+        vec![]
+    };
+    index
+        .in_namespace(&changed.namespace, |b| {
+            b.name != changed.name
+                && (b.in_conflict
+                    || (changed.spec_changed && shared.iter().any(|p| b.selects(&p.view.labels))))
         })
-        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .iter()
+        .map(|b| binding_ref(b))
         .collect()
+}
+
+fn binding_ref(b: &CachedBinding) -> ObjectRef<AgentSecretBinding> {
+    ObjectRef::new(&b.name).within(&b.namespace)
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
@@ -428,4 +436,87 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn binding(name: &str, app: &str, generation: i64, status: serde_json::Value) -> CachedBinding {
+        CachedBinding::read(
+            serde_json::from_value(json!({
+                "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+                "metadata": {"name": name, "namespace": "ns", "generation": generation},
+                "spec": {
+                    "podSelector": {"matchLabels": {"app": app}},
+                    "vault": {"tokenRole": "r"},
+                },
+                "status": status,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn settled() -> serde_json::Value {
+        json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True",
+            "reason": "Ready", "message": "", "lastTransitionTime": "2026-12-02T00:00:00Z"}]})
+    }
+
+    fn index(bindings: Vec<CachedBinding>) -> IndexedCache<CachedBinding> {
+        let index = IndexedCache::default();
+        for b in bindings {
+            index.apply(&watcher::Event::Apply(Arc::new(b)));
+        }
+        index
+    }
+
+    fn names(refs: Vec<ObjectRef<AgentSecretBinding>>) -> Vec<String> {
+        let mut names: Vec<_> = refs.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_changed_binding_rechecks_only_siblings_sharing_a_pod_or_in_conflict() {
+        let pods = IndexedCache::default();
+        let pod: CachedPod = CachedPod::from_watched(
+            serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "web"}},
+            }))
+            .unwrap(),
+        );
+        pods.apply(&watcher::Event::Apply(Arc::new(pod)));
+        let mut conflicted = settled();
+        conflicted["conditions"][0]["reason"] = json!("Conflict");
+        let index = index(
+            (0..100)
+                .map(|i| binding(&format!("idle-{i}"), &format!("none-{i}"), 1, settled()))
+                .chain([
+                    binding("web", "web", 1, settled()),
+                    binding("stuck", "gone", 1, conflicted),
+                ])
+                .collect(),
+        );
+        // A new binding selecting the pod: its sibling over that pod, and the one in conflict.
+        let new = binding("new", "web", 1, json!({}));
+        assert!(new.spec_changed);
+        assert_eq!(
+            names(siblings_to_recheck(&index, &pods, &new)),
+            ["stuck", "web"]
+        );
+        // A new binding selecting nothing rechecks only the one in conflict.
+        let idle = binding("idle-new", "nothing", 1, json!({}));
+        assert_eq!(names(siblings_to_recheck(&index, &pods, &idle)), ["stuck"]);
+        // A status-only change of a settled binding rechecks only those in conflict.
+        let settled_web = binding("web", "web", 1, settled());
+        assert!(!settled_web.spec_changed);
+        assert_eq!(
+            names(siblings_to_recheck(&index, &pods, &settled_web)),
+            ["stuck"]
+        );
+        // A pod event reaches only the bindings selecting it.
+        let pod = pods.get("ns", "p").unwrap();
+        assert_eq!(names(bindings_selecting(&index, &pod)), ["web"]);
+    }
 }

@@ -126,11 +126,6 @@ impl CachedPod {
     }
 }
 
-crate::cache_key::core_v1_lookup!(CachedPod, "Pod", "pods", |pod| (
-    &pod.view.name,
-    &pod.namespace
-));
-
 impl PodView {
     /// Reads a Pod.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
@@ -236,7 +231,6 @@ pub fn is_valid_secret_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::reflector::ObjectRef;
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).unwrap()
@@ -343,26 +337,7 @@ mod tests {
             PodView::from_cached(&cached).unwrap().restart_counts["agent"],
             2
         );
-        use kube::runtime::reflector::Lookup;
-        assert_eq!(
-            cached.to_object_ref(()),
-            ObjectRef::<CachedPod>::new("agent-1").within("ns")
-        );
-        for (cached, watched, full) in [
-            (
-                CachedPod::plural(&()),
-                WatchedPod::plural(&()),
-                Pod::plural(&()),
-            ),
-            (
-                CachedPod::api_version(&()),
-                WatchedPod::api_version(&()),
-                Pod::api_version(&()),
-            ),
-            (CachedPod::kind(&()), WatchedPod::kind(&()), Pod::kind(&())),
-        ] {
-            assert_eq!((&cached, &watched), (&full, &full));
-        }
+        assert_eq!((&*cached.namespace, &*cached.view.name), ("ns", "agent-1"));
         // A pod without uid is cached (so its deletion is seen) but never read.
         let nameless = CachedPod::from_watched(
             serde_json::from_value(

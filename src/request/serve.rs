@@ -13,11 +13,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,13 +30,13 @@ use crate::config::RoleRule;
 use crate::controller::context::Context;
 use crate::controller::execute::{publish, revoke_counted, revoke_named};
 use crate::core::plan::{asked, revocations};
-use crate::core::pod::{CachedPod, PodView, is_valid_secret_name, secret_name};
+use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::core::spec::token_request;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::{Metrics, TokenKind};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, Records, Sealer, WriteError};
-use crate::record::{BINDING_LABEL, CachedRecord, WrapState};
+use crate::record::{BINDING_LABEL, WrapState};
 use crate::request::gate::{Chosen, choose};
 use crate::request::identity::{PodIdentity, review};
 use crate::request::limits::Limits;
@@ -307,11 +306,10 @@ impl Endpoint {
     /// controller's pod cache (the leader's), the API server's watch cache, else etcd (a pod too
     /// new for either).
     async fn read_pod(&self, who: &PodIdentity) -> Result<Option<PodView>, Refused> {
-        let key = ObjectRef::<CachedPod>::new(&who.pod).within(&who.namespace);
         if let Some(view) = self
             .ctx
             .pods
-            .get(&key)
+            .get(&who.namespace, &who.pod)
             .and_then(|p| PodView::from_cached(&p))
             && view.uid == who.pod_uid
         {
@@ -333,9 +331,11 @@ impl Endpoint {
         // A cached read is enough: the write that follows is guarded by its resourceVersion
         // (a stale read loses that race and the agent asks again). The controller's records
         // cache once it is synced (the leader's), else the API server's watch cache.
-        let found = if self.ctx.secrets.wait_until_ready().now_or_never().is_some() {
-            let key = ObjectRef::<CachedRecord>::new(&s.secret).within(&s.who.namespace);
-            self.ctx.secrets.get(&key).and_then(|r| r.unpack())
+        let found = if self.ctx.secrets.is_ready() {
+            self.ctx
+                .secrets
+                .get(&s.who.namespace, &s.secret)
+                .and_then(|r| r.unpack())
         } else {
             cached_get(&self.secrets(&s.who.namespace), &s.secret)
                 .await

@@ -10,6 +10,40 @@ pub fn assert_no_secrets(what: &str, text: &str, secrets: &[&str]) {
     }
 }
 
+/// Every token in every [`encoded_forms`] of it, searched for in one pass over a text.
+pub struct TokenScan {
+    automaton: aho_corasick::AhoCorasick,
+    /// Pattern number -> the token it is a form of.
+    token_of: Vec<usize>,
+}
+
+impl TokenScan {
+    /// A scan for `tokens` (each at least 8 bytes: a shorter one proves nothing).
+    pub fn new(tokens: &[String]) -> Self {
+        let mut forms = vec![];
+        let mut token_of = vec![];
+        for (i, t) in tokens.iter().enumerate() {
+            assert!(t.len() >= 8, "token #{i} too short to scan for");
+            for form in encoded_forms(t) {
+                forms.push(form);
+                token_of.push(i);
+            }
+        }
+        let automaton =
+            aho_corasick::AhoCorasick::new(&forms).expect("an automaton of the token forms");
+        Self {
+            automaton,
+            token_of,
+        }
+    }
+
+    /// The index of a token found in `text`, in any of its forms.
+    pub fn first_in(&self, text: &str) -> Option<usize> {
+        let found = self.automaton.find(text)?;
+        Some(self.token_of[found.pattern().as_usize()])
+    }
+}
+
 /// Asserts that neither `Debug` nor `Display` of `err` shows any of `secrets`.
 pub fn assert_error_clean(err: &VaultError, secrets: &[&str]) {
     assert_no_secrets("error Debug", &format!("{err:?}"), secrets);

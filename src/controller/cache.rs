@@ -1,0 +1,362 @@
+//! The controller's watched caches of pods, records and bindings, indexed by namespace and, for
+//! records, by binding: what one round or one watch event reads costs what its namespace (or
+//! binding) holds, never what the cluster holds, so a tenant's thousands of objects slow no
+//! other tenant's rounds. Bindings are kept with their selector parsed once per change.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use kube::{Resource, ResourceExt};
+
+use crate::core::labels::{LabelQuery, Labels};
+use crate::core::pod::CachedPod;
+use crate::core::reason::Reason;
+use crate::core::spec;
+use crate::core::status::READY;
+use crate::crd::AgentSecretBinding;
+use crate::record::CachedRecord;
+
+/// What the cache needs to know of an object to index it.
+pub trait Indexed {
+    /// Its namespace.
+    fn namespace(&self) -> &str;
+    /// Its name within the namespace.
+    fn name(&self) -> &str;
+    /// The group within the namespace it is also found by (a record's binding), if any.
+    fn group(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A cache fed by one watch: complete after the watch's first full list, and again after each
+/// relist (a relist replaces the whole content at once, as kube's reflector does).
+pub struct IndexedCache<K> {
+    state: RwLock<State<K>>,
+    ready: watch::Sender<bool>,
+}
+
+struct State<K> {
+    namespaces: HashMap<Box<str>, Namespace<K>>,
+    /// The objects of a relist in progress (applied at its end).
+    relist: Option<Vec<Arc<K>>>,
+}
+
+struct Namespace<K> {
+    objects: HashMap<Box<str>, Arc<K>>,
+    groups: HashMap<Box<str>, BTreeSet<Box<str>>>,
+}
+
+impl<K> Default for Namespace<K> {
+    fn default() -> Self {
+        Self {
+            objects: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Indexed> Namespace<K> {
+    fn insert(&mut self, object: Arc<K>) {
+        let name: Box<str> = object.name().into();
+        if let Some(group) = object.group() {
+            self.groups
+                .entry(group.into())
+                .or_default()
+                .insert(name.clone());
+        }
+        if let Some(old) = self.objects.insert(name, object.clone())
+            && old.group() != object.group()
+        {
+            self.leave_group(&old);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(old) = self.objects.remove(name) {
+            self.leave_group(&old);
+        }
+    }
+
+    fn leave_group(&mut self, old: &K) {
+        let Some(group) = old.group() else { return };
+        if let Some(members) = self.groups.get_mut(group) {
+            members.remove(old.name());
+            if members.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+}
+
+impl<K: Indexed> Default for IndexedCache<K> {
+    fn default() -> Self {
+        Self {
+            state: RwLock::new(State {
+                namespaces: HashMap::new(),
+                relist: None,
+            }),
+            ready: watch::Sender::new(false),
+        }
+    }
+}
+
+impl<K: Indexed> IndexedCache<K> {
+    /// Applies one watch event.
+    pub fn apply(&self, event: &watcher::Event<Arc<K>>) {
+        let mut state = self.state.write().expect("cache lock");
+        match event {
+            watcher::Event::Init => state.relist = Some(vec![]),
+            watcher::Event::InitApply(o) => state.relist.get_or_insert_default().push(o.clone()),
+            watcher::Event::InitDone => {
+                let mut namespaces: HashMap<Box<str>, Namespace<K>> = HashMap::new();
+                for o in state.relist.take().unwrap_or_default() {
+                    namespaces
+                        .entry(o.namespace().into())
+                        .or_default()
+                        .insert(o);
+                }
+                state.namespaces = namespaces;
+                drop(state);
+                self.ready.send_replace(true);
+            }
+            watcher::Event::Apply(o) => state
+                .namespaces
+                .entry(o.namespace().into())
+                .or_default()
+                .insert(o.clone()),
+            watcher::Event::Delete(o) => {
+                if let Some(ns) = state.namespaces.get_mut(o.namespace()) {
+                    ns.remove(o.name());
+                    if ns.objects.is_empty() {
+                        state.namespaces.remove(o.namespace());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the first full list: an empty cache is never taken for "nothing there".
+    pub async fn ready(&self) {
+        let mut ready = self.ready.subscribe();
+        // The sender lives as long as the cache, so this wait ends only when it is ready.
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// True once the first full list is in.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// The objects of `namespace` for which `keep` holds.
+    pub fn in_namespace(&self, namespace: &str, keep: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        let state = self.state.read().expect("cache lock");
+        state
+            .namespaces
+            .get(namespace)
+            .map(|ns| ns.objects.values().filter(|o| keep(o)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The objects of `group` in `namespace`.
+    pub fn in_group(&self, namespace: &str, group: &str) -> Vec<Arc<K>> {
+        let state = self.state.read().expect("cache lock");
+        let Some(ns) = state.namespaces.get(namespace) else {
+            return vec![];
+        };
+        ns.groups
+            .get(group)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| ns.objects.get(name).cloned())
+            .collect()
+    }
+
+    /// One object.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let state = self.state.read().expect("cache lock");
+        state.namespaces.get(namespace)?.objects.get(name).cloned()
+    }
+
+    /// Every `(namespace, group)` with at least one object.
+    pub fn groups(&self) -> Vec<(String, String)> {
+        let state = self.state.read().expect("cache lock");
+        state
+            .namespaces
+            .iter()
+            .flat_map(|(ns, n)| n.groups.keys().map(|g| (ns.to_string(), g.to_string())))
+            .collect()
+    }
+}
+
+/// A binding as the index keeps it: what pod events and conflict checks read.
+#[derive(Debug)]
+pub struct CachedBinding {
+    /// Namespace.
+    pub namespace: Box<str>,
+    /// Name.
+    pub name: Box<str>,
+    /// The pod selector, parsed; `None` for an invalid one (it selects nothing).
+    pub selector: Option<LabelQuery>,
+    /// Being deleted.
+    pub deleting: bool,
+    /// Its spec changed since its status was last written (new bindings included).
+    pub spec_changed: bool,
+    /// Its status says it conflicts with a sibling over some pod.
+    pub in_conflict: bool,
+}
+
+impl CachedBinding {
+    /// Reads a watched binding.
+    pub fn read(b: AgentSecretBinding) -> Self {
+        Self {
+            namespace: b.namespace().unwrap_or_default().into(),
+            name: b.name_any().into(),
+            selector: spec::pod_selector(&b.spec).ok().map(LabelQuery::from),
+            deleting: b.meta().deletion_timestamp.is_some(),
+            spec_changed: b.meta().deletion_timestamp.is_some()
+                || b.status.as_ref().and_then(|s| s.observed_generation) != b.metadata.generation,
+            in_conflict: b.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == READY && c.reason == Reason::Conflict.as_str())
+            }),
+        }
+    }
+
+    /// True when its selector picks a pod with these labels.
+    pub fn selects(&self, labels: &Labels) -> bool {
+        self.selector.as_ref().is_some_and(|q| q.matches(labels))
+    }
+}
+
+impl Indexed for CachedBinding {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Indexed for CachedPod {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.view.name
+    }
+}
+
+impl Indexed for CachedRecord {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn group(&self) -> Option<&str> {
+        self.binding.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Obj(&'static str, &'static str, Option<&'static str>);
+
+    impl Indexed for Obj {
+        fn namespace(&self) -> &str {
+            self.0
+        }
+        fn name(&self) -> &str {
+            self.1
+        }
+        fn group(&self) -> Option<&str> {
+            self.2
+        }
+    }
+
+    fn names(objects: Vec<Arc<Obj>>) -> Vec<&'static str> {
+        let mut names: Vec<_> = objects.iter().map(|o| o.1).collect();
+        names.sort();
+        names
+    }
+
+    fn apply(cache: &IndexedCache<Obj>, o: Obj) {
+        cache.apply(&watcher::Event::Apply(Arc::new(o)));
+    }
+
+    #[tokio::test]
+    async fn reads_by_namespace_and_group_follow_every_change() {
+        let cache = IndexedCache::default();
+        assert!(!cache.is_ready());
+        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::InitApply(Arc::new(Obj(
+            "a",
+            "r1",
+            Some("b1"),
+        ))));
+        assert!(!cache.is_ready(), "not before the list is complete");
+        assert!(
+            cache.get("a", "r1").is_none(),
+            "a relist applies at its end"
+        );
+        cache.apply(&watcher::Event::InitDone);
+        cache.ready().await;
+        apply(&cache, Obj("a", "r2", Some("b1")));
+        apply(&cache, Obj("a", "r3", Some("b2")));
+        apply(&cache, Obj("b", "r1", Some("b1")));
+        apply(&cache, Obj("a", "p", None));
+        assert_eq!(names(cache.in_group("a", "b1")), ["r1", "r2"]);
+        assert_eq!(names(cache.in_group("b", "b1")), ["r1"]);
+        assert_eq!(
+            names(cache.in_namespace("a", |_| true)),
+            ["p", "r1", "r2", "r3"]
+        );
+        assert_eq!(names(cache.in_namespace("a", |o| o.2.is_none())), ["p"]);
+        // A relabelled object moves to its new group.
+        apply(&cache, Obj("a", "r2", Some("b2")));
+        assert_eq!(names(cache.in_group("a", "b1")), ["r1"]);
+        assert_eq!(names(cache.in_group("a", "b2")), ["r2", "r3"]);
+        apply(&cache, Obj("a", "r3", None));
+        assert_eq!(names(cache.in_group("a", "b2")), ["r2"]);
+        cache.apply(&watcher::Event::Delete(Arc::new(Obj(
+            "a",
+            "r1",
+            Some("b1"),
+        ))));
+        assert!(cache.in_group("a", "b1").is_empty());
+        assert!(cache.get("a", "r1").is_none());
+        let mut groups = cache.groups();
+        groups.sort();
+        assert_eq!(
+            groups,
+            [("a".into(), "b2".into()), ("b".into(), "b1".into())]
+        );
+        assert!(cache.in_namespace("nowhere", |_| true).is_empty());
+    }
+
+    #[test]
+    fn a_relist_replaces_everything_at_its_end() {
+        let cache = IndexedCache::default();
+        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::InitDone);
+        apply(&cache, Obj("a", "gone", Some("b")));
+        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::InitApply(Arc::new(Obj(
+            "a",
+            "kept",
+            Some("b"),
+        ))));
+        assert!(cache.get("a", "gone").is_some(), "still there mid-relist");
+        cache.apply(&watcher::Event::InitDone);
+        assert!(cache.is_ready());
+        assert_eq!(names(cache.in_group("a", "b")), ["kept"]);
+        assert!(cache.get("a", "gone").is_none());
+    }
+}
