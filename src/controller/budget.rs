@@ -2,9 +2,18 @@
 //! binding. A lookup that finds the bucket empty is deferred, not queued: its wrap stays due
 //! and is tried again on the binding's next round, oldest first, so the budget is spread over
 //! the waiting wraps and never holds a round (or a mint, or a deadline revocation) up.
+//!
+//! Shared fairly between namespaces: within each second, a namespace that has taken its share
+//! (the rate over the namespaces taking in that second) may take only from the upper half of
+//! the bucket, so one tenant's thousands of outstanding wraps leave the lower half to the
+//! others; alone, a namespace has the whole budget.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// How long a namespace's takes count against its share.
+const SHARE_WINDOW: Duration = Duration::from_secs(1);
 
 /// At most `rate` lookups per second on average, in bursts of at most one second's worth.
 #[derive(Debug)]
@@ -17,6 +26,9 @@ pub struct LookupBudget {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Lookups taken per namespace since `window`.
+    taken: HashMap<String, u32>,
+    window: Instant,
 }
 
 impl LookupBudget {
@@ -27,17 +39,20 @@ impl LookupBudget {
             bucket: Mutex::new(Bucket {
                 tokens: f64::from(rate),
                 at: Instant::now(),
+                taken: HashMap::new(),
+                window: Instant::now(),
             }),
         }
     }
 
-    /// Takes one lookup from the budget; false when it is spent for now.
-    pub fn try_take(&self) -> bool {
-        self.try_take_at(Instant::now())
+    /// Takes one lookup from the budget for a round in `namespace`; false when it is spent
+    /// for now (or, for a namespace over its share, down to its lower half).
+    pub fn try_take(&self, namespace: &str) -> bool {
+        self.try_take_at(namespace, Instant::now())
     }
 
     /// [`LookupBudget::try_take`] at a given instant.
-    fn try_take_at(&self, now: Instant) -> bool {
+    fn try_take_at(&self, namespace: &str, now: Instant) -> bool {
         if self.rate == 0 {
             return true;
         }
@@ -46,8 +61,18 @@ impl LookupBudget {
         let elapsed = now.saturating_duration_since(bucket.at);
         bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * rate).min(rate);
         bucket.at = bucket.at.max(now);
-        if bucket.tokens >= 1.0 {
+        if now.saturating_duration_since(bucket.window) >= SHARE_WINDOW {
+            bucket.taken.clear();
+            bucket.window = now;
+        }
+        let taken = bucket.taken.get(namespace).copied().unwrap_or(0);
+        let takers = bucket.taken.len() + usize::from(taken == 0);
+        // Alone in this second, a namespace is never over its share.
+        let within_share = takers == 1 || f64::from(taken) < rate / takers as f64;
+        let floor = if within_share { 1.0 } else { rate / 2.0 + 1.0 };
+        if bucket.tokens >= floor {
             bucket.tokens -= 1.0;
+            *bucket.taken.entry(namespace.to_string()).or_default() += 1;
             true
         } else {
             false
@@ -69,7 +94,11 @@ mod tests {
     use super::*;
 
     fn taken(budget: &LookupBudget, at: Instant, tries: u32) -> u32 {
-        (0..tries).filter(|_| budget.try_take_at(at)).count() as u32
+        taken_by(budget, "ns", at, tries)
+    }
+
+    fn taken_by(budget: &LookupBudget, ns: &str, at: Instant, tries: u32) -> u32 {
+        (0..tries).filter(|_| budget.try_take_at(ns, at)).count() as u32
     }
 
     #[test]
@@ -102,9 +131,39 @@ mod tests {
     #[test]
     fn the_wall_clock_entry_takes_from_the_same_bucket() {
         let budget = LookupBudget::new(1);
-        assert!(budget.try_take());
-        assert!(!budget.try_take(), "a second lookup within the same second");
-        assert!(LookupBudget::new(0).try_take());
+        assert!(budget.try_take("ns"));
+        assert!(
+            !budget.try_take("ns"),
+            "a second lookup within the same second"
+        );
+        assert!(LookupBudget::new(0).try_take("ns"));
+    }
+
+    #[test]
+    fn a_namespace_over_its_share_leaves_the_lower_half_to_the_others() {
+        let budget = LookupBudget::new(100);
+        let t0 = Instant::now();
+        // Alone, a namespace has the whole burst, second after second.
+        assert_eq!(taken_by(&budget, "noisy", t0, 500), 100);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(taken_by(&budget, "noisy", t1, 500), 100);
+        // Once another namespace takes in the same second, the noisy one's share is half the
+        // rate; past it, it may take only from the upper half of the bucket...
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(taken_by(&budget, "quiet", t2, 1), 1);
+        assert_eq!(taken_by(&budget, "noisy", t2, 500), 50);
+        // ...so the quiet namespace finds the lower half.
+        assert_eq!(taken_by(&budget, "quiet", t2, 500), 49);
+        // Over a minute of both asking for everything, each gets about half the rate.
+        let (mut noisy, mut quiet) = (0, 0);
+        for i in 1..=600 {
+            let at = t2 + Duration::from_millis(100 * i);
+            noisy += taken_by(&budget, "noisy", at, 50);
+            quiet += taken_by(&budget, "quiet", at, 50);
+        }
+        assert!((2900..=3100).contains(&noisy), "noisy {noisy}");
+        assert!((2900..=3100).contains(&quiet), "quiet {quiet}");
+        assert!(noisy + quiet <= 6000 + 100);
     }
 
     #[test]

@@ -354,7 +354,7 @@ impl Executor<'_> {
             self.remember_renewal(&wrap.secret, Timestamp::MAX);
             return Ok(Met::Nothing);
         };
-        if !self.ctx.lookups.try_take() {
+        if !self.ctx.lookups.try_take(self.records.sealer.namespace) {
             self.ctx.metrics.lookup_deferred();
             return Ok(Met::LookupDeferred);
         }
@@ -403,7 +403,7 @@ impl Executor<'_> {
         else {
             return Ok(Met::Nothing);
         };
-        if !self.ctx.lookups.try_take() {
+        if !self.ctx.lookups.try_take(self.records.sealer.namespace) {
             self.ctx.metrics.lookup_deferred();
             return Ok(Met::LookupDeferred);
         }
