@@ -10,6 +10,31 @@ pub fn assert_no_secrets(what: &str, text: &str, secrets: &[&str]) {
     }
 }
 
+/// Standard base64 without padding, as Secret data shows binary values.
+pub fn base64(bytes: &[u8]) -> String {
+    crate::jwt::base64url(bytes)
+        .replace('-', "+")
+        .replace('_', "/")
+}
+
+/// The body lines (at least 40 characters) of every PEM private key in `text`: no output may
+/// show any of them.
+pub fn private_key_lines(text: &str) -> Vec<String> {
+    let mut lines = vec![];
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        // Inside JSON a marker may follow other text on its line.
+        if line.contains("-----BEGIN") && line.contains("PRIVATE KEY") {
+            inside = true;
+        } else if line.contains("-----END") {
+            inside = false;
+        } else if inside && line.len() >= 40 {
+            lines.push(line.to_string());
+        }
+    }
+    lines
+}
+
 /// Every token in every [`encoded_forms`] of it, searched for in one pass over a text.
 pub struct TokenScan {
     automaton: aho_corasick::AhoCorasick,

@@ -394,6 +394,42 @@ impl Bao {
         tokens
     }
 
+    /// Panics unless every successful response that handed out a token (a login, a create, a
+    /// wrap) shows it raw in the audit log, so [`Bao::issued_tokens`] has them all: a hashed or
+    /// missing one would leave a token the leak scan never looks for.
+    pub fn assert_every_token_captured(&self) {
+        let entries = self.audit_entries();
+        let mut handed_out = 0;
+        for e in entries.iter().filter(|e| e["type"] == "response") {
+            let path = e["request"]["path"].as_str().unwrap_or_default();
+            // Renewals by accessor answer with the token blanked: nothing handed out.
+            let hands_out = path.starts_with("auth/token/create") || path.ends_with("/login");
+            let response = &e["response"];
+            let tokens = [
+                (
+                    response["wrap_info"]["token"].as_str(),
+                    response["wrap_info"]["accessor"].is_string(),
+                ),
+                (
+                    response["auth"]["client_token"].as_str(),
+                    hands_out && response["auth"]["accessor"].is_string(),
+                ),
+            ];
+            for (token, required) in tokens {
+                let token = token.unwrap_or_default();
+                if token.is_empty() && !required {
+                    continue;
+                }
+                handed_out += 1;
+                assert!(
+                    token.len() >= 8 && !token.starts_with("hmac-"),
+                    "a token handed out at {path} is not in the audit log raw"
+                );
+            }
+        }
+        assert!(handed_out > 0, "the audit log shows no token handed out");
+    }
+
     /// Accessors of the tokens successful logins at `auth/kubernetes/login` handed out, in order.
     pub fn login_accessors(&self) -> Vec<String> {
         self.audit_responses("auth/kubernetes/login")

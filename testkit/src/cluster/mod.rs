@@ -367,6 +367,8 @@ pub struct Env {
     pub seen_tokens: Mutex<Vec<String>>,
     /// What the cluster showed over time (for the leak scan).
     transcript: Transcript,
+    /// Ports of the extra replicas started (their `/metrics` are scanned too).
+    replica_ports: Mutex<Vec<u16>>,
     /// The test's namespace.
     pub ns: String,
     /// Running against an existing cluster and Vault (see [`EXTERNAL_ENV`]).
@@ -481,6 +483,7 @@ impl Env {
             dir,
             seen_tokens: Mutex::new(vec![]),
             transcript,
+            replica_ports: Mutex::new(vec![]),
             ns,
             external,
             cluster,
@@ -512,13 +515,15 @@ impl Env {
 
     /// Starts another replica with leader election on (as the first one, when `leader` is set).
     pub fn start_replica(&self, n: u32) -> Operator {
-        Operator::start_with(
+        let replica = Operator::start_with(
             &self.identity.kubeconfig,
             &self.config,
             &self.dir.join(format!("operator-{n}.log")),
             &[],
             &LEADER_ARGS,
-        )
+        );
+        self.replica_ports.lock().unwrap().push(replica.port);
+        replica
     }
 
     /// Replaces the operator with one that aborts at `failpoint` (see `src/failpoint.rs`).
@@ -777,12 +782,39 @@ impl Env {
         tokens.sort();
         tokens.dedup();
         assert!(!tokens.is_empty(), "the test saw no token to scan for");
+        // The other secrets no output may show: the operator's own credential, the record
+        // keys, the webhook's private keys.
+        let others = if self.external {
+            vec![]
+        } else {
+            self.bao.assert_every_token_captured();
+            self.transcript.assert_alive();
+            self.other_secrets().await
+        };
+        let first_other = tokens.len();
+        tokens.extend(others.iter().map(|(_, s)| s.clone()));
         // (where it came from, what it said): a leak names its source, never the token.
         let mut corpus: Vec<(String, String)> = vec![];
         if let Some(op) = &self.operator {
             let metrics = op.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+            assert!(
+                self.external || metrics.contains("cubbyhole_"),
+                "/metrics answered nothing to scan"
+            );
             corpus.push(("/metrics".into(), metrics));
         }
+        for port in self.replica_ports.lock().unwrap().iter() {
+            // A replica still running (one a test stopped has nothing more to say).
+            if let Some((_, metrics)) = http_get(*port, "/metrics") {
+                corpus.push((format!("/metrics of the replica on port {port}"), metrics));
+            }
+        }
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let pods = pods.list(&ListParams::default()).await.unwrap();
+        corpus.push((
+            "pods (termination messages included)".into(),
+            serde_json::to_string(&pods.items).unwrap(),
+        ));
         corpus.push(("OpenBao's log".into(), self.bao.log()));
         for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
@@ -848,7 +880,9 @@ impl Env {
         let scan = crate::leaks::TokenScan::new(&tokens);
         for (source, text) in &corpus {
             if let Some(i) = scan.first_in(text) {
-                let kind = if issued.contains(&tokens[i]) {
+                let kind = if i >= first_other {
+                    others[i - first_other].0.as_str()
+                } else if issued.contains(&tokens[i]) {
                     "issued by OpenBao"
                 } else {
                     "seen by the test"
@@ -862,6 +896,34 @@ impl Env {
             issued.len(),
             corpus.iter().map(|(_, t)| t.len()).sum::<usize>()
         );
+    }
+
+    /// What else no output may show, each with what it is: the operator's service-account
+    /// token, every record-signing key (as Secret data shows it), and every line of a private
+    /// key the webhook keeps in the operator's namespace.
+    async fn other_secrets(&self) -> Vec<(String, String)> {
+        let mut others = vec![];
+        let jwt = std::fs::read_to_string(&self.identity.jwt).expect("the operator's token");
+        others.push(("the operator's token".to_string(), jwt.trim().to_string()));
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "cubbyhole-system");
+        let listed = secrets.list(&ListParams::default()).await.unwrap();
+        for secret in &listed.items {
+            for (entry, value) in secret.data.iter().flatten() {
+                if entry.starts_with(cubbyhole::record::signing_keys::KEY_PREFIX) {
+                    let shown = crate::leaks::base64(&value.0);
+                    others.push(("a record key".to_string(), shown));
+                }
+                let text = String::from_utf8_lossy(&value.0).replace("\\n", "\n");
+                for line in crate::leaks::private_key_lines(&text) {
+                    others.push(("a webhook private key".to_string(), line));
+                }
+            }
+        }
+        assert!(
+            others.iter().any(|(what, _)| what == "a record key"),
+            "no record key found to scan for"
+        );
+        others
     }
 
     /// Events (events.k8s.io) with `reason`.
