@@ -622,18 +622,26 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     # warm operator.
     if args.soak:
         st["soak"] = soak(args, kube, ns, bindings, op, created, served, lock, cond)
+    problems = []
+    # Positive control: a wrap still outstanding reads as live, so "gone" below means gone.
+    control = served_wrap_accessor(audit, audit_start)
+    control_state = accessor_state(vault, args, control) if control else "no mint found"
+    if control_state != "live":
+        problems.append(f"an outstanding wrap reads as {control_state}: the liveness probe proves nothing")
     if restart:
         st["restart"] = restart_phase(args, audit, op, n)
+        if st["restart"]["mints"]:
+            problems.append(f"the restart minted {st['restart']['mints']} times")
 
-    # Correctness: exactly one mint per pod, and after the pods go, nothing they got stays alive.
+    # Correctness: exactly one mint per pod, and after the pods go, nothing they got stays alive
+    # (the wrap, and the token inside it).
     minted = {}
     for e in audit.entries(audit_start):
         if e.get("type") == "response" and e.get("request", {}).get("path", "").startswith("auth/token/create/"):
             meta = (e.get("request", {}).get("data") or {}).get("meta") or {}
             if meta.get("namespace") == ns:
-                acc = (e.get("response", {}).get("wrap_info") or {}).get("accessor")
-                minted.setdefault(meta.get("pod"), []).append(acc)
-    problems = []
+                wrap = e.get("response", {}).get("wrap_info") or {}
+                minted.setdefault(meta.get("pod"), []).append((wrap.get("accessor"), wrap.get("wrapped_accessor")))
     twice = {p: a for p, a in minted.items() if len(a) != 1}
     if twice:
         problems.append(f"{len(twice)} pods minted for more than once: {sorted(twice)[:5]}")
@@ -658,22 +666,14 @@ def burst(args, kube, vault, audit, op, bindings, restart):
         time.sleep(0.5)
     if left:
         problems.append(f"{left} records still there after their pods were deleted")
-    accessors = [a for accs in minted.values() for a in accs if a]
-
-    def live(a):
-        s, _ = vault.request("POST", "/v1/auth/token/lookup-accessor", {"accessor": a}, {"X-Vault-Token": args.root_token})
-        return s == 200
-
-    with ThreadPoolExecutor(c) as ex:
-        alive = sum(ex.map(live, accessors))
-    if alive:
-        problems.append(f"{alive} wraps still alive after their pods were deleted")
+    accessors = [a for accs in minted.values() for pair in accs for a in pair if a]
+    alive = check_gone(vault, args, accessors, c, problems)
     st["minted"] = sum(len(a) for a in minted.values())
     st["live_wraps_after_pods_gone"] = alive
     st["correct"] = not problems
     st["problems"] = problems
     log(f"correctness: {'OK' if not problems else '; '.join(problems)} ({st['minted']} mints for {len(created)} pods, "
-        f"{alive} live wraps after deletion)")
+        f"{alive} live wraps or tokens after deletion)")
     stop.set()
     kube.request("DELETE", f"/api/v1/namespaces/{ns}")
     st["latencies"] = sorted(lat)
@@ -828,17 +828,10 @@ def request_phase(args, kube, vault, audit, op_token):
         time.sleep(0.5)
     else:
         problems.append("records still there after their pods were deleted")
-    accessors = [e.get("response", {}).get("wrap_info", {}).get("accessor") for e in audit.entries(audit_start)
-                 if e.get("type") == "response" and e.get("request", {}).get("path", "").startswith("auth/token/create/")]
-
-    def live(a):
-        s, _ = vault.request("POST", "/v1/auth/token/lookup-accessor", {"accessor": a}, {"X-Vault-Token": args.root_token})
-        return s == 200
-
-    with ThreadPoolExecutor(args.concurrency) as ex:
-        alive = sum(ex.map(live, [a for a in accessors if a]))
-    if alive:
-        problems.append(f"{alive} wraps alive after their pods were deleted")
+    wraps = [e.get("response", {}).get("wrap_info") or {} for e in audit.entries(audit_start)
+             if e.get("type") == "response" and e.get("request", {}).get("path", "").startswith("auth/token/create/")]
+    accessors = [a for w in wraps for a in (w.get("accessor"), w.get("wrapped_accessor")) if a]
+    alive = check_gone(vault, args, accessors, args.concurrency, problems)
     kube.request("DELETE", f"/api/v1/namespaces/{ns}")
     # The raw records go with the namespace; they must not count as the operator's.
     st.update({"raw": raw, "creates": creates, "records": len(records), "records_with_data": with_data,
@@ -937,6 +930,43 @@ def delete_pods(kube, ns, c):
 
 
 # ---------------------------------------------------------------- report
+
+
+def accessor_state(vault, args, accessor):
+    """'live', 'gone' (Vault says the accessor is invalid), or what else Vault answered: a
+    sealed or unreachable Vault, or a wrong root token, must not pass for 'gone'."""
+    s, body = vault.request("POST", "/v1/auth/token/lookup-accessor", {"accessor": accessor},
+                            {"X-Vault-Token": args.root_token})
+    if s == 200:
+        return "live"
+    if s == 400 and "invalid accessor" in str(body):
+        return "gone"
+    return f"HTTP {s}"
+
+
+def check_gone(vault, args, accessors, concurrency, problems):
+    """Counts the accessors still live; anything neither live nor gone is a problem."""
+    with ThreadPoolExecutor(concurrency) as ex:
+        states = list(ex.map(lambda a: accessor_state(vault, args, a), accessors))
+    alive = states.count("live")
+    if alive:
+        problems.append(f"{alive} wraps or tokens still alive after their pods were deleted")
+    odd = [st for st in states if st not in ("live", "gone")]
+    if odd:
+        problems.append(f"{len(odd)} accessor lookups answered neither live nor gone: {odd[:3]}")
+    if not accessors:
+        problems.append("no accessor to check")
+    return alive
+
+
+def served_wrap_accessor(audit, since):
+    """The wrap accessor of the first mint since `since` (outstanding at the steady state)."""
+    for e in audit.entries(since):
+        if e.get("type") == "response" and e.get("request", {}).get("path", "").startswith("auth/token/create/"):
+            acc = (e.get("response", {}).get("wrap_info") or {}).get("accessor")
+            if acc:
+                return acc
+    return None
 
 
 def restart_phase(args, audit, op, outstanding):

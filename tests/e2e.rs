@@ -497,7 +497,19 @@ async fn operator_killed_mid_burst_delivers_one_wrap_per_pod_and_vault_ends_the_
     for i in 0..20 {
         env.create_pod(&format!("burst-{i}"), "burst").await;
     }
-    crash.wait_exit(T);
+    crash.wait_abort_at("after-mint", T);
+    // The moment: a mint was answered and its record never written.
+    let written: std::collections::BTreeSet<String> = env
+        .records("burst")
+        .await
+        .iter()
+        .filter_map(|s| ann(s).get("wrap-accessor").cloned())
+        .collect();
+    let minted = env.minted_wraps().await;
+    assert!(
+        minted.iter().any(|(a, _)| !written.contains(a)),
+        "a mint in flight at the crash: {minted:?} vs {written:?}"
+    );
     env.restart_operator();
     let delivered = eventually("every pod served once", Duration::from_secs(60), || async {
         let records = env.records("burst").await;
@@ -813,7 +825,7 @@ async fn operator_killed_between_mint_and_write_leaves_nothing_reachable_or_long
     // This operator dies right after Vault answers the first mint, before the Secret is written.
     let doomed = env.start_operator_with_failpoint("after-mint");
     env.create_pod("k-0", "k").await;
-    doomed.wait_exit(T);
+    doomed.wait_abort_at("after-mint", T);
     assert!(env.records("b").await.is_empty(), "nothing written");
     assert_eq!(env.minted_wraps().await.len(), 1);
     env.restart_operator();
@@ -856,13 +868,15 @@ async fn a_wrap_whose_record_write_fails_is_revoked_with_its_token() {
     })
     .await;
     // Someone else takes the pod's Secret name while the mint's answer is held: the create
-    // must fail, and what was minted be revoked at once.
+    // must fail, and what was minted be revoked at once. (That the squatter's create succeeds
+    // proves the moment: had the record been written first, the name would be taken.)
     let squatter: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "d-0-b-wrap", "namespace": env.ns},
     }))
     .unwrap();
-    env.secrets()
+    let created = env
+        .secrets()
         .create(&PostParams::default(), &squatter)
         .await
         .unwrap();
@@ -885,6 +899,10 @@ async fn a_wrap_whose_record_write_fails_is_revoked_with_its_token() {
         revoked.contains(&lost_wrap) && revoked.contains(&lost_token),
         "{revoked:?}"
     );
+    // The delivery failed, not merely ended: the squatter still holds the name, untouched.
+    let held = env.secrets().get("d-0-b-wrap").await.unwrap();
+    assert_eq!(held.metadata.uid, created.metadata.uid);
+    assert!(held.metadata.labels.is_none() && held.data.is_none());
     eventually("SecretNameTaken", T, || async {
         let (s, r, _) = env.ready("b").await;
         (s == "False" && r == "SecretNameTaken").then_some(())
@@ -1015,32 +1033,57 @@ async fn leader_election_fails_over_without_duplicate_wraps() {
 
 #[tokio::test]
 async fn api_server_outage_mid_burst_serves_every_pod_once() {
-    let env = Env::start(Options::default()).await;
+    let mut env = Env::start(Options::default()).await;
     if env.skip_external("to pause the API server") {
         return;
     }
+    // Every mint's answer is held 5 s before its record is written, so the freeze below
+    // catches mints in flight.
+    let paused = env.start_operator_with_failpoint("after-mint:pause");
+    env.operator = Some(paused);
     env.apply_binding("b", Env::spec("api", "60s")).await;
     for i in 0..20 {
         env.create_pod(&format!("api-{i}"), "api").await;
     }
-    // Freeze the API server while the operator is claiming and delivering.
-    let before = eventually("the burst under way", T, || async {
-        let n = env.records("b").await.len();
+    // Freeze the API server once mints are answered and their records not yet written.
+    let minted = eventually("mints under way", T, || async {
+        let n = env.minted_wraps().await.len();
         (n >= 2).then_some(n)
     })
     .await;
+    let written = env.records("b").await.len();
     env.cluster.pause();
-    println!("FIGURES API server frozen with {before} of 20 records written");
+    println!(
+        "FIGURES API server frozen with {minted} mints answered, {written} of 20 records written"
+    );
+    assert!(
+        written < minted,
+        "no mint in flight at the freeze: {written} records"
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     env.cluster.resume();
     for i in 0..20 {
         issued(&env, "b", &format!("api-{i}")).await;
     }
     assert_eq!(env.records("b").await.len(), 20);
-    // Every delivered wrap is live and no other wrap is: nothing minted twice or lost.
+    // Every delivered wrap is live; any other wrap (a write lost to the freeze) was revoked by
+    // the operator, not left to expire: nothing delivered twice, nothing minted left behind.
     let minted = env.minted_wraps().await;
     let live = minted.iter().filter(|(_, l)| *l).count();
     assert_eq!(live, 20, "{minted:?}");
+    let revoked = revoked_accessors(&env.bao.audit_entries());
+    for (wrap, _) in minted.iter().filter(|(_, l)| !*l) {
+        assert!(
+            revoked.contains(wrap),
+            "wrap {wrap} neither delivered nor revoked"
+        );
+    }
+    println!(
+        "FIGURES {} creates for 20 pods ({} revoked after a lost write)",
+        env.audit_requests("auth/token/create/"),
+        minted.len() - live
+    );
+    assert_eq!(env.audit_requests("auth/token/create/"), minted.len());
     assert_eq!(env.op().get("/healthz").map(|(c, _)| c), Some(200));
     env.assert_no_leaks().await;
 }

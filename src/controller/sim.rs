@@ -255,6 +255,8 @@ struct VWrap {
     owner: Owner,
     /// A record write carrying it succeeded: someone can read it.
     delivered: bool,
+    /// Its record stopped verifying (the record key was lost): only Vault ends it.
+    unvouched: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -322,6 +324,7 @@ impl Vault {
                 revoked: false,
                 owner: owner.clone(),
                 delivered: false,
+                unvouched: false,
             },
         );
         self.tokens.insert(
@@ -538,6 +541,8 @@ pub struct Stats {
     pub key_losses: u64,
     /// Records that no longer verified, released at their deletion.
     pub unverified_released: u64,
+    /// Faults injected, by kind (each kind a schedule may have must have happened).
+    faults_seen: BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -572,6 +577,9 @@ impl Stats {
         self.receipts_reported += o.receipts_reported;
         self.key_losses += o.key_losses;
         self.unverified_released += o.unverified_released;
+        for (k, v) in &o.faults_seen {
+            *self.faults_seen.entry(k).or_default() += v;
+        }
         if o.max_lookups.0 > self.max_lookups.0 {
             self.max_lookups = o.max_lookups;
         }
@@ -817,7 +825,16 @@ impl World {
     }
 
     fn api_fails(&mut self) -> bool {
-        self.faults.api > 0 && self.rng.chance(self.faults.api)
+        let fails = self.faults.api > 0 && self.rng.chance(self.faults.api);
+        if fails {
+            self.fault("API error");
+        }
+        fails
+    }
+
+    /// Counts an injected fault of `kind`.
+    fn fault(&mut self, kind: &'static str) {
+        *self.stats.faults_seen.entry(kind).or_default() += 1;
     }
 
     // ---------------------------------------------------------------- the model API server
@@ -985,6 +1002,7 @@ impl World {
             Ok(lost) => lost,
         };
         if !lost && self.faults.refuse > 0 && self.rng.chance(self.faults.refuse) {
+            self.fault("refused mint");
             return Ok(Err(VErr::Refused));
         }
         self.stats.mints += 1;
@@ -1157,6 +1175,9 @@ impl World {
         let mut untrusted = BTreeSet::new();
         let mut raw = BTreeMap::new();
         let stale = cached && self.faults.stale > 0 && self.rng.chance(self.faults.stale);
+        if stale {
+            self.fault("stale read");
+        }
         let source = if stale { &self.cache } else { &self.secrets };
         for (n, s) in source {
             if s.binding.as_deref() != Some(name) {
@@ -1952,6 +1973,7 @@ impl World {
             && let Some(inner) = self.vault.unwrap(&t, self.now)
         {
             self.note(format!("a thief unwraps {inner}"));
+            self.fault("theft");
             *self.stats.agent.entry("stolen").or_default() += 1;
         }
     }
@@ -2028,6 +2050,11 @@ impl World {
         ann.insert(ann::POD_UID, "victim-uid".to_string());
         ann.insert(ann::PHASE, "Issued".to_string());
         self.note(format!("foreign Secret {name} (forged record: {forged})"));
+        self.fault(if forged {
+            "forged record"
+        } else {
+            "foreign Secret"
+        });
         self.secrets.insert(
             name,
             Sec {
@@ -2061,6 +2088,9 @@ impl World {
         for a in named {
             if let Some(t) = self.vault.tokens.get_mut(&a) {
                 t.unvouched = true;
+            }
+            if let Some(w) = self.vault.wraps.get_mut(&a) {
+                w.unvouched = true;
             }
         }
         self.key_lost = true;
@@ -2225,6 +2255,7 @@ impl World {
                 let d = *self.rng.pick(&[3, 20, 90]).expect("some");
                 self.vault.down_until = self.now + d;
                 self.note(format!("Vault down for {d} s"));
+                self.fault("Vault outage");
             }
             940..950 => self.foreign_secret(),
             950..953 if self.faults.any() => self.lose_record_key(),
@@ -2443,6 +2474,40 @@ impl World {
         Ok(())
     }
 
+    /// Invariant 2's wrap half, before time passes any TTL: a delivered wrap of a pod removed
+    /// since `since` (faults stopped) was taken, revoked, or had expired by the time its pod
+    /// went. Exempt: wraps whose record stopped verifying (a key loss), counted.
+    fn check_wraps_retired(&mut self, since: i64) -> Result<(), Violation> {
+        let mut exempt = 0;
+        let mut left = None;
+        for (a, w) in &self.vault.wraps {
+            let Some(&removed) = self.removed_at.get(&w.owner.uid) else {
+                continue;
+            };
+            if removed < since || !w.delivered || w.consumed || w.revoked || w.expires <= removed {
+                continue;
+            }
+            if w.unvouched {
+                exempt += 1;
+                continue;
+            }
+            left = Some(format!(
+                "delivered wrap {a} of {:?} neither taken nor revoked when its pod went",
+                w.owner
+            ));
+            break;
+        }
+        if let Some(msg) = left {
+            return Err(self.violation(2, msg));
+        }
+        *self
+            .stats
+            .faults_seen
+            .entry("unvouched wrap left to Vault")
+            .or_default() += exempt;
+        Ok(())
+    }
+
     /// Invariant 5, for schedules without faults.
     fn check_bounds(&mut self) -> Result<(), Violation> {
         for (owner, c) in self.calls.clone() {
@@ -2552,10 +2617,12 @@ pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
             p.terminating = true;
         }
         w.settle_down(1500)?;
+        let last_removals = w.now;
         while !w.pods.is_empty() {
             w.remove_pod(0);
         }
         w.settle_down(1500)?;
+        w.check_wraps_retired(last_removals)?;
         let longest = w.ever.values().map(|(_, ttl, _)| *ttl).max().unwrap_or(60);
         w.now += longest + 10 + 1;
         if w.key_lost {
@@ -2616,6 +2683,22 @@ mod tests {
             "{stats:?}"
         );
         assert!(stats.conflicts_with_record > 0, "{stats:?}");
+        // Every kind of fault the schedules inject was injected.
+        for kind in [
+            "API error",
+            "refused mint",
+            "stale read",
+            "theft",
+            "forged record",
+            "foreign Secret",
+            "Vault outage",
+        ] {
+            assert!(
+                stats.faults_seen.get(kind).is_some_and(|n| *n > 0),
+                "never injected: {kind}: {:?}",
+                stats.faults_seen
+            );
+        }
         assert!(
             stats.eligible_checked > 0 && stats.starts_bounded > 0,
             "{stats:?}"

@@ -248,13 +248,28 @@ impl Operator {
         http_get(self.port, path)
     }
 
-    /// Waits until the process has exited on its own (e.g. at a failpoint).
-    pub fn wait_exit(mut self, timeout: Duration) {
+    /// Waits until the process aborted at `failpoint`: it exited by SIGABRT and its log says
+    /// it reached that failpoint (an exit for any other reason fails the test).
+    pub fn wait_abort_at(mut self, failpoint: &str, timeout: Duration) {
+        use std::os::unix::process::ExitStatusExt;
         let deadline = Instant::now() + timeout;
-        while self.child.try_wait().expect("wait").is_none() {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
             assert!(Instant::now() < deadline, "operator did not exit");
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "the operator exited by {status}, not by the failpoint's abort"
+        );
+        let line = format!("failpoint {failpoint}: aborting");
+        assert!(
+            self.log_text().contains(&line),
+            "the operator's log does not show {line:?}"
+        );
     }
 
     /// The exit status if the process has exited on its own by now (does not wait).
