@@ -541,6 +541,19 @@ impl Env {
         replica
     }
 
+    /// Starts another replica with leader election on, armed with `failpoint`.
+    pub fn start_replica_with_failpoint(&self, n: u32, failpoint: &str) -> Operator {
+        let replica = Operator::start_with(
+            &self.identity.kubeconfig,
+            &self.config,
+            &self.dir.join(format!("operator-{n}.log")),
+            &[("CUBBYHOLE_FAILPOINT", failpoint)],
+            &LEADER_ARGS,
+        );
+        self.replica_ports.lock().unwrap().push(replica.port);
+        replica
+    }
+
     /// Replaces the operator with one that aborts at `failpoint` (see `src/failpoint.rs`).
     pub fn start_operator_with_failpoint(&mut self, failpoint: &str) -> Operator {
         if let Some(op) = self.operator.take() {
