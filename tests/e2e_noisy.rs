@@ -309,7 +309,7 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
     );
     // The crash loop happened, and cost one wrap: an agent that never got to unwrap keeps its
     // start whatever its restarts (a new start needs the previous wrap taken).
-    assert!(crashes >= 10, "{crashes} restarts");
+    assert!(crashes >= 5, "{crashes} restarts");
     let crashy = secrets
         .list(&kube::api::ListParams::default().labels("cubbyhole.dev/binding=crashy"))
         .await

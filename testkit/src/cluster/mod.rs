@@ -773,11 +773,11 @@ impl Env {
     /// (from the watch of Secret metadata), e.g. to prove a mechanism ran.
     pub fn records_that_ever_had(&self, annotation: &str) -> std::collections::BTreeSet<String> {
         self.transcript
-            .text()
+            .secrets()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| !m["annotations"][annotation].is_null())
-            .filter_map(|m| m["name"].as_str().map(str::to_string))
+            .filter(|s| !s["metadata"]["annotations"][annotation].is_null())
+            .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
             .collect()
     }
 
@@ -919,10 +919,12 @@ impl Env {
             }
         }
         println!(
-            "LEAKSCAN {} tokens ({} issued by OpenBao per its audit log) in {} bytes of output",
+            "LEAKSCAN {} tokens ({} issued by OpenBao per its audit log) in {} bytes of output \
+             ({} watch restarts)",
             tokens.len(),
             issued.len(),
-            corpus.iter().map(|(_, t)| t.len()).sum::<usize>()
+            corpus.iter().map(|(_, t)| t.len()).sum::<usize>(),
+            self.transcript.restarts()
         );
     }
 
