@@ -40,6 +40,7 @@ use crate::record::{BINDING_LABEL, WrapState};
 use crate::request::gate::{Chosen, choose};
 use crate::request::identity::{PodIdentity, review};
 use crate::request::limits::Limits;
+use crate::request::own_writes::OwnWrites;
 use crate::request::protocol::{
     RECEIPT_PATH, Refusal, WRAP_PATH, WRAPPING_TOKEN_FIELD, WrapFacts, reason,
 };
@@ -103,6 +104,8 @@ pub struct Endpoint {
     pub limits: Limits,
     /// Metrics.
     pub metrics: RequestMetrics,
+    /// What this replica last wrote to each record (read your own writes).
+    pub own_writes: OwnWrites,
 }
 
 /// A refusal, and how long to wait before asking again (for `Retry-After`).
@@ -331,15 +334,27 @@ impl Endpoint {
         // A cached read is enough: the write that follows is guarded by its resourceVersion
         // (a stale read loses that race and the agent asks again). The controller's records
         // cache once it is synced (the leader's), else the API server's watch cache.
-        let found = if self.ctx.secrets.is_ready() {
+        let key = format!("{}/{}", s.who.namespace, s.secret);
+        let cached = self.ctx.secrets.is_ready().then(|| {
             self.ctx
                 .secrets
                 .get(&s.who.namespace, &s.secret)
                 .and_then(|r| r.unpack())
-        } else {
-            cached_get(&self.secrets(&s.who.namespace), &s.secret)
+        });
+        let cached_rv = cached
+            .as_ref()
+            .and_then(|c| c.as_ref()?.metadata.resource_version.clone());
+        let found = match cached {
+            Some(c) if !self.own_writes.cache_may_lag(&key, cached_rv.as_deref()) => c,
+            // Our own last write is not in the cache yet: read it where it is.
+            _ if self.own_writes.cache_may_lag(&key, None) => self
+                .secrets(&s.who.namespace)
+                .get_opt(&s.secret)
                 .await
-                .map_err(internal)?
+                .map_err(internal)?,
+            _ => cached_get(&self.secrets(&s.who.namespace), &s.secret)
+                .await
+                .map_err(internal)?,
         };
         let Some(found) = found else {
             return Ok(None);
@@ -433,7 +448,12 @@ impl Endpoint {
         );
         let api = self.secrets(namespace);
         let records = self.records(&api, namespace, &binding);
-        if let Err(e) = writes::write_issue(&records, &issue, &changes, None).await {
+        let written = writes::write_issue(&records, &issue, &changes, None).await;
+        if let Ok(rv) = &written {
+            self.own_writes
+                .wrote(format!("{namespace}/{}", issue.secret), rv.clone());
+        }
+        if let Err(e) = written {
             // Nobody will ever hold this wrap: end it and its token now.
             self.discard(&wrap).await;
             return Err(match e {
@@ -513,7 +533,11 @@ impl Endpoint {
         let api = self.secrets(namespace);
         let records = self.records(&api, namespace, &binding);
         match writes::report(&records, &record, &receipt).await {
-            Ok(_) => Ok(()),
+            Ok(rv) => {
+                self.own_writes
+                    .wrote(format!("{namespace}/{}", record.secret), rv);
+                Ok(())
+            }
             Err(WriteError::Kube(e)) => Err(internal(e)),
             Err(_) => Err(Refusal::new(reason::RETRY, "the record changed; report again").into()),
         }

@@ -169,6 +169,7 @@ pub async fn start(
         rules: config.allowed_roles.clone(),
         limits: Limits::new(&config.request_limits),
         metrics: RequestMetrics::new(metrics),
+        own_writes: Default::default(),
     });
     let webhook = Arc::new(Webhook {
         bindings,

@@ -61,7 +61,7 @@ impl Transcript {
     }
 
     /// Panics unless the watches still run (one that stopped missed what came after) and the
-    /// bindings and Secrets transcripts are non-empty (a test has at least one of each).
+    /// Secrets transcript is non-empty.
     pub fn assert_alive(&self) {
         let running = self.thread.as_ref().is_some_and(|t| !t.is_finished());
         assert!(
@@ -69,11 +69,10 @@ impl Transcript {
             "the transcript's watches stopped: {}",
             self.errors()
         );
-        for (file, kind) in self.files.iter().zip(WATCHES) {
-            let empty = std::fs::metadata(file).map_or(true, |m| m.len() == 0);
-            let must_show = kind.starts_with("agentsecretbindings") || kind == "secrets";
-            assert!(!(must_show && empty), "the watch of {kind} printed nothing");
-        }
+        // The record key's Secret exists in every test: an empty Secrets transcript means the
+        // watch never delivered (a test may have no binding, so that one may be empty).
+        let secrets = std::fs::metadata(&self.files[3]).map_or(0, |m| m.len());
+        assert!(secrets > 0, "the watch of Secrets printed nothing");
     }
 
     /// How many times a watch failed or was closed and was resumed.

@@ -1,0 +1,78 @@
+//! Read your own writes: the resourceVersion this replica last wrote to each record, so that an
+//! ask right after another of the same pod does not plan from a cache that has not seen the
+//! previous write yet (it would mint, lose the guarded write, revoke what it minted, and answer
+//! "ask again").
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a write is remembered: far longer than any watch takes to deliver it.
+const REMEMBER: Duration = Duration::from_secs(60);
+/// At most this many records are remembered (the oldest go first).
+const MAX_REMEMBERED: usize = 10_000;
+
+/// `namespace/secret` -> (resourceVersion written, when).
+#[derive(Default)]
+pub struct OwnWrites {
+    written: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl OwnWrites {
+    /// Remembers that this replica wrote `resource_version` to `key`.
+    pub fn wrote(&self, key: String, resource_version: String) {
+        let mut written = self.written.lock().expect("own writes lock");
+        let now = Instant::now();
+        written.retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+        if written.len() >= MAX_REMEMBERED
+            && let Some(oldest) = written
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            written.remove(&oldest);
+        }
+        written.insert(key, (resource_version, now));
+    }
+
+    /// True when a cached copy of `key` at `cached` (its resourceVersion, if it exists) may
+    /// predate this replica's last write to it: read it from the API server instead. A cache
+    /// that shows the write is trusted again from then on.
+    pub fn cache_may_lag(&self, key: &str, cached: Option<&str>) -> bool {
+        let mut written = self.written.lock().expect("own writes lock");
+        let Some((rv, at)) = written.get(key) else {
+            return false;
+        };
+        if at.elapsed() >= REMEMBER || cached == Some(rv.as_str()) {
+            written.remove(key);
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_behind_our_write_is_bypassed_until_it_shows_it() {
+        let own = OwnWrites::default();
+        assert!(
+            !own.cache_may_lag("ns/r", None),
+            "never written: trust the cache"
+        );
+        own.wrote("ns/r".into(), "7".into());
+        assert!(
+            own.cache_may_lag("ns/r", None),
+            "the cache has not seen the create"
+        );
+        assert!(own.cache_may_lag("ns/r", Some("5")), "an older version");
+        assert!(!own.cache_may_lag("ns/r", Some("7")), "caught up");
+        assert!(
+            !own.cache_may_lag("ns/r", Some("5")),
+            "trusted again once caught up"
+        );
+        assert!(!own.cache_may_lag("ns/other", None));
+    }
+}
