@@ -154,6 +154,16 @@ mod tests {
         assert_eq!(taken_by(&budget, "noisy", t2, 500), 50);
         // ...so the quiet namespace finds the lower half.
         assert_eq!(taken_by(&budget, "quiet", t2, 500), 49);
+        // Half a second later the bucket holds 50 again: the noisy namespace, past its share,
+        // takes from the upper half only (none: 50 is not above half), then refills above it.
+        let t3 = t2 + Duration::from_millis(500);
+        assert_eq!(taken_by(&budget, "noisy", t3, 500), 0);
+        let t4 = t2 + Duration::from_millis(990);
+        assert_eq!(
+            taken_by(&budget, "noisy", t4, 500),
+            49,
+            "99 tokens down to 50"
+        );
         // Over a minute of both asking for everything, each gets about half the rate.
         let (mut noisy, mut quiet) = (0, 0);
         for i in 1..=600 {

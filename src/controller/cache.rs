@@ -341,6 +341,36 @@ mod tests {
         assert!(cache.in_namespace("nowhere", |_| true).is_empty());
     }
 
+    /// An object in no group (the default of [`Indexed::group`]).
+    struct Plain(&'static str);
+
+    impl Indexed for Plain {
+        fn namespace(&self) -> &str {
+            "ns"
+        }
+        fn name(&self) -> &str {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn objects_in_no_group_form_none_and_ready_waits_for_the_list() {
+        let cache = Arc::new(IndexedCache::default());
+        let waiting = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.ready().await }
+        });
+        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::InitApply(Arc::new(Plain("a"))));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "ready before the list is complete");
+        cache.apply(&watcher::Event::InitDone);
+        waiting.await.unwrap();
+        cache.apply(&watcher::Event::Apply(Arc::new(Plain("b"))));
+        assert!(cache.groups().is_empty());
+        assert_eq!(cache.in_namespace("ns", |_| true).len(), 2);
+    }
+
     #[test]
     fn a_relist_replaces_everything_at_its_end() {
         let cache = IndexedCache::default();
