@@ -372,6 +372,40 @@ mod tests {
     }
 
     #[test]
+    fn records_pods_and_bindings_are_indexed_by_their_own_keys() {
+        let records = IndexedCache::default();
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p-b-wrap", "namespace": "team",
+                "labels": {"app.kubernetes.io/managed-by": "cubbyhole", "cubbyhole.dev/binding": "b"}},
+        }))
+        .unwrap();
+        records.apply(&watcher::Event::Apply(Arc::new(CachedRecord::pack(secret))));
+        assert_eq!(records.in_group("team", "b").len(), 1);
+        assert!(records.get("team", "p-b-wrap").is_some());
+        assert_eq!(records.groups(), [("team".to_string(), "b".to_string())]);
+        let pods = IndexedCache::default();
+        let pod = CachedPod::from_watched(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "team", "uid": "u"},
+            }))
+            .unwrap(),
+        );
+        pods.apply(&watcher::Event::Apply(Arc::new(pod)));
+        assert!(pods.get("team", "p").is_some() && pods.groups().is_empty());
+        let bindings = IndexedCache::default();
+        let binding = CachedBinding::read(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+                "metadata": {"name": "b", "namespace": "team"},
+                "spec": {"podSelector": {}, "vault": {"tokenRole": "r"}},
+            }))
+            .unwrap(),
+        );
+        bindings.apply(&watcher::Event::Apply(Arc::new(binding)));
+        assert!(bindings.get("team", "b").is_some() && bindings.groups().is_empty());
+    }
+
+    #[test]
     fn a_relist_replaces_everything_at_its_end() {
         let cache = IndexedCache::default();
         cache.apply(&watcher::Event::Init);
