@@ -618,14 +618,15 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     st["vault_requests_per_s_steady"] = {k: v / 5.0 for k, v in steady_counts.items()}
     log(f"burst {label}: served {len(served)}/{n}, {st['per_s']:.0f} pods/s, p50 {st['p50_s']:.2f} s, "
         f"p99 {st['p99_s']:.2f} s, max {st['max_s']:.2f} s")
+    # Positive control, at the steady state (before the soak deletes pods): a wrap still
+    # outstanding reads as live, so "gone" after the pods are deleted means gone.
+    control = served_wrap_accessor(audit, audit_start)
+    control_state = accessor_state(vault, args, control) if control else "no mint found"
     # The soak starts from the steady state (before any restart), so growth is measured from a
     # warm operator.
     if args.soak:
         st["soak"] = soak(args, kube, ns, bindings, op, created, served, lock, cond)
     problems = []
-    # Positive control: a wrap still outstanding reads as live, so "gone" below means gone.
-    control = served_wrap_accessor(audit, audit_start)
-    control_state = accessor_state(vault, args, control) if control else "no mint found"
     if control_state != "live":
         problems.append(f"an outstanding wrap reads as {control_state}: the liveness probe proves nothing")
     if restart:
