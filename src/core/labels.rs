@@ -86,6 +86,14 @@ mod tests {
     use crate::rng::Rng;
     use kube::core::SelectorExt;
 
+    #[test]
+    fn labels_read_from_a_map_keep_every_pair() {
+        let map = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let labels = Labels::from(&map);
+        assert_eq!(labels.get("app"), Some("web"));
+        assert_eq!(labels.len(), 1);
+    }
+
     fn pick(rng: &mut Rng, from: &[&str]) -> String {
         rng.pick(from).expect("never empty").to_string()
     }
