@@ -86,11 +86,6 @@ impl CachedRecord {
     pub fn unpack(&self) -> Option<Secret> {
         serde_json::from_slice(&self.packed).ok()
     }
-
-    /// True for a record of `binding` in `namespace`.
-    pub fn belongs_to(&self, namespace: &str, binding: &str) -> bool {
-        &*self.namespace == namespace && self.binding.as_deref() == Some(binding)
-    }
 }
 
 /// Shows where the record is, never what it holds.
@@ -128,7 +123,10 @@ mod tests {
             "{} bytes kept",
             record.packed.len()
         );
-        assert!(record.belongs_to("team", "agents"));
+        assert_eq!(
+            (&*record.namespace, record.binding.as_deref()),
+            ("team", Some("agents"))
+        );
         let stub = record.unpack().unwrap();
         assert_eq!(stub.metadata.name.as_deref(), Some("huge"));
         assert!(stub.data.is_none() && stub.metadata.annotations.is_none());
@@ -168,9 +166,7 @@ mod tests {
         let mut expected = secret;
         expected.metadata.managed_fields = None;
         assert_eq!(record.unpack(), Some(expected));
-        assert!(record.belongs_to("team", "agents"));
-        assert!(!record.belongs_to("team", "other"));
-        assert!(!record.belongs_to("elsewhere", "agents"));
+        assert_eq!(record.binding.as_deref(), Some("agents"));
         assert_eq!(
             (&*record.namespace, &*record.name),
             ("team", "agent-0-wrap")

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::agent::receipt::Receipt;
 use crate::config::RoleRule;
-use crate::controller::context::Context;
+use crate::controller::context::{Context, key};
 use crate::controller::execute::{publish, revoke_counted, revoke_named};
 use crate::core::plan::{asked, revocations};
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
@@ -334,7 +334,7 @@ impl Endpoint {
         // A cached read is enough: the write that follows is guarded by its resourceVersion
         // (a stale read loses that race and the agent asks again). The controller's records
         // cache once it is synced (the leader's), else the API server's watch cache.
-        let key = format!("{}/{}", s.who.namespace, s.secret);
+        let key = key(&s.who.namespace, &s.secret);
         let cached = self.ctx.secrets.is_ready().then(|| {
             self.ctx
                 .secrets
@@ -344,10 +344,11 @@ impl Endpoint {
         let cached_rv = cached
             .as_ref()
             .and_then(|c| c.as_ref()?.metadata.resource_version.clone());
+        let lagging = self.own_writes.cache_may_lag(&key, cached_rv.as_deref());
         let found = match cached {
-            Some(c) if !self.own_writes.cache_may_lag(&key, cached_rv.as_deref()) => c,
+            Some(c) if !lagging => c,
             // Our own last write is not in the cache yet: read it where it is.
-            _ if self.own_writes.cache_may_lag(&key, None) => self
+            _ if lagging => self
                 .secrets(&s.who.namespace)
                 .get_opt(&s.secret)
                 .await
@@ -451,7 +452,7 @@ impl Endpoint {
         let written = writes::write_issue(&records, &issue, &changes, None).await;
         if let Ok(rv) = &written {
             self.own_writes
-                .wrote(format!("{namespace}/{}", issue.secret), rv.clone());
+                .wrote(key(namespace, &issue.secret), rv.clone());
         }
         if let Err(e) = written {
             // Nobody will ever hold this wrap: end it and its token now.
@@ -534,8 +535,7 @@ impl Endpoint {
         let records = self.records(&api, namespace, &binding);
         match writes::report(&records, &record, &receipt).await {
             Ok(rv) => {
-                self.own_writes
-                    .wrote(format!("{namespace}/{}", record.secret), rv);
+                self.own_writes.wrote(key(namespace, &record.secret), rv);
                 Ok(())
             }
             Err(WriteError::Kube(e)) => Err(internal(e)),
