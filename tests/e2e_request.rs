@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cubbyhole::agent::ask::{Answer, Asker};
 use cubbyhole::request::protocol::reason;
@@ -372,6 +372,7 @@ async fn asks_that_cannot_be_trusted_are_refused_and_mint_nothing() {
     let flooding = asker(&env, &good, port, &identity, "flood");
     let mut served = 0;
     let mut limited = None;
+    let flood_began = Instant::now();
     for _ in 0..10 {
         match flooding.ask_once().await.expect("answer") {
             Answer::Wrap(w, _) => {
@@ -388,10 +389,17 @@ async fn asks_that_cannot_be_trusted_are_refused_and_mint_nothing() {
             Answer::Failed { what, .. } => panic!("{what}"),
         }
     }
-    assert_eq!(served, 3, "the default burst per pod");
+    // The default burst is 3 asks, then one per 10 s refill: a slow machine may see a refill
+    // land inside the flood, never more than the time it took allows.
+    let refills = (flood_began.elapsed().as_secs() / 10) as usize;
+    assert!(
+        served >= 3 && served <= 3 + refills,
+        "{served} asks served in {:?}: the burst of 3 and at most {refills} refills",
+        flood_began.elapsed()
+    );
     let wait = limited.expect("429 with Retry-After");
     assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(10));
-    assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, 3);
+    assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, served);
     let metrics = env.op().get("/metrics").unwrap().1;
     assert!(
         metrics.lines().any(|l| l.starts_with(

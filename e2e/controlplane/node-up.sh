@@ -136,6 +136,10 @@ state = "$RUN/state"
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ['$CNI_BIN']
     conf_dir = '$NODE_DIR/cni'
+# NRI listens on one host-wide socket (/var/run/nri/nri.sock): two nodes side by side would
+# fight over it, and nothing here uses NRI plugins.
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
 [plugins.'io.containerd.grpc.v1.cri']
   stream_server_address = '127.0.0.1'
   stream_server_port = '0'
