@@ -115,6 +115,22 @@ def read_env(path):
     return out
 
 
+def seconds(duration):
+    """Seconds in a duration as the operator's config writes it: "90s", "10m", "1h", "1m30s"."""
+    total, number = 0.0, ""
+    for ch in duration.strip():
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in "smh" and number:
+            total += float(number) * {"s": 1, "m": 60, "h": 3600}[ch]
+            number = ""
+        else:
+            die(f"not a duration: {duration!r}")
+    if number:
+        die(f"not a duration (a unit is needed): {duration!r}")
+    return total
+
+
 def check(status, body, what, ok=(200, 201, 202)):
     if status not in ok:
         raise RuntimeError(f"{what}: HTTP {status}: {json.dumps(body)[:300]}")
@@ -363,6 +379,7 @@ allowedRoles:
     roles: ["{ROLE}"]
 lookupPeriod: {args.lookup_period}
 maxLookupsPerSecond: {args.max_lookups}
+renewalWindow: {args.renewal_window}
 """)
         if args.operator_config:
             f.write(args.operator_config.replace("\\n", "\n") + "\n")
@@ -633,6 +650,11 @@ def burst(args, kube, vault, audit, op, bindings, restart):
         st["restart"] = restart_phase(args, audit, op, n)
         if st["restart"]["mints"]:
             problems.append(f"the restart minted {st['restart']['mints']} times")
+    # After the restart (which wants every wrap outstanding), the agents take their tokens; the
+    # deletion below must then revoke tokens held and renewed, not only wraps.
+    if args.hold:
+        st["hold"] = hold_phase(args, kube, vault, audit, ns, c)
+        problems += st["hold"]["problems"]
 
     # Correctness: exactly one mint per pod, and after the pods go, nothing they got stays alive
     # (the wrap, and the token inside it).
@@ -996,6 +1018,73 @@ def restart_phase(args, audit, op, outstanding):
     return result
 
 
+def hold_phase(args, kube, vault, audit, ns, concurrency):
+    """Plays the agents: unwraps every pod's wrap (read from its record), waits until the
+    operator renewed each held token once, then counts over half a renewal window what keeping
+    them alive costs Vault: every held token renewed once per half window, no lookups with no
+    wrap outstanding, and every token still live after it (Vault ends one not renewed)."""
+    records, cont = [], ""
+    while True:
+        s, body = kube.request("GET", f"/api/v1/namespaces/{ns}/secrets?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dcubbyhole&limit=500"
+                               + (f"&continue={urllib.parse.quote(cont)}" if cont else ""))
+        body = check(s, body, "list records")
+        records += [r for r in body["items"] if (r.get("data") or {}).get("token")]
+        cont = body["metadata"].get("continue")
+        if not cont:
+            break
+    log(f"hold: unwrapping the {len(records)} delivered wraps, as the pods' agents would")
+    hold_start = audit.offset()
+
+    def unwrap(record):
+        wrap = base64.b64decode(record["data"]["token"]).decode()
+        s, body = vault.request("POST", "/v1/sys/wrapping/unwrap", None, {"X-Vault-Token": wrap})
+        return (body or {}).get("auth", {}).get("accessor") if s == 200 else None
+
+    with ThreadPoolExecutor(concurrency) as ex:
+        held = [a for a in ex.map(unwrap, records) if a]
+    problems = []
+    if len(held) != len(records):
+        problems.append(f"{len(records) - len(held)} of {len(records)} wraps could not be unwrapped")
+    if not held:
+        problems.append("no token held")
+        return {"held": 0, "problems": problems}
+    # The first renewal of each held token comes once the operator's lookup sees its wrap taken.
+    first_wave = time.monotonic()
+    offset, renewed = hold_start, 0
+    deadline = first_wave + 120 + 2 * len(held) / max(args.max_lookups, 1)
+    while renewed < len(held) and time.monotonic() < deadline:
+        time.sleep(1)
+        end = audit.offset()
+        renewed += request_counts(audit.entries(offset, end)).get("auth/token/renew-accessor", 0)
+        offset = end
+    first_wave_s = time.monotonic() - first_wave
+    if renewed < len(held):
+        problems.append(f"only {renewed} of {len(held)} held tokens renewed within {first_wave_s:.0f} s")
+    span = max(10.0, args.renewal_window_s / 2)
+    log(f"hold: {len(held)} tokens held, first renewals done in {first_wave_s:.1f} s; counting over {span:.0f} s "
+        f"(half the {args.renewal_window} renewal window)")
+    span_start = audit.offset()
+    time.sleep(span)
+    counts = request_counts(audit.entries(span_start, audit.offset()))
+    renewals = counts.get("auth/token/renew-accessor", 0)
+    lookups = counts.get("sys/wrapping/lookup", 0)
+    with ThreadPoolExecutor(concurrency) as ex:
+        states = list(ex.map(lambda a: accessor_state(vault, args, a), held))
+    if states.count("live") != len(held):
+        problems.append(f"{len(held) - states.count('live')} held tokens not live after {span:.0f} s of renewals")
+    per_token = renewals / len(held)
+    result = {"held": len(held), "renewal_window": args.renewal_window, "span_s": span,
+              "first_wave_s": first_wave_s, "renewals": renewals, "renewals_per_s": renewals / span,
+              "renewals_per_token_per_half_window": per_token * (args.renewal_window_s / 2) / span,
+              "expected_renewals_per_s": len(held) / (args.renewal_window_s / 2),
+              "lookups_per_s": lookups / span, "live_after": states.count("live"), "problems": problems}
+    log(f"hold: {renewals} renewals in {span:.0f} s ({result['renewals_per_s']:.1f}/s, expected "
+        f"{result['expected_renewals_per_s']:.1f}/s), {result['renewals_per_token_per_half_window']:.2f} per token per "
+        f"half window, {result['lookups_per_s']:.1f} lookups/s, {result['live_after']}/{len(held)} tokens live"
+        f"{' (' + '; '.join(problems) + ')' if problems else ''}")
+    return result
+
+
 def fmt(v, unit="s"):
     if v is None:
         return "-"
@@ -1026,6 +1115,13 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
         if r:
             goals.append((f"restart: ready < 5 s, 0 mints ({r['outstanding']} outstanding)",
                           r["ready_s"] < 5 and r["mints"] == 0, f"{r['ready_s']:.2f} s, {r['mints']} mints"))
+        h = b.get("hold")
+        if h and h.get("held"):
+            goals.append((f"held tokens: 1 renewal per half window, no lookups once every wrap is taken ({b['label']})",
+                          0.8 <= h["renewals_per_token_per_half_window"] <= 1.2 and h["lookups_per_s"] < 1
+                          and h["live_after"] == h["held"],
+                          f"{h['renewals_per_token_per_half_window']:.2f} renewals per token per half window, "
+                          f"{h['renewals_per_s']:.1f} renewals/s for {h['held']} tokens, {h['lookups_per_s']:.1f} lookups/s"))
         so = b.get("soak")
         if so:
             growth = so["growth"]
@@ -1121,6 +1217,13 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
                       f"{r['max_lookups_per_second']}): ready {r['ready_s']:.2f} s after start, {r['mints']} new mints, "
                       + (", ".join(f"{k} {v:.1f}/s" for k, v in sorted(r["requests_per_s_first_10s"].items())) or "no Vault requests")
                       + f" from start to 10 s after ready; RSS then {fmt(r.get('rss_mib_after'), 'MiB')}."]
+        h = b.get("hold")
+        if h and h.get("held"):
+            lines += ["", f"Held tokens ({b['label']}, renewalWindow {h['renewal_window']}): the bench unwrapped "
+                      f"{h['held']} wraps; the operator renewed each once within {h['first_wave_s']:.0f} s, then over "
+                      f"{h['span_s']:.0f} s (half the window) sent {h['renewals']} renewals ({h['renewals_per_s']:.1f}/s, "
+                      f"expected {h['expected_renewals_per_s']:.1f}/s = held / half window) and "
+                      f"{h['lookups_per_s']:.1f} wrap lookups/s; {h['live_after']}/{h['held']} tokens live after it."]
         so = b.get("soak")
         if so:
             lines += ["", f"Churn soak ({b['label']}): {so['minutes']} min, {so['rate_per_s']} pods deleted and "
@@ -1165,11 +1268,15 @@ def main():
     ap.add_argument("--soak", type=float, default=0, help="minutes of pod churn after each burst (before its restart); 0: none")
     ap.add_argument("--soak-rate", type=int, default=10, help="pods deleted and created per second during the soak")
     ap.add_argument("--no-request", action="store_true", help="skip the request-delivery phase")
+    ap.add_argument("--no-hold", dest="hold", action="store_false",
+                    help="skip the hold phase (after each burst's restart: unwrap every wrap, count renewals)")
+    ap.add_argument("--renewal-window", default="1m", help="the operator's renewalWindow (the hold phase counts over half of it)")
     ap.add_argument("--request-concurrency", type=int, default=32, help="agents asking at once in the request phase")
     args = ap.parse_args()
     WRAP_TTL = args.wrap_ttl
     args.bindings = [int(b) for b in str(args.bindings).split(",") if b]
     args.run_id = str(int(time.time()))
+    args.renewal_window_s = seconds(args.renewal_window)
     os.makedirs(args.dir, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
 
