@@ -642,7 +642,7 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     # After the restart (which wants every wrap outstanding), the agents take their tokens; the
     # deletion below must then revoke tokens held and renewed, not only wraps.
     if args.hold:
-        st["hold"] = hold_phase(args, kube, vault, audit, ns, c)
+        st["hold"] = hold_phase(args, kube, vault, audit, op, ns, c)
         problems += st["hold"]["problems"]
 
     # Correctness: exactly one mint per pod, and after the pods go, nothing they got stays alive
@@ -1007,7 +1007,7 @@ def restart_phase(args, audit, op, outstanding):
     return result
 
 
-def hold_phase(args, kube, vault, audit, ns, concurrency):
+def hold_phase(args, kube, vault, audit, op, ns, concurrency):
     """Plays the agents: unwraps every pod's wrap (read from its record), waits until the
     operator renewed each held token once, then counts over half a renewal window what keeping
     them alive costs Vault: every held token renewed once per half window, no lookups with no
@@ -1052,8 +1052,9 @@ def hold_phase(args, kube, vault, audit, ns, concurrency):
     span = max(10.0, args.renewal_window_s / 2)
     log(f"hold: {len(held)} tokens held, first renewals done in {first_wave_s:.1f} s; counting over {span:.0f} s "
         f"(half the {args.renewal_window} renewal window)")
-    span_start = audit.offset()
+    span_start, span_from = audit.offset(), time.monotonic()
     time.sleep(span)
+    rss = sorted(op["rss"].between(span_from, time.monotonic()))
     counts = request_counts(audit.entries(span_start, audit.offset()))
     renewals = counts.get("auth/token/renew-accessor", 0)
     lookups = counts.get("sys/wrapping/lookup", 0)
@@ -1066,7 +1067,8 @@ def hold_phase(args, kube, vault, audit, ns, concurrency):
               "first_wave_s": first_wave_s, "renewals": renewals, "renewals_per_s": renewals / span,
               "renewals_per_token_per_half_window": per_token * (args.renewal_window_s / 2) / span,
               "expected_renewals_per_s": len(held) / (args.renewal_window_s / 2),
-              "lookups_per_s": lookups / span, "live_after": states.count("live"), "problems": problems}
+              "lookups_per_s": lookups / span, "live_after": states.count("live"),
+              "rss_mib": rss[len(rss) // 2] if rss else None, "problems": problems}
     log(f"hold: {renewals} renewals in {span:.0f} s ({result['renewals_per_s']:.1f}/s, expected "
         f"{result['expected_renewals_per_s']:.1f}/s), {result['renewals_per_token_per_half_window']:.2f} per token per "
         f"half window, {result['lookups_per_s']:.1f} lookups/s, {result['live_after']}/{len(held)} tokens live"
@@ -1212,7 +1214,8 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
                       f"{h['held']} wraps; the operator renewed each once within {h['first_wave_s']:.0f} s, then over "
                       f"{h['span_s']:.0f} s (half the window) sent {h['renewals']} renewals ({h['renewals_per_s']:.1f}/s, "
                       f"expected {h['expected_renewals_per_s']:.1f}/s = held / half window) and "
-                      f"{h['lookups_per_s']:.1f} wrap lookups/s; {h['live_after']}/{h['held']} tokens live after it."]
+                      f"{h['lookups_per_s']:.1f} wrap lookups/s; {h['live_after']}/{h['held']} tokens live after it; operator RSS "
+                      f"over it {fmt(h['rss_mib'], 'MiB')}."]
         so = b.get("soak")
         if so:
             lines += ["", f"Churn soak ({b['label']}): {so['minutes']} min, {so['rate_per_s']} pods deleted and "

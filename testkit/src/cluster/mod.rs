@@ -781,6 +781,20 @@ impl Env {
             .collect()
     }
 
+    /// Token creates per pod (the `pod` of the mint's metadata) in the audit log, so far.
+    pub fn creates_by_pod(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.bao.audit_entries() {
+            let path = e["request"]["path"].as_str().unwrap_or("");
+            if e["type"] != "request" || !path.starts_with("auth/token/create/") {
+                continue;
+            }
+            let pod = e["request"]["data"]["meta"]["pod"].as_str().unwrap_or("");
+            *out.entry(pod.to_string()).or_insert(0) += 1;
+        }
+        out
+    }
+
     /// Number of requests to `path_prefix` in the audit log.
     pub fn audit_requests(&self, path_prefix: &str) -> usize {
         let audit = std::fs::read_to_string(self.bao.dir.join("audit.log")).unwrap_or_default();
