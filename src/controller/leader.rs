@@ -56,27 +56,16 @@ fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     }
 }
 
-/// Tries once to hold the lease; `Ok(true)` when we hold it now.
-async fn try_hold(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
-    let now = Timestamp::now();
-    let current = api.get_opt(&cfg.name).await?;
-    if decide(
-        current.as_ref().and_then(|l| l.spec.as_ref()),
-        &cfg.identity,
-        now,
-    ) == Decision::Wait
-    {
-        return Ok(false);
+/// The Lease to write so that `cfg.identity` holds it at `now`, or `None` while someone else
+/// holds a valid one: renewing our own keeps its acquire time and transition count, taking a
+/// free or expired one counts a transition, and the write is guarded by the resourceVersion
+/// read.
+fn claim(current: Option<&Lease>, cfg: &LeaseConfig, now: Timestamp) -> Option<Lease> {
+    let previous = current.and_then(|l| l.spec.clone()).unwrap_or_default();
+    if decide(current.and_then(|l| l.spec.as_ref()), &cfg.identity, now) == Decision::Wait {
+        return None;
     }
-    let held_before = current
-        .as_ref()
-        .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.holder_identity.as_deref())
-        == Some(cfg.identity.as_str());
-    let previous = current
-        .as_ref()
-        .and_then(|l| l.spec.clone())
-        .unwrap_or_default();
+    let held_before = previous.holder_identity.as_deref() == Some(cfg.identity.as_str());
     let spec = LeaseSpec {
         holder_identity: Some(cfg.identity.clone()),
         lease_duration_seconds: Some(cfg.duration.as_secs() as i32),
@@ -91,16 +80,22 @@ async fn try_hold(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Err
         ),
         ..Default::default()
     };
-    let lease = Lease {
+    Some(Lease {
         metadata: ObjectMeta {
             name: Some(cfg.name.clone()),
             namespace: Some(cfg.namespace.clone()),
-            resource_version: current
-                .as_ref()
-                .and_then(|l| l.metadata.resource_version.clone()),
+            resource_version: current.and_then(|l| l.metadata.resource_version.clone()),
             ..Default::default()
         },
         spec: Some(spec),
+    })
+}
+
+/// Tries once to hold the lease; `Ok(true)` when we hold it now.
+async fn try_hold(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+    let current = api.get_opt(&cfg.name).await?;
+    let Some(lease) = claim(current.as_ref(), cfg, Timestamp::now()) else {
+        return Ok(false);
     };
     let written = match current {
         None => api.create(&PostParams::default(), &lease).await,
@@ -221,6 +216,85 @@ mod tests {
         assert_eq!(decide(Some(&spec("", 999)), "me", now), Decision::Take);
         assert_eq!(decide(Some(&spec("other", 990)), "me", now), Decision::Wait);
         assert_eq!(decide(Some(&spec("other", 980)), "me", now), Decision::Take);
+        // A lease renewed at 985 for 15 s ends at 1,000: free at that instant.
+        assert_eq!(decide(Some(&spec("other", 985)), "me", now), Decision::Take);
+        assert_eq!(decide(Some(&spec("other", 986)), "me", now), Decision::Wait);
+    }
+
+    fn cfg() -> LeaseConfig {
+        LeaseConfig {
+            name: "cubbyhole-leader".into(),
+            namespace: "cubbyhole-system".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }
+    }
+
+    fn lease(spec: LeaseSpec, resource_version: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                resource_version: Some(resource_version.into()),
+                ..Default::default()
+            },
+            spec: Some(spec),
+        }
+    }
+
+    #[test]
+    fn a_claim_names_the_lease_holder_and_times_and_is_guarded_by_the_version_read() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let at = |s: i64| Some(MicroTime(Timestamp::from_second(s).unwrap()));
+        // A first claim: nothing to guard, no transition yet.
+        let first = claim(None, &cfg(), now).expect("free");
+        assert_eq!(first.metadata.name.as_deref(), Some("cubbyhole-leader"));
+        assert_eq!(
+            first.metadata.namespace.as_deref(),
+            Some("cubbyhole-system")
+        );
+        assert_eq!(first.metadata.resource_version, None);
+        let got = first.spec.unwrap();
+        assert_eq!(got.holder_identity.as_deref(), Some("me"));
+        assert_eq!(got.lease_duration_seconds, Some(15));
+        assert_eq!(
+            (got.acquire_time, got.renew_time.clone()),
+            (at(1_000), at(1_000))
+        );
+        assert_eq!(got.lease_transitions, Some(0));
+
+        // Renewing our own: the acquire time and transitions stay, the renew time moves.
+        let ours = LeaseSpec {
+            acquire_time: at(900),
+            lease_transitions: Some(3),
+            ..spec("me", 995)
+        };
+        let renewed = claim(Some(&lease(ours, "41")), &cfg(), now).expect("ours");
+        assert_eq!(renewed.metadata.resource_version.as_deref(), Some("41"));
+        let got = renewed.spec.unwrap();
+        assert_eq!((got.acquire_time, got.renew_time), (at(900), at(1_000)));
+        assert_eq!(got.lease_transitions, Some(3));
+
+        // Taking over an expired lease: a transition, acquired now.
+        let theirs = LeaseSpec {
+            acquire_time: at(100),
+            lease_transitions: Some(3),
+            ..spec("other", 900)
+        };
+        let taken = claim(Some(&lease(theirs.clone(), "42")), &cfg(), now).expect("expired");
+        assert_eq!(taken.metadata.resource_version.as_deref(), Some("42"));
+        let got = taken.spec.unwrap();
+        assert_eq!(got.holder_identity.as_deref(), Some("me"));
+        assert_eq!(
+            (got.acquire_time, got.lease_transitions),
+            (at(1_000), Some(4))
+        );
+
+        // A valid lease of someone else's is left alone.
+        let valid = LeaseSpec {
+            renew_time: at(995),
+            ..theirs
+        };
+        assert_eq!(claim(Some(&lease(valid, "43")), &cfg(), now), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! pod is gone), its finalizer is released so nothing is stranded. Whatever token it named
 //! ends by itself in Vault within the renewal window.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::runtime::events::{Event, EventType};
@@ -97,7 +97,7 @@ pub async fn vet(
                     first_error.get_or_insert(e.into());
                 }
             }
-        } else if !already_reported(ctx, ns, &wrap) {
+        } else {
             report_forged(ctx, ns, records.sealer.binding, &wrap, &target, why).await;
         }
         vetted.untrusted.insert(wrap.secret);
@@ -147,12 +147,18 @@ pub fn secret_ref(namespace: &str, name: &str, secret: Option<&Secret>) -> Objec
     }
 }
 
-fn already_reported(ctx: &Context, ns: &str, wrap: &WrapState) -> bool {
-    ctx.forged
-        .lock()
-        .expect("forged lock")
-        .get(&key(ns, &wrap.secret))
-        .is_some_and(|rv| *rv == wrap.resource_version)
+/// Notes that the record at `key` was seen at `version`; true the first time that version is
+/// seen (a forged record is reported once per version, again whenever someone rewrites it).
+fn first_sighting(
+    seen: &mut HashMap<String, Option<String>>,
+    key: String,
+    version: &Option<String>,
+) -> bool {
+    if seen.get(&key) == Some(version) {
+        return false;
+    }
+    seen.insert(key, version.clone());
+    true
 }
 
 /// Reports a forged record once per Secret version: a Warning Event on `target`, the metric
@@ -165,13 +171,13 @@ pub async fn report_forged(
     target: &ObjectReference,
     why: &str,
 ) {
-    {
-        let mut seen = ctx.forged.lock().expect("forged lock");
-        let k = key(namespace, &wrap.secret);
-        if seen.get(&k) == Some(&wrap.resource_version) {
-            return;
-        }
-        seen.insert(k, wrap.resource_version.clone());
+    let first = first_sighting(
+        &mut ctx.forged.lock().expect("forged lock"),
+        key(namespace, &wrap.secret),
+        &wrap.resource_version,
+    );
+    if !first {
+        return;
     }
     ctx.metrics.forged_record(namespace);
     warn!(namespace = %namespace, secret = %wrap.secret, binding = %binding, why,
@@ -229,6 +235,52 @@ mod tests {
         let mut partial = minted("ns", "uid-p", "b");
         partial.meta.as_mut().unwrap().remove("binding");
         assert!(!partial.minted_for("ns", "uid-p", "b"));
+    }
+
+    #[test]
+    fn a_forged_record_is_reported_once_per_version() {
+        let mut seen = HashMap::new();
+        let v = |s: &str| Some(s.to_string());
+        assert!(first_sighting(&mut seen, "ns/a".into(), &v("1")));
+        assert!(!first_sighting(&mut seen, "ns/a".into(), &v("1")));
+        assert!(
+            first_sighting(&mut seen, "ns/b".into(), &v("1")),
+            "another Secret"
+        );
+        assert!(
+            first_sighting(&mut seen, "ns/a".into(), &v("2")),
+            "rewritten"
+        );
+        assert!(!first_sighting(&mut seen, "ns/a".into(), &v("2")));
+        assert!(first_sighting(&mut seen, "ns/c".into(), &None));
+        assert!(!first_sighting(&mut seen, "ns/c".into(), &None));
+    }
+
+    #[test]
+    fn an_event_names_the_secret_and_the_version_it_saw() {
+        let bare = secret_ref("ns", "pod-a-wrap", None);
+        assert_eq!(
+            (bare.api_version.as_deref(), bare.kind.as_deref()),
+            (Some("v1"), Some("Secret"))
+        );
+        assert_eq!(
+            (bare.namespace.as_deref(), bare.name.as_deref()),
+            (Some("ns"), Some("pod-a-wrap"))
+        );
+        assert_eq!((bare.uid, bare.resource_version), (None, None));
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                uid: Some("uid-s".into()),
+                resource_version: Some("7".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let seen = secret_ref("ns", "pod-a-wrap", Some(&secret));
+        assert_eq!(
+            (seen.uid.as_deref(), seen.resource_version.as_deref()),
+            (Some("uid-s"), Some("7"))
+        );
     }
 
     #[test]
