@@ -1108,8 +1108,11 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
                           r["ready_s"] < 5 and r["mints"] == 0, f"{r['ready_s']:.2f} s, {r['mints']} mints"))
         h = b.get("hold")
         if h and h.get("held"):
-            goals.append((f"held tokens: 1 renewal per half window, no lookups once every wrap is taken ({b['label']})",
-                          0.8 <= h["renewals_per_token_per_half_window"] <= 1.2 and h["lookups_per_s"] < 1
+            # At most one renewal per token per half window (each comes when its round runs,
+            # a little after it is due: fewer is fine), and each in time: every token still live.
+            goals.append((f"held tokens: at most 1 renewal per half window and every one in time, no lookups once "
+                          f"every wrap is taken ({b['label']})",
+                          h["renewals_per_token_per_half_window"] <= 1.2 and h["lookups_per_s"] < 1
                           and h["live_after"] == h["held"],
                           f"{h['renewals_per_token_per_half_window']:.2f} renewals per token per half window, "
                           f"{h['renewals_per_s']:.1f} renewals/s for {h['held']} tokens, {h['lookups_per_s']:.1f} lookups/s"))
