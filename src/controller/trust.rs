@@ -196,13 +196,7 @@ pub async fn report_forged(
         reason: FORGED_REASON.into(),
         note: Some(note),
         action: "Verify".into(),
-        secondary: Some(ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
-            name: Some(wrap.secret.clone()),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        }),
+        secondary: Some(secret_ref(namespace, &wrap.secret, None)),
     };
     if let Err(e) = ctx.recorder.publish(&event, target).await {
         tracing::debug!(error = %e, "event not published");

@@ -605,6 +605,67 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_mint_counts_the_failures_in_a_row() {
+        let keys = keys();
+        let sealer = Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys: &keys,
+        };
+        assert_eq!(failures_after(&issue(0, None)), 1, "a new record");
+        let issued = read(&created(&sealer), &keys);
+        assert_eq!(
+            failures_after(&issue(1, Some(issued))),
+            1,
+            "after a delivery"
+        );
+        let failed = WrapState {
+            phase: Phase::Failed,
+            failures: 2,
+            ..read(&created(&sealer), &keys)
+        };
+        assert_eq!(
+            failures_after(&issue(1, Some(failed))),
+            3,
+            "after two failures"
+        );
+    }
+
+    #[test]
+    fn a_new_record_is_an_opaque_secret_owned_by_its_pod_and_held_by_the_finalizer() {
+        let keys = keys();
+        let sealer = Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys: &keys,
+        };
+        let secret = created(&sealer);
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        assert_eq!(secret.metadata.name.as_deref(), Some("p-b-wrap"));
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Pod", "p", "uid-p")
+        );
+        assert_eq!(
+            secret.metadata.finalizers.as_deref(),
+            Some(&[SECRET_FINALIZER.to_string()][..])
+        );
+        let labels = secret.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels.get(BINDING_LABEL).map(String::as_str), Some("b"));
+        assert_eq!(
+            labels.get(MANAGED_BY_LABEL).map(String::as_str),
+            Some(MANAGED_BY)
+        );
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data["token"].0, b"s.wrapping-token-1");
+        // A failed mint's record carries no data at all.
+        let i = issue(0, None);
+        let changes = issue_changes(&i, failure_changes("refused", t(0), 1));
+        assert_eq!(issue_secret(&sealer, &i, &changes, None).data, None);
+    }
+
+    #[test]
     fn nothing_may_change_behind_the_operators_back() {
         let keys = keys();
         let sealer = Sealer {
