@@ -436,6 +436,15 @@ mod tests {
         RecordKeys::new(BTreeMap::from([(1, vec![7; 32])])).unwrap()
     }
 
+    /// Seals binding `b`'s records in namespace `ns`.
+    fn sealer(keys: &RecordKeys) -> Sealer<'_> {
+        Sealer {
+            namespace: "ns",
+            binding: "b",
+            keys,
+        }
+    }
+
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
@@ -499,11 +508,7 @@ mod tests {
     #[test]
     fn every_write_leaves_a_record_whose_signature_verifies() {
         let keys = keys();
-        let sealer = Sealer {
-            namespace: "ns",
-            binding: "b",
-            keys: &keys,
-        };
+        let sealer = sealer(&keys);
         // Issued in one write, then Unwrapped.
         let secret = created(&sealer);
         let w = read(&secret, &keys);
@@ -567,11 +572,7 @@ mod tests {
     fn a_record_signed_before_the_message_was_covered_keeps_working_and_its_message_is_not_trusted()
     {
         let keys = keys();
-        let sealer = Sealer {
-            namespace: "ns",
-            binding: "b",
-            keys: &keys,
-        };
+        let sealer = sealer(&keys);
         // A record of the earlier format, whose message someone has since rewritten.
         let mut secret = created(&sealer);
         let a = secret.metadata.annotations.as_mut().unwrap();
@@ -607,11 +608,7 @@ mod tests {
     #[test]
     fn a_failed_mint_counts_the_failures_in_a_row() {
         let keys = keys();
-        let sealer = Sealer {
-            namespace: "ns",
-            binding: "b",
-            keys: &keys,
-        };
+        let sealer = sealer(&keys);
         assert_eq!(failures_after(&issue(0, None)), 1, "a new record");
         let issued = read(&created(&sealer), &keys);
         assert_eq!(
@@ -634,11 +631,7 @@ mod tests {
     #[test]
     fn a_new_record_is_an_opaque_secret_owned_by_its_pod_and_held_by_the_finalizer() {
         let keys = keys();
-        let sealer = Sealer {
-            namespace: "ns",
-            binding: "b",
-            keys: &keys,
-        };
+        let sealer = sealer(&keys);
         let secret = created(&sealer);
         assert_eq!(secret.type_.as_deref(), Some("Opaque"));
         assert_eq!(secret.metadata.name.as_deref(), Some("p-b-wrap"));
@@ -668,11 +661,7 @@ mod tests {
     #[test]
     fn nothing_may_change_behind_the_operators_back() {
         let keys = keys();
-        let sealer = Sealer {
-            namespace: "ns",
-            binding: "b",
-            keys: &keys,
-        };
+        let sealer = sealer(&keys);
         let secret = created(&sealer);
         let edit = |k: &str, v: &str| {
             let patch = json!({"metadata": {"annotations": {k: v}}});
