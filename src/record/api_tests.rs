@@ -135,6 +135,15 @@ async fn answer(handle: &mut Handle, status: u16, answer: Value) -> Seen {
     }
 }
 
+/// Answers the next patch with the record at resourceVersion 6, the one after with 409.
+fn patched_then_conflict(mut handle: Handle) -> tokio::task::JoinHandle<(Seen, Seen)> {
+    tokio::spawn(async move {
+        let ok = answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await;
+        let conflict = answer(&mut handle, 409, status_json(409, "Conflict")).await;
+        (ok, conflict)
+    })
+}
+
 fn records<'a>(api: &'a Api<Secret>, keys: &'a RecordKeys) -> Records<'a> {
     Records {
         api,
@@ -261,12 +270,8 @@ async fn a_create_losing_the_race_reads_who_won() {
 async fn a_new_start_takes_the_record_over_in_one_patch_guarded_by_the_old_version() {
     let keys = keys();
     let old = issued_record(&keys);
-    let (api, mut handle) = mocked();
-    let server = tokio::spawn(async move {
-        let ok = answer(&mut handle, 200, secret_json("p-b-wrap", "6", "b")).await;
-        let conflict = answer(&mut handle, 409, status_json(409, "Conflict")).await;
-        (ok, conflict)
-    });
+    let (api, handle) = mocked();
+    let server = patched_then_conflict(handle);
     let token = SecretString::new("s.wrapping");
     let i = issue(Some(old));
     let r = records(&api, &keys);
@@ -393,4 +398,57 @@ async fn removal_releases_the_finalizer_as_read_then_deletes_that_very_secret() 
     );
     assert_eq!(delete.body["preconditions"]["uid"], "uid-secret");
     assert_eq!(gone.method, Method::PATCH);
+}
+
+#[tokio::test]
+async fn a_create_refused_for_another_reason_is_an_error_not_a_lost_race() {
+    let keys = keys();
+    let (api, mut handle) = mocked();
+    let server = tokio::spawn(async move {
+        let seen = answer(&mut handle, 500, status_json(500, "InternalError")).await;
+        // Nothing else may be asked: a lost race would read who won.
+        assert!(handle.next_request().await.is_none(), "no read after a 500");
+        seen
+    });
+    let i = issue(None);
+    let written = {
+        let r = records(&api, &keys);
+        writes::write_issue(&r, &i, &delivered(&i), None).await
+    };
+    drop(api);
+    let seen = server.await.unwrap();
+    assert_eq!((seen.method, seen.path.as_str()), (Method::POST, SECRETS));
+    assert!(matches!(written, Err(WriteError::Kube(_))), "{written:?}");
+}
+
+#[tokio::test]
+async fn an_agents_report_is_one_guarded_patch_of_the_receipt_and_a_changed_record_is_lost() {
+    let keys = keys();
+    let wrap = issued_record(&keys);
+    let (api, handle) = mocked();
+    let server = patched_then_conflict(handle);
+    let receipt = crate::agent::receipt::Receipt::unwrapped("acc");
+    let (reported, changed) = {
+        let r = records(&api, &keys);
+        (
+            writes::report(&r, &wrap, &receipt).await,
+            writes::report(&r, &wrap, &receipt).await,
+        )
+    };
+    // A report that sent nothing fails here, not by hanging.
+    drop(api);
+    let (seen, _) = server.await.unwrap();
+    assert_eq!(reported.unwrap(), "6");
+    assert!(matches!(changed, Err(WriteError::Lost)), "{changed:?}");
+    assert_eq!((seen.method, seen.path.as_str()), (Method::PATCH, RECORD));
+    assert_eq!(seen.content_type.as_deref(), Some(MERGE_PATCH));
+    assert_eq!(seen.body["metadata"]["resourceVersion"], "5");
+    assert_eq!(
+        seen.body["metadata"]["annotations"][ann::RECEIPT],
+        receipt.to_line()
+    );
+    assert!(
+        !seen.body.as_object().unwrap().contains_key("data"),
+        "the data is left as it is"
+    );
 }
