@@ -452,3 +452,36 @@ async fn an_agents_report_is_one_guarded_patch_of_the_receipt_and_a_changed_reco
         "the data is left as it is"
     );
 }
+
+#[tokio::test]
+async fn removal_reads_each_answer_of_the_delete_and_fails_on_a_broken_server() {
+    let keys = keys();
+    let wrap = issued_record(&keys);
+    let (api, mut handle) = mocked();
+    let server = tokio::spawn(async move {
+        let released = || secret_json("p-b-wrap", "6", "b");
+        // Released, then deleted meanwhile by someone else (404) or replaced by another
+        // Secret of the name (409 on the uid precondition): this record is gone either way.
+        answer(&mut handle, 200, released()).await;
+        answer(&mut handle, 404, status_json(404, "NotFound")).await;
+        answer(&mut handle, 200, released()).await;
+        answer(&mut handle, 409, status_json(409, "Conflict")).await;
+        // Released, then the delete fails: an error (the next round tries again).
+        answer(&mut handle, 200, released()).await;
+        answer(&mut handle, 500, status_json(500, "InternalError")).await;
+        // The release itself fails: an error, not "changed".
+        answer(&mut handle, 500, status_json(500, "InternalError")).await;
+    });
+    assert!(
+        writes::remove(&api, &wrap).await.unwrap(),
+        "deleted meanwhile"
+    );
+    assert!(
+        writes::remove(&api, &wrap).await.unwrap(),
+        "replaced meanwhile"
+    );
+    assert!(writes::remove(&api, &wrap).await.is_err(), "delete failed");
+    assert!(writes::remove(&api, &wrap).await.is_err(), "release failed");
+    drop(api);
+    server.await.unwrap();
+}

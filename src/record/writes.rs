@@ -659,6 +659,39 @@ mod tests {
     }
 
     #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short", 512), "short");
+        assert_eq!(truncate("abcdef", 6), "abcdef");
+        assert_eq!(truncate("abcdef", 4), "abcd…");
+        // "é" is two bytes (1..3): a cut at byte 2 backs off to the boundary before it.
+        assert_eq!(truncate("aébc", 2), "a…");
+        assert_eq!(truncate("aébc", 3), "aé…");
+    }
+
+    #[test]
+    fn the_wrapping_token_is_read_only_when_present_and_text() {
+        let with = |bytes: &[u8]| Secret {
+            data: Some(BTreeMap::from([(
+                "token".to_string(),
+                ByteString(bytes.to_vec()),
+            )])),
+            ..Default::default()
+        };
+        let token = wrapping_token(&with(b"s.wrap"), "token").expect("a token");
+        assert_eq!(token.expose(), "s.wrap");
+        assert!(wrapping_token(&with(b"s.wrap"), "other").is_none());
+        assert!(wrapping_token(&with(b""), "token").is_none(), "empty");
+        assert!(
+            wrapping_token(&with(&[0xff, 0xfe]), "token").is_none(),
+            "not UTF-8"
+        );
+        assert!(
+            wrapping_token(&Secret::default(), "token").is_none(),
+            "no data"
+        );
+    }
+
+    #[test]
     fn nothing_may_change_behind_the_operators_back() {
         let keys = keys();
         let sealer = sealer(&keys);
