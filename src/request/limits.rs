@@ -159,4 +159,52 @@ mod tests {
         // Other namespaces are untouched.
         l.take("other", "pod-x", t0).unwrap();
     }
+
+    #[test]
+    fn buckets_back_to_full_are_forgotten_once_there_are_many_and_busy_ones_are_kept() {
+        let l = Limits::new(&RequestLimits {
+            pod_burst: 3,
+            pod_refill: Duration::from_secs(10),
+            namespace_burst: 100_000,
+            namespace_per_second: 100_000,
+        });
+        let t0 = Instant::now();
+        for i in 0..PRUNE_ABOVE {
+            l.take(&format!("ns-{i}"), &format!("pod-{i}"), t0).unwrap();
+        }
+        let sizes = |l: &Limits| {
+            let guard = l.buckets.lock().unwrap();
+            (guard.0.len(), guard.1.len())
+        };
+        assert_eq!(sizes(&l), (PRUNE_ABOVE, PRUNE_ABOVE), "none pruned yet");
+        // One pod asks its whole burst away just before the others are full again.
+        let t1 = t0 + Duration::from_secs(30);
+        for _ in 0..3 {
+            l.take("ns-0", "pod-0", t1).unwrap();
+        }
+        // Past the threshold: every bucket full again is dropped, the busy pod's is kept.
+        l.take("ns-new", "pod-new", t1).unwrap();
+        assert_eq!(sizes(&l), (2, 2), "the busy pod and the newcomer");
+        assert!(
+            l.take("ns-0", "pod-0", t1).is_err(),
+            "its empty bucket kept"
+        );
+    }
+
+    #[test]
+    fn a_bucket_is_full_only_at_its_burst() {
+        let rate = Rate {
+            per_second: 1.0,
+            burst: 3.0,
+        };
+        let t0 = Instant::now();
+        let empty = Bucket {
+            tokens: 0.0,
+            at: t0,
+        };
+        assert!(!rate.is_full(empty, t0));
+        assert!(!rate.is_full(empty, t0 + Duration::from_millis(2_999)));
+        assert!(rate.is_full(empty, t0 + Duration::from_secs(3)));
+        assert!(rate.is_full(rate.full(t0), t0));
+    }
 }

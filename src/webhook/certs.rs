@@ -376,5 +376,30 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
         assert!(!shown.contains("CERTIFICATE"), "{shown}");
+        // What may be shown is: the CA's name and times, the serving names and times.
+        for shown_part in [
+            "CertState",
+            "CaCert",
+            &s.ca.common_name,
+            "svc.ns.svc",
+            &format!("serving_not_after: {}", s.serving_not_after),
+            &format!("not_after: {}", s.ca.not_after),
+        ] {
+            assert!(shown.contains(shown_part), "{shown_part} in {shown}");
+        }
+    }
+
+    #[test]
+    fn certificates_are_checked_every_tenth_of_the_serving_life_within_1_to_5_s() {
+        let every = |secs| {
+            CertSettings {
+                serving_validity: Duration::from_secs(secs),
+                ..settings()
+            }
+            .check_every()
+        };
+        assert_eq!(every(30), Duration::from_secs(3));
+        assert_eq!(every(5), Duration::from_secs(1));
+        assert_eq!(every(86_400), Duration::from_secs(5));
     }
 }
