@@ -223,13 +223,15 @@ impl CertState {
 /// Backdating of `notBefore`, for clocks a little behind ours.
 const BACKDATE: Duration = Duration::from_secs(300);
 
-fn validity(params: &mut CertificateParams, now: u64, not_after: u64) -> Result<(), String> {
+/// A certificate's `notBefore` (backdated) and `notAfter` for one issued at `now`.
+fn validity(
+    now: u64,
+    not_after: u64,
+) -> Result<(time::OffsetDateTime, time::OffsetDateTime), String> {
     let at = |secs: u64| {
         time::OffsetDateTime::from_unix_timestamp(secs as i64).map_err(|e| e.to_string())
     };
-    params.not_before = at(now.saturating_sub(BACKDATE.as_secs()))?;
-    params.not_after = at(not_after)?;
-    Ok(())
+    Ok((at(now.saturating_sub(BACKDATE.as_secs()))?, at(not_after)?))
 }
 
 fn ca_params(common_name: &str) -> CertificateParams {
@@ -248,7 +250,7 @@ fn new_ca(settings: &CertSettings, now: u64) -> Result<CaCert, String> {
     let common_name = format!("cubbyhole-webhook-ca-{now}");
     let not_after = now + settings.ca_validity.as_secs();
     let mut params = ca_params(&common_name);
-    validity(&mut params, now, not_after)?;
+    (params.not_before, params.not_after) = validity(now, not_after)?;
     let cert = params
         .self_signed(&key)
         .map_err(|e| format!("CA certificate: {e}"))?;
@@ -286,7 +288,7 @@ fn serving(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let not_after = (now + settings.serving_validity.as_secs()).min(ca.not_after);
-    validity(&mut params, now, not_after)?;
+    (params.not_before, params.not_after) = validity(now, not_after)?;
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|e| format!("serving certificate: {e}"))?;
@@ -366,6 +368,29 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.serving_not_after, 600);
+    }
+
+    #[test]
+    fn certificates_are_backdated_and_end_when_asked() {
+        let (from, to) = validity(1_000, 5_000).unwrap();
+        assert_eq!(from.unix_timestamp(), 700, "five minutes back");
+        assert_eq!(to.unix_timestamp(), 5_000);
+        assert_eq!(validity(60, 90).unwrap().0.unix_timestamp(), 0);
+    }
+
+    #[test]
+    fn the_ca_may_sign_leaf_certificates_only() {
+        let params = ca_params("cubbyhole-webhook-ca-1");
+        assert_eq!(params.is_ca, IsCa::Ca(BasicConstraints::Constrained(0)));
+        assert_eq!(
+            params.key_usages,
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign]
+        );
+        let cn = params.distinguished_name.get(&DnType::CommonName);
+        assert!(
+            format!("{cn:?}").contains("\"cubbyhole-webhook-ca-1\""),
+            "{cn:?}"
+        );
     }
 
     #[test]

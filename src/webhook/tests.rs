@@ -485,3 +485,45 @@ fn vault_namespace_and_ca_reach_the_pod() {
         "cubbyhole-vault-ca"
     );
 }
+
+#[test]
+fn a_mount_directory_is_an_absolute_plain_path_of_at_most_1024_bytes() {
+    use crate::webhook::inject::check_dir;
+    assert!(check_dir("/var/run/agent/token").is_ok());
+    assert!(
+        check_dir(&format!("/{}", "a".repeat(1023))).is_ok(),
+        "1024 bytes"
+    );
+    assert!(
+        check_dir(&format!("/{}", "a".repeat(1024))).is_err(),
+        "1025 bytes"
+    );
+    for bad in [
+        "/",
+        "",
+        "relative/dir",
+        "/a/../b",
+        "/a/./b",
+        "/a:b",
+        "/a\nb",
+    ] {
+        assert!(check_dir(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_pod_is_described_by_its_name_or_else_its_generate_name() {
+    use crate::webhook::inject::describe_pod;
+    let pod = |name: Option<&str>, generate: Option<&str>| {
+        let mut p = Pod::default();
+        p.metadata.name = name.map(str::to_string);
+        p.metadata.generate_name = generate.map(str::to_string);
+        p
+    };
+    assert_eq!(describe_pod(&pod(Some("a-1"), Some("a-"))), "pod \"a-1\"");
+    assert_eq!(
+        describe_pod(&pod(Some(""), Some("a-"))),
+        "pod \"a-*\" (generateName)"
+    );
+    assert_eq!(describe_pod(&pod(None, None)), "pod (unnamed)");
+}
