@@ -56,6 +56,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn recent_writes_are_all_remembered_up_to_the_bound_then_the_oldest_goes() {
+        let own = OwnWrites::default();
+        for i in 0..MAX_REMEMBERED {
+            own.wrote(format!("ns/r{i}"), "1".into());
+        }
+        assert!(own.cache_may_lag("ns/r0", None), "the first is still known");
+        assert!(own.cache_may_lag("ns/r1", None));
+        own.wrote("ns/new".into(), "1".into());
+        assert!(own.cache_may_lag("ns/new", None));
+        let forgotten = (0..MAX_REMEMBERED)
+            .filter(|i| !own.cache_may_lag(&format!("ns/r{i}"), None))
+            .count();
+        assert_eq!(forgotten, 1, "exactly one made room");
+    }
+
+    #[test]
     fn a_cache_behind_our_write_is_bypassed_until_it_shows_it() {
         let own = OwnWrites::default();
         assert!(
