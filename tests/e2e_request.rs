@@ -361,7 +361,8 @@ async fn asks_that_cannot_be_trusted_are_refused_and_mint_nothing() {
         no_token.ask_once().await.is_err(),
         "an empty identity file is not sent"
     );
-    // The controller mints for the Secret-delivery pod; nothing else was minted.
+    // A mint for the Secret-delivery pod would be the controller's, not an ask's; nothing
+    // else may have been minted.
     let creates = env.creates_by_pod();
     let pushed_creates = creates.get(&pushed.name_any()).copied().unwrap_or(0);
     assert_eq!(

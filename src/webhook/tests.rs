@@ -514,30 +514,28 @@ fn a_mount_directory_is_an_absolute_plain_path_of_at_most_1024_bytes() {
 #[test]
 fn a_pod_is_described_by_its_name_or_else_its_generate_name() {
     use crate::webhook::inject::describe_pod;
-    let pod = named_pod;
-    assert_eq!(describe_pod(&pod(Some("a-1"), Some("a-"))), "pod \"a-1\"");
     assert_eq!(
-        describe_pod(&pod(Some(""), Some("a-"))),
+        describe_pod(&meta_pod(Some("a-1"), Some("a-"))),
+        "pod \"a-1\""
+    );
+    assert_eq!(
+        describe_pod(&meta_pod(Some(""), Some("a-"))),
         "pod \"a-*\" (generateName)"
     );
-    assert_eq!(describe_pod(&pod(None, None)), "pod (unnamed)");
+    assert_eq!(describe_pod(&meta_pod(None, None)), "pod (unnamed)");
 }
 
 #[test]
 fn a_derived_secret_name_comes_from_the_name_else_the_generate_name_else_the_nonce() {
     use crate::webhook::inject::chosen_secret_name;
-    let pod = named_pod;
     let chosen = |p: &Pod| chosen_secret_name(p, "b", "x7k2q").unwrap();
-    assert_eq!(chosen(&pod(Some("a-1"), Some("a-"))), "a-1-b-wrap");
-    assert_eq!(chosen(&pod(Some(""), Some("a-"))), "a-x7k2q-b-wrap");
-    assert_eq!(chosen(&pod(Some(""), Some(""))), "pod-x7k2q-b-wrap");
-    assert_eq!(chosen(&pod(None, None)), "pod-x7k2q-b-wrap");
+    assert_eq!(chosen(&meta_pod(Some("a-1"), Some("a-"))), "a-1-b-wrap");
+    assert_eq!(chosen(&meta_pod(Some(""), Some("a-"))), "a-x7k2q-b-wrap");
+    assert_eq!(chosen(&meta_pod(Some(""), Some(""))), "pod-x7k2q-b-wrap");
+    assert_eq!(chosen(&meta_pod(None, None)), "pod-x7k2q-b-wrap");
 }
 
-/// A pod with only a name and a `generateName`.
-fn named_pod(name: Option<&str>, generate: Option<&str>) -> Pod {
-    let mut p = Pod::default();
-    p.metadata.name = name.map(str::to_string);
-    p.metadata.generate_name = generate.map(str::to_string);
-    p
+/// A [`pod`] with only this name and `generateName` (`None`: absent).
+fn meta_pod(name: Option<&str>, generate: Option<&str>) -> Pod {
+    pod(json!({"name": name, "generateName": generate}), json!({}))
 }
