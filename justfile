@@ -69,4 +69,4 @@ bench-noisy: tools
 # src/core/plan.rs` runs a part.
 mutant_files := "-f src/core/plan.rs -f src/core/status.rs -f src/core/spec.rs -f src/core/pod.rs -f src/core/labels.rs -f src/record/seal.rs -f src/record/state.rs -f src/record/writes.rs -f src/agent/receipt.rs -f src/config.rs -f src/webhook/inject.rs -f src/webhook/admit.rs -f src/webhook/certs.rs -f src/controller/budget.rs -f src/controller/fair.rs -f src/controller/cache.rs -f src/controller/trust.rs -f src/controller/leader.rs -f src/request/own_writes.rs -f src/request/gate.rs -f src/request/limits.rs -E 'leader.rs.*(try_hold|acquire|renew|release)' -E 'trust.rs.*(vet|report_released|report_forged)'"
 mutants *ARGS:
-    cargo mutants --profile mutants --test-tool nextest --cargo-test-arg=--lib {{ if ARGS == "" { mutant_files } else { ARGS } }}
+    cargo mutants --profile mutants --test-tool nextest --cargo-arg=--lib {{ if ARGS == "" { mutant_files } else { ARGS } }}

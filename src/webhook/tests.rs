@@ -70,24 +70,24 @@ fn run(pod: &Pod, bindings: &[Arc<AgentSecretBinding>]) -> Decision {
     decide(pod, NS, bindings, &rules(), &cfg(), "x7k2p9qb")
 }
 
-/// Applies an Inject decision's patch, checking that no operation replaces what the pod had.
+/// Applies an Inject decision's patch one operation at a time, checking that no operation
+/// replaces what the pod had or what an earlier operation added.
 fn injected(pod: &Pod, decision: Decision) -> (Value, Vec<Value>) {
     let Decision::Inject { patch, .. } = decision else {
         panic!("expected an injection, got {decision:?}");
     };
-    let original = serde_json::to_value(pod).unwrap();
+    let mut doc = serde_json::to_value(pod).unwrap();
     for op in &patch {
         assert_eq!(op["op"], "add", "{op}");
         let path = op["path"].as_str().unwrap();
         let appends = path.ends_with("/-") || path.ends_with("/initContainers/0");
         assert!(
-            appends || original.pointer(path).is_none(),
-            "{path} would overwrite the pod's own field"
+            appends || doc.pointer(path).is_none(),
+            "{path} would overwrite a field the pod or the patch already has"
         );
+        let one: json_patch::Patch = serde_json::from_value(json!([op])).unwrap();
+        json_patch::patch(&mut doc, &one).unwrap();
     }
-    let mut doc = original.clone();
-    let p: json_patch::Patch = serde_json::from_value(Value::Array(patch.clone())).unwrap();
-    json_patch::patch(&mut doc, &p).unwrap();
     // Still a valid Pod.
     let _: Pod = serde_json::from_value(doc.clone()).unwrap();
     (doc, patch)
@@ -538,4 +538,41 @@ fn a_derived_secret_name_comes_from_the_name_else_the_generate_name_else_the_non
 /// A [`pod`] with only this name and `generateName` (`None`: absent).
 fn meta_pod(name: Option<&str>, generate: Option<&str>) -> Pod {
     pod(json!({"name": name, "generateName": generate}), json!({}))
+}
+
+#[test]
+fn a_named_init_container_is_found_by_its_name_and_a_container_named_twice_is_mounted_once() {
+    let b = binding("b", NS, "web", json!({}));
+    let p = pod(
+        json!({"annotations": {CONTAINERS_ANNOTATION: "late, a, a, late"}}),
+        json!({
+            "initContainers": [{"name": "early", "image": "e"}, {"name": "late", "image": "l"}],
+            "containers": [{"name": "a", "image": "a"}, {"name": "b", "image": "b"}],
+        }),
+    );
+    let (doc, _) = injected(&p, run(&p, &[b]));
+    let token_mounts = |c: &Value| {
+        c.get("volumeMounts").map_or(0, |m| {
+            m.as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["name"] == "cubbyhole-token")
+                .count()
+        })
+    };
+    let inits = doc["spec"]["initContainers"].as_array().unwrap();
+    let names: Vec<&str> = inits.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cubbyhole-unwrap", "early", "late"]);
+    assert_eq!(token_mounts(&inits[1]), 0, "early is not named");
+    assert_eq!(token_mounts(&inits[2]), 1, "late is named (twice)");
+    let containers = doc["spec"]["containers"].as_array().unwrap();
+    assert_eq!(token_mounts(&containers[0]), 1, "a is named (twice)");
+    assert_eq!(token_mounts(&containers[1]), 0, "b is not named");
+    let vault_addrs = containers[0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "VAULT_ADDR")
+        .count();
+    assert_eq!(vault_addrs, 1);
 }
