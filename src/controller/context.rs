@@ -89,6 +89,27 @@ impl Readiness {
     }
 }
 
+/// What this process remembers between rounds, by `namespace/secret` (lost on a restart: a
+/// lookup or renewal then only comes early, a taken name is found again by its write).
+#[derive(Default)]
+pub struct Memory {
+    /// Last lookup of the record's wrap.
+    pub last_lookup: Mutex<HashMap<String, Timestamp>>,
+    /// When a Secret not of its binding was found holding that name (its pod is not minted for
+    /// again until `TAKEN_NAME_RETRY` later).
+    pub names_taken: Mutex<HashMap<String, Timestamp>>,
+    /// Last renewal of the token the record's pod's agent holds.
+    pub last_renewal: Mutex<HashMap<String, Timestamp>>,
+}
+
+impl Memory {
+    /// Forgets a removed record's lookup and renewal times.
+    pub fn forget(&self, key: &str) {
+        self.last_lookup.lock().expect("lookup lock").remove(key);
+        self.last_renewal.lock().expect("renewal lock").remove(key);
+    }
+}
+
 /// Shared state of the reconciler.
 pub struct Context {
     /// Kubernetes client.
@@ -116,13 +137,8 @@ pub struct Context {
     pub secrets: Arc<IndexedCache<CachedRecord>>,
     /// The reconcile slots (`reconcileConcurrency`), shared fairly between namespaces.
     pub slots: FairSlots,
-    /// `namespace/secret` -> last lookup.
-    pub last_lookup: Mutex<HashMap<String, Timestamp>>,
-    /// `namespace/secret` -> when a Secret not of its binding was found holding that name (its
-    /// pod is not minted for again until `TAKEN_NAME_RETRY` later).
-    pub names_taken: Mutex<HashMap<String, Timestamp>>,
-    /// `namespace/secret` -> last renewal of the token its pod's agent holds.
-    pub last_renewal: Mutex<HashMap<String, Timestamp>>,
+    /// What the executor remembers between rounds.
+    pub memory: Memory,
     /// `namespace/binding` -> consecutive failures (for backoff).
     pub failures: Mutex<HashMap<String, u32>>,
     /// First-sync tracking.

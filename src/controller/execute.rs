@@ -9,21 +9,22 @@ use futures::{StreamExt, stream};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::controller::context::{Context, Error, key};
+use crate::controller::budget::LookupBudget;
+use crate::controller::context::{Error, Memory, key};
+use crate::controller::effects::{RecordOps, VaultOps, event};
 use crate::controller::failpoint;
-use crate::controller::trust::TokenFacts;
 use crate::core::plan::{
     Action, Issue, Outcome, Revoke, Settings, expiry_outcome, renewal_increment,
 };
 use crate::crd::AgentSecretBinding;
-use crate::metrics::{RenewalResult, TokenKind};
+use crate::metrics::{Metrics, RenewalResult, TokenKind};
 use crate::record::seal::Authenticity;
-use crate::record::writes::{self, Records, WriteError};
-use crate::record::{BINDING_LABEL, Phase, SecretsByName, WrapState};
+use crate::record::writes::{self, WriteError};
+use crate::record::{Phase, SecretsByName, WrapState};
 use crate::vault::{Renewed, Revoked, VaultError};
 
 /// What carrying out a plan met that the binding's status must show.
@@ -55,8 +56,8 @@ enum Met {
 /// Runs a plan's actions for one binding, the actions of up to `concurrency` records at a
 /// time. The actions of one record run in plan order; once Vault is found unavailable no
 /// further action starts (every action needs Vault: the binding retries with backoff).
-pub async fn run_all(
-    executor: &Executor<'_>,
+pub async fn run_all<V: VaultOps, R: RecordOps>(
+    executor: &Executor<'_, V, R>,
     actions: Vec<Action>,
     concurrency: usize,
 ) -> Executed {
@@ -130,21 +131,32 @@ fn by_record(actions: Vec<Action>) -> Vec<Vec<Action>> {
     groups
 }
 
-/// Carries out actions for one binding; shared by the actions running side by side.
-pub struct Executor<'a> {
-    /// Shared state.
-    pub ctx: &'a Context,
+/// Carries out actions for one binding; shared by the actions running side by side. Vault and
+/// the records are reached only through `vault` and `records` (see `controller::effects`).
+pub struct Executor<'a, V, R> {
+    /// Vault.
+    pub vault: &'a V,
+    /// The binding's records (writes, the read before a retried mint), Events and the clock.
+    pub records: &'a R,
+    /// What this process remembers between rounds (lookups, renewals, names found taken).
+    pub memory: &'a Memory,
+    /// The global budget of Vault lookups and renewals.
+    pub lookups: &'a LookupBudget,
+    /// Metrics.
+    pub metrics: &'a Metrics,
     /// The binding.
     pub binding: &'a AgentSecretBinding,
-    /// Its records: Secrets in its namespace, and how writes are signed.
-    pub records: Records<'a>,
     /// Its Secrets by name (to read wrapping tokens for lookups).
     pub secrets: &'a SecretsByName,
     /// Planner knobs.
     pub settings: &'a Settings,
+    /// How long past its wrap's TTL a token nobody took lives (`tokenGrace`).
+    pub token_grace: std::time::Duration,
+    /// Whether routine per-pod Events are published (`routineEvents`).
+    pub routine_events: bool,
 }
 
-impl Executor<'_> {
+impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
     /// Runs one action. An action on a record that is not authentic is refused (the planner
     /// never makes one).
     async fn run(&self, action: Action) -> Result<Met, Error> {
@@ -181,8 +193,15 @@ impl Executor<'_> {
         // minted, and the record still names it for the next round or the pod's cleanup.
         if let Some(previous) = &issue.revoke_previous
             && self.settings.revoke_on_pod_deletion
-            && let Err(e) =
-                revoke_vouched(self.ctx, &self.ns(), &binding, &issue.pod_uid, previous).await
+            && let Err(e) = revoke_vouched(
+                self.vault,
+                self.metrics,
+                &self.ns(),
+                &binding,
+                &issue.pod_uid,
+                previous,
+            )
+            .await
         {
             return vault_failed(e);
         }
@@ -196,12 +215,12 @@ impl Executor<'_> {
             &issue.pod,
             &issue.pod_uid,
             self.settings.wrap_ttl,
-            self.ctx.config.token_grace,
+            self.token_grace,
         );
         // Vault counts the wrap's TTL from its own receipt of the request: start the clock
         // before sending, so our expiry is never later than Vault's.
-        let issued_at = Timestamp::now();
-        let wrap = match self.ctx.vault.create_wrapped_token(&request).await {
+        let issued_at = self.records.now();
+        let wrap = match self.vault.create_wrapped_token(&request).await {
             Ok(wrap) => wrap,
             Err(e) if e.may_have_been_processed() => {
                 // Nothing names what that request may have made: nobody can hold its wrap, it
@@ -224,8 +243,10 @@ impl Executor<'_> {
         );
         let changes = writes::issue_changes(&issue, ending);
         let key = self.binding.spec.secret_key.as_str();
-        let written =
-            writes::write_issue(&self.records, &issue, &changes, Some((key, &wrap.token))).await;
+        let written = self
+            .records
+            .write_issue(&issue, &changes, Some((key, &wrap.token)))
+            .await;
         if let Err(e) = written {
             // Nobody can ever read this wrap: kill it and its token at once.
             self.revoke(&wrap.accessor, TokenKind::Wrap).await.ok();
@@ -238,10 +259,10 @@ impl Executor<'_> {
                 WriteError::Kube(e) => Err(e.into()),
             };
         }
-        self.ctx.metrics.wrap_issued();
+        self.metrics.wrap_issued();
         info!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, start = issue.start,
             wrap_accessor = %wrap.accessor, accessor = %wrap.wrapped_accessor, "wrap issued");
-        if self.ctx.config.routine_events {
+        if self.routine_events {
             let note = format!(
                 "issued wrap (accessor {}) for pod {} start {}, expires {}",
                 wrap.accessor, issue.pod, issue.start, expires_at
@@ -267,16 +288,16 @@ impl Executor<'_> {
             issue,
             writes::failure_changes(
                 &e.to_string(),
-                Timestamp::now(),
+                self.records.now(),
                 writes::failures_after(issue),
             ),
         );
-        match writes::write_issue(&self.records, issue, &changes, None).await {
+        match self.records.write_issue(issue, &changes, None).await {
             Err(WriteError::Taken) => return Ok(self.name_taken(issue)),
             Err(WriteError::Kube(k)) => return Err(k.into()),
             _ => {}
         }
-        self.ctx.metrics.transition(Phase::Failed);
+        self.metrics.transition(Phase::Failed);
         self.event(
             EventType::Warning,
             "VaultError",
@@ -295,7 +316,7 @@ impl Executor<'_> {
     async fn still_taken(&self, issue: &Issue) -> Result<Option<Met>, Error> {
         let k = key(&self.ns(), &issue.secret);
         if !self
-            .ctx
+            .memory
             .names_taken
             .lock()
             .expect("taken lock")
@@ -303,15 +324,17 @@ impl Executor<'_> {
         {
             return Ok(None);
         }
-        let holder = self.records.api.get_metadata_opt(&issue.secret).await?;
-        let ours = holder.as_ref().is_some_and(|s| {
-            s.labels().get(BINDING_LABEL).map(String::as_str)
-                == Some(self.binding.name_any().as_str())
-        });
-        if holder.is_some() && !ours {
+        let binding = self.binding.name_any();
+        if let Some(label) = self.records.holder(&issue.secret).await?
+            && label.as_deref() != Some(binding.as_str())
+        {
             return Ok(Some(self.name_taken(issue)));
         }
-        self.ctx.names_taken.lock().expect("taken lock").remove(&k);
+        self.memory
+            .names_taken
+            .lock()
+            .expect("taken lock")
+            .remove(&k);
         Ok(None)
     }
 
@@ -319,11 +342,11 @@ impl Executor<'_> {
     /// not minted for again for a while, `Context::names_taken`, then only once the name reads
     /// as free) and says so.
     fn name_taken(&self, issue: &Issue) -> Met {
-        self.ctx
+        self.memory
             .names_taken
             .lock()
             .expect("taken lock")
-            .insert(key(&self.ns(), &issue.secret), Timestamp::now());
+            .insert(key(&self.ns(), &issue.secret), self.records.now());
         Met::NameTaken {
             pod: issue.pod.clone(),
             secret: issue.secret.clone(),
@@ -332,7 +355,7 @@ impl Executor<'_> {
 
     /// Remembers when the record's token was last renewed (`Timestamp::MAX`: never again).
     fn remember_renewal(&self, secret: &str, at: Timestamp) {
-        self.ctx
+        self.memory
             .last_renewal
             .lock()
             .expect("renewal lock")
@@ -348,18 +371,17 @@ impl Executor<'_> {
             self.settings.renewal_window,
             self.token_ttl(),
             wrap.issued_at,
-            Timestamp::now(),
+            self.records.now(),
         ) else {
             // At its tokenTTL: nothing more to give it (it ends by its own TTL).
             self.remember_renewal(&wrap.secret, Timestamp::MAX);
             return Ok(Met::Nothing);
         };
-        if !self.ctx.lookups.try_take(self.records.sealer.namespace) {
-            self.ctx.metrics.lookup_deferred();
+        if !self.lookups.try_take(&self.ns()) {
+            self.metrics.lookup_deferred();
             return Ok(Met::LookupDeferred);
         }
         let renewed = match self
-            .ctx
             .vault
             .renew_accessor(&accessor, increment.as_secs().max(1))
             .await
@@ -367,14 +389,14 @@ impl Executor<'_> {
             Ok(r) => r,
             Err(e) => return vault_failed(e),
         };
-        self.remember_renewal(&wrap.secret, Timestamp::now());
+        self.remember_renewal(&wrap.secret, self.records.now());
         match renewed {
             Renewed::For(ttl) => {
-                self.ctx.metrics.renewal(RenewalResult::Renewed);
+                self.metrics.renewal(RenewalResult::Renewed);
                 tracing::debug!(namespace = %self.ns(), pod = %wrap.pod, accessor = %accessor, ttl, "token renewed");
             }
             Renewed::NotFound => {
-                self.ctx.metrics.renewal(RenewalResult::Gone);
+                self.metrics.renewal(RenewalResult::Gone);
                 warn!(namespace = %self.ns(), pod = %wrap.pod, accessor = %accessor,
                     "the token the pod's agent holds no longer exists in Vault");
                 let note = format!(
@@ -403,20 +425,20 @@ impl Executor<'_> {
         else {
             return Ok(Met::Nothing);
         };
-        if !self.ctx.lookups.try_take(self.records.sealer.namespace) {
-            self.ctx.metrics.lookup_deferred();
+        if !self.lookups.try_take(&self.ns()) {
+            self.metrics.lookup_deferred();
             return Ok(Met::LookupDeferred);
         }
-        match self.ctx.vault.lookup_wrap(&token).await {
-            Ok(Some(_)) => {
-                self.ctx
+        match self.vault.wrap_is_live(&token).await {
+            Ok(true) => {
+                self.memory
                     .last_lookup
                     .lock()
                     .expect("lookup lock")
-                    .insert(key(&self.ns(), &wrap.secret), Timestamp::now());
+                    .insert(key(&self.ns(), &wrap.secret), self.records.now());
                 Ok(Met::Nothing)
             }
-            Ok(None) => {
+            Ok(false) => {
                 let revoke = if_consumed.revoke(wrap.phase);
                 self.settle(&wrap, if_consumed, revoke, wrap.start).await
             }
@@ -430,7 +452,7 @@ impl Executor<'_> {
         };
         match self.revoke(&wrap_accessor, TokenKind::Wrap).await {
             Ok(revoked) => {
-                let outcome = expiry_outcome(revoked, wrap.expires_at, Timestamp::now());
+                let outcome = expiry_outcome(revoked, wrap.expires_at, self.records.now());
                 // The probe itself revoked the wrap.
                 let revoke = outcome.revoke(wrap.phase);
                 self.settle(&wrap, outcome, revoke, wrap.start).await
@@ -452,12 +474,16 @@ impl Executor<'_> {
         let phase = outcome.phase();
         let message = outcome.message();
         let verified = outcome.verified();
-        match writes::settle(&self.records, wrap, phase, verified, message, start).await {
-            Ok(_) => {}
+        match self
+            .records
+            .settle(wrap, phase, verified, message, start)
+            .await
+        {
+            Ok(()) => {}
             Err(WriteError::Kube(e)) => return Err(e.into()),
             Err(_) => return Ok(Met::Nothing),
         }
-        self.ctx.metrics.transition(phase);
+        self.metrics.transition(phase);
         let accessor = wrap.accessor.as_deref().unwrap_or("-");
         info!(namespace = %self.ns(), binding = %self.binding.name_any(), pod = %wrap.pod,
             phase = phase.as_str(), verified = outcome.verified(), accessor, "wrap settled");
@@ -474,7 +500,7 @@ impl Executor<'_> {
         if kind == EventType::Warning {
             self.event(kind, reason, "Track", &note).await;
         }
-        if kind == EventType::Warning || self.ctx.config.routine_events {
+        if kind == EventType::Warning || self.routine_events {
             self.event_on_pod(&wrap.pod, &wrap.pod_uid, kind, reason, "Track", &note)
                 .await;
         }
@@ -488,19 +514,14 @@ impl Executor<'_> {
         if let Err(e) = self.release_kept_token(&wrap, revoke).await {
             return vault_failed(e);
         }
-        if !writes::remove(self.records.api, &wrap).await? {
+        if !self.records.remove(&wrap).await? {
             // Changed since it was read (e.g. a new start took it over): the next round decides.
             return Ok(Met::Nothing);
         }
         let k = key(&self.ns(), &wrap.secret);
-        self.ctx.last_lookup.lock().expect("lookup lock").remove(&k);
-        self.ctx
-            .last_renewal
-            .lock()
-            .expect("renewal lock")
-            .remove(&k);
+        self.memory.forget(&k);
         if revoke != Revoke::Nothing {
-            self.ctx.metrics.transition(Phase::Revoked);
+            self.metrics.transition(Phase::Revoked);
         }
         info!(namespace = %self.ns(), binding = %self.binding.name_any(), pod = %wrap.pod,
             revoke_wrap = revoke.wrap(), revoke_token = revoke.token(), "pod gone: record removed");
@@ -513,7 +534,7 @@ impl Executor<'_> {
                 ""
             }
         );
-        if self.ctx.config.routine_events {
+        if self.routine_events {
             self.event(EventType::Normal, "WrapRevoked", "Cleanup", &note)
                 .await;
         }
@@ -522,7 +543,15 @@ impl Executor<'_> {
 
     /// Revokes what `revoke` asks of the accessors the record names.
     async fn revoke_record(&self, wrap: &WrapState, revoke: Revoke) -> Result<(), VaultError> {
-        revoke_named(self.ctx, &self.ns(), &self.binding.name_any(), wrap, revoke).await
+        revoke_named(
+            self.vault,
+            self.metrics,
+            &self.ns(),
+            &self.binding.name_any(),
+            wrap,
+            revoke,
+        )
+        .await
     }
 
     /// A token kept past its pod (`revokeOnPodDeletion: false`) is renewed once to the
@@ -540,12 +569,11 @@ impl Executor<'_> {
             self.token_ttl().unwrap_or(KEPT_TOKEN_LIFE),
             self.token_ttl(),
             wrap.issued_at,
-            Timestamp::now(),
+            self.records.now(),
         ) else {
             return Ok(());
         };
-        self.ctx
-            .vault
+        self.vault
             .renew_accessor(accessor, rest.as_secs().max(1))
             .await?;
         Ok(())
@@ -558,12 +586,14 @@ impl Executor<'_> {
     }
 
     async fn revoke(&self, accessor: &str, kind: TokenKind) -> Result<Revoked, VaultError> {
-        revoke_counted(self.ctx, accessor, kind).await
+        revoke_counted(self.vault, self.metrics, accessor, kind).await
     }
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: &str) {
         let reference = self.binding.object_ref(&());
-        publish(&self.ctx.recorder, &reference, type_, reason, action, note).await;
+        self.records
+            .publish(reference, event(type_, reason, action, note), true)
+            .await;
     }
 
     async fn event_on_pod(
@@ -583,12 +613,11 @@ impl Executor<'_> {
             uid: Some(uid.into()),
             ..Default::default()
         };
-        if type_ == EventType::Normal {
-            let once = Recorder::new(self.ctx.client.clone(), self.ctx.reporter.clone());
-            publish(&once, &reference, type_, reason, action, note).await;
-        } else {
-            publish(&self.ctx.recorder, &reference, type_, reason, action, note).await;
-        }
+        // Routine Events never repeat: sent once, not kept.
+        let repeats = type_ == EventType::Warning;
+        self.records
+            .publish(reference, event(type_, reason, action, note), repeats)
+            .await;
     }
 }
 
@@ -609,7 +638,8 @@ const KEPT_TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(32 *
 /// names; a missing accessor is skipped. The inner token is revoked only when Vault vouches
 /// that it was minted for this record ([`revoke_vouched`]).
 pub async fn revoke_named(
-    ctx: &Context,
+    vault: &impl VaultOps,
+    metrics: &Metrics,
     namespace: &str,
     binding: &str,
     wrap: &WrapState,
@@ -618,12 +648,12 @@ pub async fn revoke_named(
     if revoke.wrap()
         && let Some(a) = &wrap.wrap_accessor
     {
-        revoke_counted(ctx, a, TokenKind::Wrap).await?;
+        revoke_counted(vault, metrics, a, TokenKind::Wrap).await?;
     }
     if revoke.token()
         && let Some(a) = &wrap.accessor
     {
-        revoke_vouched(ctx, namespace, binding, &wrap.pod_uid, a).await?;
+        revoke_vouched(vault, metrics, namespace, binding, &wrap.pod_uid, a).await?;
     }
     Ok(())
 }
@@ -633,17 +663,18 @@ pub async fn revoke_named(
 /// (a record naming someone else's token) is refused with a warning and a metric, and counts
 /// as nothing to revoke.
 pub async fn revoke_vouched(
-    ctx: &Context,
+    vault: &impl VaultOps,
+    metrics: &Metrics,
     namespace: &str,
     binding: &str,
     pod_uid: &str,
     accessor: &str,
 ) -> Result<Revoked, VaultError> {
-    let Some(facts) = ctx.vault.lookup_accessor::<TokenFacts>(accessor).await? else {
+    let Some(facts) = vault.token_facts(accessor).await? else {
         return Ok(Revoked::NotFound);
     };
     if !facts.minted_for(namespace, pod_uid, binding) {
-        ctx.metrics.revocation_refused(namespace);
+        metrics.revocation_refused(namespace);
         warn!(
             namespace,
             binding,
@@ -653,19 +684,20 @@ pub async fn revoke_vouched(
         );
         return Ok(Revoked::NotFound);
     }
-    revoke_counted(ctx, accessor, TokenKind::Token).await
+    revoke_counted(vault, metrics, accessor, TokenKind::Token).await
 }
 
 /// Revokes one accessor (no vouching: for what this process just minted, or a wrap accessor of
 /// a signed record); a token that was still alive is counted in the metrics.
 pub async fn revoke_counted(
-    ctx: &Context,
+    vault: &impl VaultOps,
+    metrics: &Metrics,
     accessor: &str,
     kind: TokenKind,
 ) -> Result<Revoked, VaultError> {
-    let r = ctx.vault.revoke_accessor(accessor).await?;
+    let r = vault.revoke_accessor(accessor).await?;
     if r == Revoked::Existed {
-        ctx.metrics.revoked(kind);
+        metrics.revoked(kind);
     }
     Ok(r)
 }
@@ -679,14 +711,10 @@ pub async fn publish(
     action: &str,
     note: &str,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, reference).await {
+    if let Err(e) = recorder
+        .publish(&event(type_, reason, action, note), reference)
+        .await
+    {
         tracing::debug!(error = %e, "event not published");
     }
 }

@@ -1,11 +1,13 @@
 //! The controller: watches and wiring (`wiring`, initial lists by `lists`), one binding's round
-//! (`reconcile`: observe, plan, execute, status), the executor (`execute`), trust in records
+//! (`reconcile`: observe, plan, execute, status), the executor (`execute`) and what it does to
+//! Vault and the records (`effects`), trust in records
 //! (`trust`), the sweep of orphaned records, leader election. Depends on everything below it;
 //! nothing depends on it.
 
 pub mod budget;
 pub mod cache;
 pub mod context;
+pub mod effects;
 pub mod execute;
 pub mod failpoint;
 pub mod fair;

@@ -16,7 +16,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::controller::context::{Context, Error, key};
+use crate::controller::context::{Context, Error, Memory, key};
+use crate::controller::effects::LiveRecords;
 use crate::controller::execute::{self, Executor};
 use crate::controller::{sweep, trust};
 use crate::core::labels::LabelQuery;
@@ -119,7 +120,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
 
     let mut observed = observe(ctx, b, &records, &validity).await?;
     // Names a Secret not of this binding was found holding lately: not minted for again yet.
-    let (taken, retry_taken_at) = recently_taken(ctx, &ns, now);
+    let (taken, retry_taken_at) = recently_taken(&ctx.memory, &ns, now);
     observed.untrusted.extend(taken);
     // Vetting makes no Vault call: its only errors are the API server's.
     let mut first_error = observed.vet_error.take();
@@ -133,7 +134,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 &settings,
                 &observed.pods,
                 &observed.records,
-                &remembered(&ctx.last_renewal, &ns, &observed.records),
+                &remembered(&ctx.memory.last_renewal, &ns, &observed.records),
                 now,
             )
         }
@@ -143,8 +144,8 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
             conflicts: &observed.conflicts,
             wraps: &observed.records,
             untrusted: &observed.untrusted,
-            last_lookup: &remembered(&ctx.last_lookup, &ns, &observed.records),
-            last_renewal: &remembered(&ctx.last_renewal, &ns, &observed.records),
+            last_lookup: &remembered(&ctx.memory.last_lookup, &ns, &observed.records),
+            last_renewal: &remembered(&ctx.memory.last_renewal, &ns, &observed.records),
             now,
         }),
     };
@@ -155,12 +156,23 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
 
     if !plan.actions.is_empty() {
         let planned = plan.actions.len();
-        let executor = Executor {
-            ctx,
-            binding: b,
+        let live = LiveRecords {
             records,
+            recorder: &ctx.recorder,
+            client: &ctx.client,
+            reporter: &ctx.reporter,
+        };
+        let executor = Executor {
+            vault: &ctx.vault,
+            records: &live,
+            memory: &ctx.memory,
+            lookups: &ctx.lookups,
+            metrics: &ctx.metrics,
+            binding: b,
             secrets: &observed.secrets,
             settings: &settings,
+            token_grace: ctx.config.token_grace,
+            routine_events: ctx.config.routine_events,
         };
         // Records are independent: their actions run side by side, each record's in order.
         let executed = execute::run_all(&executor, plan.actions, ctx.config.step_concurrency).await;
@@ -311,8 +323,12 @@ async fn existing_pods(
 /// Secret names in `ns` found held by a Secret not of its binding less than
 /// `TAKEN_NAME_RETRY` ago (older entries are forgotten).
 /// Also says when the earliest of them is tried again.
-fn recently_taken(ctx: &Context, ns: &str, now: Timestamp) -> (Vec<String>, Option<Timestamp>) {
-    let mut taken = ctx.names_taken.lock().expect("taken lock");
+pub(crate) fn recently_taken(
+    memory: &Memory,
+    ns: &str,
+    now: Timestamp,
+) -> (Vec<String>, Option<Timestamp>) {
+    let mut taken = memory.names_taken.lock().expect("taken lock");
     // Forgotten after a while: a name never tried again (its pod went) does not stay forever.
     taken.retain(|_, at| add_duration(*at, TAKEN_NAME_FORGET) > now);
     let prefix = key(ns, "");
@@ -333,7 +349,7 @@ fn recently_taken(ctx: &Context, ns: &str, now: Timestamp) -> (Vec<String>, Opti
 
 /// When each record was last looked up or renewed, from one of the in-memory maps (a restart
 /// only makes the next lookup or renewal early).
-fn remembered(
+pub(crate) fn remembered(
     memory: &std::sync::Mutex<HashMap<String, Timestamp>>,
     ns: &str,
     records: &[WrapState],

@@ -1,6 +1,7 @@
-//! A multi-round simulation of the controller: the real planner ([`crate::core::plan::plan`]) driven
-//! against a model of the API server and of Vault, over seeded random schedules of pod events,
-//! agent behaviour, operator crashes and faults. Pure and fast (test-only).
+//! A multi-round simulation of the controller: the real planner ([`crate::core::plan::plan`]) and
+//! the real executor ([`crate::controller::execute`]) driven against a model of the API server
+//! and of Vault, over seeded random schedules of pod events, agent behaviour, operator crashes
+//! and faults. Pure and fast (test-only).
 //!
 //! **The models.** The API store holds pods (uid, labels, secret-name annotation, terminating,
 //! finished, agent restart count, receipts of the current and the previous instance) and
@@ -8,17 +9,20 @@
 //! Creates fail with AlreadyExists, patches with a stale resourceVersion with Conflict, a
 //! removed pod's Secrets are marked for deletion by the garbage collector. Vault holds wraps
 //! (accessor, inner token accessor, expiry in simulated time; unwrap consumes; revoke by
-//! accessor answers "existed" or "no token"; `sys/wrapping/lookup`; renewal) and inner tokens
-//! (expiring at wrapTTL + grace unless renewed).
+//! accessor answers "existed" or "no token"; `sys/wrapping/lookup`; renewal; `lookup-accessor`
+//! with the metadata every mint sets) and inner tokens (expiring at wrapTTL + grace unless
+//! renewed).
 //!
-//! **The model executor** ([`World::reconcile`] and the methods below it) mirrors
-//! `reconcile::apply` (list, plan, run the steps in order, stop at the first Vault outage),
-//! `sweep::retire_records` (a binding's finalizer) and `execute::Executor::{issue, lookup,
-//! probe_expiry, settle, renew, cleanup, revoke_record, vault_failed}` with the writes of
-//! `writes::{write_issue, settle, remove}`: which
-//! annotations each write sets or removes, which resourceVersion guards it, what each error
-//! leads to. `model_writes_match_the_record_builders` checks the writes against the real
-//! patch builders of `record::writes`.
+//! **The round** ([`World::reconcile`]) mirrors `reconcile::apply` (list, vet, plan with the
+//! real memory helpers `recently_taken` and `remembered`) and `sweep::retire_records` (a
+//! binding's finalizer), then hands the plan to the **real executor**
+//! (`execute::run_all` over `controller::effects`, implemented by [`SimOps`]): every Vault call
+//! and record write it makes is one operation of the models, a crash may fall before any of
+//! them (the round's future is then dropped where it stands, as a killed process would leave
+//! it), and its memory (lookups, renewals, names found taken) is the replica's. The record
+//! writes are modelled after `writes::{write_issue, settle, remove}`: which annotations each
+//! write sets or removes, which resourceVersion guards it, what each error leads to;
+//! `model_writes_match_the_record_builders` checks them against the real patch builders.
 //!
 //! **Schedules** (seeded xorshift, deterministic): pods created with and without the
 //! `cubbyhole.dev/secret-name` annotation (some invalid, some colliding), agents restarting,
@@ -68,8 +72,8 @@
 //!
 //! **Guards it must catch** ([`Mutant`], one test each): the store's resourceVersion guard
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
-//! 2); the planner's conflict check removed (invariant 4); the executor's revocation of a wrap
-//! whose record write failed removed (invariant 2); a record's finalizer released without the
+//! 2); the planner's conflict check removed (invariant 4); the executor's revocations of a wrap
+//! whose record write failed never reaching Vault (invariant 2); a record's finalizer released without the
 //! resourceVersion guard (a round reading a lagging cache removes a record that a new start
 //! took over, its token never revoked: invariant 2).
 //!
@@ -94,20 +98,33 @@
 #![allow(clippy::too_many_lines)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::Event;
 
 use crate::agent::receipt::{Receipt, result};
-use crate::core::plan::{self, Action, Input, Issue, Outcome, Revoke, Settings, expiry_outcome};
+use crate::controller::budget::LookupBudget;
+use crate::controller::context::Memory;
+use crate::controller::effects::{Holder, RecordOps, VaultOps};
+use crate::controller::execute::{self, Executor};
+use crate::controller::reconcile::{recently_taken, remembered};
+use crate::controller::trust::TokenFacts;
+use crate::core::plan::{self, Action, Input, Issue, Revoke, Settings};
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
+use crate::crd::AgentSecretBinding;
+use crate::metrics::Metrics;
 use crate::record::seal::Authenticity;
 use crate::record::writes::{
-    Change, deliver_changes, failure_changes, failures_after, issue_changes, settle_changes,
+    self, Change, WrapData, deliver_changes, issue_changes, settle_changes,
 };
-use crate::record::{Phase, WrapState, ann};
+use crate::record::{Phase, SecretsByName, WrapState, ann};
 use crate::rng::Rng;
-use crate::vault::Revoked;
+use crate::vault::{Renewed, Revoked, SecretString, TokenRequest, VaultError, WrapInfo};
 
 /// The agent container named in `Settings::agent_container`.
 const AGENT: &str = crate::core::pod::UNWRAP_CONTAINER;
@@ -202,6 +219,7 @@ enum Op {
     DeleteSecret,
     Mint,
     Lookup,
+    LookupAccessor,
     Revoke,
     Renew,
 }
@@ -220,15 +238,6 @@ enum VErr {
     Unreachable,
     NoAnswer,
     Refused,
-}
-
-impl VErr {
-    fn may_have_been_processed(self) -> bool {
-        self == VErr::NoAnswer
-    }
-    fn is_unavailable(self) -> bool {
-        matches!(self, VErr::Unreachable | VErr::NoAnswer)
-    }
 }
 
 /// Mirrors `writes::WriteError`.
@@ -271,19 +280,16 @@ struct VToken {
     consumed: bool,
     /// When Vault ends it by its TTL (minted for wrap TTL + grace; each renewal extends it).
     expires: i64,
-    /// The operator asked Vault to revoke it (perhaps after Vault had already ended it).
+    /// The operator asked Vault to revoke it (perhaps after Vault had already ended it), or
+    /// looked it up to revoke it and Vault knew it no more.
     revoke_asked: bool,
     /// A record named it when the record key was lost: the operator can no longer act on it,
     /// and only Vault ends it (within the renewal window).
     unvouched: bool,
 }
 
-/// Prefix of the operator memory's renewal entries (beside its lookup times).
-const RENEWED: &str = "renewed:";
-/// Prefix of the operator memory's names found taken (`Context::names_taken`).
-const TAKEN: &str = "taken:";
-/// How long a taken name is left alone, in model seconds.
-const TAKEN_RETRY: i64 = crate::controller::reconcile::TAKEN_NAME_RETRY.as_secs() as i64;
+/// The namespace of every binding, pod and Secret.
+const NS: &str = "ns";
 
 /// The longest renewal window a schedule draws.
 const MAX_RENEWAL_WINDOW: i64 = 600;
@@ -460,25 +466,41 @@ impl Binding {
     fn selects(&self, pod: &Pod) -> bool {
         pod.labels.get(self.selector.0).map(String::as_str) == Some(self.selector.1)
     }
+
+    /// The binding as the executor reads it (name, namespace, secret key; no tokenTTL).
+    fn resource(&self, name: &str) -> AgentSecretBinding {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cubbyhole.dev/v1alpha1",
+            "kind": "AgentSecretBinding",
+            "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}")},
+            "spec": {
+                "podSelector": {"matchLabels": {self.selector.0: self.selector.1}},
+                "vault": {"tokenRole": "agent", "wrapTTL": format!("{}s", self.settings.wrap_ttl.as_secs())},
+                "secretKey": SECRET_KEY,
+            },
+        }))
+        .expect("a valid binding")
+    }
+}
+
+/// The data key of the wrapping token in every record.
+const SECRET_KEY: &str = "token";
+
+/// A record's Secret as the executor reads a wrapping token from it.
+fn wrap_secret(token: &str) -> Secret {
+    Secret {
+        data: Some(BTreeMap::from([(
+            SECRET_KEY.to_string(),
+            k8s_openapi::ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Replica {
     Main,
     Rival,
-}
-
-/// Round-local state of the executor (what `reconcile::apply` and `execute::Executor` hold).
-struct Round {
-    binding: String,
-    settings: Settings,
-    /// Secret name -> wrapping token, as listed at the start of the round (`Executor::raw`).
-    raw: BTreeMap<String, Option<String>>,
-    /// `Problems::vault_unavailable`.
-    vault_unavailable: bool,
-    /// The conflicts the planner was given.
-    conflicts: BTreeMap<String, Vec<String>>,
-    replica: Replica,
 }
 
 /// Calls to Vault for one pod start.
@@ -611,8 +633,10 @@ struct World {
     next_rv: u64,
     bindings: BTreeMap<String, Binding>,
     vault: Vault,
-    /// Last-lookup times per replica (binding/secret -> time); lost on a crash.
-    memory: [HashMap<String, Timestamp>; 2],
+    /// What each replica's executor remembers (`Context::memory`); lost on a crash.
+    memory: [Memory; 2],
+    /// The operator's metrics (the executor counts into them).
+    metrics: Metrics,
     faults: Faults,
     mutant: Mutant,
     replica: Replica,
@@ -686,7 +710,8 @@ impl World {
             next_rv: 0,
             bindings,
             vault: Vault::default(),
-            memory: [HashMap::new(), HashMap::new()],
+            memory: [Memory::default(), Memory::default()],
+            metrics: Metrics::new(),
             faults,
             mutant,
             replica: Replica::Main,
@@ -1124,6 +1149,36 @@ impl World {
         Ok(Ok(live))
     }
 
+    /// `auth/token/lookup-accessor`: the metadata of a live token (set at its mint).
+    fn v_facts(&mut self, accessor: &str) -> Step<Result<Option<TokenFacts>, VErr>> {
+        self.op(Op::LookupAccessor)?;
+        let lost = match self.vault_gate() {
+            Err(e) => return Ok(Err(e)),
+            Ok(lost) => lost,
+        };
+        if lost {
+            return Ok(Err(VErr::NoAnswer));
+        }
+        let now = self.now;
+        if let Some(t) = self.vault.tokens.get_mut(accessor)
+            && (t.revoked || now >= t.expires)
+        {
+            t.revoke_asked = true;
+        }
+        Ok(Ok(self
+            .vault
+            .tokens
+            .get(accessor)
+            .filter(|t| !t.revoked && now < t.expires)
+            .map(|t| TokenFacts {
+                meta: Some(BTreeMap::from([
+                    ("namespace".to_string(), NS.to_string()),
+                    ("pod_uid".to_string(), t.owner.uid.clone()),
+                    ("binding".to_string(), t.owner.binding.clone()),
+                ])),
+            })))
+    }
+
     // ---------------------------------------------------------------- the operator
 
     fn conflicts_of(&self, me: &str, pods: &[Pod]) -> BTreeMap<String, Vec<String>> {
@@ -1150,7 +1205,7 @@ impl World {
         let outer = self.replica;
         self.replica = replica;
         if replica == Replica::Rival {
-            self.memory[1].clear();
+            self.memory[1] = Memory::default();
         }
         self.stats.rounds += 1;
         self.note(format!("round of {name} ({replica:?})"));
@@ -1199,18 +1254,9 @@ impl World {
             return Ok(RoundOutcome::default());
         };
         self.release_unverified(&untrusted)?;
-        // `reconcile::recently_taken`: names found held by a foreign Secret lately.
         let m = usize::from(self.replica == Replica::Rival);
-        let now = self.now;
-        let mut retry_taken_at: Option<i64> = None;
-        untrusted.extend(self.memory[m].iter().filter_map(|(k, at)| {
-            let name = k.strip_prefix(TAKEN)?;
-            let retry = secs(*at) + TAKEN_RETRY;
-            (retry > now).then(|| {
-                retry_taken_at = Some(retry_taken_at.map_or(retry, |r: i64| r.min(retry)));
-                name.to_string()
-            })
-        }));
+        let (taken, retry_taken_at) = recently_taken(&self.memory[m], NS, ts(self.now));
+        untrusted.extend(taken);
         self.op(Op::ListPods)?;
         if self.api_fails() {
             return Ok(RoundOutcome::default());
@@ -1229,17 +1275,6 @@ impl World {
         {
             self.stats.conflicts_with_record += 1;
         }
-        let m = usize::from(self.replica == Replica::Rival);
-        let prefix = format!("{name}/");
-        let last_lookup: HashMap<String, Timestamp> = self.memory[m]
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|s| (s.to_string(), *t)))
-            .collect();
-        let renew_prefix = format!("{RENEWED}{name}/");
-        let last_renewal: HashMap<String, Timestamp> = self.memory[m]
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(&renew_prefix).map(|s| (s.to_string(), *t)))
-            .collect();
         let no_conflicts = BTreeMap::new();
         let input = Input {
             settings: &binding.settings,
@@ -1251,55 +1286,91 @@ impl World {
             },
             wraps: &wraps,
             untrusted: &untrusted,
-            last_lookup: &last_lookup,
-            last_renewal: &last_renewal,
+            last_lookup: &remembered(&self.memory[m].last_lookup, NS, &wraps),
+            last_renewal: &remembered(&self.memory[m].last_renewal, NS, &wraps),
             now: ts(self.now),
         };
         let planned = plan::plan(&input);
-        let mut round = Round {
-            binding: name.to_string(),
-            settings: binding.settings.clone(),
-            raw,
-            vault_unavailable: false,
-            conflicts,
-            replica: self.replica,
-        };
-        for action in planned.actions {
-            self.note(format!("step: {}", describe(&action)));
-            self.run(&mut round, action)?;
-            if round.vault_unavailable {
-                break;
+        for action in &planned.actions {
+            self.note(format!("step: {}", describe(action)));
+            if let Action::Issue(issue) = action
+                && let Some(others) = conflicts.get(&issue.pod)
+            {
+                let msg = format!(
+                    "planned a mint for pod {} ({}) although {others:?} select it too",
+                    issue.pod, issue.pod_uid
+                );
+                return Err(self.violation(4, msg).into());
             }
         }
+        self.execute(name, binding, raw, planned.actions)?;
         Ok(RoundOutcome {
             wake_at: planned.wake_at.map(secs),
-            retry_taken_at,
+            retry_taken_at: retry_taken_at.map(secs),
         })
     }
 
-    /// `Executor::run`.
-    fn run(&mut self, r: &mut Round, action: Action) -> Step<()> {
-        match action {
-            Action::Issue(issue) => self.issue(r, issue),
-            Action::Lookup { wrap, if_consumed } => self.lookup(r, wrap, if_consumed),
-            Action::ProbeExpiry { wrap } => self.probe_expiry(r, wrap),
-            Action::Settle {
-                wrap,
-                outcome,
-                start,
-            } => {
-                let revoke = outcome.revoke(wrap.phase);
-                self.settle(r, &wrap, outcome, revoke, start)
-            }
-            Action::Renew { wrap } => self.renew(r, wrap),
-            Action::Cleanup { wrap, revoke } => self.cleanup(r, wrap, revoke),
+    /// Runs a round's actions with the real executor (`execute::run_all`, one record at a
+    /// time) over the models: every Vault call and record write is an operation a crash can
+    /// fall before. The replica's memory is the executor's for the round.
+    fn execute(
+        &mut self,
+        name: &str,
+        binding: &Binding,
+        raw: BTreeMap<String, Option<String>>,
+        actions: Vec<Action>,
+    ) -> Step<()> {
+        if actions.is_empty() {
+            return Ok(());
         }
+        let resource = binding.resource(name);
+        let secrets: SecretsByName = raw
+            .into_iter()
+            .filter_map(|(n, token)| Some((n, Arc::new(wrap_secret(&token?)))))
+            .collect();
+        let starts = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Issue(i) => Some((i.pod_uid.clone(), (i.start, i.replaced))),
+                _ => None,
+            })
+            .collect();
+        let m = usize::from(self.replica == Replica::Rival);
+        let memory = std::mem::take(&mut self.memory[m]);
+        let metrics = std::mem::take(&mut self.metrics);
+        let budget = LookupBudget::new(0);
+        let result = {
+            let ops = SimOps {
+                world: Mutex::new(self),
+                binding: name.to_string(),
+                starts,
+                discarding: Mutex::new(None),
+                stop: Mutex::new(None),
+            };
+            let executor = Executor {
+                vault: &ops,
+                records: &ops,
+                memory: &memory,
+                lookups: &budget,
+                metrics: &metrics,
+                binding: &resource,
+                secrets: &secrets,
+                settings: &binding.settings,
+                token_grace: Duration::from_secs(GRACE as u64),
+                routine_events: true,
+            };
+            let done = drive(execute::run_all(&executor, actions, 1), &ops.stop);
+            done.map(drop)
+        };
+        self.memory[m] = memory;
+        self.metrics = metrics;
+        result
     }
 
     /// `writes::write_issue`: create the record, or take `issue.replaces` over (guarded).
     fn write_issue(
         &mut self,
-        r: &Round,
+        binding: &str,
         issue: &Issue,
         changes: &[Change],
         data: Data,
@@ -1308,7 +1379,7 @@ impl World {
             let sec = Sec {
                 uid: 0,
                 rv: 0,
-                binding: Some(r.binding.clone()),
+                binding: Some(binding.to_string()),
                 forged: false,
                 owner_uid: Some(issue.pod_uid.clone()),
                 ann: changes
@@ -1328,18 +1399,16 @@ impl World {
                 Err(KubeErr::AlreadyExists) => match self.api_get(&issue.secret)? {
                     // `writes::is_own_record`: a record of this binding that verifies.
                     Ok(Some(label))
-                        if label.as_deref() == Some(r.binding.as_str())
+                        if label.as_deref() == Some(binding)
                             && !self.secrets.get(&issue.secret).is_some_and(|s| s.forged) =>
                     {
                         self.stats.lost_races += 1;
                         Err(WriteError::Lost)
                     }
                     Ok(Some(_)) => {
-                        // `Executor::remember_taken`; the bound on Vault calls is per stay of a
-                        // pod whose name is its own (a squatted name costs a mint and its
-                        // revocations, once per operator memory).
-                        let m = usize::from(r.replica == Replica::Rival);
-                        self.memory[m].insert(format!("{TAKEN}{}", issue.secret), ts(self.now));
+                        // The bound on Vault calls is per stay of a pod whose name is its own
+                        // (a squatted name costs a mint and its revocations, once per operator
+                        // memory).
                         self.squatted.insert(issue.pod_uid.clone());
                         Err(WriteError::Taken)
                     }
@@ -1371,210 +1440,22 @@ impl World {
         })
     }
 
-    /// `Executor::issue`.
-    fn issue(&mut self, r: &mut Round, issue: Issue) -> Step<()> {
-        if let Some(others) = r.conflicts.get(&issue.pod) {
-            let msg = format!(
-                "planned a mint for pod {} ({}) although {others:?} select it too",
-                issue.pod, issue.pod_uid
-            );
-            return Err(self.violation(4, msg).into());
-        }
-        // `Executor::issue` revokes a new start's previous token before claiming; if that fails
-        // nothing is claimed (the record still names the token).
-        if let Some(previous) = &issue.revoke_previous
-            && r.settings.revoke_on_pod_deletion
-            && self.v_revoke(previous)?.is_err()
-        {
-            r.vault_unavailable = true;
-            return Ok(());
-        }
-        let owner = Owner {
-            binding: r.binding.clone(),
-            uid: issue.pod_uid.clone(),
-            start: issue.start,
-        };
-        // `Executor::still_taken`: a name found taken before is read before minting again.
-        let m = usize::from(r.replica == Replica::Rival);
-        let taken_key = format!("{TAKEN}{}", issue.secret);
-        if issue.replaces.is_none() && self.memory[m].contains_key(&taken_key) {
-            match self.api_get(&issue.secret)? {
-                Ok(Some(label)) if label.as_deref() != Some(r.binding.as_str()) => {
-                    self.memory[m].insert(taken_key, ts(self.now));
-                    return Ok(());
-                }
-                Ok(_) => {
-                    self.memory[m].remove(&taken_key);
-                }
-                Err(_) => return Ok(()),
-            }
-        }
-        if issue.replaced > 0 {
-            self.calls(&owner).replacements += 1;
-            self.stats.replacements += 1;
-        }
-        let issued_at = self.now;
-        let ttl = r.settings.wrap_ttl.as_secs() as i64;
-        match self.v_create(owner.clone(), ttl)? {
-            Ok((token, wacc, tacc)) => {
-                let expires_at = issued_at + ttl;
-                let ending = deliver_changes(&wacc, &tacc, ts(issued_at), ts(expires_at));
-                let changes = issue_changes(&issue, ending);
-                let m = usize::from(r.replica == Replica::Rival);
-                match self.write_issue(r, &issue, &changes, Data::Set(token))? {
-                    Ok(_) => {
-                        self.vault.wraps.get_mut(&wacc).expect("minted").delivered = true;
-                        self.in_hand[m].clear();
-                        Ok(())
-                    }
-                    Err(_) => {
-                        if self.mutant != Mutant::NoRevokeOnDeliveryFailure {
-                            self.discard(&wacc, &tacc)?;
-                        } else {
-                            self.stats.delivery_failures += 1;
-                        }
-                        self.in_hand[m].clear();
-                        Ok(())
-                    }
-                }
-            }
-            Err(e) if e.may_have_been_processed() => {
-                r.vault_unavailable = true;
-                Ok(())
-            }
-            Err(e) => {
-                let failures = failures_after(&issue);
-                let changes =
-                    issue_changes(&issue, failure_changes("refused", ts(self.now), failures));
-                let _ = self.write_issue(r, &issue, &changes, Data::Clear)?;
-                if e.is_unavailable() {
-                    r.vault_unavailable = true;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn remember_lookup(&mut self, r: &Round, secret: &str) {
-        let m = usize::from(r.replica == Replica::Rival);
-        self.memory[m].insert(format!("{}/{secret}", r.binding), ts(self.now));
-    }
-
-    fn forget_lookup(&mut self, r: &Round, secret: &str) {
-        let m = usize::from(r.replica == Replica::Rival);
-        self.memory[m].remove(&format!("{}/{secret}", r.binding));
-    }
-
-    /// `Executor::lookup`.
-    fn lookup(&mut self, r: &mut Round, wrap: WrapState, if_consumed: Outcome) -> Step<()> {
-        let Some(token) = r.raw.get(&wrap.secret).cloned().flatten() else {
-            return Ok(());
-        };
-        match self.v_lookup(&token)? {
-            Ok(true) => {
-                self.remember_lookup(r, &wrap.secret);
-                Ok(())
-            }
-            Ok(false) => {
-                let revoke = if_consumed.revoke(wrap.phase);
-                self.settle(r, &wrap, if_consumed, revoke, wrap.start)
-            }
-            Err(e) => {
-                self.vault_failed(r, e);
-                Ok(())
-            }
-        }
-    }
-
-    /// `Executor::probe_expiry`.
-    fn probe_expiry(&mut self, r: &mut Round, wrap: WrapState) -> Step<()> {
-        let Some(wacc) = wrap.wrap_accessor.clone() else {
-            return Ok(());
-        };
-        match self.v_revoke(&wacc)? {
-            Ok(revoked) => {
-                let outcome = expiry_outcome(revoked, wrap.expires_at, ts(self.now));
-                let revoke = outcome.revoke(wrap.phase);
-                self.settle(r, &wrap, outcome, revoke, wrap.start)
-            }
-            Err(e) => {
-                self.vault_failed(r, e);
-                Ok(())
-            }
-        }
-    }
-
-    /// `Executor::settle`.
-    fn settle(
-        &mut self,
-        r: &mut Round,
-        wrap: &WrapState,
-        outcome: Outcome,
-        revoke: Revoke,
-        start: u32,
-    ) -> Step<()> {
-        if let Err(e) = self.revoke_record(wrap, revoke)? {
-            self.vault_failed(r, e);
-            return Ok(());
-        }
-        let phase = outcome.phase();
-        let changes = settle_changes(phase, outcome.verified(), outcome.message(), start);
-        let rv = wrap.resource_version.clone();
-        if self
-            .guarded_patch(&wrap.secret, rv.as_deref(), &changes, Data::Clear)?
-            .is_ok()
-        {
-            *self.stats.settles.entry(phase.as_str()).or_default() += 1;
-        }
-        Ok(())
-    }
-
-    /// `Executor::renew`.
-    fn renew(&mut self, r: &mut Round, wrap: WrapState) -> Step<()> {
-        let Some(accessor) = wrap.accessor.clone() else {
-            return Ok(());
-        };
-        let window = r.settings.renewal_window.as_secs() as i64;
-        match self.v_renew(&accessor, window)? {
-            Ok(_) => {
-                let m = usize::from(r.replica == Replica::Rival);
-                let k = format!("{RENEWED}{}/{}", r.binding, wrap.secret);
-                self.memory[m].insert(k, ts(self.now));
-            }
-            Err(e) => self.vault_failed(r, e),
-        }
-        Ok(())
-    }
-
-    /// `Executor::cleanup` with `writes::remove`.
-    fn cleanup(&mut self, r: &mut Round, wrap: WrapState, revoke: Revoke) -> Step<()> {
-        if let Err(e) = self.revoke_record(&wrap, revoke)? {
-            self.vault_failed(r, e);
-            return Ok(());
-        }
-        if self.remove(&wrap)?.is_err() {
-            return Ok(());
-        }
-        self.forget_lookup(r, &wrap.secret);
-        let m = usize::from(r.replica == Replica::Rival);
-        self.memory[m].remove(&format!("{RENEWED}{}/{}", r.binding, wrap.secret));
-        Ok(())
-    }
-
-    /// `writes::remove`: release the finalizer, delete with the uid as precondition.
-    fn remove(&mut self, wrap: &WrapState) -> Step<Result<(), KubeErr>> {
+    /// `writes::remove`: release the finalizer (guarded), delete with the uid as precondition;
+    /// `false` when the record changed since it was read.
+    fn remove(&mut self, wrap: &WrapState) -> Step<Result<bool, KubeErr>> {
         let name = wrap.secret.as_str();
         match self.api_unfinalize(name, wrap.resource_version.as_deref())? {
             Ok(uid) => match self.api_delete(name, uid)? {
-                Ok(()) | Err(KubeErr::NotFound | KubeErr::Conflict) => Ok(Ok(())),
+                Ok(()) | Err(KubeErr::NotFound | KubeErr::Conflict) => Ok(Ok(true)),
                 Err(e) => Ok(Err(e)),
             },
-            Err(KubeErr::NotFound) => Ok(Ok(())),
+            Err(KubeErr::NotFound) => Ok(Ok(true)),
+            Err(KubeErr::Conflict) => Ok(Ok(false)),
             Err(e) => Ok(Err(e)),
         }
     }
 
-    /// `Executor::revoke_record`.
+    /// `execute::revoke_named` without the vouching (the request endpoint's model).
     fn revoke_record(&mut self, wrap: &WrapState, revoke: Revoke) -> Step<Result<(), VErr>> {
         if revoke.wrap()
             && let Some(a) = &wrap.wrap_accessor
@@ -1589,13 +1470,6 @@ impl World {
             return Ok(Err(e));
         }
         Ok(Ok(()))
-    }
-
-    /// `Executor::vault_failed`: an outage stops the round; anything else is a failed step.
-    fn vault_failed(&mut self, r: &mut Round, e: VErr) {
-        if e.is_unavailable() || e.may_have_been_processed() {
-            r.vault_unavailable = true;
-        }
     }
 
     /// `trust::vet`: a record that does not verify is never acted on in Vault, but once its
@@ -1662,7 +1536,7 @@ impl World {
                     return Ok(false);
                 }
             }
-            if self.remove(wrap)?.is_err() {
+            if !matches!(self.remove(wrap)?, Ok(true)) {
                 return Ok(false);
             }
         }
@@ -1891,16 +1765,8 @@ impl World {
         };
         let ending = deliver_changes(&wacc, &tacc, ts(issued_at), ts(issued_at + ttl));
         let changes = issue_changes(&issue, ending);
-        let round = Round {
-            binding: name.clone(),
-            settings: binding.settings.clone(),
-            raw: BTreeMap::new(),
-            vault_unavailable: false,
-            conflicts: BTreeMap::new(),
-            replica: self.replica,
-        };
         let m = usize::from(self.replica == Replica::Rival);
-        let written = self.write_issue(&round, &issue, &changes, Data::Clear)?;
+        let written = self.write_issue(name, &issue, &changes, Data::Clear)?;
         if written.is_ok() {
             self.vault.wraps.get_mut(&wacc).expect("minted").delivered = true;
             self.in_hand[m].clear();
@@ -2134,7 +2000,7 @@ impl World {
 
     /// The main replica crashed: its memory is gone, and what it held is lost.
     fn crashed(&mut self) {
-        self.memory[0].clear();
+        self.memory[0] = Memory::default();
         self.ops_left = None;
         self.asking = false;
         for a in std::mem::take(&mut self.in_hand[0]) {
@@ -2536,6 +2402,261 @@ impl World {
     }
 }
 
+/// The models as the executor meets them (`controller::effects`): each call is one operation
+/// of the world; once the world stops the round (a crash, a broken invariant) the call never
+/// answers and [`drive`] drops the round where it stands.
+struct SimOps<'w> {
+    world: Mutex<&'w mut World>,
+    /// The round's binding.
+    binding: String,
+    /// Pod uid -> (start, replacements) of the round's planned mints (Vault's model counts
+    /// calls per pod start).
+    starts: HashMap<String, (u32, u32)>,
+    /// (wrap, token) accessors of a mint whose record write failed, until both revocations
+    /// were tried.
+    discarding: Mutex<Option<(String, String)>>,
+    /// Why the round stopped.
+    stop: Mutex<Option<Stop>>,
+}
+
+impl SimOps<'_> {
+    /// Runs one operation on the world; `None` once the round stopped.
+    fn with<T>(&self, f: impl FnOnce(&mut World) -> Step<T>) -> Option<T> {
+        if self.stop.lock().expect("stop lock").is_some() {
+            return None;
+        }
+        let mut world = self.world.lock().expect("world lock");
+        match f(&mut world) {
+            Ok(t) => Some(t),
+            Err(stop) => {
+                *self.stop.lock().expect("stop lock") = Some(stop);
+                None
+            }
+        }
+    }
+
+    /// The answer to a call, or a call that never answers once the round stopped.
+    async fn answer<T>(answer: Option<T>) -> T {
+        match answer {
+            Some(t) => t,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn replica(&self) -> usize {
+        let world = self.world.lock().expect("world lock");
+        usize::from(world.replica == Replica::Rival)
+    }
+}
+
+/// `VaultError` for a model error.
+fn vault_error(e: VErr) -> VaultError {
+    let op = "simulated";
+    match e {
+        VErr::Unreachable => VaultError::Unreachable {
+            op,
+            detail: "down".into(),
+        },
+        VErr::NoAnswer => VaultError::NoAnswer {
+            op,
+            detail: "answer lost".into(),
+        },
+        VErr::Refused => VaultError::Refused {
+            op,
+            status: 400,
+            message: "refused".into(),
+        },
+    }
+}
+
+/// `kube::Error` for a model API error.
+fn kube_error(e: KubeErr) -> kube::Error {
+    let code = match e {
+        KubeErr::Conflict | KubeErr::AlreadyExists => 409,
+        KubeErr::NotFound => 404,
+        KubeErr::Failed => 500,
+    };
+    kube::Error::Api(
+        serde_json::from_value(serde_json::json!({
+            "status": "Failure", "message": format!("{e:?}"), "reason": format!("{e:?}"), "code": code,
+        }))
+        .expect("a status"),
+    )
+}
+
+fn write_error(e: WriteError) -> writes::WriteError {
+    match e {
+        WriteError::Taken => writes::WriteError::Taken,
+        WriteError::Lost => writes::WriteError::Lost,
+        WriteError::Kube => writes::WriteError::Kube(kube_error(KubeErr::Failed)),
+    }
+}
+
+impl VaultOps for SimOps<'_> {
+    async fn create_wrapped_token(&self, request: &TokenRequest) -> Result<WrapInfo, VaultError> {
+        let uid = request.meta.get("pod_uid").cloned().unwrap_or_default();
+        let (start, replaced) = *self.starts.get(&uid).expect("a mint the round planned");
+        let owner = Owner {
+            binding: self.binding.clone(),
+            uid,
+            start,
+        };
+        let ttl = request.wrap_ttl_secs as i64;
+        let minted = self.with(|w| {
+            if replaced > 0 {
+                w.calls(&owner).replacements += 1;
+                w.stats.replacements += 1;
+            }
+            w.v_create(owner, ttl)
+        });
+        let (token, accessor, wrapped_accessor) =
+            Self::answer(minted).await.map_err(vault_error)?;
+        Ok(WrapInfo {
+            token: SecretString::new(token),
+            accessor,
+            wrapped_accessor,
+            ttl: ttl as u64,
+            creation_path: "auth/token/create/agent".into(),
+        })
+    }
+
+    async fn wrap_is_live(&self, token: &SecretString) -> Result<bool, VaultError> {
+        let live = self.with(|w| w.v_lookup(token.expose()));
+        Self::answer(live).await.map_err(vault_error)
+    }
+
+    async fn revoke_accessor(&self, accessor: &str) -> Result<Revoked, VaultError> {
+        let discarding = self.discarding.lock().expect("discard lock").clone();
+        let Some((_, tacc)) = discarding.filter(|(w, t)| w == accessor || t == accessor) else {
+            let revoked = self.with(|w| w.v_revoke(accessor));
+            return Self::answer(revoked).await.map_err(vault_error);
+        };
+        // The revocations of a mint whose record write failed.
+        let m = self.replica();
+        let revoked = self.with(|w| {
+            let revoked = if w.mutant == Mutant::NoRevokeOnDeliveryFailure {
+                Ok(Revoked::NotFound)
+            } else {
+                w.v_revoke(accessor)?
+            };
+            if revoked.is_err()
+                && let Some(t) = w.vault.tokens.get_mut(&tacc)
+            {
+                t.lost = Some("revocation after a failed delivery failed");
+            }
+            if accessor == tacc {
+                w.in_hand[m].clear();
+            }
+            Ok(revoked)
+        });
+        if accessor == tacc {
+            *self.discarding.lock().expect("discard lock") = None;
+        }
+        Self::answer(revoked).await.map_err(vault_error)
+    }
+
+    async fn renew_accessor(
+        &self,
+        accessor: &str,
+        increment_secs: u64,
+    ) -> Result<Renewed, VaultError> {
+        let renewed = self.with(|w| w.v_renew(accessor, increment_secs as i64));
+        match Self::answer(renewed).await.map_err(vault_error)? {
+            true => Ok(Renewed::For(increment_secs)),
+            false => Ok(Renewed::NotFound),
+        }
+    }
+
+    async fn token_facts(&self, accessor: &str) -> Result<Option<TokenFacts>, VaultError> {
+        let facts = self.with(|w| w.v_facts(accessor));
+        Self::answer(facts).await.map_err(vault_error)
+    }
+}
+
+impl RecordOps for SimOps<'_> {
+    fn now(&self) -> Timestamp {
+        ts(self.world.lock().expect("world lock").now)
+    }
+
+    async fn write_issue(
+        &self,
+        issue: &Issue,
+        changes: &[Change],
+        data: WrapData<'_>,
+    ) -> Result<(), writes::WriteError> {
+        let token = data.map(|(_, t)| t.expose().to_string());
+        let m = self.replica();
+        let written = self.with(|w| {
+            let sent = match &token {
+                Some(t) => Data::Set(t.clone()),
+                None => Data::Clear,
+            };
+            let written = w.write_issue(&self.binding, issue, changes, sent)?;
+            if let Some(t) = &token {
+                let wacc = w.vault.by_token[t].clone();
+                if written.is_ok() {
+                    w.vault.wraps.get_mut(&wacc).expect("minted").delivered = true;
+                    w.in_hand[m].clear();
+                } else {
+                    w.stats.delivery_failures += 1;
+                    let tacc = w.vault.wraps[&wacc].inner.clone();
+                    *self.discarding.lock().expect("discard lock") = Some((wacc, tacc));
+                }
+            }
+            Ok(written)
+        });
+        Self::answer(written).await.map(drop).map_err(write_error)
+    }
+
+    async fn settle(
+        &self,
+        wrap: &WrapState,
+        phase: Phase,
+        verified: bool,
+        message: &str,
+        start: u32,
+    ) -> Result<(), writes::WriteError> {
+        let changes = settle_changes(phase, verified, message, start);
+        let rv = wrap.resource_version.clone();
+        let settled = self.with(|w| {
+            let done = w.guarded_patch(&wrap.secret, rv.as_deref(), &changes, Data::Clear)?;
+            if done.is_ok() {
+                *w.stats.settles.entry(phase.as_str()).or_default() += 1;
+            }
+            Ok(done)
+        });
+        Self::answer(settled).await.map(drop).map_err(write_error)
+    }
+
+    async fn remove(&self, wrap: &WrapState) -> Result<bool, kube::Error> {
+        let removed = self.with(|w| w.remove(wrap));
+        Self::answer(removed).await.map_err(kube_error)
+    }
+
+    async fn holder(&self, secret: &str) -> Result<Holder, kube::Error> {
+        let holder = self.with(|w| w.api_get(secret));
+        Self::answer(holder).await.map_err(kube_error)
+    }
+
+    async fn publish(&self, _reference: ObjectReference, _event: Event, _repeats: bool) {}
+}
+
+/// Runs a round's future to its end: every model call answers at once, so it finishes unless
+/// the world stopped it (a crash, a broken invariant), in which case it is dropped mid-way.
+fn drive<F: Future>(round: F, stop: &Mutex<Option<Stop>>) -> Step<F::Output> {
+    let mut round = std::pin::pin!(round);
+    let mut cx = std::task::Context::from_waker(Waker::noop());
+    for _ in 0..100_000 {
+        if let Poll::Ready(out) = round.as_mut().poll(&mut cx) {
+            return Ok(out);
+        }
+        if let Some(stop) = stop.lock().expect("stop lock").take() {
+            return Err(stop);
+        }
+    }
+    panic!("the executor waits for something no model answers");
+}
+
 /// The binding a pod's spec was written for (the one whose Secret it mounts, or whose
 /// endpoint its agent asks).
 fn spec_binding(pod: &Pod) -> &'static str {
@@ -2717,6 +2838,7 @@ mod tests {
             "DeleteSecret",
             "Mint",
             "Lookup",
+            "LookupAccessor",
             "Revoke",
             "Renew",
         ] {
@@ -2874,7 +2996,7 @@ mod tests {
                     deliver_changes("wa2", "ta2", ts(10), ts(70)),
                     Some(("token", &token)),
                 ),
-                (failure_changes("refused", ts(10), 2), None),
+                (writes::failure_changes("refused", ts(10), 2), None),
             ] {
                 let changes = issue_changes(&i, ending);
                 let patch = writes::issue_patch(&sealer, &settled, &changes, data);

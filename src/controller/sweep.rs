@@ -95,7 +95,15 @@ pub async fn retire_records(
     let mut changed = None;
     for wrap in &vetted.trusted {
         // The binding is going: every token it minted goes with it.
-        revoke_named(ctx, namespace, binding, wrap, plan::revocations(wrap, true)).await?;
+        revoke_named(
+            &ctx.vault,
+            &ctx.metrics,
+            namespace,
+            binding,
+            wrap,
+            plan::revocations(wrap, true),
+        )
+        .await?;
         if writes::remove(&secrets, wrap).await? {
             removed += 1;
         } else {

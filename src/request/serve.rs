@@ -414,9 +414,16 @@ impl Endpoint {
         // new one is asking afresh.
         if let Some(old) = &old {
             let revoke = revocations(old, s.chosen.binding.spec.revoke_on_pod_deletion);
-            revoke_named(&self.ctx, namespace, &binding, old, revoke)
-                .await
-                .map_err(|e| vault_refusal(&e))?;
+            revoke_named(
+                &self.ctx.vault,
+                &self.ctx.metrics,
+                namespace,
+                &binding,
+                old,
+                revoke,
+            )
+            .await
+            .map_err(|e| vault_refusal(&e))?;
         }
         let issue = asked(&s.pod, s.secret.clone(), old);
         let wrap_ttl = s.chosen.valid.wrap_ttl;
@@ -494,12 +501,22 @@ impl Endpoint {
 
     /// Revokes a wrap nobody can hold, and its token.
     async fn discard(&self, wrap: &WrapInfo) {
-        revoke_counted(&self.ctx, &wrap.accessor, TokenKind::Wrap)
-            .await
-            .ok();
-        revoke_counted(&self.ctx, &wrap.wrapped_accessor, TokenKind::Token)
-            .await
-            .ok();
+        revoke_counted(
+            &self.ctx.vault,
+            &self.ctx.metrics,
+            &wrap.accessor,
+            TokenKind::Wrap,
+        )
+        .await
+        .ok();
+        revoke_counted(
+            &self.ctx.vault,
+            &self.ctx.metrics,
+            &wrap.wrapped_accessor,
+            TokenKind::Token,
+        )
+        .await
+        .ok();
     }
 
     /// One receipt: recorded in the pod's current record for the planner to settle.
