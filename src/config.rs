@@ -456,6 +456,16 @@ mod tests {
         assert_eq!(c.renewal_window, Duration::from_secs(600));
         assert!(!c.routine_events);
         assert!(c.allowed_roles.is_empty());
+        let l = &c.request_limits;
+        assert_eq!(
+            (
+                l.pod_burst,
+                l.pod_refill,
+                l.namespace_burst,
+                l.namespace_per_second
+            ),
+            (3, Duration::from_secs(10), 600, 100)
+        );
         let k8s = c.vault.auth.kubernetes.expect("kubernetes auth");
         assert_eq!(k8s.mount, "kubernetes");
         assert_eq!(
@@ -609,6 +619,25 @@ mod tests {
         );
         let c = c.unwrap();
         assert_eq!((c.step_concurrency, c.reconcile_concurrency), (1, 1));
+    }
+
+    #[test]
+    fn request_limits_of_zero_are_refused_one_at_a_time() {
+        for key in ["podBurst", "namespaceBurst", "namespacePerSecond"] {
+            let err =
+                parse_with("https://v:8200", &format!("requestLimits:\n  {key}: 0\n")).unwrap_err();
+            assert!(err.starts_with("requestLimits: "), "{key}: {err}");
+        }
+        let c = parse_with(
+            "https://v:8200",
+            "requestLimits:\n  podBurst: 1\n  namespaceBurst: 1\n  namespacePerSecond: 1\n",
+        )
+        .unwrap();
+        let l = &c.request_limits;
+        assert_eq!(
+            (l.pod_burst, l.namespace_burst, l.namespace_per_second),
+            (1, 1, 1)
+        );
     }
 
     #[test]

@@ -859,6 +859,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_expiry_probe_comes_a_sixth_of_the_ttl_early_within_1_to_5_seconds() {
+        let margin = |secs| {
+            let s = Settings {
+                wrap_ttl: Duration::from_secs(secs),
+                ..settings()
+            };
+            s.expiry_margin().as_secs()
+        };
+        assert_eq!(
+            (margin(3), margin(12), margin(24), margin(60)),
+            (1, 2, 4, 5)
+        );
+    }
+
+    #[test]
+    fn the_next_round_is_the_earlier_of_the_wake_and_the_renewal() {
+        let mut plan = Plan::default();
+        assert_eq!(plan.next_round(), None);
+        plan.wake_at = Some(t(20));
+        assert_eq!(plan.next_round(), Some(t(20)));
+        plan.renew(t(30));
+        assert_eq!(plan.next_round(), Some(t(20)));
+        plan.renew(t(5));
+        assert_eq!(plan.next_round(), Some(t(5)));
+    }
+
     fn issued(name: &str, at: i64) -> WrapState {
         WrapState {
             secret: format!("{name}-b-wrap"),

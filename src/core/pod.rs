@@ -237,6 +237,30 @@ mod tests {
     }
 
     #[test]
+    fn label_bytes_count_keys_and_values_and_the_bound_is_16_kib() {
+        let labels = BTreeMap::from([("ab".to_string(), "cde".to_string())]);
+        assert_eq!(label_bytes(&labels), 5);
+        assert_eq!(MAX_POD_LABEL_BYTES, 16_384);
+        // Exactly at the bound: still read with its labels.
+        let at_bound = BTreeMap::from([("k".to_string(), "v".repeat(MAX_POD_LABEL_BYTES - 1))]);
+        let mut pod = WatchedPod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.uid = Some("u".into());
+        pod.metadata.labels = Some(at_bound);
+        let cached = CachedPod::from_watched(pod);
+        assert!(!cached.oversized);
+        assert_eq!(cached.view.labels.len(), 1);
+        // A pod without a uid is kept by its name only (never planned for).
+        let mut no_uid = WatchedPod::default();
+        no_uid.metadata.name = Some("q".into());
+        let cached = CachedPod::from_watched(no_uid);
+        assert_eq!(
+            (cached.view.name.as_str(), cached.view.uid.as_str()),
+            ("q", "")
+        );
+    }
+
+    #[test]
     fn a_pod_with_oversized_labels_is_read_without_them() {
         let big: BTreeMap<String, String> = (0..400)
             .map(|i| (format!("key-{i:04}-{}", "k".repeat(20)), "v".repeat(63)))

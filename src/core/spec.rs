@@ -377,7 +377,9 @@ mod tests {
             assert!(e.message.contains("vault."), "{}", e.message);
         }
         let mut at_bounds = ok;
-        at_bounds.vault.policies = (0..64).map(|i| format!("{i}{}", "p".repeat(250))).collect();
+        at_bounds.vault.policies = (0..64)
+            .map(|i| format!("{i:03}{}", "p".repeat(253)))
+            .collect();
         at_bounds.vault.metadata = (0..32)
             .map(|i| (format!("{i:03}{}", "k".repeat(125)), "v".repeat(512)))
             .collect();
