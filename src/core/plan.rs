@@ -1505,6 +1505,37 @@ mod tests {
     }
 
     #[test]
+    fn a_suspect_wrap_is_looked_up_at_once_unless_it_just_was() {
+        let mut p = pod("a");
+        p.receipts
+            .push(receipt(Receipt::failed(result::INVALID_WRAPPING_TOKEN), 0));
+        let w = issued("a", 0);
+        let lookups = |last: &HashMap<String, Timestamp>| {
+            let renewed = HashMap::new();
+            let planned = plan(&Input {
+                settings: &settings(),
+                pods: std::slice::from_ref(&p),
+                conflicts: &BTreeMap::new(),
+                wraps: std::slice::from_ref(&w),
+                untrusted: &BTreeSet::new(),
+                last_lookup: last,
+                last_renewal: &renewed,
+                now: t(0),
+            });
+            planned
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Lookup { .. }))
+                .count()
+        };
+        // Never looked up: at once, before its usual period.
+        assert_eq!(lookups(&HashMap::new()), 1);
+        // Looked up this very instant: not again before the recheck.
+        let just = HashMap::from([(w.secret.clone(), t(0))]);
+        assert_eq!(lookups(&just), 0);
+    }
+
+    #[test]
     fn foreign_or_failed_receipts_are_tampering() {
         let mut p = pod("a");
         p.receipts
