@@ -339,7 +339,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
     }
 
     /// Remembers that a Secret not of this binding holds the issue's Secret name (its pod is
-    /// not minted for again for a while, `Context::names_taken`, then only once the name reads
+    /// not minted for again for a while, `Memory::names_taken`, then only once the name reads
     /// as free) and says so.
     fn name_taken(&self, issue: &Issue) -> Met {
         self.memory

@@ -1359,8 +1359,7 @@ impl World {
                 token_grace: Duration::from_secs(GRACE as u64),
                 routine_events: true,
             };
-            let done = drive(execute::run_all(&executor, actions, 1), &ops.stop);
-            done.map(drop)
+            drive(execute::run_all(&executor, actions, 1), &ops.stop).map(drop)
         };
         self.memory[m] = memory;
         self.metrics = metrics;
