@@ -55,8 +55,9 @@
 //! 2. then every pod is deleted and removed; at quiescence (time past every TTL and wait) no
 //!    record is left and no wrap and no token minted for a pod is alive, tokens counted dead
 //!    when revoked, when the operator asked Vault to revoke them (Vault may have ended them
-//!    first), or when Vault ended them by their TTL before their pod went (the model's tokens
-//!    are minted for wrapTTL + grace and renewals extend them: `Action::Renew`). Exceptions, counted
+//!    first) or looked them up to revoke them and Vault no longer knew them, or when Vault
+//!    ended them by their TTL before their pod went (the model's tokens are minted for
+//!    wrapTTL + grace and renewals extend them: `Action::Renew`). Exceptions, counted
 //!    separately (`Stats::unlearned_tokens`): an inner token the operator lost before any record
 //!    named it — a lost mint answer, a crash between Vault's answer and the delivery, a failed
 //!    revocation after a failed delivery (nobody ever held its wrap, which is asserted dead;
