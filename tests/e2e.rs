@@ -1637,6 +1637,53 @@ async fn an_agent_restarted_before_it_unwrapped_keeps_its_token() {
 }
 
 #[tokio::test]
+async fn an_agent_restarted_just_after_a_renewal_gets_its_new_token_renewed() {
+    // Grace 5 s and a 60 s window: a new start's token lives wrapTTL (5 s) + 5 s unless it is
+    // renewed, while the previous start's token was renewed seconds before and is not due
+    // again for 30 s.
+    let env = Env::start(Options {
+        token_life: Some((Duration::from_secs(5), Duration::from_secs(60))),
+        ..Options::default()
+    })
+    .await;
+    env.apply_binding("b", Env::spec("web", "5s")).await;
+    env.create_pod("web-0", "web").await;
+    let (_, wrap) = issued(&env, "b", "web-0").await;
+    let (receipt, code) = env.run_agent(&wrap, "first-run");
+    assert_eq!(code, 0, "{receipt:?}");
+    let first = receipt.unwrap();
+    env.report_receipt("web-0", Some(&first), 0).await;
+    let first_token = first.accessor.clone().unwrap();
+    eventually("the first token renewed", T, || async {
+        (ttl_of(&env, &first_token).await? > 10).then_some(())
+    })
+    .await;
+    // The agent restarts (the kubelet counts it) and takes its new start's wrap.
+    env.report_receipt("web-0", Some(&first), 1).await;
+    let (secret, wrap) = issued(&env, "b", "web-0").await;
+    assert_eq!(ann(&secret)["start"], "1");
+    let (receipt, code) = env.run_agent(&wrap, "second-run");
+    assert_eq!(code, 0, "{receipt:?}");
+    let second = receipt.unwrap();
+    let held = second.accessor.clone().unwrap();
+    env.report_receipt("web-0", Some(&second), 1).await;
+    // Renewed although its Secret's previous token was renewed moments ago, and alive past
+    // the 10 s it was minted for.
+    eventually("the new start's token renewed", T, || async {
+        (ttl_of(&env, &held).await? > 10).then_some(())
+    })
+    .await;
+    let root = env.bao.root_client();
+    cluster::holds_for(
+        "the new start's token stays live",
+        Duration::from_secs(12),
+        || async { root.accessor_is_live(&held).await.unwrap_or(false) },
+    )
+    .await;
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
 async fn a_pod_slower_than_its_wrap_ttl_gets_a_fresh_wrap() {
     let env = Env::start(Options::default()).await;
     env.apply_binding("b", Env::spec("slow", "5s")).await;

@@ -89,17 +89,27 @@ impl Readiness {
     }
 }
 
+/// When a step was last taken on a record's wrap or token, and on which one: a new start's
+/// wrap or token is another one, on which it was never taken.
+#[derive(Clone, Debug)]
+pub struct LastDone {
+    /// The accessor of the wrap or token the step was taken on.
+    pub accessor: String,
+    /// When.
+    pub at: Timestamp,
+}
+
 /// What this process remembers between rounds, by `namespace/secret` (lost on a restart: a
 /// lookup or renewal then only comes early, a taken name is found again by its write).
 #[derive(Default)]
 pub struct Memory {
     /// Last lookup of the record's wrap.
-    pub last_lookup: Mutex<HashMap<String, Timestamp>>,
+    pub last_lookup: Mutex<HashMap<String, LastDone>>,
     /// When a Secret not of its binding was found holding that name (its pod is not minted for
     /// again until `TAKEN_NAME_RETRY` later).
     pub names_taken: Mutex<HashMap<String, Timestamp>>,
     /// Last renewal of the token the record's pod's agent holds.
-    pub last_renewal: Mutex<HashMap<String, Timestamp>>,
+    pub last_renewal: Mutex<HashMap<String, LastDone>>,
 }
 
 impl Memory {

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::controller::budget::LookupBudget;
-use crate::controller::context::{Error, Memory, key};
+use crate::controller::context::{Error, LastDone, Memory, key};
 use crate::controller::effects::{RecordOps, VaultOps, event};
 use crate::controller::failpoint;
 use crate::core::plan::{
@@ -354,12 +354,16 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
     }
 
     /// Remembers when the record's token was last renewed (`Timestamp::MAX`: never again).
-    fn remember_renewal(&self, secret: &str, at: Timestamp) {
+    fn remember_renewal(&self, wrap: &WrapState, accessor: &str, at: Timestamp) {
+        let done = LastDone {
+            accessor: accessor.to_string(),
+            at,
+        };
         self.memory
             .last_renewal
             .lock()
             .expect("renewal lock")
-            .insert(key(&self.ns(), secret), at);
+            .insert(key(&self.ns(), &wrap.secret), done);
     }
 
     /// Extends the life of the token the pod's agent holds by the renewal window.
@@ -374,7 +378,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             self.records.now(),
         ) else {
             // At its tokenTTL: nothing more to give it (it ends by its own TTL).
-            self.remember_renewal(&wrap.secret, Timestamp::MAX);
+            self.remember_renewal(&wrap, &accessor, Timestamp::MAX);
             return Ok(Met::Nothing);
         };
         if !self.lookups.try_take(&self.ns()) {
@@ -389,7 +393,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             Ok(r) => r,
             Err(e) => return vault_failed(e),
         };
-        self.remember_renewal(&wrap.secret, self.records.now());
+        self.remember_renewal(&wrap, &accessor, self.records.now());
         match renewed {
             Renewed::For(ttl) => {
                 self.metrics.renewal(RenewalResult::Renewed);
@@ -431,11 +435,15 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
         }
         match self.vault.wrap_is_live(&token).await {
             Ok(true) => {
+                let done = LastDone {
+                    accessor: wrap.wrap_accessor.clone().unwrap_or_default(),
+                    at: self.records.now(),
+                };
                 self.memory
                     .last_lookup
                     .lock()
                     .expect("lookup lock")
-                    .insert(key(&self.ns(), &wrap.secret), self.records.now());
+                    .insert(key(&self.ns(), &wrap.secret), done);
                 Ok(Met::Nothing)
             }
             Ok(false) => {

@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::controller::context::{Context, Error, Memory, key};
+use crate::controller::context::{Context, Error, LastDone, Memory, key};
 use crate::controller::effects::LiveRecords;
 use crate::controller::execute::{self, Executor};
 use crate::controller::{sweep, trust};
@@ -134,7 +134,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
                 &settings,
                 &observed.pods,
                 &observed.records,
-                &remembered(&ctx.memory.last_renewal, &ns, &observed.records),
+                &renewed(&ctx.memory, &ns, &observed.records),
                 now,
             )
         }
@@ -144,8 +144,8 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
             conflicts: &observed.conflicts,
             wraps: &observed.records,
             untrusted: &observed.untrusted,
-            last_lookup: &remembered(&ctx.memory.last_lookup, &ns, &observed.records),
-            last_renewal: &remembered(&ctx.memory.last_renewal, &ns, &observed.records),
+            last_lookup: &looked_up(&ctx.memory, &ns, &observed.records),
+            last_renewal: &renewed(&ctx.memory, &ns, &observed.records),
             now,
         }),
     };
@@ -347,17 +347,44 @@ pub(crate) fn recently_taken(
     (names, retry_at)
 }
 
-/// When each record was last looked up or renewed, from one of the in-memory maps (a restart
-/// only makes the next lookup or renewal early).
-pub(crate) fn remembered(
-    memory: &std::sync::Mutex<HashMap<String, Timestamp>>,
+/// When each record's current wrap was last looked up (a restart only makes the next lookup
+/// early; a new start's wrap was never looked up).
+pub(crate) fn looked_up(
+    memory: &Memory,
     ns: &str,
     records: &[WrapState],
+) -> HashMap<String, Timestamp> {
+    remembered(&memory.last_lookup, ns, records, |w| {
+        w.wrap_accessor.as_deref()
+    })
+}
+
+/// When the token each record's pod's agent holds was last renewed (a restart only makes the
+/// next renewal early; a new start's token was never renewed, whatever its Secret's previous
+/// token was).
+pub(crate) fn renewed(
+    memory: &Memory,
+    ns: &str,
+    records: &[WrapState],
+) -> HashMap<String, Timestamp> {
+    remembered(&memory.last_renewal, ns, records, |w| w.accessor.as_deref())
+}
+
+/// Secret name -> when the step was last taken, for each record whose current wrap or token
+/// (`of`) is the one it was taken on.
+fn remembered(
+    memory: &std::sync::Mutex<HashMap<String, LastDone>>,
+    ns: &str,
+    records: &[WrapState],
+    of: fn(&WrapState) -> Option<&str>,
 ) -> HashMap<String, Timestamp> {
     let all = memory.lock().expect("memory lock");
     records
         .iter()
-        .filter_map(|w| all.get(&key(ns, &w.secret)).map(|t| (w.secret.clone(), *t)))
+        .filter_map(|w| {
+            let done = all.get(&key(ns, &w.secret))?;
+            (of(w) == Some(done.accessor.as_str())).then(|| (w.secret.clone(), done.at))
+        })
         .collect()
 }
 
@@ -512,5 +539,43 @@ mod tests {
         assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(60));
         // Never called before a failure is counted, but must not panic either.
         assert_eq!(backoff_delay(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_new_starts_token_and_wrap_count_as_never_renewed_or_looked_up() {
+        let memory = Memory::default();
+        let mut record = crate::core::plan::tests::issued("a", 0);
+        let at = Timestamp::from_second(1_000).expect("in range");
+        let done = |accessor: &str| LastDone {
+            accessor: accessor.into(),
+            at,
+        };
+        let k = key("ns", &record.secret);
+        memory
+            .last_renewal
+            .lock()
+            .expect("lock")
+            .insert(k.clone(), done("acc"));
+        memory
+            .last_lookup
+            .lock()
+            .expect("lock")
+            .insert(k, done("wacc"));
+        let records = [record.clone()];
+        assert_eq!(
+            renewed(&memory, "ns", &records).get(&record.secret),
+            Some(&at)
+        );
+        assert_eq!(
+            looked_up(&memory, "ns", &records).get(&record.secret),
+            Some(&at)
+        );
+        assert!(renewed(&memory, "other", &records).is_empty());
+        // A new start took the Secret over: its token and wrap are other ones.
+        record.accessor = Some("acc-2".into());
+        record.wrap_accessor = Some("wacc-2".into());
+        let records = [record];
+        assert!(renewed(&memory, "ns", &records).is_empty());
+        assert!(looked_up(&memory, "ns", &records).is_empty());
     }
 }

@@ -64,19 +64,32 @@
 //!    README "Known limits") —, consumed tokens of a binding with `revokeOnPodDeletion: false`,
 //!    nothing else: a new start's previous token is revoked before its mint (`Executor::issue`),
 //!    so a pod that goes before the new start was written still names it for its cleanup;
+//! 6. renewal: once the faults stop, every token a running pod's agent holds (its record
+//!    says Unwrapped) stays alive through twice the longest renewal window, the operator's
+//!    rounds run when it asks for them (its next wake-up or the next renewal due);
 //! 5. in schedules without faults, Vault calls per wrap life of a pod start (binding, pod uid,
 //!    start; a replacement is a life of its own; pods whose name a foreign Secret squatted are
 //!    left out) are within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉
-//!    lookups, at most 4 revocations (2 while tracking + 2 at deletion or at the next start).
+//!    lookups, at most 4 revocations (2 while tracking + 2 at deletion or at the next start),
+//!    and a held token renewed at most once per half renewal window.
 //!    With faults each crash or lost answer may repeat a step, so no tighter bound is claimed
-//!    there than invariant 1.
+//!    there than invariant 1;
+//! 7. what the executor tells people matches what the models saw it do: before its next
+//!    operation it has published exactly the Events owed (README, Events: the reason of each
+//!    settlement on the pod, and warnings on the binding too; `VaultError` for a failed mint;
+//!    `TokenGone` for a held token Vault no longer knows; routine Events only with
+//!    `routineEvents`, sent once; warnings kept and counted), none carrying a wrapping token;
+//!    its metrics count the wraps delivered, the settlements and cleanups by phase, the
+//!    revocations that found a live wrap or token and the renewals by result; its round's
+//!    result reports every name found taken, Vault's unavailability and API errors.
 //!
 //! **Guards it must catch** ([`Mutant`], one test each): the store's resourceVersion guard
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
 //! 2); the planner's conflict check removed (invariant 4); the executor's revocations of a wrap
-//! whose record write failed never reaching Vault (invariant 2); a record's finalizer released without the
-//! resourceVersion guard (a round reading a lagging cache removes a record that a new start
-//! took over, its token never revoked: invariant 2).
+//! whose record write failed never reaching Vault (invariant 2); a record's finalizer released
+//! without the resourceVersion guard (a round reading a lagging cache removes a record that a
+//! new start took over: its token is never revoked, or its live wrap gets a second one:
+//! invariant 2 or 1).
 //!
 //! **Request delivery.** A quarter of the schedules make binding `b` deliver on request: its
 //! pods' agents ask (`endpoint_ask` mirrors `request::serve::Endpoint::ask`: the record read
@@ -113,7 +126,7 @@ use crate::controller::budget::LookupBudget;
 use crate::controller::context::Memory;
 use crate::controller::effects::{Holder, RecordOps, VaultOps};
 use crate::controller::execute::{self, Executor};
-use crate::controller::reconcile::{recently_taken, remembered};
+use crate::controller::reconcile::{looked_up, recently_taken, renewed};
 use crate::controller::trust::TokenFacts;
 use crate::core::plan::{self, Action, Input, Issue, Revoke, Settings};
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
@@ -511,6 +524,8 @@ struct Calls {
     lookups: u32,
     revokes: u32,
     renews: u32,
+    /// Planned renewals that came less than half a renewal window after the last one.
+    early_renewals: u32,
     /// Mints that replaced this start's wrap after it expired untaken.
     replacements: u32,
 }
@@ -566,6 +581,8 @@ pub struct Stats {
     pub unverified_released: u64,
     /// Faults injected, by kind (each kind a schedule may have must have happened).
     faults_seen: BTreeMap<&'static str, u64>,
+    /// Tokens running pods' agents held that were kept alive through the renewal check.
+    pub held_kept_alive: u64,
 }
 
 impl Stats {
@@ -600,6 +617,7 @@ impl Stats {
         self.receipts_reported += o.receipts_reported;
         self.key_losses += o.key_losses;
         self.unverified_released += o.unverified_released;
+        self.held_kept_alive += o.held_kept_alive;
         for (k, v) in &o.faults_seen {
             *self.faults_seen.entry(k).or_default() += v;
         }
@@ -620,6 +638,8 @@ type Listing = (
 #[derive(Clone, Copy, Debug, Default)]
 struct RoundOutcome {
     wake_at: Option<i64>,
+    /// When the next renewal of a held token is due (the real round requeues for it too).
+    renew_at: Option<i64>,
     /// When a name found taken is tried again (the real round's requeue).
     retry_taken_at: Option<i64>,
 }
@@ -659,12 +679,18 @@ struct World {
     deleted_bindings: BTreeSet<String>,
     /// The record key was lost during the schedule.
     key_lost: bool,
+    /// The operator publishes routine per-pod Events (`routineEvents`).
+    routine_events: bool,
+    /// What the executor did as the models saw it, counted as its metrics count it.
+    counted: Counted,
     /// Token accessors each replica holds in memory, not yet in a record.
     in_hand: [Vec<String>; 2],
     /// Successful writes and Vault state changes (to tell a round that changed nothing).
     changes: u64,
     /// An ask is being answered (asks do not nest).
     asking: bool,
+    /// Token accessor -> when the operator last renewed it as planned (`Action::Renew`).
+    renewed_at: HashMap<String, i64>,
     /// Every binding that existed: (revokeOnPodDeletion, wrap TTL, lookup period) in seconds.
     ever: BTreeMap<String, (bool, i64, i64)>,
     stats: Stats,
@@ -730,6 +756,9 @@ impl World {
             squatted: BTreeSet::new(),
             deleted_bindings: BTreeSet::new(),
             key_lost: false,
+            renewed_at: HashMap::new(),
+            routine_events: (seed >> 2) & 1 == 0,
+            counted: Counted::default(),
             stats: Stats::default(),
             trace: vec![],
         }
@@ -1287,8 +1316,8 @@ impl World {
             },
             wraps: &wraps,
             untrusted: &untrusted,
-            last_lookup: &remembered(&self.memory[m].last_lookup, NS, &wraps),
-            last_renewal: &remembered(&self.memory[m].last_renewal, NS, &wraps),
+            last_lookup: &looked_up(&self.memory[m], NS, &wraps),
+            last_renewal: &renewed(&self.memory[m], NS, &wraps),
             now: ts(self.now),
         };
         let planned = plan::plan(&input);
@@ -1307,6 +1336,7 @@ impl World {
         self.execute(name, binding, raw, planned.actions)?;
         Ok(RoundOutcome {
             wake_at: planned.wake_at.map(secs),
+            renew_at: planned.renew_at.map(secs),
             retry_taken_at: retry_taken_at.map(secs),
         })
     }
@@ -1336,9 +1366,11 @@ impl World {
                 _ => None,
             })
             .collect();
+        let round = RoundPlan::of(&actions);
+        let routine_events = self.routine_events;
         let m = usize::from(self.replica == Replica::Rival);
         let memory = std::mem::take(&mut self.memory[m]);
-        let metrics = std::mem::take(&mut self.metrics);
+        let metrics = self.metrics.clone();
         let budget = LookupBudget::new(0);
         let result = {
             let ops = SimOps {
@@ -1347,6 +1379,8 @@ impl World {
                 starts,
                 discarding: Mutex::new(None),
                 stop: Mutex::new(None),
+                round,
+                owed: Mutex::new(Owed::default()),
             };
             let executor = Executor {
                 vault: &ops,
@@ -1358,13 +1392,19 @@ impl World {
                 secrets: &secrets,
                 settings: &binding.settings,
                 token_grace: Duration::from_secs(GRACE as u64),
-                routine_events: true,
+                routine_events,
             };
-            drive(execute::run_all(&executor, actions, 1), &ops.stop).map(drop)
+            let executed = drive(execute::run_all(&executor, actions, 1), &ops.stop);
+            executed.and_then(|executed| ops.check_result(&executed))
         };
         self.memory[m] = memory;
-        self.metrics = metrics;
-        result
+        result?;
+        let told = Counted::from_metrics(&self.metrics);
+        if told != self.counted {
+            let msg = format!("metrics {told:?}, done {:?}", self.counted);
+            return Err(self.violation(7, msg).into());
+        }
+        Ok(())
     }
 
     /// `writes::write_issue`: create the record, or take `issue.replaces` over (guarded).
@@ -2275,6 +2315,79 @@ impl World {
         Ok(())
     }
 
+    /// The token accessors running pods' agents hold: a record of the pod's current stay that
+    /// says its agent took the token, which Vault still has alive.
+    fn held_tokens(&self) -> Vec<(String, String)> {
+        let mut held = vec![];
+        for s in self.secrets.values() {
+            let (Some(w), Some(binding)) = (s.view.as_ref(), s.binding.as_ref()) else {
+                continue;
+            };
+            let selects = |p: &Pod| self.bindings.get(binding).is_some_and(|b| b.selects(p));
+            let running = !s.forged
+                && self
+                    .pods
+                    .iter()
+                    .any(|p| p.uid == w.pod_uid && p.running() && selects(p));
+            let Some(a) = w.accessor.as_ref().filter(|_| w.phase == Phase::Unwrapped) else {
+                continue;
+            };
+            let alive = self
+                .vault
+                .tokens
+                .get(a)
+                .is_some_and(|t| !t.revoked && self.now < t.expires);
+            if running && alive {
+                held.push((w.pod.clone(), a.clone()));
+            }
+        }
+        held
+    }
+
+    /// Invariant 6: with the operator's rounds run when it asks for them (its next wake-up or
+    /// the next renewal due), every token a running pod's agent holds stays alive for `span`
+    /// seconds (renewed by accessor before it ends).
+    fn check_held_tokens_live(&mut self, span: i64) -> Result<(), Violation> {
+        let held = self.held_tokens();
+        let until = self.now + span;
+        while self.now < until {
+            let before = self.changes;
+            let mut next = until;
+            let names: Vec<String> = self.bindings.keys().cloned().collect();
+            for name in names {
+                match self.reconcile(&name, Replica::Main) {
+                    Ok(o) => {
+                        for at in [o.wake_at, o.renew_at, o.retry_taken_at]
+                            .into_iter()
+                            .flatten()
+                        {
+                            next = next.min(at);
+                        }
+                    }
+                    Err(Stop::Crash) => unreachable!("no crashes once the faults stop"),
+                    Err(Stop::Broken(v)) => return Err(v),
+                }
+            }
+            self.now = if self.changes > before {
+                self.now + 1
+            } else {
+                next.max(self.now + 1)
+            };
+            self.check()?;
+            for (pod, a) in &held {
+                let t = &self.vault.tokens[a];
+                if t.revoked || self.now >= t.expires {
+                    let msg = format!(
+                        "token {a} that pod {pod}'s agent holds ended while the pod runs ({t:?})"
+                    );
+                    return Err(self.violation(6, msg));
+                }
+            }
+        }
+        self.stats.held_kept_alive += held.len() as u64;
+        Ok(())
+    }
+
     /// Invariant 2, once every pod is gone and the rounds reached quiescence.
     fn check_nothing_left(&mut self) -> Result<(), Violation> {
         if let Some((n, _)) = self
@@ -2393,12 +2506,174 @@ impl World {
             }
             // Each replacement of an expired wrap is a whole wrap life again.
             let lives = 1 + c.replacements;
-            if c.creates > lives || c.lookups > lookups * lives || c.revokes > 4 * lives {
+            if c.creates > lives
+                || c.lookups > lookups * lives
+                || c.revokes > 4 * lives
+                || c.early_renewals > 0
+            {
                 let msg = format!("Vault calls for {owner:?}: {c:?} (lookups allowed: {lookups})");
                 return Err(self.violation(5, msg));
             }
         }
         Ok(())
+    }
+}
+
+/// What a round's plan tells about the calls its actions make (which pod a mint, a renewal
+/// or a name is for; what a cleanup revokes).
+#[derive(Default)]
+struct RoundPlan {
+    /// Secret name -> (pod, pod uid) of the round's mints.
+    issues: HashMap<String, (String, String)>,
+    /// Token accessor -> (pod, pod uid) of the round's renewals.
+    renewals: HashMap<String, (String, String)>,
+    /// Secret name -> what the round's cleanup of it revokes.
+    cleanups: HashMap<String, Revoke>,
+}
+
+impl RoundPlan {
+    fn of(actions: &[Action]) -> Self {
+        let mut round = Self::default();
+        for a in actions {
+            match a {
+                Action::Issue(i) => {
+                    let pod = (i.pod.clone(), i.pod_uid.clone());
+                    round.issues.insert(i.secret.clone(), pod);
+                }
+                Action::Renew { wrap } => {
+                    if let Some(acc) = &wrap.accessor {
+                        let pod = (wrap.pod.clone(), wrap.pod_uid.clone());
+                        round.renewals.insert(acc.clone(), pod);
+                    }
+                }
+                Action::Cleanup { wrap, revoke } => {
+                    round.cleanups.insert(wrap.secret.clone(), *revoke);
+                }
+                _ => {}
+            }
+        }
+        round
+    }
+}
+
+/// One Event, reduced to what the checks compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Told {
+    /// `Pod <name> <uid>` or `AgentSecretBinding <name>`.
+    on: String,
+    warning: bool,
+    reason: String,
+    /// Kept and counted when it repeats (warnings, and everything on the binding), sent once
+    /// otherwise (routine pod Events).
+    repeats: bool,
+}
+
+impl Told {
+    fn on_pod((pod, uid): &(String, String), warning: bool, reason: &str) -> Self {
+        Self {
+            on: format!("Pod {pod} {uid}"),
+            warning,
+            reason: reason.into(),
+            repeats: warning,
+        }
+    }
+
+    fn on_binding(binding: &str, warning: bool, reason: &str) -> Self {
+        Self {
+            on: format!("AgentSecretBinding {binding}"),
+            warning,
+            reason: reason.into(),
+            repeats: true,
+        }
+    }
+}
+
+/// What the executor owes people for what the models saw it do in one round: the Events due
+/// before its next operation, and what its result (`execute::Executed`) must say.
+#[derive(Default)]
+struct Owed {
+    /// Events due, in order.
+    events: Vec<Told>,
+    /// Events published since the executor's last operation.
+    published: Vec<Told>,
+    /// A mint failed (`Some(unavailable)`): its failure record is written next.
+    mint_failed: Option<bool>,
+    /// Pods whose Secret name a Secret not of the binding holds: pod -> Secret name.
+    names_taken: BTreeMap<String, String>,
+    /// Vault was unavailable (or its answer lost) for a step that reports it.
+    vault_unavailable: bool,
+    /// An API call failed.
+    api_error: bool,
+}
+
+/// What the executor did as the models saw it, counted as its metrics count it (and read back
+/// from the metrics' text exposition).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Counted {
+    /// `cubbyhole_wraps_issued_total`: wraps minted and delivered.
+    issued: u64,
+    /// `cubbyhole_wrap_transitions_total` by phase.
+    transitions: BTreeMap<String, u64>,
+    /// `cubbyhole_revocations_total` of wraps and of tokens that were alive.
+    revoked: (u64, u64),
+    /// `cubbyhole_token_renewals_total`: renewed, gone.
+    renewals: (u64, u64),
+}
+
+impl Counted {
+    fn from_metrics(metrics: &Metrics) -> Self {
+        let text = metrics.encode();
+        let value = |series: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(series)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .map_or(0, |v| v as u64)
+        };
+        let transitions = Phase::ALL
+            .iter()
+            .map(|p| {
+                let series = format!(
+                    "cubbyhole_wrap_transitions_total{{phase=\"{}\"}}",
+                    p.as_str()
+                );
+                (p.as_str().to_string(), value(&series))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Self {
+            issued: value("cubbyhole_wraps_issued_total"),
+            transitions,
+            revoked: (
+                value("cubbyhole_revocations_total{kind=\"wrap\"}"),
+                value("cubbyhole_revocations_total{kind=\"token\"}"),
+            ),
+            renewals: (
+                value("cubbyhole_token_renewals_total{result=\"renewed\"}"),
+                value("cubbyhole_token_renewals_total{result=\"gone\"}"),
+            ),
+        }
+    }
+
+    fn transition(&mut self, phase: Phase) {
+        *self
+            .transitions
+            .entry(phase.as_str().to_string())
+            .or_default() += 1;
+    }
+}
+
+/// The Event reason of a settlement to `phase`, and whether it is a warning (README, Events).
+fn settle_reason(phase: Phase) -> (bool, &'static str) {
+    match phase {
+        Phase::Tampered => (true, "WrapTampered"),
+        Phase::Expired => (true, "WrapExpired"),
+        Phase::Failed => (true, "WrapRefused"),
+        Phase::Revoked => (false, "WrapRevoked"),
+        _ => (false, "WrapUnwrapped"),
     }
 }
 
@@ -2417,15 +2692,24 @@ struct SimOps<'w> {
     discarding: Mutex<Option<(String, String)>>,
     /// Why the round stopped.
     stop: Mutex<Option<Stop>>,
+    /// Which pod each planned call is for.
+    round: RoundPlan,
+    /// What the executor owes for what it did so far.
+    owed: Mutex<Owed>,
 }
 
 impl SimOps<'_> {
-    /// Runs one operation on the world; `None` once the round stopped.
+    /// Runs one operation on the world; `None` once the round stopped. The Events owed for
+    /// the operations before it must have been published by now (invariant 7).
     fn with<T>(&self, f: impl FnOnce(&mut World) -> Step<T>) -> Option<T> {
         if self.stop.lock().expect("stop lock").is_some() {
             return None;
         }
         let mut world = self.world.lock().expect("world lock");
+        if let Err(v) = self.events_told(&world) {
+            *self.stop.lock().expect("stop lock") = Some(v.into());
+            return None;
+        }
         match f(&mut world) {
             Ok(t) => Some(t),
             Err(stop) => {
@@ -2446,6 +2730,90 @@ impl SimOps<'_> {
     fn replica(&self) -> usize {
         let world = self.world.lock().expect("world lock");
         usize::from(world.replica == Replica::Rival)
+    }
+
+    /// A Vault answer as the executor gets it; an outage or a lost answer is owed a report.
+    fn vault_answer<T>(&self, answer: Result<T, VErr>) -> Result<T, VaultError> {
+        if let Err(VErr::Unreachable | VErr::NoAnswer) = answer {
+            self.owe(|o| o.vault_unavailable = true);
+        }
+        answer.map_err(vault_error)
+    }
+
+    /// Counts a planned renewal that came less than half a renewal window after the last one
+    /// (invariant 5).
+    fn note_renewal(&self, accessor: &str) {
+        let mut world = self.world.lock().expect("world lock");
+        let w = &mut **world;
+        let half = w
+            .bindings
+            .get(&self.binding)
+            .map_or(0, |b| b.settings.renewal_window.as_secs() as i64 / 2);
+        let last = w.renewed_at.insert(accessor.to_string(), w.now);
+        let owner = w.vault.tokens.get(accessor).map(|t| t.owner.clone());
+        if let (Some(last), Some(owner)) = (last, owner)
+            && w.now - last < half
+        {
+            w.calls(&owner).early_renewals += 1;
+        }
+    }
+
+    /// A revocation that found its wrap (`wa…`) or token (`ta…`) alive is counted.
+    fn count_revoked(&self, accessor: &str, revoked: Revoked) {
+        if revoked == Revoked::Existed {
+            self.count(|c| match accessor.starts_with("wa") {
+                true => c.revoked.0 += 1,
+                false => c.revoked.1 += 1,
+            });
+        }
+    }
+
+    fn owe(&self, f: impl FnOnce(&mut Owed)) {
+        f(&mut self.owed.lock().expect("owed lock"));
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Counted)) {
+        f(&mut self.world.lock().expect("world lock").counted);
+    }
+
+    fn routine(&self) -> bool {
+        self.world.lock().expect("world lock").routine_events
+    }
+
+    /// Invariant 7, Events: exactly the Events owed so far were published, in order.
+    fn events_told(&self, world: &World) -> Result<(), Violation> {
+        let mut owed = self.owed.lock().expect("owed lock");
+        if owed.events != owed.published {
+            let msg = format!(
+                "Events owed {:?}, published {:?}",
+                owed.events, owed.published
+            );
+            return Err(world.violation(7, msg));
+        }
+        owed.events.clear();
+        owed.published.clear();
+        Ok(())
+    }
+
+    /// Invariant 7, the round's result: its Events were published, and it reports every name
+    /// found taken, Vault's unavailability and API errors as the models answered them.
+    fn check_result(&self, executed: &execute::Executed) -> Step<()> {
+        let world = self.world.lock().expect("world lock");
+        self.events_told(&world)?;
+        let owed = self.owed.lock().expect("owed lock");
+        let reported = (
+            &executed.names_taken,
+            executed.vault_unavailable.is_some(),
+            executed.error.is_some(),
+        );
+        if reported != (&owed.names_taken, owed.vault_unavailable, owed.api_error) {
+            let msg = format!(
+                "the round reported (names taken, Vault unavailable, error) {reported:?}, the models answered {:?}",
+                (&owed.names_taken, owed.vault_unavailable, owed.api_error)
+            );
+            return Err(world.violation(7, msg).into());
+        }
+        Ok(())
     }
 }
 
@@ -2509,8 +2877,15 @@ impl VaultOps for SimOps<'_> {
             }
             w.v_create(owner, ttl)
         });
-        let (token, accessor, wrapped_accessor) =
-            Self::answer(minted).await.map_err(vault_error)?;
+        let minted = Self::answer(minted).await;
+        if let Err(e) = minted {
+            // A refusal or an outage is recorded (and reported); a lost answer only reported.
+            self.owe(|o| match e {
+                VErr::NoAnswer => o.vault_unavailable = true,
+                _ => o.mint_failed = Some(e == VErr::Unreachable),
+            });
+        }
+        let (token, accessor, wrapped_accessor) = minted.map_err(vault_error)?;
         Ok(WrapInfo {
             token: SecretString::new(token),
             accessor,
@@ -2522,14 +2897,16 @@ impl VaultOps for SimOps<'_> {
 
     async fn wrap_is_live(&self, token: &SecretString) -> Result<bool, VaultError> {
         let live = self.with(|w| w.v_lookup(token.expose()));
-        Self::answer(live).await.map_err(vault_error)
+        self.vault_answer(Self::answer(live).await)
     }
 
     async fn revoke_accessor(&self, accessor: &str) -> Result<Revoked, VaultError> {
         let discarding = self.discarding.lock().expect("discard lock").clone();
         let Some((_, tacc)) = discarding.filter(|(w, t)| w == accessor || t == accessor) else {
             let revoked = self.with(|w| w.v_revoke(accessor));
-            return Self::answer(revoked).await.map_err(vault_error);
+            let revoked = self.vault_answer(Self::answer(revoked).await)?;
+            self.count_revoked(accessor, revoked);
+            return Ok(revoked);
         };
         // The revocations of a mint whose record write failed.
         let m = self.replica();
@@ -2552,7 +2929,10 @@ impl VaultOps for SimOps<'_> {
         if accessor == tacc {
             *self.discarding.lock().expect("discard lock") = None;
         }
-        Self::answer(revoked).await.map_err(vault_error)
+        // The executor gives up on a failed one here: nothing to report.
+        let revoked = Self::answer(revoked).await.map_err(vault_error)?;
+        self.count_revoked(accessor, revoked);
+        Ok(revoked)
     }
 
     async fn renew_accessor(
@@ -2561,7 +2941,20 @@ impl VaultOps for SimOps<'_> {
         increment_secs: u64,
     ) -> Result<Renewed, VaultError> {
         let renewed = self.with(|w| w.v_renew(accessor, increment_secs as i64));
-        match Self::answer(renewed).await.map_err(vault_error)? {
+        let live = self.vault_answer(Self::answer(renewed).await)?;
+        // A planned renewal is counted, and a token found gone is a warning on its pod; the
+        // one renewal of a token kept past its pod is neither.
+        if let Some(pod) = self.round.renewals.get(accessor) {
+            self.note_renewal(accessor);
+            self.count(|c| match live {
+                true => c.renewals.0 += 1,
+                false => c.renewals.1 += 1,
+            });
+            if !live {
+                self.owe(|o| o.events.push(Told::on_pod(pod, true, "TokenGone")));
+            }
+        }
+        match live {
             true => Ok(Renewed::For(increment_secs)),
             false => Ok(Renewed::NotFound),
         }
@@ -2569,7 +2962,7 @@ impl VaultOps for SimOps<'_> {
 
     async fn token_facts(&self, accessor: &str) -> Result<Option<TokenFacts>, VaultError> {
         let facts = self.with(|w| w.v_facts(accessor));
-        Self::answer(facts).await.map_err(vault_error)
+        self.vault_answer(Self::answer(facts).await)
     }
 }
 
@@ -2605,7 +2998,33 @@ impl RecordOps for SimOps<'_> {
             }
             Ok(written)
         });
-        Self::answer(written).await.map(drop).map_err(write_error)
+        let written = Self::answer(written).await;
+        let pod = (issue.pod.clone(), issue.pod_uid.clone());
+        let mint_failed = self.owed.lock().expect("owed lock").mint_failed.take();
+        match (&written, token.is_some(), mint_failed) {
+            (Ok(_), true, _) => {
+                self.count(|c| c.issued += 1);
+                if self.routine() {
+                    self.owe(|o| o.events.push(Told::on_pod(&pod, false, "WrapIssued")));
+                }
+            }
+            // The failure record of a mint Vault refused (or could not answer).
+            (Ok(_) | Err(WriteError::Lost), false, Some(unavailable)) => {
+                self.count(|c| c.transition(Phase::Failed));
+                self.owe(|o| {
+                    o.events
+                        .push(Told::on_binding(&self.binding, true, "VaultError"));
+                    o.vault_unavailable |= unavailable;
+                });
+            }
+            (Err(WriteError::Taken), _, _) => self.owe(|o| {
+                o.names_taken
+                    .insert(issue.pod.clone(), issue.secret.clone());
+            }),
+            (Err(WriteError::Kube), _, _) => self.owe(|o| o.api_error = true),
+            _ => {}
+        }
+        written.map(drop).map_err(write_error)
     }
 
     async fn settle(
@@ -2625,20 +3044,101 @@ impl RecordOps for SimOps<'_> {
             }
             Ok(done)
         });
-        Self::answer(settled).await.map(drop).map_err(write_error)
+        let settled = Self::answer(settled).await;
+        match &settled {
+            Ok(_) => {
+                self.count(|c| c.transition(phase));
+                let (warning, reason) = settle_reason(phase);
+                let pod = (wrap.pod.clone(), wrap.pod_uid.clone());
+                let routine = self.routine();
+                self.owe(|o| {
+                    // Warnings reach the binding too; routine settlements only the pod.
+                    if warning {
+                        o.events.push(Told::on_binding(&self.binding, true, reason));
+                    }
+                    if warning || routine {
+                        o.events.push(Told::on_pod(&pod, warning, reason));
+                    }
+                });
+            }
+            Err(WriteError::Kube) => self.owe(|o| o.api_error = true),
+            Err(_) => {}
+        }
+        settled.map(drop).map_err(write_error)
     }
 
     async fn remove(&self, wrap: &WrapState) -> Result<bool, kube::Error> {
         let removed = self.with(|w| w.remove(wrap));
-        Self::answer(removed).await.map_err(kube_error)
+        let removed = Self::answer(removed).await;
+        match removed {
+            Ok(true) => {
+                let revoke = self.round.cleanups.get(&wrap.secret).copied();
+                if revoke.is_some_and(|r| r != Revoke::Nothing) {
+                    self.count(|c| c.transition(Phase::Revoked));
+                }
+                if self.routine() {
+                    let told = Told::on_binding(&self.binding, false, "WrapRevoked");
+                    self.owe(|o| o.events.push(told));
+                }
+            }
+            Ok(false) => {}
+            Err(_) => self.owe(|o| o.api_error = true),
+        }
+        removed.map_err(kube_error)
     }
 
     async fn holder(&self, secret: &str) -> Result<Holder, kube::Error> {
         let holder = self.with(|w| w.api_get(secret));
-        Self::answer(holder).await.map_err(kube_error)
+        let holder = Self::answer(holder).await;
+        match &holder {
+            Ok(Some(label)) if label.as_deref() != Some(self.binding.as_str()) => {
+                let pod = self.round.issues.get(secret).map(|(p, _)| p.clone());
+                self.owe(|o| {
+                    o.names_taken
+                        .insert(pod.unwrap_or_default(), secret.to_string());
+                });
+            }
+            Ok(_) => {}
+            Err(_) => self.owe(|o| o.api_error = true),
+        }
+        holder.map_err(kube_error)
     }
 
-    async fn publish(&self, _reference: ObjectReference, _event: Event, _repeats: bool) {}
+    /// Keeps the Event for [`SimOps::events_told`]; a note carrying a wrapping token breaks
+    /// invariant 7 at once.
+    async fn publish(&self, reference: ObjectReference, event: Event, repeats: bool) {
+        let on = match (reference.kind.as_deref(), reference.namespace.as_deref()) {
+            (Some("Pod"), Some(NS)) => format!(
+                "Pod {} {}",
+                reference.name.unwrap_or_default(),
+                reference.uid.unwrap_or_default()
+            ),
+            (Some(kind), Some(NS)) => format!("{kind} {}", reference.name.unwrap_or_default()),
+            _ => format!("{reference:?}"),
+        };
+        let note = event.note.unwrap_or_default();
+        let leak = {
+            let world = self.world.lock().expect("world lock");
+            let leaked = world
+                .vault
+                .by_token
+                .keys()
+                .find(|t| note.contains(t.as_str()));
+            leaked.map(|t| {
+                world.violation(7, format!("Event note {note:?} carries wrapping token {t}"))
+            })
+        };
+        if let Some(v) = leak {
+            *self.stop.lock().expect("stop lock") = Some(v.into());
+        }
+        let told = Told {
+            on,
+            warning: event.type_ == kube::runtime::events::EventType::Warning,
+            reason: event.reason,
+            repeats,
+        };
+        self.owe(|o| o.published.push(told));
+    }
 }
 
 /// Runs a round's future to its end: every model call answers at once, so it finishes unless
@@ -2729,6 +3229,7 @@ pub fn run_schedule(seed: u64, mutant: Mutant) -> Result<Stats, Violation> {
         w.settle_down(1500)?;
         w.agents_ask_again()?;
         w.check_liveness()?;
+        w.check_held_tokens_live(2 * MAX_RENEWAL_WINDOW)?;
         if !faulty {
             w.check_bounds()?;
         }
@@ -2821,7 +3322,7 @@ mod tests {
             );
         }
         assert!(
-            stats.eligible_checked > 0 && stats.starts_bounded > 0,
+            stats.eligible_checked > 0 && stats.starts_bounded > 0 && stats.held_kept_alive > 0,
             "{stats:?}"
         );
         for phase in ["Unwrapped", "Expired", "Tampered", "Revoked"] {
@@ -3031,8 +3532,10 @@ mod tests {
 
     #[test]
     fn without_the_release_guard_a_stale_read_removes_a_record_naming_a_live_token() {
+        // The removed record named a live token (2), or a live wrap that the pod's next round
+        // then mints beside (1).
         let v = first_violation(Mutant::NoReleaseGuard);
-        assert_eq!(v.invariant, 2, "{}", v.message);
+        assert!(matches!(v.invariant, 1 | 2), "{}", v.message);
     }
 
     #[test]

@@ -830,7 +830,7 @@ fn judge_receipts(settings: &Settings, pod: &PodView, wrap: &WrapState) -> Optio
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::agent::receipt::Receipt;
     use crate::rng::Rng;
@@ -886,7 +886,8 @@ mod tests {
         assert_eq!(plan.next_round(), Some(t(5)));
     }
 
-    fn issued(name: &str, at: i64) -> WrapState {
+    /// A record of pod `name`'s start 0, issued at `at` seconds of the test clock.
+    pub(crate) fn issued(name: &str, at: i64) -> WrapState {
         WrapState {
             secret: format!("{name}-b-wrap"),
             resource_version: Some("1".into()),
