@@ -10,8 +10,9 @@
 //! removed pod's Secrets are marked for deletion by the garbage collector. Vault holds wraps
 //! (accessor, inner token accessor, expiry in simulated time; unwrap consumes; revoke by
 //! accessor answers "existed" or "no token"; `sys/wrapping/lookup`; renewal; `lookup-accessor`
-//! with the metadata every mint sets) and inner tokens (expiring at wrapTTL + grace unless
-//! renewed).
+//! with the metadata every mint sets) and inner tokens (living the `ttl` the real request asks
+//! for, wrapTTL + grace, unless renewed; a renewal by accessor is not capped at the request's
+//! `explicit_max_ttl`, as OpenBao does not). Half the schedules' bindings set a tokenTTL.
 //!
 //! **The round** ([`World::reconcile`]) mirrors `reconcile::apply` (list, vet, plan with the
 //! real memory helpers `recently_taken` and `remembered`) and `sweep::retire_records` (a
@@ -61,12 +62,15 @@
 //!    separately (`Stats::unlearned_tokens`): an inner token the operator lost before any record
 //!    named it — a lost mint answer, a crash between Vault's answer and the delivery, a failed
 //!    revocation after a failed delivery (nobody ever held its wrap, which is asserted dead;
-//!    README "Known limits") —, consumed tokens of a binding with `revokeOnPodDeletion: false`,
-//!    nothing else: a new start's previous token is revoked before its mint (`Executor::issue`),
+//!    README "Known limits") —, consumed tokens of a binding with `revokeOnPodDeletion: false`
+//!    (one alive when its record was removed must have been renewed to its tokenTTL, or past
+//!    the renewal window without one), nothing else: a new start's previous token is revoked before its mint (`Executor::issue`),
 //!    so a pod that goes before the new start was written still names it for its cleanup;
 //! 6. renewal: once the faults stop, every token a running pod's agent holds (its record
 //!    says Unwrapped) stays alive through twice the longest renewal window, the operator's
-//!    rounds run when it asks for them (its next wake-up or the next renewal due);
+//!    rounds run when it asks for them (its next wake-up or the next renewal due), unless it
+//!    reached its tokenTTL; and no renewal ever takes a token past its tokenTTL from the mint
+//!    (within a second: the operator reads its clock before the call);
 //! 5. in schedules without faults, Vault calls per wrap life of a pod start (binding, pod uid,
 //!    start; a replacement is a life of its own; pods whose name a foreign Secret squatted are
 //!    left out) are within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉
@@ -294,6 +298,8 @@ struct VToken {
     consumed: bool,
     /// When Vault ends it by its TTL (minted for wrap TTL + grace; each renewal extends it).
     expires: i64,
+    /// The longest life it may reach (its mint + the binding's tokenTTL).
+    max_at: Option<i64>,
     /// The operator asked Vault to revoke it (perhaps after Vault had already ended it), or
     /// looked it up to revoke it and Vault knew it no more.
     revoke_asked: bool,
@@ -311,14 +317,41 @@ const MAX_RENEWAL_WINDOW: i64 = 600;
 /// The model's token grace past the wrap TTL (the operator's `tokenGrace`).
 const GRACE: i64 = 30;
 
+/// The tokenTTL of the bindings of schedules that set one (seconds).
+const TOKEN_TTL: i64 = 150;
+
+/// What a mint asks Vault for, in seconds: the wrap's TTL, the token's (`ttl`) and its longest
+/// life (`explicit_max_ttl`, the binding's tokenTTL).
+#[derive(Clone, Copy, Debug)]
+struct Life {
+    wrap: i64,
+    token: i64,
+    max: Option<i64>,
+}
+
+impl Life {
+    /// What the real request (`spec::token_request`) asks for.
+    fn of(request: &TokenRequest) -> Self {
+        let secs = |d: &Option<String>| {
+            d.as_deref()
+                .map(|d| humantime::parse_duration(d).expect("a duration").as_secs() as i64)
+        };
+        Self {
+            wrap: request.wrap_ttl_secs as i64,
+            token: secs(&request.ttl).expect("every mint sets ttl"),
+            max: secs(&request.explicit_max_ttl),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct Vault {
     down_until: i64,
     wraps: BTreeMap<String, VWrap>,
     tokens: BTreeMap<String, VToken>,
     by_token: HashMap<String, String>,
-    /// Mints whose answer was lost before Vault carried them out: (owner, ttl).
-    deferred: Vec<(Owner, i64)>,
+    /// Mints whose answer was lost before Vault carried them out.
+    deferred: Vec<(Owner, Life)>,
     /// Wrap accessors that may still be live.
     maybe_live: Vec<String>,
     next: u64,
@@ -328,7 +361,7 @@ impl Vault {
     fn mint(
         &mut self,
         owner: Owner,
-        ttl: i64,
+        life: Life,
         now: i64,
         lost: Option<&'static str>,
     ) -> (String, String, String) {
@@ -339,7 +372,7 @@ impl Vault {
             wacc.clone(),
             VWrap {
                 inner: tacc.clone(),
-                expires: now + ttl,
+                expires: now + life.wrap,
                 consumed: false,
                 revoked: false,
                 owner: owner.clone(),
@@ -354,7 +387,8 @@ impl Vault {
                 owner,
                 lost,
                 consumed: false,
-                expires: now + ttl + GRACE,
+                expires: now + life.token,
+                max_at: life.max.map(|m| now + m),
                 revoke_asked: false,
                 unvouched: false,
             },
@@ -474,6 +508,8 @@ struct Binding {
     /// Selector: this label key must have this value.
     selector: (&'static str, &'static str),
     deleting: bool,
+    /// Its tokenTTL in seconds, if it sets one.
+    token_ttl: Option<i64>,
 }
 
 impl Binding {
@@ -481,15 +517,22 @@ impl Binding {
         pod.labels.get(self.selector.0).map(String::as_str) == Some(self.selector.1)
     }
 
-    /// The binding as the executor reads it (name, namespace, secret key; no tokenTTL).
+    /// The binding as the executor reads it (name, namespace, secret key, tokenTTL).
     fn resource(&self, name: &str) -> AgentSecretBinding {
+        let mut vault = serde_json::json!({
+            "tokenRole": "agent",
+            "wrapTTL": format!("{}s", self.settings.wrap_ttl.as_secs()),
+        });
+        if let Some(ttl) = self.token_ttl {
+            vault["tokenTTL"] = format!("{ttl}s").into();
+        }
         serde_json::from_value(serde_json::json!({
             "apiVersion": "cubbyhole.dev/v1alpha1",
             "kind": "AgentSecretBinding",
             "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}")},
             "spec": {
                 "podSelector": {"matchLabels": {self.selector.0: self.selector.1}},
-                "vault": {"tokenRole": "agent", "wrapTTL": format!("{}s", self.settings.wrap_ttl.as_secs())},
+                "vault": vault,
                 "secretKey": SECRET_KEY,
             },
         }))
@@ -583,6 +626,8 @@ pub struct Stats {
     faults_seen: BTreeMap<&'static str, u64>,
     /// Tokens running pods' agents held that were kept alive through the renewal check.
     pub held_kept_alive: u64,
+    /// Tokens kept past their pods (`revokeOnPodDeletion: false`) checked to live on.
+    pub kept_released: u64,
 }
 
 impl Stats {
@@ -618,6 +663,7 @@ impl Stats {
         self.key_losses += o.key_losses;
         self.unverified_released += o.unverified_released;
         self.held_kept_alive += o.held_kept_alive;
+        self.kept_released += o.kept_released;
         for (k, v) in &o.faults_seen {
             *self.faults_seen.entry(k).or_default() += v;
         }
@@ -689,6 +735,9 @@ struct World {
     changes: u64,
     /// An ask is being answered (asks do not nest).
     asking: bool,
+    /// Tokens kept past their pods (`revokeOnPodDeletion: false`), alive when the operator
+    /// removed their records: (accessor, when, the binding's renewal window).
+    kept: Vec<(String, i64, i64)>,
     /// Token accessor -> when the operator last renewed it as planned (`Action::Renew`).
     renewed_at: HashMap<String, i64>,
     /// Every binding that existed: (revokeOnPodDeletion, wrap TTL, lookup period) in seconds.
@@ -712,17 +761,21 @@ impl World {
             ),
             on_request: false,
         };
+        // Every other pair of seeds' bindings set a tokenTTL (kept apart from the draws).
+        let token_ttl = ((seed >> 3) & 1 == 1).then_some(TOKEN_TTL);
         let mut b_settings = settings(&mut rng, "b");
         b_settings.on_request = rng.chance(250);
         let b = Binding {
             settings: b_settings,
             selector: ("app", "agent"),
             deleting: false,
+            token_ttl,
         };
         let c = Binding {
             settings: settings(&mut rng, "c"),
             selector: ("team", "x"),
             deleting: false,
+            token_ttl,
         };
         let mut bindings = BTreeMap::from([("b".to_string(), b)]);
         if rng.chance(300) {
@@ -757,6 +810,7 @@ impl World {
             deleted_bindings: BTreeSet::new(),
             key_lost: false,
             renewed_at: HashMap::new(),
+            kept: vec![],
             routine_events: (seed >> 2) & 1 == 0,
             counted: Counted::default(),
             stats: Stats::default(),
@@ -1036,9 +1090,9 @@ impl World {
         if self.now < self.vault.down_until {
             return Err(VErr::Unreachable);
         }
-        for (owner, ttl) in std::mem::take(&mut self.vault.deferred) {
+        for (owner, life) in std::mem::take(&mut self.vault.deferred) {
             let now = self.now;
-            let (_, wacc, _) = self.vault.mint(owner, ttl, now, Some("mint answer lost"));
+            let (_, wacc, _) = self.vault.mint(owner, life, now, Some("mint answer lost"));
             self.note(format!("Vault carries out a held mint: {wacc}"));
             self.stats.deferred_mints += 1;
         }
@@ -1049,7 +1103,11 @@ impl World {
         self.calls.entry(owner.clone()).or_default()
     }
 
-    fn v_create(&mut self, owner: Owner, ttl: i64) -> Step<Result<(String, String, String), VErr>> {
+    fn v_create(
+        &mut self,
+        owner: Owner,
+        life: Life,
+    ) -> Step<Result<(String, String, String), VErr>> {
         self.op(Op::Mint)?;
         self.calls(&owner).creates += 1;
         let lost = match self.vault_gate() {
@@ -1069,15 +1127,15 @@ impl World {
                 self.note(format!(
                     "mint for {owner:?}: Vault holds the request, no answer"
                 ));
-                self.vault.deferred.push((owner, ttl));
+                self.vault.deferred.push((owner, life));
             } else {
                 let lost = Some("mint answer lost");
-                let (_, wacc, _) = self.vault.mint(owner.clone(), ttl, now, lost);
+                let (_, wacc, _) = self.vault.mint(owner.clone(), life, now, lost);
                 self.note(format!("mint for {owner:?}: {wacc} made, answer lost"));
             }
             return Ok(Err(VErr::NoAnswer));
         }
-        let minted = self.vault.mint(owner.clone(), ttl, now, None);
+        let minted = self.vault.mint(owner.clone(), life, now, None);
         let m = usize::from(self.replica == Replica::Rival);
         self.in_hand[m].push(minted.2.clone());
         self.note(format!("mint for {owner:?}: {}", minted.1));
@@ -1165,9 +1223,18 @@ impl World {
             Ok(lost) => lost,
         };
         let now = self.now;
+        // OpenBao does not cap a renewal by accessor at the token's explicit max: the operator
+        // must (invariant 6; a second of slack for its clock read before the call).
         let live = match self.vault.tokens.get_mut(accessor) {
             Some(t) if !t.revoked && now < t.expires => {
                 t.expires = now + window;
+                if let Some(max) = t.max_at.filter(|m| t.expires > m + 1) {
+                    let msg = format!(
+                        "token {accessor} renewed to {} past its tokenTTL at {max}",
+                        now + window
+                    );
+                    return Err(self.violation(6, msg).into());
+                }
                 true
             }
             _ => false,
@@ -1798,9 +1865,17 @@ impl World {
             uid: pod.uid.clone(),
             start: issue.start,
         };
-        let ttl = binding.settings.wrap_ttl.as_secs() as i64;
+        let request = crate::core::spec::token_request(
+            &binding.resource(name),
+            &pod.name,
+            &pod.uid,
+            binding.settings.wrap_ttl,
+            Duration::from_secs(GRACE as u64),
+        );
+        let life = Life::of(&request);
+        let ttl = life.wrap;
         let issued_at = self.now;
-        let Ok((token, wacc, tacc)) = self.v_create(owner, ttl)? else {
+        let Ok((token, wacc, tacc)) = self.v_create(owner, life)? else {
             return Ok(None);
         };
         let ending = deliver_changes(&wacc, &tacc, ts(issued_at), ts(issued_at + ttl));
@@ -2152,6 +2227,7 @@ impl World {
                             settings,
                             selector: ("team", "x"),
                             deleting: false,
+                            token_ttl: self.bindings["b"].token_ttl,
                         },
                     );
                     self.note("binding c created".to_string());
@@ -2376,7 +2452,9 @@ impl World {
             self.check()?;
             for (pod, a) in &held {
                 let t = &self.vault.tokens[a];
-                if t.revoked || self.now >= t.expires {
+                // Renewed to its tokenTTL (within the operator's clock reads), it ends there.
+                let at_token_ttl = t.max_at.is_some_and(|m| t.expires + 3 >= m);
+                if (t.revoked || self.now >= t.expires) && !at_token_ttl {
                     let msg = format!(
                         "token {a} that pod {pod}'s agent holds ended while the pod runs ({t:?})"
                     );
@@ -2412,6 +2490,22 @@ impl World {
                 let msg = format!("wrap {a} of {:?} alive after its pod is gone", w.owner);
                 return Err(self.violation(2, msg));
             }
+        }
+        // A kept token lives on past its pod: renewed once to its tokenTTL (or, without one,
+        // well past the renewal window), never left to end with the window.
+        for (a, removed, window) in &self.kept {
+            let t = &self.vault.tokens[a];
+            let due = t
+                .max_at
+                .map_or(removed + window + 1, |m| (removed + window + 1).min(m));
+            if t.revoked || t.expires + 3 < due {
+                let msg = format!(
+                    "kept token {a} of a pod removed at {removed} ends at {} ({t:?})",
+                    t.expires
+                );
+                return Err(self.violation(2, msg));
+            }
+            self.stats.kept_released += 1;
         }
         let mut unlearned = BTreeMap::new();
         for (a, t) in &self.vault.tokens {
@@ -2758,6 +2852,28 @@ impl SimOps<'_> {
         }
     }
 
+    /// Notes a removed record's token that its binding keeps past the pod (its agent took it,
+    /// and it is alive): it must live on to its tokenTTL (checked at the end).
+    fn note_kept(&self, wrap: &WrapState) {
+        let mut world = self.world.lock().expect("world lock");
+        let w = &mut **world;
+        let Some(settings) = w.bindings.get(&self.binding).map(|b| &b.settings) else {
+            return;
+        };
+        let window = settings.renewal_window.as_secs() as i64;
+        if settings.revoke_on_pod_deletion || wrap.phase != Phase::Unwrapped {
+            return;
+        }
+        let Some(a) = &wrap.accessor else { return };
+        if w.vault
+            .tokens
+            .get(a)
+            .is_some_and(|t| !t.revoked && w.now < t.expires)
+        {
+            w.kept.push((a.clone(), w.now, window));
+        }
+    }
+
     /// A revocation that found its wrap (`wa…`) or token (`ta…`) alive is counted.
     fn count_revoked(&self, accessor: &str, revoked: Revoked) {
         if revoked == Revoked::Existed {
@@ -2869,13 +2985,13 @@ impl VaultOps for SimOps<'_> {
             uid,
             start,
         };
-        let ttl = request.wrap_ttl_secs as i64;
+        let life = Life::of(request);
         let minted = self.with(|w| {
             if replaced > 0 {
                 w.calls(&owner).replacements += 1;
                 w.stats.replacements += 1;
             }
-            w.v_create(owner, ttl)
+            w.v_create(owner, life)
         });
         let minted = Self::answer(minted).await;
         if let Err(e) = minted {
@@ -2890,7 +3006,7 @@ impl VaultOps for SimOps<'_> {
             token: SecretString::new(token),
             accessor,
             wrapped_accessor,
-            ttl: ttl as u64,
+            ttl: life.wrap as u64,
             creation_path: "auth/token/create/agent".into(),
         })
     }
@@ -3072,6 +3188,7 @@ impl RecordOps for SimOps<'_> {
         let removed = Self::answer(removed).await;
         match removed {
             Ok(true) => {
+                self.note_kept(wrap);
                 let revoke = self.round.cleanups.get(&wrap.secret).copied();
                 if revoke.is_some_and(|r| r != Revoke::Nothing) {
                     self.count(|c| c.transition(Phase::Revoked));
@@ -3322,7 +3439,10 @@ mod tests {
             );
         }
         assert!(
-            stats.eligible_checked > 0 && stats.starts_bounded > 0 && stats.held_kept_alive > 0,
+            stats.eligible_checked > 0
+                && stats.starts_bounded > 0
+                && stats.held_kept_alive > 0
+                && stats.kept_released > 0,
             "{stats:?}"
         );
         for phase in ["Unwrapped", "Expired", "Tampered", "Revoked"] {
