@@ -85,7 +85,10 @@
 //!    `routineEvents`, sent once; warnings kept and counted), none carrying a wrapping token;
 //!    its metrics count the wraps delivered, the settlements and cleanups by phase, the
 //!    revocations that found a live wrap or token and the renewals by result; its round's
-//!    result reports every name found taken, Vault's unavailability and API errors.
+//!    result reports every name found taken, Vault's unavailability, API errors and the
+//!    lookups deferred as the metric counts them (a quarter of the schedules give each round a
+//!    budget of two lookups or renewals; the round is then tried again a second later, as
+//!    `reconcile` does).
 //!
 //! **Guards it must catch** ([`Mutant`], one test each): the store's resourceVersion guard
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
@@ -628,6 +631,8 @@ pub struct Stats {
     pub held_kept_alive: u64,
     /// Tokens kept past their pods (`revokeOnPodDeletion: false`) checked to live on.
     pub kept_released: u64,
+    /// Lookups and renewals deferred because the round's budget was spent.
+    pub lookups_deferred: u64,
 }
 
 impl Stats {
@@ -664,6 +669,7 @@ impl Stats {
         self.unverified_released += o.unverified_released;
         self.held_kept_alive += o.held_kept_alive;
         self.kept_released += o.kept_released;
+        self.lookups_deferred += o.lookups_deferred;
         for (k, v) in &o.faults_seen {
             *self.faults_seen.entry(k).or_default() += v;
         }
@@ -725,6 +731,8 @@ struct World {
     deleted_bindings: BTreeSet<String>,
     /// The record key was lost during the schedule.
     key_lost: bool,
+    /// Lookups and renewals each round may make (`maxLookupsPerSecond`; 0: any).
+    lookup_budget: u32,
     /// The operator publishes routine per-pod Events (`routineEvents`).
     routine_events: bool,
     /// What the executor did as the models saw it, counted as its metrics count it.
@@ -812,6 +820,7 @@ impl World {
             renewed_at: HashMap::new(),
             kept: vec![],
             routine_events: (seed >> 2) & 1 == 0,
+            lookup_budget: if (seed >> 4) & 3 == 0 { 2 } else { 0 },
             counted: Counted::default(),
             stats: Stats::default(),
             trace: vec![],
@@ -1400,9 +1409,11 @@ impl World {
                 return Err(self.violation(4, msg).into());
             }
         }
-        self.execute(name, binding, raw, planned.actions)?;
+        let deferred = self.execute(name, binding, raw, planned.actions)?;
+        // Lookups and renewals the budget deferred are tried again in a second.
+        let retry = (deferred > 0).then_some(self.now + 1);
         Ok(RoundOutcome {
-            wake_at: planned.wake_at.map(secs),
+            wake_at: plan::earliest(planned.wake_at, retry.map(ts)).map(secs),
             renew_at: planned.renew_at.map(secs),
             retry_taken_at: retry_taken_at.map(secs),
         })
@@ -1410,16 +1421,17 @@ impl World {
 
     /// Runs a round's actions with the real executor (`execute::run_all`, one record at a
     /// time) over the models: every Vault call and record write is an operation a crash can
-    /// fall before. The replica's memory is the executor's for the round.
+    /// fall before. The replica's memory is the executor's for the round. Returns how many lookups
+    /// and renewals the budget deferred.
     fn execute(
         &mut self,
         name: &str,
         binding: &Binding,
         raw: BTreeMap<String, Option<String>>,
         actions: Vec<Action>,
-    ) -> Step<()> {
+    ) -> Step<usize> {
         if actions.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let resource = binding.resource(name);
         let secrets: SecretsByName = raw
@@ -1438,7 +1450,9 @@ impl World {
         let m = usize::from(self.replica == Replica::Rival);
         let memory = std::mem::take(&mut self.memory[m]);
         let metrics = self.metrics.clone();
-        let budget = LookupBudget::new(0);
+        // A fresh bucket: the round may make `lookup_budget` lookups and renewals (0: any).
+        let budget = LookupBudget::new(self.lookup_budget);
+        let deferred_before = deferred_lookups(&self.metrics);
         let result = {
             let ops = SimOps {
                 world: Mutex::new(self),
@@ -1462,16 +1476,26 @@ impl World {
                 routine_events,
             };
             let executed = drive(execute::run_all(&executor, actions, 1), &ops.stop);
-            executed.and_then(|executed| ops.check_result(&executed))
+            executed.and_then(|executed| ops.check_result(&executed).map(|()| executed))
         };
         self.memory[m] = memory;
-        result?;
+        let executed = result?;
+        // The status counts the lookups the budget deferred as the metric does.
+        let deferred = deferred_lookups(&self.metrics) - deferred_before;
+        self.stats.lookups_deferred += deferred;
+        if executed.lookups_deferred as u64 != deferred {
+            let msg = format!(
+                "the round reported {} lookups deferred, the metric counted {deferred}",
+                executed.lookups_deferred
+            );
+            return Err(self.violation(7, msg).into());
+        }
         let told = Counted::from_metrics(&self.metrics);
         if told != self.counted {
             let msg = format!("metrics {told:?}, done {:?}", self.counted);
             return Err(self.violation(7, msg).into());
         }
-        Ok(())
+        Ok(executed.lookups_deferred)
     }
 
     /// `writes::write_issue`: create the record, or take `issue.replaces` over (guarded).
@@ -2760,6 +2784,19 @@ impl Counted {
     }
 }
 
+/// `cubbyhole_lookups_deferred_total`.
+fn deferred_lookups(metrics: &Metrics) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("cubbyhole_lookups_deferred_total ")?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0, |v| v as u64)
+}
+
 /// The Event reason of a settlement to `phase`, and whether it is a warning (README, Events).
 fn settle_reason(phase: Phase) -> (bool, &'static str) {
     match phase {
@@ -3442,7 +3479,8 @@ mod tests {
             stats.eligible_checked > 0
                 && stats.starts_bounded > 0
                 && stats.held_kept_alive > 0
-                && stats.kept_released > 0,
+                && stats.kept_released > 0
+                && stats.lookups_deferred > 0,
             "{stats:?}"
         );
         for phase in ["Unwrapped", "Expired", "Tampered", "Revoked"] {
