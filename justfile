@@ -63,10 +63,11 @@ bench-noisy: tools
     CUBBYHOLE_NOISY=full cargo nextest run --release --test e2e_noisy --no-capture
 
 # Needs `cargo install --locked cargo-mutants`. Every surviving mutant is a rule no unit test
-# pins down. Mutation testing of every pure or decision module (the lease's and the trust
-# check's API calls are left to the e2e tests); results in mutants.out/, summary in
+# pins down. Mutation testing of every pure or decision module and of the executor (run by the
+# simulation; the lease's and the trust check's API calls and the executor's Event publishing
+# through the API server are left to the e2e tests); results in mutants.out/, summary in
 # mutants/REPORT.md. Slow: ~870 mutants at ~20 s each on 2 cores (about 5 h); `just mutants -f
 # src/core/plan.rs` runs a part.
-mutant_files := "-f src/core/plan.rs -f src/core/status.rs -f src/core/spec.rs -f src/core/pod.rs -f src/core/labels.rs -f src/record/seal.rs -f src/record/state.rs -f src/record/writes.rs -f src/agent/receipt.rs -f src/config.rs -f src/webhook/inject.rs -f src/webhook/admit.rs -f src/webhook/certs.rs -f src/controller/budget.rs -f src/controller/fair.rs -f src/controller/cache.rs -f src/controller/trust.rs -f src/controller/leader.rs -f src/request/own_writes.rs -f src/request/gate.rs -f src/request/limits.rs -E 'leader.rs.*(try_hold|acquire|renew|release)' -E 'trust.rs.*(vet|report_released|report_forged)'"
+mutant_files := "-f src/core/plan.rs -f src/core/status.rs -f src/core/spec.rs -f src/core/pod.rs -f src/core/labels.rs -f src/record/seal.rs -f src/record/state.rs -f src/record/writes.rs -f src/agent/receipt.rs -f src/config.rs -f src/webhook/inject.rs -f src/webhook/admit.rs -f src/webhook/certs.rs -f src/controller/budget.rs -f src/controller/fair.rs -f src/controller/cache.rs -f src/controller/trust.rs -f src/controller/leader.rs -f src/request/own_writes.rs -f src/request/gate.rs -f src/request/limits.rs -f src/controller/execute.rs -E 'leader.rs.*(try_hold|acquire|renew|release)' -E 'trust.rs.*(vet|report_released|report_forged)' -E 'execute.rs.*replace publish '"
 mutants *ARGS:
     cargo mutants --profile mutants --test-tool nextest --cargo-arg=--lib {{ if ARGS == "" { mutant_files } else { ARGS } }}
