@@ -88,7 +88,12 @@
 //!    result reports every name found taken, Vault's unavailability, API errors and the
 //!    lookups deferred as the metric counts them (a quarter of the schedules give each round a
 //!    budget of two lookups or renewals; the round is then tried again a second later, as
-//!    `reconcile` does).
+//!    `reconcile` does);
+//! 8. a token is revoked only for a record (or a new start) of the pod and binding it was
+//!    minted for. In faulty schedules someone holding the record key writes valid records for
+//!    pods of theirs naming other pods' live tokens: only Vault's word (`lookup-accessor`,
+//!    `execute::revoke_vouched`) keeps those tokens alive. Such pods are left out of
+//!    liveness and renewal (their own tenant lied about them).
 //!
 //! **Guards it must catch** ([`Mutant`], one test each): the store's resourceVersion guard
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
@@ -726,6 +731,9 @@ struct World {
     relabelled: BTreeSet<String>,
     /// Pods whose Secret name a foreign Secret was found holding.
     squatted: BTreeSet<String>,
+    /// Pods a record forged with the key was written for (what it says about them is a lie
+    /// their own tenant told: left out of liveness and renewal).
+    forged_for: BTreeSet<String>,
     /// Pod uid -> when the pod was removed.
     removed_at: HashMap<String, i64>,
     deleted_bindings: BTreeSet<String>,
@@ -815,6 +823,7 @@ impl World {
             relabelled: BTreeSet::new(),
             removed_at: HashMap::new(),
             squatted: BTreeSet::new(),
+            forged_for: BTreeSet::new(),
             deleted_bindings: BTreeSet::new(),
             key_lost: false,
             renewed_at: HashMap::new(),
@@ -1253,6 +1262,21 @@ impl World {
             return Ok(Err(VErr::NoAnswer));
         }
         Ok(Ok(live))
+    }
+
+    /// Invariant 8: a token is revoked only for a record (or a new start) of the pod and the
+    /// binding it was minted for.
+    fn revoked_for(&self, accessor: &str, binding: &str, pod_uids: &[String]) -> Step<()> {
+        let Some(owner) = self.vault.tokens.get(accessor).map(|t| &t.owner) else {
+            return Ok(());
+        };
+        if owner.binding == binding && pod_uids.contains(&owner.uid) {
+            return Ok(());
+        }
+        let msg = format!(
+            "token {accessor} of {owner:?} revoked for a record of binding {binding}, pods {pod_uids:?}"
+        );
+        Err(self.violation(8, msg).into())
     }
 
     /// `auth/token/lookup-accessor`: the metadata of a live token (set at its mint).
@@ -2077,6 +2101,61 @@ impl World {
         );
     }
 
+    /// Someone who holds the record key (a leaked key) writes a valid record for one pod that
+    /// names another pod's live token: Vault's metadata says whose it is, and the operator
+    /// must never revoke it for this record (invariant 8). Not for request delivery (its
+    /// endpoint's model does not vouch).
+    fn forge_with_the_key(&mut self) {
+        if self.bindings["b"].settings.on_request {
+            return;
+        }
+        let victims: Vec<(String, Sec)> = self
+            .secrets
+            .iter()
+            .filter(|(_, s)| s.binding.as_deref() == Some("b") && !s.forged)
+            // Its wrap already taken: what the forgery aims at is the token.
+            .filter(|(_, s)| {
+                let w = s.view.as_ref().filter(|w| w.phase == Phase::Unwrapped);
+                let a = w.and_then(|w| w.accessor.as_ref());
+                a.and_then(|a| self.vault.tokens.get(a))
+                    .is_some_and(|t| !t.revoked && self.now < t.expires)
+            })
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        let Some((victim, mut sec)) = self.rng.pick(&victims).cloned() else {
+            return;
+        };
+        let tenants: Vec<usize> = self
+            .running_pods()
+            .into_iter()
+            .filter(|&i| self.bindings["b"].selects(&self.pods[i]))
+            .filter(|&i| {
+                !self
+                    .secrets
+                    .contains_key(&secret_name(&self.pods[i].view(), "b"))
+            })
+            .collect();
+        let Some(&i) = self.rng.pick(&tenants) else {
+            return;
+        };
+        let pod = self.pods[i].clone();
+        let name = secret_name(&pod.view(), "b");
+        sec.ann.insert(ann::POD, pod.name.clone());
+        sec.ann.insert(ann::POD_UID, pod.uid.clone());
+        sec.owner_uid = Some(pod.uid.clone());
+        sec.rv = self.rv();
+        sec.uid = sec.rv;
+        sec.deleting = false;
+        sec.view = read_record(&name, &sec);
+        self.note(format!(
+            "a record for pod {} forged with the key, naming {victim}'s token",
+            pod.name
+        ));
+        self.fault("record forged with the key");
+        self.forged_for.insert(pod.uid.clone());
+        self.secrets.insert(name, sec);
+    }
+
     /// The record key is lost (its Secret deleted, the operator's namespace reinstalled): every
     /// record written so far stops verifying; the operator's next writes sign with a new key.
     fn lose_record_key(&mut self) {
@@ -2265,6 +2344,7 @@ impl World {
             }
             940..950 => self.foreign_secret(),
             950..953 if self.faults.any() => self.lose_record_key(),
+            953..990 if self.faults.any() => self.forge_with_the_key(),
             _ => {}
         }
         self.check()?;
@@ -2365,7 +2445,7 @@ impl World {
     /// Invariant 3.
     fn check_liveness(&mut self) -> Result<(), Violation> {
         for pod in self.pods.clone() {
-            if !pod.running() {
+            if !pod.running() || self.forged_for.contains(&pod.uid) {
                 continue;
             }
             let selecting: Vec<&String> = self
@@ -2425,6 +2505,7 @@ impl World {
             };
             let selects = |p: &Pod| self.bindings.get(binding).is_some_and(|b| b.selects(p));
             let running = !s.forged
+                && !self.forged_for.contains(&w.pod_uid)
                 && self
                     .pods
                     .iter()
@@ -2643,16 +2724,28 @@ impl World {
 struct RoundPlan {
     /// Secret name -> (pod, pod uid) of the round's mints.
     issues: HashMap<String, (String, String)>,
-    /// Token accessor -> (pod, pod uid) of the round's renewals.
-    renewals: HashMap<String, (String, String)>,
+    /// Token accessor -> (pod, pod uid) of the round's renewals, in plan order (records forged
+    /// with the key may name one token twice).
+    renewals: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Secret name -> what the round's cleanup of it revokes.
     cleanups: HashMap<String, Revoke>,
+    /// Token accessor -> the pod uids of the round's records (or new starts) that name it.
+    namers: HashMap<String, Vec<String>>,
 }
 
 impl RoundPlan {
     fn of(actions: &[Action]) -> Self {
         let mut round = Self::default();
         for a in actions {
+            let named = match a {
+                Action::Issue(i) => i.revoke_previous.clone().map(|p| (p, i.pod_uid.clone())),
+                other => other
+                    .record()
+                    .and_then(|w| Some((w.accessor.clone()?, w.pod_uid.clone()))),
+            };
+            if let Some((accessor, uid)) = named {
+                round.namers.entry(accessor).or_default().push(uid);
+            }
             match a {
                 Action::Issue(i) => {
                     let pod = (i.pod.clone(), i.pod_uid.clone());
@@ -2661,7 +2754,8 @@ impl RoundPlan {
                 Action::Renew { wrap } => {
                     if let Some(acc) = &wrap.accessor {
                         let pod = (wrap.pod.clone(), wrap.pod_uid.clone());
-                        round.renewals.insert(acc.clone(), pod);
+                        let renewals = round.renewals.get_mut().expect("renewals lock");
+                        renewals.entry(acc.clone()).or_default().push(pod);
                     }
                 }
                 Action::Cleanup { wrap, revoke } => {
@@ -3056,7 +3150,11 @@ impl VaultOps for SimOps<'_> {
     async fn revoke_accessor(&self, accessor: &str) -> Result<Revoked, VaultError> {
         let discarding = self.discarding.lock().expect("discard lock").clone();
         let Some((_, tacc)) = discarding.filter(|(w, t)| w == accessor || t == accessor) else {
-            let revoked = self.with(|w| w.v_revoke(accessor));
+            let namers = self.round.namers.get(accessor).cloned().unwrap_or_default();
+            let revoked = self.with(|w| {
+                w.revoked_for(accessor, &self.binding, &namers)?;
+                w.v_revoke(accessor)
+            });
             let revoked = self.vault_answer(Self::answer(revoked).await)?;
             self.count_revoked(accessor, revoked);
             return Ok(revoked);
@@ -3097,7 +3195,12 @@ impl VaultOps for SimOps<'_> {
         let live = self.vault_answer(Self::answer(renewed).await)?;
         // A planned renewal is counted, and a token found gone is a warning on its pod; the
         // one renewal of a token kept past its pod is neither.
-        if let Some(pod) = self.round.renewals.get(accessor) {
+        let planned = {
+            let mut renewals = self.round.renewals.lock().expect("renewals lock");
+            let pods = renewals.get_mut(accessor).filter(|p| !p.is_empty());
+            pods.map(|p| p.remove(0))
+        };
+        if let Some(pod) = &planned {
             self.note_renewal(accessor);
             self.count(|c| match live {
                 true => c.renewals.0 += 1,
@@ -3468,6 +3571,7 @@ mod tests {
             "forged record",
             "foreign Secret",
             "Vault outage",
+            "record forged with the key",
         ] {
             assert!(
                 stats.faults_seen.get(kind).is_some_and(|n| *n > 0),
