@@ -1684,6 +1684,50 @@ async fn an_agent_restarted_just_after_a_renewal_gets_its_new_token_renewed() {
 }
 
 #[tokio::test]
+async fn a_held_token_revoked_behind_the_operators_back_is_reported_once() {
+    // Grace 5 s and a 20 s window: the held token is renewed every 10 s.
+    let env = Env::start(Options {
+        token_life: Some((Duration::from_secs(5), Duration::from_secs(20))),
+        ..Options::default()
+    })
+    .await;
+    env.apply_binding("b", Env::spec("web", "10s")).await;
+    env.create_pod("web-0", "web").await;
+    let (_, wrap) = issued(&env, "b", "web-0").await;
+    let (receipt, code) = env.run_agent(&wrap, "web-0");
+    assert_eq!(code, 0, "{receipt:?}");
+    let receipt = receipt.unwrap();
+    let held = receipt.accessor.clone().unwrap();
+    env.report_receipt("web-0", Some(&receipt), 0).await;
+    eventually("the held token renewed", T, || async {
+        (ttl_of(&env, &held).await? > 15).then_some(())
+    })
+    .await;
+    // Someone revokes it behind the operator's back: its next renewal finds it gone.
+    let root = env.bao.root_client();
+    root.revoke_accessor(&held).await.unwrap();
+    let gone = eventually("TokenGone on the pod", T, || async {
+        let events = env.events_with_reason("TokenGone").await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    let event = &gone[0];
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let regarding = event.regarding.as_ref().unwrap();
+    assert_eq!(regarding.kind.as_deref(), Some("Pod"));
+    assert_eq!(regarding.name.as_deref(), Some("web-0"));
+    assert!(event.note.as_deref().unwrap().contains(&held), "{event:?}");
+    // Said once: a token Vault no longer knows is never renewed again.
+    let renewals = env.audit_requests("auth/token/renew-accessor");
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(env.audit_requests("auth/token/renew-accessor"), renewals);
+    let gone = env.events_with_reason("TokenGone").await;
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(gone[0].series.is_none(), "repeated: {gone:?}");
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
 async fn a_pod_slower_than_its_wrap_ttl_gets_a_fresh_wrap() {
     let env = Env::start(Options::default()).await;
     env.apply_binding("b", Env::spec("slow", "5s")).await;

@@ -400,6 +400,8 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
                 tracing::debug!(namespace = %self.ns(), pod = %wrap.pod, accessor = %accessor, ttl, "token renewed");
             }
             Renewed::NotFound => {
+                // Gone for good: said once, never renewed again.
+                self.remember_renewal(&wrap, &accessor, Timestamp::MAX);
                 self.metrics.renewal(RenewalResult::Gone);
                 warn!(namespace = %self.ns(), pod = %wrap.pod, accessor = %accessor,
                     "the token the pod's agent holds no longer exists in Vault");

@@ -28,7 +28,8 @@
 //! **Schedules** (seeded xorshift, deterministic): pods created with and without the
 //! `cubbyhole.dev/secret-name` annotation (some invalid, some colliding), agents restarting,
 //! agents unwrapping (`cubbyhole unwrap` with its receipt, with and without `--wait-for-fresh`;
-//! plain `bao unwrap` without a receipt; an unwrap whose token cannot be stored), a thief
+//! plain `bao unwrap` without a receipt; an unwrap whose token cannot be stored; a refusal of
+//! a valid wrap, `unexpected-creation-path`), a thief
 //! unwrapping first, pods deleted, removed and finishing, pods relabelled, a second binding
 //! selecting some pods (created and deleted: its finalizer runs), foreign and forged Secrets
 //! holding a pod's Secret name, time advancing. Faults: the operator crashing after any number
@@ -75,7 +76,8 @@
 //!    start; a replacement is a life of its own; pods whose name a foreign Secret squatted are
 //!    left out) are within the README's bound: 1 create, at most ⌈wrapTTL/lookupPeriod⌉
 //!    lookups, at most 4 revocations (2 while tracking + 2 at deletion or at the next start),
-//!    and a held token renewed at most once per half renewal window.
+//!    and a held token renewed at most once per half renewal window, and never again once a
+//!    renewal found it gone.
 //!    With faults each crash or lost answer may repeat a step, so no tighter bound is claimed
 //!    there than invariant 1;
 //! 7. what the executor tells people matches what the models saw it do: before its next
@@ -324,6 +326,9 @@ const MAX_RENEWAL_WINDOW: i64 = 600;
 
 /// The model's token grace past the wrap TTL (the operator's `tokenGrace`).
 const GRACE: i64 = 30;
+
+/// Vault's and OpenBao's default longest token life (`max_lease_ttl`, 768 h), seconds.
+const VAULT_MAX_TTL: i64 = 768 * 3600;
 
 /// The tokenTTL of the bindings of schedules that set one (seconds).
 const TOKEN_TTL: i64 = 150;
@@ -577,6 +582,8 @@ struct Calls {
     renews: u32,
     /// Planned renewals that came less than half a renewal window after the last one.
     early_renewals: u32,
+    /// Planned renewals of a token a renewal had already found gone.
+    renewals_after_gone: u32,
     /// Mints that replaced this start's wrap after it expired untaken.
     replacements: u32,
 }
@@ -752,8 +759,10 @@ struct World {
     /// An ask is being answered (asks do not nest).
     asking: bool,
     /// Tokens kept past their pods (`revokeOnPodDeletion: false`), alive when the operator
-    /// removed their records: (accessor, when, the binding's renewal window).
-    kept: Vec<(String, i64, i64)>,
+    /// removed their records: (accessor, when).
+    kept: Vec<(String, i64)>,
+    /// Tokens a planned renewal found gone.
+    gone: BTreeSet<String>,
     /// Token accessor -> when the operator last renewed it as planned (`Action::Renew`).
     renewed_at: HashMap<String, i64>,
     /// Every binding that existed: (revokeOnPodDeletion, wrap TTL, lookup period) in seconds.
@@ -827,6 +836,7 @@ impl World {
             deleted_bindings: BTreeSet::new(),
             key_lost: false,
             renewed_at: HashMap::new(),
+            gone: BTreeSet::new(),
             kept: vec![],
             routine_events: (seed >> 2) & 1 == 0,
             lookup_budget: if (seed >> 4) & 3 == 0 { 2 } else { 0 },
@@ -1752,6 +1762,21 @@ impl World {
                         return Ok(());
                     }
                 }
+                if valid && self.rng.chance(15) {
+                    // The agent expects another creation path (`--expect-path`): it refuses
+                    // the wrap without taking it.
+                    self.note(format!("pod {} refuses its wrap", pod.name));
+                    *self.stats.agent.entry("refused").or_default() += 1;
+                    let p = &mut self.pods[i];
+                    p.attempted = true;
+                    p.waiting_since = None;
+                    p.current = Some(ObservedReceipt {
+                        container: AGENT.to_string(),
+                        receipt: Receipt::failed(result::UNEXPECTED_CREATION_PATH),
+                        finished_at: Some(ts(now)),
+                    });
+                    return Ok(());
+                }
                 match self.vault.unwrap(&token, now) {
                     Some(inner) if plain => {
                         self.note(format!(
@@ -2597,12 +2622,11 @@ impl World {
             }
         }
         // A kept token lives on past its pod: renewed once to its tokenTTL (or, without one,
-        // well past the renewal window), never left to end with the window.
-        for (a, removed, window) in &self.kept {
+        // to Vault's default longest life; a role's max would cap it there), never left to end
+        // with the renewal window.
+        for (a, removed) in &self.kept {
             let t = &self.vault.tokens[a];
-            let due = t
-                .max_at
-                .map_or(removed + window + 1, |m| (removed + window + 1).min(m));
+            let due = t.max_at.unwrap_or(removed + VAULT_MAX_TTL);
             if t.revoked || t.expires + 3 < due {
                 let msg = format!(
                     "kept token {a} of a pod removed at {removed} ends at {} ({t:?})",
@@ -2709,6 +2733,7 @@ impl World {
                 || c.lookups > lookups * lives
                 || c.revokes > 4 * lives
                 || c.early_renewals > 0
+                || c.renewals_after_gone > 0
             {
                 let msg = format!("Vault calls for {owner:?}: {c:?} (lookups allowed: {lookups})");
                 return Err(self.violation(5, msg));
@@ -2729,6 +2754,9 @@ struct RoundPlan {
     renewals: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Secret name -> what the round's cleanup of it revokes.
     cleanups: HashMap<String, Revoke>,
+    /// Token accessors the round's cleanups may renew once, to their tokenTTL: kept tokens
+    /// (not revoked, their pod's agent took them: `Unwrapped`).
+    keepers: BTreeSet<String>,
     /// Token accessor -> the pod uids of the round's records (or new starts) that name it.
     namers: HashMap<String, Vec<String>>,
 }
@@ -2760,6 +2788,13 @@ impl RoundPlan {
                 }
                 Action::Cleanup { wrap, revoke } => {
                     round.cleanups.insert(wrap.secret.clone(), *revoke);
+                    if let Some(a) = wrap
+                        .accessor
+                        .as_ref()
+                        .filter(|_| !revoke.token() && wrap.phase == Phase::Unwrapped)
+                    {
+                        round.keepers.insert(a.clone());
+                    }
                 }
                 _ => {}
             }
@@ -2783,7 +2818,7 @@ struct Told {
 impl Told {
     fn on_pod((pod, uid): &(String, String), warning: bool, reason: &str) -> Self {
         Self {
-            on: format!("Pod {pod} {uid}"),
+            on: format!("v1 Pod {pod} {uid}"),
             warning,
             reason: reason.into(),
             repeats: warning,
@@ -2976,6 +3011,11 @@ impl SimOps<'_> {
             .map_or(0, |b| b.settings.renewal_window.as_secs() as i64 / 2);
         let last = w.renewed_at.insert(accessor.to_string(), w.now);
         let owner = w.vault.tokens.get(accessor).map(|t| t.owner.clone());
+        if let Some(owner) = &owner
+            && w.gone.contains(accessor)
+        {
+            w.calls(owner).renewals_after_gone += 1;
+        }
         if let (Some(last), Some(owner)) = (last, owner)
             && w.now - last < half
         {
@@ -2991,7 +3031,6 @@ impl SimOps<'_> {
         let Some(settings) = w.bindings.get(&self.binding).map(|b| &b.settings) else {
             return;
         };
-        let window = settings.renewal_window.as_secs() as i64;
         if settings.revoke_on_pod_deletion || wrap.phase != Phase::Unwrapped {
             return;
         }
@@ -3001,7 +3040,7 @@ impl SimOps<'_> {
             .get(a)
             .is_some_and(|t| !t.revoked && w.now < t.expires)
         {
-            w.kept.push((a.clone(), w.now, window));
+            w.kept.push((a.clone(), w.now));
         }
     }
 
@@ -3191,15 +3230,26 @@ impl VaultOps for SimOps<'_> {
         accessor: &str,
         increment_secs: u64,
     ) -> Result<Renewed, VaultError> {
-        let renewed = self.with(|w| w.v_renew(accessor, increment_secs as i64));
-        let live = self.vault_answer(Self::answer(renewed).await)?;
-        // A planned renewal is counted, and a token found gone is a warning on its pod; the
-        // one renewal of a token kept past its pod is neither.
         let planned = {
             let mut renewals = self.round.renewals.lock().expect("renewals lock");
             let pods = renewals.get_mut(accessor).filter(|p| !p.is_empty());
             pods.map(|p| p.remove(0))
         };
+        let renewed = self.with(|w| {
+            // Besides planned renewals, only a kept token is renewed (once, at its cleanup).
+            let keeps = w
+                .bindings
+                .get(&self.binding)
+                .is_some_and(|b| !b.settings.revoke_on_pod_deletion);
+            if planned.is_none() && !(keeps && self.round.keepers.contains(accessor)) {
+                let msg = format!("renewed {accessor}, neither planned nor a kept token");
+                return Err(w.violation(5, msg).into());
+            }
+            w.v_renew(accessor, increment_secs as i64)
+        });
+        let live = self.vault_answer(Self::answer(renewed).await)?;
+        // A planned renewal is counted, and a token found gone is a warning on its pod; the
+        // one renewal of a token kept past its pod is neither.
         if let Some(pod) = &planned {
             self.note_renewal(accessor);
             self.count(|c| match live {
@@ -3207,6 +3257,9 @@ impl VaultOps for SimOps<'_> {
                 false => c.renewals.1 += 1,
             });
             if !live {
+                let mut world = self.world.lock().expect("world lock");
+                world.gone.insert(accessor.to_string());
+                drop(world);
                 self.owe(|o| o.events.push(Told::on_pod(pod, true, "TokenGone")));
             }
         }
@@ -3366,7 +3419,8 @@ impl RecordOps for SimOps<'_> {
     async fn publish(&self, reference: ObjectReference, event: Event, repeats: bool) {
         let on = match (reference.kind.as_deref(), reference.namespace.as_deref()) {
             (Some("Pod"), Some(NS)) => format!(
-                "Pod {} {}",
+                "{} Pod {} {}",
+                reference.api_version.unwrap_or_default(),
                 reference.name.unwrap_or_default(),
                 reference.uid.unwrap_or_default()
             ),
@@ -3587,7 +3641,7 @@ mod tests {
                 && stats.lookups_deferred > 0,
             "{stats:?}"
         );
-        for phase in ["Unwrapped", "Expired", "Tampered", "Revoked"] {
+        for phase in ["Unwrapped", "Expired", "Tampered", "Revoked", "Failed"] {
             assert!(stats.settles.contains_key(phase), "never settled {phase}");
         }
         // A crash fell after every kind of operation.
