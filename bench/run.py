@@ -546,6 +546,64 @@ def pod_manifest(name, app, binding):
     }
 
 
+def backlog_phase(args, kube, audit, op):
+    """The operator's own pipeline, without the clients' pod creates competing for the machine:
+    N pods wait unselected, then one binding selecting them all is applied; measured from the
+    binding's create to the last wrap seen in its Secret. Compared with the raw two-write
+    pipeline (same work: one mint and one Secret create per pod)."""
+    n, c = args.pods, args.concurrency
+    ns = f"bench-backlog-{args.run_id}"
+    log(f"backlog: {n} pods waiting, then one binding selecting them (namespace {ns})")
+    make_namespace(kube, ns)
+    with ThreadPoolExecutor(c) as ex:
+        list(ex.map(lambda i: check(*kube.request("POST", f"/api/v1/namespaces/{ns}/pods",
+                                                  pod_manifest(f"agent-{i}", "backlog", 1)), "pod"), range(n)))
+    time.sleep(2)  # the operator's pod watch has them all; nothing selects them yet
+    served, cond, stop = {}, threading.Condition(), threading.Event()
+    threading.Thread(target=watch_secrets, args=(kube, ns, served, cond, stop), daemon=True).start()
+    time.sleep(0.5)  # the watch is established
+    audit_start = audit.offset()
+    cpu = Cpu(args, op)
+    cpu_before, api_before = cpu.read(), api_requests(kube)
+    start = time.monotonic()
+    check(*kube.request("POST", f"/apis/cubbyhole.dev/v1alpha1/namespaces/{ns}/agentsecretbindings", {
+        "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+        "metadata": {"name": "backlog"},
+        "spec": {"podSelector": {"matchLabels": {"app": "backlog"}},
+                 "vault": {"tokenRole": ROLE, "policies": [ROLE], "tokenTTL": "1h", "wrapTTL": WRAP_TTL},
+                 "agentContainer": "unwrap"},
+    }), "binding")
+    with cond:
+        ok = cond.wait_for(lambda: len(served) >= n, timeout=args.timeout)
+    cpu_spent = Cpu.spent(cpu_before, cpu.read())
+    api_writes = api_writes_text(api_before, api_requests(kube), n)
+    stop.set()
+    lat = [t - start for t in served.values()]
+    st = summary(lat, start, max(served.values()) if served else time.monotonic(), len(lat))
+    minted = {}
+    for e in audit.entries(audit_start):
+        if e.get("type") == "response" and e.get("request", {}).get("path", "").startswith("auth/token/create/"):
+            meta = (e.get("request", {}).get("data") or {}).get("meta") or {}
+            if meta.get("namespace") == ns:
+                minted[meta.get("pod")] = minted.get(meta.get("pod"), 0) + 1
+    problems = []
+    if not ok:
+        problems.append(f"only {len(served)}/{n} pods served within {args.timeout} s")
+    twice = sorted(p for p, k in minted.items() if k != 1)
+    if twice:
+        problems.append(f"{len(twice)} pods minted for more than once: {twice[:5]}")
+    st.update({"label": f"{n} pods waiting / 1 binding", "pods": n, "served": len(served), "cpu_s": cpu_spent,
+               "api_writes_per_pod": api_writes, "minted": sum(minted.values()), "correct": not problems,
+               "problems": problems, "latencies": sorted(lat)})
+    log(f"backlog: served {len(served)}/{n}, {st['per_s']:.0f} pods/s, last at {fmt(st['max_s'])}"
+        f"{'; ' + '; '.join(problems) if problems else ', exactly one mint each'}")
+    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and kube.request("GET", f"/api/v1/namespaces/{ns}")[0] != 404:
+        time.sleep(0.5)
+    return st
+
+
 def burst(args, kube, vault, audit, op, bindings, restart):
     n, c = args.pods, args.concurrency
     ns = f"bench-{bindings}b-{args.run_id}"
@@ -1084,8 +1142,14 @@ def fmt(v, unit="s"):
     return f"{v:.1f} {unit}"
 
 
-def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
+def write_report(args, raw, backlog, bursts, request, hwm, out_dir, total_s):
     goals = []
+    if backlog:
+        backlog["ratio_to_raw"] = backlog["per_s"] / raw["per_s"] if raw else None
+        if raw:
+            goals.append((f"operator pipeline alone ({backlog['label']}): >= 0.8x the raw two-write pipeline",
+                          backlog["ratio_to_raw"] >= 0.8, f"{backlog['ratio_to_raw']:.2f}x"))
+        goals.append((f"exactly once ({backlog['label']})", backlog["correct"], "; ".join(backlog["problems"]) or "ok"))
     if request:
         goals.append((f"on request: p99 ask -> wrap < 1 s ({args.pods} agents)", request["p99_s"] < 1, fmt(request["p99_s"])))
         goals.append((f"on request: >= 0.8x the raw TokenReview + mint pipeline", request["ratio_to_raw"] >= 0.8,
@@ -1132,6 +1196,7 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
                      "operator_config": args.operator_config},
         "raw": {k: v for k, v in (raw or {}).items() if k not in ("latencies", "pod_start")},
         "pod_start": {k: v for k, v in (raw or {}).get("pod_start", {}).items() if k != "latencies"},
+        "backlog": {k: v for k, v in (backlog or {}).items() if k != "latencies"},
         "bursts": [{k: v for k, v in b.items() if k != "latencies"} for b in bursts],
         "request": {k: (v if k != "raw" else {rk: (rv if rk != "with_record" else {wk: wv for wk, wv in rv.items() if wk != "latencies"})
                                               for rk, rv in v.items() if rk != "latencies"})
@@ -1158,6 +1223,11 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
         pr = raw["pod_start"]
         lines.append(f"| raw pod start (pod create, mint, Secret create) | {pr['count']} | {fmt(pr['p50_s'])} | {fmt(pr['p90_s'])} | "
                      f"{fmt(pr['p99_s'])} | {fmt(pr['max_s'])} | {pr['per_s']:.0f} | {pr['per_s'] / raw['per_s']:.2f}x | 1 create | - | - |")
+    if backlog:
+        ratio_text = "-" if backlog["ratio_to_raw"] is None else f"{backlog['ratio_to_raw']:.2f}x"
+        lines.append(f"| operator, {backlog['label']} (from the binding's create) | {backlog['served']}/{backlog['pods']} | "
+                     f"{fmt(backlog['p50_s'])} | {fmt(backlog['p90_s'])} | {fmt(backlog['p99_s'])} | {fmt(backlog['max_s'])} | "
+                     f"{backlog['per_s']:.0f} | {ratio_text} | {backlog['minted'] / max(backlog['pods'], 1):.2f} create | - | - |")
     for b in bursts:
         ratio_text = "-" if b["ratio_to_raw"] is None else f"{b['ratio_to_raw']:.2f}x ({b['ratio_to_pod_start']:.2f}x of the raw pod start)"
         req = ", ".join(f"{k} {v / b['pods']:.2f}" for k, v in sorted(b["vault_requests_until_served"].items()))
@@ -1182,6 +1252,8 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
     if raw:
         lines.append(f"- raw two-write pipeline: {cpu_text(raw['cpu_s'], raw['count'])}")
         lines.append(f"- raw pod start: {cpu_text(raw['pod_start']['cpu_s'], raw['pod_start']['count'])}")
+    if backlog:
+        lines.append(f"- operator, {backlog['label']}: {cpu_text(backlog['cpu_s'], backlog['pods'])}")
     for b in bursts:
         lines.append(f"- operator, {b['label']}: {cpu_text(b['cpu_s'], b['pods'])}")
     if request:
@@ -1193,13 +1265,17 @@ def write_report(args, raw, bursts, request, hwm, out_dir, total_s):
     if raw:
         lines.append(f"- raw two-write pipeline: {raw['api_writes_per_pod'] or 'unknown'}")
         lines.append(f"- raw pod start: {raw['pod_start']['api_writes_per_pod'] or 'unknown'}")
+    if backlog:
+        lines.append(f"- operator, {backlog['label']}: {backlog['api_writes_per_pod'] or 'unknown'}")
     for b in bursts:
         lines.append(f"- operator, {b['label']}: {b['api_writes_per_pod'] or 'unknown'}")
     lines += ["",
               "Latency: operator = pod create sent → wrapping token seen in the pod's Secret (watch); "
               "raw = mint request sent → Secret create answered; raw pod start = pod create sent → Secret create answered, "
               "the client's pod create and the two writes one pod start costs the operator, without watches, "
-              "caches or planning (the ceiling of one write per pod start here). Per s: served / (last served − first create).", "",
+              "caches or planning (the ceiling of one write per pod start here); pods waiting = the binding's create sent → wrapping "
+              "token seen, every pod created before it (the operator's pipeline alone, no pod creates competing for the machine). "
+              "Per s: served / (last served − first create).", "",
               "Vault requests per second in steady state (5 s, every wrap outstanding, 10 s after the burst):", ""]
     for b in bursts:
         steady = ", ".join(f"{k} {v:.1f}/s" for k, v in sorted(b["vault_requests_per_s_steady"].items())) or "none"
@@ -1263,6 +1339,7 @@ def main():
     ap.add_argument("--soak", type=float, default=0, help="minutes of pod churn after each burst (before its restart); 0: none")
     ap.add_argument("--soak-rate", type=int, default=10, help="pods deleted and created per second during the soak")
     ap.add_argument("--no-request", action="store_true", help="skip the request-delivery phase")
+    ap.add_argument("--no-backlog", action="store_true", help="skip the backlog phase (pods first, then their binding)")
     ap.add_argument("--no-hold", dest="hold", action="store_false",
                     help="skip the hold phase (after each burst's restart: unwrap every wrap, count renewals)")
     ap.add_argument("--renewal-window", default="1m", help="the operator's renewalWindow (the hold phase counts over half of it)")
@@ -1309,11 +1386,12 @@ def main():
         operator = op
         last = len(args.bindings) - 1
         op_proc_holder[0] = op["proc"]
+        backlog = None if args.no_backlog else backlog_phase(args, kube, audit, op)
         bursts = [burst(args, kube, vault, audit, op, b, restart=(i == last and not args.no_restart))
                   for i, b in enumerate(args.bindings)]
         request = None if args.no_request else request_phase(args, kube, vault, audit, op_token)
         hwm = max(op.get("hwm") or 0, op["rss"].read().get("VmHWM") or 0) or None
-        report = write_report(args, raw, bursts, request, hwm, args.out, time.monotonic() - T0)
+        report = write_report(args, raw, backlog, bursts, request, hwm, args.out, time.monotonic() - T0)
     finally:
         if operator:
             operator["proc"].send_signal(signal.SIGTERM)
@@ -1327,7 +1405,7 @@ def main():
     with open(os.path.join(args.out, "report.md")) as f:
         print(f.read())
     log(f"report: {args.out}/report.md, report.json, latency-cdf.svg")
-    if not all(b["correct"] for b in report["bursts"]) or not report["request"].get("correct", True):
+    if not report["backlog"].get("correct", True) or not all(b["correct"] for b in report["bursts"]) or not report["request"].get("correct", True):
         die("correctness check failed")
 
 

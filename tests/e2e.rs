@@ -1536,6 +1536,30 @@ async fn ttl_of(env: &Env, accessor: &str) -> Option<u64> {
     facts.map(|f| f["ttl"].as_u64().expect("ttl"))
 }
 
+/// Creates `pod` (selected by binding `b`), runs its agent (`run` names the run) on the wrap
+/// issued to it and reports the receipt, then waits until Vault shows the held token renewed
+/// past `renewed_past` seconds. Returns the receipt; its accessor is the held token's.
+async fn pod_holding_a_renewed_token(
+    env: &Env,
+    pod: &str,
+    app: &str,
+    run: &str,
+    renewed_past: u64,
+) -> Receipt {
+    env.create_pod(pod, app).await;
+    let (_, wrap) = issued(env, "b", pod).await;
+    let (receipt, code) = env.run_agent(&wrap, run);
+    assert_eq!(code, 0, "{receipt:?}");
+    let receipt = receipt.unwrap();
+    let held = receipt.accessor.clone().unwrap();
+    env.report_receipt(pod, Some(&receipt), 0).await;
+    eventually("the held token renewed", T, || async {
+        (ttl_of(env, &held).await? > renewed_past).then_some(())
+    })
+    .await;
+    receipt
+}
+
 #[tokio::test]
 async fn vault_ends_every_token_by_itself_while_the_operator_is_down() {
     // Grace 5 s and a 30 s renewal window: a token nobody took lives wrapTTL (10 s) + 5 s; a
@@ -1546,18 +1570,9 @@ async fn vault_ends_every_token_by_itself_while_the_operator_is_down() {
     })
     .await;
     env.apply_binding("b", Env::spec("agent", "10s")).await;
-    env.create_pod("taken", "agent").await;
-    let (_, wrap) = issued(&env, "b", "taken").await;
-    let (receipt, code) = env.run_agent(&wrap, "taken");
-    assert_eq!(code, 0, "{receipt:?}");
-    let receipt = receipt.unwrap();
-    let held = receipt.accessor.clone().unwrap();
-    env.report_receipt("taken", Some(&receipt), 0).await;
     // Minted for wrapTTL + grace; once verified, renewed to the window.
-    eventually("the held token renewed to the window", T, || async {
-        (ttl_of(&env, &held).await? > 15).then_some(())
-    })
-    .await;
+    let receipt = pod_holding_a_renewed_token(&env, "taken", "agent", "taken", 15).await;
+    let held = receipt.accessor.unwrap();
     assert!(env.audit_requests("auth/token/renew-accessor") >= 1);
 
     env.create_pod("untaken", "agent").await;
@@ -1647,17 +1662,7 @@ async fn an_agent_restarted_just_after_a_renewal_gets_its_new_token_renewed() {
     })
     .await;
     env.apply_binding("b", Env::spec("web", "5s")).await;
-    env.create_pod("web-0", "web").await;
-    let (_, wrap) = issued(&env, "b", "web-0").await;
-    let (receipt, code) = env.run_agent(&wrap, "first-run");
-    assert_eq!(code, 0, "{receipt:?}");
-    let first = receipt.unwrap();
-    env.report_receipt("web-0", Some(&first), 0).await;
-    let first_token = first.accessor.clone().unwrap();
-    eventually("the first token renewed", T, || async {
-        (ttl_of(&env, &first_token).await? > 10).then_some(())
-    })
-    .await;
+    let first = pod_holding_a_renewed_token(&env, "web-0", "web", "first-run", 10).await;
     // The agent restarts (the kubelet counts it) and takes its new start's wrap.
     env.report_receipt("web-0", Some(&first), 1).await;
     let (secret, wrap) = issued(&env, "b", "web-0").await;
@@ -1692,17 +1697,8 @@ async fn a_held_token_revoked_behind_the_operators_back_is_reported_once() {
     })
     .await;
     env.apply_binding("b", Env::spec("web", "10s")).await;
-    env.create_pod("web-0", "web").await;
-    let (_, wrap) = issued(&env, "b", "web-0").await;
-    let (receipt, code) = env.run_agent(&wrap, "web-0");
-    assert_eq!(code, 0, "{receipt:?}");
-    let receipt = receipt.unwrap();
+    let receipt = pod_holding_a_renewed_token(&env, "web-0", "web", "web-0", 15).await;
     let held = receipt.accessor.clone().unwrap();
-    env.report_receipt("web-0", Some(&receipt), 0).await;
-    eventually("the held token renewed", T, || async {
-        (ttl_of(&env, &held).await? > 15).then_some(())
-    })
-    .await;
     // Someone revokes it behind the operator's back: its next renewal finds it gone.
     let root = env.bao.root_client();
     root.revoke_accessor(&held).await.unwrap();

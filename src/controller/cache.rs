@@ -5,9 +5,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use kube::runtime::watcher;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use kube::{Resource, ResourceExt};
 
@@ -36,6 +37,8 @@ pub trait Indexed {
 pub struct IndexedCache<K> {
     state: RwLock<State<K>>,
     ready: watch::Sender<bool>,
+    /// Woken after every applied event (see `wait_until`).
+    changed: Notify,
 }
 
 struct State<K> {
@@ -99,6 +102,7 @@ impl<K: Indexed> Default for IndexedCache<K> {
                 relist: None,
             }),
             ready: watch::Sender::new(false),
+            changed: Notify::new(),
         }
     }
 }
@@ -106,6 +110,28 @@ impl<K: Indexed> Default for IndexedCache<K> {
 impl<K: Indexed> IndexedCache<K> {
     /// Applies one watch event.
     pub fn apply(&self, event: &watcher::Event<Arc<K>>) {
+        self.apply_quietly(event);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `holds` is true of the cache, at most `within`; says whether it is.
+    pub async fn wait_until(&self, holds: impl Fn(&Self) -> bool, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before the check, so an event applied in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if holds(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return holds(self);
+            }
+        }
+    }
+
+    fn apply_quietly(&self, event: &watcher::Event<Arc<K>>) {
         let mut state = self.state.write().expect("cache lock");
         match event {
             watcher::Event::Init => state.relist = Some(vec![]),

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -155,6 +156,9 @@ pub struct Context {
     pub readiness: Readiness,
     /// Keys that sign and verify per-pod records.
     pub record_keys: RecordKeys,
+    /// `namespace/binding` -> when this process last wrote the binding's status (counts are
+    /// written at most once per `status::COUNTS_INTERVAL`).
+    pub statuses_written: Mutex<HashMap<String, Instant>>,
     /// `namespace/secret` -> resourceVersion of forged records already reported (once each).
     pub forged: Mutex<HashMap<String, Option<String>>>,
     /// The global budget of Vault lookups (`maxLookupsPerSecond`).

@@ -5,16 +5,19 @@
 //! real executor, not a copy of it.
 
 use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use crate::controller::cache::IndexedCache;
 use crate::controller::trust::TokenFacts;
 use crate::core::plan::Issue;
 use crate::record::writes::{self, Change, Records, WrapData, WriteError};
-use crate::record::{BINDING_LABEL, Phase, WrapState};
+use crate::record::{BINDING_LABEL, CachedRecord, Phase, WrapState};
 use crate::vault::{
     Renewed, Revoked, SecretString, TokenRequest, VaultClient, VaultError, WrapInfo,
 };
@@ -122,6 +125,56 @@ pub struct LiveRecords<'a> {
     pub client: &'a kube::Client,
     /// Who publishes Events.
     pub reporter: &'a Reporter,
+    /// The writes made through it (see [`until_cached`]).
+    pub written: Mutex<Vec<OwnWrite>>,
+}
+
+/// A record write: the Secret's name and the resourceVersion it left (`None`: removed).
+pub type OwnWrite = (String, Option<String>);
+
+impl LiveRecords<'_> {
+    fn wrote(&self, secret: &str, resource_version: Option<String>) {
+        self.written
+            .lock()
+            .expect("written lock")
+            .push((secret.to_string(), resource_version));
+    }
+}
+
+/// Waits (at most `within`) until the record cache shows every write in `written` of
+/// namespace `ns`, so the next round does not plan from records older than its own writes (a
+/// record created but not yet watched reads as missing: its pod would be minted for again,
+/// and the mint revoked when the create finds the name taken). Says whether it does.
+pub async fn until_cached(
+    cache: &IndexedCache<CachedRecord>,
+    ns: &str,
+    written: &[OwnWrite],
+    within: Duration,
+) -> bool {
+    let shows = |cache: &IndexedCache<CachedRecord>| {
+        written.iter().all(|(name, version)| {
+            let cached = cache.get(ns, name).and_then(|r| r.unpack());
+            match (version, cached) {
+                (None, cached) => cached.is_none(),
+                (Some(_), None) => false,
+                (Some(version), Some(s)) => s
+                    .metadata
+                    .resource_version
+                    .is_some_and(|c| version_reached(&c, version)),
+            }
+        })
+    };
+    cache.wait_until(shows, within).await
+}
+
+/// True when a cached `cached` resourceVersion is `written` or later. Versions are opaque to
+/// clients; the API server's are etcd revisions, compared as numbers when both are (anything
+/// else counts only when equal).
+pub fn version_reached(cached: &str, written: &str) -> bool {
+    match (cached.parse::<u64>(), written.parse::<u64>()) {
+        (Ok(c), Ok(w)) => c >= w,
+        _ => cached == written,
+    }
 }
 
 impl RecordOps for LiveRecords<'_> {
@@ -135,9 +188,9 @@ impl RecordOps for LiveRecords<'_> {
         changes: &[Change],
         data: WrapData<'_>,
     ) -> Result<(), WriteError> {
-        writes::write_issue(&self.records, issue, changes, data)
-            .await
-            .map(drop)
+        let version = writes::write_issue(&self.records, issue, changes, data).await?;
+        self.wrote(&issue.secret, Some(version));
+        Ok(())
     }
 
     async fn settle(
@@ -148,13 +201,17 @@ impl RecordOps for LiveRecords<'_> {
         message: &str,
         start: u32,
     ) -> Result<(), WriteError> {
-        writes::settle(&self.records, wrap, phase, verified, message, start)
-            .await
-            .map(drop)
+        let version = writes::settle(&self.records, wrap, phase, verified, message, start).await?;
+        self.wrote(&wrap.secret, Some(version));
+        Ok(())
     }
 
     async fn remove(&self, wrap: &WrapState) -> Result<bool, kube::Error> {
-        writes::remove(self.records.api, wrap).await
+        let removed = writes::remove(self.records.api, wrap).await?;
+        if removed {
+            self.wrote(&wrap.secret, None);
+        }
+        Ok(removed)
     }
 
     async fn holder(&self, secret: &str) -> Result<Holder, kube::Error> {
@@ -183,5 +240,25 @@ pub fn event(type_: EventType, reason: &str, action: &str, note: &str) -> Event 
         note: Some(note.into()),
         action: action.into(),
         secondary: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_is_reached_by_itself_and_by_later_revisions_only() {
+        assert!(version_reached("42", "42"));
+        assert!(version_reached("43", "42"));
+        assert!(
+            version_reached("100", "99"),
+            "compared as numbers, not as text"
+        );
+        assert!(!version_reached("41", "42"));
+        assert!(!version_reached("99", "100"));
+        assert!(version_reached("opaque", "opaque"));
+        assert!(!version_reached("opaque-2", "opaque-1"));
+        assert!(!version_reached("43", "opaque"));
     }
 }

@@ -393,15 +393,18 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             Ok(r) => r,
             Err(e) => return vault_failed(e),
         };
-        self.remember_renewal(&wrap, &accessor, self.records.now());
+        // A token Vault no longer knows is gone for good: said once, never renewed again.
+        let renewed_at = match renewed {
+            Renewed::For(_) => self.records.now(),
+            Renewed::NotFound => Timestamp::MAX,
+        };
+        self.remember_renewal(&wrap, &accessor, renewed_at);
         match renewed {
             Renewed::For(ttl) => {
                 self.metrics.renewal(RenewalResult::Renewed);
                 tracing::debug!(namespace = %self.ns(), pod = %wrap.pod, accessor = %accessor, ttl, "token renewed");
             }
             Renewed::NotFound => {
-                // Gone for good: said once, never renewed again.
-                self.remember_renewal(&wrap, &accessor, Timestamp::MAX);
                 self.metrics.renewal(RenewalResult::Gone);
                 warn!(namespace = %self.ns(), pod = %wrap.pod, accessor = %accessor,
                     "the token the pod's agent holds no longer exists in Vault");

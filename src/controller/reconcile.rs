@@ -17,7 +17,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error, LastDone, Memory, key};
-use crate::controller::effects::LiveRecords;
+use crate::controller::effects::{self, LiveRecords};
 use crate::controller::execute::{self, Executor};
 use crate::controller::{sweep, trust};
 use crate::core::labels::LabelQuery;
@@ -40,6 +40,10 @@ const TAKEN_NAME_FORGET: Duration = Duration::from_secs(3600);
 const DEFERRED_LOOKUP_RETRY: Duration = Duration::from_secs(1);
 /// Safety-net requeue when nothing is due.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// Longest wait for the record cache to show a round's own writes.
+const OWN_WRITES_WAIT: Duration = Duration::from_secs(2);
+/// The shortest wait for a status write the pacing held back.
+const STATUS_RETRY_FLOOR: Duration = Duration::from_millis(100);
 /// Longest wait between retries of a failing binding.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -161,6 +165,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
             recorder: &ctx.recorder,
             client: &ctx.client,
             reporter: &ctx.reporter,
+            written: Default::default(),
         };
         let executor = Executor {
             vault: &ctx.vault,
@@ -176,6 +181,11 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         };
         // Records are independent: their actions run side by side, each record's in order.
         let executed = execute::run_all(&executor, plan.actions, ctx.config.step_concurrency).await;
+        // The next round plans from the cache: it must show this round's writes first.
+        let written = std::mem::take(&mut *live.written.lock().expect("written lock"));
+        if !effects::until_cached(&ctx.secrets, &ns, &written, OWN_WRITES_WAIT).await {
+            tracing::debug!(namespace = %ns, binding = %name, "the record cache lags behind this round's writes");
+        }
         let took_effect = planned - executed.names_taken.len() - executed.lookups_deferred;
         let deferred = executed.lookups_deferred > 0;
         problems.names_taken.extend(executed.names_taken);
@@ -211,7 +221,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         // An invalid binding selects nothing: its status counts no pods.
         Err(_) => (&[][..], &observed.conflicts),
     };
-    write_status(ctx, b, pods, &observed.records, conflicts, &problems).await?;
+    let status_due = write_status(ctx, b, pods, &observed.records, conflicts, &problems).await?;
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -225,6 +235,13 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         })
         .unwrap_or(IDLE_REQUEUE)
         .clamp(Duration::from_millis(500), IDLE_REQUEUE);
+    // Counts held back by the status pacing are written when due.
+    let delay = status_due.map_or(delay, |due| {
+        delay.min(
+            due.saturating_duration_since(Instant::now())
+                .max(STATUS_RETRY_FLOOR),
+        )
+    });
     tracing::debug!(namespace = %ns, binding = %name, requeue_in = ?delay, "reconciled");
     Ok(Requeue::requeue(delay))
 }
@@ -474,6 +491,8 @@ fn find_conflicts(
     conflicts
 }
 
+/// Writes the binding's status when `status::when_to_write` says so; returns when to come
+/// back for a write it held back.
 async fn write_status(
     ctx: &Context,
     b: &AgentSecretBinding,
@@ -481,7 +500,7 @@ async fn write_status(
     wraps: &[WrapState],
     conflicts: &BTreeMap<String, Vec<String>>,
     problems: &Problems,
-) -> Result<(), Error> {
+) -> Result<Option<Instant>, Error> {
     let ns = b.namespace().unwrap_or_default();
     let status = status::compute(&StatusInput {
         generation: b.metadata.generation,
@@ -494,8 +513,17 @@ async fn write_status(
     });
     ctx.metrics
         .set_outstanding(&ns, &b.name_any(), status.pending);
-    if b.status.as_ref() == Some(&status) {
-        return Ok(());
+    let k = key(&ns, &b.name_any());
+    let written = ctx
+        .statuses_written
+        .lock()
+        .expect("statuses lock")
+        .get(&k)
+        .copied();
+    match status::when_to_write(b.status.as_ref(), &status, written, Instant::now()) {
+        status::Write::Skip => return Ok(None),
+        status::Write::At(due) => return Ok(Some(due)),
+        status::Write::Now => {}
     }
     let api: Api<AgentSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({
@@ -509,7 +537,11 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
-    Ok(())
+    ctx.statuses_written
+        .lock()
+        .expect("statuses lock")
+        .insert(k, Instant::now());
+    Ok(None)
 }
 
 async fn cleanup_binding(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> {
@@ -517,6 +549,10 @@ async fn cleanup_binding(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeu
     let name = b.name_any();
     let removed = sweep::retire_records(ctx, &ns, &name, Some(b)).await?;
     ctx.metrics.forget_binding(&ns, &name);
+    ctx.statuses_written
+        .lock()
+        .expect("statuses lock")
+        .remove(&key(&ns, &name));
     info!(namespace = %ns, binding = %name, removed, "binding deleted: revoked and removed its records");
     Ok(Requeue::await_change())
 }

@@ -97,12 +97,12 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     };
     let watch_config = || lists.watcher_config();
     // The controller runs every due round at once; each waits for one of the
-    // `reconcileConcurrency` slots, shared fairly between namespaces (`fair`).
-    let controller = Controller::new(bindings.clone(), watch_config()).with_config(
-        ControllerConfig::default()
-            .debounce(Duration::from_millis(200))
-            .concurrency(0),
-    );
+    // `reconcileConcurrency` slots, shared fairly between namespaces (`fair`). No debounce: a
+    // trailing one keeps postponing a binding's round while its pods keep coming (a burst
+    // would wait for its last pod); the triggers that arrive while a round runs already
+    // collapse into the one next round.
+    let controller = Controller::new(bindings.clone(), watch_config())
+        .with_config(ControllerConfig::default().concurrency(0));
     // One pod watch feeds both the reconciler's pod cache and the controller's triggers; the
     // cache keeps each pod read into what the planner needs (`CachedPod`).
     let pods = Arc::new(IndexedCache::<CachedPod>::default());
@@ -170,6 +170,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         failures: Default::default(),
         readiness: Readiness::default(),
         record_keys,
+        statuses_written: Default::default(),
         forged: Default::default(),
         lookups: LookupBudget::new(config.max_lookups_per_second),
     });

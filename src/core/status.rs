@@ -1,6 +1,7 @@
 //! Computes a binding's status from plain data: counters, records and conditions.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -17,6 +18,58 @@ pub const DEGRADED: &str = "Degraded";
 
 /// Most per-pod records kept in the status.
 pub const MAX_RECORDS: usize = 50;
+
+/// How often a binding's status is rewritten while only its counts, records and messages
+/// change: a burst would otherwise write it every round (each write costs the API server more
+/// than a pod's own Secret, and wakes the binding for another round).
+pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a computed status is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// It says what the binding already says.
+    Skip,
+    /// At once.
+    Now,
+    /// Not before this instant (only counts, records or messages changed, and the last write
+    /// was less than `COUNTS_INTERVAL` ago).
+    At(Instant),
+}
+
+/// Decides when `next` replaces `previous`: a change of generation or of any condition's
+/// status or reason at once, anything else at most once per `COUNTS_INTERVAL` after the
+/// last write (`written`, `None`: none by this process).
+pub fn when_to_write(
+    previous: Option<&AgentSecretBindingStatus>,
+    next: &AgentSecretBindingStatus,
+    written: Option<Instant>,
+    now: Instant,
+) -> Write {
+    let Some(previous) = previous else {
+        return Write::Now;
+    };
+    if previous == next {
+        return Write::Skip;
+    }
+    let verdicts = |s: &AgentSecretBindingStatus| -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    if previous.observed_generation != next.observed_generation
+        || verdicts(previous) != verdicts(next)
+    {
+        return Write::Now;
+    }
+    match written.map(|at| at + COUNTS_INTERVAL) {
+        Some(due) if due > now => Write::At(due),
+        _ => Write::Now,
+    }
+}
 
 /// What went wrong in this reconcile beyond the records themselves.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -439,5 +492,61 @@ mod tests {
         let s = compute_with(&pods, &wraps, &Problems::default(), &BTreeMap::new());
         assert_eq!(s.records.len(), MAX_RECORDS);
         assert_eq!(s.pending, 80);
+    }
+
+    fn status(ready: &str, reason: &str, message: &str, pending: u32) -> AgentSecretBindingStatus {
+        AgentSecretBindingStatus {
+            observed_generation: Some(1),
+            conditions: vec![Condition {
+                type_: READY.into(),
+                status: ready.into(),
+                reason: reason.into(),
+                message: message.into(),
+                last_transition_time: "2026-01-01T00:00:00Z".into(),
+                observed_generation: Some(1),
+            }],
+            pending,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counts_are_written_at_most_once_per_interval_verdicts_at_once() {
+        let now = Instant::now();
+        let just = Some(now - Duration::from_millis(300));
+        let long_ago = Some(now - COUNTS_INTERVAL);
+        let before = status("True", "Delivering", "serving 3 pod(s)", 1);
+        let counts = status("True", "Delivering", "serving 9 pod(s)", 7);
+        let verdict = status("False", "VaultUnavailable", "serving 3 pod(s)", 1);
+        let reason = status("True", "Other", "serving 3 pod(s)", 1);
+        let mut generation = counts.clone();
+        generation.observed_generation = Some(2);
+        assert_eq!(when_to_write(None, &before, just, now), Write::Now);
+        assert_eq!(
+            when_to_write(Some(&before), &before, None, now),
+            Write::Skip
+        );
+        let due = now - Duration::from_millis(300) + COUNTS_INTERVAL;
+        assert_eq!(
+            when_to_write(Some(&before), &counts, just, now),
+            Write::At(due)
+        );
+        assert_eq!(
+            when_to_write(Some(&before), &counts, long_ago, now),
+            Write::Now
+        );
+        assert_eq!(when_to_write(Some(&before), &counts, None, now), Write::Now);
+        for changed in [&verdict, &reason, &generation] {
+            assert_eq!(when_to_write(Some(&before), changed, just, now), Write::Now);
+        }
+        let mut degraded = before.clone();
+        degraded
+            .conditions
+            .push(status("True", "Expired", "", 0).conditions[0].clone());
+        degraded.conditions[1].type_ = DEGRADED.into();
+        assert_eq!(
+            when_to_write(Some(&before), &degraded, just, now),
+            Write::Now
+        );
     }
 }
