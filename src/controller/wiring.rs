@@ -125,11 +125,14 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,
     // so a round that reads a cache lagging behind its own writes only loses a guard.
     let secrets = Arc::new(IndexedCache::<CachedRecord>::default());
-    let secret_events = watcher(
-        Api::<Secret>::all(client.clone()),
-        watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+    let secret_events = crate::controller::failpoint::lagged(
+        "record-watch",
+        watcher(
+            Api::<Secret>::all(client.clone()),
+            watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        )
+        .default_backoff(),
     )
-    .default_backoff()
     .map_ok(cache_into(secrets.clone(), {
         let metrics = metrics.clone();
         move |secret| {
