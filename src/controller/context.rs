@@ -11,6 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use crate::config::OperatorConfig;
 use crate::controller::budget::LookupBudget;
 use crate::controller::cache::{CachedBinding, IndexedCache};
+use crate::controller::effects::OwnWrite;
 use crate::controller::fair::FairSlots;
 use crate::core::pod::CachedPod;
 use crate::metrics::Metrics;
@@ -156,6 +157,9 @@ pub struct Context {
     pub readiness: Readiness,
     /// Keys that sign and verify per-pod records.
     pub record_keys: RecordKeys,
+    /// `namespace/binding` -> record writes of its last round the next round waits to see in
+    /// the record cache (`effects::until_cached`).
+    pub unseen_writes: Mutex<HashMap<String, Vec<OwnWrite>>>,
     /// `namespace/binding` -> when this process last wrote the binding's status (counts are
     /// written at most once per `status::COUNTS_INTERVAL`).
     pub statuses_written: Mutex<HashMap<String, Instant>>,

@@ -40,7 +40,7 @@ const TAKEN_NAME_FORGET: Duration = Duration::from_secs(3600);
 const DEFERRED_LOOKUP_RETRY: Duration = Duration::from_secs(1);
 /// Safety-net requeue when nothing is due.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
-/// Longest wait for the record cache to show a round's own writes.
+/// Longest wait for the record cache to show the previous round's own writes.
 const OWN_WRITES_WAIT: Duration = Duration::from_secs(2);
 /// The shortest wait for a status write the pacing held back.
 const STATUS_RETRY_FLOOR: Duration = Duration::from_millis(100);
@@ -54,6 +54,19 @@ pub async fn reconcile(
 ) -> Result<Requeue, Error> {
     let ns = binding.namespace().unwrap_or_default();
     let name = binding.name_any();
+    // Never plan from a record cache that does not yet show the previous round's writes (a
+    // record created but not yet watched reads as missing: its pod would be minted for again).
+    // Waited for before taking a slot, so a lagging watch holds up no other binding.
+    let unseen = ctx
+        .unseen_writes
+        .lock()
+        .expect("unseen writes lock")
+        .remove(&key(&ns, &name));
+    if let Some(written) = unseen
+        && !effects::until_cached(&ctx.secrets, &ns, &written, OWN_WRITES_WAIT).await
+    {
+        tracing::debug!(namespace = %ns, binding = %name, "the record cache lags behind the previous round's writes");
+    }
     // A fair share of the slots: another namespace's backlog delays this round by at most
     // one round.
     let _slot = ctx.slots.acquire(&ns).await;
@@ -181,10 +194,15 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
         };
         // Records are independent: their actions run side by side, each record's in order.
         let executed = execute::run_all(&executor, plan.actions, ctx.config.step_concurrency).await;
-        // The next round plans from the cache: it must show this round's writes first.
+        // The next round plans from the cache: it waits until the cache shows these writes.
         let written = std::mem::take(&mut *live.written.lock().expect("written lock"));
-        if !effects::until_cached(&ctx.secrets, &ns, &written, OWN_WRITES_WAIT).await {
-            tracing::debug!(namespace = %ns, binding = %name, "the record cache lags behind this round's writes");
+        if !written.is_empty() {
+            ctx.unseen_writes
+                .lock()
+                .expect("unseen writes lock")
+                .entry(key(&ns, &name))
+                .or_default()
+                .extend(written);
         }
         let took_effect = planned - executed.names_taken.len() - executed.lookups_deferred;
         let deferred = executed.lookups_deferred > 0;
@@ -549,6 +567,10 @@ async fn cleanup_binding(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeu
     let name = b.name_any();
     let removed = sweep::retire_records(ctx, &ns, &name, Some(b)).await?;
     ctx.metrics.forget_binding(&ns, &name);
+    ctx.unseen_writes
+        .lock()
+        .expect("unseen writes lock")
+        .remove(&key(&ns, &name));
     ctx.statuses_written
         .lock()
         .expect("statuses lock")

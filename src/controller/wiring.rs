@@ -174,6 +174,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         readiness: Readiness::default(),
         record_keys,
         statuses_written: Default::default(),
+        unseen_writes: Default::default(),
         forged: Default::default(),
         lookups: LookupBudget::new(config.max_lookups_per_second),
     });

@@ -22,7 +22,7 @@ pub const MAX_RECORDS: usize = 50;
 /// How often a binding's status is rewritten while only its counts, records and messages
 /// change: a burst would otherwise write it every round (each write costs the API server more
 /// than a pod's own Secret, and wakes the binding for another round).
-pub const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
+pub const COUNTS_INTERVAL: Duration = Duration::from_secs(3);
 
 /// When a computed status is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
