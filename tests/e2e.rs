@@ -782,6 +782,20 @@ async fn vault_calls_per_pod_life_are_bounded() {
     env.assert_no_leaks().await;
 }
 
+/// Waits (at most `within`) until `binding` has `n` records with a wrap outstanding.
+async fn all_issued(env: &Env, binding: &str, n: usize, within: Duration) {
+    eventually(&format!("{n} wraps"), within, || async {
+        let issued = env
+            .records(binding)
+            .await
+            .iter()
+            .filter(|s| ann(s).get("phase").map(String::as_str) == Some("Issued"))
+            .count();
+        (issued == n).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn burst_of_100_pods_is_served_once_each() {
     use futures::StreamExt;
@@ -800,16 +814,7 @@ async fn burst_of_100_pods_is_served_once_each() {
         })
         .await;
     let created = started.elapsed();
-    eventually("100 wraps", Duration::from_secs(120), || async {
-        let n = env
-            .records("many")
-            .await
-            .iter()
-            .filter(|s| ann(s).get("phase").map(String::as_str) == Some("Issued"))
-            .count();
-        (n == 100).then_some(())
-    })
-    .await;
+    all_issued(&env, "many", 100, Duration::from_secs(120)).await;
     let served = started.elapsed();
     println!(
         "FIGURES burst: 100 pods created in {created:?}, all wraps delivered after {served:?}"
@@ -840,16 +845,7 @@ async fn a_round_never_plans_from_a_record_cache_behind_its_own_writes() {
         env.create_pod(&format!("lag-{i}"), "lag").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eventually("20 wraps", T, || async {
-        let n = env
-            .records("lag")
-            .await
-            .iter()
-            .filter(|s| ann(s).get("phase").map(String::as_str) == Some("Issued"))
-            .count();
-        (n == 20).then_some(())
-    })
-    .await;
+    all_issued(&env, "lag", 20, T).await;
     assert!(
         env.operator
             .as_ref()

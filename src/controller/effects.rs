@@ -153,14 +153,11 @@ pub async fn until_cached(
 ) -> bool {
     let shows = |cache: &IndexedCache<CachedRecord>| {
         written.iter().all(|(name, version)| {
-            let cached = cache.get(ns, name).and_then(|r| r.unpack());
+            let cached = cache.get(ns, name);
             match (version, cached) {
                 (None, cached) => cached.is_none(),
                 (Some(_), None) => false,
-                (Some(version), Some(s)) => s
-                    .metadata
-                    .resource_version
-                    .is_some_and(|c| version_reached(&c, version)),
+                (Some(version), Some(r)) => version_reached(&r.resource_version, version),
             }
         })
     };

@@ -123,7 +123,8 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         .touched_objects();
     // One watch of cubbyhole's Secrets feeds the records cache and the controller's triggers:
     // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,
-    // so a round that reads a cache lagging behind its own writes only loses a guard.
+    // so a cache lagging behind another writer only loses a guard; a binding's next round
+    // waits until the cache shows its own writes (`effects::until_cached`).
     let secrets = Arc::new(IndexedCache::<CachedRecord>::default());
     let secret_events = crate::controller::failpoint::lagged(
         "record-watch",

@@ -51,15 +51,6 @@ pub fn when_to_write(
     if previous == next {
         return Write::Skip;
     }
-    let verdicts = |s: &AgentSecretBindingStatus| -> Vec<(String, String, String)> {
-        let mut v: Vec<_> = s
-            .conditions
-            .iter()
-            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
-            .collect();
-        v.sort();
-        v
-    };
     if previous.observed_generation != next.observed_generation
         || verdicts(previous) != verdicts(next)
     {
@@ -69,6 +60,17 @@ pub fn when_to_write(
         Some(due) if due > now => Write::At(due),
         _ => Write::Now,
     }
+}
+
+/// Each condition's type, status and reason (not its message or times), in type order.
+fn verdicts(s: &AgentSecretBindingStatus) -> Vec<(&str, &str, &str)> {
+    let mut v: Vec<_> = s
+        .conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+        .collect();
+    v.sort_unstable();
+    v
 }
 
 /// What went wrong in this reconcile beyond the records themselves.

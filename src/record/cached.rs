@@ -24,6 +24,8 @@ pub struct CachedRecord {
     pub name: Box<str>,
     /// The binding label, if any.
     pub binding: Option<Box<str>>,
+    /// The resourceVersion it was watched at (a round waits for its own writes by it).
+    pub resource_version: Box<str>,
     /// The Secret, managed fields dropped, as JSON (the wrapping token included: never shown).
     packed: Box<[u8]>,
     /// Larger than [`MAX_RECORD_BYTES`]: only its name and labels were kept.
@@ -48,6 +50,12 @@ impl CachedRecord {
                 .as_ref()
                 .and_then(|l| l.get(BINDING_LABEL))
                 .map(|b| b.as_str().into()),
+            resource_version: secret
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap_or_default()
+                .into(),
             packed: Box::default(),
             oversized: false,
         }
