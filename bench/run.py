@@ -354,6 +354,14 @@ def api_requests(kube):
     return out
 
 
+def delete_namespace(kube, ns, within=120):
+    """Deletes a phase's namespace and waits until it is gone (everything in it deleted)."""
+    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and kube.request("GET", f"/api/v1/namespaces/{ns}")[0] != 404:
+        time.sleep(0.5)
+
+
 def api_writes_text(before, after, n):
     """Writes per pod to the API server between two counter snapshots, by verb and resource."""
     writes = {k: after[k] - before.get(k, 0) for k in after
@@ -480,10 +488,7 @@ def raw_pipeline(args, kube, vault, token, pod_start=False):
         list(ex.map(lambda a: vault.request("POST", "/v1/auth/token/revoke-accessor", {"accessor": a},
                                             {"X-Vault-Token": args.root_token}), accessors))
     # Gone before anything else is measured (the namespace controller's deletions cost CPU).
-    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and kube.request("GET", f"/api/v1/namespaces/{ns}")[0] != 404:
-        time.sleep(0.5)
+    delete_namespace(kube, ns)
     st["latencies"] = sorted(b - a for a, b in lat)
     return st
 
@@ -597,10 +602,7 @@ def backlog_phase(args, kube, audit, op):
                "problems": problems, "latencies": sorted(lat)})
     log(f"backlog: served {len(served)}/{n}, {st['per_s']:.0f} pods/s, last at {fmt(st['max_s'])}"
         f"{'; ' + '; '.join(problems) if problems else ', exactly one mint each'}")
-    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and kube.request("GET", f"/api/v1/namespaces/{ns}")[0] != 404:
-        time.sleep(0.5)
+    delete_namespace(kube, ns)
     return st
 
 
@@ -745,7 +747,9 @@ def burst(args, kube, vault, audit, op, bindings, restart):
     log(f"correctness: {'OK' if not problems else '; '.join(problems)} ({st['minted']} mints for {len(created)} pods, "
         f"{alive} live wraps or tokens after deletion)")
     stop.set()
-    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    # The next phase starts on a quiet cluster: the namespace and garbage collectors' work on
+    # these pods and records (a GET and a DELETE per Secret) must not land in its measurement.
+    delete_namespace(kube, ns)
     st["latencies"] = sorted(lat)
     return st
 
@@ -902,7 +906,7 @@ def request_phase(args, kube, vault, audit, op_token):
              if e.get("type") == "response" and e.get("request", {}).get("path", "").startswith("auth/token/create/")]
     accessors = [a for w in wraps for a in (w.get("accessor"), w.get("wrapped_accessor")) if a]
     alive = check_gone(vault, args, accessors, args.concurrency, problems)
-    kube.request("DELETE", f"/api/v1/namespaces/{ns}")
+    delete_namespace(kube, ns)
     # The raw records go with the namespace; they must not count as the operator's.
     st.update({"raw": raw, "creates": creates, "records": len(records), "records_with_data": with_data,
                "live_after": alive, "problems": problems, "correct": not problems,
@@ -1163,6 +1167,10 @@ def write_report(args, raw, backlog, bursts, request, hwm, out_dir, total_s):
         goals.append((f"p99 < 1 s ({b['label']})", b["p99_s"] is not None and b["p99_s"] < 1, fmt(b["p99_s"])))
         if ratio is not None:
             goals.append((f"throughput >= 0.8x raw ({b['label']})", ratio >= 0.8, f"{ratio:.2f}x"))
+            # Like for like: the raw pod start carries the burst's own work per pod (the
+            # client's pod create, then the mint and the Secret create).
+            goals.append((f"throughput >= 0.8x the raw pod start ({b['label']})", b["ratio_to_pod_start"] >= 0.8,
+                          f"{b['ratio_to_pod_start']:.2f}x"))
         goals.append((f"exactly once, nothing live after ({b['label']})", b["correct"], "; ".join(b["problems"]) or "ok"))
         if b["pods"] >= 10000 and b["rss_steady_mib"]:
             goals.append((f"RSS steady < 64 MiB ({b['label']})", b["rss_steady_mib"] < 64, fmt(b["rss_steady_mib"], "MiB")))
@@ -1303,7 +1311,7 @@ def write_report(args, raw, backlog, bursts, request, hwm, out_dir, total_s):
                       f"the first 2 min {fmt(so['rss_first_2min_mib'], 'MiB')}, of the last 2 min "
                       f"{fmt(so['rss_last_2min_mib'], 'MiB')}, max {fmt(so['rss_max_mib'], 'MiB')}. Samples (s, MiB): "
                       + ", ".join(f"{t}: {r:.1f}" for t, r in so["rss_samples_mib"] if r) + "."]
-    lines += ["", "## Goals (issue 12)", "", "| goal | met | value |", "|---|---|---|"]
+    lines += ["", "## Goals (issues 12 and 18)", "", "| goal | met | value |", "|---|---|---|"]
     lines += [f"| {g} | {'met' if m else 'NOT met'} | {v} |" for g, m, v in goals]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
