@@ -25,7 +25,7 @@ use crate::metrics::{Metrics, RenewalResult, TokenKind};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, WriteError};
 use crate::record::{Phase, SecretsByName, WrapState};
-use crate::vault::{Renewed, Revoked, VaultError};
+use crate::vault::{Renewed, Revoked, VaultError, WrapInfo};
 
 /// What carrying out a plan met that the binding's status must show.
 #[derive(Debug, Default)]
@@ -249,10 +249,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             .await;
         if let Err(e) = written {
             // Nobody can ever read this wrap: kill it and its token at once.
-            self.revoke(&wrap.accessor, TokenKind::Wrap).await.ok();
-            self.revoke(&wrap.wrapped_accessor, TokenKind::Token)
-                .await
-                .ok();
+            discard_unheld(self.vault, self.metrics, &wrap).await;
             return match e {
                 WriteError::Taken => Ok(self.name_taken(&issue)),
                 WriteError::Lost => Ok(Met::Nothing),
@@ -713,6 +710,18 @@ pub async fn revoke_counted(
         metrics.revoked(kind);
     }
     Ok(r)
+}
+
+/// Revokes a wrap this process just minted that nobody can ever read (its record write
+/// failed or lost a race), and the token inside it. Best effort: what a failure leaves ends
+/// by itself at wrapTTL + tokenGrace.
+pub async fn discard_unheld(vault: &impl VaultOps, metrics: &Metrics, wrap: &WrapInfo) {
+    revoke_counted(vault, metrics, &wrap.accessor, TokenKind::Wrap)
+        .await
+        .ok();
+    revoke_counted(vault, metrics, &wrap.wrapped_accessor, TokenKind::Token)
+        .await
+        .ok();
 }
 
 /// Publishes an Event; a failure is logged at debug level only (Events are best effort).

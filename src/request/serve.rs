@@ -28,12 +28,12 @@ use tracing::{info, warn};
 use crate::agent::receipt::Receipt;
 use crate::config::RoleRule;
 use crate::controller::context::{Context, key};
-use crate::controller::execute::{publish, revoke_counted, revoke_named};
+use crate::controller::execute::{discard_unheld, publish, revoke_named};
 use crate::core::plan::{asked, revocations};
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::core::spec::token_request;
 use crate::crd::AgentSecretBinding;
-use crate::metrics::{Metrics, TokenKind};
+use crate::metrics::Metrics;
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, Records, Sealer, WriteError};
 use crate::record::{BINDING_LABEL, WrapState};
@@ -44,7 +44,7 @@ use crate::request::own_writes::OwnWrites;
 use crate::request::protocol::{
     RECEIPT_PATH, Refusal, WRAP_PATH, WRAPPING_TOKEN_FIELD, WrapFacts, reason,
 };
-use crate::vault::{SecretString, VaultError, WrapInfo};
+use crate::vault::{SecretString, VaultError};
 
 /// Longest bearer token or receipt body read.
 const MAX_INPUT: usize = 16 * 1024;
@@ -463,7 +463,7 @@ impl Endpoint {
         }
         if let Err(e) = written {
             // Nobody will ever hold this wrap: end it and its token now.
-            self.discard(&wrap).await;
+            discard_unheld(&self.ctx.vault, &self.ctx.metrics, &wrap).await;
             return Err(match e {
                 WriteError::Taken => Refusal::new(
                     reason::NAME_TAKEN,
@@ -497,26 +497,6 @@ impl Endpoint {
             wrap_ttl_seconds: wrap_ttl.as_secs(),
         };
         Ok((facts, wrap.token))
-    }
-
-    /// Revokes a wrap nobody can hold, and its token.
-    async fn discard(&self, wrap: &WrapInfo) {
-        revoke_counted(
-            &self.ctx.vault,
-            &self.ctx.metrics,
-            &wrap.accessor,
-            TokenKind::Wrap,
-        )
-        .await
-        .ok();
-        revoke_counted(
-            &self.ctx.vault,
-            &self.ctx.metrics,
-            &wrap.wrapped_accessor,
-            TokenKind::Token,
-        )
-        .await
-        .ok();
     }
 
     /// One receipt: recorded in the pod's current record for the planner to settle.
