@@ -50,8 +50,9 @@ pub struct OperatorConfig {
     pub token_grace: Duration,
     /// How long a held token lives without the operator: while its pod lives, the operator
     /// renews it (`auth/token/renew-accessor`) to this from now, about every half of it. A
-    /// token whose pod is gone dies within it even while the operator is down. Default `10m`,
-    /// at least [`MIN_RENEWAL_WINDOW`].
+    /// token whose pod is gone dies within it even while the operator is down. Default `75m`:
+    /// a held token always has more than half of it left, so every replica may be down for 30
+    /// minutes and no agent loses its token. At least [`MIN_RENEWAL_WINDOW`].
     #[serde(default = "default_renewal_window", with = "humantime_serde_compat")]
     pub renewal_window: Duration,
     /// Publish a Normal Event on the pod for every routine step (wrap issued, unwrapped, pod
@@ -62,6 +63,74 @@ pub struct OperatorConfig {
     /// How often agents may ask for their wraps (request delivery), per operator replica.
     #[serde(default)]
     pub request_limits: RequestLimits,
+    /// Bounds of the one TLS listener (webhook and request endpoint), per replica.
+    #[serde(default)]
+    pub listener: ListenerLimits,
+}
+
+/// What one replica's TLS listener lets any client hold: connections (in total and per peer
+/// address), time to send a request's headers (also the idle limit of a kept-alive
+/// connection), requests handled at once, and TokenReviews per peer address for identity
+/// tokens not reviewed before. Beyond them a client is closed or answered 429/503 before any
+/// expensive work.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Open connections at once. Default 512.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Open connections at once from one peer address. Default 128.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: u32,
+    /// Time a client has to send a request's headers, and to send the next one on a kept-alive
+    /// connection. Default `10s`.
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "humantime_serde_compat"
+    )]
+    pub header_read_timeout: Duration,
+    /// Requests handled at once; a request waits up to 2 s for a slot, then gets 503. Default 32.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// TokenReviews one peer address may cause back to back (tokens not reviewed before).
+    /// Default 50.
+    #[serde(default = "default_review_burst_per_source")]
+    pub review_burst_per_source: u32,
+    /// TokenReviews per second one peer address may cause once its burst is spent. Default 10.
+    #[serde(default = "default_reviews_per_second_per_source")]
+    pub reviews_per_second_per_source: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            header_read_timeout: default_header_read_timeout(),
+            max_in_flight: default_max_in_flight(),
+            review_burst_per_source: default_review_burst_per_source(),
+            reviews_per_second_per_source: default_reviews_per_second_per_source(),
+        }
+    }
+}
+
+fn default_max_connections() -> u32 {
+    512
+}
+fn default_max_connections_per_source() -> u32 {
+    128
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_in_flight() -> u32 {
+    32
+}
+fn default_review_burst_per_source() -> u32 {
+    50
+}
+fn default_reviews_per_second_per_source() -> u32 {
+    10
 }
 
 /// Rate limits of the request endpoint: a token bucket per pod and one per namespace. An ask
@@ -112,7 +181,7 @@ fn default_token_grace() -> Duration {
 }
 
 fn default_renewal_window() -> Duration {
-    Duration::from_secs(600)
+    Duration::from_secs(75 * 60)
 }
 
 fn default_max_lookups_per_second() -> u32 {
@@ -235,6 +304,7 @@ impl OperatorConfig {
             renewal_window: default_renewal_window(),
             routine_events: false,
             request_limits: RequestLimits::default(),
+            listener: ListenerLimits::default(),
         }
     }
 
@@ -270,6 +340,24 @@ impl OperatorConfig {
         validate_at_least(
             "requestLimits.podRefill",
             limits.pod_refill,
+            Duration::from_secs(1),
+            "10s",
+        )?;
+        let listener = &config.listener;
+        if [
+            listener.max_connections,
+            listener.max_connections_per_source,
+            listener.max_in_flight,
+            listener.review_burst_per_source,
+            listener.reviews_per_second_per_source,
+        ]
+        .contains(&0)
+        {
+            return Err("listener: maxConnections, maxConnectionsPerSource, maxInFlight, reviewBurstPerSource and reviewsPerSecondPerSource must be at least 1".into());
+        }
+        validate_at_least(
+            "listener.headerReadTimeout",
+            listener.header_read_timeout,
             Duration::from_secs(1),
             "10s",
         )?;
@@ -453,7 +541,7 @@ mod tests {
         assert_eq!(c.reconcile_concurrency, 8);
         assert_eq!(c.max_lookups_per_second, 100);
         assert_eq!(c.token_grace, Duration::from_secs(60));
-        assert_eq!(c.renewal_window, Duration::from_secs(600));
+        assert_eq!(c.renewal_window, Duration::from_secs(75 * 60));
         assert!(!c.routine_events);
         assert!(c.allowed_roles.is_empty());
         let l = &c.request_limits;

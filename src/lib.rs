@@ -13,6 +13,7 @@ pub mod controller;
 pub mod core;
 pub mod crd;
 pub mod doctor;
+pub mod listener;
 pub mod metrics;
 pub mod record;
 pub mod request;

@@ -1666,6 +1666,48 @@ async fn vault_ends_every_token_by_itself_while_the_operator_is_down() {
 }
 
 #[tokio::test]
+async fn every_replica_down_for_thirty_minutes_costs_no_agent_its_token() {
+    // The default window (75 m) and a 30 minute outage, both scaled down 90 times: a 50 s
+    // window and 20 s away. The operator goes at the worst moment, just before a held token's
+    // renewal was due (half a window after the last): the token has about 25 s left and must
+    // outlive the outage, and the pod created meanwhile is served within 10 s of the return.
+    let mut env = Env::start(Options {
+        token_life: Some((Duration::from_secs(5), Duration::from_secs(50))),
+        ..Options::default()
+    })
+    .await;
+    env.apply_binding("b", Env::spec("agent", "30s")).await;
+    let receipt = pod_holding_a_renewed_token(&env, "held", "agent", "held", 40).await;
+    let held = receipt.accessor.unwrap();
+    eventually(
+        "the renewal almost due again",
+        Duration::from_secs(40),
+        || async { (ttl_of(&env, &held).await? <= 27).then_some(()) },
+    )
+    .await;
+    env.operator.take().unwrap().kill();
+    env.create_pod("late", "agent").await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let left = ttl_of(&env, &held)
+        .await
+        .expect("the held token outlived the outage");
+    assert!(left > 0, "{left} s left");
+    env.restart_operator();
+    let back = std::time::Instant::now();
+    issued(&env, "b", "late").await;
+    let served = back.elapsed();
+    assert!(
+        served <= Duration::from_secs(10),
+        "served {served:?} after the return"
+    );
+    eventually("the held token renewed after the return", T, || async {
+        (ttl_of(&env, &held).await? > 40).then_some(())
+    })
+    .await;
+    env.assert_no_leaks().await;
+}
+
+#[tokio::test]
 async fn an_agent_restarted_before_it_unwrapped_keeps_its_token() {
     let env = Env::start(Options::default()).await;
     env.apply_binding("b", Env::spec("web", "60s")).await;

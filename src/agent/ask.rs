@@ -78,7 +78,13 @@ impl Asker {
             )));
         }
         let mut builder = reqwest::Client::builder().timeout(TIMEOUT).https_only(true);
-        if let Some(pem) = ca_pem.filter(|p| !p.trim().is_empty()) {
+        if let Some(pem) = ca_pem {
+            if pem.trim().is_empty() {
+                // Set but empty: a mistake, not a request to trust the public roots.
+                return Err(AskError::Usage(
+                    "the endpoint CA is set but empty (CUBBYHOLE_REQUEST_CA)".into(),
+                ));
+            }
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .map_err(|e| AskError::Usage(format!("the endpoint CA is not PEM: {e}")))?;
             if certs.is_empty() {
@@ -268,6 +274,13 @@ mod tests {
             Asker::new("https://op", Some("not pem"), id),
             Err(AskError::Usage(_))
         ));
+        assert!(
+            matches!(
+                Asker::new("https://op", Some(" \n"), id),
+                Err(AskError::Usage(_))
+            ),
+            "an empty CA is a mistake, not the public roots"
+        );
         assert!(Asker::new("https://op/", None, id).is_ok());
     }
 

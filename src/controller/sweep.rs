@@ -15,6 +15,7 @@ use crate::controller::execute::revoke_named;
 use crate::controller::reconcile::list_records;
 use crate::controller::trust;
 use crate::core::plan;
+use crate::core::pod::is_valid_secret_name;
 use crate::crd::AgentSecretBinding;
 use crate::record::writes::{self, Records, Sealer};
 
@@ -61,6 +62,11 @@ pub async fn orphaned_bindings(ctx: &Context) -> Result<Vec<(String, String)>, k
     let owners: BTreeSet<(String, String)> = ctx.secrets.groups().into_iter().collect();
     let mut orphans = vec![];
     for (ns, binding) in owners {
+        // A label no binding could carry (e.g. empty) names nothing to retire, and must not
+        // fail the lookup of every other binding.
+        if !is_valid_secret_name(&binding) {
+            continue;
+        }
         let api: Api<AgentSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
         if api.get_opt(&binding).await?.is_none() {
             orphans.push((ns, binding));

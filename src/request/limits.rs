@@ -59,7 +59,8 @@ impl Rate {
         }
     }
 
-    fn is_full(&self, b: Bucket, now: Instant) -> bool {
+    /// Whether `b` is back to its burst at `now` (forgettable).
+    pub fn is_full(&self, b: Bucket, now: Instant) -> bool {
         self.refilled(b, now) >= self.burst
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! `protocol` (the wire format, shared with `cubbyhole unwrap`), `identity` (TokenReview and
 //! the pod the token is bound to), `gate` (pure: may this pod be served, and by which
-//! binding), `limits` (pure token buckets per pod and per namespace), `own_writes` (what this replica
+//! binding), `limits` (pure token buckets per pod and per namespace), `reviews` (identity tokens
+//! reviewed at most once, garbage never), `own_writes` (what this replica
 //! last wrote, so the next ask reads its own write), `serve` (the two
 //! endpoints, on every replica, beside the admission webhook). The record each ask writes is
 //! the same per-pod record as Secret delivery, without a token in it: the controller follows
@@ -15,4 +16,5 @@ pub mod identity;
 pub mod limits;
 pub mod own_writes;
 pub mod protocol;
+pub mod reviews;
 pub mod serve;

@@ -4,11 +4,13 @@
 //! and one record write (the record carries accessors and phases, never the token), the
 //! previous start's wrap and token revoked first.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,17 +35,19 @@ use crate::core::plan::{asked, revocations};
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::core::spec::token_request;
 use crate::crd::AgentSecretBinding;
+use crate::listener::{Source, read_body};
 use crate::metrics::Metrics;
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, Records, Sealer, WriteError};
 use crate::record::{BINDING_LABEL, WrapState};
 use crate::request::gate::{Chosen, choose};
-use crate::request::identity::{PodIdentity, review};
+use crate::request::identity::PodIdentity;
 use crate::request::limits::Limits;
 use crate::request::own_writes::OwnWrites;
 use crate::request::protocol::{
     RECEIPT_PATH, Refusal, WRAP_PATH, WRAPPING_TOKEN_FIELD, WrapFacts, reason,
 };
+use crate::request::reviews::{Denied, Reviews};
 use crate::vault::{SecretString, VaultError};
 
 /// Longest bearer token or receipt body read.
@@ -100,8 +104,12 @@ pub struct Endpoint {
     pub bindings: Store<AgentSecretBinding>,
     /// Allowed roles.
     pub rules: Vec<RoleRule>,
-    /// Per-pod and per-namespace rate limits.
+    /// Per-pod and per-namespace rate limits of asks.
     pub limits: Limits,
+    /// The same limits, apart, for receipts.
+    pub receipt_limits: Limits,
+    /// Identity tokens reviewed at most once, within budgets per peer address.
+    pub reviews: Reviews,
     /// Metrics.
     pub metrics: RequestMetrics,
     /// What this replica last wrote to each record (read your own writes).
@@ -160,9 +168,20 @@ pub fn routes(endpoint: Arc<Endpoint>) -> Router {
         .with_state(endpoint)
 }
 
-async fn ask(State(e): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
+async fn ask(
+    State(e): State<Arc<Endpoint>>,
+    source: Option<Extension<Source>>,
+    headers: HeaderMap,
+) -> Response {
     let started = Instant::now();
-    let answer = e.ask(&headers).await;
+    // Its own task: a caller hanging up mid-ask cannot cut it between the mint and the record
+    // write (the wrap is then recorded, and ended by the controller as any unread one).
+    let asked = e.clone();
+    let source = source.map(|Extension(Source(ip))| ip);
+    let answer = match tokio::spawn(async move { asked.ask(&headers, source).await }).await {
+        Ok(answer) => answer,
+        Err(_) => Err(Refusal::new(reason::INTERNAL, "the ask failed; ask again").into()),
+    };
     e.metrics.duration.observe(started.elapsed().as_secs_f64());
     match answer {
         Ok((facts, token)) => {
@@ -182,8 +201,14 @@ async fn ask(State(e): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn receipt(State(e): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) -> Response {
-    match e.report(&headers, &body).await {
+async fn receipt(
+    State(e): State<Arc<Endpoint>>,
+    source: Option<Extension<Source>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let source = source.map(|Extension(Source(ip))| ip);
+    match e.report(&headers, source, body).await {
         Ok(()) => {
             e.metrics.observe("receipt", "accepted");
             StatusCode::NO_CONTENT.into_response()
@@ -262,14 +287,50 @@ impl Endpoint {
         }
     }
 
-    /// Who asks, whether they may, and which binding serves them (no rate limit here).
-    async fn admit(&self, headers: &HeaderMap) -> Result<Served, Refused> {
+    /// Who asks, whether they may, and which binding serves them (`limits`: the pod's and its
+    /// namespace's budget, taken before anything is read for it).
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        source: Option<IpAddr>,
+        limits: &Limits,
+    ) -> Result<Served, Refused> {
         let token = bearer(headers)?;
-        let who = match review(&self.ctx.client, &token).await {
+        let who = match self
+            .reviews
+            .identify(&self.ctx.client, &token, source)
+            .await
+        {
             Ok(who) => who,
-            Err(Ok(refusal)) => return Err(refusal.into()),
-            Err(Err(e)) => return Err(internal(e)),
+            Err(Denied::Refused(refusal)) => return Err(refusal.into()),
+            Err(Denied::Limited(wait)) => {
+                return Err(Refused(
+                    Refusal::new(
+                        reason::RATE_LIMITED,
+                        format!(
+                            "too many new identity tokens from this address; ask again in {:.1}s",
+                            wait.as_secs_f64()
+                        ),
+                    ),
+                    Some(wait),
+                ));
+            }
+            Err(Denied::Api(e)) => return Err(internal(e)),
         };
+        if let Err(wait) = limits.take(&who.namespace, &who.pod_uid, Instant::now()) {
+            return Err(Refused(
+                Refusal::new(
+                    reason::RATE_LIMITED,
+                    format!(
+                        "too many requests from pod {}/{} or its namespace; ask again in {:.1}s",
+                        who.namespace,
+                        who.pod,
+                        wait.as_secs_f64()
+                    ),
+                ),
+                Some(wait),
+            ));
+        }
         let pod = self.read_pod(&who).await?;
         if tokio::time::timeout(Duration::from_secs(2), self.bindings.wait_until_ready())
             .await
@@ -388,25 +449,12 @@ impl Endpoint {
     }
 
     /// One ask: a fresh wrap for a new start of the pod.
-    async fn ask(&self, headers: &HeaderMap) -> Result<(WrapFacts, SecretString), Refused> {
-        let s = self.admit(headers).await?;
-        if let Err(wait) = self
-            .limits
-            .take(&s.who.namespace, &s.who.pod_uid, Instant::now())
-        {
-            return Err(Refused(
-                Refusal::new(
-                    reason::RATE_LIMITED,
-                    format!(
-                        "too many asks from pod {}/{} or its namespace; ask again in {:.1}s",
-                        s.who.namespace,
-                        s.who.pod,
-                        wait.as_secs_f64()
-                    ),
-                ),
-                Some(wait),
-            ));
-        }
+    async fn ask(
+        &self,
+        headers: &HeaderMap,
+        source: Option<IpAddr>,
+    ) -> Result<(WrapFacts, SecretString), Refused> {
+        let s = self.admit(headers, source, &self.limits).await?;
         let namespace = s.who.namespace.as_str();
         let binding = s.binding();
         let old = self.current_record(&s).await?;
@@ -500,11 +548,18 @@ impl Endpoint {
     }
 
     /// One receipt: recorded in the pod's current record for the planner to settle.
-    async fn report(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refused> {
-        let s = self.admit(headers).await?;
-        let receipt = std::str::from_utf8(body)
+    async fn report(
+        &self,
+        headers: &HeaderMap,
+        source: Option<IpAddr>,
+        body: Body,
+    ) -> Result<(), Refused> {
+        let s = self.admit(headers, source, &self.receipt_limits).await?;
+        let body = read_body(body, MAX_INPUT)
+            .await
+            .map_err(|(_, message)| Refused::from(Refusal::new(reason::BAD_RECEIPT, message)))?;
+        let receipt = std::str::from_utf8(&body)
             .ok()
-            .filter(|b| b.len() <= MAX_INPUT)
             .and_then(Receipt::parse)
             .ok_or_else(|| {
                 Refused::from(Refusal::new(

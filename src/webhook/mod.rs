@@ -4,11 +4,13 @@
 //!
 //! `settings` (configuration and flags), `admit` and `inject` (the pure decision and patch),
 //! `certs` (pure certificate rotation), `cert_store` (the shared Secret and `caBundle`), `tls`
-//! (the reloadable certificate), `server` (HTTPS and AdmissionReview). Every replica serves it.
+//! (the reloadable certificate), `glance` (the cheap first look at a request), `server` (the
+//! AdmissionReview route, served by [`crate::listener`]). Every replica serves it.
 
 pub mod admit;
 pub mod cert_store;
 pub mod certs;
+pub mod glance;
 pub mod inject;
 pub mod server;
 pub mod settings;
@@ -34,8 +36,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RoleRule;
 use crate::controller::context::Context;
 use crate::crd::AgentSecretBinding;
+use crate::listener::ListenerMetrics;
 use crate::metrics::Metrics;
 use crate::request::limits::Limits;
+use crate::request::reviews::Reviews;
 use crate::request::serve::{Endpoint, RequestMetrics};
 use crate::webhook::cert_store::Source;
 use crate::webhook::certs::CertSettings;
@@ -168,6 +172,8 @@ pub async fn start(
         bindings: bindings.clone(),
         rules: config.allowed_roles.clone(),
         limits: Limits::new(&config.request_limits),
+        receipt_limits: Limits::new(&config.request_limits),
+        reviews: Reviews::new(&config.listener, metrics),
         metrics: RequestMetrics::new(metrics),
         own_writes: Default::default(),
     });
@@ -179,11 +185,13 @@ pub async fn start(
         resolver: resolver.clone(),
         metrics: AdmissionMetrics::new(metrics),
     });
-    Ok(Some(tokio::spawn(server::serve(
+    let app = server::routes(webhook).merge(crate::request::serve::routes(endpoint));
+    Ok(Some(tokio::spawn(crate::listener::serve(
         listener,
         resolver,
-        webhook,
-        crate::request::serve::routes(endpoint),
+        app,
+        config.listener.clone(),
+        ListenerMetrics::new(metrics),
         shutdown,
     ))))
 }

@@ -1,93 +1,76 @@
-//! The webhook's HTTPS endpoint: TLS with the reloadable certificate, `POST /mutate-pods`
-//! (AdmissionReview v1 in and out), `GET /healthz`.
+//! The webhook's routes on the listener: `POST /mutate-pods` (AdmissionReview v1 in and out:
+//! a cheap first look, the typed parse only for opted-in pods of a sane size), `GET /healthz`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::response::Json;
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use crate::listener::read_body;
 use crate::webhook::Webhook;
 use crate::webhook::admit::{Decision, decide};
+use crate::webhook::glance::{MAX_POD_VALUES, glance};
 use crate::webhook::settings::RequestEndpoint;
-use crate::webhook::tls::{Reloadable, server_config};
 
-/// How long a client may take for its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest AdmissionReview read: a pod etcd can store (1.5 MiB) and the review around it.
+pub const MAX_REVIEW_BYTES: usize = 1536 * 1024 + 64 * 1024;
 
-/// Serves on `listener` until `shutdown`, once a certificate is loaded.
-pub async fn serve(
-    listener: TcpListener,
-    resolver: Arc<Reloadable>,
-    webhook: Arc<Webhook>,
-    requests: Router,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(resolver.clone())?));
-    let app = Router::new()
+/// The webhook's routes (`POST /mutate-pods`, `GET /healthz`), to serve with the request
+/// endpoint's on the listener.
+pub fn routes(webhook: Arc<Webhook>) -> Router {
+    Router::new()
         .route("/mutate-pods", post(mutate))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(webhook)
-        .merge(requests);
-    tokio::select! {
-        _ = resolver.wait_loaded() => {}
-        _ = shutdown.cancelled() => return Ok(()),
-    }
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    info!(%addr, "serving the admission webhook (/mutate-pods, TLS)");
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "webhook TLS handshake failed"),
-                Err(_) => return debug!(%peer, "webhook TLS handshake timed out"),
-            };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "webhook connection"); },
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
-        });
-    }
 }
 
-async fn mutate(
-    State(webhook): State<Arc<Webhook>>,
-    body: Bytes,
-) -> Json<AdmissionReview<DynamicObject>> {
+async fn mutate(State(webhook): State<Arc<Webhook>>, body: Body) -> Response {
     let started = Instant::now();
-    let request = serde_json::from_slice::<AdmissionReview<Pod>>(&body)
+    let body = match read_body(body, MAX_REVIEW_BYTES).await {
+        Ok(b) => b,
+        Err((status, message)) => {
+            webhook.metrics.observe("error", started.elapsed());
+            return (status, message).into_response();
+        }
+    };
+    let (response, result) = match glance(&body) {
+        Err(e) => (AdmissionResponse::invalid(e), "error"),
+        Ok(g) if !g.opted_in_create => (allowed(g.uid), "skipped"),
+        Ok(g) if g.pod_values > MAX_POD_VALUES => (
+            allowed(g.uid).deny(format!(
+                "the pod holds {} JSON values; cubbyhole injects pods of at most {MAX_POD_VALUES}",
+                g.pod_values
+            )),
+            "refused",
+        ),
+        Ok(_) => match typed(&body) {
+            Ok(req) => answer(&webhook, &req).await,
+            Err(e) => (AdmissionResponse::invalid(e), "error"),
+        },
+    };
+    webhook.metrics.observe(result, started.elapsed());
+    Json(response.into_review()).into_response()
+}
+
+/// An answer allowing request `uid` unchanged.
+fn allowed(uid: String) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid("");
+    response.uid = uid;
+    response.allowed = true;
+    response.result = Default::default();
+    response
+}
+
+/// The typed request, for a pod worth reading.
+fn typed(body: &Bytes) -> Result<AdmissionRequest<Pod>, String> {
+    serde_json::from_slice::<AdmissionReview<Pod>>(body)
         .map_err(|e| {
             format!(
                 "not an AdmissionReview ({:?} error at line {} column {})",
@@ -95,17 +78,9 @@ async fn mutate(
                 e.line(),
                 e.column()
             )
-        })
-        .and_then(|r| {
-            let req: Result<AdmissionRequest<Pod>, _> = r.try_into();
-            req.map_err(|_| "AdmissionReview without a request".into())
-        });
-    let (response, result) = match request {
-        Ok(req) => answer(&webhook, &req).await,
-        Err(e) => (AdmissionResponse::invalid(e), "error"),
-    };
-    webhook.metrics.observe(result, started.elapsed());
-    Json(response.into_review())
+        })?
+        .try_into()
+        .map_err(|_| "AdmissionReview without a request".into())
 }
 
 /// The answer for one request and its result word for the metric.
