@@ -92,6 +92,10 @@ pub struct ListenerLimits {
     /// Requests handled at once; a request waits up to 2 s for a slot, then gets 503. Default 32.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// Requests handled at once from one peer address (the API server's admission calls
+    /// included), waiting as `maxInFlight` does. Default 8.
+    #[serde(default = "default_max_in_flight_per_source")]
+    pub max_in_flight_per_source: u32,
     /// TokenReviews one peer address may cause back to back (tokens not reviewed before).
     /// Default 50.
     #[serde(default = "default_review_burst_per_source")]
@@ -108,6 +112,7 @@ impl Default for ListenerLimits {
             max_connections_per_source: default_max_connections_per_source(),
             header_read_timeout: default_header_read_timeout(),
             max_in_flight: default_max_in_flight(),
+            max_in_flight_per_source: default_max_in_flight_per_source(),
             review_burst_per_source: default_review_burst_per_source(),
             reviews_per_second_per_source: default_reviews_per_second_per_source(),
         }
@@ -125,6 +130,9 @@ fn default_header_read_timeout() -> Duration {
 }
 fn default_max_in_flight() -> u32 {
     32
+}
+fn default_max_in_flight_per_source() -> u32 {
+    8
 }
 fn default_review_burst_per_source() -> u32 {
     50
@@ -210,6 +218,11 @@ pub struct VaultConfig {
     pub namespace: Option<String>,
     /// How the operator logs in.
     pub auth: AuthConfig,
+    /// Accept a plain `http://` address that is not loopback (the login and every wrapping
+    /// token would cross the network unencrypted). Default false: such an address stops the
+    /// operator at start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_http: bool,
 }
 
 /// Exactly one of the two methods.
@@ -329,6 +342,13 @@ impl OperatorConfig {
             MIN_RENEWAL_WINDOW,
             "10m",
         )?;
+        if let Some(warning) = plain_http_warning(&config.vault.address)
+            && !config.vault.allow_plain_http
+        {
+            return Err(format!(
+                "{warning}; or set vault.allowPlainHttp: true to accept it"
+            ));
+        }
         let limits = &config.request_limits;
         if limits.pod_burst == 0 || limits.namespace_burst == 0 || limits.namespace_per_second == 0
         {
@@ -348,12 +368,13 @@ impl OperatorConfig {
             listener.max_connections,
             listener.max_connections_per_source,
             listener.max_in_flight,
+            listener.max_in_flight_per_source,
             listener.review_burst_per_source,
             listener.reviews_per_second_per_source,
         ]
         .contains(&0)
         {
-            return Err("listener: maxConnections, maxConnectionsPerSource, maxInFlight, reviewBurstPerSource and reviewsPerSecondPerSource must be at least 1".into());
+            return Err("listener: maxConnections, maxConnectionsPerSource, maxInFlight, maxInFlightPerSource, reviewBurstPerSource and reviewsPerSecondPerSource must be at least 1".into());
         }
         validate_at_least(
             "listener.headerReadTimeout",
@@ -568,6 +589,7 @@ mod tests {
             address: "http://127.0.0.1:8200".into(),
             ca_cert: Some("/etc/vault/ca.pem".into()),
             namespace: None,
+            allow_plain_http: false,
             auth: AuthConfig {
                 kubernetes: Some(KubernetesAuth {
                     role: "cubbyhole-operator".into(),
@@ -791,7 +813,12 @@ mod tests {
             );
             assert!(warning.contains("use https://"), "{warning}");
         }
-        let c = parse_with("http://vault.example:8200", "").unwrap();
-        assert_eq!(c.warnings().len(), 1);
+        let refused = parse_with("http://vault.example:8200", "").unwrap_err();
+        assert!(refused.contains("vault.allowPlainHttp"), "{refused}");
+        let allowed = OperatorConfig::parse(
+            "vault:\n  address: http://vault.example:8200\n  allowPlainHttp: true\n  auth:\n    tokenFile: /t\n",
+        )
+        .unwrap();
+        assert_eq!(allowed.warnings().len(), 1);
     }
 }

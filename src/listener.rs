@@ -36,8 +36,10 @@ use crate::webhook::tls::{Reloadable, server_config};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request waits for a slot among the ones handled at once.
 const SLOT_WAIT: Duration = Duration::from_secs(2);
-/// How long a client may take to send a request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request body (the API server sends a review at once).
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most peer addresses whose request slots are kept before the idle ones are dropped.
+const PRUNE_SOURCES_ABOVE: usize = 4096;
 /// Largest buffer a connection keeps for reading (headers included).
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -70,7 +72,7 @@ impl ListenerMetrics {
         );
         metrics.register(
             "listener_refused",
-            "Connections or requests the TLS listener refused, by the bound they hit (connections, source_connections, in_flight, body_too_large)",
+            "Connections or requests the TLS listener refused, by the bound they hit (connections, source_connections, in_flight, source_in_flight, body_too_large)",
             refused.clone(),
         );
         Self { open, refused }
@@ -113,6 +115,52 @@ impl Drop for SourceSlot {
     }
 }
 
+/// Requests handled at once, in total and per peer address: a peer holding its share (slow
+/// bodies, slow asks) waits for its own slots and takes none from the others.
+struct Slots {
+    all: Arc<Semaphore>,
+    per_source: usize,
+    sources: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// The two slots one request holds.
+type Held2 = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+impl Slots {
+    fn new(limits: &ListenerLimits) -> Self {
+        Self {
+            all: Arc::new(Semaphore::new(limits.max_in_flight as usize)),
+            per_source: limits.max_in_flight_per_source as usize,
+            sources: Mutex::default(),
+        }
+    }
+
+    /// A slot of `ip`'s and one of all, waiting up to [`SLOT_WAIT`]; else the bound that was
+    /// full (`source_in_flight` or `in_flight`).
+    async fn take(&self, ip: IpAddr) -> Result<Held2, &'static str> {
+        let mine = {
+            let mut sources = self.sources.lock().expect("slots lock");
+            if sources.len() > PRUNE_SOURCES_ABOVE {
+                sources.retain(|_, s| s.available_permits() < self.per_source);
+            }
+            sources
+                .entry(ip)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_source)))
+                .clone()
+        };
+        let deadline = tokio::time::Instant::now() + SLOT_WAIT;
+        let Ok(Ok(own)) = tokio::time::timeout_at(deadline, mine.acquire_owned()).await else {
+            return Err("source_in_flight");
+        };
+        let Ok(Ok(shared)) =
+            tokio::time::timeout_at(deadline, self.all.clone().acquire_owned()).await
+        else {
+            return Err("in_flight");
+        };
+        Ok((own, shared))
+    }
+}
+
 /// Everything one connection holds: its places among all and among its source's connections.
 struct Held {
     _all: OwnedSemaphorePermit,
@@ -144,7 +192,7 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     info!(%addr, max_connections = limits.max_connections, "serving the admission webhook and the request endpoint (TLS)");
     let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight as usize));
+    let in_flight = Arc::new(Slots::new(&limits));
     let sources = Arc::new(SourceCounts::default());
     loop {
         let (tcp, peer) = tokio::select! {
@@ -187,7 +235,7 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(Source(ip));
                 let (app, in_flight, metrics) = (app.clone(), in_flight.clone(), metrics.clone());
-                async move { Ok::<_, Infallible>(handle(app, req, &in_flight, &metrics).await) }
+                async move { Ok::<_, Infallible>(handle(app, req, ip, &in_flight, &metrics).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -210,16 +258,19 @@ pub async fn serve(
 async fn handle(
     app: Router,
     req: Request<Incoming>,
-    in_flight: &Arc<Semaphore>,
+    ip: IpAddr,
+    slots: &Slots,
     metrics: &ListenerMetrics,
 ) -> Response {
     if req.uri().path() == "/healthz" {
         return app.oneshot(req).await.into_response();
     }
-    let Ok(Ok(_slot)) = tokio::time::timeout(SLOT_WAIT, in_flight.clone().acquire_owned()).await
-    else {
-        metrics.refused("in_flight");
-        return busy();
+    let _slots = match slots.take(ip).await {
+        Ok(held) => held,
+        Err(bound) => {
+            metrics.refused(bound);
+            return busy();
+        }
     };
     let response = app.oneshot(req).await.into_response();
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -241,7 +292,7 @@ fn busy() -> Response {
     response
 }
 
-/// Reads a request body of at most `limit` bytes within 10 s; otherwise the status to answer
+/// Reads a request body of at most `limit` bytes within 5 s; otherwise the status to answer
 /// (413 too large, 408 too slow, 400 unreadable).
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, (StatusCode, String)> {
     match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
@@ -292,6 +343,27 @@ mod tests {
             counts.0.lock().unwrap().is_empty(),
             "closed sources are forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn a_source_holding_its_share_waits_and_leaves_the_others_their_slots() {
+        let slots = Slots::new(&ListenerLimits {
+            max_in_flight: 3,
+            max_in_flight_per_source: 2,
+            ..Default::default()
+        });
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let held = (slots.take(a).await.unwrap(), slots.take(a).await.unwrap());
+        tokio::time::pause();
+        assert_eq!(slots.take(a).await.unwrap_err(), "source_in_flight");
+        let other = slots.take(b).await.expect("b is not held back by a");
+        assert_eq!(
+            slots.take(b).await.unwrap_err(),
+            "in_flight",
+            "all three taken"
+        );
+        drop((held, other));
+        slots.take(a).await.expect("a's slots back");
     }
 
     #[tokio::test]

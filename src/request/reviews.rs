@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -137,6 +137,9 @@ pub enum Denied {
 /// Review answers by token hash, TokenReview budgets by peer address, and their metric.
 pub struct Reviews {
     answers: Mutex<HashMap<[u8; 32], (PodIdentity, Instant)>>,
+    /// One turn per token under review: asks that arrive together with the same new token
+    /// wait for the first one's review and reuse its answer.
+    turns: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
     sources: Mutex<HashMap<IpAddr, Bucket>>,
     rate: Rate,
     counted: Family<ResultLabels, Counter>,
@@ -154,6 +157,7 @@ impl Reviews {
         );
         Self {
             answers: Mutex::default(),
+            turns: Mutex::default(),
             sources: Mutex::default(),
             rate: Rate {
                 per_second: limits.reviews_per_second_per_source.max(1) as f64,
@@ -189,6 +193,11 @@ impl Reviews {
             self.count("cached");
             return Ok(who);
         }
+        let turn = Turn::wait(self, hash).await;
+        if let Some(who) = self.cached(&hash, Instant::now()) {
+            self.count("cached");
+            return Ok(who);
+        }
         if let Some(ip) = source {
             self.take_review(ip, now).map_err(|wait| {
                 self.count("source_limited");
@@ -203,6 +212,7 @@ impl Reviews {
         };
         let life = Duration::from_secs(claims.expires.saturating_sub(epoch)).min(MAX_CACHE_AGE);
         self.remember(hash, who.clone(), now + life);
+        drop(turn);
         Ok(who)
     }
 
@@ -238,6 +248,44 @@ impl Reviews {
             sources.retain(|_, b| !self.rate.is_full(*b, now));
         }
         Ok(())
+    }
+}
+
+/// The right to review one token; the next ask with it waits for it, and the last one out
+/// forgets the token.
+struct Turn<'a> {
+    reviews: &'a Reviews,
+    hash: [u8; 32],
+    gate: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl<'a> Turn<'a> {
+    async fn wait(reviews: &'a Reviews, hash: [u8; 32]) -> Turn<'a> {
+        let gate = reviews
+            .turns
+            .lock()
+            .expect("turns lock")
+            .entry(hash)
+            .or_default()
+            .clone();
+        let held = gate.clone().lock_owned().await;
+        Turn {
+            reviews,
+            hash,
+            gate,
+            _held: held,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.reviews.turns.lock().expect("turns lock");
+        // The map's, ours and the guard's: nobody else waits for this token.
+        if Arc::strong_count(&self.gate) <= 3 {
+            turns.remove(&self.hash);
+        }
     }
 }
 
@@ -310,6 +358,26 @@ mod tests {
         assert!(reviews.take_review(a, t0).unwrap_err() <= Duration::from_secs(1));
         reviews.take_review(b, t0).unwrap();
         reviews.take_review(a, t0 + Duration::from_secs(1)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn asks_with_one_token_take_turns_and_the_last_one_out_forgets_it() {
+        let reviews = Reviews::new(&ListenerLimits::default(), &Metrics::new());
+        let first = Turn::wait(&reviews, [7; 32]).await;
+        let second = Turn::wait(&reviews, [7; 32]);
+        tokio::pin!(second);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), second.as_mut()).await;
+        assert!(waiting.is_err(), "the second waits for the first");
+        let other = Turn::wait(&reviews, [8; 32]).await;
+        drop(first);
+        let second = second.await;
+        assert_eq!(
+            reviews.turns.lock().unwrap().len(),
+            2,
+            "7 and 8 still under review"
+        );
+        drop((second, other));
+        assert!(reviews.turns.lock().unwrap().is_empty());
     }
 
     #[test]

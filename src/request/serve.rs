@@ -4,8 +4,9 @@
 //! and one record write (the record carries accessors and phases, never the token), the
 //! previous start's wrap and token revoked first.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -114,7 +115,15 @@ pub struct Endpoint {
     pub metrics: RequestMetrics,
     /// What this replica last wrote to each record (read your own writes).
     pub own_writes: OwnWrites,
+    /// When each pod (by uid) last got a refusal Event from this replica.
+    pub refusal_events: Mutex<HashMap<String, Instant>>,
 }
+
+/// At most one refusal Event per pod this often: a pod asking in a loop costs the API server
+/// one Event a minute, not one per ask.
+const REFUSAL_EVENT_EVERY: Duration = Duration::from_secs(60);
+/// Most pods remembered before the ones past [`REFUSAL_EVENT_EVERY`] are forgotten.
+const PRUNE_REFUSAL_EVENTS_ABOVE: usize = 4096;
 
 /// A refusal, and how long to wait before asking again (for `Retry-After`).
 struct Refused(Refusal, Option<Duration>);
@@ -249,6 +258,22 @@ fn bearer(headers: &HeaderMap) -> Result<SecretString, Refused> {
             )
             .into()
         })
+}
+
+/// Whether pod `uid` may get a refusal Event at `now` given when each pod last got one
+/// (`sent`, updated when it may).
+fn event_due(sent: &mut HashMap<String, Instant>, uid: &str, now: Instant) -> bool {
+    if sent
+        .get(uid)
+        .is_some_and(|at| now.saturating_duration_since(*at) < REFUSAL_EVENT_EVERY)
+    {
+        return false;
+    }
+    if sent.len() >= PRUNE_REFUSAL_EVENTS_ABOVE {
+        sent.retain(|_, at| now.saturating_duration_since(*at) < REFUSAL_EVENT_EVERY);
+    }
+    sent.insert(uid.to_string(), now);
+    true
 }
 
 /// The pod an ask is for, the binding serving it, and where its record is.
@@ -597,12 +622,18 @@ impl Endpoint {
 
     /// A Warning Event on the pod that asked and was refused.
     async fn refused_event(&self, who: &PodIdentity, refusal: &Refusal) {
-        if refusal.reason == reason::POD_GONE {
+        if refusal.reason == reason::POD_GONE || !self.refusal_event_due(&who.pod_uid) {
             return;
         }
         let note = format!("{}: {}", refusal.reason, refusal.message);
         self.pod_event(who, EventType::Warning, "WrapRequestRefused", &note)
             .await;
+    }
+
+    /// Whether pod `uid` may get a refusal Event now (and it is then counted as sent).
+    fn refusal_event_due(&self, uid: &str) -> bool {
+        let mut sent = self.refusal_events.lock().expect("refusal events lock");
+        event_due(&mut sent, uid, Instant::now())
     }
 
     /// An Event on the pod `who` is bound to.
@@ -624,5 +655,31 @@ impl Endpoint {
             note,
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_gets_one_refusal_event_a_minute_and_others_are_not_held_back() {
+        let mut sent = HashMap::new();
+        let t0 = Instant::now();
+        assert!(event_due(&mut sent, "a", t0));
+        assert!(!event_due(&mut sent, "a", t0 + Duration::from_secs(59)));
+        assert!(event_due(&mut sent, "b", t0));
+        assert!(event_due(&mut sent, "a", t0 + REFUSAL_EVENT_EVERY));
+    }
+
+    #[test]
+    fn pods_past_the_minute_are_forgotten_once_there_are_many() {
+        let mut sent = HashMap::new();
+        let t0 = Instant::now();
+        for i in 0..PRUNE_REFUSAL_EVENTS_ABOVE {
+            event_due(&mut sent, &i.to_string(), t0);
+        }
+        assert!(event_due(&mut sent, "new", t0 + REFUSAL_EVENT_EVERY));
+        assert_eq!(sent.len(), 1);
     }
 }

@@ -176,6 +176,7 @@ pub async fn start(
         reviews: Reviews::new(&config.listener, metrics),
         metrics: RequestMetrics::new(metrics),
         own_writes: Default::default(),
+        refusal_events: Default::default(),
     });
     let webhook = Arc::new(Webhook {
         bindings,

@@ -456,6 +456,7 @@ impl Env {
             ca_cert: None,
             namespace: None,
             auth: auth.clone(),
+            allow_plain_http: false,
         });
         let operator_config = OperatorConfig {
             allowed_roles: vec![RoleRule {
@@ -479,6 +480,7 @@ impl Env {
                 ca_cert: None,
                 namespace: None,
                 auth,
+                allow_plain_http: false,
             })
         };
         let config = dir.join("operator.yaml");
