@@ -363,7 +363,7 @@ mod tests {
             "all three taken"
         );
         drop((held, other));
-        slots.take(a).await.expect("a's slots back");
+        let _back = slots.take(a).await.expect("a's slots back");
     }
 
     #[tokio::test]
