@@ -147,6 +147,9 @@ pub fn secret_ref(namespace: &str, name: &str, secret: Option<&Secret>) -> Objec
     }
 }
 
+/// How many forged records are remembered before those whose Secrets are gone are forgotten.
+const PRUNE_FORGED_ABOVE: usize = 4096;
+
 /// Notes that the record at `key` was seen at `version`; true the first time that version is
 /// seen (a forged record is reported once per version, again whenever someone rewrites it).
 fn first_sighting(
@@ -171,11 +174,21 @@ pub async fn report_forged(
     target: &ObjectReference,
     why: &str,
 ) {
-    let first = first_sighting(
-        &mut ctx.forged.lock().expect("forged lock"),
-        key(namespace, &wrap.secret),
-        &wrap.resource_version,
-    );
+    let first = {
+        let mut seen = ctx.forged.lock().expect("forged lock");
+        if seen.len() >= PRUNE_FORGED_ABOVE {
+            // Forget the Secrets that are gone (their reports were made; nothing is left).
+            seen.retain(|k, _| {
+                k.split_once('/')
+                    .is_some_and(|(ns, name)| ctx.secrets.get(ns, name).is_some())
+            });
+        }
+        first_sighting(
+            &mut seen,
+            key(namespace, &wrap.secret),
+            &wrap.resource_version,
+        )
+    };
     if !first {
         return;
     }
