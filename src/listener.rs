@@ -285,10 +285,20 @@ fn busy() -> Response {
         reason::RETRY,
         "the operator is handling as many requests as it may at once; retry in a second",
     );
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(refusal)).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    refusal_response(&refusal, Some(Duration::from_secs(1)))
+}
+
+/// `refusal` as an answer: its status, its JSON, and `Retry-After` (whole seconds, at least
+/// one) when the caller should wait.
+pub fn refusal_response(refusal: &Refusal, wait: Option<Duration>) -> Response {
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut response = (status, axum::Json(refusal)).into_response();
+    if let Some(wait) = wait {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     response
 }
 

@@ -36,7 +36,7 @@ use crate::core::plan::{asked, revocations};
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::core::spec::token_request;
 use crate::crd::AgentSecretBinding;
-use crate::listener::{Source, read_body};
+use crate::listener::{Source, read_body, refusal_response};
 use crate::metrics::Metrics;
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, Records, Sealer, WriteError};
@@ -157,16 +157,14 @@ fn vault_refusal(e: &VaultError) -> Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::FORBIDDEN);
-        let mut response = (status, axum::Json(&self.0)).into_response();
-        if let Some(wait) = self.1 {
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        response
+        refusal_response(&self.0, self.1)
     }
+}
+
+/// A 429: `what` came too often; ask again after `wait`.
+fn rate_limited(what: String, wait: Duration) -> Refused {
+    let message = format!("{what}; ask again in {:.1}s", wait.as_secs_f64());
+    Refused(Refusal::new(reason::RATE_LIMITED, message), Some(wait))
 }
 
 /// The endpoint's routes, to merge into the webhook's server.
@@ -329,32 +327,17 @@ impl Endpoint {
             Ok(who) => who,
             Err(Denied::Refused(refusal)) => return Err(refusal.into()),
             Err(Denied::Limited(wait)) => {
-                return Err(Refused(
-                    Refusal::new(
-                        reason::RATE_LIMITED,
-                        format!(
-                            "too many new identity tokens from this address; ask again in {:.1}s",
-                            wait.as_secs_f64()
-                        ),
-                    ),
-                    Some(wait),
-                ));
+                let what = "too many new identity tokens from this address".to_string();
+                return Err(rate_limited(what, wait));
             }
             Err(Denied::Api(e)) => return Err(internal(e)),
         };
         if let Err(wait) = limits.take(&who.namespace, &who.pod_uid, Instant::now()) {
-            return Err(Refused(
-                Refusal::new(
-                    reason::RATE_LIMITED,
-                    format!(
-                        "too many requests from pod {}/{} or its namespace; ask again in {:.1}s",
-                        who.namespace,
-                        who.pod,
-                        wait.as_secs_f64()
-                    ),
-                ),
-                Some(wait),
-            ));
+            let what = format!(
+                "too many requests from pod {}/{} or its namespace",
+                who.namespace, who.pod
+            );
+            return Err(rate_limited(what, wait));
         }
         let pod = self.read_pod(&who).await?;
         if tokio::time::timeout(Duration::from_secs(2), self.bindings.wait_until_ready())

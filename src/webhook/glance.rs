@@ -66,14 +66,7 @@ struct Metadata {
 
 /// Takes the first look at an AdmissionReview body.
 pub fn glance(body: &[u8]) -> Result<Glance, String> {
-    let review: Review = serde_json::from_slice(body).map_err(|e| {
-        format!(
-            "not an AdmissionReview ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
-    })?;
+    let review: Review = serde_json::from_slice(body).map_err(|e| not_a_review(&e))?;
     let request = review.request.ok_or("AdmissionReview without a request")?;
     let (labels, pod_values) = match request.object {
         Some(Counted { value, count }) => (value.metadata.labels, count),
@@ -87,6 +80,16 @@ pub fn glance(body: &[u8]) -> Result<Glance, String> {
             && labels.get(INJECT_LABEL).map(String::as_str) == Some("true"),
         pod_values,
     })
+}
+
+/// Why a body is not an AdmissionReview, by where its JSON failed (never what it held).
+pub fn not_a_review(e: &serde_json::Error) -> String {
+    format!(
+        "not an AdmissionReview ({:?} error at line {} column {})",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
 }
 
 /// A `T` read from a JSON value, with the number of values that value holds (itself included).

@@ -16,7 +16,7 @@ use tracing::{debug, info};
 use crate::listener::read_body;
 use crate::webhook::Webhook;
 use crate::webhook::admit::{Decision, decide};
-use crate::webhook::glance::{MAX_POD_VALUES, glance};
+use crate::webhook::glance::{MAX_POD_VALUES, glance, not_a_review};
 use crate::webhook::settings::RequestEndpoint;
 
 /// Largest AdmissionReview read: a pod etcd can store (1.5 MiB) and the review around it.
@@ -71,14 +71,7 @@ fn allowed(uid: String) -> AdmissionResponse {
 /// The typed request, for a pod worth reading.
 fn typed(body: &Bytes) -> Result<AdmissionRequest<Pod>, String> {
     serde_json::from_slice::<AdmissionReview<Pod>>(body)
-        .map_err(|e| {
-            format!(
-                "not an AdmissionReview ({:?} error at line {} column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            )
-        })?
+        .map_err(|e| not_a_review(&e))?
         .try_into()
         .map_err(|_| "AdmissionReview without a request".into())
 }
