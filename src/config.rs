@@ -246,7 +246,8 @@ pub struct KubernetesAuth {
     /// Mount path. Default `kubernetes`.
     #[serde(default = "default_mount")]
     pub mount: String,
-    /// Service account token file.
+    /// Service account token file: by default the projected token for audience `vault` the
+    /// chart mounts (never the API server token, which Vault would then hold).
     #[serde(default = "default_jwt_path")]
     pub jwt_path: PathBuf,
 }
@@ -283,7 +284,7 @@ fn default_mount() -> String {
     "kubernetes".into()
 }
 fn default_jwt_path() -> PathBuf {
-    "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+    "/var/run/secrets/cubbyhole/vault/token".into()
 }
 
 mod humantime_serde_compat {
@@ -579,7 +580,7 @@ mod tests {
         assert_eq!(k8s.mount, "kubernetes");
         assert_eq!(
             k8s.jwt_path,
-            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+            PathBuf::from("/var/run/secrets/cubbyhole/vault/token")
         );
     }
 

@@ -305,8 +305,16 @@ pub fn role_problem(
             role.allowed_policies
         ));
     }
+    if role.token_explicit_max_ttl == 0 {
+        // Vault caps a renewal by accessor at the role's explicit max, never at its
+        // token_max_ttl: without one, nothing in Vault bounds how long renewals keep a token.
+        return Some(
+            "sets no token_explicit_max_ttl (its token_max_ttl does not bound renewals by accessor: set token_explicit_max_ttl)"
+                .into(),
+        );
+    }
     let ttl = token_ttl.and_then(parse_go_duration)?;
-    (role.token_explicit_max_ttl > 0 && ttl.as_secs() > role.token_explicit_max_ttl).then(|| {
+    (ttl.as_secs() > role.token_explicit_max_ttl).then(|| {
         format!(
             "tokenTTL {}s exceeds the role's token_explicit_max_ttl {}s (tokens would be cut short)",
             ttl.as_secs(),
@@ -564,6 +572,16 @@ mod tests {
             role_problem(&p(&["agent"]), Some("2h"), &role)
                 .unwrap()
                 .contains("cut short")
+        );
+        // Without an explicit max nothing in Vault bounds renewals by accessor.
+        let unbounded = TokenRole {
+            token_explicit_max_ttl: 0,
+            ..role
+        };
+        assert!(
+            role_problem(&p(&["agent"]), None, &unbounded)
+                .unwrap()
+                .contains("token_explicit_max_ttl")
         );
     }
 

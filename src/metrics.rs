@@ -80,14 +80,17 @@ pub enum RenewalResult {
     Renewed,
     /// Vault knows no such token any more (it expired or was revoked).
     Gone,
+    /// Not renewed: Vault does not say the token was minted for the record naming it.
+    Refused,
 }
 
 impl RenewalResult {
-    /// The label value: `renewed` or `gone`.
+    /// The label value: `renewed`, `gone` or `refused`.
     pub fn as_str(self) -> &'static str {
         match self {
             RenewalResult::Renewed => "renewed",
             RenewalResult::Gone => "gone",
+            RenewalResult::Refused => "refused",
         }
     }
 }

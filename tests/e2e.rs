@@ -5,9 +5,10 @@ use std::time::Duration;
 use cubbyhole::agent::receipt::{Receipt, result};
 use cubbyhole_testkit::cluster::{self, Env, Options, ann, condition, eventually, issued};
 use cubbyhole_testkit::openbao::{ROLE, audit_requests_at, revoked_accessors};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);
@@ -1351,6 +1352,45 @@ async fn the_operator_logs_in_to_openbao_through_a_real_token_review() {
     assert!(
         !login.status.success(),
         "a foreign service account logged in"
+    );
+    // What the operator hands Vault is for audience `vault` only: the API server does not
+    // take it (a TokenReview for the API server's own audiences fails) ...
+    let vault_jwt = std::fs::read_to_string(&env.identity.jwt).unwrap();
+    let review = |token: String| TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token),
+            audiences: None,
+        },
+        ..Default::default()
+    };
+    let reviews: Api<TokenReview> = Api::all(env.client.clone());
+    let answer = reviews
+        .create(
+            &PostParams::default(),
+            &review(vault_jwt.trim().to_string()),
+        )
+        .await
+        .unwrap();
+    let authenticated = answer.status.and_then(|s| s.authenticated);
+    assert_ne!(
+        authenticated,
+        Some(true),
+        "the Vault login token works on the API server"
+    );
+    // ... and the operator's API server token does not log in to Vault (wrong audience).
+    let api_jwt = std::fs::read_to_string(&env.identity.api_jwt).unwrap();
+    let login = env.bao.cli(
+        "",
+        &[
+            "write",
+            "auth/kubernetes/login",
+            "role=cubbyhole-operator",
+            &format!("jwt={}", api_jwt.trim()),
+        ],
+    );
+    assert!(
+        !login.status.success(),
+        "an API server token logged in to Vault"
     );
     env.assert_no_leaks().await;
 }

@@ -10,10 +10,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cubbyhole::record::seal::{Authenticity, Fields, RecordKeys};
+use cubbyhole::record::signing_keys::{KEY_SECRET, keys_from_secret};
+use cubbyhole::record::{BINDING_LABEL, ann};
 use cubbyhole_testkit::cluster::{self, Env, Options, ann, eventually, issued};
-use cubbyhole_testkit::openbao::revoked_accessors;
+use cubbyhole_testkit::openbao::{renewed_accessors, revoked_accessors};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -92,13 +96,10 @@ async fn forged_events(env: &Env, ns: &str) -> Vec<Event> {
 
 /// `cubbyhole_forged_records_total` for `ns` on the operator's /metrics.
 fn forged_metric(env: &Env, ns: &str) -> f64 {
-    let metrics = env.op().get("/metrics").map(|(_, b)| b).unwrap_or_default();
-    let prefix = format!("cubbyhole_forged_records_total{{namespace=\"{ns}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric(
+        env,
+        &format!("cubbyhole_forged_records_total{{namespace=\"{ns}\"}}"),
+    )
 }
 
 async fn assert_live(env: &Env, accessor: &str) {
@@ -447,5 +448,224 @@ async fn a_signed_record_copied_to_another_name_or_put_back_in_an_older_version_
     })
     .await;
     assert_live(&env, &victim).await;
+    env.assert_no_leaks().await;
+}
+
+/// The operator's record keys, as someone who leaked them (or can read Secrets in the
+/// operator's namespace) has them.
+async fn leaked_record_keys(env: &Env) -> RecordKeys {
+    let api: Api<Secret> = Api::namespaced(env.client.clone(), cluster::OPERATOR_NS);
+    let secret = api.get(KEY_SECRET).await.expect("the record key Secret");
+    keys_from_secret(&secret).expect("the record keys")
+}
+
+/// Rewrites record `name` with `changes` (full annotation keys) and signs it with `keys`
+/// exactly as the operator signs its writes, so the result verifies. Guarded by the
+/// resourceVersion read (retried if the operator wrote in between).
+async fn rewrite_signed(env: &Env, keys: &RecordKeys, name: &str, changes: &[(&str, String)]) {
+    eventually(&format!("{name} rewritten and re-signed"), T, || async {
+        let secret = env.secrets().get(name).await.ok()?;
+        let mut annotations = secret.annotations().clone();
+        let mut patch = serde_json::Map::new();
+        for (k, v) in changes {
+            annotations.insert(k.to_string(), v.clone());
+            patch.insert(k.to_string(), json!(v));
+        }
+        let binding = secret.labels().get(BINDING_LABEL)?.clone();
+        let fields = Fields {
+            namespace: &env.ns,
+            name,
+            binding: &binding,
+            annotations: &annotations,
+        };
+        patch.insert(ann::SIGNATURE.into(), json!(keys.sign(&fields)));
+        let patch = json!({"metadata": {
+            "resourceVersion": secret.resource_version(),
+            "annotations": patch,
+        }});
+        let patched = env
+            .secrets()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .ok()?;
+        let fields = Fields {
+            annotations: patched.annotations(),
+            ..fields
+        };
+        let signature = patched
+            .annotations()
+            .get(ann::SIGNATURE)
+            .map(String::as_str);
+        assert_eq!(keys.verify(&fields, signature), Authenticity::Authentic);
+        Some(())
+    })
+    .await;
+}
+
+/// A series' value on the operator's /metrics (0 when absent), e.g.
+/// `cubbyhole_token_renewals_total{result="refused"}`.
+fn metric(env: &Env, series: &str) -> f64 {
+    let metrics = env.op().get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    let prefix = format!("{series} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 33, item 1: a record signed with the REAL record key (as someone who leaked it would
+/// sign) that names another pod's token or another pod's wrap gets the operator to act on
+/// nothing it names. Vault has the last word before every renewal and revocation by accessor:
+/// (a) an Unwrapped record naming a bystander's token is never renewed (its renewal comes due
+/// every half `renewalWindow`) nor revoked at its pod's cleanup; (b) an Issued record whose
+/// expiry passed, naming a bystander's token as its wrap, gets an expiry probe that leaves
+/// the bystander alone; (c) an Issued record naming a real wrap made outside the binding's tokenRole is
+/// not revoked at its pod's cleanup. Every refusal is counted
+/// (`cubbyhole_token_renewals_total{result="refused"}`,
+/// `cubbyhole_revocations_refused_total`) and the forged records are not reported as forged:
+/// they verify.
+#[tokio::test]
+async fn a_record_signed_with_the_leaked_key_never_renews_or_revokes_what_another_pod_holds() {
+    // Grace 5 s, window 10 s: a held token's renewal comes due every 5 s.
+    let env = Env::start(Options {
+        token_life: Some((Duration::from_secs(5), Duration::from_secs(10))),
+        ..Options::default()
+    })
+    .await;
+    env.apply_binding("b", Env::spec("web", "60s")).await;
+    for p in ["web-0", "web-1", "web-2"] {
+        env.create_pod(p, "web").await;
+    }
+    let (r0, t0) = issued(&env, "b", "web-0").await;
+    let (r1, _) = issued(&env, "b", "web-1").await;
+    let (r2, _) = issued(&env, "b", "web-2").await;
+    // web-0's agent takes its token: its record is Unwrapped and verified, a held token.
+    let (receipt, code) = env.run_agent(&t0, "web-0");
+    assert_eq!(code, 0, "{receipt:?}");
+    env.report_receipt("web-0", receipt.as_ref(), 0).await;
+    eventually("web-0 verified", T, || async {
+        let s = env.secrets().get_opt(&r0.name_any()).await.ok()??;
+        (ann(&s).get("phase").map(String::as_str) == Some("Unwrapped")
+            && ann(&s).get("verified").map(String::as_str) == Some("true"))
+        .then_some(())
+    })
+    .await;
+
+    // Bystanders: two live tokens and a real wrap nobody's pod holds, all made with root;
+    // the wrap at auth/token/create, not at the binding's tokenRole.
+    let token_a = victim(&env);
+    let token_b = victim(&env);
+    let wrap = env
+        .bao
+        .cli_json(&["token", "create", "-orphan", "-wrap-ttl=5m", "-format=json"]);
+    env.remember(wrap["wrap_info"]["token"].as_str().expect("wrapping token"));
+    let wrap_c = wrap["wrap_info"]["accessor"]
+        .as_str()
+        .expect("wrap accessor")
+        .to_string();
+
+    let keys = leaked_record_keys(&env).await;
+    // (a) web-0's record now names token_a as the token its agent holds.
+    rewrite_signed(
+        &env,
+        &keys,
+        &r0.name_any(),
+        &[(ann::ACCESSOR, token_a.clone())],
+    )
+    .await;
+    // (b) web-1's record names token_b as its wrap, whose expiry has passed.
+    let expired = Timestamp::now()
+        .checked_sub(SignedDuration::from_secs(60))
+        .unwrap();
+    rewrite_signed(
+        &env,
+        &keys,
+        &r1.name_any(),
+        &[
+            (ann::WRAP_ACCESSOR, token_b.clone()),
+            (ann::EXPIRES_AT, expired.to_string()),
+        ],
+    )
+    .await;
+    // (c) web-2's record names the root-made wrap as its own.
+    rewrite_signed(
+        &env,
+        &keys,
+        &r2.name_any(),
+        &[(ann::WRAP_ACCESSOR, wrap_c.clone())],
+    )
+    .await;
+
+    let renewals_refused = "cubbyhole_token_renewals_total{result=\"refused\"}";
+    let revocations_refused = format!(
+        "cubbyhole_revocations_refused_total{{namespace=\"{}\"}}",
+        env.ns
+    );
+    let victims = [&token_a, &token_b, &wrap_c];
+    let touched = |entries: &[serde_json::Value]| -> Vec<String> {
+        let renewed = renewed_accessors(entries);
+        let revoked = revoked_accessors(entries);
+        victims
+            .iter()
+            .flat_map(|v| {
+                let r = renewed.contains(v).then(|| format!("renewed {v}"));
+                let k = revoked.contains(v).then(|| format!("revoked {v}"));
+                r.into_iter().chain(k)
+            })
+            .collect()
+    };
+    // The renewal of web-0's token and the expiry probe of web-1's wrap come due at once:
+    // both are refused (or, were Vault not asked first, carried out on the bystanders).
+    eventually("web-0's renewal and web-1's expiry probe", T, || async {
+        let done = touched(&env.bao.audit_entries());
+        let refused =
+            metric(&env, renewals_refused) >= 1.0 && metric(&env, &revocations_refused) >= 1.0;
+        (refused || !done.is_empty()).then_some(())
+    })
+    .await;
+    // More than one more half window: renewals keep coming due, nothing is done to a bystander.
+    cluster::holds_for(
+        "no bystander renewed or revoked",
+        Duration::from_secs(6),
+        || async {
+            let done = touched(&env.bao.audit_entries());
+            assert!(
+                done.is_empty(),
+                "the operator acted on bystanders: {done:?}"
+            );
+            true
+        },
+    )
+    .await;
+    assert_eq!(
+        forged_metric(&env, &env.ns),
+        0.0,
+        "records signed with the real key verify"
+    );
+
+    // The pods go: their records are cleaned up, and what they name that is not theirs stays.
+    for p in ["web-0", "web-1", "web-2"] {
+        env.delete_pod(p).await;
+    }
+    eventually("records removed", T, || async {
+        env.records("b").await.is_empty().then_some(())
+    })
+    .await;
+    let done = touched(&env.bao.audit_entries());
+    assert!(
+        done.is_empty(),
+        "the operator acted on bystanders: {done:?}"
+    );
+    for v in victims {
+        assert_live(&env, v).await;
+    }
+    assert!(
+        metric(&env, renewals_refused) >= 1.0,
+        "renewal refusals not counted"
+    );
+    // web-1's probe, web-0's token and web-2's wrap at cleanup.
+    let refused = metric(&env, &revocations_refused);
+    assert!(refused >= 3.0, "{refused} revocations refused");
     env.assert_no_leaks().await;
 }

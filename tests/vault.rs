@@ -194,9 +194,20 @@ async fn setup_is_idempotent_and_configures_kubernetes_auth() {
         .output()
         .expect("run openssl");
     assert!(openssl.status.success(), "openssl failed");
+    // Vault outside the cluster reviews logins with a token of its own: without one, setup
+    // stops and says so (the operator's login token is for audience `vault` only).
+    let without_reviewer = bao.setup_with(&[
+        ("KUBERNETES_HOST", "https://127.0.0.1:6443"),
+        ("KUBERNETES_CA_CERT", ca.to_str().unwrap()),
+    ]);
+    assert!(!without_reviewer.status.success());
+    assert!(String::from_utf8_lossy(&without_reviewer.stderr).contains("TOKEN_REVIEWER_JWT_FILE"));
+    let reviewer = bao.path("reviewer-jwt");
+    std::fs::write(&reviewer, "reviewer.jwt.stand-in").unwrap();
     let envs = [
         ("KUBERNETES_HOST", "https://127.0.0.1:6443"),
         ("KUBERNETES_CA_CERT", ca.to_str().unwrap()),
+        ("TOKEN_REVIEWER_JWT_FILE", reviewer.to_str().unwrap()),
         ("CUBBYHOLE_ROLE", "cubbyhole-agent team-b"),
     ];
     let first_token = bao.operator_token();
@@ -224,6 +235,19 @@ async fn setup_is_idempotent_and_configures_kubernetes_auth() {
     );
     assert_eq!(role["data"]["token_policies"][0], "cubbyhole-operator");
     assert_eq!(role["data"]["token_no_default_policy"], true);
+    // Only a token for audience `vault` logs in.
+    assert_eq!(role["data"]["audience"], "vault");
+    // Every token role a binding may use bounds renewals by accessor (its explicit max).
+    for r in ["cubbyhole-agent", "team-b"] {
+        let token_role = bao.cli_json(&["read", &format!("auth/token/roles/{r}")]);
+        assert!(
+            token_role["data"]["token_explicit_max_ttl"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{r}"
+        );
+    }
 
     // Both roles can be minted through; the first role still works after the rerun.
     let mut req = agent_request(30);

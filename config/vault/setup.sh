@@ -12,7 +12,12 @@
 #   CUBBYHOLE_OPERATOR_POLICY  operator policy and Kubernetes auth role (default cubbyhole-operator)
 #   KUBERNETES_HOST            when set, enable and configure the kubernetes auth method
 #   KUBERNETES_CA_CERT         PEM file with the API server CA, when Vault runs outside the
-#                              cluster (then Vault reviews logins with the caller's own JWT)
+#                              cluster (then TOKEN_REVIEWER_JWT_FILE is needed too)
+#   TOKEN_REVIEWER_JWT_FILE    Vault outside the cluster: a file with an API server token of a
+#                              service account bound to system:auth-delegator
+#                              (config/vault/auth-delegator.yaml), which Vault reviews logins with
+#   CUBBYHOLE_VAULT_AUDIENCE   audience the operator's login token must carry (default vault;
+#                              the chart mounts a projected token for it)
 #   CUBBYHOLE_SA_NAME          operator service account (default cubbyhole)
 #   CUBBYHOLE_SA_NAMESPACE     its namespace (default cubbyhole-system)
 set -euo pipefail
@@ -22,6 +27,7 @@ ROLES="${CUBBYHOLE_ROLE:-cubbyhole-agent}"
 OPERATOR_POLICY="${CUBBYHOLE_OPERATOR_POLICY:-cubbyhole-operator}"
 SA_NAME="${CUBBYHOLE_SA_NAME:-cubbyhole}"
 SA_NAMESPACE="${CUBBYHOLE_SA_NAMESPACE:-cubbyhole-system}"
+VAULT_AUDIENCE="${CUBBYHOLE_VAULT_AUDIENCE:-vault}"
 TOKEN_FILE=""
 
 usage() {
@@ -126,17 +132,25 @@ if [ -n "${KUBERNETES_HOST:-}" ]; then
     log "kubernetes auth config ($KUBERNETES_HOST)"
     config=(kubernetes_host="$KUBERNETES_HOST")
     if [ -n "${KUBERNETES_CA_CERT:-}" ]; then
-        # Vault outside the cluster: no local service account; the operator's own JWT is
-        # used for the TokenReview (its service account needs system:auth-delegator:
-        # kubectl apply -f config/vault/auth-delegator.yaml).
-        config+=(kubernetes_ca_cert="@$KUBERNETES_CA_CERT" disable_local_ca_jwt=true)
+        # Vault outside the cluster: no local service account to review logins with. The
+        # operator's login token is for audience $VAULT_AUDIENCE only, so the API server would
+        # refuse it as the reviewer's credential: Vault needs a reviewer token of its own.
+        if [ -z "${TOKEN_REVIEWER_JWT_FILE:-}" ]; then
+            echo "setup.sh: KUBERNETES_CA_CERT needs TOKEN_REVIEWER_JWT_FILE (see the header)" >&2
+            exit 2
+        fi
+        config+=(kubernetes_ca_cert="@$KUBERNETES_CA_CERT" disable_local_ca_jwt=true
+            token_reviewer_jwt="@$TOKEN_REVIEWER_JWT_FILE")
     fi
     v write auth/kubernetes/config "${config[@]}" >/dev/null
     log "kubernetes auth role $OPERATOR_POLICY ($SA_NAMESPACE/$SA_NAME)"
-    # No `default` policy: the operator's login token holds the operator policy only.
+    # No `default` policy: the operator's login token holds the operator policy only. Only a
+    # token for audience $VAULT_AUDIENCE logs in: the operator never hands Vault a token the
+    # API server would accept.
     v write "auth/kubernetes/role/$OPERATOR_POLICY" \
         bound_service_account_names="$SA_NAME" \
         bound_service_account_namespaces="$SA_NAMESPACE" \
+        audience="$VAULT_AUDIENCE" \
         token_policies="$OPERATOR_POLICY" \
         token_no_default_policy=true \
         token_ttl=1h >/dev/null

@@ -16,7 +16,7 @@ use crate::controller::fair::FairSlots;
 use crate::core::pod::CachedPod;
 use crate::metrics::Metrics;
 use crate::record::CachedRecord;
-use crate::record::seal::RecordKeys;
+use crate::record::signing_keys::KeyRing;
 use crate::vault::{VaultClient, VaultError};
 
 /// One error type for the reconciler; `category` is its metric label.
@@ -112,13 +112,28 @@ pub struct Memory {
     pub names_taken: Mutex<HashMap<String, Timestamp>>,
     /// Last renewal of the token the record's pod's agent holds.
     pub last_renewal: Mutex<HashMap<String, LastDone>>,
+    /// What Vault vouched for the record's held token before its first renewal (asked once per
+    /// accessor: a token's metadata never changes).
+    pub vouched: Mutex<HashMap<String, VouchedToken>>,
+    /// Token role -> its explicit max TTL in seconds, and when that was read.
+    pub role_max: Mutex<HashMap<String, (Option<u64>, Timestamp)>>,
+}
+
+/// A held token Vault said was minted for its record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VouchedToken {
+    /// Its accessor.
+    pub accessor: String,
+    /// When it must end by its own explicit max TTL, if it has one.
+    pub hard_end: Option<Timestamp>,
 }
 
 impl Memory {
-    /// Forgets a removed record's lookup and renewal times.
+    /// Forgets a removed record's lookup and renewal times and what Vault vouched for it.
     pub fn forget(&self, key: &str) {
         self.last_lookup.lock().expect("lookup lock").remove(key);
         self.last_renewal.lock().expect("renewal lock").remove(key);
+        self.vouched.lock().expect("vouched lock").remove(key);
     }
 }
 
@@ -156,7 +171,7 @@ pub struct Context {
     /// First-sync tracking.
     pub readiness: Readiness,
     /// Keys that sign and verify per-pod records.
-    pub record_keys: RecordKeys,
+    pub record_keys: Arc<KeyRing>,
     /// `namespace/binding` -> record writes of its last round the next round waits to see in
     /// the record cache (`effects::until_cached`).
     pub unseen_writes: Mutex<HashMap<String, Vec<OwnWrite>>>,

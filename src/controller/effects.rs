@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::controller::cache::IndexedCache;
-use crate::controller::trust::TokenFacts;
+use crate::controller::vouch::TokenFacts;
 use crate::core::plan::Issue;
 use crate::record::writes::{self, Change, Records, WrapData, WriteError};
 use crate::record::{BINDING_LABEL, CachedRecord, Phase, WrapState};
@@ -45,6 +45,12 @@ pub trait VaultOps: Sync {
         accessor: &str,
         increment_secs: u64,
     ) -> impl Future<Output = Result<Renewed, VaultError>> + Send;
+    /// The token role's `token_explicit_max_ttl` in seconds (`None`: it sets none, or the role
+    /// cannot be read).
+    fn role_explicit_max(
+        &self,
+        role: &str,
+    ) -> impl Future<Output = Result<Option<u64>, VaultError>> + Send;
     /// What Vault says about the token behind an accessor (`None`: no such token).
     fn token_facts(
         &self,
@@ -71,6 +77,17 @@ impl VaultOps for VaultClient {
         increment_secs: u64,
     ) -> Result<Renewed, VaultError> {
         VaultClient::renew_accessor(self, accessor, increment_secs).await
+    }
+
+    async fn role_explicit_max(&self, role: &str) -> Result<Option<u64>, VaultError> {
+        match self.token_role(role).await {
+            Ok(found) => Ok(found
+                .map(|r| r.token_explicit_max_ttl)
+                .filter(|&max| max > 0)),
+            // A policy without read on the role (set up before it was asked for): unknown.
+            Err(VaultError::Refused { status: 403, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn token_facts(&self, accessor: &str) -> Result<Option<TokenFacts>, VaultError> {

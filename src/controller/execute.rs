@@ -14,9 +14,13 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::controller::budget::LookupBudget;
-use crate::controller::context::{Error, LastDone, Memory, key};
+use crate::controller::context::{Error, LastDone, Memory, VouchedToken, key};
 use crate::controller::effects::{RecordOps, VaultOps, event};
 use crate::controller::failpoint;
+use crate::controller::vouch::{
+    Act, Claim, Vouched, revoke_counted, revoke_named, revoke_vouched, revoke_wrap_vouched,
+    vouch_token,
+};
 use crate::core::plan::{
     Action, Issue, Outcome, Revoke, Settings, expiry_outcome, renewal_increment,
 };
@@ -196,8 +200,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             && let Err(e) = revoke_vouched(
                 self.vault,
                 self.metrics,
-                &self.ns(),
-                &binding,
+                self.claim(),
                 &issue.pod_uid,
                 previous,
             )
@@ -363,7 +366,72 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             .insert(key(&self.ns(), &wrap.secret), done);
     }
 
-    /// Extends the life of the token the pod's agent holds by the renewal window.
+    /// The binding's token role's explicit max TTL, read at most every `ROLE_REREAD`.
+    async fn role_explicit_max(&self) -> Result<Option<u64>, VaultError> {
+        let role = &self.binding.spec.vault.token_role;
+        let now = self.records.now();
+        let known = self
+            .memory
+            .role_max
+            .lock()
+            .expect("role lock")
+            .get(role)
+            .copied();
+        if let Some((max, read_at)) = known
+            && now.duration_since(read_at) < ROLE_REREAD
+        {
+            return Ok(max);
+        }
+        let max = self.vault.role_explicit_max(role).await?;
+        let mut roles = self.memory.role_max.lock().expect("role lock");
+        roles.insert(role.clone(), (max, now));
+        Ok(max)
+    }
+
+    /// Vault's word on the record's held token, asked once per accessor (a token's metadata
+    /// never changes) and remembered while the record lives.
+    async fn vouch_held(&self, wrap: &WrapState, accessor: &str) -> Result<Vouched, VaultError> {
+        let k = key(&self.ns(), &wrap.secret);
+        let known = self
+            .memory
+            .vouched
+            .lock()
+            .expect("vouched lock")
+            .get(&k)
+            .cloned();
+        if let Some(v) = known.filter(|v| v.accessor == accessor) {
+            return Ok(Vouched::Minted {
+                hard_end: v.hard_end,
+            });
+        }
+        let role_max = self.role_explicit_max().await?;
+        let vouched = vouch_token(
+            self.vault,
+            self.metrics,
+            self.claim(),
+            &wrap.pod_uid,
+            accessor,
+            Act::Renew,
+            role_max,
+        )
+        .await?;
+        if let Vouched::Minted { hard_end } = vouched {
+            let v = VouchedToken {
+                accessor: accessor.to_string(),
+                hard_end,
+            };
+            self.memory
+                .vouched
+                .lock()
+                .expect("vouched lock")
+                .insert(k, v);
+        }
+        Ok(vouched)
+    }
+
+    /// Extends the life of the token the pod's agent holds by the renewal window, never past
+    /// its tokenTTL nor its own explicit max TTL, and only once Vault has vouched that it was
+    /// minted for this record.
     async fn renew(&self, wrap: WrapState) -> Result<Met, Error> {
         let Some(accessor) = wrap.accessor.clone() else {
             return Ok(Met::Nothing);
@@ -382,6 +450,20 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             self.metrics.lookup_deferred();
             return Ok(Met::LookupDeferred);
         }
+        // A token Vault does not know is found gone by the renewal itself (one place says so).
+        let hard_end = match self.vouch_held(&wrap, &accessor).await {
+            Ok(Vouched::Minted { hard_end }) => hard_end,
+            Ok(Vouched::Gone) => None,
+            Ok(Vouched::Refused) => {
+                self.remember_renewal(&wrap, &accessor, Timestamp::MAX);
+                return Ok(Met::Nothing);
+            }
+            Err(e) => return vault_failed(e),
+        };
+        let Some(increment) = capped_at(increment, hard_end, self.records.now()) else {
+            self.remember_renewal(&wrap, &accessor, Timestamp::MAX);
+            return Ok(Met::Nothing);
+        };
         let renewed = match self
             .vault
             .renew_accessor(&accessor, increment.as_secs().max(1))
@@ -460,7 +542,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
         let Some(wrap_accessor) = wrap.wrap_accessor.clone() else {
             return Ok(Met::Nothing);
         };
-        match self.revoke(&wrap_accessor, TokenKind::Wrap).await {
+        match revoke_wrap_vouched(self.vault, self.metrics, self.claim(), &wrap_accessor).await {
             Ok(revoked) => {
                 let outcome = expiry_outcome(revoked, wrap.expires_at, self.records.now());
                 // The probe itself revoked the wrap.
@@ -518,7 +600,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
     }
 
     async fn cleanup(&self, wrap: WrapState, revoke: Revoke) -> Result<Met, Error> {
-        if let Err(e) = self.revoke_record(&wrap, revoke).await {
+        if let Err(e) = self.revoke_at_cleanup(&wrap, revoke).await {
             return vault_failed(e);
         }
         if let Err(e) = self.release_kept_token(&wrap, revoke).await {
@@ -551,17 +633,40 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
         Ok(Met::Nothing)
     }
 
+    /// Revokes what a cleanup asks. A binding that keeps its agents' tokens keeps one whose
+    /// wrap is already gone even when the record reads `Issued`: the read may be stale (from
+    /// before the write that said the agent took it), and a token nobody took ends by itself
+    /// at wrapTTL + tokenGrace.
+    async fn revoke_at_cleanup(&self, wrap: &WrapState, revoke: Revoke) -> Result<(), VaultError> {
+        let keeps = !self.settings.revoke_on_pod_deletion;
+        let (Revoke::WrapAndToken, true, Some(wrap_accessor)) =
+            (revoke, keeps, &wrap.wrap_accessor)
+        else {
+            return self.revoke_record(wrap, revoke).await;
+        };
+        match revoke_wrap_vouched(self.vault, self.metrics, self.claim(), wrap_accessor).await? {
+            Revoked::Existed => self.revoke_record(wrap, Revoke::Token).await,
+            Revoked::NotFound => Ok(()),
+        }
+    }
+
     /// Revokes what `revoke` asks of the accessors the record names.
     async fn revoke_record(&self, wrap: &WrapState, revoke: Revoke) -> Result<(), VaultError> {
-        revoke_named(
-            self.vault,
-            self.metrics,
-            &self.ns(),
-            &self.binding.name_any(),
-            wrap,
-            revoke,
-        )
-        .await
+        revoke_named(self.vault, self.metrics, self.claim(), wrap, revoke).await
+    }
+
+    /// What Vault's answers about this binding's accessors must match.
+    fn claim(&self) -> Claim<'_> {
+        Claim {
+            namespace: self
+                .binding
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or_default(),
+            binding: self.binding.metadata.name.as_deref().unwrap_or_default(),
+            role: Some(&self.binding.spec.vault.token_role),
+        }
     }
 
     /// A token kept past its pod (`revokeOnPodDeletion: false`) is renewed once to the
@@ -583,6 +688,13 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
         ) else {
             return Ok(());
         };
+        let hard_end = match self.vouch_held(wrap, accessor).await? {
+            Vouched::Minted { hard_end } => hard_end,
+            Vouched::Gone | Vouched::Refused => return Ok(()),
+        };
+        let Some(rest) = capped_at(rest, hard_end, self.records.now()) else {
+            return Ok(());
+        };
         self.vault
             .renew_accessor(accessor, rest.as_secs().max(1))
             .await?;
@@ -593,10 +705,6 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
     fn token_ttl(&self) -> Option<std::time::Duration> {
         let ttl = self.binding.spec.vault.token_ttl.as_deref()?;
         humantime::parse_duration(ttl).ok()
-    }
-
-    async fn revoke(&self, accessor: &str, kind: TokenKind) -> Result<Revoked, VaultError> {
-        revoke_counted(self.vault, self.metrics, accessor, kind).await
     }
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: &str) {
@@ -644,72 +752,20 @@ fn vault_failed(e: VaultError) -> Result<Met, Error> {
 /// at the role's and the system's max TTL).
 const KEPT_TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(32 * 24 * 3600);
 
-/// Revokes what `revoke` asks of the accessors `wrap` (a record of `binding` in `namespace`)
-/// names; a missing accessor is skipped. The inner token is revoked only when Vault vouches
-/// that it was minted for this record ([`revoke_vouched`]).
-pub async fn revoke_named(
-    vault: &impl VaultOps,
-    metrics: &Metrics,
-    namespace: &str,
-    binding: &str,
-    wrap: &WrapState,
-    revoke: Revoke,
-) -> Result<(), VaultError> {
-    if revoke.wrap()
-        && let Some(a) = &wrap.wrap_accessor
-    {
-        revoke_counted(vault, metrics, a, TokenKind::Wrap).await?;
-    }
-    if revoke.token()
-        && let Some(a) = &wrap.accessor
-    {
-        revoke_vouched(vault, metrics, namespace, binding, &wrap.pod_uid, a).await?;
-    }
-    Ok(())
-}
+/// How long a token role's explicit max is trusted before it is read again.
+const ROLE_REREAD: SignedDuration = SignedDuration::from_secs(300);
 
-/// Revokes the token behind `accessor` only if Vault says it was minted for this pod: its
-/// metadata names `namespace`, `pod_uid` and `binding` (set at every mint). Anything else
-/// (a record naming someone else's token) is refused with a warning and a metric, and counts
-/// as nothing to revoke.
-pub async fn revoke_vouched(
-    vault: &impl VaultOps,
-    metrics: &Metrics,
-    namespace: &str,
-    binding: &str,
-    pod_uid: &str,
-    accessor: &str,
-) -> Result<Revoked, VaultError> {
-    let Some(facts) = vault.token_facts(accessor).await? else {
-        return Ok(Revoked::NotFound);
+/// `increment` from `now`, cut to end at `hard_end` (`None`: nothing left to give).
+fn capped_at(
+    increment: std::time::Duration,
+    hard_end: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<std::time::Duration> {
+    let Some(end) = hard_end else {
+        return Some(increment);
     };
-    if !facts.minted_for(namespace, pod_uid, binding) {
-        metrics.revocation_refused(namespace);
-        warn!(
-            namespace,
-            binding,
-            pod_uid,
-            accessor,
-            "refused to revoke a token that Vault does not say was minted for this record"
-        );
-        return Ok(Revoked::NotFound);
-    }
-    revoke_counted(vault, metrics, accessor, TokenKind::Token).await
-}
-
-/// Revokes one accessor (no vouching: for what this process just minted, or a wrap accessor of
-/// a signed record); a token that was still alive is counted in the metrics.
-pub async fn revoke_counted(
-    vault: &impl VaultOps,
-    metrics: &Metrics,
-    accessor: &str,
-    kind: TokenKind,
-) -> Result<Revoked, VaultError> {
-    let r = vault.revoke_accessor(accessor).await?;
-    if r == Revoked::Existed {
-        metrics.revoked(kind);
-    }
-    Ok(r)
+    let left = std::time::Duration::try_from(now.duration_until(end)).ok()?;
+    (!left.is_zero()).then(|| increment.min(left))
 }
 
 /// Revokes a wrap this process just minted that nobody can ever read (its record write

@@ -1,7 +1,7 @@
 //! The controller: watches and wiring (`wiring`, initial lists by `lists`), one binding's round
 //! (`reconcile`: observe, plan, execute, status), the executor (`execute`) and what it does to
 //! Vault and the records (`effects`), trust in records
-//! (`trust`), the sweep of orphaned records, leader election. Depends on everything below it;
+//! (`trust`), Vault's word before acting on an accessor (`vouch`), the sweep of orphaned records, leader election. Depends on everything below it;
 //! nothing depends on it.
 
 pub mod budget;
@@ -18,6 +18,7 @@ pub mod reconcile;
 mod sim;
 pub mod sweep;
 pub mod trust;
+pub mod vouch;
 pub mod wiring;
 
 pub use wiring::{OperatorArgs, run};

@@ -122,12 +122,13 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
     let ns = b.namespace().unwrap_or_default();
     let name = b.name_any();
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let keys = ctx.record_keys.current();
     let records = Records {
         api: &secrets_api,
         sealer: Sealer {
             namespace: &ns,
             binding: &name,
-            keys: &ctx.record_keys,
+            keys: &keys,
         },
     };
     let validity = spec::validate(&b.spec, &ns, &ctx.config.allowed_roles);
@@ -445,6 +446,7 @@ async fn cached_records(
     secret_key: &str,
 ) -> (Vec<WrapState>, SecretsByName) {
     ctx.secrets.ready().await;
+    let keys = ctx.record_keys.current();
     let secrets: SecretsByName = ctx
         .secrets
         .in_group(ns, binding)
@@ -453,7 +455,7 @@ async fn cached_records(
         .collect();
     let records = secrets
         .values()
-        .filter_map(|s| WrapState::from_secret(s, Some(secret_key), &ctx.record_keys))
+        .filter_map(|s| WrapState::from_secret(s, Some(secret_key), &keys))
         .collect();
     (records, secrets)
 }
@@ -470,10 +472,11 @@ pub async fn list_records(
     let list = secrets
         .list(&ListParams::default().labels(&format!("{BINDING_LABEL}={binding}")))
         .await?;
+    let keys = ctx.record_keys.current();
     let wraps = list
         .items
         .iter()
-        .filter_map(|s| WrapState::from_secret(s, secret_key, &ctx.record_keys))
+        .filter_map(|s| WrapState::from_secret(s, secret_key, &keys))
         .collect();
     let raw = list
         .items

@@ -91,11 +91,12 @@
 //!    lookups deferred as the metric counts them (a quarter of the schedules give each round a
 //!    budget of two lookups or renewals; the round is then tried again a second later, as
 //!    `reconcile` does);
-//! 8. a token is revoked only for a record (or a new start) of the pod and binding it was
-//!    minted for. In faulty schedules someone holding the record key writes valid records for
-//!    pods of theirs naming other pods' live tokens: only Vault's word (`lookup-accessor`,
-//!    `execute::revoke_vouched`) keeps those tokens alive. Such pods are left out of
-//!    liveness and renewal (their own tenant lied about them).
+//! 8. a token is revoked or renewed only for a record (or a new start) of the pod and binding
+//!    it was minted for. In faulty schedules someone holding the record key writes valid
+//!    records for pods of theirs naming other pods' live tokens, half of them as the record's
+//!    pending wrap too: only Vault's word (`lookup-accessor`, `controller::vouch`) keeps those
+//!    tokens alive and unrenewed. Such pods are left out of liveness and renewal (their own
+//!    tenant lied about them).
 //!
 //! **Guards it must catch** ([`Mutant`], one test each): the store's resourceVersion guard
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
@@ -141,7 +142,7 @@ use crate::controller::context::Memory;
 use crate::controller::effects::{Holder, RecordOps, VaultOps};
 use crate::controller::execute::{self, Executor};
 use crate::controller::reconcile::{looked_up, recently_taken, renewed};
-use crate::controller::trust::TokenFacts;
+use crate::controller::vouch::TokenFacts;
 use crate::core::plan::{self, Action, Input, Issue, Revoke, Settings};
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
 use crate::crd::AgentSecretBinding;
@@ -308,6 +309,8 @@ struct VToken {
     consumed: bool,
     /// When Vault ends it by its TTL (minted for wrap TTL + grace; each renewal extends it).
     expires: i64,
+    /// When it was minted.
+    minted_at: i64,
     /// The longest life it may reach (its mint + the binding's tokenTTL).
     max_at: Option<i64>,
     /// The operator asked Vault to revoke it (perhaps after Vault had already ended it), or
@@ -401,6 +404,7 @@ impl Vault {
                 lost,
                 consumed: false,
                 expires: now + life.token,
+                minted_at: now,
                 max_at: life.max.map(|m| now + m),
                 revoke_asked: false,
                 unvouched: false,
@@ -1289,7 +1293,8 @@ impl World {
         Err(self.violation(8, msg).into())
     }
 
-    /// `auth/token/lookup-accessor`: the metadata of a live token (set at its mint).
+    /// `auth/token/lookup-accessor`: what Vault says of a live wrap (policy and path) or token
+    /// (the metadata set at its mint, its policy, path, creation and explicit max).
     fn v_facts(&mut self, accessor: &str) -> Step<Result<Option<TokenFacts>, VErr>> {
         self.op(Op::LookupAccessor)?;
         let lost = match self.vault_gate() {
@@ -1305,6 +1310,14 @@ impl World {
         {
             t.revoke_asked = true;
         }
+        let path = "auth/token/create/agent".to_string();
+        if self.vault.live(accessor, now) {
+            return Ok(Ok(Some(TokenFacts {
+                policies: vec!["response-wrapping".into()],
+                path,
+                ..TokenFacts::default()
+            })));
+        }
         Ok(Ok(self
             .vault
             .tokens
@@ -1316,6 +1329,10 @@ impl World {
                     ("pod_uid".to_string(), t.owner.uid.clone()),
                     ("binding".to_string(), t.owner.binding.clone()),
                 ])),
+                policies: vec!["agent".into()],
+                path,
+                creation_time: ts(t.minted_at).as_second(),
+                explicit_max_ttl: t.max_at.map_or(0, |m| (m - t.minted_at) as u64),
             })))
     }
 
@@ -1620,7 +1637,7 @@ impl World {
         }
     }
 
-    /// `execute::revoke_named` without the vouching (the request endpoint's model).
+    /// `vouch::revoke_named` without the vouching (the request endpoint's model).
     fn revoke_record(&mut self, wrap: &WrapState, revoke: Revoke) -> Step<Result<(), VErr>> {
         if revoke.wrap()
             && let Some(a) = &wrap.wrap_accessor
@@ -2127,8 +2144,9 @@ impl World {
     }
 
     /// Someone who holds the record key (a leaked key) writes a valid record for one pod that
-    /// names another pod's live token: Vault's metadata says whose it is, and the operator
-    /// must never revoke it for this record (invariant 8). Not for request delivery (its
+    /// names another pod's live token (in half of them as its wrap too): Vault's answer says
+    /// whose token it is and that it is no wrap, and the operator must never revoke or renew
+    /// it for this record (invariant 8). Not for request delivery (its
     /// endpoint's model does not vouch).
     fn forge_with_the_key(&mut self) {
         if self.bindings["b"].settings.on_request {
@@ -2167,14 +2185,22 @@ impl World {
         let name = secret_name(&pod.view(), "b");
         sec.ann.insert(ann::POD, pod.name.clone());
         sec.ann.insert(ann::POD_UID, pod.uid.clone());
+        // Half the forgeries name the token as the record's wrap too, not yet taken: the
+        // expiry probe or a cleanup then asks to revoke it as a wrap.
+        let as_wrap = self.rng.chance(500);
+        if as_wrap && let Some(a) = sec.ann.get(ann::ACCESSOR).cloned() {
+            sec.ann.insert(ann::PHASE, "Issued".to_string());
+            sec.ann.insert(ann::WRAP_ACCESSOR, a);
+        }
         sec.owner_uid = Some(pod.uid.clone());
         sec.rv = self.rv();
         sec.uid = sec.rv;
         sec.deleting = false;
         sec.view = read_record(&name, &sec);
         self.note(format!(
-            "a record for pod {} forged with the key, naming {victim}'s token",
-            pod.name
+            "a record for pod {} forged with the key, naming {victim}'s token{}",
+            pod.name,
+            if as_wrap { " as its wrap too" } else { "" }
         ));
         self.fault("record forged with the key");
         self.forged_for.insert(pod.uid.clone());
@@ -2756,7 +2782,8 @@ struct RoundPlan {
     cleanups: HashMap<String, Revoke>,
     /// Token accessors the round's cleanups may renew once, to their tokenTTL: kept tokens
     /// (not revoked, their pod's agent took them: `Unwrapped`).
-    keepers: BTreeSet<String>,
+    /// (Token accessor -> the pod uids of the records whose cleanup may renew it.)
+    keepers: BTreeMap<String, Vec<String>>,
     /// Token accessor -> the pod uids of the round's records (or new starts) that name it.
     namers: HashMap<String, Vec<String>>,
 }
@@ -2765,8 +2792,10 @@ impl RoundPlan {
     fn of(actions: &[Action]) -> Self {
         let mut round = Self::default();
         for a in actions {
+            // Who may revoke a token: a renewal never does.
             let named = match a {
                 Action::Issue(i) => i.revoke_previous.clone().map(|p| (p, i.pod_uid.clone())),
+                Action::Renew { .. } => None,
                 other => other
                     .record()
                     .and_then(|w| Some((w.accessor.clone()?, w.pod_uid.clone()))),
@@ -2793,7 +2822,8 @@ impl RoundPlan {
                         .as_ref()
                         .filter(|_| !revoke.token() && wrap.phase == Phase::Unwrapped)
                     {
-                        round.keepers.insert(a.clone());
+                        let uids = round.keepers.entry(a.clone()).or_default();
+                        uids.push(wrap.pod_uid.clone());
                     }
                 }
                 _ => {}
@@ -3024,7 +3054,8 @@ impl SimOps<'_> {
     }
 
     /// Notes a removed record's token that its binding keeps past the pod (its agent took it,
-    /// and it is alive): it must live on to its tokenTTL (checked at the end).
+    /// and it is alive): it must live on to its tokenTTL (checked at the end). A record forged
+    /// with the key naming another pod's token keeps nothing: Vault does not vouch for it.
     fn note_kept(&self, wrap: &WrapState) {
         let mut world = self.world.lock().expect("world lock");
         let w = &mut **world;
@@ -3038,7 +3069,7 @@ impl SimOps<'_> {
         if w.vault
             .tokens
             .get(a)
-            .is_some_and(|t| !t.revoked && w.now < t.expires)
+            .is_some_and(|t| !t.revoked && w.now < t.expires && t.owner.uid == wrap.pod_uid)
         {
             w.kept.push((a.clone(), w.now));
         }
@@ -3230,18 +3261,54 @@ impl VaultOps for SimOps<'_> {
         accessor: &str,
         increment_secs: u64,
     ) -> Result<Renewed, VaultError> {
-        let planned = {
+        // Invariant 8: a token is renewed only for a record of the pod it was minted for (a
+        // record forged with the key may name another pod's token).
+        // (A renewal of a token Vault no longer knows keeps nothing alive.)
+        let owner = {
+            let world = self.world.lock().expect("world lock");
+            let now = world.now;
+            let live = |t: &&VToken| !t.revoked && now < t.expires;
+            world
+                .vault
+                .tokens
+                .get(accessor)
+                .filter(live)
+                .map(|t| t.owner.uid.clone())
+        };
+        let (planned, foreign) = {
             let mut renewals = self.round.renewals.lock().expect("renewals lock");
             let pods = renewals.get_mut(accessor).filter(|p| !p.is_empty());
-            pods.map(|p| p.remove(0))
+            match pods {
+                Some(p) => match p.iter().position(|(_, uid)| Some(uid) == owner.as_ref()) {
+                    Some(i) => (Some(p.remove(i)), false),
+                    // A kept token's one renewal at its own record's cleanup.
+                    None if owner.as_ref().is_some_and(|o| {
+                        self.round
+                            .keepers
+                            .get(accessor)
+                            .is_some_and(|k| k.contains(o))
+                    }) =>
+                    {
+                        (None, false)
+                    }
+                    None if owner.is_some() => (None, true),
+                    None => (Some(p.remove(0)), false),
+                },
+                None => (None, false),
+            }
         };
         let renewed = self.with(|w| {
+            if foreign {
+                let msg = format!("token {accessor} renewed for a record of another pod");
+                return Err(w.violation(8, msg).into());
+            }
             // Besides planned renewals, only a kept token is renewed (once, at its cleanup).
             let keeps = w
                 .bindings
                 .get(&self.binding)
                 .is_some_and(|b| !b.settings.revoke_on_pod_deletion);
-            if planned.is_none() && !(keeps && self.round.keepers.contains(accessor)) {
+            let kept_by = self.round.keepers.get(accessor);
+            if planned.is_none() && !(keeps && kept_by.is_some()) {
                 let msg = format!("renewed {accessor}, neither planned nor a kept token");
                 return Err(w.violation(5, msg).into());
             }
@@ -3267,6 +3334,11 @@ impl VaultOps for SimOps<'_> {
             true => Ok(Renewed::For(increment_secs)),
             false => Ok(Renewed::NotFound),
         }
+    }
+
+    async fn role_explicit_max(&self, _role: &str) -> Result<Option<u64>, VaultError> {
+        // The model's role sets no explicit max: a binding's tokenTTL is a token's only bound.
+        Ok(None)
     }
 
     async fn token_facts(&self, accessor: &str) -> Result<Option<TokenFacts>, VaultError> {
@@ -3494,7 +3566,10 @@ fn describe(a: &Action) -> String {
             start,
         } => format!("settle {} as {outcome:?} (start {start})", wrap.secret),
         Action::Renew { wrap } => format!("renew {}", wrap.secret),
-        Action::Cleanup { wrap, .. } => format!("cleanup {}", wrap.secret),
+        Action::Cleanup { wrap, revoke } => format!(
+            "cleanup {} ({revoke:?}, {:?}, uid {})",
+            wrap.secret, wrap.phase, wrap.pod_uid
+        ),
     }
 }
 

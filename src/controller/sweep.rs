@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error};
-use crate::controller::execute::revoke_named;
 use crate::controller::reconcile::list_records;
 use crate::controller::trust;
+use crate::controller::vouch::{Claim, revoke_named};
 use crate::core::plan;
 use crate::core::pod::is_valid_secret_name;
 use crate::crd::AgentSecretBinding;
@@ -88,15 +88,22 @@ pub async fn retire_records(
 ) -> Result<usize, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let (listed, raw) = list_records(ctx, &secrets, binding, None).await?;
+    let keys = ctx.record_keys.current();
     let writer = Records {
         api: &secrets,
         sealer: Sealer {
             namespace,
             binding,
-            keys: &ctx.record_keys,
+            keys: &keys,
         },
     };
     let (vetted, vet_error) = trust::vet(ctx, &writer, on, listed, &raw).await;
+    // A swept binding is gone: its wraps are vouched for as wraps of any token role.
+    let claim = Claim {
+        namespace,
+        binding,
+        role: on.map(|b| b.spec.vault.token_role.as_str()),
+    };
     let mut removed = 0;
     let mut changed = None;
     for wrap in &vetted.trusted {
@@ -104,8 +111,7 @@ pub async fn retire_records(
         revoke_named(
             &ctx.vault,
             &ctx.metrics,
-            namespace,
-            binding,
+            claim,
             wrap,
             plan::revocations(wrap, true),
         )

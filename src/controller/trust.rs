@@ -5,12 +5,11 @@
 //! pod is gone), its finalizer is released so nothing is stranded. Whatever token it named
 //! ends by itself in Vault within the renewal window.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use serde::Deserialize;
 use tracing::warn;
 
 use crate::controller::context::{Context, Error, key};
@@ -23,24 +22,6 @@ use crate::record::{SECRET_FINALIZER, SecretsByName, WrapState};
 pub const FORGED_REASON: &str = "ForgedRecord";
 /// Event reason for a record that no longer verifies, released at its deletion.
 pub const RELEASED_REASON: &str = "UnverifiedRecordReleased";
-
-/// What `auth/token/lookup-accessor` tells about a token (never the token itself).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct TokenFacts {
-    /// Token metadata.
-    #[serde(default)]
-    pub meta: Option<BTreeMap<String, String>>,
-}
-
-impl TokenFacts {
-    /// True when the token's metadata (set by the operator at every mint) names this
-    /// namespace, pod uid and binding: Vault vouches that it was minted for that record.
-    pub fn minted_for(&self, namespace: &str, pod_uid: &str, binding: &str) -> bool {
-        let meta = self.meta.clone().unwrap_or_default();
-        let is = |k: &str, v: &str| meta.get(k).map(String::as_str) == Some(v);
-        is("namespace", namespace) && is("pod_uid", pod_uid) && is("binding", binding)
-    }
-}
 
 /// A binding's records sorted by whether they may be acted on.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -219,30 +200,6 @@ pub async fn report_forged(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn minted(ns: &str, uid: &str, binding: &str) -> TokenFacts {
-        TokenFacts {
-            meta: Some(BTreeMap::from([
-                ("namespace".to_string(), ns.to_string()),
-                ("pod".to_string(), "p".to_string()),
-                ("pod_uid".to_string(), uid.to_string()),
-                ("binding".to_string(), binding.to_string()),
-            ])),
-        }
-    }
-
-    #[test]
-    fn vault_vouches_only_for_a_token_minted_for_the_record() {
-        assert!(minted("ns", "uid-p", "b").minted_for("ns", "uid-p", "b"));
-        // The tenant's case: a token with no metadata at all (someone else's).
-        assert!(!TokenFacts::default().minted_for("ns", "uid-p", "b"));
-        assert!(!minted("other-ns", "uid-p", "b").minted_for("ns", "uid-p", "b"));
-        assert!(!minted("ns", "uid-other", "b").minted_for("ns", "uid-p", "b"));
-        assert!(!minted("ns", "uid-p", "ghost").minted_for("ns", "uid-p", "b"));
-        let mut partial = minted("ns", "uid-p", "b");
-        partial.meta.as_mut().unwrap().remove("binding");
-        assert!(!partial.minted_for("ns", "uid-p", "b"));
-    }
 
     #[test]
     fn a_forged_record_is_reported_once_per_version() {

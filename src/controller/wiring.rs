@@ -27,6 +27,7 @@ use crate::controller::{reconcile, sweep};
 use crate::core::pod::{CachedPod, WatchedPod};
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
+use crate::record::signing_keys::KeyRing;
 use crate::record::{CachedRecord, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::vault::VaultClient;
 
@@ -89,8 +90,15 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let bindings: Api<AgentSecretBinding> = Api::all(client.clone());
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    let record_keys =
+    let (record_keys, key_uid) =
         crate::record::signing_keys::load(client.clone(), &args.lease_namespace, &shutdown).await?;
+    let record_keys = Arc::new(KeyRing::new(record_keys));
+    tokio::spawn(crate::record::signing_keys::keep(
+        Api::namespaced(client.clone(), &args.lease_namespace),
+        record_keys.clone(),
+        key_uid,
+        shutdown.clone(),
+    ));
 
     let Some(lists) = crate::controller::lists::probe(&client, &shutdown).await else {
         return Ok(());

@@ -31,7 +31,8 @@ use tracing::{info, warn};
 use crate::agent::receipt::Receipt;
 use crate::config::RoleRule;
 use crate::controller::context::{Context, key};
-use crate::controller::execute::{discard_unheld, publish, revoke_named};
+use crate::controller::execute::{discard_unheld, publish};
+use crate::controller::vouch::{Claim, revoke_named};
 use crate::core::plan::{asked, revocations};
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::core::spec::token_request;
@@ -39,6 +40,7 @@ use crate::crd::AgentSecretBinding;
 use crate::listener::{Source, read_body, refusal_response};
 use crate::metrics::Metrics;
 use crate::record::seal::Authenticity;
+use crate::record::seal::RecordKeys;
 use crate::record::writes::{self, Records, Sealer, WriteError};
 use crate::record::{BINDING_LABEL, WrapState};
 use crate::request::gate::{Chosen, choose};
@@ -295,17 +297,17 @@ impl Endpoint {
 
     /// `binding`'s records in `namespace`, written through `api` and signed.
     fn records<'a>(
-        &'a self,
         api: &'a Api<Secret>,
         namespace: &'a str,
         binding: &'a str,
+        keys: &'a RecordKeys,
     ) -> Records<'a> {
         Records {
             api,
             sealer: Sealer {
                 namespace,
                 binding,
-                keys: &self.ctx.record_keys,
+                keys,
             },
         }
     }
@@ -443,7 +445,7 @@ impl Endpoint {
         if found.labels().get(BINDING_LABEL) != Some(&binding) {
             return Err(taken());
         }
-        let record = WrapState::from_secret(&found, None, &self.ctx.record_keys)
+        let record = WrapState::from_secret(&found, None, &self.ctx.record_keys.current())
             .filter(|r| r.authenticity == Authenticity::Authentic)
             .ok_or_else(taken)?;
         if record.deleting || record.pod_uid != s.pod.uid {
@@ -470,16 +472,14 @@ impl Endpoint {
         // new one is asking afresh.
         if let Some(old) = &old {
             let revoke = revocations(old, s.chosen.binding.spec.revoke_on_pod_deletion);
-            revoke_named(
-                &self.ctx.vault,
-                &self.ctx.metrics,
+            let claim = Claim {
                 namespace,
-                &binding,
-                old,
-                revoke,
-            )
-            .await
-            .map_err(|e| vault_refusal(&e))?;
+                binding: &binding,
+                role: Some(&s.chosen.binding.spec.vault.token_role),
+            };
+            revoke_named(&self.ctx.vault, &self.ctx.metrics, claim, old, revoke)
+                .await
+                .map_err(|e| vault_refusal(&e))?;
         }
         let issue = asked(&s.pod, s.secret.clone(), old);
         let wrap_ttl = s.chosen.valid.wrap_ttl;
@@ -511,7 +511,8 @@ impl Endpoint {
             ),
         );
         let api = self.secrets(namespace);
-        let records = self.records(&api, namespace, &binding);
+        let keys = self.ctx.record_keys.current();
+        let records = Self::records(&api, namespace, &binding, &keys);
         let written = writes::write_issue(&records, &issue, &changes, None).await;
         if let Ok(rv) = &written {
             self.own_writes
@@ -592,7 +593,8 @@ impl Endpoint {
         let namespace = s.who.namespace.as_str();
         let binding = s.binding();
         let api = self.secrets(namespace);
-        let records = self.records(&api, namespace, &binding);
+        let keys = self.ctx.record_keys.current();
+        let records = Self::records(&api, namespace, &binding, &keys);
         match writes::report(&records, &record, &receipt).await {
             Ok(rv) => {
                 self.own_writes.wrote(key(namespace, &record.secret), rv);

@@ -129,6 +129,8 @@ impl Bao {
             .env("VAULT_TOKEN", &self.root_token)
             .env_remove("KUBERNETES_HOST")
             .env_remove("KUBERNETES_CA_CERT")
+            .env_remove("TOKEN_REVIEWER_JWT_FILE")
+            .env_remove("CUBBYHOLE_VAULT_AUDIENCE")
             .env_remove("CUBBYHOLE_ROLE")
             .env_remove("CUBBYHOLE_OPERATOR_POLICY")
             .envs(envs.iter().copied())
@@ -454,7 +456,17 @@ pub fn audit_requests_at<'a>(
 
 /// Accessors named by revoke-accessor requests in `entries`.
 pub fn revoked_accessors(entries: &[serde_json::Value]) -> Vec<String> {
-    audit_requests_at(entries, "auth/token/revoke-accessor")
+    accessors_at(entries, "auth/token/revoke-accessor")
+}
+
+/// Accessors named by renew-accessor requests in `entries`.
+pub fn renewed_accessors(entries: &[serde_json::Value]) -> Vec<String> {
+    accessors_at(entries, "auth/token/renew-accessor")
+}
+
+/// Accessors named by requests at `path` in `entries`.
+fn accessors_at(entries: &[serde_json::Value], path: &str) -> Vec<String> {
+    audit_requests_at(entries, path)
         .filter_map(|e| {
             e["request"]["data"]["accessor"]
                 .as_str()

@@ -13,15 +13,42 @@ pub const OPERATOR_SA: &str = "cubbyhole";
 
 /// Files that let a process act as the operator's service account.
 pub struct OperatorIdentity {
-    /// Kubeconfig authenticating with the service account token.
+    /// Kubeconfig authenticating with the service account's API server token.
     pub kubeconfig: PathBuf,
-    /// The token alone (a projected-token stand-in for the Vault Kubernetes login).
+    /// That API server token alone (what Vault reviews logins with, as a Vault outside the
+    /// cluster needs: `TOKEN_REVIEWER_JWT_FILE`).
+    pub api_jwt: PathBuf,
+    /// A token for audience `vault` only, as the chart's projected volume holds: what the
+    /// operator logs in to Vault with.
     pub jwt: PathBuf,
+}
+
+/// A token of the operator's service account from the TokenRequest API, for `audience` (the
+/// API server's own when `None`).
+fn token_request(cluster: &Cluster, audience: Option<&str>) -> String {
+    let mut cmd = Command::new("kubectl");
+    cmd.args(["create", "token", OPERATOR_SA, "-n", OPERATOR_NS])
+        .args(["--duration", "24h"])
+        .env("KUBECONFIG", &cluster.kubeconfig);
+    if let Some(audience) = audience {
+        cmd.args(["--audience", audience]);
+    }
+    let out = cmd.output().expect("run kubectl create token");
+    assert!(
+        out.status.success(),
+        "TokenRequest for the operator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("token is text")
+        .trim()
+        .to_string()
 }
 
 impl OperatorIdentity {
     /// Applies `config/rbac/` and `config/vault/auth-delegator.yaml` as admin, asks the API
-    /// server for a service account token and writes a kubeconfig that uses it.
+    /// server for the service account's two tokens (its own audience, and `vault`) and writes
+    /// a kubeconfig that uses the first.
     pub fn provision(cluster: &Cluster, dir: &Path) -> OperatorIdentity {
         let root = crate::paths::repo();
         kubectl(cluster, &["apply", "-k"], &root.join("config/rbac"));
@@ -30,27 +57,17 @@ impl OperatorIdentity {
             &["apply", "-f"],
             &root.join("config/vault/auth-delegator.yaml"),
         );
-        let out = Command::new("kubectl")
-            .args(["create", "token", OPERATOR_SA, "-n", OPERATOR_NS])
-            .args(["--duration", "24h"])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .output()
-            .expect("run kubectl create token");
-        assert!(
-            out.status.success(),
-            "TokenRequest for the operator failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8(out.stdout).expect("token is text");
-        let jwt = dir.join("operator-sa-token");
-        crate::process::write_private(&jwt, token.trim());
+        let api_jwt = dir.join("operator-sa-token");
+        crate::process::write_private(&api_jwt, &token_request(cluster, None));
+        let jwt = dir.join("operator-vault-token");
+        crate::process::write_private(&jwt, &token_request(cluster, Some("vault")));
 
         let mut kc = Kubeconfig::read_from(&cluster.kubeconfig).expect("read kubeconfig");
         let user = format!("system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}");
         kc.auth_infos = vec![NamedAuthInfo {
             name: user.clone(),
             auth_info: Some(AuthInfo {
-                token_file: Some(jwt.display().to_string()),
+                token_file: Some(api_jwt.display().to_string()),
                 ..Default::default()
             }),
             other: Default::default(),
@@ -63,7 +80,11 @@ impl OperatorIdentity {
             &kubeconfig,
             &serde_json::to_string(&kc).expect("kubeconfig as JSON"),
         );
-        OperatorIdentity { kubeconfig, jwt }
+        OperatorIdentity {
+            kubeconfig,
+            api_jwt,
+            jwt,
+        }
     }
 }
 

@@ -436,6 +436,10 @@ impl Env {
             let out = bao.setup_with(&[
                 ("KUBERNETES_HOST", &cluster.api_url()),
                 ("KUBERNETES_CA_CERT", ca.to_str().unwrap()),
+                (
+                    "TOKEN_REVIEWER_JWT_FILE",
+                    identity.api_jwt.to_str().unwrap(),
+                ),
             ]);
             assert!(
                 out.status.success(),
@@ -949,8 +953,13 @@ impl Env {
     /// key the webhook keeps in the operator's namespace.
     async fn other_secrets(&self) -> Vec<(String, String)> {
         let mut others = vec![];
-        let jwt = std::fs::read_to_string(&self.identity.jwt).expect("the operator's token");
-        others.push(("the operator's token".to_string(), jwt.trim().to_string()));
+        for (what, path) in [
+            ("the operator's API token", &self.identity.api_jwt),
+            ("the operator's Vault login token", &self.identity.jwt),
+        ] {
+            let jwt = std::fs::read_to_string(path).expect("the operator's token");
+            others.push((what.to_string(), jwt.trim().to_string()));
+        }
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "cubbyhole-system");
         let listed = secrets.list(&ListParams::default()).await.unwrap();
         for secret in &listed.items {
