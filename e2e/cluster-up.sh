@@ -2,7 +2,8 @@
 # cluster-up.sh [DIR]: a local control plane (e2e/controlplane: the real kube-apiserver and
 # kube-controller-manager) plus an OpenBao dev server set up as config/vault documents, with the
 # CRD and config/rbac installed. Writes DIR/env with KUBECONFIG (admin), OPERATOR_KUBECONFIG
-# and OPERATOR_JWT (the operator's service account, token from TokenRequest), VAULT_ADDR, and
+# (the operator's service account, token from TokenRequest), OPERATOR_JWT (its token for
+# audience `vault`, to log in to OpenBao with), VAULT_ADDR, and
 # VAULT_TOKEN_FILE (a token with only the operator policy, for token-file auth). OpenBao's
 # Kubernetes auth is configured against this API server. Idempotent.
 set -euo pipefail
@@ -40,18 +41,26 @@ if ! alive "$DIR/bao.pid"; then
     alive "$DIR/bao.pid" || die "OpenBao exited: $(tail -5 "$DIR/bao.log")"
     sleep 0.1
   done
-  VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN="$(cat "$DIR/root-token")" \
-    KUBERNETES_HOST="$APISERVER_URL" KUBERNETES_CA_CERT="$KUBE_CA" \
-    "$ROOT/config/vault/setup.sh" --dev-operator-token-file "$DIR/operator-token" >"$DIR/setup.log" 2>&1 \
-    || die "config/vault/setup.sh failed: $(tail -5 "$DIR/setup.log")"
+  setup_vault=1
 fi
 kubectl apply -f "$ROOT/crds/agentsecretbinding.yaml" >/dev/null
 kubectl apply -k "$ROOT/config/rbac" >/dev/null
 kubectl apply -f "$ROOT/config/vault/auth-delegator.yaml" >/dev/null
 kubectl wait --for=condition=Established crd/agentsecretbindings.cubbyhole.dev --timeout=30s >/dev/null
-# The operator's identity: its service account's token (TokenRequest) in a kubeconfig of its own.
+# The operator's identity: its service account's API server token (TokenRequest) in a
+# kubeconfig of its own, and a token for audience `vault` only, which it logs in to Vault with
+# (as the chart's projected volume holds). Vault, outside this cluster, reviews logins with the
+# API server token (the operator's service account is an auth-delegator).
 umask 077
 kubectl create token cubbyhole -n cubbyhole-system --duration=24h >"$DIR/operator-jwt"
+kubectl create token cubbyhole -n cubbyhole-system --duration=24h --audience vault >"$DIR/operator-vault-jwt"
+if [[ -n "${setup_vault:-}" ]]; then
+  VAULT_ADDR="$(cat "$DIR/bao.addr")" VAULT_TOKEN="$(cat "$DIR/root-token")" \
+    KUBERNETES_HOST="$APISERVER_URL" KUBERNETES_CA_CERT="$KUBE_CA" \
+    TOKEN_REVIEWER_JWT_FILE="$DIR/operator-jwt" \
+    "$ROOT/config/vault/setup.sh" --dev-operator-token-file "$DIR/operator-token" >"$DIR/setup.log" 2>&1 \
+    || die "config/vault/setup.sh failed: $(tail -5 "$DIR/setup.log")"
+fi
 kubectl config view --raw --minify -o json | python3 -c '
 import json, sys
 kc = json.load(sys.stdin)
@@ -63,7 +72,7 @@ json.dump(kc, sys.stdout)' "$DIR/operator-jwt" >"$DIR/operator.kubeconfig"
 cat >"$DIR/env" <<ENV
 KUBECONFIG=$DIR/cluster/kubeconfig
 OPERATOR_KUBECONFIG=$DIR/operator.kubeconfig
-OPERATOR_JWT=$DIR/operator-jwt
+OPERATOR_JWT=$DIR/operator-vault-jwt
 VAULT_ADDR=$(cat "$DIR/bao.addr")
 VAULT_TOKEN_FILE=$DIR/operator-token
 ENV
