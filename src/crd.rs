@@ -282,6 +282,13 @@ fn unwrap_descriptions(v: &mut serde_json::Value) {
     }
 }
 
+/// Clears what the API server keeps about who wrote which field of a binding held in a cache:
+/// never read here, often larger than the spec, and every replica holds every binding twice
+/// (the controller's store and the webhook's).
+pub fn drop_managed_fields(binding: &mut AgentSecretBinding) {
+    binding.metadata.managed_fields = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cubbyhole::record::seal::{Authenticity, Fields, RecordKeys};
-use cubbyhole::record::signing_keys::{KEY_SECRET, keys_from_secret};
+use cubbyhole::record::signing_keys::{KEY_SECRET, keys_from_secret, new_key_secret};
 use cubbyhole::record::{BINDING_LABEL, ann};
 use cubbyhole_testkit::cluster::{self, Env, Options, ann, eventually, issued};
+use cubbyhole_testkit::leaks;
 use cubbyhole_testkit::openbao::{renewed_accessors, revoked_accessors};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -667,5 +668,276 @@ async fn a_record_signed_with_the_leaked_key_never_renews_or_revokes_what_anothe
     // web-1's probe, web-0's token and web-2's wrap at cleanup.
     let refused = metric(&env, &revocations_refused);
     assert!(refused >= 3.0, "{refused} revocations refused");
+    env.assert_no_leaks().await;
+}
+
+/// The record key Secret in the operator's namespace.
+fn key_secrets(env: &Env) -> Api<Secret> {
+    Api::namespaced(env.client.clone(), cluster::OPERATOR_NS)
+}
+
+/// The key Secret now (if any): its uid and keys by id.
+async fn record_key_secret(env: &Env) -> Option<(String, BTreeMap<u32, Vec<u8>>)> {
+    let secret = key_secrets(env).get_opt(KEY_SECRET).await.ok()??;
+    let keys = keys_from_secret(&secret).ok()?;
+    Some((secret.uid().unwrap_or_default(), keys.entries().clone()))
+}
+
+/// 32 fresh random bytes: a record key made by hand (or by another replica). Remembered (as
+/// Secret data shows it) for the leak scan, whether or not it is still in the Secret at the end.
+fn new_record_key(env: &Env) -> Vec<u8> {
+    use std::io::Read;
+    let mut key = vec![0; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .expect("read /dev/urandom");
+    env.remember(&leaks::base64(&key));
+    key
+}
+
+/// The ids of `keys`, for messages (never the bytes).
+fn ids(keys: &BTreeMap<u32, Vec<u8>>) -> Vec<u32> {
+    keys.keys().copied().collect()
+}
+
+/// Whether `record` verifies with `keys`, as the operator checks it.
+fn verifies(env: &Env, keys: &BTreeMap<u32, Vec<u8>>, record: &Secret) -> Authenticity {
+    let keys = RecordKeys::new(keys.clone()).expect("usable keys");
+    let binding = record
+        .labels()
+        .get(BINDING_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    let fields = Fields {
+        namespace: &env.ns,
+        name: &record.name_any(),
+        binding: &binding,
+        annotations: record.annotations(),
+    };
+    keys.verify(
+        &fields,
+        record.annotations().get(ann::SIGNATURE).map(String::as_str),
+    )
+}
+
+/// The record of `pod` (binding `b`) now.
+async fn record_of(env: &Env, pod: &str) -> Secret {
+    env.records("b")
+        .await
+        .into_iter()
+        .find(|s| ann(s).get("pod").map(String::as_str) == Some(pod))
+        .unwrap_or_else(|| panic!("no record of {pod}"))
+}
+
+/// Times `needle` occurs in the running operator's log.
+fn log_count(env: &Env, needle: &str) -> usize {
+    env.op().log_text().matches(needle).count()
+}
+
+/// Issue 33, item 5: the record keys rotated, the key Secret deleted, and a replica restarted
+/// while it was gone (it makes a Secret of its own with a new `key-1`) treat no record as
+/// forged and strand nothing. A running operator restores a deleted key Secret from the keys in
+/// memory (same bytes), adopts a key added to it (new records are signed with `key-2`), and
+/// writes its keys into a Secret someone else made anew (under higher ids); a fresh operator
+/// process then loads the merged set: every record, whichever key signed it and whatever id
+/// that key has now, verifies (no `ForgedRecord` Event, `cubbyhole_forged_records_total` 0), a
+/// new pod is served, and deleting the pods removes every record and revokes the token held.
+#[tokio::test]
+async fn rotated_keys_and_a_replica_restarted_while_the_key_secret_was_gone_forge_nothing_and_strand_nothing()
+ {
+    // The operator reads the key Secret every 10 s (`KEY_RECHECK`).
+    const RECHECK: Duration = Duration::from_secs(25);
+    let mut env = Env::start(Options::default()).await;
+    env.apply_binding("b", Env::spec("web", "60s")).await;
+    env.create_pod("web-0", "web").await;
+    let (r0, t0) = issued(&env, "b", "web-0").await;
+    let (receipt, code) = env.run_agent(&t0, "web-0");
+    assert_eq!(code, 0, "{receipt:?}");
+    let receipt = receipt.unwrap();
+    let held = receipt.accessor.clone().unwrap();
+    env.report_receipt("web-0", Some(&receipt), 0).await;
+    eventually("web-0 unwrapped and verified", T, || async {
+        let s = env.secrets().get_opt(&r0.name_any()).await.ok()??;
+        (ann(&s).get("phase").map(String::as_str) == Some("Unwrapped")
+            && ann(&s).get("verified").map(String::as_str) == Some("true"))
+        .then_some(())
+    })
+    .await;
+    let (uid, original) = record_key_secret(&env)
+        .await
+        .expect("the record key Secret");
+    assert_eq!(ids(&original), vec![1], "one key at start");
+    let key1 = original[&1].clone();
+    let signature = ann(&record_of(&env, "web-0").await)["signature"].clone();
+    assert!(signature.starts_with("v2:1:"), "{signature}");
+
+    // 1. The key Secret is deleted: the operator creates it again from the keys in memory.
+    key_secrets(&env)
+        .delete(KEY_SECRET, &DeleteParams::default())
+        .await
+        .expect("delete the key Secret");
+    let (restored_uid, restored) = eventually("the key Secret restored", RECHECK, || async {
+        record_key_secret(&env).await.filter(|(u, _)| *u != uid)
+    })
+    .await;
+    assert!(
+        restored == original,
+        "restored with other keys: ids {:?}",
+        ids(&restored)
+    );
+
+    // 2. Rotation: key-2 added to the (restored) Secret; new records are signed with it.
+    let key2 = new_record_key(&env);
+    let reloads = log_count(&env, "record keys reloaded");
+    let rotate = json!({"data": {"key-2": k8s_openapi::ByteString(key2.clone())}});
+    key_secrets(&env)
+        .patch(KEY_SECRET, &PatchParams::default(), &Patch::Merge(&rotate))
+        .await
+        .expect("add key-2");
+    eventually("key-2 adopted", RECHECK, || async {
+        (log_count(&env, "record keys reloaded") > reloads).then_some(())
+    })
+    .await;
+    env.create_pod("web-1", "web").await;
+    let (r1, _) = issued(&env, "b", "web-1").await;
+    let signature = ann(&r1)["signature"].clone();
+    assert!(signature.starts_with("v2:2:"), "web-1 signed {signature}");
+    let rotated = BTreeMap::from([(1, key1.clone()), (2, key2.clone())]);
+    let (rotated_uid, found) = record_key_secret(&env).await.expect("the key Secret");
+    assert!(
+        rotated_uid == restored_uid && found == rotated,
+        "the key Secret after rotation: ids {:?}",
+        ids(&found)
+    );
+    for pod in ["web-0", "web-1"] {
+        let record = record_of(&env, pod).await;
+        assert_eq!(
+            verifies(&env, &rotated, &record),
+            Authenticity::Authentic,
+            "{pod}"
+        );
+    }
+    // A sweep (every 3 s) or two with the rotated keys: web-0's record, signed with key-1,
+    // still verifies.
+    cluster::holds_for("no ForgedRecord Event", Duration::from_secs(7), || async {
+        env.events_with_reason(FORGED).await.is_empty()
+    })
+    .await;
+    assert_eq!(forged_metric(&env, &env.ns), 0.0);
+
+    // 3. A replica restarted while the Secret was gone: it finds none and creates one with a
+    // key of its own. (Retried if the running operator restored the Secret in between.)
+    let other = new_record_key(&env);
+    let made = eventually("the key Secret made anew", T, || async {
+        match key_secrets(&env)
+            .delete(KEY_SECRET, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("delete the key Secret: {e}"),
+        }
+        let secret = new_key_secret(cluster::OPERATOR_NS, other.clone());
+        match key_secrets(&env)
+            .create(&PostParams::default(), &secret)
+            .await
+        {
+            Ok(created) => Some(created.uid().unwrap_or_default()),
+            Err(kube::Error::Api(s)) if s.code == 409 => None,
+            Err(e) => panic!("create the key Secret: {e}"),
+        }
+    })
+    .await;
+    // The running operator writes its keys into it, under higher ids; key-1 stays the other's.
+    let merged = eventually("the running operator's keys merged in", RECHECK, || async {
+        let (u, keys) = record_key_secret(&env).await?;
+        (u == made && keys.len() > 1).then_some(keys)
+    })
+    .await;
+    assert!(
+        merged.get(&1) == Some(&other)
+            && merged.len() == 3
+            && merged.values().any(|k| *k == key1)
+            && merged.values().any(|k| *k == key2),
+        "the merged key Secret: ids {:?}",
+        ids(&merged)
+    );
+    for pod in ["web-0", "web-1"] {
+        let record = record_of(&env, pod).await;
+        assert_eq!(
+            verifies(&env, &merged, &record),
+            Authenticity::Authentic,
+            "{pod}"
+        );
+    }
+
+    // A fresh operator process loads the merged Secret: nothing it finds is forged, and a new
+    // pod is signed with the highest key.
+    env.operator.take().unwrap().kill();
+    env.restart_operator();
+    env.create_pod("web-2", "web").await;
+    let (r2, _) = issued(&env, "b", "web-2").await;
+    let signing = merged.keys().next_back().copied().unwrap();
+    let signature = ann(&r2)["signature"].clone();
+    assert!(
+        signature.starts_with(&format!("v2:{signing}:")),
+        "web-2 signed {signature}, not with key-{signing}"
+    );
+    cluster::holds_for(
+        "no ForgedRecord Event after the restart",
+        Duration::from_secs(7),
+        || async { env.events_with_reason(FORGED).await.is_empty() },
+    )
+    .await;
+    assert_eq!(forged_metric(&env, &env.ns), 0.0);
+    let (_, now) = record_key_secret(&env).await.expect("the key Secret");
+    assert!(now == merged, "the key Secret changed: ids {:?}", ids(&now));
+    for pod in ["web-0", "web-1", "web-2"] {
+        let record = record_of(&env, pod).await;
+        assert_eq!(
+            verifies(&env, &now, &record),
+            Authenticity::Authentic,
+            "{pod}"
+        );
+    }
+
+    // 4. The pods go: every record is removed (no finalizer left behind), web-0's token is
+    // revoked and no wrap minted is left live.
+    for pod in ["web-0", "web-1", "web-2"] {
+        env.delete_pod(pod).await;
+    }
+    eventually("every record removed", T, || async {
+        env.records("b").await.is_empty().then_some(())
+    })
+    .await;
+    let left: Vec<String> = env
+        .secrets()
+        .list(&ListParams::default())
+        .await
+        .expect("list Secrets")
+        .items
+        .iter()
+        .filter(|s| !s.finalizers().is_empty())
+        .map(|s| s.name_any())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "Secrets stranded with a finalizer: {left:?}"
+    );
+    let root = env.bao.root_client();
+    eventually("web-0's token revoked", T, || async {
+        (!root.accessor_is_live(&held).await.ok()?).then_some(())
+    })
+    .await;
+    let minted = env.minted_wraps().await;
+    assert_eq!(minted.len(), 3, "one wrap per pod: {minted:?}");
+    assert!(minted.iter().all(|(_, live)| !live), "{minted:?}");
+    assert!(env.events_with_reason(FORGED).await.is_empty());
+    assert!(
+        env.events_with_reason("UnverifiedRecordReleased")
+            .await
+            .is_empty(),
+        "a record was released unverified"
+    );
     env.assert_no_leaks().await;
 }

@@ -109,7 +109,15 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     // trailing one keeps postponing a binding's round while its pods keep coming (a burst
     // would wait for its last pod); the triggers that arrive while a round runs already
     // collapse into the one next round.
-    let controller = Controller::new(bindings.clone(), watch_config())
+    // The binding watch as `Controller::new` makes it, but its store keeps no managed fields
+    // (they can be larger than the spec, and every replica holds every binding).
+    let (binding_store, binding_writer) = kube::runtime::reflector::store();
+    let binding_stream = kube::runtime::reflector(
+        binding_writer,
+        watcher(bindings.clone(), watch_config()).modify(crate::crd::drop_managed_fields),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(binding_stream, binding_store)
         .with_config(ControllerConfig::default().concurrency(0));
     // One pod watch feeds both the reconciler's pod cache and the controller's triggers; the
     // cache keeps each pod read into what the planner needs (`CachedPod`).

@@ -17,7 +17,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -155,8 +155,10 @@ pub async fn keep(
                     warn!(secret = KEY_SECRET, error = %e, "restoring the record keys failed; retrying")
                 }
             },
+            // A merge patch (the operator may patch Secrets, not update them): the merged set
+            // holds every key found, and the resourceVersion read guards it.
             Upkeep::Merge(secret) => match api
-                .replace(KEY_SECRET, &PostParams::default(), &secret)
+                .patch(KEY_SECRET, &PatchParams::default(), &Patch::Merge(&secret))
                 .await
             {
                 Ok(written) => match keys_from_secret(&written) {

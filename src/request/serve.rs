@@ -141,8 +141,22 @@ impl From<Refusal> for Refused {
     }
 }
 
+/// A failed Kubernetes API call, answered without the API server's words (they may name the
+/// operator's identity and what it may do): logged in full, answered with the status only.
 fn internal(e: kube::Error) -> Refused {
-    Refusal::new(reason::INTERNAL, format!("Kubernetes API: {e}")).into()
+    warn!(error = %e, "a Kubernetes API call of the request endpoint failed");
+    Refusal::new(reason::INTERNAL, internal_message(&e)).into()
+}
+
+/// What an agent is told about a failed Kubernetes API call: its HTTP status, if any.
+fn internal_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!(
+            "the operator's Kubernetes API call failed (status {}); its log says more",
+            s.code
+        ),
+        _ => "the operator could not reach the Kubernetes API; its log says more".into(),
+    }
 }
 
 fn vault_refusal(e: &VaultError) -> Refused {
@@ -655,6 +669,24 @@ mod tests {
         assert!(!event_due(&mut sent, "a", t0 + Duration::from_secs(59)));
         assert!(event_due(&mut sent, "b", t0));
         assert!(event_due(&mut sent, "a", t0 + REFUSAL_EVENT_EVERY));
+    }
+
+    #[test]
+    fn an_agent_is_told_the_api_status_never_the_api_servers_words() {
+        let forbidden = kube::Error::Api(
+            kube::core::Status::failure(
+                "secrets is forbidden: User \"system:serviceaccount:cubbyhole-system:cubbyhole\" cannot get",
+                "Forbidden",
+            )
+            .with_code(403)
+            .boxed(),
+        );
+        let told = internal_message(&forbidden);
+        assert!(told.contains("403"), "{told}");
+        assert!(
+            !told.contains("serviceaccount") && !told.contains("forbidden"),
+            "{told}"
+        );
     }
 
     #[test]

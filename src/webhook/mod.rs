@@ -130,7 +130,8 @@ pub async fn start(
         watcher(
             Api::<AgentSecretBinding>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .modify(crate::crd::drop_managed_fields),
     )
     .default_backoff()
     .applied_objects();
