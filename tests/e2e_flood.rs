@@ -29,7 +29,9 @@ use cubbyhole::agent::ask::Asker;
 use cubbyhole::config::{ListenerLimits, OperatorConfig};
 use cubbyhole::crd::AgentSecretBinding;
 use cubbyhole::request::protocol::{AUDIENCE, Refusal, WRAP_PATH, WRAPPING_TOKEN_FIELD, reason};
-use cubbyhole_testkit::cluster::webhook::{agent_pod, is_injected, percentile, webhook_port};
+use cubbyhole_testkit::cluster::webhook::{
+    agent_pod, injected_ca, is_injected, percentile, webhook_port,
+};
 use cubbyhole_testkit::cluster::{
     Env, LEADER_ARGS, OPERATOR_NS, Options, create_namespace, eventually,
 };
@@ -52,8 +54,6 @@ const T: Duration = Duration::from_secs(30);
 const QUIET: &str = "quiet";
 /// The flooding tenant's binding and its pod's `app` label.
 const NOISY: &str = "noisy";
-/// The injected init container (it carries the endpoint's CA).
-const INIT: &str = "cubbyhole-unwrap";
 /// Where every flood connection comes from (all of 127/8 is loopback).
 const FLOOD_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// The webhook's body limit.
@@ -427,18 +427,6 @@ fn on_request(app: &str) -> Value {
     spec.as_object_mut().unwrap().remove("agentContainer");
     spec["delivery"] = json!("Request");
     spec
-}
-
-/// The CA the injected init container of `pod` trusts the endpoint by.
-fn injected_ca(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == INIT))
-        .and_then(|c| c.env.as_ref())
-        .and_then(|env| env.iter().find(|e| e.name == "CUBBYHOLE_REQUEST_CA"))
-        .and_then(|e| e.value.clone())
-        .expect("the init container carries the endpoint's CA")
 }
 
 /// The flooding tenant: namespace `ns` with a request-delivery binding and one pod it selects

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cubbyhole::agent::ask::{Answer, Asker};
 use cubbyhole::request::protocol::reason;
-use cubbyhole_testkit::cluster::webhook::{agent_pod, is_injected, webhook_port};
+use cubbyhole_testkit::cluster::webhook::{agent_pod, injected_ca, is_injected, webhook_port};
 use cubbyhole_testkit::cluster::{Env, Options, ann, create_namespace, eventually};
 use cubbyhole_testkit::openbao::ROLE_PATH;
 use futures::StreamExt;
@@ -82,18 +82,6 @@ async fn env_on_request() -> (Env, u16) {
     })
     .await;
     (env, port)
-}
-
-/// The CA the injected init container of `pod` trusts the endpoint by.
-fn injected_ca(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == INIT))
-        .and_then(|c| c.env.as_ref())
-        .and_then(|env| env.iter().find(|e| e.name == "CUBBYHOLE_REQUEST_CA"))
-        .and_then(|e| e.value.clone())
-        .expect("the init container carries the endpoint's CA")
 }
 
 /// A client of the endpoint presenting `identity`, as an agent of `pod` would.

@@ -22,7 +22,7 @@ use crate::controller::vouch::{
     vouch_token,
 };
 use crate::core::plan::{
-    Action, Issue, Outcome, Revoke, Settings, expiry_outcome, renewal_increment,
+    Action, Issue, Outcome, Revoke, Settings, capped_at, expiry_outcome, renewal_increment,
 };
 use crate::crd::AgentSecretBinding;
 use crate::metrics::{Metrics, RenewalResult, TokenKind};
@@ -754,19 +754,6 @@ const KEPT_TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(32 *
 
 /// How long a token role's explicit max is trusted before it is read again.
 const ROLE_REREAD: SignedDuration = SignedDuration::from_secs(300);
-
-/// `increment` from `now`, cut to end at `hard_end` (`None`: nothing left to give).
-fn capped_at(
-    increment: std::time::Duration,
-    hard_end: Option<Timestamp>,
-    now: Timestamp,
-) -> Option<std::time::Duration> {
-    let Some(end) = hard_end else {
-        return Some(increment);
-    };
-    let left = std::time::Duration::try_from(now.duration_until(end)).ok()?;
-    (!left.is_zero()).then(|| increment.min(left))
-}
 
 /// Revokes a wrap this process just minted that nobody can ever read (its record write
 /// failed or lost a race), and the token inside it. Best effort: what a failure leaves ends

@@ -397,13 +397,20 @@ pub fn renewal_increment(
     issued_at: Option<Timestamp>,
     now: Timestamp,
 ) -> Option<Duration> {
-    let (Some(max), Some(issued)) = (token_ttl, issued_at) else {
-        return Some(window);
+    let end = token_ttl
+        .zip(issued_at)
+        .map(|(max, issued)| add(issued, max));
+    capped_at(window, end, now)
+}
+
+/// `increment` from `now`, cut to end at `end` (`None`: no end). `None` once `end` has come:
+/// nothing left to give.
+pub fn capped_at(increment: Duration, end: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+    let Some(end) = end else {
+        return Some(increment);
     };
-    let end = add(issued, max);
-    let left = now.duration_until(end);
-    let left = Duration::try_from(left).ok().filter(|d| !d.is_zero())?;
-    Some(window.min(left))
+    let left = Duration::try_from(now.duration_until(end)).ok()?;
+    (!left.is_zero()).then(|| increment.min(left))
 }
 
 /// True when the record's token was taken by the pod's agent (a verified receipt, or a

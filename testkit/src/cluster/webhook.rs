@@ -340,6 +340,22 @@ pub fn agent_pod(prefix: &str, app: &str, opt_in: bool) -> Pod {
     .unwrap()
 }
 
+/// The request endpoint's CA the webhook gave the pod's init container
+/// (`CUBBYHOLE_REQUEST_CA`). Panics when it has none.
+pub fn injected_ca(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.name == cubbyhole::core::pod::UNWRAP_CONTAINER)
+        })
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == "CUBBYHOLE_REQUEST_CA"))
+        .and_then(|e| e.value.clone())
+        .expect("the init container carries the endpoint's CA")
+}
+
 /// True when `pod` carries everything the webhook injects for `binding` (either delivery).
 pub fn is_injected(pod: &Pod, binding: &str) -> bool {
     let ann = pod.annotations();
