@@ -6,7 +6,11 @@
 
 use std::time::Duration;
 
+use cubbyhole::agent::ask::{Answer, Asker};
+use cubbyhole::core::pod::UNWRAP_CONTAINER;
+use cubbyhole::request::protocol::reason;
 use cubbyhole_testkit::cluster::node::{CUBBYHOLE_IMAGE, NODE};
+use cubbyhole_testkit::cluster::webhook::injected_ca;
 use cubbyhole_testkit::cluster::{Env, Options, ann, eventually, free_port};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -353,6 +357,36 @@ async fn deleting_a_running_pod_revokes_its_token_and_its_replacement_gets_its_o
     env.assert_no_leaks().await;
 }
 
+/// Asks the endpoint with a fresh identity token of `pod` (what anyone who may read its
+/// projected token, or create one for its service account, holds); the refusal's reason.
+async fn replay_identity(env: &Env, pod: &Pod) -> String {
+    let init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == UNWRAP_CONTAINER))
+        .expect("the injected init container");
+    let endpoint = init
+        .args
+        .iter()
+        .flatten()
+        .find_map(|a| a.strip_prefix("--request="))
+        .expect("the endpoint's address")
+        .to_string();
+    let identity = env.pod_identity_token(&pod.name_any(), "cubbyhole").await;
+    let file = env.dir.join("replayed-identity");
+    std::fs::write(&file, identity).unwrap();
+    let asker = Asker::new(&endpoint, Some(&injected_ca(pod)), &file).expect("asker");
+    match asker.ask_once().await.expect("an answer") {
+        Answer::Refused { refusal, .. } => refusal.reason,
+        Answer::Wrap(wrap, _) => {
+            env.remember(wrap.expose());
+            panic!("a replayed identity token was served a wrap")
+        }
+        Answer::Failed { what, .. } => panic!("no answer: {what}"),
+    }
+}
+
 #[tokio::test]
 async fn on_request_the_init_container_asks_with_the_kubelets_token_at_every_start() {
     let mut env = Env::start(Options::default()).await;
@@ -403,6 +437,13 @@ async fn on_request_the_init_container_asks_with_the_kubelets_token_at_every_sta
     })
     .await;
     assert_eq!(used, vec![first["accessor"].clone()]);
+    // The pod's identity token replayed from outside (no new run of the pod): refused, and
+    // the agent keeps its token.
+    let replayed = replay_identity(&env, &pod).await;
+    assert_eq!(replayed, reason::ALREADY_SERVED);
+    let root = env.bao.root_client();
+    assert!(root.accessor_is_live(&first["accessor"]).await.unwrap());
+    assert_eq!(env.minted_wraps().await.len(), 1);
     // A new sandbox: the init container runs again and asks afresh; the old token dies.
     let pause = eventually("the pod's sandbox process", T, || async {
         pid_in_pod(&pod.uid().unwrap(), "pause")
@@ -424,7 +465,6 @@ async fn on_request_the_init_container_asks_with_the_kubelets_token_at_every_sta
     })
     .await;
     assert_eq!(used[1], second["accessor"]);
-    let root = env.bao.root_client();
     eventually("the first start's token is revoked", T, || async {
         (!root.accessor_is_live(&first["accessor"]).await.ok()?).then_some(())
     })

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cubbyhole::agent::ask::{Answer, Asker};
-use cubbyhole::request::protocol::reason;
-use cubbyhole_testkit::cluster::webhook::{agent_pod, injected_ca, is_injected, webhook_port};
+use cubbyhole::request::protocol::{WrapFacts, reason};
+use cubbyhole_testkit::cluster::webhook::{
+    agent_pod, injected_ca, is_injected, report_restarts, webhook_port,
+};
 use cubbyhole_testkit::cluster::{Env, Options, ann, create_namespace, eventually};
 use cubbyhole_testkit::openbao::ROLE_PATH;
 use futures::StreamExt;
@@ -94,6 +96,30 @@ fn asker(env: &Env, pod: &Pod, port: u16, identity: &str, name: &str) -> Asker {
         &file,
     )
     .expect("asker")
+}
+
+/// The answer to one ask, asked again while the pod's rate limit refuses it.
+async fn answer_past_the_limit(asker: &Asker) -> Answer {
+    loop {
+        match asker.ask_once().await.expect("an answer") {
+            Answer::Refused {
+                refusal,
+                retry_after,
+            } if refusal.reason == reason::RATE_LIMITED => {
+                tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// The served wrap of an ask (asked again past the rate limit); panics on anything else.
+async fn served(asker: &Asker, what: &str) -> (cubbyhole::vault::SecretString, WrapFacts) {
+    match answer_past_the_limit(asker).await {
+        Answer::Wrap(wrap, facts) => (wrap, facts),
+        Answer::Refused { refusal, .. } => panic!("{what}: refused {refusal:?}"),
+        Answer::Failed { what: w, .. } => panic!("{what}: no answer: {w}"),
+    }
 }
 
 async fn refusal_of(asker: &Asker) -> (String, Option<Duration>) {
@@ -197,12 +223,30 @@ async fn pods_on_request_ask_unwrap_and_verify_and_no_secret_ever_holds_their_wr
         "one create per ask"
     );
 
-    // A second run of one pod's agent (a restart) asks afresh: a new start, the previous
-    // start's token revoked, the new one verified.
+    // The same run asking again (a replayed identity token: no restart) is refused, and the
+    // agent keeps its token.
     let first = pods[0].name_any();
     let before = verified(&env, &first).await;
     let identity = env.pod_identity_token(&first, "cubbyhole").await;
+    let replay = env.run_injected_asking(&first, INIT, &identity).await;
+    assert_eq!(replay.code, 9, "refused: {:?}", replay.receipt);
+    let held = ann(&before)["accessor"].clone();
+    let root = env.bao.root_client();
+    assert!(root.accessor_is_live(&held).await.unwrap());
+    assert_eq!(ann(&verified(&env, &first).await)["accessor"], held);
+    assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, 3);
+    // A second run of one pod's agent (a restart, reported by the kubelet just after the
+    // container started) asks afresh: a new start, the previous start's token revoked, the
+    // new one verified.
+    let reporter = {
+        let (pods, first) = (env.pods(), first.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            report_restarts(&pods, &first, INIT, 1).await;
+        })
+    };
     let again = env.run_injected_asking(&first, INIT, &identity).await;
+    reporter.await.unwrap();
     assert_eq!(again.code, 0);
     let after = eventually("the new start verified", T, || async {
         let s = verified(&env, &first).await;
@@ -212,24 +256,50 @@ async fn pods_on_request_ask_unwrap_and_verify_and_no_secret_ever_holds_their_wr
     let old_accessor = ann(&before)["accessor"].clone();
     assert_eq!(ann(&after).get("previous-accessor"), Some(&old_accessor));
     assert!(
-        !env.bao
-            .root_client()
-            .accessor_is_live(&old_accessor)
-            .await
-            .unwrap(),
+        !root.accessor_is_live(&old_accessor).await.unwrap(),
         "the previous start's token is revoked"
     );
     assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, 4);
 
     // Asked in-process, so the test holds a wrapping token: it never appears in any Secret.
+    // Pod 1 was served in its run and holds its token: a replay is refused with a reason.
     let pod = env.pods().get(&pods[1].name_any()).await.unwrap();
     let identity = env.pod_identity_token(&pod.name_any(), "cubbyhole").await;
     let direct = asker(&env, &pod, port, &identity, "direct");
-    let Answer::Wrap(wrap, facts) = direct.ask_once().await.expect("answer") else {
-        panic!("no wrap");
-    };
+    let replayed_at = Instant::now();
+    assert_eq!(refusal_of(&direct).await.0, reason::ALREADY_SERVED);
+    assert!(
+        replayed_at.elapsed() >= Duration::from_secs(2),
+        "the refusal waited for a restart report first"
+    );
+    let held = ann(&verified(&env, &pod.name_any()).await)["accessor"].clone();
+    assert!(root.accessor_is_live(&held).await.unwrap());
+    // Its next run is served; asked again in that run before the wrap is taken (the answer
+    // lost on the way), it is served again and the first wrap of the run revoked.
+    env.report_restarts_of(&pod.name_any(), INIT, 1).await;
+    let (lost, lost_facts) = served(&direct, "a new run").await;
+    env.remember(lost.expose());
+    let lost_accessor = lost_facts.wrap_accessor;
+    let (wrap, facts) = served(&direct, "the same run while its wrap was pending").await;
     assert_eq!(facts.binding, BINDING);
     env.remember(wrap.expose());
+    assert!(
+        !root.accessor_is_live(&lost_accessor).await.unwrap(),
+        "the lost answer's wrap is revoked"
+    );
+    assert!(
+        !root.accessor_is_live(&held).await.unwrap(),
+        "the previous run's token is revoked"
+    );
+    assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, 6);
+    // Once that wrap is taken, the run is served: asking again is refused.
+    let token = root.unwrap(&wrap).await.expect("unwrap");
+    env.remember(token.token.expose());
+    let Answer::Refused { refusal, .. } = answer_past_the_limit(&direct).await else {
+        panic!("a run whose wrap was taken was served again");
+    };
+    assert_eq!(refusal.reason, reason::ALREADY_SERVED);
+    assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, 6);
     tokio::time::sleep(Duration::from_secs(2)).await;
     {
         let scan = scan.lock().unwrap();

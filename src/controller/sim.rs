@@ -96,7 +96,11 @@
 //!    records for pods of theirs naming other pods' live tokens, half of them as the record's
 //!    pending wrap too: only Vault's word (`lookup-accessor`, `controller::vouch`) keeps those
 //!    tokens alive and unrenewed. Such pods are left out of liveness and renewal (their own
-//!    tenant lied about them).
+//!    tenant lied about them);
+//! 9. a replayed ask is never served while the pod's agent holds the token of the run its
+//!    record was served for: someone holding a request pod's identity token asks again in the
+//!    same run (no restart), and the endpoint must refuse it (`plan::ask_kind`,
+//!    `plan::serve_same_run`). Mutant `ServeEveryAsk` must break it.
 //!
 //! **Guards it must catch** ([`Mutant`], one test each): the store's resourceVersion guard
 //! removed (a deposed replica's stale takeover then hides a live wrap or token: invariant 1 or
@@ -186,6 +190,8 @@ pub enum Mutant {
     NoRevokeBeforeAsk,
     /// A record that no longer verifies (the record key lost) is never released.
     NoUnverifiedRelease,
+    /// The request endpoint serves every ask, a run already served too.
+    ServeEveryAsk,
 }
 
 /// Fault rates of a schedule (per mille, per operation or per round).
@@ -635,6 +641,8 @@ pub struct Stats {
     pub asks: u64,
     /// Asks answered with a wrap.
     pub asks_served: u64,
+    /// Asks refused because the pod's run was already served.
+    pub asks_already_served: u64,
     /// Receipts reported to the endpoint and recorded.
     pub receipts_reported: u64,
     /// Record keys lost, and records released at deletion without verifying.
@@ -680,6 +688,7 @@ impl Stats {
         self.starts_bounded += o.starts_bounded;
         self.asks += o.asks;
         self.asks_served += o.asks_served;
+        self.asks_already_served += o.asks_already_served;
         self.receipts_reported += o.receipts_reported;
         self.key_losses += o.key_losses;
         self.unverified_released += o.unverified_released;
@@ -1940,6 +1949,28 @@ impl World {
                 _ => return Ok(None),
             },
         };
+        // A run already served is served again only while its wrap is pending (a lost answer);
+        // the kubelet's report of a restart is immediate here.
+        if let Some(o) = &old
+            && plan::ask_kind(&pod.view(), Some(o)) == plan::AskKind::SameRun
+            && self.mutant != Mutant::ServeEveryAsk
+        {
+            let pending = match &o.wrap_accessor {
+                Some(accessor) if o.phase == Phase::Issued => match self.v_facts(accessor)? {
+                    Ok(facts) => facts.is_some_and(|f| f.is_wrap_through(Some("agent"))),
+                    Err(_) => return Ok(None),
+                },
+                _ => false,
+            };
+            if !plan::serve_same_run(o, pending) {
+                self.note(format!(
+                    "pod {} asks again in a run already served: refused",
+                    pod.name
+                ));
+                self.stats.asks_already_served += 1;
+                return Ok(None);
+            }
+        }
         if let Some(old) = old
             .as_ref()
             .filter(|_| self.mutant != Mutant::NoRevokeBeforeAsk)
@@ -2047,6 +2078,65 @@ impl World {
             self.fault("theft");
             *self.stats.agent.entry("stolen").or_default() += 1;
         }
+    }
+
+    /// Someone holding a request pod's identity token (valid ten minutes, mounted into every
+    /// container) asks again while the pod's agent holds the token of its current run, the
+    /// pod's record naming it: invariant 9.
+    fn replayer(&mut self) -> Step<()> {
+        if self.asking {
+            return Ok(());
+        }
+        let holding: Vec<usize> = (0..self.pods.len())
+            .filter(|&i| self.agent_holds_its_token(&self.pods[i]))
+            .collect();
+        let Some(&i) = self.rng.pick(&holding) else {
+            return Ok(());
+        };
+        let pod = self.pods[i].clone();
+        self.note(format!("someone replays pod {}'s identity token", pod.name));
+        self.asking = true;
+        let answer = self.endpoint_ask(&pod);
+        self.asking = false;
+        if answer?.is_some() {
+            return Err(Stop::Broken(self.violation(
+                9,
+                format!(
+                    "a replayed ask was served a wrap while pod {}'s agent held its token (run {})",
+                    pod.name, pod.restarts
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `pod` is running with a request binding and its current agent instance unwrapped
+    /// a live token that its authentic record names.
+    fn agent_holds_its_token(&self, pod: &Pod) -> bool {
+        let Some(held) = pod
+            .current
+            .as_ref()
+            .filter(|r| r.receipt.is_unwrapped())
+            .and_then(|r| r.receipt.accessor.clone())
+        else {
+            return false;
+        };
+        pod.running()
+            && self
+                .bindings
+                .get(spec_binding(pod))
+                .is_some_and(|b| b.settings.on_request)
+            && self.secrets.get(&self.mounted(pod)).is_some_and(|s| {
+                !s.forged
+                    && s.view.as_ref().is_some_and(|w| {
+                        w.pod_uid == pod.uid && !w.deleting && w.accessor.as_ref() == Some(&held)
+                    })
+            })
+            && self
+                .vault
+                .tokens
+                .get(&held)
+                .is_some_and(|t| !t.revoked && self.now < t.expires)
     }
 
     fn restart(&mut self, i: usize) {
@@ -2241,7 +2331,8 @@ impl World {
                     self.agent_attempt(i, true)?;
                 }
             }
-            40..50 => self.thief(),
+            40..47 => self.thief(),
+            47..50 => self.replayer()?,
             50..120 => self.now += 1,
             120..130 => {
                 if let Some(&i) = self.rng.pick(&self.running_pods()) {
@@ -3690,6 +3781,8 @@ mod tests {
             stats.asks_served > 0 && stats.asks > stats.asks_served && stats.receipts_reported > 0,
             "{stats:?}"
         );
+        // Replayed identity tokens asked, and were refused.
+        assert!(stats.asks_already_served > 0, "{stats:?}");
         assert!(stats.conflicts_with_record > 0, "{stats:?}");
         // Every kind of fault the schedules inject was injected.
         for kind in [
@@ -3752,7 +3845,7 @@ mod tests {
         panic!("{mutant:?} survived {SCHEDULES} schedules");
     }
 
-    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|conflict|deliver|release|ask|key]
+    /// Replays one schedule with its whole trace: `SEED=n [MUTANT=rv|conflict|deliver|release|ask|key|replay]
     /// SIM_FULL_TRACE=1 cargo test --lib sim::tests::replay -- --ignored`.
     #[test]
     #[ignore]
@@ -3765,6 +3858,7 @@ mod tests {
             Ok("release") => Mutant::NoReleaseGuard,
             Ok("ask") => Mutant::NoRevokeBeforeAsk,
             Ok("key") => Mutant::NoUnverifiedRelease,
+            Ok("replay") => Mutant::ServeEveryAsk,
             _ => Mutant::None,
         };
         if let Err(v) = run_schedule(seed, mutant) {
@@ -3913,6 +4007,12 @@ mod tests {
         // A deposed replica's stale takeover hides a live wrap (1) or token (2).
         let v = first_violation(Mutant::NoResourceVersionGuard);
         assert!(matches!(v.invariant, 1 | 2), "{}", v.message);
+    }
+
+    #[test]
+    fn serving_a_run_already_served_breaks_invariant_9() {
+        let v = first_violation(Mutant::ServeEveryAsk);
+        assert_eq!(v.invariant, 9, "{}", v.message);
     }
 
     #[test]

@@ -217,6 +217,19 @@ pub async fn revoke_wrap_vouched(
     Ok(Revoked::NotFound)
 }
 
+/// Whether the wrap `accessor` names is still pending: Vault knows it, and as a wrap made
+/// through `claim`'s role (a consumed, expired or revoked wrap is unknown to Vault).
+pub async fn wrap_pending(
+    vault: &impl VaultOps,
+    claim: Claim<'_>,
+    accessor: &str,
+) -> Result<bool, VaultError> {
+    Ok(vault
+        .token_facts(accessor)
+        .await?
+        .is_some_and(|facts| facts.is_wrap_through(claim.role)))
+}
+
 /// Revokes one accessor without asking (for what this process just minted); a token or wrap
 /// that was still alive is counted in the metrics.
 pub async fn revoke_counted(

@@ -546,7 +546,7 @@ fn last_looked_at(input: &Input, wrap: &WrapState) -> Timestamp {
 
 fn agent_restarts(settings: &Settings, pod: &PodView) -> u32 {
     if settings.on_request {
-        // On request a start is an ask, counted by the endpoint, not a container restart.
+        // On request a start is the pod's run at the ask, written by the endpoint.
         return 0;
     }
     settings
@@ -556,15 +556,42 @@ fn agent_restarts(settings: &Settings, pod: &PodView) -> u32 {
         .unwrap_or(0)
 }
 
-/// The issue an ask of `pod`'s agent makes (request delivery): a new start after `current`
-/// (the pod's record, if it has one), which it takes over. The endpoint revokes what `current`
-/// names before minting.
+/// What an ask of `pod`'s agent is, against the pod's record (request delivery).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AskKind {
+    /// The first ask of the pod, or one from a run after the one the record was served for:
+    /// served.
+    NewRun,
+    /// From the run the record was already served for: a replay of the pod's identity token,
+    /// or (when the kubelet has not reported the restart yet) a new run seen early.
+    SameRun,
+}
+
+/// Whether an ask of `pod`'s agent comes from a run the record `current` was not served for.
+/// The record's start is the pod's run number at the ask that wrote it.
+pub fn ask_kind(pod: &PodView, current: Option<&WrapState>) -> AskKind {
+    match current {
+        Some(c) if pod.runs() <= c.start => AskKind::SameRun,
+        _ => AskKind::NewRun,
+    }
+}
+
+/// Whether a second ask from the run `current` was served for may be served again: only while
+/// the wrap it was served is still pending (`wrap_pending`: Vault's word), which is what an
+/// agent whose answer was lost on the way sees. Once the wrap is taken, the run is served.
+pub fn serve_same_run(current: &WrapState, wrap_pending: bool) -> bool {
+    current.phase == Phase::Issued && current.wrap_accessor.is_some() && wrap_pending
+}
+
+/// The issue an ask of `pod`'s agent makes (request delivery): the pod's current run, after
+/// `current` (the pod's record, if it has one), which it takes over. The endpoint revokes what
+/// `current` names before minting.
 pub fn asked(pod: &PodView, secret: String, current: Option<WrapState>) -> Issue {
     Issue {
         pod: pod.name.clone(),
         pod_uid: pod.uid.clone(),
         secret,
-        start: current.as_ref().map_or(0, |c| c.start + 1),
+        start: pod.runs().max(current.as_ref().map_or(0, |c| c.start)),
         receipts_after: pod
             .newest_receipt_time()
             .or(current.as_ref().and_then(|c| c.receipts_after)),
@@ -1040,18 +1067,51 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_ask_is_a_new_start_taking_the_pods_record_over() {
-        let p = pod("a");
+    fn an_ask_is_the_pods_current_run_taking_the_pods_record_over() {
+        let mut p = pod("a");
         let first = asked(&p, "a-b-wrap".into(), None);
         assert_eq!((first.start, first.replaces.is_none()), (0, true));
         let mut w = issued("a", 0);
         w.start = 3;
         w.receipts_after = Some(t(7));
+        // Runs count every container's restarts, init containers' too.
+        p.restart_counts.insert("cubbyhole-ask".into(), 1);
+        p.restart_counts.insert("agent".into(), 4);
         let next = asked(&p, w.secret.clone(), Some(w.clone()));
-        assert_eq!(next.start, 4);
+        assert_eq!(next.start, 5);
         assert_eq!(next.receipts_after, Some(t(7)));
-        assert_eq!(next.replaces, Some(w));
+        assert_eq!(next.replaces, Some(w.clone()));
         assert_eq!(next.revoke_previous, None);
+        // Served again in the same run (a lost answer): the record's start stays.
+        p.restart_counts.clear();
+        assert_eq!(asked(&p, w.secret.clone(), Some(w)).start, 3);
+    }
+
+    #[test]
+    fn only_a_new_run_is_served_and_the_same_run_only_while_its_wrap_is_pending() {
+        let mut p = pod("a");
+        assert_eq!(ask_kind(&p, None), AskKind::NewRun);
+        let mut w = issued("a", 0);
+        w.start = 1;
+        p.restart_counts.insert("agent".into(), 1);
+        assert_eq!(ask_kind(&p, Some(&w)), AskKind::SameRun);
+        p.restart_counts.insert("cubbyhole-ask".into(), 1);
+        assert_eq!(ask_kind(&p, Some(&w)), AskKind::NewRun);
+        // The same run: a lost answer (the wrap still pending) is served again, nothing else.
+        assert!(serve_same_run(&w, true));
+        assert!(!serve_same_run(&w, false));
+        for phase in [
+            Phase::Unwrapped,
+            Phase::Expired,
+            Phase::Tampered,
+            Phase::Failed,
+        ] {
+            let mut settled = w.clone();
+            settled.phase = phase;
+            assert!(!serve_same_run(&settled, true), "{phase:?}");
+        }
+        w.wrap_accessor = None;
+        assert!(!serve_same_run(&w, true));
     }
 
     #[test]

@@ -189,6 +189,14 @@ impl PodView {
         })
     }
 
+    /// The pod's run number: how many times any of its containers (init or regular) was
+    /// restarted. A process of the pod that starts anew raises it (once the kubelet reports it).
+    pub fn runs(&self) -> u32 {
+        self.restart_counts
+            .values()
+            .fold(0u32, |sum, n| sum.saturating_add(*n))
+    }
+
     /// Newest finish time among this pod's receipts (to mark them as belonging to past starts).
     pub fn newest_receipt_time(&self) -> Option<Timestamp> {
         self.receipts.iter().filter_map(|r| r.finished_at).max()

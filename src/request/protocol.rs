@@ -67,6 +67,9 @@ pub mod reason {
     pub const VAULT_REFUSED: &str = "VaultRefused";
     /// 500: the API server failed.
     pub const INTERNAL: &str = "Internal";
+    /// 409: this run of the pod was already served a wrap (a replayed identity token, or an
+    /// agent asking twice): a second wrap needs a new run (a container restart).
+    pub const ALREADY_SERVED: &str = "AlreadyServed";
     /// 409: a receipt for a wrap that is not the pod's current one.
     pub const STALE_RECEIPT: &str = "StaleReceipt";
     /// 400: a receipt that does not parse.
@@ -78,7 +81,7 @@ pub mod reason {
             NO_TOKEN | NOT_AUTHENTICATED => 401,
             NOT_BOUND_TO_POD | POD_GONE | NOT_SELECTED | CONFLICT | NOT_ON_REQUEST
             | INVALID_BINDING => 403,
-            NAME_TAKEN | STALE_RECEIPT => 409,
+            NAME_TAKEN | ALREADY_SERVED | STALE_RECEIPT => 409,
             RATE_LIMITED => 429,
             BAD_RECEIPT => 400,
             VAULT_REFUSED => 502,
@@ -125,6 +128,7 @@ mod tests {
             (NOT_ON_REQUEST, 403, false),
             (INVALID_BINDING, 403, false),
             (NAME_TAKEN, 409, false),
+            (ALREADY_SERVED, 409, false),
             (STALE_RECEIPT, 409, false),
             (BAD_RECEIPT, 400, false),
             (RATE_LIMITED, 429, true),

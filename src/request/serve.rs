@@ -32,8 +32,8 @@ use crate::agent::receipt::Receipt;
 use crate::config::RoleRule;
 use crate::controller::context::{Context, key};
 use crate::controller::execute::{discard_unheld, publish};
-use crate::controller::vouch::{Claim, revoke_named};
-use crate::core::plan::{asked, revocations};
+use crate::controller::vouch::{Claim, revoke_named, wrap_pending};
+use crate::core::plan::{AskKind, ask_kind, asked, revocations, serve_same_run};
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::core::spec::token_request;
 use crate::crd::AgentSecretBinding;
@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::record::seal::Authenticity;
 use crate::record::seal::RecordKeys;
 use crate::record::writes::{self, Records, Sealer, WriteError};
-use crate::record::{BINDING_LABEL, WrapState};
+use crate::record::{BINDING_LABEL, Phase, WrapState};
 use crate::request::gate::{Chosen, choose};
 use crate::request::identity::PodIdentity;
 use crate::request::limits::Limits;
@@ -52,6 +52,11 @@ use crate::request::protocol::{
 };
 use crate::request::reviews::{Denied, Reviews};
 use crate::vault::{SecretString, VaultError};
+
+/// How long an ask from a run already served waits for the kubelet to report a restart.
+const RESTART_REPORT_WAIT: Duration = Duration::from_secs(3);
+/// How often the pod is read again meanwhile.
+const RESTART_REPORT_POLL: Duration = Duration::from_millis(500);
 
 /// Longest bearer token or receipt body read.
 const MAX_INPUT: usize = 16 * 1024;
@@ -472,16 +477,71 @@ impl Endpoint {
         Ok(Some(record))
     }
 
+    /// Checks that an ask comes from a run of the pod that `record` was not served for. The
+    /// run already served is served again only while its wrap is still pending (the agent's
+    /// answer was lost on the way); otherwise the ask waits briefly for the kubelet to report a
+    /// restart it has not reported yet (it does so just after the container starts), `s.pod`
+    /// left as last read, and is refused when none comes.
+    async fn a_new_run(&self, s: &mut Served, record: &WrapState) -> Result<(), Refused> {
+        if ask_kind(&s.pod, Some(record)) == AskKind::NewRun {
+            return Ok(());
+        }
+        let pending = match &record.wrap_accessor {
+            Some(accessor) if record.phase == Phase::Issued => {
+                let claim = Claim {
+                    namespace: &s.who.namespace,
+                    binding: &s.binding(),
+                    role: Some(&s.chosen.binding.spec.vault.token_role),
+                };
+                wrap_pending(&self.ctx.vault, claim, accessor)
+                    .await
+                    .map_err(|e| vault_refusal(&e))?
+            }
+            _ => false,
+        };
+        if serve_same_run(record, pending) {
+            return Ok(());
+        }
+        let pods = Api::<Pod>::namespaced(self.ctx.client.clone(), &s.who.namespace);
+        let deadline = Instant::now() + RESTART_REPORT_WAIT;
+        while Instant::now() < deadline {
+            tokio::time::sleep(RESTART_REPORT_POLL).await;
+            // The API server's watch cache: cheap, and the kubelet's report reaches it at once.
+            let read = cached_get(&pods, &s.who.pod).await.map_err(internal)?;
+            match read.as_ref().and_then(PodView::from_pod) {
+                Some(pod) if pod.uid == s.pod.uid => s.pod = pod,
+                _ => return Err(Refusal::new(reason::POD_GONE, "the pod is gone").into()),
+            }
+            if ask_kind(&s.pod, Some(record)) == AskKind::NewRun {
+                return Ok(());
+            }
+        }
+        let refusal = Refusal::new(
+            reason::ALREADY_SERVED,
+            format!(
+                "pod {}/{} was already served a wrap in this run (start {}); a new wrap needs a new run of the pod (a container restart)",
+                s.who.namespace, s.who.pod, record.start
+            ),
+        );
+        warn!(namespace = %s.who.namespace, pod = %s.who.pod, start = record.start,
+            "refused an ask from a run already served (a replayed identity token, or an agent asking twice)");
+        self.refused_event(&s.who, &refusal).await;
+        Err(refusal.into())
+    }
+
     /// One ask: a fresh wrap for a new start of the pod.
     async fn ask(
         &self,
         headers: &HeaderMap,
         source: Option<IpAddr>,
     ) -> Result<(WrapFacts, SecretString), Refused> {
-        let s = self.admit(headers, source, &self.limits).await?;
+        let mut s = self.admit(headers, source, &self.limits).await?;
+        let old = self.current_record(&s).await?;
+        if let Some(record) = &old {
+            self.a_new_run(&mut s, record).await?;
+        }
         let namespace = s.who.namespace.as_str();
         let binding = s.binding();
-        let old = self.current_record(&s).await?;
         // The previous start's wrap and token go first: whatever that agent instance held, the
         // new one is asking afresh.
         if let Some(old) = &old {

@@ -265,6 +265,12 @@ impl Env {
             .token
     }
 
+    /// Plays kubelet: init container `container` of `pod` was restarted `restarts` times (a
+    /// new run of the pod), and runs.
+    pub async fn report_restarts_of(&self, pod: &str, container: &str, restarts: u32) {
+        report_restarts(&self.pods(), pod, container, restarts).await;
+    }
+
     /// Plays kubelet: init container `container` of `pod` terminated with `receipt`.
     pub async fn report_receipt_of(&self, pod: &str, container: &str, receipt: &Receipt) {
         let patch = json!({"status": {"phase": "Running", "initContainerStatuses": [{
@@ -338,6 +344,19 @@ pub fn agent_pod(prefix: &str, app: &str, opt_in: bool) -> Pod {
         }
     }))
     .unwrap()
+}
+
+/// Plays kubelet through `pods`: init container `container` of `pod` was restarted `restarts`
+/// times (a new run of the pod), and runs.
+pub async fn report_restarts(pods: &Api<Pod>, pod: &str, container: &str, restarts: u32) {
+    let patch = json!({"status": {"phase": "Running", "initContainerStatuses": [{
+        "name": container, "image": "cubbyhole", "imageID": "", "ready": false,
+        "restartCount": restarts,
+        "state": {"running": {"startedAt": k8s_openapi::jiff::Timestamp::now().to_string()}},
+    }]}});
+    pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch pod status");
 }
 
 /// The request endpoint's CA the webhook gave the pod's init container
