@@ -30,7 +30,7 @@ use cubbyhole::config::{ListenerLimits, OperatorConfig};
 use cubbyhole::crd::AgentSecretBinding;
 use cubbyhole::request::protocol::{AUDIENCE, Refusal, WRAP_PATH, WRAPPING_TOKEN_FIELD, reason};
 use cubbyhole_testkit::cluster::webhook::{
-    agent_pod, injected_ca, is_injected, percentile, webhook_port,
+    agent_pod, injected_ca, is_injected, percentile, pod_creation_review, webhook_port,
 };
 use cubbyhole_testkit::cluster::{
     Env, LEADER_ARGS, OPERATOR_NS, Options, create_namespace, eventually,
@@ -1029,17 +1029,7 @@ async fn read_answer(rd: &mut (impl AsyncRead + Unpin)) -> std::io::Result<(u16,
 fn oversized_review(namespace: &str) -> Arc<Vec<u8>> {
     let mut pod = serde_json::to_value(agent_pod("huge", NOISY, true)).unwrap();
     pod["metadata"]["annotations"] = json!({"noise.example/blob": "x".repeat(BODY_LIMIT)});
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "00000000-0000-0000-0000-00000000f100",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE", "namespace": namespace,
-            "userInfo": {"username": format!("system:serviceaccount:{namespace}:default")},
-            "object": pod,
-        },
-    });
+    let review = pod_creation_review(namespace, pod);
     let body = serde_json::to_vec(&review).unwrap();
     assert!(body.len() > BODY_LIMIT);
     Arc::new(body)

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cubbyhole_testkit::cluster::webhook::{agent_pod, is_injected, percentile, webhook_port};
+use cubbyhole_testkit::cluster::webhook::{
+    agent_pod, is_injected, percentile, pod_creation_review, webhook_port,
+};
 use cubbyhole_testkit::cluster::{Env, OPERATOR_NS, Options, ann, eventually};
 use cubbyhole_testkit::openbao::{ROLE, ROLE_PATH};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -584,5 +586,84 @@ async fn injected_pods_pass_pod_security_restricted_with_either_delivery() {
             security.run_as_user
         );
     }
+    env.assert_no_leaks().await;
+}
+
+/// POSTs `review` to the webhook on `port` with `authorization` (if any); the status and body.
+async fn post_review(
+    port: u16,
+    review: &serde_json::Value,
+    authorization: Option<String>,
+) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let mut post = client
+        .post(format!("https://127.0.0.1:{port}/mutate-pods"))
+        .json(review);
+    if let Some(a) = authorization {
+        post = post.header("Authorization", a);
+    }
+    let answer = post.send().await.expect("the webhook answers");
+    let status = answer.status().as_u16();
+    (status, answer.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn with_a_caller_token_only_the_api_server_is_answered() {
+    let mut env = Env::start(Options::default()).await;
+    if env.skip_external("the API server calling a webhook on 127.0.0.1") {
+        return;
+    }
+    let caller = env
+        .webhook_caller_token_file()
+        .expect("up.sh gives the API server a webhook caller token");
+    let port = webhook_port();
+    let flag = format!("--webhook-caller-token-file={}", caller.display());
+    env.restart_with_webhook(port, &[&flag]);
+    env.install_webhook_configuration(port).await;
+    env.wait_webhook_serving().await;
+    env.apply_binding("good", Env::spec("good", "60s")).await;
+    // The API server's own calls carry the token: pods are injected.
+    let injected = eventually("the API server's review answered", T, || async {
+        env.dry_run_pod("probe", "good")
+            .await
+            .ok()
+            .filter(|p| is_injected(p, "good"))
+    })
+    .await;
+    assert!(is_injected(&injected, "good"));
+
+    // Anyone else reaching the listener with a review of an opted-in pod learns nothing.
+    let pod = serde_json::to_value(agent_pod("probe", "good", true)).unwrap();
+    let review = pod_creation_review(&env.ns, pod);
+    let token = std::fs::read_to_string(&caller).unwrap().trim().to_string();
+    for authorization in [
+        None,
+        Some("Bearer wrong".to_string()),
+        Some(format!("Bearer {token}x")),
+        Some(format!("Basic {token}")),
+    ] {
+        let (status, body) = post_review(port, &review, authorization.clone()).await;
+        assert_eq!(status, 401, "{authorization:?}: {body}");
+        assert!(
+            !body.contains("good") && !body.contains(ROLE) && !body.contains("patch"),
+            "{body}"
+        );
+    }
+    let op = env.operator.as_ref().unwrap();
+    assert_eq!(Env::admission_requests_by(op, "unauthenticated"), 4);
+    // The same review with the API server's token is answered with the patch: the token is
+    // what told them apart.
+    let (status, body) = post_review(port, &review, Some(format!("Bearer {token}"))).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], json!(true), "{body}");
+    assert_eq!(
+        answer["response"]["patchType"],
+        json!("JSONPatch"),
+        "{body}"
+    );
     env.assert_no_leaks().await;
 }

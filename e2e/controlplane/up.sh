@@ -127,6 +127,36 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+# ---- how the API server authenticates to webhooks --------------------------------------
+# Every webhook it calls gets `Authorization: Bearer <webhook-caller-token>` (the admission
+# kubeconfig's default user '*'); an operator given --webhook-caller-token-file answers only that.
+if [[ ! -s "$DIR/webhook-caller-token" ]]; then
+  (umask 077; head -c 32 /dev/urandom | base64 -w0 | tr -d '/+=' >"$DIR/webhook-caller-token")
+fi
+cat >"$DIR/webhook-callers.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+users:
+- name: '*'
+  user:
+    tokenFile: $DIR/webhook-caller-token
+KC
+cat >"$DIR/admission.yaml" <<AC
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $DIR/webhook-callers.kubeconfig
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $DIR/webhook-callers.kubeconfig
+AC
+
 # ---- kube-apiserver -------------------------------------------------------------------
 # Services get cluster IPs from the default range, but nothing here ever connects to one:
 # no endpoint reconciler, and webhooks are reached by URL on 127.0.0.1.
@@ -137,6 +167,7 @@ if ! alive "$DIR/apiserver.pid"; then
     --tls-cert-file "$CERTS/server.crt" --tls-private-key-file "$CERTS/server.key" \
     --client-ca-file "$CERTS/ca.crt" \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --admission-control-config-file "$DIR/admission.yaml" \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$CERTS/sa.pub" --service-account-signing-key-file "$CERTS/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 --endpoint-reconciler-type none \

@@ -22,6 +22,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::vault::SecretString;
 use futures::StreamExt;
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
@@ -101,6 +102,22 @@ pub struct Webhook {
     pub resolver: Arc<tls::Reloadable>,
     /// Metrics.
     pub metrics: AdmissionMetrics,
+    /// The bearer token every admission review must carry (`--webhook-caller-token-file`).
+    pub caller_token: Option<SecretString>,
+}
+
+/// Reads the caller token file: one token, surrounding whitespace trimmed, not empty.
+fn read_caller_token(path: &std::path::Path) -> Result<SecretString, String> {
+    let read = std::fs::read_to_string(path)
+        .map_err(|e| format!("--webhook-caller-token-file {}: {e}", path.display()))?;
+    let token = read.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "--webhook-caller-token-file {} is empty",
+            path.display()
+        ));
+    }
+    Ok(SecretString::new(token))
 }
 
 /// Starts the webhook when `--webhook-listen` is given: the binding reflector, the
@@ -120,6 +137,11 @@ pub async fn start(
     };
     args.validate()?;
     let injector = InjectorConfig::resolved(config)?;
+    let caller_token = args
+        .webhook_caller_token_file
+        .as_deref()
+        .map(read_caller_token)
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("webhook listen {addr}: {e}"))?;
@@ -186,6 +208,7 @@ pub async fn start(
         request_url: args.request_url(namespace),
         resolver: resolver.clone(),
         metrics: AdmissionMetrics::new(metrics),
+        caller_token,
     });
     let app = server::routes(webhook).merge(crate::request::serve::routes(endpoint));
     Ok(Some(tokio::spawn(crate::listener::serve(

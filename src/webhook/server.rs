@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use k8s_openapi::api::core::v1::Pod;
@@ -14,6 +15,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use tracing::{debug, info};
 
 use crate::listener::read_body;
+use crate::vault::SecretString;
 use crate::webhook::Webhook;
 use crate::webhook::admit::{Decision, decide};
 use crate::webhook::glance::{MAX_POD_VALUES, glance, not_a_review};
@@ -31,8 +33,20 @@ pub fn routes(webhook: Arc<Webhook>) -> Router {
         .with_state(webhook)
 }
 
-async fn mutate(State(webhook): State<Arc<Webhook>>, body: Body) -> Response {
+async fn mutate(State(webhook): State<Arc<Webhook>>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
+    if let Some(expected) = &webhook.caller_token
+        && !carries(&headers, expected)
+    {
+        webhook
+            .metrics
+            .observe("unauthenticated", started.elapsed());
+        return (
+            StatusCode::UNAUTHORIZED,
+            "admission reviews must carry the API server's bearer token\n",
+        )
+            .into_response();
+    }
     let body = match read_body(body, MAX_REVIEW_BYTES).await {
         Ok(b) => b,
         Err((status, message)) => {
@@ -57,6 +71,23 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, body: Body) -> Response {
     };
     webhook.metrics.observe(result, started.elapsed());
     Json(response.into_review()).into_response()
+}
+
+/// Whether `headers` carry `Authorization: Bearer <expected>`, compared in constant time.
+fn carries(headers: &HeaderMap, expected: &SecretString) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    let expected = expected.expose().as_bytes();
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// An answer allowing request `uid` unchanged.
@@ -160,4 +191,33 @@ fn nonce() -> String {
     (0..8)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_the_api_servers() {
+        let expected = SecretString::new("s3cret-caller");
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            h
+        };
+        assert!(carries(&with("Bearer s3cret-caller"), &expected));
+        for wrong in [
+            "Bearer s3cret-calleR",
+            "Bearer s3cret-caller2",
+            "Bearer s3cret",
+            "Bearer ",
+            "bearer s3cret-caller",
+            "Basic s3cret-caller",
+            "s3cret-caller",
+        ] {
+            assert!(!carries(&with(wrong), &expected), "{wrong}");
+        }
+        assert!(!carries(&HeaderMap::new(), &expected));
+    }
 }

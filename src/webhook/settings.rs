@@ -154,6 +154,12 @@ pub struct WebhookArgs {
     /// cert-manager's CA injector.
     #[arg(long)]
     pub webhook_cert_dir: Option<PathBuf>,
+    /// Answer admission reviews only when they carry this bearer token (a file holding it):
+    /// the token the API server's admission kubeconfig sends to webhooks
+    /// (`--admission-control-config-file`). Without it, anyone who reaches the listener may
+    /// send a review and read the patch (binding, role and TTLs; never a token).
+    #[arg(long)]
+    pub webhook_caller_token_file: Option<PathBuf>,
     /// Base URL injected agents of request-delivery bindings ask at (`/v1/wrap` is added).
     /// Default: `https://<webhook-service>.<namespace>.svc`. Its host must be in the serving
     /// certificate.

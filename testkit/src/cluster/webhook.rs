@@ -29,6 +29,22 @@ pub fn webhook_args(port: u16, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// An AdmissionReview (v1) of creating `pod` (JSON) in `namespace`, as the API server sends
+/// it, from the namespace's default service account.
+pub fn pod_creation_review(namespace: &str, pod: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-0000-0000-00000000f100",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "namespace": namespace,
+            "userInfo": {"username": format!("system:serviceaccount:{namespace}:default")},
+            "object": pod,
+        },
+    })
+}
+
 /// A free port for a webhook.
 pub fn webhook_port() -> u16 {
     free_port()
@@ -65,6 +81,13 @@ impl Env {
             op.kill();
         }
         self.operator = Some(self.operator_with("webhook", &webhook_args(port, extra)));
+    }
+
+    /// The file holding the bearer token the API server sends every webhook it calls
+    /// (`e2e/controlplane/up.sh`); `None` on an external cluster.
+    pub fn webhook_caller_token_file(&self) -> Option<std::path::PathBuf> {
+        let file = self.cluster.dir.join("webhook-caller-token");
+        (!self.external && file.exists()).then_some(file)
     }
 
     /// Leader-election flags plus the webhook on `port`.
