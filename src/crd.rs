@@ -44,7 +44,9 @@ use serde::{Deserialize, Serialize};
     }
 ]))]
 pub struct AgentSecretBindingSpec {
-    /// Pods (in the binding's namespace) that get a wrapped token. Must not be empty.
+    /// Pods (in the binding's namespace) that get a wrapped token: a label selector of at most
+    /// 16 labels and 16 expressions (64 values each). Must not be empty.
+    #[schemars(schema_with = "bounded_selector")]
     pub pod_selector: LabelSelector,
 
     /// What to ask Vault for.
@@ -282,16 +284,90 @@ fn unwrap_descriptions(v: &mut serde_json::Value) {
     }
 }
 
-/// Clears what the API server keeps about who wrote which field of a binding held in a cache:
-/// never read here, often larger than the spec, and every replica holds every binding twice
-/// (the controller's store and the webhook's).
-pub fn drop_managed_fields(binding: &mut AgentSecretBinding) {
+/// Clears what a cached binding never needs: the API server's record of who wrote which field
+/// and `kubectl apply`'s copy of the object, each often larger than the spec; every replica
+/// holds every binding twice (the controller's store and the webhook's).
+pub fn slim_for_cache(binding: &mut AgentSecretBinding) {
     binding.metadata.managed_fields = None;
+    // `kubectl apply`'s copy of the whole object: never read, as large as the binding.
+    if let Some(a) = binding.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation `kubectl apply` (client side) keeps a copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Most terms a pod selector may hold: `matchLabels` entries, and `matchExpressions`.
+pub const MAX_SELECTOR_TERMS: usize = 16;
+/// Most values one `matchExpressions` term may list.
+pub const MAX_SELECTOR_VALUES: usize = 64;
+
+/// A `LabelSelector` schema with its sizes bounded (the API server refuses a larger binding
+/// with 422), so that a binding cached on every replica stays small: at most
+/// [`MAX_SELECTOR_TERMS`] labels and as many expressions of at most [`MAX_SELECTOR_VALUES`]
+/// values, keys and values as long as Kubernetes label keys (317) and values (63) may be.
+fn bounded_selector(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "properties": {
+            "matchLabels": {
+                "description": "Labels a pod must carry (ANDed).",
+                "type": "object",
+                "maxProperties": MAX_SELECTOR_TERMS,
+                "additionalProperties": {"type": "string", "maxLength": 63},
+                "x-kubernetes-validations": [{
+                    "rule": "self.all(k, size(k) <= 317)",
+                    "message": "label keys are at most 317 characters (prefix/name)"
+                }]
+            },
+            "matchExpressions": {
+                "description": "Label requirements a pod must meet (ANDed).",
+                "type": "array",
+                "maxItems": MAX_SELECTOR_TERMS,
+                "items": {
+                    "description": "A key, an operator (In, NotIn, Exists, DoesNotExist) and values (for In and NotIn).",
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"description": "The label key.", "type": "string", "maxLength": 317},
+                        "operator": {
+                            "description": "In, NotIn, Exists or DoesNotExist.",
+                            "type": "string",
+                            "enum": ["In", "NotIn", "Exists", "DoesNotExist"]
+                        },
+                        "values": {
+                            "description": "Values for In and NotIn.",
+                            "type": "array",
+                            "maxItems": MAX_SELECTOR_VALUES,
+                            "items": {"type": "string", "maxLength": 63}
+                        }
+                    }
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_binding_drops_managed_fields_and_kubectls_copy_of_itself() {
+        let mut b: AgentSecretBinding = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+            "metadata": {"name": "b", "namespace": "n",
+                "annotations": {LAST_APPLIED: "{...}", "team": "x"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "r"}}
+        }))
+        .unwrap();
+        slim_for_cache(&mut b);
+        assert!(b.metadata.managed_fields.is_none());
+        let annotations = b.metadata.annotations.unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["team"]);
+    }
 
     fn walk(path: &str, v: &serde_json::Value, missing: &mut Vec<String>) {
         if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {

@@ -459,6 +459,30 @@ async fn schema_refuses_what_it_can() {
             "bad role",
             json!({"podSelector": {"matchLabels": {"a": "b"}}, "vault": {"tokenRole": "../sys"}}),
         ),
+        (
+            "17 labels",
+            json!({"podSelector": {"matchLabels": labels(17)}, "vault": {"tokenRole": "r"}}),
+        ),
+        (
+            "17 expressions",
+            json!({"podSelector": {"matchExpressions": expressions(17, 1)}, "vault": {"tokenRole": "r"}}),
+        ),
+        (
+            "65 values",
+            json!({"podSelector": {"matchExpressions": expressions(1, 65)}, "vault": {"tokenRole": "r"}}),
+        ),
+        (
+            "a label value of 64 characters",
+            json!({"podSelector": {"matchLabels": {"a": "v".repeat(64)}}, "vault": {"tokenRole": "r"}}),
+        ),
+        (
+            "a label key of 318 characters",
+            json!({"podSelector": {"matchLabels": {"k".repeat(318): "v"}}, "vault": {"tokenRole": "r"}}),
+        ),
+        (
+            "an unknown operator",
+            json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Like", "values": ["b"]}]}, "vault": {"tokenRole": "r"}}),
+        ),
     ] {
         let b = json!({"apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
             "metadata": {"name": "x", "namespace": env.ns}, "spec": spec});
@@ -478,6 +502,44 @@ async fn schema_refuses_what_it_can() {
             .items
             .is_empty()
     );
+    // The largest selector allowed is accepted (its rules fit the API server's CEL budget).
+    let largest = json!({"apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+        "metadata": {"name": "largest", "namespace": env.ns},
+        "spec": {"podSelector": {"matchLabels": labels(16), "matchExpressions": expressions(16, 64)},
+                 "vault": {"tokenRole": "r"}}});
+    api.patch(
+        "largest",
+        &PatchParams::apply("e2e"),
+        &Patch::Apply(&largest),
+    )
+    .await
+    .expect("the largest selector allowed");
+}
+
+/// `n` labels with the longest key (317) and value (63) allowed.
+fn labels(n: usize) -> serde_json::Value {
+    (0..n)
+        .map(|i| {
+            let key = format!(
+                "{}.example/{}",
+                "p".repeat(240),
+                format!("k{i:02}").repeat(21)
+            );
+            (key, json!(format!("v{i:02}").repeat(21)))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// `n` In expressions of `values` values each.
+fn expressions(n: usize, values: usize) -> serde_json::Value {
+    (0..n)
+        .map(|i| {
+            let values: Vec<String> = (0..values).map(|v| format!("v{v:03}")).collect();
+            json!({"key": format!("key-{i}"), "operator": "In", "values": values})
+        })
+        .collect::<Vec<_>>()
+        .into()
 }
 
 #[tokio::test]

@@ -114,7 +114,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let (binding_store, binding_writer) = kube::runtime::reflector::store();
     let binding_stream = kube::runtime::reflector(
         binding_writer,
-        watcher(bindings.clone(), watch_config()).modify(crate::crd::drop_managed_fields),
+        watcher(bindings.clone(), watch_config()).modify(crate::crd::slim_for_cache),
     )
     .applied_objects();
     let controller = Controller::for_stream(binding_stream, binding_store)

@@ -9,7 +9,9 @@ use crate::config::{RoleRule, role_allowed};
 use crate::core::reason::Reason;
 use kube::ResourceExt;
 
-use crate::crd::{AgentSecretBinding, AgentSecretBindingSpec};
+use crate::crd::{
+    AgentSecretBinding, AgentSecretBindingSpec, MAX_SELECTOR_TERMS, MAX_SELECTOR_VALUES,
+};
 use crate::vault::TokenRequest;
 
 /// A spec the operator can act on.
@@ -134,6 +136,18 @@ fn check_bounds(spec: &AgentSecretBindingSpec) -> Result<(), Invalid> {
     {
         return Err(invalid(format!(
             "vault.metadata: at most {entries} entries, keys up to {key} and values up to {value} characters"
+        )));
+    }
+    let selector = &spec.pod_selector;
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    if selector.match_labels.as_ref().map_or(0, |l| l.len()) > MAX_SELECTOR_TERMS
+        || expressions.len() > MAX_SELECTOR_TERMS
+        || expressions
+            .iter()
+            .any(|e| e.values.as_ref().map_or(0, |v| v.len()) > MAX_SELECTOR_VALUES)
+    {
+        return Err(invalid(format!(
+            "podSelector: at most {MAX_SELECTOR_TERMS} matchLabels and {MAX_SELECTOR_TERMS} matchExpressions of at most {MAX_SELECTOR_VALUES} values"
         )));
     }
     Ok(())
@@ -264,6 +278,33 @@ mod tests {
         assert_eq!(parse_go_duration("5"), None);
         assert_eq!(parse_go_duration("5d"), None);
         assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn a_selector_past_the_crds_bounds_is_invalid_naming_them() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let keys: Vec<String> = (0..17).map(|i| format!("k{i}")).collect();
+        let labels: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+        assert!(validate(&spec(&labels[..16], "agent", "60s"), "ns", &rules()).is_ok());
+        let e = validate(&spec(&labels, "agent", "60s"), "ns", &rules()).unwrap_err();
+        assert_eq!(e.reason, Reason::InvalidSpec);
+        assert!(
+            e.message.starts_with("podSelector: at most 16"),
+            "{}",
+            e.message
+        );
+        let expression = |values: usize| LabelSelectorRequirement {
+            key: "app".into(),
+            operator: "In".into(),
+            values: Some((0..values).map(|v| v.to_string()).collect()),
+        };
+        let mut s = spec(&[("app", "a")], "agent", "60s");
+        s.pod_selector.match_expressions = Some(vec![expression(64); 16]);
+        assert!(validate(&s, "ns", &rules()).is_ok());
+        s.pod_selector.match_expressions = Some(vec![expression(65)]);
+        assert!(validate(&s, "ns", &rules()).is_err());
+        s.pod_selector.match_expressions = Some(vec![expression(1); 17]);
+        assert!(validate(&s, "ns", &rules()).is_err());
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub async fn start(
             Api::<AgentSecretBinding>::all(client.clone()),
             watcher::Config::default(),
         )
-        .modify(crate::crd::drop_managed_fields),
+        .modify(crate::crd::slim_for_cache),
     )
     .default_backoff()
     .applied_objects();
