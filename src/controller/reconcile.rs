@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::controller::context::{Context, Error, LastDone, Memory, key};
 use crate::controller::effects::{self, LiveRecords};
 use crate::controller::execute::{self, Executor};
+use crate::controller::lists::paged;
 use crate::controller::{sweep, trust};
 use crate::core::labels::LabelQuery;
 use crate::core::plan::{self, Settings};
@@ -469,17 +470,14 @@ pub async fn list_records(
     binding: &str,
     secret_key: Option<&str>,
 ) -> Result<(Vec<WrapState>, SecretsByName), kube::Error> {
-    let list = secrets
-        .list(&ListParams::default().labels(&format!("{BINDING_LABEL}={binding}")))
-        .await?;
+    let params = ListParams::default().labels(&format!("{BINDING_LABEL}={binding}"));
+    let items = paged(&params, |page| async move { secrets.list(&page).await }).await?;
     let keys = ctx.record_keys.current();
-    let wraps = list
-        .items
+    let wraps = items
         .iter()
         .filter_map(|s| WrapState::from_secret(s, secret_key, &keys))
         .collect();
-    let raw = list
-        .items
+    let raw = items
         .into_iter()
         .map(|s| (s.name_any(), Arc::new(s)))
         .collect();

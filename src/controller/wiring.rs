@@ -23,6 +23,7 @@ use crate::controller::budget::LookupBudget;
 use crate::controller::cache::{CachedBinding, Indexed, IndexedCache};
 use crate::controller::context::{Context, Readiness};
 use crate::controller::fair::FairSlots;
+use crate::controller::lists::paged;
 use crate::controller::{reconcile, sweep};
 use crate::core::pod::{CachedPod, WatchedPod};
 use crate::crd::AgentSecretBinding;
@@ -320,10 +321,13 @@ async fn list_initial(
 ) -> Result<Vec<String>, String> {
     let mut delay = Duration::from_millis(500);
     loop {
-        match bindings.list(&ListParams::default()).await {
-            Ok(list) => {
-                return Ok(list
-                    .items
+        let names = paged(&ListParams::default(), |page| async move {
+            bindings.list_metadata(&page).await
+        })
+        .await;
+        match names {
+            Ok(items) => {
+                return Ok(items
                     .iter()
                     .map(|b| format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()))
                     .collect());
