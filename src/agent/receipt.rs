@@ -26,6 +26,11 @@ pub mod result {
     pub const OPERATOR_UNREACHABLE: &str = "operator-unreachable";
 }
 
+/// Longest result word a receipt may carry (the words are far shorter).
+const MAX_RESULT_LEN: usize = 64;
+/// Longest accessor a receipt may carry (Vault's and OpenBao's are 24 to 30 characters).
+const MAX_ACCESSOR_LEN: usize = 128;
+
 /// What the agent reports about one unwrap attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -61,7 +66,13 @@ impl Receipt {
     /// Reads a termination message; `None` when it is not a cubbyhole receipt.
     pub fn parse(message: &str) -> Option<Self> {
         let receipt: Receipt = serde_json::from_str(message.trim()).ok()?;
-        (!receipt.result.is_empty()).then_some(receipt)
+        let sane = !receipt.result.is_empty()
+            && receipt.result.len() <= MAX_RESULT_LEN
+            && receipt
+                .accessor
+                .as_ref()
+                .is_none_or(|a| a.len() <= MAX_ACCESSOR_LEN);
+        sane.then_some(receipt)
     }
 
     /// True for a successful unwrap.
@@ -84,6 +95,19 @@ mod tests {
             Some(Receipt::failed(result::INVALID_WRAPPING_TOKEN))
         );
         assert_eq!(Receipt::parse("panic: something"), None);
+        // Bounded: a receipt never grows a record past a few hundred bytes.
+        let long = format!(
+            r#"{{"result":"unwrapped","accessor":"{}"}}"#,
+            "a".repeat(129)
+        );
+        assert_eq!(Receipt::parse(&long), None);
+        let long = format!(r#"{{"result":"{}"}}"#, "r".repeat(65));
+        assert_eq!(Receipt::parse(&long), None);
+        let fits = format!(
+            r#"{{"result":"unwrapped","accessor":"{}"}}"#,
+            "a".repeat(128)
+        );
+        assert!(Receipt::parse(&fits).is_some());
         assert_eq!(Receipt::parse(r#"{"other":1}"#), None);
     }
 }

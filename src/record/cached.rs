@@ -10,10 +10,12 @@ use kube::api::ObjectMeta;
 
 use crate::record::schema::{BINDING_LABEL, MANAGED_BY_LABEL};
 
-/// Largest Secret kept whole: a record is a few hundred bytes of annotations and a wrapping
-/// token. A bigger one (a tenant's Secret labelled as a record) is kept as a stub naming it,
-/// never read as a record, so it cannot fill the operator's memory.
-pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Largest Secret kept whole: a record is at most about 2 KiB (names, accessors, times, a
+/// bounded receipt, the signature and a wrapping token), and 16 KiB leaves room for what other
+/// tools annotate. A bigger one (a tenant's Secret labelled as a record) is kept as a stub
+/// naming it, never read as a record: a Secret labelled as a record costs the operator at most
+/// 16 KiB, and a larger one only its name and labels.
+pub const MAX_RECORD_BYTES: usize = 16 * 1024;
 
 /// A cached record (see the module doc).
 #[derive(Clone, Default, PartialEq)]
