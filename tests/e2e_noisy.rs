@@ -1,15 +1,23 @@
 //! End-to-end: one tenant's namespace at its worst cannot starve, slow or blind another's.
 //! On the real API server and OpenBao, a noisy namespace holds hundreds of bindings, labelled
 //! Secrets of ~0.9 MiB, pods with ~0.8 MiB of labels selected by a binding, a binding Vault
-//! refuses over many pods and an agent crash-looping before it unwraps; meanwhile a quiet namespace's new pods get
-//! their wraps. `CUBBYHOLE_NOISY=full` (`just bench-noisy`) runs it at the scale of issue 22's
-//! goal: 2,000 bindings, 300 Secrets, 150 big-label pods.
+//! refuses over many pods and an agent crash-looping before it unwraps. Beside it, for bounded
+//! totals, five tenant namespaces each hold Secrets labelled as records of their bindings:
+//! many of 60 KiB (kept by the operator as stubs) and some just under its 16 KiB record limit
+//! (kept whole: the worst a tenant can make it cache), and bindings with the largest pod
+//! selector the CRD allows (16 labels of the longest keys and values, 16 expressions of 64
+//! values) selecting no pod. Meanwhile a quiet namespace's new pods get their wraps, promptly,
+//! and the operator stays under 128 MiB. `CUBBYHOLE_NOISY=full` (`just bench-noisy`) runs it
+//! at the scale of issue 22's goal: 2,000 bindings, 300 Secrets, 150 big-label pods, and per
+//! tenant namespace 600 + 100 Secrets and 200 largest-selector bindings.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use cubbyhole::crd::AgentSecretBinding;
+use cubbyhole::record::cached::MAX_RECORD_BYTES;
 use cubbyhole_testkit::cluster::webhook::percentile;
 use cubbyhole_testkit::cluster::{Env, Options, create_namespace, eventually};
 use futures::{StreamExt, stream};
@@ -30,6 +38,14 @@ struct Scale {
     big_pods: usize,
     /// Pods the noisy namespace starts at once, one per binding, as the quiet pods start.
     burst: usize,
+    /// Tenant namespaces beside the noisy one, each holding the Secrets and bindings below.
+    tenant_namespaces: usize,
+    /// Secrets of 60 KiB labelled as records of one of their namespace's bindings.
+    record_secrets_per_ns: usize,
+    /// Secrets labelled likewise, just under the operator's record limit (cached whole).
+    near_limit_secrets_per_ns: usize,
+    /// Bindings with the largest pod selector allowed, selecting no pod.
+    selector_bindings_per_ns: usize,
 }
 
 impl Scale {
@@ -40,6 +56,10 @@ impl Scale {
                 big_secrets: 300,
                 big_pods: 150,
                 burst: 1000,
+                tenant_namespaces: 5,
+                record_secrets_per_ns: 600,
+                near_limit_secrets_per_ns: 100,
+                selector_bindings_per_ns: 200,
             }
         } else {
             Self {
@@ -47,6 +67,10 @@ impl Scale {
                 big_secrets: 60,
                 big_pods: 40,
                 burst: 300,
+                tenant_namespaces: 5,
+                record_secrets_per_ns: 60,
+                near_limit_secrets_per_ns: 20,
+                selector_bindings_per_ns: 4,
             }
         }
     }
@@ -60,6 +84,35 @@ fn big_labels(bytes: usize) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The largest pod selector the CRD allows, selecting no pod: 16 labels with the longest keys
+/// (317 characters) and values (63), and 16 `In` expressions (keys as long) of 64 values.
+fn largest_selector() -> serde_json::Value {
+    let key = |c: char, i: usize| {
+        let name = format!("{c}{i:02}").repeat(21);
+        format!("{}.example/{name}", "p".repeat(245))
+    };
+    let labels: serde_json::Map<String, serde_json::Value> = (0..16)
+        .map(|i| (key('k', i), json!(format!("v{i:02}").repeat(21))))
+        .collect();
+    let values: Vec<String> = (0..64).map(|v| format!("v{v:03}")).collect();
+    let expressions: Vec<serde_json::Value> = (0..16)
+        .map(|i| json!({"key": key('e', i), "operator": "In", "values": values}))
+        .collect();
+    json!({"matchLabels": labels, "matchExpressions": expressions})
+}
+
+/// Applies binding `name` (server-side apply, as `e2e`).
+async fn apply(bindings: Api<AgentSecretBinding>, name: String, spec: serde_json::Value) {
+    let b = json!({
+        "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+        "metadata": {"name": name}, "spec": spec,
+    });
+    bindings
+        .patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&b))
+        .await
+        .expect("apply binding");
+}
+
 fn gated_pod(name: &str, labels: BTreeMap<String, String>) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -70,6 +123,20 @@ fn gated_pod(name: &str, labels: BTreeMap<String, String>) -> Pod {
         }
     }))
     .unwrap()
+}
+
+/// Creates Secret `name` with `labels` holding `blob`.
+async fn create_secret(secrets: &Api<Secret>, name: &str, labels: serde_json::Value, blob: &str) {
+    let s: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "labels": labels},
+        "stringData": {"blob": blob},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create Secret");
 }
 
 /// The operator's resident memory in KiB.
@@ -103,34 +170,24 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
         })
     };
     let started = Instant::now();
-    let bindings: Api<cubbyhole::crd::AgentSecretBinding> =
-        Api::namespaced(env.client.clone(), &noisy);
-    let apply = |name: String, spec: serde_json::Value| {
-        let bindings = bindings.clone();
-        async move {
-            let b = json!({
-                "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
-                "metadata": {"name": name}, "spec": spec,
-            });
-            bindings
-                .patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&b))
-                .await
-                .expect("apply binding");
-        }
-    };
+    let bindings: Api<AgentSecretBinding> = Api::namespaced(env.client.clone(), &noisy);
     // Hundreds of bindings selecting nothing, one selecting the big pods, one Vault refuses.
     stream::iter(0..scale.bindings)
         .for_each_concurrent(16, |i| {
-            apply(format!("noise-{i}"), Env::spec(&format!("none-{i}"), "60s"))
+            apply(
+                bindings.clone(),
+                format!("noise-{i}"),
+                Env::spec(&format!("none-{i}"), "60s"),
+            )
         })
         .await;
-    apply("big".into(), Env::spec("big", "60s")).await;
+    apply(bindings.clone(), "big".into(), Env::spec("big", "60s")).await;
     let mut refused = Env::spec("refused", "60s");
     refused["vault"]["policies"] = json!(["root"]);
-    apply("refused".into(), refused).await;
+    apply(bindings.clone(), "refused".into(), refused).await;
     let mut crashy = Env::spec("crashy", "60s");
     crashy["agentContainer"] = json!("agent");
-    apply("crashy".into(), crashy).await;
+    apply(bindings.clone(), "crashy".into(), crashy).await;
     // Labelled Secrets of ~0.9 MiB, pods with ~0.9 MiB of labels, pods Vault refuses tokens for.
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &noisy);
     let blob = "x".repeat(900 * 1024);
@@ -139,17 +196,8 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
             let secrets = secrets.clone();
             let blob = blob.clone();
             async move {
-                let s: Secret = serde_json::from_value(json!({
-                    "apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": format!("big-{i}"),
-                        "labels": {"app.kubernetes.io/managed-by": "cubbyhole"}},
-                    "stringData": {"blob": blob},
-                }))
-                .unwrap();
-                secrets
-                    .create(&PostParams::default(), &s)
-                    .await
-                    .expect("create Secret");
+                let labels = json!({"app.kubernetes.io/managed-by": "cubbyhole"});
+                create_secret(&secrets, &format!("big-{i}"), labels, &blob).await;
             }
         })
         .await;
@@ -172,6 +220,51 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
                 pods.create(&PostParams::default(), &pod)
                     .await
                     .expect("create pod");
+            }
+        })
+        .await;
+    // Bounded totals: tenant namespaces each with bindings of the largest selector allowed
+    // and Secrets labelled as their records, 60 KiB ones (stubs to the operator) and ones just
+    // under its record limit (cached whole).
+    let tenants: Vec<String> = (0..scale.tenant_namespaces)
+        .map(|t| format!("{noisy}-t{t}"))
+        .collect();
+    for tenant in &tenants {
+        create_namespace(&env.client, tenant).await;
+    }
+    let mut selecting_none = Env::spec("none", "60s");
+    selecting_none["podSelector"] = largest_selector();
+    let each_tenant = |n: usize| {
+        stream::iter(
+            tenants
+                .iter()
+                .flat_map(move |t| (0..n).map(move |i| (t, i))),
+        )
+    };
+    each_tenant(scale.selector_bindings_per_ns)
+        .for_each_concurrent(8, |(tenant, i)| {
+            let api = Api::namespaced(env.client.clone(), tenant);
+            apply(api, format!("sel-{i}"), selecting_none.clone())
+        })
+        .await;
+    let record_blob = "r".repeat(60 * 1024);
+    // The operator measures a Secret as JSON, its data in base64: 3 bytes of data take 4, and
+    // 1 KiB is left for the metadata.
+    let near_blob = "n".repeat((MAX_RECORD_BYTES - 1024) / 4 * 3);
+    let records = scale.record_secrets_per_ns;
+    each_tenant(records + scale.near_limit_secrets_per_ns)
+        .for_each_concurrent(8, |(tenant, i)| {
+            let secrets: Api<Secret> = Api::namespaced(env.client.clone(), tenant);
+            let (name, blob) = if i < records {
+                (format!("record-{i}"), &record_blob)
+            } else {
+                (format!("near-{i}"), &near_blob)
+            };
+            let binding = format!("sel-{}", i % scale.selector_bindings_per_ns);
+            async move {
+                let labels = json!({"app.kubernetes.io/managed-by": "cubbyhole",
+                    "cubbyhole.dev/binding": binding});
+                create_secret(&secrets, &name, labels, blob).await;
             }
         })
         .await;
@@ -200,7 +293,11 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
             }
         })
     };
-    println!("noise in place after {:?}", started.elapsed());
+    println!(
+        "noise in place after {:?}; operator peak RSS so far {:.1} MiB",
+        started.elapsed(),
+        peak.load(Ordering::Relaxed) as f64 / 1024.0
+    );
     // Meanwhile a new binding in the quiet namespace and its new pods get their wraps, while
     // the noisy namespace starts a burst of pods, one for each of its first bindings: hundreds
     // of rounds that each mint, queued at once. The quiet rounds take the next free reconcile
@@ -262,23 +359,52 @@ async fn a_noisy_namespace_cannot_starve_slow_or_blind_its_neighbours() {
         "NOISY quiet pods: p50 {p50:?}, p99 {p99:?}; operator peak RSS {peak_mib:.1} MiB; \
          over {minutes:.1} min: {logins} logins, {mints} mint requests \
          ({} bindings, {} big Secrets, {big_pods} big-label pods, {REFUSED_PODS} refused \
-         pods, {crashes} agent restarts, a burst of {} pods, {QUIET_PODS} quiet pods)",
-        scale.bindings, scale.big_secrets, scale.burst
+         pods, {crashes} agent restarts, a burst of {} pods, {QUIET_PODS} quiet pods; \
+         {} tenant namespaces of {} Secrets of 60 KiB, {} near the record limit and {} \
+         largest-selector bindings each: {} Secrets, {} bindings)",
+        scale.bindings,
+        scale.big_secrets,
+        scale.burst,
+        scale.tenant_namespaces,
+        scale.record_secrets_per_ns,
+        scale.near_limit_secrets_per_ns,
+        scale.selector_bindings_per_ns,
+        tenants.len() * (scale.record_secrets_per_ns + scale.near_limit_secrets_per_ns),
+        tenants.len() * scale.selector_bindings_per_ns,
     );
     // The noise happened: the operator saw every oversized object and Vault refused the mints.
     let metrics = env.op().get("/metrics").map(|(_, b)| b).unwrap_or_default();
-    let counted = |name: &str| -> f64 {
+    let counted = |name: &str, ns: &str| -> f64 {
         metrics
             .lines()
-            .filter(|l| l.starts_with(name) && l.contains(&format!("namespace=\"{noisy}\"")))
+            .filter(|l| l.starts_with(name) && l.contains(&format!("namespace=\"{ns}\"")))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
     assert!(
-        counted("cubbyhole_oversized_pods_ignored_total") >= big_pods as f64,
+        counted("cubbyhole_oversized_pods_ignored_total", &noisy) >= big_pods as f64,
         "{metrics:.2000}"
     );
-    assert!(counted("cubbyhole_oversized_secrets_ignored_total") >= scale.big_secrets as f64);
+    assert!(
+        counted("cubbyhole_oversized_secrets_ignored_total", &noisy) >= scale.big_secrets as f64
+    );
+    // The tenants' noise too: their 60 KiB Secrets were seen as oversized, while the ones near
+    // the limit measure as the operator measures them just under it (kept whole).
+    for tenant in &tenants {
+        let oversized = counted("cubbyhole_oversized_secrets_ignored_total", tenant);
+        assert!(
+            oversized >= records as f64,
+            "{tenant}: {oversized} oversized"
+        );
+        let secrets: Api<Secret> = Api::namespaced(env.client.clone(), tenant);
+        let mut near = secrets.get(&format!("near-{records}")).await.unwrap();
+        near.metadata.managed_fields = None;
+        let bytes = serde_json::to_vec(&near).unwrap().len();
+        assert!(
+            (MAX_RECORD_BYTES - 1024..=MAX_RECORD_BYTES).contains(&bytes),
+            "{tenant}: a Secret near the limit measures {bytes} bytes"
+        );
+    }
     let refused = bindings.get("refused").await.unwrap();
     let ready = refused
         .status

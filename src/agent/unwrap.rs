@@ -284,8 +284,18 @@ pub fn check_path(lookup: &WrapLookup, expected: &str) -> Result<(), Failure> {
     }
 }
 
-/// Delay before retry number `retry` (0-based): 0.5 s, 1 s, 2 s, ... up to [`MAX_BACKOFF`].
+/// Delay before retry number `retry` (0-based): a random point in the upper half of 0.5 s,
+/// 1 s, 2 s, ... up to [`MAX_BACKOFF`], so agents that failed together (an outage ending) do
+/// not all ask again at the same instant.
 pub fn backoff(retry: u32) -> Duration {
+    use rand::RngExt;
+    let ceiling = backoff_ceiling(retry);
+    let half = ceiling / 2;
+    half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
+/// The longest delay before retry number `retry`: 0.5 s doubling up to [`MAX_BACKOFF`].
+fn backoff_ceiling(retry: u32) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(2u32.saturating_pow(retry))
         .min(MAX_BACKOFF)
@@ -603,12 +613,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(500));
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(10), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    fn backoff_doubles_is_capped_and_spreads_agents_apart() {
+        assert_eq!(backoff_ceiling(0), Duration::from_millis(500));
+        assert_eq!(backoff_ceiling(1), Duration::from_secs(1));
+        assert_eq!(backoff_ceiling(2), Duration::from_secs(2));
+        assert_eq!(backoff_ceiling(10), MAX_BACKOFF);
+        assert_eq!(backoff_ceiling(u32::MAX), MAX_BACKOFF);
+        for retry in [0, 1, 2, 10, u32::MAX] {
+            let ceiling = backoff_ceiling(retry);
+            let delays: Vec<Duration> = (0..200).map(|_| backoff(retry)).collect();
+            assert!(delays.iter().all(|d| *d >= ceiling / 2 && *d <= ceiling));
+            // Two hundred agents retrying together spread over the upper half of the delay.
+            let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+            assert!(*max - *min > ceiling / 4, "{min:?}..{max:?} of {ceiling:?}");
+        }
     }
 
     #[test]

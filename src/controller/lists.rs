@@ -169,8 +169,11 @@ mod tests {
         .unwrap();
         assert_eq!(items, [1, 1, 2, 2, 3, 3]);
         let asked = asked.into_inner().unwrap();
-        assert!(asked.iter().all(|p| p.limit == Some(PAGE)
-            && p.label_selector.as_deref() == Some("a=b")));
+        assert!(
+            asked
+                .iter()
+                .all(|p| p.limit == Some(PAGE) && p.label_selector.as_deref() == Some("a=b"))
+        );
         let tokens: Vec<_> = asked.iter().map(|p| p.continue_token.clone()).collect();
         assert_eq!(tokens, [None, Some("p2".into()), Some("p3".into())]);
     }
