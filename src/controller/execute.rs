@@ -657,16 +657,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
 
     /// What Vault's answers about this binding's accessors must match.
     fn claim(&self) -> Claim<'_> {
-        Claim {
-            namespace: self
-                .binding
-                .metadata
-                .namespace
-                .as_deref()
-                .unwrap_or_default(),
-            binding: self.binding.metadata.name.as_deref().unwrap_or_default(),
-            role: Some(&self.binding.spec.vault.token_role),
-        }
+        Claim::of(self.binding)
     }
 
     /// A token kept past its pod (`revokeOnPodDeletion: false`) is renewed once to the

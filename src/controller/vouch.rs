@@ -19,6 +19,7 @@ use tracing::warn;
 
 use crate::controller::effects::VaultOps;
 use crate::core::plan::Revoke;
+use crate::crd::AgentSecretBinding;
 use crate::metrics::{Metrics, RenewalResult, TokenKind};
 use crate::record::WrapState;
 use crate::vault::{Revoked, VaultError};
@@ -95,6 +96,17 @@ pub struct Claim<'a> {
     pub binding: &'a str,
     /// The binding's token role (`None`: the binding is gone).
     pub role: Option<&'a str>,
+}
+
+impl<'a> Claim<'a> {
+    /// The claim of a record of `binding` (live: its role is known).
+    pub fn of(binding: &'a AgentSecretBinding) -> Self {
+        Claim {
+            namespace: binding.metadata.namespace.as_deref().unwrap_or_default(),
+            binding: binding.metadata.name.as_deref().unwrap_or_default(),
+            role: Some(&binding.spec.vault.token_role),
+        }
+    }
 }
 
 /// What the operator is about to do with a token, for the refusal's metric and log.

@@ -488,12 +488,7 @@ impl Endpoint {
         }
         let pending = match &record.wrap_accessor {
             Some(accessor) if record.phase == Phase::Issued => {
-                let claim = Claim {
-                    namespace: &s.who.namespace,
-                    binding: &s.binding(),
-                    role: Some(&s.chosen.binding.spec.vault.token_role),
-                };
-                wrap_pending(&self.ctx.vault, claim, accessor)
+                wrap_pending(&self.ctx.vault, Claim::of(&s.chosen.binding), accessor)
                     .await
                     .map_err(|e| vault_refusal(&e))?
             }
@@ -546,11 +541,7 @@ impl Endpoint {
         // new one is asking afresh.
         if let Some(old) = &old {
             let revoke = revocations(old, s.chosen.binding.spec.revoke_on_pod_deletion);
-            let claim = Claim {
-                namespace,
-                binding: &binding,
-                role: Some(&s.chosen.binding.spec.vault.token_role),
-            };
+            let claim = Claim::of(&s.chosen.binding);
             revoke_named(&self.ctx.vault, &self.ctx.metrics, claim, old, revoke)
                 .await
                 .map_err(|e| vault_refusal(&e))?;
