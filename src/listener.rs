@@ -288,8 +288,8 @@ fn busy() -> Response {
     refusal_response(&refusal, Some(Duration::from_secs(1)))
 }
 
-/// `refusal` as an answer: its status, its JSON, and `Retry-After` (whole seconds, at least
-/// one) when the caller should wait.
+/// `refusal` as an answer: its status, its JSON, `Retry-After` (whole seconds, at least one)
+/// when the caller should wait, and on a 401 the `WWW-Authenticate` challenge HTTP requires.
 pub fn refusal_response(refusal: &Refusal, wait: Option<Duration>) -> Response {
     let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
     let mut response = (status, axum::Json(refusal)).into_response();
@@ -298,6 +298,12 @@ pub fn refusal_response(refusal: &Refusal, wait: Option<Duration>) -> Response {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"cubbyhole\""),
+        );
     }
     response
 }

@@ -24,6 +24,19 @@ pub mod result {
     pub const REQUEST_REFUSED: &str = "request-refused";
     /// On request: the operator's endpoint could not be reached.
     pub const OPERATOR_UNREACHABLE: &str = "operator-unreachable";
+
+    /// Every outcome word, in the order the API document lists them.
+    pub const ALL: [&str; 9] = [
+        UNWRAPPED,
+        INVALID_WRAPPING_TOKEN,
+        UNEXPECTED_CREATION_PATH,
+        VAULT_UNREACHABLE,
+        VAULT_ERROR,
+        TOKEN_FILE_UNREADABLE,
+        WRITE_FAILED,
+        REQUEST_REFUSED,
+        OPERATOR_UNREACHABLE,
+    ];
 }
 
 /// Longest result word a receipt may carry (the words are far shorter).

@@ -21,7 +21,8 @@ pub struct WrapFacts {
     pub wrap_accessor: String,
     /// The binding that minted it.
     pub binding: String,
-    /// The start this wrap belongs to (how many asks this pod made before it).
+    /// The pod's run this wrap belongs to: the sum of its containers' restart counts at the
+    /// ask (init containers included), or the previous record's run when that is higher.
     pub start: u32,
     /// Seconds the wrap stays valid.
     pub wrap_ttl_seconds: u64,
@@ -74,6 +75,27 @@ pub mod reason {
     pub const STALE_RECEIPT: &str = "StaleReceipt";
     /// 400: a receipt that does not parse.
     pub const BAD_RECEIPT: &str = "BadReceipt";
+
+    /// Every reason word, in the order the API document lists them.
+    pub const ALL: [&str; 17] = [
+        NO_TOKEN,
+        NOT_AUTHENTICATED,
+        NOT_BOUND_TO_POD,
+        POD_GONE,
+        NOT_SELECTED,
+        CONFLICT,
+        NOT_ON_REQUEST,
+        INVALID_BINDING,
+        NAME_TAKEN,
+        ALREADY_SERVED,
+        STALE_RECEIPT,
+        BAD_RECEIPT,
+        RATE_LIMITED,
+        RETRY,
+        VAULT_UNAVAILABLE,
+        VAULT_REFUSED,
+        INTERNAL,
+    ];
 
     /// The HTTP status of a reason word.
     pub fn status(reason: &str) -> u16 {
@@ -139,6 +161,9 @@ mod tests {
         ] {
             assert_eq!(reason::status(word), status, "{word}");
             assert_eq!(retriable(word), retry, "{word}");
+            assert!(ALL.contains(&word), "{word} missing from ALL");
         }
+        let distinct: std::collections::BTreeSet<_> = ALL.iter().collect();
+        assert_eq!(distinct.len(), ALL.len());
     }
 }

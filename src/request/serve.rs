@@ -266,7 +266,11 @@ fn bearer(headers: &HeaderMap) -> Result<SecretString, Refused> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme name is case-insensitive (RFC 9110, 11.1).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= MAX_INPUT)
         .map(SecretString::new)
@@ -711,6 +715,25 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_nothing_else_is_a_bearer() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            bearer(&headers).map(|t| t.expose().to_string()).ok()
+        };
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            assert_eq!(
+                with(&format!("{scheme} abc.def")).as_deref(),
+                Some("abc.def")
+            );
+        }
+        for refused in ["Basic abc", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(with(refused), None, "{refused}");
+        }
+        assert!(bearer(&HeaderMap::new()).is_err());
+    }
 
     #[test]
     fn a_pod_gets_one_refusal_event_a_minute_and_others_are_not_held_back() {

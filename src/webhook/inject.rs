@@ -46,6 +46,16 @@ pub const REQUEST_CA_ENV: &str = "CUBBYHOLE_REQUEST_CA";
 /// Name of the injected init container unless the binding's `agentContainer` names one the
 /// pod does not have (then that name: its restarts are the pod's new starts).
 pub const DEFAULT_INIT_NAME: &str = crate::core::pod::UNWRAP_CONTAINER;
+/// Pod annotation: `"true"` when the pod's own code asks for its wrap (request delivery only):
+/// the webhook then adds no init container, only the identity token and where to ask.
+pub const SELF_BOOTSTRAP_ANNOTATION: &str = "cubbyhole.dev/self-bootstrap";
+/// Environment variable naming the request endpoint's base URL, for agents that ask themselves.
+pub const REQUEST_ENV: &str = "CUBBYHOLE_REQUEST";
+/// Environment variable naming the identity token file, for agents that ask themselves.
+pub const IDENTITY_TOKEN_ENV: &str = "CUBBYHOLE_IDENTITY_TOKEN";
+/// Environment variable naming the only creation path a wrap may have, for agents that ask
+/// themselves.
+pub const EXPECT_PATH_ENV: &str = "CUBBYHOLE_EXPECT_PATH";
 /// Shortest `--wait-for-fresh` given to a restartable agent.
 pub const MIN_WAIT_FOR_FRESH: Duration = Duration::from_secs(90);
 
@@ -176,6 +186,155 @@ fn targets(pod: &Pod, spec: &PodSpec) -> Result<Vec<(bool, usize)>, String> {
     Ok(out)
 }
 
+/// The mount of container `c` at directory `dir`, if it has one.
+fn mounted_at<'a>(
+    c: &'a Container,
+    dir: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::VolumeMount> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path.trim_end_matches('/') == dir)
+}
+
+/// Whether the pod asks for its own wrap ([`SELF_BOOTSTRAP_ANNOTATION`]).
+fn self_bootstrap(pod: &Pod) -> Result<bool, String> {
+    match pod
+        .annotations()
+        .get(SELF_BOOTSTRAP_ANNOTATION)
+        .map(String::as_str)
+    {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(format!(
+            "annotation {SELF_BOOTSTRAP_ANNOTATION}={other:?} must be \"true\" or \"false\""
+        )),
+    }
+}
+
+/// The annotations the injection adds: the record's Secret name (unless the pod chose it) and
+/// which binding injected the pod.
+fn annotation_ops(pod: &Pod, secret: &str, binding: &str) -> Vec<Value> {
+    let mut new_annotations = serde_json::Map::new();
+    if !pod.annotations().contains_key(SECRET_NAME_ANNOTATION) {
+        new_annotations.insert(SECRET_NAME_ANNOTATION.into(), json!(secret));
+    }
+    new_annotations.insert(INJECTED_ANNOTATION.into(), json!(binding));
+    if pod.metadata.annotations.is_none() {
+        return vec![
+            json!({"op": "add", "path": "/metadata/annotations", "value": new_annotations}),
+        ];
+    }
+    new_annotations
+        .into_iter()
+        .map(|(k, v)| json!({"op": "add", "path": format!("/metadata/annotations/{}", pointer_key(&k)), "value": v}))
+        .collect()
+}
+
+/// Where Vault is, for every agent container (each keeps what it sets itself).
+fn vault_env(cfg: &InjectorConfig) -> Vec<Value> {
+    let vault_addr = cfg.vault_address.clone().unwrap_or_default();
+    let mut env = vec![json!({"name": "VAULT_ADDR", "value": vault_addr})];
+    if let Some(ns) = &cfg.vault_namespace {
+        env.push(json!({"name": "VAULT_NAMESPACE", "value": ns}));
+    }
+    if let Some(ca) = &cfg.vault_ca_config_map {
+        env.push(json!({"name": "VAULT_CACERT", "value": format!("{CA_DIR}/{}", ca.key)}));
+    }
+    env
+}
+
+/// The identity token volume (audience `cubbyhole`) of request delivery.
+fn identity_volume() -> Value {
+    json!({"name": IDENTITY_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": AUDIENCE, "expirationSeconds": IDENTITY_EXPIRY_SECONDS, "path": "token"}}]}})
+}
+
+/// Vault's CA volume, when configured.
+fn ca_volume(cfg: &InjectorConfig) -> Option<Value> {
+    cfg.vault_ca_config_map.as_ref().map(|ca| {
+        json!({"name": CA_VOLUME, "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": ca.key}], "defaultMode": 0o444}})
+    })
+}
+
+/// The patch for a pod whose own code asks ([`SELF_BOOTSTRAP_ANNOTATION`]): the identity token
+/// mounted read-only in the agent containers and the environment the client libraries read
+/// (where to ask, the endpoint's CA, the identity token file, the creation path to accept,
+/// Vault's address). No init container, no token volume: the agent keeps its token itself.
+fn self_bootstrap_patch(
+    pod: &Pod,
+    target: &Target,
+    cfg: &InjectorConfig,
+    request: &crate::webhook::settings::RequestEndpoint,
+    secret: &str,
+) -> Result<Vec<Value>, String> {
+    let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let mut own_volumes = vec![IDENTITY_VOLUME];
+    if cfg.vault_ca_config_map.is_some() {
+        own_volumes.push(CA_VOLUME);
+    }
+    if let Some(v) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| own_volumes.contains(&v.name.as_str()))
+    {
+        return Err(format!(
+            "the pod already has a volume named {:?}; cubbyhole injects volumes {}: rename the pod's volume",
+            v.name,
+            own_volumes.join(", ")
+        ));
+    }
+    let mut env = vault_env(cfg);
+    env.extend([
+        json!({"name": REQUEST_ENV, "value": request.url}),
+        json!({"name": REQUEST_CA_ENV, "value": request.ca_pem}),
+        json!({"name": IDENTITY_TOKEN_ENV, "value": format!("{IDENTITY_DIR}/token")}),
+        json!({"name": EXPECT_PATH_ENV, "value": format!("auth/token/create/{}", target.spec.vault.token_role)}),
+    ]);
+    let mut ops = annotation_ops(pod, secret, target.binding);
+    let volumes = [Some(identity_volume()), ca_volume(cfg)]
+        .into_iter()
+        .flatten()
+        .collect();
+    append(&mut ops, "/spec/volumes", spec.volumes.is_some(), volumes);
+    for (init, i) in targets(pod, spec)? {
+        let c = if init { &inits[i] } else { &spec.containers[i] };
+        let base = format!(
+            "/spec/{}/{i}",
+            if init { "initContainers" } else { "containers" }
+        );
+        if let Some(m) = mounted_at(c, IDENTITY_DIR) {
+            return Err(format!(
+                "container {:?} already mounts volume {:?} at {IDENTITY_DIR}, where cubbyhole mounts the identity token",
+                c.name, m.name
+            ));
+        }
+        let mut mounts =
+            vec![json!({"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": true})];
+        let has_env = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
+        if cfg.vault_ca_config_map.is_some() && !has_env("VAULT_CACERT") {
+            mounts.push(json!({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true}));
+        }
+        append(
+            &mut ops,
+            &format!("{base}/volumeMounts"),
+            c.volume_mounts.is_some(),
+            mounts,
+        );
+        let missing: Vec<Value> = env
+            .iter()
+            .filter(|e| !has_env(e["name"].as_str().unwrap_or_default()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            append(&mut ops, &format!("{base}/env"), c.env.is_some(), missing);
+        }
+    }
+    Ok(ops)
+}
+
 /// Builds the JSON Patch for `pod`, or says why it cannot be injected.
 pub fn build(
     pod: &Pod,
@@ -190,15 +349,6 @@ pub fn build(
         .chain(spec.containers.iter())
         .map(|c| c.name.as_str())
         .collect();
-    let init_name = match target.spec.agent_container.as_deref() {
-        Some(agent) if !container_names.contains(agent) => agent,
-        _ => DEFAULT_INIT_NAME,
-    };
-    if container_names.contains(init_name) {
-        return Err(format!(
-            "the pod already has a container named {init_name:?}, which cubbyhole injects: rename it"
-        ));
-    }
     let on_request = target.spec.delivery == Delivery::Request;
     let request = match (&cfg.request, on_request) {
         (None, true) => {
@@ -209,6 +359,25 @@ pub fn build(
         }
         (r, _) => r.as_ref().filter(|_| on_request),
     };
+    if self_bootstrap(pod)? {
+        let Some(request) = request else {
+            return Err(format!(
+                "annotation {SELF_BOOTSTRAP_ANNOTATION}=\"true\" needs a binding with delivery: Request; binding {:?} delivers by Secret",
+                target.binding
+            ));
+        };
+        let secret = chosen_secret_name(pod, target.binding, nonce)?;
+        return self_bootstrap_patch(pod, target, cfg, request, &secret);
+    }
+    let init_name = match target.spec.agent_container.as_deref() {
+        Some(agent) if !container_names.contains(agent) => agent,
+        _ => DEFAULT_INIT_NAME,
+    };
+    if container_names.contains(init_name) {
+        return Err(format!(
+            "the pod already has a container named {init_name:?}, which cubbyhole injects: rename it"
+        ));
+    }
     let mut own_volumes = if on_request {
         vec![IDENTITY_VOLUME, TOKEN_VOLUME]
     } else {
@@ -240,12 +409,7 @@ pub fn build(
     };
     for &t in &targets {
         let c = container(t);
-        if let Some(m) = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| m.mount_path.trim_end_matches('/') == token_dir)
-        {
+        if let Some(m) = mounted_at(c, &token_dir) {
             return Err(format!(
                 "container {:?} already mounts volume {:?} at {token_dir}, where cubbyhole mounts the token; choose another directory with annotation {TOKEN_PATH_ANNOTATION}",
                 c.name, m.name
@@ -265,34 +429,15 @@ pub fn build(
         cfg.run_as_user
     });
 
-    let vault_addr = cfg.vault_address.clone().unwrap_or_default();
-    let mut agent_env = vec![json!({"name": "VAULT_ADDR", "value": vault_addr})];
-    if let Some(ns) = &cfg.vault_namespace {
-        agent_env.push(json!({"name": "VAULT_NAMESPACE", "value": ns}));
-    }
-    if let Some(ca) = &cfg.vault_ca_config_map {
-        agent_env.push(json!({"name": "VAULT_CACERT", "value": format!("{CA_DIR}/{}", ca.key)}));
-    }
+    let agent_env = vault_env(cfg);
     let ca_mount = json!({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true});
 
     let mut ops = vec![];
     // Annotations.
-    let mut new_annotations = serde_json::Map::new();
-    if !pod.annotations().contains_key(SECRET_NAME_ANNOTATION) {
-        new_annotations.insert(SECRET_NAME_ANNOTATION.into(), json!(secret));
-    }
-    new_annotations.insert(INJECTED_ANNOTATION.into(), json!(target.binding));
-    if pod.metadata.annotations.is_none() {
-        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": new_annotations}));
-    } else {
-        for (k, v) in new_annotations {
-            ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", pointer_key(&k)), "value": v}));
-        }
-    }
+    ops.extend(annotation_ops(pod, &secret, target.binding));
     // Volumes.
     let delivery_volume = if on_request {
-        json!({"name": IDENTITY_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
-            "audience": AUDIENCE, "expirationSeconds": IDENTITY_EXPIRY_SECONDS, "path": "token"}}]}})
+        identity_volume()
     } else {
         json!({"name": WRAP_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400}})
     };
@@ -300,9 +445,7 @@ pub fn build(
         delivery_volume,
         json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
     ];
-    if let Some(ca) = &cfg.vault_ca_config_map {
-        volumes.push(json!({"name": CA_VOLUME, "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": ca.key}], "defaultMode": 0o444}}));
-    }
+    volumes.extend(ca_volume(cfg));
     append(&mut ops, "/spec/volumes", spec.volumes.is_some(), volumes);
     // Agent containers: the token read-only, and Vault's address unless they set their own.
     // (Before the init container is prepended, so the indexes are the pod's own.)

@@ -576,3 +576,94 @@ fn a_named_init_container_is_found_by_its_name_and_a_container_named_twice_is_mo
         .count();
     assert_eq!(vault_addrs, 1);
 }
+
+#[test]
+fn a_self_bootstrapping_pod_gets_its_identity_and_where_to_ask_and_no_init_container() {
+    let mut cfg = cfg();
+    cfg.request = Some(crate::webhook::settings::RequestEndpoint {
+        url: "https://cubbyhole.cubbyhole-system.svc:443".into(),
+        ca_pem: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into(),
+    });
+    let on_request = binding("b", NS, "web", json!({"delivery": "Request"}));
+    let asks = pod(
+        json!({"annotations": {"cubbyhole.dev/self-bootstrap": "true"}}),
+        json!({"containers": [
+            {"name": "agent", "image": "python:3", "env": [{"name": "VAULT_ADDR", "value": "https://mine"}]},
+            {"name": "sidecar", "image": "s:1"},
+        ]}),
+    );
+    let decide_with = |p: &Pod, b: &Arc<AgentSecretBinding>| {
+        decide(p, NS, std::slice::from_ref(b), &rules(), &cfg, "x7k2p9qb")
+    };
+    let (doc, _) = injected(&asks, decide_with(&asks, &on_request));
+    assert!(
+        doc["spec"].get("initContainers").is_none(),
+        "the pod's own code asks: no init container"
+    );
+    let volumes: Vec<&str> = doc["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(volumes, ["cubbyhole-identity"], "no token volume either");
+    assert_eq!(
+        doc["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "cubbyhole"
+    );
+    for c in doc["spec"]["containers"].as_array().unwrap() {
+        let env: std::collections::BTreeMap<&str, &str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            env["CUBBYHOLE_REQUEST"],
+            "https://cubbyhole.cubbyhole-system.svc:443"
+        );
+        assert!(env["CUBBYHOLE_REQUEST_CA"].contains("BEGIN CERTIFICATE"));
+        assert_eq!(
+            env["CUBBYHOLE_IDENTITY_TOKEN"],
+            "/var/run/cubbyhole/identity/token"
+        );
+        assert_eq!(env["CUBBYHOLE_EXPECT_PATH"], "auth/token/create/agent");
+        let mount = &c["volumeMounts"][0];
+        assert_eq!(mount["mountPath"], "/var/run/cubbyhole/identity");
+        assert_eq!(mount["readOnly"], true);
+    }
+    let agent_env = doc["spec"]["containers"][0]["env"].as_array().unwrap();
+    let addrs: Vec<&Value> = agent_env
+        .iter()
+        .filter(|e| e["name"] == "VAULT_ADDR")
+        .collect();
+    assert_eq!(addrs.len(), 1, "the container's own VAULT_ADDR is kept");
+    assert_eq!(addrs[0]["value"], "https://mine");
+    assert_eq!(
+        doc["metadata"]["annotations"][INJECTED_ANNOTATION], "b",
+        "a second admission leaves it alone"
+    );
+
+    // A Secret-delivery binding cannot serve a pod that asks: refused, saying why.
+    let by_secret = binding("s", NS, "web", json!({}));
+    let r = refusal(decide_with(&asks, &by_secret));
+    assert!(
+        r.message.contains("self-bootstrap") && r.message.contains("delivery: Request"),
+        "{}",
+        r.message
+    );
+    // Anything but true or false is a mistake, not a silent default.
+    let typo = pod(
+        json!({"annotations": {"cubbyhole.dev/self-bootstrap": "yes"}}),
+        agent_spec(),
+    );
+    let r = refusal(decide_with(&typo, &on_request));
+    assert!(r.message.contains("must be"), "{}", r.message);
+    // "false" is the init container, as without the annotation.
+    let init = pod(
+        json!({"annotations": {"cubbyhole.dev/self-bootstrap": "false"}}),
+        agent_spec(),
+    );
+    let (doc, _) = injected(&init, decide_with(&init, &on_request));
+    assert_eq!(doc["spec"]["initContainers"][0]["name"], "cubbyhole-unwrap");
+}
