@@ -15,6 +15,12 @@ use crate::record::{Phase, WrapState};
 pub const READY: &str = "Ready";
 /// The condition saying whether wraps were tampered with or expired.
 pub const DEGRADED: &str = "Degraded";
+/// kstatus's "still working on it" condition (Flux, `kstatus`): True while the binding cannot
+/// serve for a reason that passes by itself (Vault unavailable, retried with backoff).
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus's "needs a person" condition: True while the binding cannot serve (all or some of
+/// its pods) until someone changes something (an invalid spec, a conflict, a refusal).
+pub const STALLED: &str = "Stalled";
 
 /// Most per-pod records kept in the status.
 pub const MAX_RECORDS: usize = 50;
@@ -143,9 +149,28 @@ pub fn compute(input: &StatusInput) -> AgentSecretBindingStatus {
             "every wrap is pending or consumed".to_string(),
         )
     };
+    let retrying = !ready.0 && ready.1 == Reason::VaultUnavailable;
+    let stalled = !ready.0 && !retrying;
+    let as_ready = |on: bool, nothing: &str| {
+        if on {
+            (true, ready.1, ready.2.clone())
+        } else {
+            (false, Reason::AsExpected, nothing.to_string())
+        }
+    };
+    let reconciling = as_ready(retrying, "nothing is being retried");
+    let stalled = as_ready(stalled, "nothing waits for a person");
     let conditions = vec![
-        condition(input, READY, ready.0, ready.1, ready.2),
+        condition(input, READY, ready.0, ready.1, ready.2.clone()),
         condition(input, DEGRADED, degraded.0, degraded.1, degraded.2),
+        condition(
+            input,
+            RECONCILING,
+            reconciling.0,
+            reconciling.1,
+            reconciling.2,
+        ),
+        condition(input, STALLED, stalled.0, stalled.1, stalled.2),
     ];
 
     let mut records: Vec<WrapRecord> = live.iter().map(|w| record(w)).collect();
@@ -483,6 +508,46 @@ mod tests {
             ready(&compute_with(&pods, &[], &problems, &none)),
             ("False", "SecretNameTaken")
         );
+    }
+
+    #[test]
+    fn kstatus_reads_a_wait_as_reconciling_and_a_problem_for_a_person_as_stalled() {
+        let pods = [pod("a")];
+        let none = BTreeMap::new();
+        let of = |s: &AgentSecretBindingStatus, type_: &str| {
+            let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+            (c.status.clone(), c.reason.clone())
+        };
+        let serving = compute_with(&pods, &[], &Problems::default(), &none);
+        assert_eq!(
+            of(&serving, RECONCILING),
+            ("False".into(), "AsExpected".into())
+        );
+        assert_eq!(of(&serving, STALLED), ("False".into(), "AsExpected".into()));
+        let down = Problems {
+            vault_unavailable: Some("down".into()),
+            ..Default::default()
+        };
+        let s = compute_with(&pods, &[], &down, &none);
+        assert_eq!(
+            of(&s, RECONCILING),
+            ("True".into(), "VaultUnavailable".into())
+        );
+        assert_eq!(of(&s, STALLED).0, "False");
+        let invalid = Problems {
+            invalid: Some(Invalid {
+                reason: Reason::RoleNotAllowed,
+                message: "no".into(),
+            }),
+            ..Default::default()
+        };
+        let s = compute_with(&pods, &[], &invalid, &none);
+        assert_eq!(of(&s, STALLED), ("True".into(), "RoleNotAllowed".into()));
+        assert_eq!(of(&s, RECONCILING).0, "False");
+        let mut conflicts = BTreeMap::new();
+        conflicts.insert("a".to_string(), vec!["other".to_string()]);
+        let s = compute_with(&pods, &[], &Problems::default(), &conflicts);
+        assert_eq!(of(&s, STALLED), ("True".into(), "Conflict".into()));
     }
 
     #[test]
