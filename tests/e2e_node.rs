@@ -9,13 +9,18 @@ use std::time::Duration;
 use cubbyhole::agent::ask::{Answer, Asker};
 use cubbyhole::core::pod::UNWRAP_CONTAINER;
 use cubbyhole::request::protocol::reason;
-use cubbyhole_testkit::cluster::node::{CUBBYHOLE_IMAGE, NODE};
+use cubbyhole::webhook::inject::{
+    IDENTITY_VOLUME, SELF_BOOTSTRAP_ANNOTATION, TOKEN_VOLUME, WRAP_VOLUME,
+};
+use cubbyhole_testkit::cluster::node::{CUBBYHOLE_IMAGE, NODE, PYTHON_IMAGE};
+use cubbyhole_testkit::cluster::webhook::INJECT;
 use cubbyhole_testkit::cluster::webhook::injected_ca;
 use cubbyhole_testkit::cluster::{Env, Options, ann, eventually, free_port};
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 
@@ -482,6 +487,119 @@ async fn on_request_the_init_container_asks_with_the_kubelets_token_at_every_sta
         );
     }
     env.assert_no_leaks().await;
+}
+
+/// A Deployment of one pod labelled `app=py` that bootstraps itself: annotated for
+/// self-bootstrap, its only container runs the Python example agent from [`PYTHON_IMAGE`]
+/// (its entrypoint; no command), on the node's network so OpenBao's and the endpoint's
+/// 127.0.0.1 addresses work.
+fn python_agent_deployment() -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "py"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "py"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": "py", INJECT: "true"},
+                    "annotations": {SELF_BOOTSTRAP_ANNOTATION: "true"},
+                },
+                "spec": {
+                    "hostNetwork": true,
+                    "terminationGracePeriodSeconds": 1,
+                    "securityContext": {"runAsUser": 65532, "runAsGroup": 65532},
+                    "containers": [{
+                        "name": "agent",
+                        "image": PYTHON_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        // Each log line reaches the kubelet as it is written.
+                        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_python_agent_bootstraps_itself_on_the_node_with_no_init_container() {
+    let started = std::time::Instant::now();
+    let mut env = Env::start(Options::default()).await;
+    env.start_node_and_webhook_with(CUBBYHOLE_IMAGE, true).await;
+    let loading = std::time::Instant::now();
+    env.cluster.load_python_image(PYTHON_IMAGE);
+    println!(
+        "node up after {:?}, the Python image built and imported in {:?}",
+        loading - started,
+        loading.elapsed()
+    );
+    let mut spec = Env::spec("py", "60s");
+    spec.as_object_mut().unwrap().remove("agentContainer");
+    spec["delivery"] = json!("Request");
+    env.apply_binding("b", spec).await;
+    eventually("the webhook knows the binding", T, || async {
+        env.dry_run_pod("probe", "py").await.ok()
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    deployments
+        .create(&PostParams::default(), &python_agent_deployment())
+        .await
+        .expect("create Deployment");
+    let created = std::time::Instant::now();
+    let pod = env.running_pods("py", 1, RUN).await.remove(0);
+    println!(
+        "the Python agent runs {:?} after its Deployment was created",
+        created.elapsed()
+    );
+    let name = pod.name_any();
+    // The webhook injected no init container: only the identity token's volume.
+    let spec = pod.spec.as_ref().unwrap();
+    assert!(
+        spec.init_containers.as_ref().is_none_or(|c| c.is_empty()),
+        "{:?}",
+        spec.init_containers
+    );
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert!(volumes.contains(&IDENTITY_VOLUME), "{volumes:?}");
+    assert!(!volumes.contains(&TOKEN_VOLUME), "{volumes:?}");
+    assert!(!volumes.contains(&WRAP_VOLUME), "{volumes:?}");
+    // The Python client asked the endpoint with the kubelet's projected token, unwrapped, and
+    // reported its receipt: the record is verified.
+    let record = verified_record(&env, &name).await;
+    println!(
+        "verified {:?} after its Deployment was created",
+        created.elapsed()
+    );
+    // The agent looked itself up in OpenBao with that very token.
+    let alive = format!("token {} alive", record["accessor"]);
+    eventually("the Python agent used its token", T, || async {
+        env.cluster
+            .container_log(&name, "agent")
+            .contains(&alive)
+            .then_some(())
+    })
+    .await;
+    let log = env.cluster.container_log(&name, "agent");
+    assert!(
+        log.contains(&format!("got Token(accessor='{}'", record["accessor"])),
+        "{log}"
+    );
+    let pod = env.pods().get(&name).await.unwrap();
+    assert_eq!(restarts(&pod, "agent", false), 0, "{log}");
+    let root = env.bao.root_client();
+    assert!(root.accessor_is_live(&record["accessor"]).await.unwrap());
+    assert_eq!(env.minted_wraps().await.len(), 1);
+    env.assert_no_leaks().await;
+    println!("passed after {:?}", started.elapsed());
 }
 
 /// `kubectl kustomize config/` as objects.

@@ -7,14 +7,28 @@ No registry is reachable here, so the local node's images are built from this ch
       --file target/debug/cubbyhole=/usr/local/bin/cubbyhole --libs --nonroot
 
 --file SRC=DEST   copies SRC into the image at DEST (mode kept); repeatable
+--tree SRC=DEST   copies the directory tree SRC into the image at DEST: directories, files and
+                  symlinks (as links), modes kept; repeatable
+--skip NAME       leaves out of every --tree each directory or file named NAME (a shell pattern
+                  such as `_tkinter.*` also works), at any depth below its SRC; repeatable,
+                  e.g. --skip test --skip __pycache__
 --link NAME=DEST  a symlink NAME -> DEST; repeatable
---libs            also copies every shared library the --file executables link (from ldd), at
-                  the same paths, with the dynamic loader: the layout of a distroless "cc" base
+--libs            also copies every shared library that the --file executables and the ELF files
+                  in the trees (`.so` files and executables) link (from ldd), at the same paths,
+                  with the dynamic loader: the layout of a distroless "cc" base
 --nonroot         /etc/passwd and /etc/group with root and nonroot (65532), as distroless has
+
+A Python interpreter, say, at the paths it has here (so it finds its prefix by itself):
+
+  image.py OUT.tar REF --entrypoint /opt/py/bin/python3.11 /app/agent.py \\
+      --file /opt/py/bin/python3.11=/opt/py/bin/python3.11 \\
+      --tree /opt/py/lib/python3.11=/opt/py/lib/python3.11 --skip test --skip __pycache__ \\
+      --file agent.py=/app/agent.py --libs --nonroot
 
 The archive is reproducible: fixed times and owners, entries sorted.
 """
 import argparse
+import fnmatch
 import hashlib
 import io
 import json
@@ -39,6 +53,49 @@ def linked_libraries(executable):
         elif parts and parts[0].startswith("/"):
             libs.append(parts[0])
     return libs
+
+
+def is_elf(path):
+    """Whether `path` is an ELF file (an executable or a shared library ldd can read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def tree_entries(src, dest, skip):
+    """Entries for the tree `src` copied to `dest`, without any name matching a `skip` pattern,
+    and the ELF files among them (for --libs)."""
+    def skipped(name):
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)
+
+    entries, elves = [], []
+    root = os.stat(src)
+    entries.append((dest, "dir", None, root.st_mode & 0o7777))
+    for top, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not skipped(d))
+        rel = os.path.relpath(top, src)
+        at = dest if rel == "." else os.path.join(dest, rel)
+        for name in sorted(dirs):
+            path = os.path.join(top, name)
+            if os.path.islink(path):  # os.walk does not descend into it: a link it stays
+                entries.append((os.path.join(at, name), "link", os.readlink(path), 0o777))
+                dirs.remove(name)
+            else:
+                entries.append((os.path.join(at, name), "dir", None, os.stat(path).st_mode & 0o7777))
+        for name in sorted(files):
+            if skipped(name):
+                continue
+            path = os.path.join(top, name)
+            if os.path.islink(path):
+                entries.append((os.path.join(at, name), "link", os.readlink(path), 0o777))
+                continue
+            mode = os.stat(path).st_mode & 0o7777
+            entries.append((os.path.join(at, name), "file", path, mode))
+            if (".so" in name or mode & 0o111) and is_elf(path):
+                elves.append(path)
+    return entries, elves
 
 
 def add_dirs(tar, path, seen):
@@ -98,6 +155,8 @@ def main():
     p.add_argument("--entrypoint", nargs="+", default=[])
     p.add_argument("--user", default="")
     p.add_argument("--file", action="append", default=[])
+    p.add_argument("--tree", action="append", default=[])
+    p.add_argument("--skip", action="append", default=[])
     p.add_argument("--link", action="append", default=[])
     p.add_argument("--libs", action="store_true")
     p.add_argument("--nonroot", action="store_true")
@@ -110,13 +169,20 @@ def main():
         entries.append((dest, "file", src, os.stat(src).st_mode & 0o7777))
         if os.access(src, os.X_OK):
             executables.append(src)
+    for spec in a.tree:
+        src, dest = spec.split("=", 1)
+        found, elves = tree_entries(src, dest, a.skip)
+        entries += found
+        executables += elves
     for spec in a.link:
         name, dest = spec.split("=", 1)
         entries.append((name, "link", dest, 0o777))
     if a.libs:
         libs = sorted({lib for exe in executables for lib in linked_libraries(exe)})
+        present = {dest.strip("/") for dest, _, _, _ in entries}
         for lib in libs:
-            entries.append((lib, "file", os.path.realpath(lib), 0o755))
+            if lib.strip("/") not in present:  # a library that is in a tree already
+                entries.append((lib, "file", os.path.realpath(lib), 0o755))
     if a.nonroot:
         passwd = b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"
         group = b"root:x:0:\nnonroot:x:65532:\n"

@@ -21,6 +21,25 @@ pub const NODE: &str = "cubbyhole-node";
 pub const CUBBYHOLE_IMAGE: &str = "127.0.0.1:5000/cubbyhole:dev";
 /// A busybox image (Debian's busybox-static) for app containers.
 pub const BUSYBOX_IMAGE: &str = "127.0.0.1:5000/busybox:e2e";
+/// This machine's Python with the `cubbyhole_agent` client and its example agent
+/// (`clients/python/examples/agent.py`) as entrypoint: see [`Cluster::load_python_image`].
+pub const PYTHON_IMAGE: &str = "127.0.0.1:5000/python-agent:e2e";
+
+/// What of the standard library an agent never needs: tests, bytecode (stale in an image whose
+/// files all have one mtime; Python compiles what it imports), the GUI and the installers, the
+/// static library for embedding, and the host's own third-party packages.
+const PYTHON_SKIP: &[&str] = &[
+    "test",
+    "__pycache__",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "site-packages",
+    "config-3.*",
+    "_tkinter.*",
+];
 
 impl Cluster {
     /// Starts the node with node-up.sh; the cubbyhole image holds `crate::paths::cubbyhole_bin`.
@@ -55,6 +74,69 @@ impl Cluster {
             ])
             .arg(format!("--file={}=/usr/local/bin/cubbyhole", bin.display()))
             .args(["--libs", "--nonroot"])
+            .output()
+            .expect("run load.sh");
+        assert!(
+            out.status.success(),
+            "load.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Builds an image of this machine's Python (the `python3` on `PATH`: its real interpreter,
+    /// standard library and lib-dynload at the same absolute paths as here, so it finds its
+    /// prefix without `PYTHONHOME`, and every library they link), with the client package in
+    /// its site-packages (`import cubbyhole_agent` needs no environment) and the example agent
+    /// at `/app/agent.py` as entrypoint, user 65532; imports it into the node's containerd.
+    pub fn load_python_image(&self, reference: &str) {
+        // The interpreter, its standard library, lib-dynload (where its C modules are) and the
+        // directory `site` puts on sys.path for packages, one a line.
+        let script = "import sys, os, sysconfig; p = sysconfig.get_paths(); \
+                      print(os.path.realpath(sys.executable), p['stdlib'], \
+                      sysconfig.get_config_var('DESTSHARED'), p['purelib'], sep='\\n')";
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "python3 -c: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let found = String::from_utf8(out.stdout).unwrap();
+        let [python, stdlib, dynload, purelib] = found.lines().collect::<Vec<_>>()[..] else {
+            panic!("python3 -c printed {found:?}");
+        };
+        let repo = crate::paths::repo();
+        let mut args = vec![
+            "--entrypoint".to_string(),
+            python.into(),
+            "/app/agent.py".into(),
+            "--user".into(),
+            "65532:65532".into(),
+            format!("--file={python}={python}"),
+            format!("--tree={stdlib}={stdlib}"),
+        ];
+        assert!(dynload.starts_with('/'), "no lib-dynload found: {found:?}");
+        // Debian's lib-dynload is inside its standard library; another build's may not be.
+        if !std::path::Path::new(dynload).starts_with(stdlib) {
+            args.push(format!("--tree={dynload}={dynload}"));
+        }
+        args.extend(PYTHON_SKIP.iter().map(|s| format!("--skip={s}")));
+        args.push(format!(
+            "--tree={}={purelib}/cubbyhole_agent",
+            repo.join("clients/python/src/cubbyhole_agent").display()
+        ));
+        args.push(format!(
+            "--file={}=/app/agent.py",
+            repo.join("clients/python/examples/agent.py").display()
+        ));
+        args.extend(["--libs".into(), "--nonroot".into()]);
+        let load = repo.join("e2e/controlplane/node/load.sh");
+        let out = Command::new(load)
+            .arg(&self.dir)
+            .arg(reference)
+            .args(&args)
             .output()
             .expect("run load.sh");
         assert!(
