@@ -805,4 +805,25 @@ async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     operator_pod_serves_the_seed_flow(&env).await;
+    // `helm test` runs `cubbyhole doctor` in the cluster as the operator, as users would. Its
+    // log is read from the node (the API server here cannot resolve the node's name for
+    // `--logs`).
+    let tested = std::process::Command::new(cubbyhole_testkit::paths::helm_bin())
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .args(["test", "cubbyhole", "--namespace", "cubbyhole-system"])
+        .args(["--timeout", "2m"])
+        .output()
+        .unwrap();
+    let doctor = env.cluster.container_log("cubbyhole-doctor", "doctor");
+    assert!(
+        tested.status.success(),
+        "helm test: {}{}\nthe doctor said:\n{doctor}",
+        String::from_utf8_lossy(&tested.stdout),
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(
+        doctor.contains("vault login: the operator's login works") && doctor.contains(", 0 failed"),
+        "the doctor said: {doctor}"
+    );
+    println!("the doctor said:\n{doctor}");
 }
