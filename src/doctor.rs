@@ -1,6 +1,7 @@
 //! `cubbyhole doctor`: run with the operator's configuration and identity, it checks what the
-//! operator needs and prints one line per check, with the fix for each failure. Exit status 0
-//! when every check passed, 1 otherwise, 2 when the configuration cannot be read.
+//! operator needs and prints one line per check, with the fix for each failure (or, with
+//! `--output json`, one JSON document: every check and the overall result). Exit status 0
+//! when no check failed, 1 otherwise, 2 when the configuration cannot be read.
 //!
 //! Checks: Vault reachable (address, TLS), the login, every capability the operator's policy
 //! must grant (`sys/capabilities-self`), every binding valid and its token role existing in
@@ -34,58 +35,158 @@ pub struct DoctorArgs {
     /// The MutatingWebhookConfiguration whose `caBundle` is checked.
     #[arg(long, default_value = "cubbyhole-injector")]
     pub webhook_configuration: String,
+    /// `text`: one line per check; `json`: one JSON document (one line) with every check
+    /// (`name`, `status`: ok, warn, fail or skipped, `message`, `fix`) and the overall `result`.
+    /// The exit status is the same.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// What `cubbyhole doctor` prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One line per check and a count.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Passed.
+    Ok,
+    /// Not run: this identity may not do what it takes (says why).
+    Skipped,
+    /// Passed, with something to look at; the exit status stays 0.
+    Warn,
+    /// Failed; the fix says what to do.
+    Fail,
 }
 
 /// One check's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
-    /// Passed.
-    pub ok: bool,
+    /// How it came out.
+    pub status: Status,
     /// What was checked.
     pub check: String,
     /// What was found.
     pub detail: String,
-    /// What to do about a failure.
+    /// What to do about it.
     pub fix: Option<String>,
 }
 
 impl Finding {
     fn ok(check: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
-            ok: true,
+            status: Status::Ok,
             check: check.into(),
             detail: detail.into(),
             fix: None,
         }
     }
 
-    fn fail(check: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+    fn skipped(check: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
-            ok: false,
-            check: check.into(),
-            detail: detail.into(),
-            fix: Some(fix.into()),
+            status: Status::Skipped,
+            ..Self::ok(check, detail)
         }
     }
 
-    /// The line printed for it.
+    fn warn(check: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            status: Status::Warn,
+            fix: Some(fix.into()),
+            ..Self::ok(check, detail)
+        }
+    }
+
+    fn fail(check: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            status: Status::Fail,
+            fix: Some(fix.into()),
+            ..Self::ok(check, detail)
+        }
+    }
+
+    /// The line printed for it: `FAIL` with its fix, else `OK` (warnings and skipped checks
+    /// too: the text output predates them; `--output json` tells them apart).
     pub fn line(&self) -> String {
-        match &self.fix {
-            None => format!("OK    {}: {}", self.check, self.detail),
-            Some(fix) => format!("FAIL  {}: {} -> fix: {fix}", self.check, self.detail),
+        match (&self.status, &self.fix) {
+            (Status::Fail, Some(fix)) => {
+                format!("FAIL  {}: {} -> fix: {fix}", self.check, self.detail)
+            }
+            (Status::Fail, None) => format!("FAIL  {}: {}", self.check, self.detail),
+            _ => format!("OK    {}: {}", self.check, self.detail),
         }
     }
 }
 
-/// Runs every check, prints the lines, returns the exit status.
+/// The exit status for `findings`: 1 when one failed, else 0.
+pub fn exit_code(findings: &[Finding]) -> u8 {
+    u8::from(findings.iter().any(|f| f.status == Status::Fail))
+}
+
+/// The `--output json` document: every check in order, the counts, the overall result (the
+/// worst status: `fail`, else `warn`, else `ok`) and the exit status.
+pub fn report(findings: &[Finding], exit_code: u8) -> serde_json::Value {
+    let count = |s: Status| findings.iter().filter(|f| f.status == s).count();
+    let result = if exit_code != 0 || count(Status::Fail) > 0 {
+        "fail"
+    } else if count(Status::Warn) > 0 {
+        "warn"
+    } else {
+        "ok"
+    };
+    serde_json::json!({
+        "version": crate::metrics::VERSION,
+        "commit": crate::metrics::COMMIT,
+        "result": result,
+        "exitCode": exit_code,
+        "summary": {
+            "checks": findings.len(),
+            "ok": count(Status::Ok),
+            "warn": count(Status::Warn),
+            "fail": count(Status::Fail),
+            "skipped": count(Status::Skipped),
+        },
+        "checks": findings.iter().map(|f| {
+            let mut check = serde_json::json!({
+                "name": f.check,
+                "status": f.status,
+                "message": f.detail,
+            });
+            if let Some(fix) = &f.fix {
+                check["fix"] = fix.as_str().into();
+            }
+            check
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs every check, prints the lines (or the JSON document), returns the exit status.
 pub async fn run(args: DoctorArgs) -> ExitCode {
     let config = match OperatorConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            println!(
-                "FAIL  configuration {}: {e} -> fix: the file the operator runs with",
-                args.config.display()
-            );
+            const FIX: &str = "the file the operator runs with";
+            match args.output {
+                Output::Text => println!(
+                    "FAIL  configuration {}: {e} -> fix: {FIX}",
+                    args.config.display()
+                ),
+                Output::Json => {
+                    let finding = Finding::fail(
+                        "configuration",
+                        format!("{}: {e}", args.config.display()),
+                        FIX,
+                    );
+                    println!("{}", report(&[finding], 2));
+                }
+            }
             return ExitCode::from(2);
         }
     };
@@ -126,16 +227,18 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
         findings.push(webhook_check(client, &args.webhook_configuration).await);
         findings.push(webhook_call_check(client, bindings.as_deref().unwrap_or_default()).await);
     }
-    for f in &findings {
-        println!("{}", f.line());
+    let code = exit_code(&findings);
+    match args.output {
+        Output::Text => {
+            for f in &findings {
+                println!("{}", f.line());
+            }
+            let failed = findings.iter().filter(|f| f.status == Status::Fail).count();
+            println!("{} checks, {} failed", findings.len(), failed);
+        }
+        Output::Json => println!("{}", report(&findings, code)),
     }
-    let failed = findings.iter().filter(|f| !f.ok).count();
-    println!("{} checks, {} failed", findings.len(), failed);
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    ExitCode::from(code)
 }
 
 /// Vault: reachable, login, capabilities, and each binding's role.
@@ -419,11 +522,12 @@ async fn webhook_check(client: &Client, name: &str) -> Finding {
             format!("cannot read MutatingWebhookConfiguration {name}: {e}"),
             "grant get on it (config/rbac/)",
         ),
-        Ok(None) => Finding::ok(
+        Ok(None) => Finding::warn(
             "webhook",
             format!(
                 "MutatingWebhookConfiguration {name} is not installed: no injection (pods plumb their wrap themselves)"
             ),
+            "if pods should be injected, install config/webhook/ (the chart installs it)",
         ),
         Ok(Some(config)) => {
             let hooks = config.webhooks.unwrap_or_default();
@@ -499,7 +603,7 @@ async fn webhook_call_check(client: &Client, bindings: &[AgentSecretBinding]) ->
             }
         }
         Err(kube::Error::Api(e)) if e.code == 403 && !e.message.contains("admission webhook") => {
-            Finding::ok(
+            Finding::skipped(
                 CHECK,
                 "not checked: this identity may not create pods (run the doctor with an admin's KUBECONFIG to check it)",
             )
@@ -583,6 +687,94 @@ mod tests {
                 .unwrap()
                 .contains("token_explicit_max_ttl")
         );
+    }
+
+    #[test]
+    fn the_json_report_lists_every_check_with_its_status_and_the_result() {
+        let findings = vec![
+            Finding::ok("configuration", "/etc/cubbyhole/config.yaml is valid"),
+            Finding::skipped(
+                "webhook call",
+                "not checked: this identity may not create pods",
+            ),
+            Finding::warn("webhook", "not installed", "install config/webhook/"),
+            Finding::fail("binding ns/b", "RoleNotAllowed: no", "fix the binding"),
+        ];
+        let code = exit_code(&findings);
+        assert_eq!(code, 1);
+        let doc = report(&findings, code);
+        // One line of JSON, read back the same.
+        let text = doc.to_string();
+        assert!(!text.contains('\n'));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            doc
+        );
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "commit": env!("CUBBYHOLE_COMMIT"),
+                "result": "fail",
+                "exitCode": 1,
+                "summary": {"checks": 4, "ok": 1, "warn": 1, "fail": 1, "skipped": 1},
+                "checks": [
+                    {"name": "configuration", "status": "ok",
+                     "message": "/etc/cubbyhole/config.yaml is valid"},
+                    {"name": "webhook call", "status": "skipped",
+                     "message": "not checked: this identity may not create pods"},
+                    {"name": "webhook", "status": "warn", "message": "not installed",
+                     "fix": "install config/webhook/"},
+                    {"name": "binding ns/b", "status": "fail", "message": "RoleNotAllowed: no",
+                     "fix": "fix the binding"},
+                ],
+            })
+        );
+        // The worst status decides; warnings and skipped checks keep the exit status 0.
+        let passing = &findings[..3];
+        assert_eq!(exit_code(passing), 0);
+        assert_eq!(report(passing, 0)["result"], "warn");
+        assert_eq!(report(&findings[..2], 0)["result"], "ok");
+        // An unreadable configuration (exit 2) fails whatever was found.
+        assert_eq!(report(&[], 2)["result"], "fail");
+    }
+
+    #[test]
+    fn the_text_lines_are_as_before_warnings_and_skips_print_ok() {
+        assert_eq!(
+            Finding::ok("vault login", "works").line(),
+            "OK    vault login: works"
+        );
+        assert_eq!(
+            Finding::skipped("webhook call", "not checked: x").line(),
+            "OK    webhook call: not checked: x"
+        );
+        assert_eq!(
+            Finding::warn("webhook", "w is not installed: no injection", "install it").line(),
+            "OK    webhook: w is not installed: no injection"
+        );
+        assert_eq!(
+            Finding::fail("vault", "down", "start it").line(),
+            "FAIL  vault: down -> fix: start it"
+        );
+    }
+
+    #[test]
+    fn output_is_text_unless_asked() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            doctor: DoctorArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("doctor").chain(args.iter().copied()))
+                .map(|c| c.doctor.output)
+        };
+        assert_eq!(parse(&[]).unwrap(), Output::Text);
+        assert_eq!(parse(&["--output", "json"]).unwrap(), Output::Json);
+        assert_eq!(parse(&["--output", "text"]).unwrap(), Output::Text);
+        assert!(parse(&["--output", "yaml"]).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Prometheus metrics. Labels are fixed words, namespaces and binding names: never a token.
+//! Prometheus metrics. Labels are fixed words, namespaces and binding names, the version and
+//! the commit: never a token.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::core::status::READY;
+use crate::crd::AgentSecretBindingStatus;
 use crate::record::Phase;
 
 /// Which of a record's two tokens: the label of `cubbyhole_revocations_total`.
@@ -73,6 +76,43 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: String,
+}
+
+/// Which of the webhook's certificates: the label of
+/// `cubbyhole_webhook_certificate_expiry_timestamp_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookCertificate {
+    /// The certificate the webhook and the request endpoint serve.
+    Serving,
+    /// The CA that signed it (the operator's own, or `ca.crt` of cert-manager's Secret).
+    Ca,
+}
+
+impl WebhookCertificate {
+    /// The label value: `serving` or `ca`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookCertificate::Serving => "serving",
+            WebhookCertificate::Ca => "ca",
+        }
+    }
+}
+
+/// The version label of `cubbyhole_build_info`: the package version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit label of `cubbyhole_build_info`: the commit build.rs found (12 hex digits,
+/// `-dirty` for a tree with changes, `unknown` without git).
+pub const COMMIT: &str = env!("CUBBYHOLE_COMMIT");
+
 /// What a renewal by accessor found: the label of `cubbyhole_token_renewals_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenewalResult {
@@ -114,6 +154,9 @@ pub struct Metrics {
     unverified_released: Family<NamespaceLabels, Counter>,
     oversized_ignored: Family<NamespaceLabels, Counter>,
     oversized_pods: Family<NamespaceLabels, Counter>,
+    leader: Gauge,
+    binding_ready: Family<BindingLabels, Gauge>,
+    webhook_certificates: Family<CertificateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -218,6 +261,36 @@ impl Metrics {
             "Watch events of pods whose labels exceed 16 KiB, read without their labels (so no binding selects them)",
             oversized_pods.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: VERSION.into(),
+                commit: COMMIT.into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1: the version and commit of this build",
+            build_info,
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controller (without leader election: while it runs the controller), else 0",
+            leader.clone(),
+        );
+        let binding_ready = Family::<BindingLabels, Gauge>::default();
+        registry.register(
+            "binding_ready",
+            "1 when the binding's Ready condition is True, else 0; set by the leader at each reconcile, dropped when the binding is deleted",
+            binding_ready.clone(),
+        );
+        let webhook_certificates = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook's certificate this replica serves (certificate=serving) and the CA that signed it (certificate=ca) expire, unix seconds",
+            webhook_certificates.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             wraps_issued,
@@ -235,6 +308,9 @@ impl Metrics {
             unverified_released,
             oversized_ignored,
             oversized_pods,
+            leader,
+            binding_ready,
+            webhook_certificates,
         }
     }
 
@@ -288,12 +364,47 @@ impl Metrics {
             })
             .set(n as i64);
     }
-    /// Drops the gauge of a deleted binding.
+    /// Sets the readiness gauge of one binding from the status computed for it: 1 when its
+    /// The webhook's `which` certificate now loaded expires at `not_after` (unix seconds).
+    pub fn webhook_certificate_expires(&self, which: WebhookCertificate, not_after: u64) {
+        self.webhook_certificates
+            .get_or_create(&CertificateLabels {
+                certificate: which.as_str().into(),
+            })
+            .set(i64::try_from(not_after).unwrap_or(i64::MAX));
+    }
+
+    /// `Ready` condition is `True`, else 0 (no `Ready` condition yet counts as not ready).
+    pub fn set_binding_ready(
+        &self,
+        namespace: &str,
+        binding: &str,
+        status: &AgentSecretBindingStatus,
+    ) {
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.status == "True");
+        self.binding_ready
+            .get_or_create(&BindingLabels {
+                namespace: namespace.into(),
+                binding: binding.into(),
+            })
+            .set(i64::from(ready));
+    }
+    /// Drops the gauges of a deleted binding (outstanding wraps, readiness): a series lives
+    /// only as long as its binding.
     pub fn forget_binding(&self, namespace: &str, binding: &str) {
-        self.outstanding.remove(&BindingLabels {
+        let labels = BindingLabels {
             namespace: namespace.into(),
             binding: binding.into(),
-        });
+        };
+        self.outstanding.remove(&labels);
+        self.binding_ready.remove(&labels);
+    }
+    /// This replica started (`true`) or stopped (`false`) leading: it runs the controller.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
     /// A Vault request failed.
     pub fn vault_error(&self, operation: &str, category: &str) {
@@ -375,5 +486,135 @@ impl Metrics {
                 namespace: namespace.into(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Condition;
+
+    /// The sample lines of `name` (exactly that name, any labels) in the exposition.
+    fn samples(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn status(ready: &str) -> AgentSecretBindingStatus {
+        AgentSecretBindingStatus {
+            conditions: vec![Condition {
+                type_: READY.into(),
+                status: ready.into(),
+                reason: "Ready".into(),
+                message: String::new(),
+                last_transition_time: "2026-12-02T00:00:00Z".into(),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn build_info_names_the_version_and_the_commit() {
+        let metrics = Metrics::new();
+        assert_eq!(
+            samples(&metrics, "cubbyhole_build_info"),
+            [format!(
+                "cubbyhole_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                env!("CUBBYHOLE_COMMIT")
+            )]
+        );
+        assert!(!COMMIT.is_empty());
+    }
+
+    #[test]
+    fn leader_is_zero_until_this_replica_leads_and_again_after() {
+        let metrics = Metrics::new();
+        assert_eq!(
+            samples(&metrics, "cubbyhole_leader"),
+            ["cubbyhole_leader 0"]
+        );
+        metrics.set_leader(true);
+        assert_eq!(
+            samples(&metrics, "cubbyhole_leader"),
+            ["cubbyhole_leader 1"]
+        );
+        metrics.set_leader(false);
+        assert_eq!(
+            samples(&metrics, "cubbyhole_leader"),
+            ["cubbyhole_leader 0"]
+        );
+    }
+
+    #[test]
+    fn binding_readiness_follows_the_ready_condition_and_goes_with_the_binding() {
+        let metrics = Metrics::new();
+        let ready = |m: &Metrics| samples(m, "cubbyhole_binding_ready");
+        metrics.set_binding_ready("team-a", "agents", &status("True"));
+        metrics.set_binding_ready("team-b", "tools", &status("False"));
+        metrics.set_binding_ready("team-b", "unsure", &status("Unknown"));
+        // No Ready condition yet (never reconciled through): not ready.
+        metrics.set_binding_ready("team-b", "new", &AgentSecretBindingStatus::default());
+        let mut got = ready(&metrics);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "cubbyhole_binding_ready{namespace=\"team-a\",binding=\"agents\"} 1",
+                "cubbyhole_binding_ready{namespace=\"team-b\",binding=\"new\"} 0",
+                "cubbyhole_binding_ready{namespace=\"team-b\",binding=\"tools\"} 0",
+                "cubbyhole_binding_ready{namespace=\"team-b\",binding=\"unsure\"} 0",
+            ]
+        );
+        // A Degraded condition alone does not make a Ready binding unready.
+        let mut degraded = status("True");
+        degraded.conditions.push(Condition {
+            type_: "Degraded".into(),
+            status: "True".into(),
+            ..degraded.conditions[0].clone()
+        });
+        metrics.set_binding_ready("team-b", "tools", &degraded);
+        assert!(
+            ready(&metrics).contains(
+                &"cubbyhole_binding_ready{namespace=\"team-b\",binding=\"tools\"} 1".into()
+            )
+        );
+        // Deleted bindings leave no series behind (outstanding wraps neither).
+        metrics.set_outstanding("team-a", "agents", 2);
+        metrics.forget_binding("team-a", "agents");
+        metrics.forget_binding("team-b", "tools");
+        metrics.forget_binding("team-b", "new");
+        metrics.forget_binding("team-b", "unsure");
+        assert_eq!(ready(&metrics), Vec::<String>::new());
+        assert_eq!(
+            samples(&metrics, "cubbyhole_outstanding_wraps"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn webhook_certificate_expiry_is_exported() {
+        let metrics = Metrics::new();
+        metrics.webhook_certificate_expires(WebhookCertificate::Serving, 1_900_000_000);
+        metrics.webhook_certificate_expires(WebhookCertificate::Ca, 2_100_000_000);
+        let got = samples(
+            &metrics,
+            "cubbyhole_webhook_certificate_expiry_timestamp_seconds",
+        );
+        for which in ["serving", "ca"] {
+            assert!(
+                got.iter()
+                    .any(|l| l.contains(&format!("{{certificate=\"{which}\"}}"))),
+                "{got:?}"
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! End-to-end: `cubbyhole doctor`, run with the operator's configuration and service account
 //! against the real API server and OpenBao, is green on a correct install and names each of a
-//! few broken setups precisely.
+//! few broken setups precisely; `--output json` says the same as one JSON document.
 
 use std::process::Command;
 use std::time::Duration;
@@ -32,6 +32,53 @@ fn doctor_as(env: &Env, config: &std::path::Path, kubeconfig: &std::path::Path) 
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Runs the doctor as the operator with `config` and `--output json`: its exit code and the
+/// document, which must be all of its standard output.
+fn doctor_json(env: &Env, config: &std::path::Path) -> (i32, serde_json::Value) {
+    let out = Command::new(cubbyhole_testkit::paths::cubbyhole_bin())
+        .args(["doctor", "--output", "json", "--config"])
+        .arg(config)
+        .env("KUBECONFIG", &env.identity.kubeconfig)
+        .env_remove("VAULT_ADDR")
+        .output()
+        .expect("run cubbyhole doctor --output json");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    std::fs::write(env.dir.join("doctor.json"), &stdout).ok();
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let code = out.status.code().unwrap_or(-1);
+    assert_eq!(doc["exitCode"], code, "{doc}");
+    for check in doc["checks"].as_array().expect("checks") {
+        assert!(check["name"].is_string(), "{check}");
+        assert!(check["message"].is_string(), "{check}");
+        let status = check["status"].as_str().expect("status");
+        assert!(
+            ["ok", "warn", "fail", "skipped"].contains(&status),
+            "{check}"
+        );
+        assert_eq!(
+            check["fix"].is_string(),
+            status == "fail" || status == "warn",
+            "{check}"
+        );
+    }
+    (code, doc)
+}
+
+/// The check of `doc` named `name`.
+fn check<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {doc}"))
+}
+
 fn line<'a>(text: &'a str, start: &str) -> &'a str {
     text.lines()
         .find(|l| l.starts_with(start))
@@ -55,6 +102,54 @@ async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
     env.apply_binding("fine", Env::spec("fine", "60s")).await;
     let ns = env.ns.clone();
 
+    // The operator the doctor checks says on /metrics that it leads, what it is and when the
+    // certificate it serves (and its CA) expire.
+    let metrics = eventually(
+        "the operator's /metrics shows it leading",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = env.op().get("/metrics")?;
+            body.lines()
+                .any(|l| l == "cubbyhole_leader 1")
+                .then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(&format!(
+            "cubbyhole_build_info{{version=\"{}\",commit=\"",
+            env!("CARGO_PKG_VERSION")
+        )) && l.ends_with("} 1")),
+        "{metrics}"
+    );
+    // The binding's readiness, as the leader last wrote it.
+    let ready = format!("cubbyhole_binding_ready{{namespace=\"{ns}\",binding=\"fine\"}} 1");
+    eventually(
+        "the binding's readiness on /metrics",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = env.op().get("/metrics")?;
+            body.lines().any(|l| l == ready).then_some(())
+        },
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for which in ["serving", "ca"] {
+        let prefix = format!(
+            "cubbyhole_webhook_certificate_expiry_timestamp_seconds{{certificate=\"{which}\"}} "
+        );
+        let expiry: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix}in:\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(expiry > now + 3600, "{which}: {expiry}");
+    }
+
     let (code, text) = doctor(&env, &env.config);
     assert_eq!(code, 0, "{text}");
     for expected in [
@@ -69,6 +164,32 @@ async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
     ] {
         line(&text, expected);
     }
+    // The same checks, in the same order, as JSON: all ok but the dry run this identity may
+    // not make.
+    let (json_code, doc) = doctor_json(&env, &env.config);
+    assert_eq!(json_code, 0, "{doc}");
+    assert_eq!(doc["result"], "ok", "{doc}");
+    let names_in_text: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("OK    "))
+        .filter_map(|l| l.split_once(": ").map(|(name, _)| name))
+        .collect();
+    let names_in_json: Vec<&str> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names_in_json, names_in_text);
+    for c in doc["checks"].as_array().unwrap() {
+        let expected = if c["name"] == "webhook call" {
+            "skipped"
+        } else {
+            "ok"
+        };
+        assert_eq!(c["status"], expected, "{c}");
+    }
+    assert_eq!(doc["summary"]["checks"], names_in_text.len(), "{doc}");
     // An admin can: the API server calls the webhook, which injects the dry-run pod.
     let (code, text) = doctor_as(&env, &env.config, &env.cluster.kubeconfig);
     assert_eq!(code, 0, "{text}");
@@ -101,6 +222,30 @@ async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
         line(&text, "FAIL  vault capabilities").contains("auth/token/create/never-created"),
         "{text}"
     );
+    // As JSON: the same exit status, the failures with their fixes.
+    let (json_code, doc) = doctor_json(&env, &env.config);
+    assert_eq!(json_code, 1, "{doc}");
+    assert_eq!(doc["result"], "fail", "{doc}");
+    let forbidden = check(&doc, &format!("binding {ns}/forbidden"));
+    assert_eq!(forbidden["status"], "fail", "{doc}");
+    assert!(
+        forbidden["message"]
+            .as_str()
+            .unwrap()
+            .contains("RoleNotAllowed"),
+        "{doc}"
+    );
+    assert_eq!(
+        check(&doc, &format!("binding {ns}/missing"))["status"],
+        "fail"
+    );
+    assert_eq!(check(&doc, &format!("binding {ns}/fine"))["status"], "ok");
+    assert_eq!(doc["summary"]["fail"], 3, "{doc}");
+    // A configuration that cannot be read: exit 2, and still one document.
+    let (json_code, doc) = doctor_json(&env, &env.dir.join("no-such-config.yaml"));
+    assert_eq!(json_code, 2, "{doc}");
+    assert_eq!(doc["result"], "fail", "{doc}");
+    assert_eq!(check(&doc, "configuration")["status"], "fail", "{doc}");
 
     // The operator's policy loses renewals.
     let policy = env.bao.cli(

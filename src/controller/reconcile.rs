@@ -532,6 +532,7 @@ async fn write_status(
     });
     ctx.metrics
         .set_outstanding(&ns, &b.name_any(), status.pending);
+    ctx.metrics.set_binding_ready(&ns, &b.name_any(), &status);
     let k = key(&ns, &b.name_any());
     let written = ctx
         .statuses_written

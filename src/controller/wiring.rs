@@ -238,6 +238,16 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let initial = list_initial(&bindings, &shutdown).await?;
     ctx.readiness.expect(initial);
     tokio::spawn(forget_vanished(ctx.clone(), stop.clone()));
+    // `cubbyhole_leader` is 1 from here (the Lease held, with leader election) until the
+    // controller is told to stop: leadership lost, or shutdown.
+    ctx.metrics.set_leader(true);
+    tokio::spawn({
+        let (metrics, stop) = (ctx.metrics.clone(), stop.clone());
+        async move {
+            stop.cancelled().await;
+            metrics.set_leader(false);
+        }
+    });
     info!(lookup_period = ?config.lookup_period, "operator starting");
     let sweeper = tokio::spawn(sweep::sweep_loop(ctx.clone(), stop.clone()));
 

@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::metrics::{Metrics, WebhookCertificate};
 use crate::webhook::certs::{CertSettings, CertState, due, rotate};
 use crate::webhook::tls::Reloadable;
 
@@ -53,6 +54,7 @@ pub async fn run(
     client: Client,
     source: Source,
     resolver: Arc<Reloadable>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let every = match &source {
@@ -75,10 +77,11 @@ pub async fn run(
                     configuration,
                     settings,
                     &resolver,
+                    &metrics,
                 )
                 .await
             }
-            Source::Files(dir) => files_round(dir, &resolver),
+            Source::Files(dir) => files_round(dir, &resolver, &metrics),
         };
         let wait = match result {
             Ok(()) => {
@@ -99,17 +102,99 @@ pub async fn run(
     }
 }
 
-fn files_round(dir: &std::path::Path, resolver: &Reloadable) -> Result<(), String> {
+fn files_round(
+    dir: &std::path::Path,
+    resolver: &Reloadable,
+    metrics: &Metrics,
+) -> Result<(), String> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
             .map_err(|e| format!("reading {}: {e}", dir.join(name).display()))
     };
     // cert-manager's Secrets carry the issuing CA as `ca.crt`.
-    resolver.set_ca_bundle(read("ca.crt").ok());
-    if resolver.install(&read("tls.crt")?, &read("tls.key")?)? {
+    let ca = read("ca.crt").ok();
+    resolver.set_ca_bundle(ca.clone());
+    let cert = read("tls.crt")?;
+    if resolver.install(&cert, &read("tls.key")?)? {
         info!(dir = %dir.display(), "webhook serving certificate loaded from files");
     }
+    // The metric: the served certificate (the chain's first) and the first of `ca.crt`.
+    if let Some(t) = pem_not_after(&cert) {
+        metrics.webhook_certificate_expires(WebhookCertificate::Serving, t);
+    }
+    if let Some(t) = ca.as_deref().and_then(pem_not_after) {
+        metrics.webhook_certificate_expires(WebhookCertificate::Ca, t);
+    }
     Ok(())
+}
+
+/// The notAfter (unix seconds) of the first certificate in `pem`, for the expiry metric only:
+/// Certificate -> tbsCertificate -> [version], serialNumber, signature, issuer, validity.
+fn pem_not_after(pem: &str) -> Option<u64> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    /// One DER element: (tag, content, what follows it).
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (0x30, certificate, _) = tlv(&der)? else {
+        return None;
+    };
+    let (0x30, mut tbs, _) = tlv(certificate)? else {
+        return None;
+    };
+    // An explicit version ([0]) is optional.
+    if tbs.first() == Some(&0xa0) {
+        tbs = tlv(tbs)?.2;
+    }
+    // serialNumber, signature, issuer.
+    for _ in 0..3 {
+        tbs = tlv(tbs)?.2;
+    }
+    let (0x30, validity, _) = tlv(tbs)? else {
+        return None;
+    };
+    let (_, _, rest) = tlv(validity)?;
+    let (tag, time, _) = tlv(rest)?;
+    let digits = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        // UTCTime: YYMMDDHHMMSS, 19YY from 50 on (RFC 5280).
+        0x17 if digits.len() == 12 => {
+            let yy: i32 = digits[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
+        }
+        // GeneralizedTime: YYYYMMDDHHMMSS.
+        0x18 if digits.len() == 14 => (digits[..4].parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| rest.get(i..i + 2)?.parse::<u8>().ok();
+    let date =
+        time::Date::from_calendar_date(year, time::Month::try_from(field(0)?).ok()?, field(2)?)
+            .ok()?;
+    let clock = time::Time::from_hms(field(4)?, field(6)?, field(8)?).ok()?;
+    u64::try_from(
+        time::PrimitiveDateTime::new(date, clock)
+            .assume_utc()
+            .unix_timestamp(),
+    )
+    .ok()
 }
 
 /// One look: read (or create) the Secret, rotate what is due, serve the result, push the
@@ -121,6 +206,7 @@ async fn managed_round(
     configuration: &str,
     settings: &CertSettings,
     resolver: &Reloadable,
+    metrics: &Metrics,
 ) -> Result<(), String> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let state = loop {
@@ -168,6 +254,8 @@ async fn managed_round(
             "webhook serving certificate loaded"
         );
     }
+    metrics.webhook_certificate_expires(WebhookCertificate::Serving, state.serving_not_after);
+    metrics.webhook_certificate_expires(WebhookCertificate::Ca, state.ca.not_after);
     push_ca_bundle(client, configuration, state.ca_bundle().as_bytes()).await
 }
 
@@ -244,4 +332,37 @@ async fn push_ca_bundle(client: &Client, configuration: &str, bundle: &[u8]) -> 
     .map_err(|e| format!("patching caBundle of {configuration}: {e}"))?;
     info!(%configuration, webhooks = stale.len(), "caBundle updated");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::certs::Rotation;
+
+    #[test]
+    fn the_expiry_metric_reads_not_after_from_the_pem() {
+        let settings = CertSettings {
+            sans: vec!["127.0.0.1".into()],
+            serving_validity: Duration::from_secs(30 * 86_400),
+            ca_validity: Duration::from_secs(100 * 365 * 86_400),
+        };
+        let now = 1_800_000_000;
+        let s = rotate(Rotation::Create, None, &settings, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(pem_not_after(&s.serving_cert), Some(s.serving_not_after));
+        // The CA's expiry lies past 2049: a GeneralizedTime.
+        assert!(s.ca.not_after > 2_524_608_000);
+        assert_eq!(pem_not_after(&s.ca.cert), Some(s.ca.not_after));
+        // A bundle: its first certificate.
+        assert_eq!(
+            pem_not_after(&format!("{}{}", s.serving_cert, s.ca.cert)),
+            Some(s.serving_not_after)
+        );
+        assert_eq!(pem_not_after("no certificate"), None);
+        assert_eq!(
+            pem_not_after("-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n"),
+            None
+        );
+    }
 }

@@ -188,6 +188,7 @@ pub async fn start(
         client.clone(),
         source,
         resolver.clone(),
+        metrics.clone(),
         shutdown.clone(),
     ));
     let endpoint = Arc::new(Endpoint {
