@@ -423,10 +423,19 @@ async fn asks_that_cannot_be_trusted_are_refused_and_mint_nothing() {
         no_token.ask_once().await.is_err(),
         "an empty identity file is not sent"
     );
-    // A mint for the Secret-delivery pod would be the controller's, not an ask's; nothing
-    // else may have been minted.
-    let creates = env.creates_by_pod();
-    let pushed_creates = creates.get(&pushed.name_any()).copied().unwrap_or(0);
+    // The Secret-delivery pod's one mint is the controller's, not an ask's (waited for: read
+    // while it lands, the total and the per-pod count disagree); nothing else may have been
+    // minted.
+    let creates = eventually(
+        "the controller's mint for the Secret-delivery pod",
+        T,
+        || async {
+            let creates = env.creates_by_pod();
+            (creates.get(&pushed.name_any()) == Some(&1)).then_some(creates)
+        },
+    )
+    .await;
+    let pushed_creates = 1;
     assert_eq!(
         env.audit_requests(ROLE_PATH) - creates_before - pushed_creates,
         0,
