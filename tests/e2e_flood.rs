@@ -401,7 +401,8 @@ async fn env_leading_with_endpoint() -> (Env, u16, String) {
     env.restart_with_webhook(port, &extra);
     env.install_webhook_configuration(port).await;
     env.wait_webhook_serving().await;
-    env.apply_binding(QUIET, on_request(QUIET)).await;
+    env.apply_binding(QUIET, Env::request_spec(QUIET, "60s"))
+        .await;
     let probe = eventually("the webhook knows the quiet binding", T, || async {
         env.dry_run_pod("probe", QUIET)
             .await
@@ -421,21 +422,13 @@ fn listener_limits(env: &Env) -> ListenerLimits {
         .listener
 }
 
-/// A binding spec delivering on request to pods labelled `app=<app>`.
-fn on_request(app: &str) -> Value {
-    let mut spec = Env::spec(app, "60s");
-    spec.as_object_mut().unwrap().remove("agentContainer");
-    spec["delivery"] = json!("Request");
-    spec
-}
-
 /// The flooding tenant: namespace `ns` with a request-delivery binding and one pod it selects
 /// (known to the endpoint). Returns that pod's identity token, as its kubelet would project it.
 async fn noisy_tenant(env: &Env, ns: &str) -> String {
     create_namespace(&env.client, ns).await;
     let binding = json!({
         "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
-        "metadata": {"name": NOISY, "namespace": ns}, "spec": on_request(NOISY),
+        "metadata": {"name": NOISY, "namespace": ns}, "spec": Env::request_spec(NOISY, "60s"),
     });
     Api::<AgentSecretBinding>::namespaced(env.client.clone(), ns)
         .patch(

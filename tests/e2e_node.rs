@@ -396,9 +396,7 @@ async fn replay_identity(env: &Env, pod: &Pod) -> String {
 async fn on_request_the_init_container_asks_with_the_kubelets_token_at_every_start() {
     let mut env = Env::start(Options::default()).await;
     env.start_node_and_webhook_with(CUBBYHOLE_IMAGE, true).await;
-    let mut spec = Env::spec("ask", "60s");
-    spec.as_object_mut().unwrap().remove("agentContainer");
-    spec["delivery"] = json!("Request");
+    let spec = Env::request_spec("ask", "60s");
     env.apply_binding("b", spec).await;
     eventually("the webhook knows the binding", T, || async {
         env.dry_run_pod("probe", "ask").await.ok()
@@ -536,9 +534,7 @@ async fn a_python_agent_bootstraps_itself_on_the_node_with_no_init_container() {
         loading - started,
         loading.elapsed()
     );
-    let mut spec = Env::spec("py", "60s");
-    spec.as_object_mut().unwrap().remove("agentContainer");
-    spec["delivery"] = json!("Request");
+    let spec = Env::request_spec("py", "60s");
     env.apply_binding("b", spec).await;
     eventually("the webhook knows the binding", T, || async {
         env.dry_run_pod("probe", "py").await.ok()

@@ -97,9 +97,7 @@ async fn the_python_client_bootstraps_agents_is_refused_as_documented_and_prints
     env.restart_with_webhook(port, &[&format!("--request-endpoint={url}")]);
     env.install_webhook_configuration(port).await;
     env.wait_webhook_serving().await;
-    let mut spec = Env::spec(BINDING, "60s");
-    spec.as_object_mut().unwrap().remove("agentContainer");
-    spec["delivery"] = json!("Request");
+    let spec = Env::request_spec(BINDING, "60s");
     env.apply_binding(BINDING, spec).await;
     env.apply_binding("by-secret", Env::spec("by-secret", "60s"))
         .await;

@@ -72,9 +72,7 @@ async fn env_on_request() -> (Env, u16) {
     env.restart_with_webhook(port, &[&endpoint]);
     env.install_webhook_configuration(port).await;
     env.wait_webhook_serving().await;
-    let mut spec = Env::spec(BINDING, "60s");
-    spec.as_object_mut().unwrap().remove("agentContainer");
-    spec["delivery"] = json!("Request");
+    let spec = Env::request_spec(BINDING, "60s");
     env.apply_binding(BINDING, spec).await;
     env.until_webhook_knows(BINDING).await;
     (env, port)

@@ -257,6 +257,54 @@ fn ca_volume(cfg: &InjectorConfig) -> Option<Value> {
     })
 }
 
+/// Refuses a pod that already has a volume named like one of `own` (what cubbyhole injects).
+fn check_volume_names(spec: &PodSpec, own: &[&str]) -> Result<(), String> {
+    match spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| own.contains(&v.name.as_str()))
+    {
+        Some(v) => Err(format!(
+            "the pod already has a volume named {:?}; cubbyhole injects volumes {}: rename the pod's volume",
+            v.name,
+            own.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Plumbs agent container `c` (at JSON pointer `base`): `mount`, Vault's CA when configured
+/// (unless the container names its own), and each variable of `env` it does not set itself.
+fn plumb_container(
+    ops: &mut Vec<Value>,
+    c: &Container,
+    base: &str,
+    mount: Value,
+    env: &[Value],
+    cfg: &InjectorConfig,
+) {
+    let has_env = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
+    let mut mounts = vec![mount];
+    if cfg.vault_ca_config_map.is_some() && !has_env("VAULT_CACERT") {
+        mounts.push(json!({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true}));
+    }
+    append(
+        ops,
+        &format!("{base}/volumeMounts"),
+        c.volume_mounts.is_some(),
+        mounts,
+    );
+    let missing: Vec<Value> = env
+        .iter()
+        .filter(|e| !has_env(e["name"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        append(ops, &format!("{base}/env"), c.env.is_some(), missing);
+    }
+}
+
 /// The patch for a pod whose own code asks ([`SELF_BOOTSTRAP_ANNOTATION`]): the identity token
 /// mounted read-only in the agent containers and the environment the client libraries read
 /// (where to ask, the endpoint's CA, the identity token file, the creation path to accept,
@@ -274,18 +322,7 @@ fn self_bootstrap_patch(
     if cfg.vault_ca_config_map.is_some() {
         own_volumes.push(CA_VOLUME);
     }
-    if let Some(v) = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| own_volumes.contains(&v.name.as_str()))
-    {
-        return Err(format!(
-            "the pod already has a volume named {:?}; cubbyhole injects volumes {}: rename the pod's volume",
-            v.name,
-            own_volumes.join(", ")
-        ));
-    }
+    check_volume_names(spec, &own_volumes)?;
     let mut env = vault_env(cfg);
     env.extend([
         json!({"name": REQUEST_ENV, "value": request.url}),
@@ -311,26 +348,8 @@ fn self_bootstrap_patch(
                 c.name, m.name
             ));
         }
-        let mut mounts =
-            vec![json!({"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": true})];
-        let has_env = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
-        if cfg.vault_ca_config_map.is_some() && !has_env("VAULT_CACERT") {
-            mounts.push(json!({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true}));
-        }
-        append(
-            &mut ops,
-            &format!("{base}/volumeMounts"),
-            c.volume_mounts.is_some(),
-            mounts,
-        );
-        let missing: Vec<Value> = env
-            .iter()
-            .filter(|e| !has_env(e["name"].as_str().unwrap_or_default()))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            append(&mut ops, &format!("{base}/env"), c.env.is_some(), missing);
-        }
+        let mount = json!({"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": true});
+        plumb_container(&mut ops, c, &base, mount, &env, cfg);
     }
     Ok(ops)
 }
@@ -386,15 +405,7 @@ pub fn build(
     if cfg.vault_ca_config_map.is_some() {
         own_volumes.push(CA_VOLUME);
     }
-    for v in spec.volumes.iter().flatten() {
-        if own_volumes.contains(&v.name.as_str()) {
-            return Err(format!(
-                "the pod already has a volume named {:?}; cubbyhole injects volumes {}: rename the pod's volume",
-                v.name,
-                own_volumes.join(", ")
-            ));
-        }
-    }
+    check_volume_names(spec, &own_volumes)?;
     let token_dir = match pod.annotations().get(TOKEN_PATH_ANNOTATION) {
         Some(dir) => {
             check_dir(dir).map_err(|e| format!("annotation {TOKEN_PATH_ANNOTATION}: {e}"))?;
@@ -456,26 +467,8 @@ pub fn build(
             if t.0 { "initContainers" } else { "containers" },
             t.1
         );
-        let mut mounts =
-            vec![json!({"name": TOKEN_VOLUME, "mountPath": token_dir, "readOnly": true})];
-        let has_env = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
-        let env: Vec<Value> = agent_env
-            .iter()
-            .filter(|e| !has_env(e["name"].as_str().unwrap_or_default()))
-            .cloned()
-            .collect();
-        if cfg.vault_ca_config_map.is_some() && !has_env("VAULT_CACERT") {
-            mounts.push(ca_mount.clone());
-        }
-        append(
-            &mut ops,
-            &format!("{base}/volumeMounts"),
-            c.volume_mounts.is_some(),
-            mounts,
-        );
-        if !env.is_empty() {
-            append(&mut ops, &format!("{base}/env"), c.env.is_some(), env);
-        }
+        let mount = json!({"name": TOKEN_VOLUME, "mountPath": token_dir, "readOnly": true});
+        plumb_container(&mut ops, c, &base, mount, &agent_env, cfg);
     }
     // The init container, first of all.
     let source = match request {

@@ -610,6 +610,15 @@ impl Env {
         })
     }
 
+    /// A binding spec selecting `app=<app>` that delivers on request (`delivery: Request`, no
+    /// `agentContainer`).
+    pub fn request_spec(app: &str, wrap_ttl: &str) -> serde_json::Value {
+        let mut spec = Self::spec(app, wrap_ttl);
+        spec.as_object_mut().unwrap().remove("agentContainer");
+        spec["delivery"] = json!("Request");
+        spec
+    }
+
     /// Creates a pod labelled `app=<app>`.
     pub async fn create_pod(&self, name: &str, app: &str) -> Pod {
         let pod = serde_json::from_value(json!({

@@ -61,19 +61,29 @@ impl Cluster {
     /// Builds the cubbyhole image under another reference and imports it into the node's
     /// containerd now (an image that appears late, as after a slow pull).
     pub fn load_cubbyhole_image(&self, reference: &str) {
-        let load = crate::paths::repo().join("e2e/controlplane/node/load.sh");
         let bin = crate::paths::cubbyhole_bin();
+        self.load_image(
+            reference,
+            &[
+                "--entrypoint".into(),
+                "/usr/local/bin/cubbyhole".into(),
+                "--user".into(),
+                "65532:65532".into(),
+                format!("--file={}=/usr/local/bin/cubbyhole", bin.display()),
+                "--libs".into(),
+                "--nonroot".into(),
+            ],
+        );
+    }
+
+    /// Builds image `reference` with `node/image.py` `args` and imports it into the node's
+    /// containerd (`node/load.sh`).
+    fn load_image(&self, reference: &str, args: &[String]) {
+        let load = crate::paths::repo().join("e2e/controlplane/node/load.sh");
         let out = Command::new(load)
             .arg(&self.dir)
             .arg(reference)
-            .args([
-                "--entrypoint",
-                "/usr/local/bin/cubbyhole",
-                "--user",
-                "65532:65532",
-            ])
-            .arg(format!("--file={}=/usr/local/bin/cubbyhole", bin.display()))
-            .args(["--libs", "--nonroot"])
+            .args(args)
             .output()
             .expect("run load.sh");
         assert!(
@@ -132,18 +142,7 @@ impl Cluster {
             repo.join("clients/python/examples/agent.py").display()
         ));
         args.extend(["--libs".into(), "--nonroot".into()]);
-        let load = repo.join("e2e/controlplane/node/load.sh");
-        let out = Command::new(load)
-            .arg(&self.dir)
-            .arg(reference)
-            .args(&args)
-            .output()
-            .expect("run load.sh");
-        assert!(
-            out.status.success(),
-            "load.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.load_image(reference, &args);
     }
 
     /// Where the kubelet writes container logs (`podLogsDir`).

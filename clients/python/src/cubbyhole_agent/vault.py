@@ -132,24 +132,40 @@ class Vault:
             raise InvalidWrap()
         raise VaultError(f"Vault refused {op} ({resp.status}): {message}", status=resp.status)
 
-    def lookup(self, wrap: Union[Wrap, WrappingToken], retries: int = 5) -> WrapLookup:
-        """Where and when the wrap was created (``sys/wrapping/lookup``; never consumes it).
-        Raises :class:`InvalidWrap` when Vault says it is not valid."""
-        token = _wrapping_token(wrap)
-        body = json.dumps({"token": token.reveal()}).encode("utf-8")
+    def _retrying(
+        self,
+        op: str,
+        path: str,
+        headers: Dict[str, str],
+        body: Optional[bytes],
+        token: WrappingToken,
+        retries: int,
+        consumes: bool = False,
+    ) -> Dict[str, Any]:
+        """:meth:`_call`, retried with backoff while Vault is unreachable; a call that
+        ``consumes`` the wrap is not retried once it may have reached Vault (the wrap may then
+        be used: never sent twice)."""
         retry = 0
         while True:
             try:
-                answer = self._call(
-                    "lookup", "sys/wrapping/lookup", {"Content-Type": "application/json"}, body, token
-                )
-                break
+                return self._call(op, path, headers, body, token)
             except VaultUnreachable as e:
+                if consumes and e.maybe_processed:
+                    log.info("the %s may have reached Vault: not retrying, the wrap may be used", op)
+                    raise
                 if retry >= retries:
                     raise
                 log.info("%s; retry %d of %d", e, retry + 1, retries)
                 _sleep(backoff(retry))
                 retry += 1
+
+    def lookup(self, wrap: Union[Wrap, WrappingToken], retries: int = 5) -> WrapLookup:
+        """Where and when the wrap was created (``sys/wrapping/lookup``; never consumes it).
+        Raises :class:`InvalidWrap` when Vault says it is not valid."""
+        token = _wrapping_token(wrap)
+        body = json.dumps({"token": token.reveal()}).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        answer = self._retrying("lookup", "sys/wrapping/lookup", headers, body, token, retries)
         data = answer.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("creation_path"), str):
             raise VaultError("unexpected answer from Vault during lookup: no creation_path")
@@ -164,22 +180,10 @@ class Vault:
         """Consumes the wrap (``sys/wrapping/unwrap``) and returns the token inside. Retried
         only while Vault certainly never got the request."""
         token = _wrapping_token(wrap)
-        retry = 0
-        while True:
-            try:
-                answer = self._call(
-                    "unwrap", "sys/wrapping/unwrap", {"X-Vault-Token": token.reveal()}, None, token
-                )
-                break
-            except VaultUnreachable as e:
-                if e.maybe_processed:
-                    log.info("the unwrap may have reached Vault: not retrying, the wrap may be used")
-                    raise
-                if retry >= retries:
-                    raise
-                log.info("%s; retry %d of %d", e, retry + 1, retries)
-                _sleep(backoff(retry))
-                retry += 1
+        headers = {"X-Vault-Token": token.reveal()}
+        answer = self._retrying(
+            "unwrap", "sys/wrapping/unwrap", headers, None, token, retries, consumes=True
+        )
         auth = answer.get("auth")
         if not isinstance(auth, dict):
             raise VaultError("unexpected answer from Vault during unwrap: the wrap does not hold a token")
