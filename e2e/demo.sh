@@ -133,11 +133,28 @@ import json, sys
 print(sum(1 for s in json.load(sys.stdin)["items"] if s["metadata"]["annotations"].get("cubbyhole.dev/verified") == "true"))')
   [[ "$v" -ge 4 ]] && break; sleep 0.5
 done
+# The binding's status is written at most every few seconds: wait until it shows what the
+# Secrets already say (4 pods, 4 unwrapped, 4 records verified), or say what still settles.
+echo "waiting for the binding's status to show them..."
+settled() { kubectl get asb research-agents -o json | python3 -c '
+import json, sys
+s = json.load(sys.stdin).get("status", {})
+verified = sum(1 for r in s.get("records", []) if r.get("phase") == "Unwrapped" and r.get("verified"))
+print("yes" if (s.get("pods"), s.get("unwrapped"), s.get("pending"), verified) == (4, 4, 0, 4) else "no")'; }
+for _ in $(seq 1 60); do [[ "$(settled)" == yes ]] && break; sleep 0.5; done
 echo; echo "\$ kubectl get asb"; kubectl get asb
 echo; echo "\$ kubectl get secrets -l app.kubernetes.io/managed-by=cubbyhole -L cubbyhole.dev/binding"
 kubectl get secrets -l app.kubernetes.io/managed-by=cubbyhole -L cubbyhole.dev/binding
 echo; echo "\$ kubectl get asb research-agents -o jsonpath='{.status.records}'"
 kubectl get asb research-agents -o jsonpath='{range .status.records[*]}{.pod}{"\t"}{.phase}{"\tverified="}{.verified}{"\taccessor="}{.accessor}{"\n"}{end}'
+if [[ "$(settled)" != yes ]]; then
+  cat <<MSG
+
+Still settling: the status above does not yet show all 4 pods unwrapped and verified (the
+operator writes it every few seconds; run \`kubectl get asb -w\` to watch it catch up). If it
+never does, see the operator log below and README "Troubleshooting".
+MSG
+fi
 cat <<MSG
 
 The kubelet ran research-agent-0 (hand-plumbed) and the three research-fleet pods (a Deployment:

@@ -21,5 +21,6 @@ pub mod request;
 mod rng;
 pub mod server;
 pub mod telemetry;
+pub mod uninstall;
 pub mod vault;
 pub mod webhook;

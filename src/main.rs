@@ -1,4 +1,4 @@
-//! The `cubbyhole` binary: `operator`, `unwrap` and `crd`.
+//! The `cubbyhole` binary: `operator`, `unwrap`, `doctor`, `uninstall` and `crd`.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -37,6 +37,8 @@ enum Command {
     Unwrap(cubbyhole::agent::unwrap::UnwrapArgs),
     /// Check what the operator needs (Vault, its policy, roles, RBAC, webhook), one line each.
     Doctor(cubbyhole::doctor::DoctorArgs),
+    /// Before removing the operator: stop it, revoke what it minted, release every finalizer.
+    Uninstall(cubbyhole::uninstall::UninstallArgs),
     /// Print the AgentSecretBinding CRD as YAML.
     Crd,
 }
@@ -47,6 +49,7 @@ async fn main() -> ExitCode {
         Command::Operator(args) => cubbyhole::controller::run(args).await,
         Command::Unwrap(args) => cubbyhole::agent::unwrap::run(args).await,
         Command::Doctor(args) => cubbyhole::doctor::run(args).await,
+        Command::Uninstall(args) => cubbyhole::uninstall::run(args).await,
         Command::Crd => {
             print!("{}", cubbyhole::crd::crd_yaml());
             ExitCode::SUCCESS

@@ -123,9 +123,20 @@ fn the_chart_with_default_values_renders_what_config_ships() {
         .arg("kustomize")
         .arg(repo().join("config")));
     let mut chart = objects(&chart);
+    // The pre-delete hook is config/uninstall's (the test below).
+    chart.retain(|_, o| o["metadata"]["annotations"]["helm.sh/hook"].is_null());
     let mut config = objects(&kustomized);
     // Helm installs into a namespace it is given (--create-namespace); config/ makes its own.
     config.retain(|(kind, _, _), _| kind != "Namespace");
+    same_objects(chart, config);
+}
+
+/// `chart` and `config` hold the same objects, alike but for the chart's extra labels and
+/// annotations.
+fn same_objects(
+    mut chart: BTreeMap<(String, String, String), Value>,
+    mut config: BTreeMap<(String, String, String), Value>,
+) {
     assert_eq!(
         chart.keys().collect::<Vec<_>>(),
         config.keys().collect::<Vec<_>>(),
@@ -138,6 +149,58 @@ fn the_chart_with_default_values_renders_what_config_ships() {
         canonical(theirs);
         assert_eq!(ours, theirs, "{key:?} differs");
     }
+}
+
+#[test]
+fn the_uninstall_hook_is_what_config_uninstall_ships_and_runs_before_anything_goes() {
+    let mut chart = objects(&template(&["--namespace", "cubbyhole-system"], None).unwrap());
+    chart.retain(|_, o| o["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete");
+    assert_eq!(chart.len(), 3, "a Role, its RoleBinding and the Job");
+    for (key, o) in &chart {
+        let annotations = &o["metadata"]["annotations"];
+        assert_eq!(
+            annotations["helm.sh/hook-delete-policy"], "before-hook-creation,hook-succeeded",
+            "{key:?}"
+        );
+    }
+    // Its RBAC exists before the Job runs.
+    let weight = |kind: &str| {
+        chart[&(
+            kind.into(),
+            "cubbyhole-system".into(),
+            "cubbyhole-uninstall".into(),
+        )]["metadata"]["annotations"]["helm.sh/hook-weight"]
+            .as_str()
+            .unwrap_or("0")
+            .parse::<i32>()
+            .unwrap()
+    };
+    assert!(weight("Role") < weight("Job") && weight("RoleBinding") < weight("Job"));
+    let job = &chart[&(
+        "Job".into(),
+        "cubbyhole-system".into(),
+        "cubbyhole-uninstall".into(),
+    )]["spec"]["template"]["spec"];
+    let args = job["containers"][0]["args"].as_array().unwrap();
+    assert_eq!(args[0], "uninstall");
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--deployment" && w[1] == "cubbyhole-operator"),
+        "{args:?}"
+    );
+    let kustomized = run(Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo().join("config/uninstall")));
+    same_objects(chart, objects(&kustomized));
+    // Off: nothing of it renders.
+    let off = objects(
+        &template(
+            &[],
+            Some(&serde_json::json!({"uninstall": {"enabled": false}})),
+        )
+        .unwrap(),
+    );
+    assert!(!off.keys().any(|(_, _, name)| name == "cubbyhole-uninstall"));
 }
 
 #[test]

@@ -710,7 +710,8 @@ async fn the_operator_runs_in_the_cluster_from_its_image_with_config_as_shipped(
 /// Waits for the operator pod the kubelet runs (its service-account token, mounted by the
 /// kubelet, is what it logs in to OpenBao with; its probes pass), then runs the seed flow
 /// through it: its webhook injects a 2-replica Deployment whose pods run and use their tokens.
-async fn operator_pod_serves_the_seed_flow(env: &Env) {
+/// Returns the accessors of the tokens the agents hold.
+async fn operator_pod_serves_the_seed_flow(env: &Env) -> Vec<String> {
     let operators: Api<Pod> = Api::namespaced(env.client.clone(), "cubbyhole-system");
     let operator = eventually("the operator pod is Ready", RUN, || async {
         let pods = operators
@@ -731,6 +732,7 @@ async fn operator_pod_serves_the_seed_flow(env: &Env) {
     .await;
     env.create_deployment("web", "web", 2).await;
     let pods = env.running_pods("web", 2, RUN).await;
+    let mut held = vec![];
     for pod in &pods {
         let record = verified_record(env, &pod.name_any()).await;
         let used = eventually("the app container used its token", T, || async {
@@ -739,6 +741,7 @@ async fn operator_pod_serves_the_seed_flow(env: &Env) {
         })
         .await;
         assert_eq!(used, vec![record["accessor"].clone()]);
+        held.push(record["accessor"].clone());
     }
     let log = env.cluster.container_log(&operator.name_any(), "operator");
     assert!(
@@ -746,6 +749,7 @@ async fn operator_pod_serves_the_seed_flow(env: &Env) {
         "JSON logs from the pod: {log:.300}"
     );
     env.assert_no_leaks().await;
+    held
 }
 
 #[tokio::test]
@@ -800,7 +804,7 @@ async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
-    operator_pod_serves_the_seed_flow(&env).await;
+    let held = operator_pod_serves_the_seed_flow(&env).await;
     // `helm test` runs `cubbyhole doctor` in the cluster as the operator, as users would. Its
     // log is read from the node (the API server here cannot resolve the node's name for
     // `--logs`).
@@ -822,4 +826,111 @@ async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed
         "the doctor said: {doctor}"
     );
     println!("the doctor said:\n{doctor}");
+    helm_uninstall_leaves_nothing_stuck_and_nothing_alive(&env, &held).await;
+}
+
+/// `helm uninstall` with agents running: its pre-delete hook (`cubbyhole uninstall`) stops the
+/// operator, revokes every token the agents hold, removes every record and releases every
+/// finalizer, so the binding deletes at once; a record that does not verify is released, not
+/// deleted (it is not the operator's).
+async fn helm_uninstall_leaves_nothing_stuck_and_nothing_alive(env: &Env, held: &[String]) {
+    let ns = env.ns.as_str();
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+    let mut forged: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "not-ours", "finalizers": ["cubbyhole.dev/revoke"],
+            "labels": {"app.kubernetes.io/managed-by": "cubbyhole", "cubbyhole.dev/binding": "b"}},
+    }))
+    .unwrap();
+    forged = secrets
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 2);
+    for accessor in held {
+        assert!(
+            alive(env, accessor).await,
+            "held token {accessor} alive before"
+        );
+    }
+    let out = std::process::Command::new(cubbyhole_testkit::paths::helm_bin())
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
+        .args(["uninstall", "cubbyhole", "--namespace", "cubbyhole-system"])
+        .args(["--wait", "--timeout", "4m"])
+        .output()
+        .unwrap();
+    let hook = uninstall_log(env);
+    assert!(
+        out.status.success(),
+        "helm uninstall: {}{}\nthe hook said:\n{hook}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("the uninstall hook said:\n{hook}");
+    let operators: Api<Pod> = Api::namespaced(env.client.clone(), "cubbyhole-system");
+    let left = operators
+        .list(&ListParams::default().labels("app.kubernetes.io/name=cubbyhole"))
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "the operator is gone");
+    for accessor in held {
+        assert!(!alive(env, accessor).await, "held token {accessor} revoked");
+    }
+    let records: Vec<Secret> = Api::<Secret>::all(env.client.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=cubbyhole"))
+        .await
+        .unwrap()
+        .items;
+    let names: Vec<String> = records.iter().map(|s| s.name_any()).collect();
+    assert_eq!(names, ["not-ours"], "every record of the operator removed");
+    assert!(
+        records[0].finalizers().is_empty(),
+        "the unverified record released"
+    );
+    assert_eq!(records[0].uid(), forged.uid(), "and left in place");
+    // Every pod still runs; the binding deletes at once.
+    assert_eq!(env.running_pods("web", 2, T).await.len(), 2);
+    let bindings: Api<cubbyhole::crd::AgentSecretBinding> = Api::namespaced(env.client.clone(), ns);
+    assert!(bindings.get("b").await.unwrap().finalizers().is_empty());
+    bindings
+        .delete("b", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the binding is deleted",
+        Duration::from_secs(10),
+        || async { bindings.get_opt("b").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    env.assert_no_leaks().await;
+}
+
+/// Whether Vault still knows the token behind `accessor`.
+async fn alive(env: &Env, accessor: &str) -> bool {
+    env.bao
+        .root_client()
+        .lookup_accessor::<serde_json::Value>(accessor)
+        .await
+        .expect("lookup accessor")
+        .is_some()
+}
+
+/// What the uninstall hook's pod printed, from the node's log files (empty once the kubelet
+/// removed them with the succeeded hook).
+fn uninstall_log(env: &Env) -> String {
+    let mut text = String::new();
+    for dir in std::fs::read_dir(env.cluster.pod_logs_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = dir.file_name().to_string_lossy().to_string();
+        if let Some(pod) = name
+            .split('_')
+            .nth(1)
+            .filter(|p| p.starts_with("cubbyhole-uninstall-"))
+        {
+            text += &env.cluster.container_log(pod, "uninstall");
+        }
+    }
+    text
 }

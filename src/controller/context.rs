@@ -184,6 +184,44 @@ pub struct Context {
     pub lookups: LookupBudget,
 }
 
+impl Context {
+    /// A context with empty caches and memory: the operator's before its watches fill them,
+    /// and `cubbyhole uninstall`'s, which reads the API server directly. Events are published
+    /// as the `cubbyhole` controller, instance `POD_NAME`.
+    pub fn new(
+        client: Client,
+        vault: VaultClient,
+        config: OperatorConfig,
+        metrics: Metrics,
+        record_keys: Arc<KeyRing>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "cubbyhole".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
+            client,
+            vault,
+            metrics,
+            bindings: Default::default(),
+            pods: Default::default(),
+            secrets: Default::default(),
+            slots: FairSlots::new(config.reconcile_concurrency.into()),
+            memory: Default::default(),
+            failures: Default::default(),
+            readiness: Readiness::default(),
+            record_keys,
+            statuses_written: Default::default(),
+            unseen_writes: Default::default(),
+            forged: Default::default(),
+            lookups: LookupBudget::new(config.max_lookups_per_second),
+            config,
+        }
+    }
+}
+
 /// `namespace/name`, the key of the per-binding and per-Secret maps.
 pub fn key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")

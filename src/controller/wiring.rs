@@ -11,7 +11,6 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -19,10 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::OperatorConfig;
-use crate::controller::budget::LookupBudget;
 use crate::controller::cache::{CachedBinding, Indexed, IndexedCache};
-use crate::controller::context::{Context, Readiness};
-use crate::controller::fair::FairSlots;
+use crate::controller::context::Context;
 use crate::controller::lists::paged;
 use crate::controller::{reconcile, sweep};
 use crate::core::pod::{CachedPod, WatchedPod};
@@ -78,16 +75,26 @@ pub async fn run(args: OperatorArgs) -> ExitCode {
     }
 }
 
-async fn run_inner(args: OperatorArgs) -> Result<(), String> {
-    crate::config::validate_lease_duration(args.lease_duration)?;
-    let config = OperatorConfig::load(&args.config)?;
-    config.warnings().iter().for_each(|w| warn!("{w}"));
-    let metrics = Metrics::new();
+/// The operator's Vault client (logging in as `config` says, counted in `metrics`) and its
+/// Kubernetes client (in-cluster or the kubeconfig).
+pub async fn connect(
+    config: &OperatorConfig,
+    metrics: &Metrics,
+) -> Result<(VaultClient, Client), String> {
     let vault = VaultClient::new(config.vault_endpoint(), Some(config.vault_auth()?))?
         .with_metrics(metrics.clone());
     let client = Client::try_default()
         .await
         .map_err(|e| format!("Kubernetes client: {e}"))?;
+    Ok((vault, client))
+}
+
+async fn run_inner(args: OperatorArgs) -> Result<(), String> {
+    crate::config::validate_lease_duration(args.lease_duration)?;
+    let config = OperatorConfig::load(&args.config)?;
+    config.warnings().iter().for_each(|w| warn!("{w}"));
+    let metrics = Metrics::new();
+    let (vault, client) = connect(&config, &metrics).await?;
     let bindings: Api<AgentSecretBinding> = Api::all(client.clone());
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
@@ -105,6 +112,15 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         return Ok(());
     };
     let watch_config = || lists.watcher_config();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        vault,
+        config.clone(),
+        metrics,
+        record_keys,
+    ));
+    let (pods, secrets, binding_index) =
+        (ctx.pods.clone(), ctx.secrets.clone(), ctx.bindings.clone());
     // The controller runs every due round at once; each waits for one of the
     // `reconcileConcurrency` slots, shared fairly between namespaces (`fair`). No debounce: a
     // trailing one keeps postponing a binding's round while its pods keep coming (a burst
@@ -122,11 +138,10 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         .with_config(ControllerConfig::default().concurrency(0));
     // One pod watch feeds both the reconciler's pod cache and the controller's triggers; the
     // cache keeps each pod read into what the planner needs (`CachedPod`).
-    let pods = Arc::new(IndexedCache::<CachedPod>::default());
     let pod_events = watcher(Api::<WatchedPod>::all(client.clone()), watch_config())
         .default_backoff()
         .map_ok(cache_into(pods.clone(), {
-            let metrics = metrics.clone();
+            let metrics = ctx.metrics.clone();
             move |pod| {
                 let pod = CachedPod::from_watched(pod);
                 if pod.oversized {
@@ -142,7 +157,6 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,
     // so a cache lagging behind another writer only loses a guard; a binding's next round
     // waits until the cache shows its own writes (`effects::until_cached`).
-    let secrets = Arc::new(IndexedCache::<CachedRecord>::default());
     let secret_events = crate::controller::failpoint::lagged(
         "record-watch",
         watcher(
@@ -152,7 +166,7 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         .default_backoff(),
     )
     .map_ok(cache_into(secrets.clone(), {
-        let metrics = metrics.clone();
+        let metrics = ctx.metrics.clone();
         move |secret| {
             let record = CachedRecord::pack(secret);
             if record.oversized {
@@ -167,35 +181,10 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     // A second watch of bindings keeps them by namespace with their selectors parsed: pod
     // events and conflict checks read only their namespace's, and a changed binding has only
     // the siblings it may conflict with rechecked.
-    let binding_index = Arc::new(IndexedCache::<CachedBinding>::default());
     let binding_events = watcher(bindings.clone(), watch_config())
         .default_backoff()
         .map_ok(cache_into(binding_index.clone(), CachedBinding::read))
         .touched_objects();
-    let reporter = Reporter {
-        controller: "cubbyhole".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        vault,
-        config: config.clone(),
-        metrics,
-        recorder: Recorder::new(client.clone(), reporter.clone()),
-        reporter,
-        bindings: binding_index.clone(),
-        pods: pods.clone(),
-        secrets,
-        slots: FairSlots::new(config.reconcile_concurrency.into()),
-        memory: Default::default(),
-        failures: Default::default(),
-        readiness: Readiness::default(),
-        record_keys,
-        statuses_written: Default::default(),
-        unseen_writes: Default::default(),
-        forged: Default::default(),
-        lookups: LookupBudget::new(config.max_lookups_per_second),
-    });
 
     let server = tokio::spawn(crate::server::serve(
         args.listen,
