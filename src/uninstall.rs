@@ -23,7 +23,6 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::OperatorConfig;
 use crate::controller::context::Context;
@@ -31,7 +30,7 @@ use crate::controller::lists::paged;
 use crate::controller::sweep::retire_records;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
-use crate::record::signing_keys::{self, KeyRing};
+use crate::record::signing_keys::{KEY_SECRET, KeyRing, keys_from_secret};
 use crate::record::{
     BINDING_FINALIZER, BINDING_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SECRET_FINALIZER,
 };
@@ -96,23 +95,14 @@ async fn uninstall(args: &UninstallArgs, config: OperatorConfig) -> Result<Summa
     let deadline = Instant::now() + args.timeout;
     let metrics = Metrics::new();
     let (vault, client) = crate::controller::wiring::connect(&config, &metrics).await?;
+    // Read, never made: with a new key every record would look forged and nothing be revoked.
+    let keys = record_keys(&client, &args.namespace).await?;
     let stopped = match &args.deployment {
         Some(name) => stop_operator(&client, &args.namespace, name, deadline).await?,
         None => None,
     };
-    let outcome = async {
-        let (keys, _) =
-            signing_keys::load(client.clone(), &args.namespace, &CancellationToken::new()).await?;
-        let ctx = Context::new(
-            client.clone(),
-            vault,
-            config,
-            metrics,
-            Arc::new(KeyRing::new(keys)),
-        );
-        retry_until(deadline, || retire_everything(&ctx)).await
-    }
-    .await;
+    let ctx = Context::new(client.clone(), vault, config, metrics, Arc::new(keys));
+    let outcome = retry_until(deadline, || retire_everything(&ctx)).await;
     if outcome.is_err()
         && let (Some(name), Some(replicas)) = (&args.deployment, stopped)
     {
@@ -123,6 +113,22 @@ async fn uninstall(args: &UninstallArgs, config: OperatorConfig) -> Result<Summa
         }
     }
     outcome
+}
+
+/// The operator's record keys, from its namespace; an error when they are not there.
+async fn record_keys(client: &Client, namespace: &str) -> Result<KeyRing, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = api
+        .get_opt(KEY_SECRET)
+        .await
+        .map_err(|e| format!("reading the record keys in {namespace}: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "no Secret {KEY_SECRET} in namespace {namespace}: without the operator's record keys no record can be verified, so nothing would be revoked; \
+                 give --namespace the operator's namespace (nothing was changed; `helm uninstall --no-hooks` skips this step)"
+            )
+        })?;
+    Ok(KeyRing::new(keys_from_secret(&secret)?))
 }
 
 /// Scales the operator's Deployment to 0 and waits until none of its pods is left; returns the

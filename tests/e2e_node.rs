@@ -889,18 +889,7 @@ async fn helm_uninstall_leaves_nothing_stuck_and_nothing_alive(env: &Env, held: 
     assert_eq!(records[0].uid(), forged.uid(), "and left in place");
     // Every pod still runs; the binding deletes at once.
     assert_eq!(env.running_pods("web", 2, T).await.len(), 2);
-    let bindings: Api<cubbyhole::crd::AgentSecretBinding> = Api::namespaced(env.client.clone(), ns);
-    assert!(bindings.get("b").await.unwrap().finalizers().is_empty());
-    bindings
-        .delete("b", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the binding is deleted",
-        Duration::from_secs(10),
-        || async { bindings.get_opt("b").await.ok()?.is_none().then_some(()) },
-    )
-    .await;
+    env.delete_binding_at_once("b").await;
     env.assert_no_leaks().await;
 }
 

@@ -601,6 +601,26 @@ impl Env {
             .expect("apply binding");
     }
 
+    /// Deletes binding `name` and panics unless it is gone within 10 s: no finalizer of an
+    /// operator holds it (e.g. after `cubbyhole uninstall`).
+    pub async fn delete_binding_at_once(&self, name: &str) {
+        let bindings = self.bindings();
+        assert!(
+            bindings.get(name).await.unwrap().finalizers().is_empty(),
+            "binding {name} still has finalizers"
+        );
+        bindings
+            .delete(name, &kube::api::DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            "the binding is deleted",
+            Duration::from_secs(10),
+            || async { bindings.get_opt(name).await.ok()?.is_none().then_some(()) },
+        )
+        .await;
+    }
+
     /// The usual binding spec selecting `app=<app>`.
     pub fn spec(app: &str, wrap_ttl: &str) -> serde_json::Value {
         json!({
