@@ -17,6 +17,12 @@ pub struct OperatorConfig {
     /// Which token roles each namespace may use. Empty: no binding may mint anything.
     #[serde(default)]
     pub allowed_roles: Vec<RoleRule>,
+    /// The namespaces whose pods and Secrets the operator watches and acts in (exact names),
+    /// for an install granted pod and Secret access only there. A binding elsewhere gets
+    /// `Ready=False` (`NamespaceNotWatched`) and mints nothing. Empty (the default): every
+    /// namespace.
+    #[serde(default)]
+    pub watch_namespaces: Vec<String>,
     /// How often each outstanding wrap is looked up (`sys/wrapping/lookup`). Default `10s`,
     /// at least [`MIN_PERIOD`].
     #[serde(default = "default_lookup_period", with = "humantime_serde_compat")]
@@ -308,6 +314,7 @@ impl OperatorConfig {
         Self {
             vault,
             allowed_roles: vec![],
+            watch_namespaces: vec![],
             lookup_period: default_lookup_period(),
             sweep_period: default_sweep_period(),
             injector: Default::default(),
@@ -383,6 +390,7 @@ impl OperatorConfig {
             Duration::from_secs(1),
             "10s",
         )?;
+        validate_namespaces(&config.watch_namespaces)?;
         if config.step_concurrency == 0 {
             return Err("stepConcurrency must be at least 1".into());
         }
@@ -390,6 +398,11 @@ impl OperatorConfig {
             return Err("reconcileConcurrency must be at least 1".into());
         }
         Ok(config)
+    }
+
+    /// Whether the operator watches and acts in `namespace` (`watchNamespaces`).
+    pub fn watches(&self, namespace: &str) -> bool {
+        self.watch_namespaces.is_empty() || self.watch_namespaces.iter().any(|n| n == namespace)
     }
 
     /// Things worth a warning at start that do not stop the operator.
@@ -442,6 +455,29 @@ fn validate_at_least(
         show(value),
         show(min)
     ))
+}
+
+/// `watchNamespaces`: namespace names (DNS labels), each once.
+fn validate_namespaces(names: &[String]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        let label = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !label {
+            return Err(format!(
+                "watchNamespaces: {name:?} is not a namespace name (lowercase letters, digits and '-'; no patterns)"
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(format!("watchNamespaces: {name:?} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a `--lease-duration` shorter than [`MIN_LEASE_DURATION`].
@@ -538,6 +574,22 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_namespaces_are_exact_names_each_once_and_empty_means_every_namespace() {
+        let base = "vault:\n  address: https://127.0.0.1:8200\n  auth:\n    tokenFile: /dev/null\n";
+        let every = OperatorConfig::parse(base).unwrap();
+        assert!(every.watch_namespaces.is_empty());
+        assert!(every.watches("anything"));
+        let scoped =
+            OperatorConfig::parse(&format!("{base}watchNamespaces: [team-a, b2]\n")).unwrap();
+        assert!(scoped.watches("team-a") && scoped.watches("b2"));
+        assert!(!scoped.watches("team-b") && !scoped.watches("team"));
+        for bad in ["[\"team-*\"]", "[Team]", "[\"\"]", "[-a]", "[a, a]"] {
+            let e = OperatorConfig::parse(&format!("{base}watchNamespaces: {bad}\n")).unwrap_err();
+            assert!(e.starts_with("watchNamespaces: "), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn the_vault_endpoint_carries_address_ca_and_namespace() {

@@ -19,7 +19,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 use crate::config::OperatorConfig;
-use crate::core::spec::{parse_go_duration, validate};
+use crate::core::spec::{parse_go_duration, validate_watched};
 use crate::crd::AgentSecretBinding;
 use crate::vault::{TokenRole, VaultClient};
 
@@ -223,7 +223,7 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
     };
     findings.extend(vault_checks(&config, bindings.as_deref().unwrap_or_default()).await);
     if let Ok(client) = &kube {
-        findings.extend(rbac_checks(client).await);
+        findings.extend(rbac_checks(client, &config.watch_namespaces).await);
         findings.push(webhook_check(client, &args.webhook_configuration).await);
         findings.push(webhook_call_check(client, bindings.as_deref().unwrap_or_default()).await);
     }
@@ -352,7 +352,12 @@ async fn binding_check(
 ) -> Finding {
     let ns = b.namespace().unwrap_or_default();
     let check = format!("binding {ns}/{}", b.name_any());
-    if let Err(invalid) = validate(&b.spec, &ns, &config.allowed_roles) {
+    if let Err(invalid) = validate_watched(
+        &b.spec,
+        &ns,
+        &config.allowed_roles,
+        &config.watch_namespaces,
+    ) {
         return Finding::fail(
             check,
             format!("{}: {}", invalid.reason, invalid.message),
@@ -463,54 +468,103 @@ pub fn required_access() -> Vec<(String, String, String, Option<String>)> {
     out
 }
 
+/// The resources granted only in the watched namespaces when `watchNamespaces` is set.
+const WATCHED_ONLY: [&str; 2] = ["pods", "secrets"];
+
 /// Asks the API server, for each permission of the shipped ClusterRole, whether this identity
-/// has it.
-async fn rbac_checks(client: &Client) -> Vec<Finding> {
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+/// has it: everywhere, or, with `watched` namespaces, pods and Secrets in each of them (and
+/// warns when it may list Secrets everywhere anyway).
+async fn rbac_checks(client: &Client, watched: &[String]) -> Vec<Finding> {
     let mut missing = vec![];
     let required = required_access();
+    let mut checked = 0;
     for (group, resource, verb, name) in &required {
-        let (resource, subresource) = match resource.split_once('/') {
-            Some((r, s)) => (r.to_string(), Some(s.to_string())),
-            None => (resource.clone(), None),
-        };
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(group.clone()),
-                    resource: Some(resource.clone()),
-                    subresource: subresource.clone(),
-                    verb: Some(verb.clone()),
-                    name: name.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let allowed = api
-            .create(&PostParams::default(), &review)
-            .await
-            .ok()
-            .and_then(|r| r.status)
-            .is_some_and(|s| s.allowed);
-        if !allowed {
-            let what = subresource.map_or(resource.clone(), |s| format!("{resource}/{s}"));
-            missing.push(format!("{verb} {what}"));
+        let scopes: Vec<Option<&str>> =
+            if watched.is_empty() || !WATCHED_ONLY.contains(&resource.as_str()) {
+                vec![None]
+            } else {
+                watched.iter().map(|ns| Some(ns.as_str())).collect()
+            };
+        for namespace in scopes {
+            checked += 1;
+            if !allowed(client, group, resource, verb, name.as_deref(), namespace).await {
+                let at = namespace.map_or(String::new(), |ns| format!(" in {ns}"));
+                missing.push(format!("{verb} {resource}{at}"));
+            }
         }
     }
-    vec![if missing.is_empty() {
+    let mut findings = vec![if missing.is_empty() {
         Finding::ok(
             "kubernetes permissions",
-            format!("all {} of the shipped ClusterRole", required.len()),
+            format!("all {checked} the operator needs"),
         )
     } else {
         Finding::fail(
             "kubernetes permissions",
             format!("missing: {}", missing.join(", ")),
-            "apply config/rbac/ (ClusterRole cubbyhole-operator bound to the operator's service account)",
+            if watched.is_empty() {
+                "apply config/rbac/ (ClusterRole cubbyhole-operator bound to the operator's service account)"
+            } else {
+                "install with the chart's config.watchNamespaces (a Role for pods and Secrets in each watched namespace)"
+            },
         )
-    }]
+    }];
+    if !watched.is_empty() {
+        findings.push(
+            if allowed(client, "", "secrets", "list", None, None).await {
+                Finding::warn(
+                    "namespace scope",
+                    format!(
+                        "watchNamespaces is {watched:?}, yet this identity may list Secrets in every namespace"
+                    ),
+                    "grant Secrets only in the watched namespaces (the chart does with config.watchNamespaces)",
+                )
+            } else {
+                Finding::ok(
+                    "namespace scope",
+                    format!("pods and Secrets only in {watched:?}"),
+                )
+            },
+        );
+    }
+    findings
+}
+
+/// Whether this identity may `verb` `resource` (`resource/subresource` allowed) of `group`,
+/// named `name`, in `namespace` (`None`: in every namespace, or cluster-scoped).
+async fn allowed(
+    client: &Client,
+    group: &str,
+    resource: &str,
+    verb: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+) -> bool {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (resource, None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                subresource,
+                verb: Some(verb.into()),
+                name: name.map(String::from),
+                namespace: namespace.map(String::from),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .is_some_and(|s| s.allowed)
 }
 
 /// The webhook configuration: installed, and every webhook of it with a `caBundle`.

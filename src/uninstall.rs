@@ -169,18 +169,14 @@ async fn stop_operator(
     eprintln!("deployment {namespace}/{name} scaled from {replicas} to 0");
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     loop {
-        match pods.list(&ListParams::default().labels(&selector)).await {
+        let left = match pods.list(&ListParams::default().labels(&selector)).await {
             Ok(list) if list.items.is_empty() => return Ok(Some(replicas)),
-            Ok(list) => {
-                if Instant::now() >= deadline {
-                    scale(&api, name, replicas).await.ok();
-                    return Err(format!(
-                        "{} operator pods still run; scaled back to {replicas}",
-                        list.items.len()
-                    ));
-                }
-            }
-            Err(e) => eprintln!("listing the operator's pods: {e}; retrying"),
+            Ok(list) => format!("{} operator pods still run", list.items.len()),
+            Err(e) => format!("listing the operator's pods: {e}"),
+        };
+        if Instant::now() >= deadline {
+            scale(&api, name, replicas).await.ok();
+            return Err(format!("{left}; scaled back to {replicas}"));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -221,9 +217,12 @@ async fn retire_everything(ctx: &Context) -> Result<Summary, String> {
     let mut known = BTreeSet::new();
     for b in &bindings {
         let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
-        summary.records += retire_records(ctx, &ns, &name, Some(b))
-            .await
-            .map_err(|e| format!("binding {ns}/{name}: {e}"))?;
+        // Outside watchNamespaces nothing was minted, and nothing may be read.
+        if ctx.config.watches(&ns) {
+            summary.records += retire_records(ctx, &ns, &name, Some(b))
+                .await
+                .map_err(|e| format!("binding {ns}/{name}: {e}"))?;
+        }
         let api: Api<AgentSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
         release(&api, b, BINDING_FINALIZER)
             .await
@@ -231,11 +230,8 @@ async fn retire_everything(ctx: &Context) -> Result<Summary, String> {
         summary.bindings += 1;
         known.insert((ns, name));
     }
-    let records = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let secrets: Api<Secret> = Api::all(ctx.client.clone());
-    let orphans: BTreeSet<(String, String)> = list_all(&secrets, &records)
-        .await
-        .map_err(|e| format!("listing records: {e}"))?
+    let orphans: BTreeSet<(String, String)> = list_records(ctx)
+        .await?
         .iter()
         .filter_map(|s| Some((s.namespace()?, s.labels().get(BINDING_LABEL)?.clone())))
         .filter(|owner| !known.contains(owner))
@@ -246,10 +242,7 @@ async fn retire_everything(ctx: &Context) -> Result<Summary, String> {
             .map_err(|e| format!("records of the gone binding {ns}/{binding}: {e}"))?;
     }
     // What is left does not verify: never acted on, and no longer held.
-    for secret in list_all(&secrets, &records)
-        .await
-        .map_err(|e| format!("listing records: {e}"))?
-    {
+    for secret in list_records(ctx).await? {
         let ns = secret.namespace().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         if release(&api, &secret, SECRET_FINALIZER)
@@ -260,6 +253,29 @@ async fn retire_everything(ctx: &Context) -> Result<Summary, String> {
         }
     }
     Ok(summary)
+}
+
+/// Every Secret labelled as a record, in every namespace or in each watched one.
+async fn list_records(ctx: &Context) -> Result<Vec<Secret>, String> {
+    let records = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let apis: Vec<Api<Secret>> = if ctx.config.watch_namespaces.is_empty() {
+        vec![Api::all(ctx.client.clone())]
+    } else {
+        ctx.config
+            .watch_namespaces
+            .iter()
+            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
+            .collect()
+    };
+    let mut all = vec![];
+    for api in &apis {
+        all.extend(
+            list_all(api, &records)
+                .await
+                .map_err(|e| format!("listing records: {e}"))?,
+        );
+    }
+    Ok(all)
 }
 
 async fn list_all<K>(api: &Api<K>, params: &ListParams) -> Result<Vec<K>, kube::Error>

@@ -223,6 +223,87 @@ fn the_chart_carries_the_generated_crd_and_the_shipped_alert_rules() {
 }
 
 #[test]
+fn watch_namespaces_grant_pods_and_secrets_only_there_and_scope_the_webhook() {
+    let scoped = serde_json::json!({"config": {"watchNamespaces": ["team-a", "team-b"]}});
+    let objects = objects(&template(&[], Some(&scoped)).unwrap());
+    let resources = |rules: &Value| -> Vec<String> {
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["resources"].as_array().unwrap().clone())
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect()
+    };
+    let cluster = resources(&objects[&cluster_key("ClusterRole", "cubbyhole-operator")]["rules"]);
+    assert!(
+        !cluster.contains(&"secrets".into()) && !cluster.contains(&"pods".into()),
+        "{cluster:?}"
+    );
+    let role = |ns: &str| {
+        let k = (
+            "Role".to_string(),
+            ns.to_string(),
+            "cubbyhole-operator".to_string(),
+        );
+        resources(&objects[&k]["rules"])
+    };
+    assert_eq!(role("team-a"), ["pods", "secrets"]);
+    assert_eq!(role("team-b"), ["pods", "secrets"]);
+    // The release namespace: its record key and webhook certificate.
+    assert_eq!(role("ops"), ["secrets"]);
+    for ns in ["team-a", "team-b", "ops"] {
+        let k = (
+            "RoleBinding".to_string(),
+            ns.to_string(),
+            "cubbyhole-operator".to_string(),
+        );
+        assert_eq!(objects[&k]["subjects"][0]["namespace"], "ops");
+        assert_eq!(objects[&k]["roleRef"]["name"], "cubbyhole-operator");
+    }
+    let webhook = &objects[&(
+        "MutatingWebhookConfiguration".to_string(),
+        String::new(),
+        "cubbyhole-injector".to_string(),
+    )]["webhooks"][0];
+    let selector = webhook["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .unwrap();
+    assert!(
+        selector.iter().any(
+            |e| e["operator"] == "In" && e["values"] == serde_json::json!(["team-a", "team-b"])
+        ),
+        "{selector:?}"
+    );
+    assert_eq!(
+        rendered_config(&objects).watch_namespaces,
+        ["team-a", "team-b"]
+    );
+    // Not a namespace name: refused by the schema, before anything is installed.
+    let bad = serde_json::json!({"config": {"watchNamespaces": ["team-*"]}});
+    assert!(template(&[], Some(&bad)).is_err());
+    // Unset: the ClusterRole grants them, and there is no Role of the operator.
+    let default = objects_default();
+    assert!(
+        resources(&default[&cluster_key("ClusterRole", "cubbyhole-operator")]["rules"])
+            .contains(&"secrets".into())
+    );
+    assert!(
+        !default
+            .keys()
+            .any(|(kind, _, name)| kind == "Role" && name == "cubbyhole-operator")
+    );
+}
+
+fn cluster_key(kind: &str, name: &str) -> (String, String, String) {
+    (kind.into(), String::new(), name.into())
+}
+
+fn objects_default() -> BTreeMap<(String, String, String), Value> {
+    objects(&template(&[], None).unwrap())
+}
+
+#[test]
 fn optional_objects_render_when_asked() {
     let out = run(Command::new(helm_bin())
         .args(["template", "x", "--namespace", "ops"])

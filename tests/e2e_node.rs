@@ -755,8 +755,24 @@ async fn operator_pod_serves_the_seed_flow(env: &Env) -> Vec<String> {
 #[tokio::test]
 async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed_flow() {
     let (env, api_port) = env_for_an_operator_pod().await;
+    helm_install(&env, &api_port, json!({}));
+    let held = operator_pod_serves_the_seed_flow(&env).await;
+    helm_test(&env);
+    helm_uninstall_leaves_nothing_stuck_and_nothing_alive(&env, &held).await;
+}
+
+/// `helm install` of the chart with its defaults, except what this machine needs (as in the
+/// test above) and `config` merged into the operator's configuration; waits for it.
+fn helm_install(env: &Env, api_port: &str, config: serde_json::Value) {
     let (http, webhook) = (free_port(), free_port());
-    // The chart's defaults, except what this machine needs (as in the test above).
+    let mut operator_config = json!({
+        "vault": {"address": env.bao.addr},
+        "lookupPeriod": "1s",
+        "injector": {"imagePullPolicy": "IfNotPresent"},
+    });
+    for (k, v) in config.as_object().unwrap() {
+        operator_config[k] = v.clone();
+    }
     let values = json!({
         "image": {"repository": "127.0.0.1:5000/cubbyhole", "tag": "dev", "pullPolicy": "IfNotPresent"},
         "replicas": 1,
@@ -771,11 +787,7 @@ async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed
             {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
             {"name": "KUBERNETES_SERVICE_PORT", "value": api_port},
         ],
-        "config": {
-            "vault": {"address": env.bao.addr},
-            "lookupPeriod": "1s",
-            "injector": {"imagePullPolicy": "IfNotPresent"},
-        },
+        "config": operator_config,
     });
     let file = env.dir.join("values.json");
     std::fs::write(&file, values.to_string()).unwrap();
@@ -804,10 +816,12 @@ async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
-    let held = operator_pod_serves_the_seed_flow(&env).await;
-    // `helm test` runs `cubbyhole doctor` in the cluster as the operator, as users would. Its
-    // log is read from the node (the API server here cannot resolve the node's name for
-    // `--logs`).
+}
+
+/// `helm test`: `cubbyhole doctor` in the cluster as the operator, as users would run it; what
+/// the doctor said, after checking it passed. Its log is read from the node (the API server
+/// here cannot resolve the node's name for `--logs`).
+fn helm_test(env: &Env) -> String {
     let tested = std::process::Command::new(cubbyhole_testkit::paths::helm_bin())
         .env("KUBECONFIG", &env.cluster.kubeconfig)
         .args(["test", "cubbyhole", "--namespace", "cubbyhole-system"])
@@ -826,6 +840,87 @@ async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed
         "the doctor said: {doctor}"
     );
     println!("the doctor said:\n{doctor}");
+    doctor
+}
+
+#[tokio::test]
+async fn a_namespace_scoped_helm_install_acts_only_in_its_namespaces() {
+    let (env, api_port) = env_for_an_operator_pod().await;
+    helm_install(&env, &api_port, json!({"watchNamespaces": [env.ns]}));
+    // The operator's service account may touch pods and Secrets in its namespaces only.
+    let can_i = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &env.cluster.kubeconfig)
+            .args([
+                "auth",
+                "can-i",
+                "--as",
+                "system:serviceaccount:cubbyhole-system:cubbyhole",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ns = env.ns.as_str();
+    assert_eq!(can_i(&["get", "secrets", "-n", ns]), "yes");
+    assert_eq!(can_i(&["watch", "pods", "-n", ns]), "yes");
+    assert_eq!(can_i(&["get", "secrets", "-n", "default"]), "no");
+    assert_eq!(can_i(&["list", "secrets", "--all-namespaces"]), "no");
+    assert_eq!(can_i(&["list", "pods", "--all-namespaces"]), "no");
+    // Bindings in its namespace work end to end.
+    let held = operator_pod_serves_the_seed_flow(&env).await;
+    assert_eq!(held.len(), 2);
+    // A binding elsewhere is refused with a reason, mints nothing and deletes at once.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "elsewhere"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let elsewhere: Api<cubbyhole::crd::AgentSecretBinding> =
+        Api::namespaced(env.client.clone(), "elsewhere");
+    let binding: cubbyhole::crd::AgentSecretBinding = serde_json::from_value(json!({
+        "apiVersion": "cubbyhole.dev/v1alpha1", "kind": "AgentSecretBinding",
+        "metadata": {"name": "b", "namespace": "elsewhere"},
+        "spec": Env::spec("web", "60s"),
+    }))
+    .unwrap();
+    elsewhere
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let message = eventually("Ready=False NamespaceNotWatched", T, || async {
+        let b = elsewhere.get("b").await.ok()?;
+        let ready = b
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.status == "False" && ready.reason == "NamespaceNotWatched").then_some(ready.message)
+    })
+    .await;
+    assert!(message.contains(ns), "{message}");
+    elsewhere
+        .delete("b", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the binding elsewhere is deleted",
+        Duration::from_secs(10),
+        || async { elsewhere.get_opt("b").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    // The doctor, in the cluster as the operator, agrees.
+    let doctor = helm_test(&env);
+    assert!(
+        doctor.contains(&format!(
+            "OK    namespace scope: pods and Secrets only in [\"{ns}\"]"
+        )),
+        "{doctor}"
+    );
     helm_uninstall_leaves_nothing_stuck_and_nothing_alive(&env, &held).await;
 }
 

@@ -32,8 +32,10 @@ pub trait Indexed {
     }
 }
 
-/// A cache fed by one watch: complete after the watch's first full list, and again after each
-/// relist (a relist replaces the whole content at once, as kube's reflector does).
+/// A cache fed by one watch of every namespace, or by one watch per namespace
+/// (`watchNamespaces`): complete after the first full list of each, and again after each
+/// relist (a relist replaces what its watch covers at once, as kube's reflector does: the
+/// whole content, or its one namespace).
 pub struct IndexedCache<K> {
     state: RwLock<State<K>>,
     ready: watch::Sender<bool>,
@@ -43,8 +45,13 @@ pub struct IndexedCache<K> {
 
 struct State<K> {
     namespaces: HashMap<Box<str>, Namespace<K>>,
-    /// The objects of a relist in progress (applied at its end).
-    relist: Option<Vec<Arc<K>>>,
+    /// The objects of each relist in progress, by the namespace its watch covers (`None`:
+    /// every namespace); applied at its end.
+    relists: HashMap<Option<Box<str>>, Vec<Arc<K>>>,
+    /// The watches whose first full list is in.
+    listed: BTreeSet<Option<Box<str>>>,
+    /// How many watches feed the cache (ready once each has listed). 1 unless told.
+    watches: usize,
 }
 
 struct Namespace<K> {
@@ -99,7 +106,9 @@ impl<K: Indexed> Default for IndexedCache<K> {
         Self {
             state: RwLock::new(State {
                 namespaces: HashMap::new(),
-                relist: None,
+                relists: HashMap::new(),
+                listed: BTreeSet::new(),
+                watches: 1,
             }),
             ready: watch::Sender::new(false),
             changed: Notify::new(),
@@ -108,10 +117,21 @@ impl<K: Indexed> Default for IndexedCache<K> {
 }
 
 impl<K: Indexed> IndexedCache<K> {
-    /// Applies one watch event.
+    /// Applies one event of the watch of every namespace.
     pub fn apply(&self, event: &watcher::Event<Arc<K>>) {
-        self.apply_quietly(event);
+        self.apply_in(None, event);
+    }
+
+    /// Applies one event of the watch of `scope` (`None`: of every namespace).
+    pub fn apply_in(&self, scope: Option<&str>, event: &watcher::Event<Arc<K>>) {
+        self.apply_quietly(scope, event);
         self.changed.notify_waiters();
+    }
+
+    /// Fed by one watch per namespace of `namespaces` (none: one watch of every namespace):
+    /// ready once each has listed. Called before the watches start.
+    pub fn watched_by(&self, namespaces: usize) {
+        self.state.write().expect("cache lock").watches = namespaces.max(1);
     }
 
     /// Waits until `holds` is true of the cache, at most `within`; says whether it is.
@@ -131,22 +151,40 @@ impl<K: Indexed> IndexedCache<K> {
         }
     }
 
-    fn apply_quietly(&self, event: &watcher::Event<Arc<K>>) {
+    fn apply_quietly(&self, scope: Option<&str>, event: &watcher::Event<Arc<K>>) {
         let mut state = self.state.write().expect("cache lock");
+        let key = scope.map(Box::from);
         match event {
-            watcher::Event::Init => state.relist = Some(vec![]),
-            watcher::Event::InitApply(o) => state.relist.get_or_insert_default().push(o.clone()),
+            watcher::Event::Init => {
+                state.relists.insert(key, vec![]);
+            }
+            watcher::Event::InitApply(o) => {
+                state.relists.entry(key).or_default().push(o.clone());
+            }
             watcher::Event::InitDone => {
                 let mut namespaces: HashMap<Box<str>, Namespace<K>> = HashMap::new();
-                for o in state.relist.take().unwrap_or_default() {
+                for o in state.relists.remove(&key).unwrap_or_default() {
                     namespaces
                         .entry(o.namespace().into())
                         .or_default()
                         .insert(o);
                 }
-                state.namespaces = namespaces;
+                match scope {
+                    None => state.namespaces = namespaces,
+                    Some(ns) => {
+                        state.namespaces.remove(ns);
+                        // Only its own namespace: anything else in a scoped list is ignored.
+                        if let Some(listed) = namespaces.remove(ns) {
+                            state.namespaces.insert(ns.into(), listed);
+                        }
+                    }
+                }
+                state.listed.insert(key);
+                let complete = state.listed.len() >= state.watches;
                 drop(state);
-                self.ready.send_replace(true);
+                if complete {
+                    self.ready.send_replace(true);
+                }
             }
             watcher::Event::Apply(o) => state
                 .namespaces
@@ -365,6 +403,49 @@ mod tests {
             [("a".into(), "b2".into()), ("b".into(), "b1".into())]
         );
         assert!(cache.in_namespace("nowhere", |_| true).is_empty());
+    }
+
+    #[test]
+    fn a_watch_per_namespace_relists_only_its_namespace_and_ready_waits_for_each() {
+        let cache = IndexedCache::default();
+        cache.watched_by(2);
+        let obj = |ns, name| Arc::new(Obj(ns, name, None));
+        let list = |scope: &str, objects: Vec<Arc<Obj>>| {
+            cache.apply_in(Some(scope), &watcher::Event::Init);
+            for o in objects {
+                cache.apply_in(Some(scope), &watcher::Event::InitApply(o));
+            }
+            cache.apply_in(Some(scope), &watcher::Event::InitDone);
+        };
+        // Interleaved: a's relist begins, b lists completely, a's ends.
+        cache.apply_in(Some("a"), &watcher::Event::Init);
+        cache.apply_in(Some("a"), &watcher::Event::InitApply(obj("a", "1")));
+        assert!(!cache.is_ready());
+        list("b", vec![obj("b", "1"), obj("b", "2")]);
+        assert!(!cache.is_ready(), "ready before a listed");
+        cache.apply_in(Some("a"), &watcher::Event::InitDone);
+        assert!(cache.is_ready());
+        let names = |ns| {
+            let mut n: Vec<String> = cache
+                .in_namespace(ns, |_| true)
+                .iter()
+                .map(|o| o.1.to_string())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            (names("a"), names("b")),
+            (vec!["1".into()], vec!["1".into(), "2".into()])
+        );
+        // A relist of b replaces b only; a stays.
+        list("b", vec![obj("b", "3")]);
+        assert_eq!(
+            (names("a"), names("b")),
+            (vec!["1".into()], vec!["3".into()])
+        );
+        list("a", vec![]);
+        assert!(names("a").is_empty() && names("b") == ["3"]);
     }
 
     /// An object in no group (the default of [`Indexed::group`]).

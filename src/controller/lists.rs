@@ -69,11 +69,19 @@ impl InitialLists {
 /// `sendInitialEvents=true` on a selector matching nothing must end its (empty) initial events
 /// with the marked bookmark. A refusal (422 where the feature is off) or a stream without the
 /// bookmark (servers that ignore the parameter) means paged lists. Retries while the API server
-/// cannot be reached; `None` on shutdown.
-pub async fn probe(client: &Client, shutdown: &CancellationToken) -> Option<InitialLists> {
+/// cannot be reached; `None` on shutdown. Asked of the Secrets of `namespace` when given (an
+/// install allowed to watch Secrets only there), else of every namespace.
+pub async fn probe(
+    client: &Client,
+    namespace: Option<&str>,
+    shutdown: &CancellationToken,
+) -> Option<InitialLists> {
     let mut delay = Duration::from_millis(500);
     loop {
-        let attempt = tokio::time::timeout(Duration::from_secs(10), streams_initial_events(client));
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(10),
+            streams_initial_events(client, namespace),
+        );
         let answer = tokio::select! {
             answer = attempt => answer.unwrap_or(Err("no answer within 10 s".into())),
             () = shutdown.cancelled() => return None,
@@ -99,8 +107,11 @@ pub async fn probe(client: &Client, shutdown: &CancellationToken) -> Option<Init
 
 /// `Ok(true)`: the marked bookmark came; `Ok(false)`: the server answered without it;
 /// `Err`: it could not be asked.
-async fn streams_initial_events(client: &Client) -> Result<bool, String> {
-    let secrets: Api<Secret> = Api::all(client.clone());
+async fn streams_initial_events(client: &Client, namespace: Option<&str>) -> Result<bool, String> {
+    let secrets: Api<Secret> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let params = WatchParams {
         label_selector: Some(MATCHES_NOTHING.into()),
         timeout: Some(5),

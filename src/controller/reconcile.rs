@@ -132,7 +132,12 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
             keys: &keys,
         },
     };
-    let validity = spec::validate(&b.spec, &ns, &ctx.config.allowed_roles);
+    let validity = spec::validate_watched(
+        &b.spec,
+        &ns,
+        &ctx.config.allowed_roles,
+        &ctx.config.watch_namespaces,
+    );
     let settings = settings(b, ctx, &validity);
     let mut problems = Problems::default();
     let now = Timestamp::now();
@@ -567,7 +572,12 @@ async fn write_status(
 async fn cleanup_binding(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> {
     let ns = b.namespace().unwrap_or_default();
     let name = b.name_any();
-    let removed = sweep::retire_records(ctx, &ns, &name, Some(b)).await?;
+    // Never acted in (watchNamespaces): nothing to retire, and no access to look.
+    let removed = if ctx.config.watches(&ns) {
+        sweep::retire_records(ctx, &ns, &name, Some(b)).await?
+    } else {
+        0
+    };
     ctx.metrics.forget_binding(&ns, &name);
     ctx.unseen_writes
         .lock()

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
@@ -108,7 +109,8 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         shutdown.clone(),
     ));
 
-    let Some(lists) = crate::controller::lists::probe(&client, &shutdown).await else {
+    let probed = config.watch_namespaces.first().map(String::as_str);
+    let Some(lists) = crate::controller::lists::probe(&client, probed, &shutdown).await else {
         return Ok(());
     };
     let watch_config = || lists.watcher_config();
@@ -138,9 +140,13 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
         .with_config(ControllerConfig::default().concurrency(0));
     // One pod watch feeds both the reconciler's pod cache and the controller's triggers; the
     // cache keeps each pod read into what the planner needs (`CachedPod`).
-    let pod_events = watcher(Api::<WatchedPod>::all(client.clone()), watch_config())
-        .default_backoff()
-        .map_ok(cache_into(pods.clone(), {
+    let watched = &ctx.config.watch_namespaces;
+    let pod_events = watch_into(
+        &client,
+        watched,
+        watch_config(),
+        pods.clone(),
+        {
             let metrics = ctx.metrics.clone();
             move |pod| {
                 let pod = CachedPod::from_watched(pod);
@@ -151,39 +157,40 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
                 }
                 pod
             }
-        }))
-        .touched_objects();
+        },
+        |w: WatchStream<WatchedPod>| w,
+    )
+    .touched_objects();
     // One watch of cubbyhole's Secrets feeds the records cache and the controller's triggers:
     // no LIST per reconcile. Every write to a record is guarded by the resourceVersion read,
     // so a cache lagging behind another writer only loses a guard; a binding's next round
     // waits until the cache shows its own writes (`effects::until_cached`).
-    let secret_events = crate::controller::failpoint::lagged(
-        "record-watch",
-        watcher(
-            Api::<Secret>::all(client.clone()),
-            watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-        )
-        .default_backoff(),
-    )
-    .map_ok(cache_into(secrets.clone(), {
-        let metrics = ctx.metrics.clone();
-        move |secret| {
-            let record = CachedRecord::pack(secret);
-            if record.oversized {
-                warn!(namespace = %record.namespace, secret = %record.name,
-                    "a Secret labelled as a record is too large to be one; ignored");
-                metrics.oversized_ignored(&record.namespace);
+    let secret_events = watch_into(
+        &client,
+        watched,
+        watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        secrets.clone(),
+        {
+            let metrics = ctx.metrics.clone();
+            move |secret| {
+                let record = CachedRecord::pack(secret);
+                if record.oversized {
+                    warn!(namespace = %record.namespace, secret = %record.name,
+                        "a Secret labelled as a record is too large to be one; ignored");
+                    metrics.oversized_ignored(&record.namespace);
+                }
+                record
             }
-            record
-        }
-    }))
+        },
+        |w: WatchStream<Secret>| crate::controller::failpoint::lagged("record-watch", w),
+    )
     .touched_objects();
     // A second watch of bindings keeps them by namespace with their selectors parsed: pod
     // events and conflict checks read only their namespace's, and a changed binding has only
     // the siblings it may conflict with rechecked.
     let binding_events = watcher(bindings.clone(), watch_config())
         .default_backoff()
-        .map_ok(cache_into(binding_index.clone(), CachedBinding::read))
+        .map_ok(cache_into(binding_index.clone(), None, CachedBinding::read))
         .touched_objects();
 
     let server = tokio::spawn(crate::server::serve(
@@ -363,8 +370,51 @@ async fn forget_vanished(ctx: Arc<Context>, stop: CancellationToken) {
 
 /// Reads each watch event into what a cache keeps (`pack`), applies it to the cache and
 /// passes it on.
+/// One watch's events, boxed.
+type WatchStream<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// The events of `K` (matching `config`) in every namespace, or, with `namespaces`, of one watch
+/// per namespace merged (what an install granted access only there can list); `around` wraps
+/// each watch. Each watch feeds `cache` as `pack` reads its objects, its relists replacing only
+/// what it covers.
+fn watch_into<K, B>(
+    client: &Client,
+    namespaces: &[String],
+    config: watcher::Config,
+    cache: Arc<IndexedCache<B>>,
+    pack: impl Fn(K) -> B + Clone + Send + 'static,
+    around: impl Fn(WatchStream<K>) -> WatchStream<K>,
+) -> impl Stream<Item = Result<watcher::Event<Arc<B>>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+    B: Indexed + Send + Sync + 'static,
+{
+    cache.watched_by(namespaces.len());
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    };
+    futures::stream::select_all(scopes.into_iter().map(|scope| {
+        let api = match &scope {
+            None => Api::<K>::all(client.clone()),
+            Some(ns) => Api::<K>::namespaced(client.clone(), ns),
+        };
+        around(watcher(api, config.clone()).default_backoff().boxed())
+            .map_ok(cache_into(cache.clone(), scope, pack.clone()))
+            .boxed()
+    }))
+}
+
 fn cache_into<A, B: Indexed>(
     cache: Arc<IndexedCache<B>>,
+    scope: Option<String>,
     pack: impl Fn(A) -> B,
 ) -> impl FnMut(watcher::Event<A>) -> watcher::Event<Arc<B>> {
     move |event| {
@@ -375,7 +425,7 @@ fn cache_into<A, B: Indexed>(
             watcher::Event::Init => watcher::Event::Init,
             watcher::Event::InitDone => watcher::Event::InitDone,
         };
-        cache.apply(&event);
+        cache.apply_in(scope.as_deref(), &event);
         event
     }
 }

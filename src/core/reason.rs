@@ -12,6 +12,8 @@ pub enum Reason {
     InvalidSpec,
     /// `Ready=False`: the token role is not in the operator's `allowedRoles` for the namespace.
     RoleNotAllowed,
+    /// `Ready=False`: the operator watches only its `watchNamespaces`, and not this one.
+    NamespaceNotWatched,
     /// `Ready=False`: Vault is down or refused the operator's login; retried with backoff.
     VaultUnavailable,
     /// `Ready=False`: Vault refused to mint for a pod.
@@ -39,6 +41,7 @@ impl Reason {
             Reason::Delivering => "Delivering",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::RoleNotAllowed => "RoleNotAllowed",
+            Reason::NamespaceNotWatched => "NamespaceNotWatched",
             Reason::VaultUnavailable => "VaultUnavailable",
             Reason::VaultRefused => "VaultRefused",
             Reason::AgentRefused => "AgentRefused",

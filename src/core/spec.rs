@@ -26,7 +26,7 @@ pub struct ValidSpec {
 /// Why a binding cannot be served. `reason` is a condition reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalid {
-    /// `InvalidSpec` or `RoleNotAllowed`.
+    /// `InvalidSpec`, `RoleNotAllowed` or `NamespaceNotWatched`.
     pub reason: Reason,
     /// What to fix.
     pub message: String,
@@ -37,6 +37,25 @@ fn invalid(message: impl Into<String>) -> Invalid {
         reason: Reason::InvalidSpec,
         message: message.into(),
     }
+}
+
+/// Validates `spec` as [`validate`] does, for an operator that watches only the namespaces
+/// `watched` (`watchNamespaces`; empty: every namespace): a binding elsewhere cannot be served.
+pub fn validate_watched(
+    spec: &AgentSecretBindingSpec,
+    namespace: &str,
+    rules: &[RoleRule],
+    watched: &[String],
+) -> Result<ValidSpec, Invalid> {
+    if !watched.is_empty() && !watched.iter().any(|w| w == namespace) {
+        return Err(Invalid {
+            reason: Reason::NamespaceNotWatched,
+            message: format!(
+                "this operator watches only the namespaces {watched:?} (watchNamespaces), not {namespace:?}: add it there (and grant the operator pods and Secrets in it), or move the binding"
+            ),
+        });
+    }
+    validate(spec, namespace, rules)
 }
 
 /// Validates `spec` for a binding in `namespace` under the operator's role rules.
@@ -320,6 +339,17 @@ mod tests {
         assert!(empty.message.contains("empty"));
         let bad_label = validate(&spec(&[("app", "a b")], "agent", "60s"), "ns", &rules());
         assert_eq!(bad_label.unwrap_err().reason.as_str(), "InvalidSpec");
+        let scoped = ["team".to_string()];
+        let ok = spec(&[("app", "a")], "agent", "60s");
+        assert!(validate_watched(&ok, "ns", &rules(), &[]).is_ok());
+        assert!(validate_watched(&ok, "ns", &rules(), &["ns".to_string()]).is_ok());
+        let elsewhere = validate_watched(&ok, "ns", &rules(), &scoped).unwrap_err();
+        assert_eq!(elsewhere.reason.as_str(), "NamespaceNotWatched");
+        assert!(
+            elsewhere.message.contains("[\"team\"]"),
+            "{}",
+            elsewhere.message
+        );
         let role = validate(&spec(&[("app", "a")], "admin", "60s"), "ns", &rules()).unwrap_err();
         assert_eq!(role.reason.as_str(), "RoleNotAllowed");
         assert!(role.message.contains("admin"));

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use crate::config::RoleRule;
 use crate::core::labels::LabelQuery;
 use crate::core::pod::PodView;
-use crate::core::spec::{ValidSpec, pod_selector, validate};
+use crate::core::spec::{ValidSpec, pod_selector, validate_watched};
 use crate::crd::{AgentSecretBinding, Delivery};
 use crate::request::identity::PodIdentity;
 use crate::request::protocol::{Refusal, reason};
@@ -29,6 +29,7 @@ pub fn choose(
     pod: Option<&PodView>,
     bindings: &[Arc<AgentSecretBinding>],
     rules: &[RoleRule],
+    watched: &[String],
 ) -> Result<Chosen, Refusal> {
     let name = format!("pod {}/{}", who.namespace, who.pod);
     let pod = pod.filter(|p| p.uid == who.pod_uid).ok_or_else(|| {
@@ -90,15 +91,16 @@ pub fn choose(
             ),
         ));
     }
-    let valid = validate(&binding.spec, &who.namespace, rules).map_err(|invalid| {
-        Refusal::new(
-            reason::INVALID_BINDING,
-            format!(
-                "AgentSecretBinding {binding_name:?} is not valid ({}): {}",
-                invalid.reason, invalid.message
-            ),
-        )
-    })?;
+    let valid =
+        validate_watched(&binding.spec, &who.namespace, rules, watched).map_err(|invalid| {
+            Refusal::new(
+                reason::INVALID_BINDING,
+                format!(
+                    "AgentSecretBinding {binding_name:?} is not valid ({}): {}",
+                    invalid.reason, invalid.message
+                ),
+            )
+        })?;
     Ok(Chosen {
         binding: binding.clone(),
         valid,
@@ -164,7 +166,7 @@ mod tests {
             binding("other-ns", "elsewhere", "web", "Request", "agent"),
             binding("other-app", "agents", "db", "Request", "agent"),
         ];
-        let chosen = choose(&who(), Some(&pod("u-1", "web")), &bindings, &rules()).unwrap();
+        let chosen = choose(&who(), Some(&pod("u-1", "web")), &bindings, &rules(), &[]).unwrap();
         assert_eq!(chosen.binding.name_any(), "b");
     }
 
@@ -172,7 +174,7 @@ mod tests {
     fn each_refusal_names_its_reason() {
         let one = [binding("b", "agents", "web", "Request", "agent")];
         let refused = |pod: Option<PodView>, bindings: &[Arc<AgentSecretBinding>]| {
-            choose(&who(), pod.as_ref(), bindings, &rules())
+            choose(&who(), pod.as_ref(), bindings, &rules(), &[])
                 .unwrap_err()
                 .reason
         };

@@ -364,6 +364,17 @@ impl Endpoint {
             );
             return Err(rate_limited(what, wait));
         }
+        if !self.ctx.config.watches(&who.namespace) {
+            // Nothing is read for it: the operator may not even be allowed to.
+            return Err(Refusal::new(
+                reason::NOT_SELECTED,
+                format!(
+                    "namespace {:?} is not one this operator watches (watchNamespaces): no binding there is served",
+                    who.namespace
+                ),
+            )
+            .into());
+        }
         let pod = self.read_pod(&who).await?;
         if tokio::time::timeout(Duration::from_secs(2), self.bindings.wait_until_ready())
             .await
@@ -375,7 +386,13 @@ impl Endpoint {
             )
             .into());
         }
-        let chosen = match choose(&who, pod.as_ref(), &self.bindings.state(), &self.rules) {
+        let chosen = match choose(
+            &who,
+            pod.as_ref(),
+            &self.bindings.state(),
+            &self.rules,
+            &self.ctx.config.watch_namespaces,
+        ) {
             Ok(c) => c,
             Err(refusal) => {
                 self.refused_event(&who, &refusal).await;

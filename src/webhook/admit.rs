@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::config::RoleRule;
 use crate::core::reason::Reason;
-use crate::core::spec::{pod_selector, validate};
+use crate::core::spec::{pod_selector, validate_watched};
 use crate::crd::AgentSecretBinding;
 use crate::webhook::inject::{INJECT_LABEL, INJECTED_ANNOTATION, Target, build, describe_pod};
 use crate::webhook::settings::InjectorConfig;
@@ -41,12 +41,14 @@ pub struct Refusal {
     pub bindings: Vec<String>,
 }
 
-/// Decides for `pod` in `namespace` given every known binding (any namespace).
+/// Decides for `pod` in `namespace` given every known binding (any namespace), the operator's
+/// allowed roles and watched namespaces.
 pub fn decide(
     pod: &Pod,
     namespace: &str,
     bindings: &[std::sync::Arc<AgentSecretBinding>],
     rules: &[RoleRule],
+    watched: &[String],
     cfg: &InjectorConfig,
     nonce: &str,
 ) -> Decision {
@@ -93,7 +95,7 @@ pub fn decide(
         }
         [binding] => {
             let name = binding.name_any();
-            let valid = match validate(&binding.spec, namespace, rules) {
+            let valid = match validate_watched(&binding.spec, namespace, rules, watched) {
                 Ok(v) => v,
                 Err(invalid) => {
                     return Decision::Refuse(Refusal {

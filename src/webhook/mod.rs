@@ -94,6 +94,8 @@ pub struct Webhook {
     pub bindings: Store<AgentSecretBinding>,
     /// Allowed roles from the operator config.
     pub rules: Vec<RoleRule>,
+    /// `watchNamespaces` from the operator config (empty: every namespace).
+    pub watched: Vec<String>,
     /// What to inject.
     pub injector: InjectorConfig,
     /// Where injected agents of request-delivery bindings ask for their wraps.
@@ -205,6 +207,7 @@ pub async fn start(
     let webhook = Arc::new(Webhook {
         bindings,
         rules: config.allowed_roles.clone(),
+        watched: config.watch_namespaces.clone(),
         injector,
         request_url: args.request_url(namespace),
         resolver: resolver.clone(),

@@ -147,6 +147,7 @@ async fn answer(
         &namespace,
         &bindings,
         &webhook.rules,
+        &webhook.watched,
         &injector,
         &nonce(),
     ) {

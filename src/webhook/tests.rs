@@ -67,7 +67,7 @@ fn agent_spec() -> Value {
 }
 
 fn run(pod: &Pod, bindings: &[Arc<AgentSecretBinding>]) -> Decision {
-    decide(pod, NS, bindings, &rules(), &cfg(), "x7k2p9qb")
+    decide(pod, NS, bindings, &rules(), &[], &cfg(), "x7k2p9qb")
 }
 
 /// Applies an Inject decision's patch one operation at a time, checking that no operation
@@ -164,7 +164,7 @@ fn without_a_configured_user_no_uid_or_fs_group_is_fixed() {
         run_as_user: None,
         ..cfg()
     };
-    let decision = decide(&p, NS, &[b], &rules(), &cfg, "x7k2p9qb");
+    let decision = decide(&p, NS, &[b], &rules(), &[], &cfg, "x7k2p9qb");
     let (doc, _) = injected(&p, decision);
     let init = &doc["spec"]["initContainers"][0];
     assert!(init["securityContext"].get("runAsUser").is_none(), "{init}");
@@ -422,6 +422,18 @@ fn refusals_name_the_bindings_and_the_reason() {
         r.message
     );
     assert!(r.message.contains("root-maker"), "{}", r.message);
+    // In a namespace the operator does not watch (watchNamespaces).
+    let r = refusal(decide(
+        &p,
+        NS,
+        &[binding("b", NS, "web", json!({}))],
+        &rules(),
+        &["elsewhere".to_string()],
+        &cfg(),
+        "x7k2p9qb",
+    ));
+    assert_eq!(r.reason, "NamespaceNotWatched");
+    assert!(r.message.contains("watchNamespaces"), "{}", r.message);
     let r = refusal(run(
         &p,
         &[binding(
@@ -467,6 +479,7 @@ fn vault_namespace_and_ca_reach_the_pod() {
         NS,
         &[binding("b", NS, "web", json!({}))],
         &rules(),
+        &[],
         &c,
         "n0nce",
     );
@@ -593,7 +606,15 @@ fn a_self_bootstrapping_pod_gets_its_identity_and_where_to_ask_and_no_init_conta
         ]}),
     );
     let decide_with = |p: &Pod, b: &Arc<AgentSecretBinding>| {
-        decide(p, NS, std::slice::from_ref(b), &rules(), &cfg, "x7k2p9qb")
+        decide(
+            p,
+            NS,
+            std::slice::from_ref(b),
+            &rules(),
+            &[],
+            &cfg,
+            "x7k2p9qb",
+        )
     };
     let (doc, _) = injected(&asks, decide_with(&asks, &on_request));
     assert!(
