@@ -223,6 +223,7 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
     };
     findings.extend(vault_checks(&config, bindings.as_deref().unwrap_or_default()).await);
     if let Ok(client) = &kube {
+        findings.push(crd_finding(client).await);
         findings.extend(rbac_checks(client, &config.watch_namespaces).await);
         findings.push(webhook_check(client, &args.webhook_configuration).await);
         findings.push(webhook_call_check(client, bindings.as_deref().unwrap_or_default()).await);
@@ -466,6 +467,27 @@ pub fn required_access() -> Vec<(String, String, String, Option<String>)> {
         }
     }
     out
+}
+
+/// Whether the installed CRD has every field this version writes (`crd_check`).
+async fn crd_finding(client: &Client) -> Finding {
+    use crate::crd_check::{APPLY_CRD, Found, check};
+    match check(client).await {
+        Ok(Found::Compatible) => {
+            Finding::ok("crd", "the installed CRD has every field of this version")
+        }
+        Ok(Found::Incompatible(why)) => Finding::fail("crd", why, APPLY_CRD),
+        Ok(Found::Unreadable) => Finding::warn(
+            "crd",
+            "may not read the AgentSecretBinding CRD",
+            "apply config/rbac/ (the ClusterRole may get customresourcedefinitions/agentsecretbindings.cubbyhole.dev)",
+        ),
+        Err(e) => Finding::fail(
+            "crd",
+            format!("cannot read it: {e}"),
+            "check the API server",
+        ),
+    }
 }
 
 /// The resources granted only in the watched namespaces when `watchNamespaces` is set.

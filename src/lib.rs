@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod core;
 pub mod crd;
+pub mod crd_check;
 pub mod doctor;
 pub mod listener;
 pub mod metrics;

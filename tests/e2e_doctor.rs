@@ -318,3 +318,70 @@ async fn doctor_is_green_on_a_correct_install_and_names_what_is_broken() {
     );
     env.assert_no_leaks().await;
 }
+
+/// Helm never upgrades a chart's CRD: an upgraded operator meeting an older CRD refuses to
+/// start, naming each missing field and the command that fixes it (the API server would drop
+/// what it writes), and the doctor says the same; with the CRD applied it starts.
+#[tokio::test]
+async fn an_older_crd_is_refused_at_start_and_by_the_doctor_then_applied_it_starts() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let mut env = Env::start(Options::default()).await;
+    env.operator.take().unwrap().kill();
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(env.client.clone());
+    let name = "agentsecretbindings.cubbyhole.dev";
+    let status = "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties";
+    let older: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "remove", "path": format!("{status}/tampered")},
+    ]))
+    .unwrap();
+    crds.patch(name, &PatchParams::default(), &Patch::<()>::Json(older))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(cubbyhole_testkit::paths::cubbyhole_bin())
+        .args(["operator", "--config"])
+        .arg(&env.config)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", cubbyhole_testkit::cluster::free_port()),
+        ])
+        .env("KUBECONFIG", &env.identity.kubeconfig)
+        .output()
+        .expect("run the operator");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(env.dir.join("operator-older-crd.log"), &said).unwrap();
+    assert!(!out.status.success(), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        said.contains("the installed AgentSecretBinding CRD is older than this operator: it lacks status.tampered")
+            && said.contains("kubectl apply --server-side -f charts/cubbyhole/crds/"),
+        "{said}"
+    );
+    let (code, doctor_said) = doctor(&env, &env.config);
+    assert_ne!(code, 0);
+    assert!(
+        doctor_said.contains("FAIL  crd: the installed AgentSecretBinding CRD is older than this operator: it lacks status.tampered"),
+        "{doctor_said}"
+    );
+    // The fix it names.
+    let crd: CustomResourceDefinition =
+        serde_yaml_ng::from_str(&cubbyhole::crd::crd_yaml()).unwrap();
+    crds.patch(
+        name,
+        &PatchParams::apply("upgrade").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    env.restart_operator();
+    let (_, doctor_said) = doctor(&env, &env.config);
+    assert!(
+        doctor_said.contains("OK    crd: the installed CRD has every field of this version"),
+        "{doctor_said}"
+    );
+}

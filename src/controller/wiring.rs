@@ -99,6 +99,8 @@ async fn run_inner(args: OperatorArgs) -> Result<(), String> {
     let bindings: Api<AgentSecretBinding> = Api::all(client.clone());
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    // An older CRD would have the API server drop the fields this version writes.
+    crate::crd_check::at_start(&client, &shutdown).await?;
     let (record_keys, key_uid) =
         crate::record::signing_keys::load(client.clone(), &args.lease_namespace, &shutdown).await?;
     let record_keys = Arc::new(KeyRing::new(record_keys));
