@@ -21,6 +21,7 @@ tools:
 # On a fresh machine it first installs cargo-nextest and builds the control plane (~15 minutes cold).
 test: tools lint
     e2e/controlplane/build.sh >/dev/null
+    e2e/previous-release.sh >/dev/null
     cargo nextest run --no-fail-fast
 
 # Unit tests only (no servers).

@@ -764,6 +764,21 @@ async fn the_helm_chart_installs_the_operator_on_the_node_and_it_serves_the_seed
 /// `helm install` of the chart with its defaults, except what this machine needs (as in the
 /// test above) and `config` merged into the operator's configuration; waits for it.
 fn helm_install(env: &Env, api_port: &str, config: serde_json::Value) {
+    let chart = cubbyhole_testkit::paths::repo().join("charts/cubbyhole");
+    helm(env, "install", &chart, "dev", api_port, config);
+}
+
+/// `helm <verb>` (install or upgrade) of release `cubbyhole` from `chart` with image tag `tag`,
+/// as [`helm_install`] says; new listen ports each time (a rolling update starts the new pod
+/// beside the old one on the node's network).
+fn helm(
+    env: &Env,
+    verb: &str,
+    chart: &std::path::Path,
+    tag: &str,
+    api_port: &str,
+    config: serde_json::Value,
+) {
     let (http, webhook) = (free_port(), free_port());
     let mut operator_config = json!({
         "vault": {"address": env.bao.addr},
@@ -774,7 +789,7 @@ fn helm_install(env: &Env, api_port: &str, config: serde_json::Value) {
         operator_config[k] = v.clone();
     }
     let values = json!({
-        "image": {"repository": "127.0.0.1:5000/cubbyhole", "tag": "dev", "pullPolicy": "IfNotPresent"},
+        "image": {"repository": "127.0.0.1:5000/cubbyhole", "tag": tag, "pullPolicy": "IfNotPresent"},
         "replicas": 1,
         "hostNetwork": true,
         "listen": format!("127.0.0.1:{http}"),
@@ -789,14 +804,14 @@ fn helm_install(env: &Env, api_port: &str, config: serde_json::Value) {
         ],
         "config": operator_config,
     });
-    let file = env.dir.join("values.json");
+    let file = env.dir.join(format!("values-{verb}-{tag}.json"));
     std::fs::write(&file, values.to_string()).unwrap();
     // The harness applied config/rbac (as a kustomize install would have): the release takes
     // those objects over, as when moving from `kubectl apply -k config/` to the chart.
     let out = std::process::Command::new(cubbyhole_testkit::paths::helm_bin())
         .env("KUBECONFIG", &env.cluster.kubeconfig)
-        .args(["install", "cubbyhole"])
-        .arg(cubbyhole_testkit::paths::repo().join("charts/cubbyhole"))
+        .args([verb, "cubbyhole"])
+        .arg(chart)
         .args([
             "--namespace",
             "cubbyhole-system",
@@ -811,11 +826,102 @@ fn helm_install(env: &Env, api_port: &str, config: serde_json::Value) {
         .unwrap();
     assert!(
         out.status.success(),
-        "helm install: {}{}",
+        "helm {verb}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// `helm upgrade` from the previous release (the chart and binary of an earlier commit:
+/// `e2e/previous-release.sh`) with agents running, in the documented order (this version's
+/// CRD first): the new operator takes over every record (they verify with the same record
+/// key), re-mints nothing, revokes nothing, and serves the next pod with exactly one mint.
+#[tokio::test]
+async fn an_upgrade_from_the_previous_release_keeps_every_record_and_token() {
+    let previous = cubbyhole_testkit::paths::previous_release();
+    let (env, api_port) = env_for_an_operator_pod().await;
+    env.cluster.load_cubbyhole_image_of(
+        "127.0.0.1:5000/cubbyhole:previous",
+        &previous.join("bin/cubbyhole"),
+    );
+    helm(
+        &env,
+        "install",
+        &previous.join("chart"),
+        "previous",
+        &api_port,
+        json!({}),
+    );
+    let held = operator_pod_serves_the_seed_flow(&env).await;
+    let accessors = |records: Vec<Secret>| -> std::collections::BTreeMap<String, String> {
+        records
+            .iter()
+            .map(|s| (ann(s)["pod"].clone(), ann(s)["accessor"].clone()))
+            .collect()
+    };
+    let before = accessors(env.records("b").await);
+    let minted = env.bao.minted_accessors().len();
+    assert_eq!(minted, 2);
+
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(env.client.clone());
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_yaml_ng::from_str(&cubbyhole::crd::crd_yaml()).unwrap();
+    crds.patch(
+        "agentsecretbindings.cubbyhole.dev",
+        &kube::api::PatchParams::apply("upgrade").force(),
+        &kube::api::Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    let chart = cubbyhole_testkit::paths::repo().join("charts/cubbyhole");
+    helm(&env, "upgrade", &chart, "dev", &api_port, json!({}));
+    // Only the new operator is left.
+    let operators: Api<Pod> = Api::namespaced(env.client.clone(), "cubbyhole-system");
+    eventually("only the upgraded operator runs", RUN, || async {
+        let pods = operators
+            .list(&ListParams::default().labels("app.kubernetes.io/name=cubbyhole"))
+            .await
+            .ok()?;
+        let images: Vec<String> = pods
+            .items
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.containers[0].image.clone())
+            .collect();
+        (images == [CUBBYHOLE_IMAGE] && pods.items.iter().all(all_ready)).then_some(())
+    })
+    .await;
+    // It serves the next pod: one mint, and the running agents' records are as they were.
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    deployments
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    let pods = env.running_pods("web", 3, RUN).await;
+    for pod in &pods {
+        verified_record(&env, &pod.name_any()).await;
+    }
+    let after = accessors(env.records("b").await);
+    assert_eq!(after.len(), 3);
+    for (pod, accessor) in &before {
+        assert_eq!(after.get(pod), Some(accessor), "{pod}'s record kept");
+    }
+    assert_eq!(
+        env.bao.minted_accessors().len(),
+        minted + 1,
+        "nothing re-minted"
+    );
+    let revoked = cubbyhole_testkit::openbao::revoked_accessors(&env.bao.audit_entries());
+    for accessor in &held {
+        assert!(!revoked.contains(accessor), "{accessor} revoked");
+        assert!(alive(&env, accessor).await, "{accessor} alive");
+    }
+    env.assert_no_leaks().await;
 }
 
 /// `helm test`: `cubbyhole doctor` in the cluster as the operator, as users would run it; what

@@ -51,3 +51,17 @@ pub fn helm_bin() -> PathBuf {
         .find(|p| p.file_name().is_some_and(|n| n == "helm"))
         .expect("build.sh printed the helm binary's path")
 }
+
+/// The previous release of the upgrade test (`e2e/previous-release.sh`: the binary and chart of
+/// an earlier commit, built once): the directory holding `bin/cubbyhole` and `chart/`.
+pub fn previous_release() -> PathBuf {
+    let out = std::process::Command::new(repo().join("e2e/previous-release.sh"))
+        .output()
+        .expect("run e2e/previous-release.sh");
+    assert!(
+        out.status.success(),
+        "previous-release.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}

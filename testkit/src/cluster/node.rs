@@ -61,7 +61,11 @@ impl Cluster {
     /// Builds the cubbyhole image under another reference and imports it into the node's
     /// containerd now (an image that appears late, as after a slow pull).
     pub fn load_cubbyhole_image(&self, reference: &str) {
-        let bin = crate::paths::cubbyhole_bin();
+        self.load_cubbyhole_image_of(reference, &crate::paths::cubbyhole_bin());
+    }
+
+    /// The same, of the cubbyhole binary `bin` (e.g. a previous release's).
+    pub fn load_cubbyhole_image_of(&self, reference: &str, bin: &std::path::Path) {
         self.load_image(
             reference,
             &[
