@@ -402,7 +402,7 @@ impl OperatorConfig {
 
     /// Whether the operator watches and acts in `namespace` (`watchNamespaces`).
     pub fn watches(&self, namespace: &str) -> bool {
-        self.watch_namespaces.is_empty() || self.watch_namespaces.iter().any(|n| n == namespace)
+        watched(&self.watch_namespaces, namespace)
     }
 
     /// Things worth a warning at start that do not stop the operator.
@@ -455,6 +455,11 @@ fn validate_at_least(
         show(value),
         show(min)
     ))
+}
+
+/// Whether `namespace` is one of `watch_namespaces` (empty: every namespace is).
+pub fn watched(watch_namespaces: &[String], namespace: &str) -> bool {
+    watch_namespaces.is_empty() || watch_namespaces.iter().any(|n| n == namespace)
 }
 
 /// `watchNamespaces`: namespace names (DNS labels), each once.

@@ -8,10 +8,10 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, Client, CustomResourceExt};
 use serde_json::Value;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::backoff::Backoff;
 use crate::crd::AgentSecretBinding;
 
 /// What to run to install this version's CRD.
@@ -110,7 +110,7 @@ pub async fn check(client: &Client) -> Result<Found, kube::Error> {
 /// answer; an error (the operator exits, naming the fix) when the CRD is incompatible or on
 /// shutdown.
 pub async fn at_start(client: &Client, shutdown: &CancellationToken) -> Result<(), String> {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::at_start();
     loop {
         match check(client).await {
             Ok(Found::Compatible) => return Ok(()),
@@ -123,11 +123,9 @@ pub async fn at_start(client: &Client, shutdown: &CancellationToken) -> Result<(
             }
             Err(e) => warn!(error = %e, "reading the AgentSecretBinding CRD failed; retrying"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return Err("shut down before the CRD was checked".into()),
+        if !backoff.wait(shutdown).await {
+            return Err("shut down before the CRD was checked".into());
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod backoff;
 pub mod config;
 pub mod controller;
 pub mod core;

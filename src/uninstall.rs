@@ -24,9 +24,10 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::backoff::Backoff;
 use crate::config::OperatorConfig;
 use crate::controller::context::Context;
-use crate::controller::lists::paged;
+use crate::controller::lists::{paged, scoped_apis};
 use crate::controller::sweep::retire_records;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::Metrics;
@@ -195,15 +196,15 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Summary, String>>,
 {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
     loop {
+        let delay = backoff.next_delay();
         match attempt().await {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() + delay >= deadline => return Err(e),
             Err(e) => eprintln!("{e}; retrying in {delay:?}"),
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(15));
     }
 }
 
@@ -258,19 +259,10 @@ async fn retire_everything(ctx: &Context) -> Result<Summary, String> {
 /// Every Secret labelled as a record, in every namespace or in each watched one.
 async fn list_records(ctx: &Context) -> Result<Vec<Secret>, String> {
     let records = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let apis: Vec<Api<Secret>> = if ctx.config.watch_namespaces.is_empty() {
-        vec![Api::all(ctx.client.clone())]
-    } else {
-        ctx.config
-            .watch_namespaces
-            .iter()
-            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
-            .collect()
-    };
     let mut all = vec![];
-    for api in &apis {
+    for (_, api) in scoped_apis::<Secret>(&ctx.client, &ctx.config.watch_namespaces) {
         all.extend(
-            list_all(api, &records)
+            list_all(&api, &records)
                 .await
                 .map_err(|e| format!("listing records: {e}"))?,
         );

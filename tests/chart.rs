@@ -662,6 +662,15 @@ fn the_default_config_is_one_the_operator_starts_with_and_runas_null_survives_he
 }
 
 /// Every new value at once (also linted below).
+/// The pod-spec fields of the operator's pods that come from values of the same name.
+const PLACEMENT_FIELDS: [&str; 5] = [
+    "imagePullSecrets",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "priorityClassName",
+];
+
 fn every_option() -> Value {
     serde_json::json!({
         "image": {"digest": format!("sha256:{}", "ab".repeat(32))},
@@ -690,13 +699,7 @@ fn new_values_render_where_they_belong() {
     let deploy = &objects[&key("Deployment", "cubbyhole-operator")];
     let pod = &deploy["spec"]["template"];
     let spec = &pod["spec"];
-    for field in [
-        "imagePullSecrets",
-        "nodeSelector",
-        "tolerations",
-        "affinity",
-        "priorityClassName",
-    ] {
+    for field in PLACEMENT_FIELDS {
         assert_eq!(spec[field], values[field], "Deployment pod spec {field}");
     }
     let digest = values["image"]["digest"].as_str().unwrap();
@@ -744,13 +747,7 @@ fn new_values_render_where_they_belong() {
 
     // With the defaults none of it is there.
     let spec = &defaults[&key("Deployment", "cubbyhole-operator")]["spec"]["template"]["spec"];
-    for field in [
-        "imagePullSecrets",
-        "nodeSelector",
-        "tolerations",
-        "affinity",
-        "priorityClassName",
-    ] {
+    for field in PLACEMENT_FIELDS {
         assert!(
             spec.get(field).is_none(),
             "{field} rendered by default: {spec}"

@@ -15,6 +15,8 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
+
 /// Annotation of the bookmark that ends a streaming list's initial events.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
@@ -42,6 +44,22 @@ where
             None => return Ok(items),
         }
     }
+}
+
+/// The APIs through which an operator limited to `namespaces` (`watchNamespaces`; empty: every
+/// namespace) reads `K`, each with the namespace it covers (`None`: every namespace).
+pub fn scoped_apis<K>(client: &Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        return vec![(None, Api::all(client.clone()))];
+    }
+    namespaces
+        .iter()
+        .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
+        .collect()
 }
 
 /// How initial lists are fetched; decided once by [`probe`].
@@ -76,7 +94,7 @@ pub async fn probe(
     namespace: Option<&str>,
     shutdown: &CancellationToken,
 ) -> Option<InitialLists> {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::at_start();
     loop {
         let attempt = tokio::time::timeout(
             Duration::from_secs(10),
@@ -97,11 +115,9 @@ pub async fn probe(
             }
             Err(e) => warn!(error = %e, "probing the API server for streaming lists; retrying"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return None,
+        if !backoff.wait(shutdown).await {
+            return None;
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -18,10 +18,11 @@ use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::OperatorConfig;
 use crate::controller::cache::{CachedBinding, Indexed, IndexedCache};
 use crate::controller::context::Context;
-use crate::controller::lists::paged;
+use crate::controller::lists::{paged, scoped_apis};
 use crate::controller::{reconcile, sweep};
 use crate::core::pod::{CachedPod, WatchedPod};
 use crate::crd::AgentSecretBinding;
@@ -327,7 +328,7 @@ async fn list_initial(
     bindings: &Api<AgentSecretBinding>,
     shutdown: &CancellationToken,
 ) -> Result<Vec<String>, String> {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::at_start();
     loop {
         let names = paged(&ListParams::default(), |page| async move {
             bindings.list_metadata(&page).await
@@ -342,11 +343,9 @@ async fn list_initial(
             }
             Err(e) => warn!(error = %e, "listing bindings failed; retrying"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return Err("shut down before the first sync".into()),
+        if !backoff.wait(shutdown).await {
+            return Err("shut down before the first sync".into());
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -398,20 +397,13 @@ where
     B: Indexed + Send + Sync + 'static,
 {
     cache.watched_by(namespaces.len());
-    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().cloned().map(Some).collect()
-    };
-    futures::stream::select_all(scopes.into_iter().map(|scope| {
-        let api = match &scope {
-            None => Api::<K>::all(client.clone()),
-            Some(ns) => Api::<K>::namespaced(client.clone(), ns),
-        };
-        around(watcher(api, config.clone()).default_backoff().boxed())
-            .map_ok(cache_into(cache.clone(), scope, pack.clone()))
-            .boxed()
-    }))
+    futures::stream::select_all(scoped_apis::<K>(client, namespaces).into_iter().map(
+        |(scope, api)| {
+            around(watcher(api, config.clone()).default_backoff().boxed())
+                .map_ok(cache_into(cache.clone(), scope, pack.clone()))
+                .boxed()
+        },
+    ))
 }
 
 fn cache_into<A, B: Indexed>(

@@ -47,7 +47,7 @@ pub fn validate_watched(
     rules: &[RoleRule],
     watched: &[String],
 ) -> Result<ValidSpec, Invalid> {
-    if !watched.is_empty() && !watched.iter().any(|w| w == namespace) {
+    if !crate::config::watched(watched, namespace) {
         return Err(Invalid {
             reason: Reason::NamespaceNotWatched,
             message: format!(

@@ -22,6 +22,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::record::seal::RecordKeys;
 
 /// Name of the Secret holding the keys.
@@ -239,7 +240,7 @@ pub async fn load(
     shutdown: &CancellationToken,
 ) -> Result<(RecordKeys, String), String> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::at_start();
     loop {
         match load_once(&api, namespace).await {
             Ok(Some((keys, uid))) => {
@@ -254,11 +255,9 @@ pub async fn load(
                 warn!(namespace, secret = KEY_SECRET, error = %e, "loading record keys failed; retrying")
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return Err("shut down before the record keys were loaded".into()),
+        if !backoff.wait(shutdown).await {
+            return Err("shut down before the record keys were loaded".into());
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
