@@ -1,31 +1,52 @@
-//! The wait between retries of a call that failed: from a first delay, doubling, capped.
+//! The wait between retries of a call that failed: from a first delay, doubling, capped, and
+//! jittered so that processes that failed together (an outage ending) do not retry in lockstep.
 
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt};
 use tokio_util::sync::CancellationToken;
 
-/// Delays between retries: `first`, doubling each time, at most `max`.
-#[derive(Clone, Debug)]
+/// Delays between retries: each a random point in the upper half of `first`, `2 × first`,
+/// `4 × first`, ..., at most `max` ("equal jitter").
+///
+/// The floor (half the doubling delay) keeps the waits growing and honours a caller's minimum;
+/// the random part spreads out callers that failed at the same instant. Each `Backoff` draws
+/// from its own generator, seeded from the operating system, so two pods (or two retry loops in
+/// one process) do not share a sequence.
+#[derive(Debug)]
 pub struct Backoff {
-    next: Duration,
+    ceiling: Duration,
     max: Duration,
+    rng: StdRng,
 }
 
 impl Backoff {
-    /// From `first`, doubling, at most `max`.
+    /// From `first`, doubling, at most `max`; each delay drawn from the upper half of that.
     pub fn new(first: Duration, max: Duration) -> Self {
-        Self { next: first, max }
+        Self::with_rng(first, max, rand::make_rng())
     }
 
-    /// What start-up reads use while the API server does not answer: 500 ms doubling to 30 s.
+    /// Like [`Backoff::new`], drawing from `rng`.
+    fn with_rng(first: Duration, max: Duration, rng: StdRng) -> Self {
+        Self {
+            ceiling: first,
+            max,
+            rng,
+        }
+    }
+
+    /// What start-up reads use while the API server does not answer: 500 ms doubling to 30 s
+    /// (each delay between half of that and all of it).
     pub fn at_start() -> Self {
         Self::new(Duration::from_millis(500), Duration::from_secs(30))
     }
 
-    /// The delay before the next try (the one after is twice as long, up to the cap).
+    /// The delay before the next try: between half the current ceiling and the ceiling, which
+    /// then doubles (up to the cap), so the next delay is at least this one while uncapped.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        let delay = jitter(self.ceiling, &mut self.rng);
+        self.ceiling = self.ceiling.saturating_mul(2).min(self.max);
         delay
     }
 
@@ -38,21 +59,81 @@ impl Backoff {
     }
 }
 
+/// A uniformly random delay in `[ceiling / 2, ceiling]`.
+fn jitter(ceiling: Duration, rng: &mut impl Rng) -> Duration {
+    let half = ceiling / 2;
+    half.saturating_add(half.mul_f64(rng.random_range(0.0..=1.0)))
+        .min(ceiling)
+}
+
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+
     use super::*;
 
+    fn seeded(first: Duration, max: Duration, seed: u64) -> Backoff {
+        Backoff::with_rng(first, max, StdRng::seed_from_u64(seed))
+    }
+
+    fn delays(backoff: &mut Backoff, n: usize) -> Vec<Duration> {
+        (0..n).map(|_| backoff.next_delay()).collect()
+    }
+
     #[test]
-    fn doubles_from_the_first_delay_up_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
-        let delays: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 5, 5]);
+    fn doubles_from_the_first_delay_up_to_the_cap_each_in_the_upper_half() {
+        let ceilings = [1, 2, 4, 5, 5, 5].map(Duration::from_secs);
+        for seed in 0..100 {
+            let mut b = seeded(Duration::from_secs(1), Duration::from_secs(5), seed);
+            for (delay, ceiling) in delays(&mut b, ceilings.len()).into_iter().zip(ceilings) {
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "{delay:?} of {ceiling:?}"
+                );
+            }
+        }
         let mut start = Backoff::at_start();
-        assert_eq!(start.next_delay(), Duration::from_millis(500));
-        assert_eq!(
-            (0..10).map(|_| start.next_delay()).last(),
-            Some(Duration::from_secs(30))
+        let first = start.next_delay();
+        assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
+        let last = delays(&mut start, 100).pop().unwrap();
+        assert!(last >= Duration::from_secs(15) && last <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn delays_grow_until_the_cap() {
+        for seed in 0..100 {
+            let mut b = seeded(Duration::from_millis(100), Duration::from_secs(60), seed);
+            // 100 ms doubling reaches the 60 s cap at the eleventh delay: the ten before grow.
+            let uncapped = delays(&mut b, 10);
+            assert!(uncapped.windows(2).all(|w| w[0] <= w[1]), "{uncapped:?}");
+            assert!(uncapped[9] >= uncapped[0] * 256, "{uncapped:?}");
+        }
+        // No cap to speak of, and many retries: the doubling saturates, nothing overflows.
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::MAX);
+        assert!(
+            delays(&mut b, 200)
+                .iter()
+                .all(|d| *d >= Duration::from_millis(500))
         );
+    }
+
+    #[test]
+    fn processes_failing_together_do_not_retry_in_lockstep() {
+        let (first, max) = (Duration::from_secs(1), Duration::from_secs(8));
+        // The sequence is the generator's: the same seed repeats it, another seed does not.
+        let one = delays(&mut seeded(first, max, 1), 8);
+        assert_eq!(one, delays(&mut seeded(first, max, 1), 8));
+        assert_ne!(one, delays(&mut seeded(first, max, 2), 8));
+        // Each `new` seeds from the operating system.
+        let mut a = Backoff::new(first, max);
+        let mut b = Backoff::new(first, max);
+        assert_ne!(delays(&mut a, 8), delays(&mut b, 8));
+        // Two hundred processes retrying together spread over the upper half of the delay.
+        let firsts: Vec<Duration> = (0..200)
+            .map(|_| Backoff::new(first, max).next_delay())
+            .collect();
+        let (lo, hi) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
+        assert!(*hi - *lo > first / 4, "{lo:?}..{hi:?}");
     }
 
     #[tokio::test]

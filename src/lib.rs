@@ -23,6 +23,7 @@ pub mod request;
 mod rng;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod uninstall;
 pub mod vault;
 pub mod webhook;

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use crate::config::ListenerLimits;
 use crate::metrics::Metrics;
 use crate::request::protocol::{Refusal, reason};
-use crate::webhook::tls::{Reloadable, server_config};
+use crate::tls::{Reloadable, server_config};
 
 /// How long a client may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -11,10 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::core::status::READY;
-use crate::crd::AgentSecretBindingStatus;
-use crate::record::Phase;
-
 /// Which of a record's two tokens: the label of `cubbyhole_revocations_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenKind {
@@ -339,11 +335,11 @@ impl Metrics {
     pub fn wrap_issued(&self) {
         self.wraps_issued.inc();
     }
-    /// A wrap reached `phase`.
-    pub fn transition(&self, phase: Phase) {
+    /// A wrap reached `phase` (its word: `Phase::as_str`).
+    pub fn transition(&self, phase: &str) {
         self.transitions
             .get_or_create(&PhaseLabels {
-                phase: phase.as_str().into(),
+                phase: phase.into(),
             })
             .inc();
     }
@@ -364,7 +360,6 @@ impl Metrics {
             })
             .set(n as i64);
     }
-    /// Sets the readiness gauge of one binding from the status computed for it: 1 when its
     /// The webhook's `which` certificate now loaded expires at `not_after` (unix seconds).
     pub fn webhook_certificate_expires(&self, which: WebhookCertificate, not_after: u64) {
         self.webhook_certificates
@@ -374,17 +369,9 @@ impl Metrics {
             .set(i64::try_from(not_after).unwrap_or(i64::MAX));
     }
 
-    /// `Ready` condition is `True`, else 0 (no `Ready` condition yet counts as not ready).
-    pub fn set_binding_ready(
-        &self,
-        namespace: &str,
-        binding: &str,
-        status: &AgentSecretBindingStatus,
-    ) {
-        let ready = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == READY && c.status == "True");
+    /// Sets the readiness gauge of one binding: 1 when `ready` (its computed status's `Ready`
+    /// condition is `True`: `core::status::is_ready`), else 0.
+    pub fn set_binding_ready(&self, namespace: &str, binding: &str, ready: bool) {
         self.binding_ready
             .get_or_create(&BindingLabels {
                 namespace: namespace.into(),
@@ -492,7 +479,8 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::Condition;
+    use crate::core::status::{READY, is_ready};
+    use crate::crd::{AgentSecretBindingStatus, Condition};
 
     /// The sample lines of `name` (exactly that name, any labels) in the exposition.
     fn samples(metrics: &Metrics, name: &str) -> Vec<String> {
@@ -558,11 +546,15 @@ mod tests {
     fn binding_readiness_follows_the_ready_condition_and_goes_with_the_binding() {
         let metrics = Metrics::new();
         let ready = |m: &Metrics| samples(m, "cubbyhole_binding_ready");
-        metrics.set_binding_ready("team-a", "agents", &status("True"));
-        metrics.set_binding_ready("team-b", "tools", &status("False"));
-        metrics.set_binding_ready("team-b", "unsure", &status("Unknown"));
+        metrics.set_binding_ready("team-a", "agents", is_ready(&status("True")));
+        metrics.set_binding_ready("team-b", "tools", is_ready(&status("False")));
+        metrics.set_binding_ready("team-b", "unsure", is_ready(&status("Unknown")));
         // No Ready condition yet (never reconciled through): not ready.
-        metrics.set_binding_ready("team-b", "new", &AgentSecretBindingStatus::default());
+        metrics.set_binding_ready(
+            "team-b",
+            "new",
+            is_ready(&AgentSecretBindingStatus::default()),
+        );
         let mut got = ready(&metrics);
         got.sort();
         assert_eq!(
@@ -581,7 +573,7 @@ mod tests {
             status: "True".into(),
             ..degraded.conditions[0].clone()
         });
-        metrics.set_binding_ready("team-b", "tools", &degraded);
+        metrics.set_binding_ready("team-b", "tools", is_ready(&degraded));
         assert!(
             ready(&metrics).contains(
                 &"cubbyhole_binding_ready{namespace=\"team-b\",binding=\"tools\"} 1".into()

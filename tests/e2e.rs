@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use cubbyhole::agent::receipt::{Receipt, result};
 use cubbyhole_testkit::cluster::{self, Env, Options, ann, condition, eventually, issued};
-use cubbyhole_testkit::openbao::{ROLE, audit_requests_at, revoked_accessors};
+use cubbyhole_testkit::openbao::{ROLE, audit_requests_at, renewed_accessors, revoked_accessors};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -573,6 +573,15 @@ async fn operator_killed_mid_burst_delivers_one_wrap_per_pod_and_vault_ends_the_
         minted.iter().any(|(a, _)| !written.contains(a)),
         "a mint in flight at the crash: {minted:?} vs {written:?}"
     );
+    // Pods the crashed operator wrote a record for: served, never minted for again.
+    let recorded: std::collections::BTreeSet<String> = env
+        .records("burst")
+        .await
+        .iter()
+        .filter_map(|s| ann(s).get("pod").cloned())
+        .collect();
+    let minted_before_restart: std::collections::BTreeSet<String> =
+        minted.iter().map(|(a, _)| a.clone()).collect();
     env.restart_operator();
     let delivered = eventually("every pod served once", Duration::from_secs(60), || async {
         let records = env.records("burst").await;
@@ -598,6 +607,32 @@ async fn operator_killed_mid_burst_delivers_one_wrap_per_pod_and_vault_ends_the_
         .filter(|(w, _)| !delivered.iter().any(|(_, d)| d == w))
         .collect();
     assert!(!lost.is_empty(), "the crash interrupted no mint");
+    // Counted exactly: every mint that reached nobody was the crashed operator's, in flight
+    // at the crash for a pod it had not written a record for, at most one per pod; the new
+    // operator minted once for each pod without a record and never for one with a record.
+    let by_pod = env.minted_wraps_by_pod().await;
+    let mut lost_pods = std::collections::BTreeSet::new();
+    for (pod, wrap, _) in by_pod
+        .iter()
+        .filter(|(_, w, _)| lost.iter().any(|(l, _)| l == w))
+    {
+        assert!(
+            minted_before_restart.contains(wrap),
+            "{pod}: a mint after the restart reached nobody (re-minted for a served pod?)"
+        );
+        assert!(
+            !recorded.contains(pod),
+            "{pod} had its record and was minted again"
+        );
+        assert!(lost_pods.insert(pod.clone()), "{pod}: two mints lost");
+    }
+    // (Vault's audit log shows more create requests than that: mints in flight when the
+    // process died were cancelled with their connection and made nothing.)
+    assert_eq!(
+        minted.len(),
+        20 + lost_pods.len(),
+        "minted = pods + mints in flight at the crash"
+    );
     let root = env.bao.root_client();
     eventually(
         "the lost mints ended by Vault",
@@ -683,9 +718,18 @@ async fn vault_outage_leaves_no_pod_without_and_none_with_two_wraps() {
     // The fault itself is proven above (the operator logged a mint answer lost). Whether Vault
     // then carried that request out depends on whether it read it before the client gave up:
     // either way no pod got a second wrap, and whatever it made expires.
-    println!(
-        "FIGURES lost mint answers carried out by Vault: {}",
-        undelivered().await.len()
+    let carried_out = undelivered().await.len();
+    let answers_lost = env.op().log_text().matches("mint answer lost").count();
+    println!("FIGURES lost mint answers carried out by Vault: {carried_out} of {answers_lost}");
+    // Counted: every mint beyond one per pod is a request whose answer the operator lost (it
+    // never mints again for a pod whose wrap it delivered).
+    assert!(
+        carried_out <= answers_lost,
+        "{carried_out} undelivered mints"
+    );
+    assert_eq!(
+        env.audit_requests("auth/token/create/") - 1,
+        5 + carried_out
     );
     eventually(
         "the lost mints' wraps expired",
@@ -917,9 +961,15 @@ async fn a_round_never_plans_from_a_record_cache_behind_its_own_writes() {
             .contains("failpoint record-watch: every item"),
         "the failpoint was not armed"
     );
-    // Every late event has arrived and been planned from.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(env.audit_requests("auth/token/create/"), 20);
+    // Every late event has arrived and been planned from: a pod created now is served by a
+    // round planning from a cache that shows all 20 records, and one created after that one's
+    // record by a later round, so the first one's round (which would have re-minted for any
+    // pod its cache lacked) has ended and every mint it made is in the audit log.
+    for sentinel in ["lag-20", "lag-21"] {
+        env.create_pod(sentinel, "lag").await;
+        issued(&env, "lag", sentinel).await;
+    }
+    assert_eq!(env.audit_requests("auth/token/create/"), 22);
     assert_eq!(env.audit_requests("auth/token/revoke-accessor"), 0);
     env.assert_no_leaks().await;
 }
@@ -1151,6 +1201,19 @@ async fn leader_election_fails_over_without_duplicate_wraps() {
         lost.iter().any(|(p, _, _)| *p == in_flight),
         "the in-flight mint was not lost: {minted:?}"
     );
+    // Counted exactly: the only mints that reached nobody are the dead leader's for the pods
+    // it had not written yet, at most one each; the new leader never re-minted for ha-0..2.
+    let lost_pods: std::collections::BTreeSet<&str> =
+        lost.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(
+        lost_pods.len(),
+        lost.len(),
+        "a pod lost two mints: {lost:?}"
+    );
+    assert!(
+        lost_pods.iter().all(|p| *p >= "ha-3"),
+        "the new leader re-minted for a served pod: {lost:?}"
+    );
     assert_eq!(env.audit_requests("auth/token/create/"), 6 + lost.len());
     // A clean stop releases the lease.
     assert!(standby.terminate().success());
@@ -1184,7 +1247,13 @@ async fn api_server_outage_mid_burst_serves_every_pod_once() {
         (n >= 2).then_some(n)
     })
     .await;
-    let written = env.records("b").await.len();
+    let recorded: std::collections::BTreeSet<String> = env
+        .records("b")
+        .await
+        .iter()
+        .filter_map(|s| ann(s).get("pod").cloned())
+        .collect();
+    let written = recorded.len();
     env.cluster.pause();
     println!(
         "FIGURES API server frozen with {minted} mints answered, {written} of 20 records written"
@@ -1217,6 +1286,19 @@ async fn api_server_outage_mid_burst_serves_every_pod_once() {
         minted.len() - live
     );
     assert_eq!(env.audit_requests("auth/token/create/"), minted.len());
+    // Counted exactly: creates = 20 + the wraps discarded after a lost write, each for a pod
+    // whose record was not written at the freeze, at most one per pod.
+    let mut discarded_pods = std::collections::BTreeSet::new();
+    for (pod, _, live) in env.minted_wraps_by_pod().await {
+        if !live {
+            assert!(
+                !recorded.contains(&pod),
+                "{pod} had its record and was minted again"
+            );
+            assert!(discarded_pods.insert(pod.clone()), "{pod}: two writes lost");
+        }
+    }
+    assert_eq!(minted.len(), 20 + discarded_pods.len());
     assert_eq!(env.op().get("/healthz").map(|(c, _)| c), Some(200));
     env.assert_no_leaks().await;
 }
@@ -1906,6 +1988,9 @@ async fn a_held_token_revoked_behind_the_operators_back_is_reported_once() {
     env.apply_binding("b", Env::spec("web", "10s")).await;
     let receipt = pod_holding_a_renewed_token(&env, "web-0", "web", "web-0", 15).await;
     let held = receipt.accessor.clone().unwrap();
+    // A second pod's token, renewed all along: proof the renewals kept running below.
+    let other = pod_holding_a_renewed_token(&env, "web-1", "web", "web-1", 15).await;
+    let other = other.accessor.unwrap();
     // Someone revokes it behind the operator's back: its next renewal finds it gone.
     let root = env.bao.root_client();
     root.revoke_accessor(&held).await.unwrap();
@@ -1920,10 +2005,20 @@ async fn a_held_token_revoked_behind_the_operators_back_is_reported_once() {
     assert_eq!(regarding.kind.as_deref(), Some("Pod"));
     assert_eq!(regarding.name.as_deref(), Some("web-0"));
     assert!(event.note.as_deref().unwrap().contains(&held), "{event:?}");
-    // Said once: a token Vault no longer knows is never renewed again.
-    let renewals = env.audit_requests("auth/token/renew-accessor");
-    tokio::time::sleep(Duration::from_secs(25)).await;
-    assert_eq!(env.audit_requests("auth/token/renew-accessor"), renewals);
+    // Said once: a token Vault no longer knows is never renewed again, while the other pod's
+    // is renewed at least twice more (every 10 s): the renewals ran all along.
+    let renewals_of = |accessor: &str| {
+        renewed_accessors(&env.bao.audit_entries())
+            .iter()
+            .filter(|a| *a == accessor)
+            .count()
+    };
+    let (gone_renewals, other_renewals) = (renewals_of(&held), renewals_of(&other));
+    eventually("the other token renewed twice more", T, || async {
+        (renewals_of(&other) >= other_renewals + 2).then_some(())
+    })
+    .await;
+    assert_eq!(renewals_of(&held), gone_renewals, "a gone token renewed");
     let gone = env.events_with_reason("TokenGone").await;
     assert_eq!(gone.len(), 1, "{gone:?}");
     assert!(gone[0].series.is_none(), "repeated: {gone:?}");

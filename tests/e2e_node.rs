@@ -935,12 +935,29 @@ fn helm_test(env: &Env) -> String {
         .output()
         .unwrap();
     let doctor = env.cluster.container_log("cubbyhole-doctor", "doctor");
-    assert!(
-        tested.status.success(),
-        "helm test: {}{}\nthe doctor said:\n{doctor}",
-        String::from_utf8_lossy(&tested.stdout),
-        String::from_utf8_lossy(&tested.stderr)
-    );
+    if !tested.status.success() {
+        // Why the pod failed when the doctor said nothing (a container that never started).
+        let status = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &env.cluster.kubeconfig)
+            .args(["-n", "cubbyhole-system", "get", "pod", "cubbyhole-doctor"])
+            .args(["-o", "jsonpath={.status}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let containerd =
+            std::fs::read_to_string(env.cluster.dir.join("containerd.log")).unwrap_or_default();
+        let errors: Vec<&str> = containerd
+            .lines()
+            .filter(|l| l.contains("level=error"))
+            .collect();
+        panic!(
+            "helm test: {}{}\nthe doctor said:\n{doctor}\nits pod's status: {status}\n\
+             containerd's last errors:\n{}",
+            String::from_utf8_lossy(&tested.stdout),
+            String::from_utf8_lossy(&tested.stderr),
+            errors[errors.len().saturating_sub(15)..].join("\n")
+        );
+    }
     assert!(
         doctor.contains("vault login: the operator's login works") && doctor.contains(", 0 failed"),
         "the doctor said: {doctor}"

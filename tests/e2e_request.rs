@@ -32,6 +32,27 @@ const INIT: &str = "cubbyhole-unwrap";
 struct SecretScan {
     values: BTreeSet<String>,
     records_with_data: BTreeSet<String>,
+    /// The newest Secret resourceVersion the watch delivered.
+    newest: u64,
+}
+
+/// Waits until the scan's watch has delivered every Secret as the API server holds it now, so
+/// an assertion on the scan covers every write made so far (not whatever a lagging watch saw).
+async fn scan_caught_up(env: &Env, scan: &Mutex<SecretScan>) {
+    let secrets = Api::<Secret>::all(env.client.clone())
+        .list(&Default::default())
+        .await
+        .expect("list Secrets");
+    let newest = secrets
+        .items
+        .iter()
+        .filter_map(|s| s.resource_version()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    eventually("the Secret watch caught up", T, || async {
+        (scan.lock().unwrap().newest >= newest).then_some(())
+    })
+    .await;
 }
 
 fn scan_secrets(env: &Env) -> (Arc<Mutex<SecretScan>>, tokio::task::JoinHandle<()>) {
@@ -47,6 +68,9 @@ fn scan_secrets(env: &Env) -> (Arc<Mutex<SecretScan>>, tokio::task::JoinHandle<(
             };
             let mut scan = seen.lock().unwrap();
             for s in secrets {
+                if let Some(rv) = s.resource_version().and_then(|v| v.parse().ok()) {
+                    scan.newest = scan.newest.max(rv);
+                }
                 let data = s.data.clone().unwrap_or_default();
                 if s.labels().get("cubbyhole.dev/binding").map(String::as_str) == Some(BINDING)
                     && !data.is_empty()
@@ -302,7 +326,7 @@ async fn pods_on_request_ask_unwrap_and_verify_and_no_secret_ever_holds_their_wr
     };
     assert_eq!(refusal.reason, reason::ALREADY_SERVED);
     assert_eq!(env.audit_requests(ROLE_PATH) - creates_before, 6);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    scan_caught_up(&env, &scan).await;
     {
         let scan = scan.lock().unwrap();
         assert!(

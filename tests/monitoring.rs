@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use cubbyhole::core::status::is_ready;
 use cubbyhole::crd::{AgentSecretBindingStatus, Condition};
 use cubbyhole::metrics::{Metrics, RenewalResult, TokenKind, WebhookCertificate};
 use cubbyhole::record::Phase;
@@ -20,7 +21,7 @@ fn exposition() -> String {
     let requests = RequestMetrics::new(&metrics);
     let ms = Duration::from_millis(1);
     metrics.wrap_issued();
-    metrics.transition(Phase::Tampered);
+    metrics.transition(Phase::Tampered.as_str());
     metrics.revoked(TokenKind::Wrap);
     metrics.set_outstanding("ns", "b", 1);
     metrics.vault_error("create", "refused");
@@ -35,7 +36,7 @@ fn exposition() -> String {
     metrics.revocation_refused("ns");
     metrics.unverified_released("ns");
     metrics.set_leader(true);
-    metrics.set_binding_ready("ns", "b", &AgentSecretBindingStatus::default());
+    metrics.set_binding_ready("ns", "b", false);
     metrics.webhook_certificate_expires(WebhookCertificate::Serving, 1);
     admission.observe("error", ms);
     requests.observe("wrap", "served");
@@ -315,7 +316,7 @@ fn the_operator_health_alerts_watch_the_right_metrics() {
         last_transition_time: "2026-12-02T00:00:00Z".into(),
         observed_generation: None,
     });
-    metrics.set_binding_ready("a", "b", &status);
+    metrics.set_binding_ready("a", "b", is_ready(&status));
     assert!(
         metrics
             .encode()

@@ -127,6 +127,7 @@ impl Asker {
         log: impl Fn(&str),
     ) -> Result<(SecretString, WrapFacts), AskError> {
         let mut retry = 0;
+        let mut delays = crate::agent::unwrap::backoff();
         loop {
             let (why, wait) = match self.ask_once().await? {
                 Answer::Wrap(token, facts) => return Ok((token, facts)),
@@ -149,7 +150,7 @@ impl Asker {
                 (why, wait) if retry < retries => {
                     let wait = wait
                         .unwrap_or_default()
-                        .max(crate::agent::unwrap::backoff(retry))
+                        .max(delays.next_delay())
                         .min(MAX_WAIT);
                     log(&format!(
                         "{why}; asking again in {:.1}s (retry {} of {retries})",

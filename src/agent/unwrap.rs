@@ -35,12 +35,13 @@ use std::time::{Duration, Instant};
 
 use crate::agent::ask::{AskError, Asker};
 use crate::agent::receipt::{Receipt, result};
+use crate::backoff::Backoff;
 use crate::vault::{SecretString, VaultClient, VaultEndpoint, VaultError, WrapLookup};
 
 /// Every wrap the operator mints is created under this prefix (`auth/token/create/<role>`).
 pub const CREATE_PREFIX: &str = "auth/token/create/";
 
-/// First retry delay; doubled per retry up to [`MAX_BACKOFF`].
+/// Longest delay before the first retry; doubled per retry up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest delay between two retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -284,21 +285,11 @@ pub fn check_path(lookup: &WrapLookup, expected: &str) -> Result<(), Failure> {
     }
 }
 
-/// Delay before retry number `retry` (0-based): a random point in the upper half of 0.5 s,
-/// 1 s, 2 s, ... up to [`MAX_BACKOFF`], so agents that failed together (an outage ending) do
-/// not all ask again at the same instant.
-pub fn backoff(retry: u32) -> Duration {
-    use rand::RngExt;
-    let ceiling = backoff_ceiling(retry);
-    let half = ceiling / 2;
-    half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
-}
-
-/// The longest delay before retry number `retry`: 0.5 s doubling up to [`MAX_BACKOFF`].
-fn backoff_ceiling(retry: u32) -> Duration {
-    FIRST_BACKOFF
-        .saturating_mul(2u32.saturating_pow(retry))
-        .min(MAX_BACKOFF)
+/// The agent's delays between retries: 0.5 s doubling up to 8 s, each a random point in the
+/// upper half of that ([`Backoff`]), so agents that failed together (an outage ending) do not
+/// all ask again at the same instant.
+pub fn backoff() -> Backoff {
+    Backoff::new(FIRST_BACKOFF, MAX_BACKOFF)
 }
 
 /// True for errors where Vault never got (lookup: never acted on) the request.
@@ -377,12 +368,13 @@ async fn lookup(
     retries: u32,
 ) -> Result<Option<WrapLookup>, Failure> {
     let mut retry = 0;
+    let mut delays = backoff();
     loop {
         match client.lookup_wrap(token).await {
             Ok(found) => return Ok(found),
             Err(err) if retriable_lookup(&err) && retry < retries => {
                 log(&format!("{err}; retry {} of {retries}", retry + 1));
-                tokio::time::sleep(backoff(retry)).await;
+                tokio::time::sleep(delays.next_delay()).await;
                 retry += 1;
             }
             Err(err) => return Err(classify(err)),
@@ -398,12 +390,13 @@ async fn unwrap_once(
     retries: u32,
 ) -> Result<crate::vault::UnwrappedToken, Failure> {
     let mut retry = 0;
+    let mut delays = backoff();
     loop {
         match client.unwrap(token).await {
             Ok(inner) => return Ok(inner),
             Err(err @ VaultError::Unreachable { .. }) if retry < retries => {
                 log(&format!("{err}; retry {} of {retries}", retry + 1));
-                tokio::time::sleep(backoff(retry)).await;
+                tokio::time::sleep(delays.next_delay()).await;
                 retry += 1;
             }
             Err(err) => {
@@ -614,14 +607,12 @@ mod tests {
 
     #[test]
     fn backoff_doubles_is_capped_and_spreads_agents_apart() {
-        assert_eq!(backoff_ceiling(0), Duration::from_millis(500));
-        assert_eq!(backoff_ceiling(1), Duration::from_secs(1));
-        assert_eq!(backoff_ceiling(2), Duration::from_secs(2));
-        assert_eq!(backoff_ceiling(10), MAX_BACKOFF);
-        assert_eq!(backoff_ceiling(u32::MAX), MAX_BACKOFF);
-        for retry in [0, 1, 2, 10, u32::MAX] {
-            let ceiling = backoff_ceiling(retry);
-            let delays: Vec<Duration> = (0..200).map(|_| backoff(retry)).collect();
+        // 0.5 s, 1 s, 2 s, 4 s, then MAX_BACKOFF for good.
+        let ceilings = [500, 1000, 2000, 4000, 8000, 8000, 8000].map(Duration::from_millis);
+        assert_eq!(ceilings[4], MAX_BACKOFF);
+        let mut agents: Vec<Backoff> = (0..200).map(|_| backoff()).collect();
+        for ceiling in ceilings {
+            let delays: Vec<Duration> = agents.iter_mut().map(Backoff::next_delay).collect();
             assert!(delays.iter().all(|d| *d >= ceiling / 2 && *d <= ceiling));
             // Two hundred agents retrying together spread over the upper half of the delay.
             let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());

@@ -19,7 +19,27 @@ const SHARE_WINDOW: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct LookupBudget {
     rate: u32,
+    clock: Clock,
     bucket: Mutex<Bucket>,
+}
+
+/// Where a budget reads the time: the only place it does.
+#[derive(Clone, Copy, Debug)]
+enum Clock {
+    /// The process's monotonic clock (the operator).
+    Wall,
+    /// Time stands still at this instant: every take happens then (a simulated round, which
+    /// must replay whatever the machine's speed).
+    Stopped(Instant),
+}
+
+impl Clock {
+    fn now(self) -> Instant {
+        match self {
+            Clock::Wall => Instant::now(),
+            Clock::Stopped(at) => at,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -32,26 +52,42 @@ struct Bucket {
 }
 
 impl LookupBudget {
-    /// A budget of `rate` lookups per second; 0 means unlimited.
+    /// A budget of `rate` lookups per second on the wall clock; 0 means unlimited.
     pub fn new(rate: u32) -> Self {
+        Self::on(rate, Clock::Wall)
+    }
+
+    /// A budget of `rate` lookups per second (0: unlimited) whose clock stands still at `at`:
+    /// a full bucket that never refills, every take made at `at`. For a caller that owns the
+    /// time (the simulation's round, at its virtual time), so that nothing it runs reads the
+    /// wall clock through the budget.
+    pub fn stopped_at(rate: u32, at: Instant) -> Self {
+        Self::on(rate, Clock::Stopped(at))
+    }
+
+    fn on(rate: u32, clock: Clock) -> Self {
+        let now = clock.now();
         Self {
             rate,
+            clock,
             bucket: Mutex::new(Bucket {
                 tokens: f64::from(rate),
-                at: Instant::now(),
+                at: now,
                 taken: HashMap::new(),
-                window: Instant::now(),
+                window: now,
             }),
         }
     }
 
-    /// Takes one lookup from the budget for a round in `namespace`; false when it is spent
-    /// for now (or, for a namespace over its share, down to its lower half).
+    /// Takes one lookup from the budget for a round in `namespace`, at the budget's clock;
+    /// false when it is spent for now (or, for a namespace over its share, down to its lower
+    /// half).
     pub fn try_take(&self, namespace: &str) -> bool {
-        self.try_take_at(namespace, Instant::now())
+        self.try_take_at(namespace, self.clock.now())
     }
 
-    /// [`LookupBudget::try_take`] at a given instant.
+    /// [`LookupBudget::try_take`] at a given instant: the bucket's arithmetic, which reads no
+    /// clock.
     fn try_take_at(&self, namespace: &str, now: Instant) -> bool {
         if self.rate == 0 {
             return true;
@@ -137,6 +173,19 @@ mod tests {
             "a second lookup within the same second"
         );
         assert!(LookupBudget::new(0).try_take("ns"));
+    }
+
+    #[test]
+    fn a_stopped_clock_never_refills_and_never_reads_the_wall_clock() {
+        let at = Instant::now();
+        let budget = LookupBudget::stopped_at(2, at);
+        assert!(budget.try_take("ns") && budget.try_take("ns"));
+        // However long the machine takes, the budget's time stands at `at`.
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(!budget.try_take("ns"), "refilled from the wall clock");
+        // Its bucket is the same arithmetic: it refills from its own instant onwards.
+        assert!(budget.try_take_at("ns", at + Duration::from_millis(500)));
+        assert!(LookupBudget::stopped_at(0, at).try_take("ns"));
     }
 
     #[test]

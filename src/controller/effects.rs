@@ -14,12 +14,11 @@ use kube::ResourceExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::controller::cache::IndexedCache;
-use crate::controller::vouch::TokenFacts;
 use crate::core::plan::Issue;
 use crate::record::writes::{self, Change, Records, WrapData, WriteError};
 use crate::record::{BINDING_LABEL, CachedRecord, Phase, WrapState};
 use crate::vault::{
-    Renewed, Revoked, SecretString, TokenRequest, VaultClient, VaultError, WrapInfo,
+    Renewed, Revoked, SecretString, TokenFacts, TokenRequest, VaultClient, VaultError, WrapInfo,
 };
 
 /// The Vault calls the executor makes.

@@ -297,7 +297,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             Err(WriteError::Kube(k)) => return Err(k.into()),
             _ => {}
         }
-        self.metrics.transition(Phase::Failed);
+        self.metrics.transition(Phase::Failed.as_str());
         self.event(
             EventType::Warning,
             "VaultError",
@@ -575,7 +575,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             Err(WriteError::Kube(e)) => return Err(e.into()),
             Err(_) => return Ok(Met::Nothing),
         }
-        self.metrics.transition(phase);
+        self.metrics.transition(phase.as_str());
         let accessor = wrap.accessor.as_deref().unwrap_or("-");
         info!(namespace = %self.ns(), binding = %self.binding.name_any(), pod = %wrap.pod,
             phase = phase.as_str(), verified = outcome.verified(), accessor, "wrap settled");
@@ -613,7 +613,7 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
         let k = key(&self.ns(), &wrap.secret);
         self.memory.forget(&k);
         if revoke != Revoke::Nothing {
-            self.metrics.transition(Phase::Revoked);
+            self.metrics.transition(Phase::Revoked.as_str());
         }
         info!(namespace = %self.ns(), binding = %self.binding.name_any(), pod = %wrap.pod,
             revoke_wrap = revoke.wrap(), revoke_token = revoke.token(), "pod gone: record removed");

@@ -1,8 +1,8 @@
 //! The controller: watches and wiring (`wiring`, initial lists by `lists`), one binding's round
 //! (`reconcile`: observe, plan, execute, status), the executor (`execute`) and what it does to
-//! Vault and the records (`effects`), trust in records
-//! (`trust`), Vault's word before acting on an accessor (`vouch`), the sweep of orphaned records, leader election. Depends on everything below it;
-//! nothing depends on it.
+//! Vault and the records (`effects`), trust in records (`trust`), Vault's word before acting on
+//! an accessor (`vouch`), the sweep of orphaned records, leader election. What it may depend on:
+//! ARCHITECTURE.md's Modules table (checked by `tests/layers.rs`).
 
 pub mod budget;
 pub mod cache;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::core::Selector;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -19,7 +19,6 @@ use tracing::{info, warn};
 use crate::controller::context::{Context, Error, LastDone, Memory, key};
 use crate::controller::effects::{self, LiveRecords};
 use crate::controller::execute::{self, Executor};
-use crate::controller::lists::paged;
 use crate::controller::{sweep, trust};
 use crate::core::labels::LabelQuery;
 use crate::core::plan::{self, Settings};
@@ -29,7 +28,7 @@ use crate::core::status::{self, Problems, StatusInput};
 use crate::crd::{AgentSecretBinding, Delivery};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{Records, Sealer};
-use crate::record::{BINDING_FINALIZER, BINDING_LABEL, SecretsByName, WrapState};
+use crate::record::{BINDING_FINALIZER, SecretsByName, WrapState};
 
 /// Field manager for everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "cubbyhole";
@@ -466,29 +465,6 @@ async fn cached_records(
     (records, secrets)
 }
 
-/// The binding's records listed from the API server (each with its authenticity), and the raw
-/// Secrets by name. `secret_key` is the data key of the wrapping token, when known. For
-/// retiring a binding's records, where only a fresh read will do.
-pub async fn list_records(
-    ctx: &Context,
-    secrets: &Api<Secret>,
-    binding: &str,
-    secret_key: Option<&str>,
-) -> Result<(Vec<WrapState>, SecretsByName), kube::Error> {
-    let params = ListParams::default().labels(&format!("{BINDING_LABEL}={binding}"));
-    let items = paged(&params, |page| async move { secrets.list(&page).await }).await?;
-    let keys = ctx.record_keys.current();
-    let wraps = items
-        .iter()
-        .filter_map(|s| WrapState::from_secret(s, secret_key, &keys))
-        .collect();
-    let raw = items
-        .into_iter()
-        .map(|s| (s.name_any(), Arc::new(s)))
-        .collect();
-    Ok((wraps, raw))
-}
-
 /// Pod name -> the other bindings of the namespace (not being deleted) that select it too.
 fn find_conflicts(
     ctx: &Context,
@@ -537,7 +513,8 @@ async fn write_status(
     });
     ctx.metrics
         .set_outstanding(&ns, &b.name_any(), status.pending);
-    ctx.metrics.set_binding_ready(&ns, &b.name_any(), &status);
+    ctx.metrics
+        .set_binding_ready(&ns, &b.name_any(), status::is_ready(&status));
     let k = key(&ns, &b.name_any());
     let written = ctx
         .statuses_written

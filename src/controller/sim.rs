@@ -132,9 +132,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
@@ -170,6 +170,14 @@ fn ts(secs: i64) -> Timestamp {
 
 fn secs(t: Timestamp) -> i64 {
     t.as_second() - 1_800_000_000
+}
+
+/// The monotonic instant of simulated second `secs`, for the lookup budget: a fixed origin plus
+/// the simulated time. The origin is read from the wall clock once per process, only because
+/// an `Instant` cannot be made otherwise; nothing depends on its value, only on differences.
+fn instant(secs: i64) -> Instant {
+    static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+    *ORIGIN + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 /// A guard removed on purpose, to see the simulation fail.
@@ -1386,7 +1394,7 @@ impl World {
 
     /// Lists the binding's records: (authentic records, untrusted names, raw tokens).
     /// From the cache (`reconcile::cached_records`, which may lag) or fresh from the API server
-    /// (`reconcile::list_records`, as the finalizer and sweep read).
+    /// (`sweep::list_records`, as the finalizer and sweep read).
     fn list_records(&mut self, name: &str, cached: bool) -> Step<Result<Listing, KubeErr>> {
         self.op(Op::ListSecrets)?;
         if self.api_fails() {
@@ -1510,8 +1518,10 @@ impl World {
         let m = usize::from(self.replica == Replica::Rival);
         let memory = std::mem::take(&mut self.memory[m]);
         let metrics = self.metrics.clone();
-        // A fresh bucket: the round may make `lookup_budget` lookups and renewals (0: any).
-        let budget = LookupBudget::new(self.lookup_budget);
+        // A fresh bucket: the round may make `lookup_budget` lookups and renewals (0: any). Its
+        // clock stands at the round's simulated time, never the wall clock's, so a schedule
+        // replays whatever the machine's speed.
+        let budget = LookupBudget::stopped_at(self.lookup_budget, instant(self.now));
         let deferred_before = deferred_lookups(&self.metrics);
         let result = {
             let ops = SimOps {

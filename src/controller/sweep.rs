@@ -6,18 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error};
-use crate::controller::reconcile::list_records;
+use crate::controller::lists::paged;
 use crate::controller::trust;
 use crate::controller::vouch::{Claim, revoke_named};
 use crate::core::plan;
 use crate::core::pod::is_valid_secret_name;
 use crate::crd::AgentSecretBinding;
 use crate::record::writes::{self, Records, Sealer};
+use crate::record::{BINDING_LABEL, SecretsByName, WrapState};
 
 /// Every `sweep_period` (first after 5 s), once the operator is ready: retires the records of
 /// bindings that are gone. Runs until `shutdown`.
@@ -131,4 +133,27 @@ pub async fn retire_records(
         (None, Some(secret)) => Err(Error::RecordChanged(secret)),
         (None, None) => Ok(removed),
     }
+}
+
+/// The binding's records listed from the API server (each with its authenticity), and the raw
+/// Secrets by name. `secret_key` is the data key of the wrapping token, when known. For
+/// retiring a binding's records, where only a fresh read will do.
+async fn list_records(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    binding: &str,
+    secret_key: Option<&str>,
+) -> Result<(Vec<WrapState>, SecretsByName), kube::Error> {
+    let params = ListParams::default().labels(&format!("{BINDING_LABEL}={binding}"));
+    let items = paged(&params, |page| async move { secrets.list(&page).await }).await?;
+    let keys = ctx.record_keys.current();
+    let wraps = items
+        .iter()
+        .filter_map(|s| WrapState::from_secret(s, secret_key, &keys))
+        .collect();
+    let raw = items
+        .into_iter()
+        .map(|s| (s.name_any(), Arc::new(s)))
+        .collect();
+    Ok((wraps, raw))
 }

@@ -11,10 +11,7 @@
 //!
 //! Anything else is refused: counted, logged with its accessor, never acted on.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
 use tracing::warn;
 
 use crate::controller::effects::VaultOps;
@@ -22,6 +19,7 @@ use crate::core::plan::Revoke;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::{Metrics, RenewalResult, TokenKind};
 use crate::record::WrapState;
+pub use crate::vault::TokenFacts;
 use crate::vault::{Revoked, VaultError};
 
 /// The only policy a response-wrapping token carries.
@@ -30,26 +28,8 @@ const WRAP_POLICY: &str = "response-wrapping";
 /// Where every token the operator mints is created (followed by the role's name).
 const CREATE_PATH: &str = "auth/token/create/";
 
-/// What `auth/token/lookup-accessor` tells about a token or wrap (never the token itself).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-pub struct TokenFacts {
-    /// Token metadata (the operator sets namespace, pod, pod uid and binding at every mint).
-    #[serde(default)]
-    pub meta: Option<BTreeMap<String, String>>,
-    /// Its policies (`["response-wrapping"]` for a wrap).
-    #[serde(default)]
-    pub policies: Vec<String>,
-    /// The path it was created at.
-    #[serde(default)]
-    pub path: String,
-    /// When it was created, Unix seconds.
-    #[serde(default)]
-    pub creation_time: i64,
-    /// Its longest life from creation, seconds (0: none of its own).
-    #[serde(default)]
-    pub explicit_max_ttl: u64,
-}
-
+// The shape of Vault's answer lives with the client (`vault::TokenFacts`); what it vouches for
+// is judged here.
 impl TokenFacts {
     /// True when the token's metadata names this namespace, pod uid and binding: Vault vouches
     /// that it was minted for that record.
@@ -259,6 +239,8 @@ pub async fn revoke_counted(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn minted(ns: &str, uid: &str, binding: &str) -> TokenFacts {

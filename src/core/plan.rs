@@ -1958,11 +1958,20 @@ pub(crate) mod tests {
             p.terminating = rng.chance(150);
             p.finished = rng.chance(150);
             p.restart_counts.insert("agent".into(), rng.below(3) as u32);
+            // Some pods ask for a Secret name: shared with other pods, or not a valid one.
+            p.secret_name = match rng.below(20) {
+                0 | 1 => Some("shared".into()),
+                2 => Some("Not_Valid".into()),
+                _ => None,
+            };
             if rng.chance(300) {
-                let r = match rng.below(4) {
+                let r = match rng.below(7) {
                     0 => Receipt::unwrapped("acc"),
                     1 => Receipt::unwrapped("other"),
                     2 => Receipt::failed(result::INVALID_WRAPPING_TOKEN),
+                    3 => Receipt::failed(result::TOKEN_FILE_UNREADABLE),
+                    4 => Receipt::failed(result::UNEXPECTED_CREATION_PATH),
+                    5 => Receipt::failed(result::VAULT_UNREACHABLE),
                     _ => Receipt::failed(result::WRITE_FAILED),
                 };
                 p.receipts.push(receipt(r, rng.below(100) as i64));
@@ -1977,6 +1986,8 @@ pub(crate) mod tests {
                 w.claimed_at = rng.chance(700).then(|| t(rng.below(100) as i64));
                 w.verified = rng.chance(200);
                 w.deleting = rng.chance(100);
+                w.replaced = rng.below(u64::from(MAX_REPLACEMENTS) + 1) as u32;
+                w.failures = rng.below(4) as u32;
                 if rng.chance(200) {
                     w.wrap_accessor = None;
                     w.accessor = None;
@@ -2003,9 +2014,115 @@ pub(crate) mod tests {
         (pods, wraps, conflicts, untrusted, rng.below(200) as i64)
     }
 
+    /// What a pod is owed this round, read from the inputs by the rules the planner states (its
+    /// doc comments and the README), not by its code: the liveness side of the random test.
+    #[derive(Debug, PartialEq)]
+    enum Owed {
+        /// No mint this round: leaving, conflicted, holding an outstanding wrap, waiting out a
+        /// pause, out of replacements, its record to be settled or cleaned up first, or its
+        /// Secret name not free.
+        Nothing,
+        /// A mint taking its own record over (a retry, a replacement, a new start).
+        Mint,
+        /// A first record under this Secret name (of the pods asking for one name, one at a
+        /// time).
+        Record(String),
+    }
+
+    fn owed(
+        s: &Settings,
+        p: &PodView,
+        wraps: &[WrapState],
+        conflicts: &BTreeMap<String, Vec<String>>,
+        untrusted: &BTreeSet<String>,
+        now: Timestamp,
+    ) -> Owed {
+        if s.on_request || p.terminating || p.finished || conflicts.contains_key(&p.name) {
+            return Owed::Nothing;
+        }
+        let Some(w) = wraps.iter().find(|w| w.pod_uid == p.uid) else {
+            // A name held by any record (an older pod's is removed first) or by a record that
+            // is not ours is not free; an invalid one is reported.
+            let name = secret_name(p, &s.binding);
+            let free = is_valid_secret_name(&name)
+                && !untrusted.contains(&name)
+                && !wraps.iter().any(|w| w.secret == name);
+            return if free {
+                Owed::Record(name)
+            } else {
+                Owed::Nothing
+            };
+        };
+        if w.deleting {
+            // Its record is cleaned up first.
+            return Owed::Nothing;
+        }
+        // A pause counts from a known time (the record's); from an unknown one it never ends.
+        let passed = |since: Option<Timestamp>, pause: Duration| {
+            since.is_some_and(|t| t.as_second() + pause.as_secs() as i64 <= now.as_second())
+        };
+        // The agent container's instance now running, and what it reported about this record.
+        let run = s
+            .agent_container
+            .as_ref()
+            .and_then(|c| p.restart_counts.get(c))
+            .copied()
+            .unwrap_or(0);
+        let new_start = run > w.start;
+        let reports: Vec<&Receipt> = p
+            .receipts
+            .iter()
+            .filter(|r| {
+                r.container == UNWRAP_CONTAINER || s.agent_container.as_ref() == Some(&r.container)
+            })
+            .filter(|r| {
+                w.receipts_after
+                    .is_none_or(|a| r.finished_at.is_none_or(|f| f > a))
+            })
+            .filter(|r| r.receipt.accessor.is_none() || r.receipt.accessor != w.previous_accessor)
+            .map(|r| &r.receipt)
+            .collect();
+        let took = reports.iter().any(|r| r.is_unwrapped());
+        let decisive = reports.iter().any(|r| {
+            r.is_unwrapped()
+                || [
+                    result::INVALID_WRAPPING_TOKEN,
+                    result::TOKEN_FILE_UNREADABLE,
+                    result::UNEXPECTED_CREATION_PATH,
+                    result::WRITE_FAILED,
+                ]
+                .contains(&r.result.as_str())
+        });
+        let owed = match w.phase {
+            // A mint whose answer was lost: issued again at once.
+            Phase::Claimed => true,
+            // An outstanding wrap: followed, never replaced.
+            Phase::Issued => false,
+            // Refused by the agent: a new start at once, the same start a few times, paced.
+            Phase::Failed if w.refused_by_agent() => {
+                new_start
+                    || (w.replaced < MAX_REPLACEMENTS
+                        && passed(w.issued_at, replacement_pause(w.replaced)))
+            }
+            // A failed mint: retried after its backoff.
+            Phase::Failed => passed(w.claimed_at, failed_mint_pause(w.failures)),
+            // An unverified unwrap the agent reported on is settled first.
+            Phase::Unwrapped if !w.verified && decisive => false,
+            // Expired before this start's agent took it: replaced a few times, paced.
+            Phase::Expired if !new_start && w.replaced < MAX_REPLACEMENTS && !took => {
+                passed(w.expires_at, replacement_pause(w.replaced))
+            }
+            // Settled: a new start of the agent container gets a fresh wrap.
+            _ => new_start && s.agent_container.is_some(),
+        };
+        if owed { Owed::Mint } else { Owed::Nothing }
+    }
+
     #[test]
     fn invariants_hold_on_random_inputs() {
         let mut rng = Rng::new(1);
+        // How often each kind of mint was owed (the liveness check must have had work).
+        let mut owed_kinds: BTreeMap<String, u32> = BTreeMap::new();
         for case in 0..20_000 {
             let (pods, wraps, conflicts, untrusted, now) = random_case(&mut rng);
             let plan = if rng.chance(500) {
@@ -2042,6 +2159,7 @@ pub(crate) mod tests {
             for p in &pods {
                 let name = secret_name(p, "b");
                 if untrusted.contains(&name)
+                    && is_valid_secret_name(&name)
                     && !p.terminating
                     && !p.finished
                     && !conflicts.contains_key(&p.name)
@@ -2122,6 +2240,47 @@ pub(crate) mod tests {
                     );
                 }
             }
+            // Liveness, exactly: every pod owed a mint this round is planned one (of the pods
+            // asking for one free name, exactly one), and no other pod is.
+            let mut minted: BTreeMap<&str, &Issue> = BTreeMap::new();
+            for action in &plan.actions {
+                if let Action::Issue(i) = action {
+                    minted.insert(&i.pod_uid, i);
+                }
+            }
+            let mut asking: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+            for p in &pods {
+                let mint = minted.get(p.uid.as_str());
+                match owed(&settings(), p, &wraps, &conflicts, &untrusted, t(now)) {
+                    Owed::Nothing => assert!(mint.is_none(), "{} owed nothing: {ctx}", p.name),
+                    Owed::Mint => {
+                        let own = wraps.iter().find(|w| w.pod_uid == p.uid);
+                        let kind = own.map_or(String::new(), |w| {
+                            let refused = if w.refused_by_agent() { " refused" } else { "" };
+                            format!("{:?}{refused}", w.phase)
+                        });
+                        *owed_kinds.entry(kind).or_default() += 1;
+                        assert!(
+                            mint.is_some_and(|i| i.replaces.as_ref() == own),
+                            "{} owed a mint for its record, planned none: {ctx}",
+                            p.name
+                        );
+                    }
+                    Owed::Record(name) => asking.entry(name).or_default().push(&p.uid),
+                }
+            }
+            for (name, uids) in &asking {
+                let kind = if uids.len() > 1 { "shared" } else { "first" };
+                *owed_kinds.entry(kind.into()).or_default() += 1;
+                let got: Vec<&&Issue> = minted.values().filter(|i| &i.secret == name).collect();
+                assert!(
+                    matches!(&got[..], [i] if uids.contains(&i.pod_uid.as_str()) && i.replaces.is_none()),
+                    "pods {uids:?} owed a first record {name}, planned {got:?}: {ctx}"
+                );
+                for uid in uids {
+                    assert!(minted.get(uid).is_none_or(|i| &i.secret == name), "{ctx}");
+                }
+            }
             // A held token of a live pod is never left to die: renewed, or due at the wake.
             for w in &wraps {
                 let alive = pods
@@ -2135,6 +2294,23 @@ pub(crate) mod tests {
                     );
                 }
             }
+        }
+        let kinds = [
+            "Claimed",
+            "Failed",
+            "Failed refused",
+            "Expired",
+            "Unwrapped",
+            "Tampered",
+            "Revoked",
+            "first",
+            "shared",
+        ];
+        for kind in kinds {
+            assert!(
+                owed_kinds.get(kind).is_some_and(|n| *n >= 10),
+                "{kind}: {owed_kinds:?}"
+            );
         }
     }
 

@@ -30,6 +30,15 @@ pub const MAX_RECORDS: usize = 50;
 /// than a pod's own Secret, and wakes the binding for another round).
 pub const COUNTS_INTERVAL: Duration = Duration::from_secs(3);
 
+/// True when `status`'s `Ready` condition is `True` (no `Ready` condition yet: not ready); the
+/// binding's `cubbyhole_binding_ready` gauge.
+pub fn is_ready(status: &AgentSecretBindingStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True")
+}
+
 /// When a computed status is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Write {

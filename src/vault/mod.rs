@@ -185,6 +185,27 @@ pub struct WrapInfo {
     pub creation_path: String,
 }
 
+/// What `auth/token/lookup-accessor` tells about a token or wrap (never the token itself). What
+/// it vouches for is judged in `controller::vouch`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TokenFacts {
+    /// Token metadata (the operator sets namespace, pod, pod uid and binding at every mint).
+    #[serde(default)]
+    pub meta: Option<BTreeMap<String, String>>,
+    /// Its policies (`["response-wrapping"]` for a wrap).
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// The path it was created at.
+    #[serde(default)]
+    pub path: String,
+    /// When it was created, Unix seconds.
+    #[serde(default)]
+    pub creation_time: i64,
+    /// Its longest life from creation, seconds (0: none of its own).
+    #[serde(default)]
+    pub explicit_max_ttl: u64,
+}
+
 /// What `sys/wrapping/lookup` says about a still-valid wrapping token.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct WrapLookup {

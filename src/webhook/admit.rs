@@ -6,12 +6,11 @@ use kube::ResourceExt;
 use kube::core::SelectorExt;
 use serde_json::Value;
 
-use crate::config::RoleRule;
+use crate::config::{InjectorConfig, RoleRule};
 use crate::core::reason::Reason;
 use crate::core::spec::{pod_selector, validate_watched};
 use crate::crd::AgentSecretBinding;
 use crate::webhook::inject::{INJECT_LABEL, INJECTED_ANNOTATION, Target, build, describe_pod};
-use crate::webhook::settings::InjectorConfig;
 
 /// What to answer for one pod.
 #[derive(Clone, Debug, PartialEq)]

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, WebhookCertificate};
+use crate::tls::Reloadable;
 use crate::webhook::certs::{CertSettings, CertState, due, rotate};
-use crate::webhook::tls::Reloadable;
 
 /// Key of the shared Secret holding the whole [`CertState`].
 pub const STATE_KEY: &str = "state.json";

@@ -11,11 +11,11 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use crate::config::InjectorConfig;
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
 use crate::crd::{AgentSecretBindingSpec, Delivery};
 use crate::record::SECRET_NAME_ANNOTATION;
 use crate::request::protocol::AUDIENCE;
-use crate::webhook::settings::InjectorConfig;
 
 /// Pod label that opts a pod in (the webhook configuration's `objectSelector`).
 pub const INJECT_LABEL: &str = "cubbyhole.dev/inject";
@@ -313,7 +313,7 @@ fn self_bootstrap_patch(
     pod: &Pod,
     target: &Target,
     cfg: &InjectorConfig,
-    request: &crate::webhook::settings::RequestEndpoint,
+    request: &crate::config::RequestEndpoint,
     secret: &str,
 ) -> Result<Vec<Value>, String> {
     let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;

@@ -3,9 +3,10 @@
 //! init container, read-only token mounts), so Deployment, Job and StatefulSet pods work.
 //!
 //! `settings` (configuration and flags), `admit` and `inject` (the pure decision and patch),
-//! `certs` (pure certificate rotation), `cert_store` (the shared Secret and `caBundle`), `tls`
-//! (the reloadable certificate), `glance` (the cheap first look at a request), `server` (the
-//! AdmissionReview route, served by [`crate::listener`]). Every replica serves it.
+//! `certs` (pure certificate rotation), `cert_store` (the shared Secret and `caBundle`, kept in
+//! the listener's reloadable certificate, [`crate::tls`]), `glance` (the cheap first look at a
+//! request), `server` (the AdmissionReview route, served by [`crate::listener`]). Every replica
+//! serves it.
 
 pub mod admit;
 pub mod cert_store;
@@ -14,7 +15,6 @@ pub mod glance;
 pub mod inject;
 pub mod server;
 pub mod settings;
-pub mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -42,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::request::limits::Limits;
 use crate::request::reviews::Reviews;
 use crate::request::serve::{Endpoint, RequestMetrics};
+use crate::tls::Reloadable;
 use crate::webhook::cert_store::Source;
 use crate::webhook::certs::CertSettings;
 pub use crate::webhook::settings::{InjectorConfig, WebhookArgs};
@@ -101,7 +102,7 @@ pub struct Webhook {
     /// Where injected agents of request-delivery bindings ask for their wraps.
     pub request_url: String,
     /// The serving certificate, and the CA bundle agents trust it by.
-    pub resolver: Arc<tls::Reloadable>,
+    pub resolver: Arc<Reloadable>,
     /// Metrics.
     pub metrics: AdmissionMetrics,
     /// The bearer token every admission review must carry (`--webhook-caller-token-file`).
@@ -185,7 +186,7 @@ pub async fn start(
             },
         },
     };
-    let resolver = Arc::new(tls::Reloadable::default());
+    let resolver = Arc::new(Reloadable::default());
     tokio::spawn(cert_store::run(
         client.clone(),
         source,

@@ -14,12 +14,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use tracing::{debug, info};
 
+use crate::config::RequestEndpoint;
 use crate::listener::read_body;
 use crate::vault::SecretString;
 use crate::webhook::Webhook;
 use crate::webhook::admit::{Decision, decide};
 use crate::webhook::glance::{MAX_POD_VALUES, glance, not_a_review};
-use crate::webhook::settings::RequestEndpoint;
 
 /// Largest AdmissionReview read: a pod etcd can store (1.5 MiB) and the review around it.
 pub const MAX_REVIEW_BYTES: usize = 1536 * 1024 + 64 * 1024;

@@ -1,110 +1,17 @@
 //! What the webhook is told: the `injector` section of the operator's configuration file (what
-//! gets injected) and the `--webhook-*` flags (where it listens, its certificate).
+//! gets injected; its types live in [`crate::config`], which reads the file, and are re-exported
+//! here), checked against what the webhook mounts, and the `--webhook-*` flags (where it
+//! listens, its certificate).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use serde::{Deserialize, Serialize};
-
 use crate::config::OperatorConfig;
+pub use crate::config::{ConfigMapKey, InjectorConfig, RequestEndpoint};
 
-/// The `injector` section of the operator's configuration file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct InjectorConfig {
-    /// Image of the injected `cubbyhole unwrap` init container.
-    #[serde(default = "default_image")]
-    pub image: String,
-    /// Its `imagePullPolicy`. Unset: the Kubernetes default.
-    #[serde(default)]
-    pub image_pull_policy: Option<String>,
-    /// Vault address the pods use (`VAULT_ADDR`). Unset: `vault.address`.
-    #[serde(default)]
-    pub vault_address: Option<String>,
-    /// Vault namespace the pods use (`VAULT_NAMESPACE`). Unset: `vault.namespace`.
-    #[serde(default)]
-    pub vault_namespace: Option<String>,
-    /// A ConfigMap (in each pod's namespace) holding the PEM CA of Vault for the pods:
-    /// mounted read-only and named by `VAULT_CACERT`.
-    #[serde(default)]
-    pub vault_ca_config_map: Option<ConfigMapKey>,
-    /// Resources of the init container.
-    #[serde(default = "default_resources")]
-    pub resources: ResourceRequirements,
-    /// Directory of the in-memory token volume in the agent containers (the token is the
-    /// file `token` in it). A pod may choose another with `cubbyhole.dev/token-path`.
-    #[serde(default = "default_token_path")]
-    pub token_path: String,
-    /// User id of the init container when neither the first agent container nor the pod
-    /// names one (also the pod's fsGroup when it has none). The token file is 0400 and owned
-    /// by it: run agents as the same user. `null`: none is set, the platform assigns the
-    /// user (OpenShift's restricted SCC gives every container of a pod the same one).
-    #[serde(default = "default_run_as_user")]
-    pub run_as_user: Option<i64>,
-    /// Where agents of request-delivery bindings ask, filled in by the webhook at each
-    /// admission (not part of the file).
-    #[serde(skip)]
-    pub request: Option<RequestEndpoint>,
-}
-
-/// The request endpoint as injected agents reach it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RequestEndpoint {
-    /// Base URL (`/v1/wrap` is added by the agent).
-    pub url: String,
-    /// PEM CA bundle the agent trusts the endpoint's certificate by.
-    pub ca_pem: String,
-}
-
-/// A key of a ConfigMap.
-#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConfigMapKey {
-    /// ConfigMap name.
-    pub name: String,
-    /// Key holding the PEM bundle. Default `ca.crt`.
-    #[serde(default = "default_ca_key")]
-    pub key: String,
-}
-
-fn default_image() -> String {
-    "ghcr.io/cubbyhole-dev/cubbyhole:0.1.0".into()
-}
-fn default_token_path() -> String {
-    "/var/run/cubbyhole/token".into()
-}
-fn default_run_as_user() -> Option<i64> {
-    Some(65532)
-}
-fn default_ca_key() -> String {
-    "ca.crt".into()
-}
-fn default_resources() -> ResourceRequirements {
-    serde_json::from_value(serde_json::json!({
-        "requests": {"cpu": "10m", "memory": "16Mi"},
-        "limits": {"memory": "32Mi"},
-    }))
-    .expect("default resources")
-}
-
-impl Default for InjectorConfig {
-    fn default() -> Self {
-        Self {
-            image: default_image(),
-            image_pull_policy: None,
-            vault_address: None,
-            vault_namespace: None,
-            vault_ca_config_map: None,
-            resources: default_resources(),
-            token_path: default_token_path(),
-            run_as_user: default_run_as_user(),
-            request: None,
-        }
-    }
-}
-
+// The webhook checks the section against its own mounts (`inject::check_dir`): here, not in
+// `config`, which must not depend on the webhook.
 impl InjectorConfig {
     /// This section with the Vault address and namespace filled in from `vault`, checked.
     pub fn resolved(config: &OperatorConfig) -> Result<Self, String> {

@@ -1,5 +1,6 @@
-//! The serving certificate as rustls sees it: swapped in place when it is renewed, so the
-//! webhook never restarts for a new certificate.
+//! The serving certificate as rustls sees it: swapped in place when it is renewed, so the TLS
+//! listener (webhook and request endpoint, [`crate::listener`]) never restarts for a new
+//! certificate. The webhook keeps it current (`webhook::cert_store`).
 
 use std::sync::{Arc, RwLock};
 
