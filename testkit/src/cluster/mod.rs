@@ -22,6 +22,7 @@ use cubbyhole::config::{AuthConfig, KubernetesAuth, OperatorConfig, RoleRule, Va
 use crate::openbao::Bao;
 
 mod identity;
+mod leakscan;
 pub mod node;
 mod transcript;
 pub mod webhook;
@@ -44,6 +45,8 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// An existing cluster that this harness did not start.
     pub external: bool,
+    /// Set once [`Cluster::start_node`] started a node: its logs are then expected.
+    node: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -66,6 +69,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             kubeconfig: dir.join("kubeconfig"),
             external: false,
+            node: false.into(),
         }
     }
 
@@ -75,6 +79,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             kubeconfig,
             external: true,
+            node: false.into(),
         }
     }
 
@@ -382,8 +387,14 @@ pub struct Env {
     pub seen_tokens: Mutex<Vec<String>>,
     /// What the cluster showed over time (for the leak scan).
     transcript: Transcript,
-    /// Ports of the extra replicas started (their `/metrics` are scanned too).
-    replica_ports: Mutex<Vec<u16>>,
+    /// (port, process id) of every other operator process started (replicas, webhook
+    /// operators): the `/metrics` of each one still running are scanned too.
+    replicas: Mutex<Vec<(u16, u32)>>,
+    /// Names of the agent logs written (each must be in the leak scan, and not empty).
+    agent_logs: Mutex<std::collections::BTreeSet<String>>,
+    /// A random string made for this Env, planted in every source the leak scan reads: the
+    /// scan must find it there, or it reads nothing of that source.
+    canary: String,
     /// The test's namespace.
     pub ns: String,
     /// Running against an existing cluster and Vault (see [`EXTERNAL_ENV`]).
@@ -504,7 +515,9 @@ impl Env {
             dir,
             seen_tokens: Mutex::new(vec![]),
             transcript,
-            replica_ports: Mutex::new(vec![]),
+            replicas: Mutex::new(vec![]),
+            agent_logs: Mutex::default(),
+            canary: format!("canary-{}", crate::process::random_hex(8)),
             ns,
             external,
             cluster,
@@ -543,7 +556,7 @@ impl Env {
             &[],
             &LEADER_ARGS,
         );
-        self.replica_ports.lock().unwrap().push(replica.port);
+        self.track(&replica);
         replica
     }
 
@@ -556,8 +569,14 @@ impl Env {
             &[("CUBBYHOLE_FAILPOINT", failpoint)],
             &LEADER_ARGS,
         );
-        self.replica_ports.lock().unwrap().push(replica.port);
+        self.track(&replica);
         replica
+    }
+
+    /// Remembers another operator process, whose `/metrics` the leak scan reads while it runs.
+    fn track(&self, operator: &Operator) {
+        let mut replicas = self.replicas.lock().unwrap();
+        replicas.push((operator.port, operator.pid()));
     }
 
     /// Replaces the operator with one that aborts at `failpoint` (see `src/failpoint.rs`).
@@ -752,8 +771,9 @@ impl Env {
         (receipt, out.status.code().unwrap_or(-1))
     }
 
-    /// After an agent ran in `dir`: remembers the token it stored (for the leak scan), keeps
-    /// its output as `agent-<name>.log` and reads its receipt.
+    /// After an agent ran in `dir`: remembers the token it stored (for the leak scan), adds
+    /// its output to `agent-<name>.log` (a second run of the same name keeps the first's) and
+    /// reads its receipt.
     pub fn agent_finished(
         &self,
         dir: &Path,
@@ -765,7 +785,14 @@ impl Env {
         }
         let mut log = String::from_utf8_lossy(&out.stdout).to_string();
         log.push_str(&String::from_utf8_lossy(&out.stderr));
-        std::fs::write(self.dir.join(format!("agent-{name}.log")), log).unwrap();
+        let file = format!("agent-{name}.log");
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(&file))
+            .expect("agent log");
+        std::io::Write::write_all(&mut out, log.as_bytes()).unwrap();
+        self.agent_logs.lock().unwrap().insert(file);
         std::fs::read_to_string(dir.join("receipt"))
             .ok()
             .and_then(|r| Receipt::parse(&r))
@@ -843,171 +870,6 @@ impl Env {
                     .is_some_and(|p| p.starts_with(path_prefix))
             })
             .count()
-    }
-
-    /// Scans everything the operator (every level, JSON lines), OpenBao, the agents printed,
-    /// the statuses, Events (both APIs) and Secret metadata seen over the whole test, the
-    /// final objects and `/metrics`, for every token the test saw and, on a private OpenBao,
-    /// every token and wrapping token its audit log says it issued.
-    pub async fn assert_no_leaks(&self) {
-        let mut tokens = self.seen_tokens.lock().unwrap().clone();
-        let issued = self.bao.issued_tokens();
-        if !self.external {
-            assert!(!issued.is_empty(), "the audit log names no issued token");
-        }
-        tokens.extend(issued.iter().cloned());
-        tokens.sort();
-        tokens.dedup();
-        assert!(!tokens.is_empty(), "the test saw no token to scan for");
-        // The other secrets no output may show: the operator's own credential, the record
-        // keys, the webhook's private keys.
-        let others = if self.external {
-            vec![]
-        } else {
-            self.bao.assert_every_token_captured();
-            self.transcript.assert_alive();
-            self.other_secrets().await
-        };
-        let first_other = tokens.len();
-        tokens.extend(others.iter().map(|(_, s)| s.clone()));
-        // (where it came from, what it said): a leak names its source, never the token.
-        let mut corpus: Vec<(String, String)> = vec![];
-        if let Some(op) = &self.operator {
-            let metrics = op.get("/metrics").map(|(_, b)| b).unwrap_or_default();
-            assert!(
-                self.external || metrics.contains("cubbyhole_"),
-                "/metrics answered nothing to scan"
-            );
-            corpus.push(("/metrics".into(), metrics));
-        }
-        for port in self.replica_ports.lock().unwrap().iter() {
-            // A replica still running (one a test stopped has nothing more to say).
-            if let Some((_, metrics)) = http_get(*port, "/metrics") {
-                corpus.push((format!("/metrics of the replica on port {port}"), metrics));
-            }
-        }
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let pods = pods.list(&ListParams::default()).await.unwrap();
-        corpus.push((
-            "pods (termination messages included)".into(),
-            serde_json::to_string(&pods.items).unwrap(),
-        ));
-        corpus.push(("OpenBao's log".into(), self.bao.log()));
-        for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if (name.starts_with("agent-")
-                || name.starts_with("operator")
-                || name.starts_with("transcript-"))
-                && name.ends_with(".log")
-            {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                corpus.push((name, text));
-            }
-        }
-        // A node's logs, and every container log its kubelet wrote.
-        for name in ["kubelet.log", "containerd.log", "scheduler.log"] {
-            if let Ok(text) = std::fs::read_to_string(self.cluster.dir.join(name)) {
-                corpus.push((name.into(), text));
-            }
-        }
-        let mut dirs = vec![self.cluster.pod_logs_dir()];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.path().is_dir() {
-                    dirs.push(entry.path());
-                } else if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                    corpus.push((format!("container log {}", entry.path().display()), text));
-                }
-            }
-        }
-        let bindings = self.bindings().list(&ListParams::default()).await.unwrap();
-        corpus.push((
-            "bindings".into(),
-            serde_json::to_string(&bindings.items).unwrap(),
-        ));
-        let secrets = self.secrets().list(&ListParams::default()).await.unwrap();
-        let metadata: Vec<_> = secrets.items.iter().map(|s| &s.metadata).collect();
-        corpus.push((
-            "Secret metadata".into(),
-            serde_json::to_string(&metadata).unwrap(),
-        ));
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
-        let events = events.list(&ListParams::default()).await.unwrap();
-        corpus.push((
-            "events.k8s.io Events".into(),
-            serde_json::to_string(&events.items).unwrap(),
-        ));
-        let core_events: Api<k8s_openapi::api::core::v1::Event> = Api::all(self.client.clone());
-        let core_events = core_events.list(&ListParams::default()).await.unwrap();
-        corpus.push((
-            "core Events".into(),
-            serde_json::to_string(&core_events.items).unwrap(),
-        ));
-        // A source that printed nothing would make the scan prove nothing about it.
-        if !self.external {
-            for (source, text) in &corpus {
-                if source == "OpenBao's log" || source.starts_with("operator") {
-                    assert!(
-                        !text.trim().is_empty(),
-                        "{source} is empty: nothing to scan"
-                    );
-                }
-            }
-        }
-        let scan = crate::leaks::TokenScan::new(&tokens);
-        for (source, text) in &corpus {
-            if let Some(i) = scan.first_in(text) {
-                let kind = if i >= first_other {
-                    others[i - first_other].0.as_str()
-                } else if issued.contains(&tokens[i]) {
-                    "issued by OpenBao"
-                } else {
-                    "seen by the test"
-                };
-                panic!("token #{i} ({kind}) leaked into {source}");
-            }
-        }
-        println!(
-            "LEAKSCAN {} tokens ({} issued by OpenBao per its audit log) in {} bytes of output \
-             ({} watch restarts)",
-            tokens.len(),
-            issued.len(),
-            corpus.iter().map(|(_, t)| t.len()).sum::<usize>(),
-            self.transcript.restarts()
-        );
-    }
-
-    /// What else no output may show, each with what it is: the operator's service-account
-    /// token, every record-signing key (as Secret data shows it), and every line of a private
-    /// key the webhook keeps in the operator's namespace.
-    async fn other_secrets(&self) -> Vec<(String, String)> {
-        let mut others = vec![];
-        for (what, path) in [
-            ("the operator's API token", &self.identity.api_jwt),
-            ("the operator's Vault login token", &self.identity.jwt),
-        ] {
-            let jwt = std::fs::read_to_string(path).expect("the operator's token");
-            others.push((what.to_string(), jwt.trim().to_string()));
-        }
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "cubbyhole-system");
-        let listed = secrets.list(&ListParams::default()).await.unwrap();
-        for secret in &listed.items {
-            for (entry, value) in secret.data.iter().flatten() {
-                if entry.starts_with(cubbyhole::record::signing_keys::KEY_PREFIX) {
-                    let shown = crate::leaks::base64(&value.0);
-                    others.push(("a record key".to_string(), shown));
-                }
-                let text = String::from_utf8_lossy(&value.0).replace("\\n", "\n");
-                for line in crate::leaks::private_key_lines(&text) {
-                    others.push(("a webhook private key".to_string(), line));
-                }
-            }
-        }
-        assert!(
-            others.iter().any(|(what, _)| what == "a record key"),
-            "no record key found to scan for"
-        );
-        others
     }
 
     /// Events (events.k8s.io) with `reason`.

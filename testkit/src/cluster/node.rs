@@ -56,6 +56,12 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        self.node.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True once [`Cluster::start_node`] started a node here.
+    pub fn has_node(&self) -> bool {
+        self.node.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Builds the cubbyhole image under another reference and imports it into the node's

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 /// What is watched: the name of its files.
-const WATCHES: [&str; 4] = [
+pub(super) const WATCHES: [&str; 4] = [
     "agentsecretbindings.cubbyhole.dev",
     "events",
     "events.events.k8s.io",

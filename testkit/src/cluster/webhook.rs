@@ -62,16 +62,18 @@ pub struct AgentRun {
 
 impl Env {
     /// Replaces the operator with one started with `args` (and `POD_NAME=name`), logging to
-    /// `operator-<name>.log`.
+    /// `operator-<name>.log`; the leak scan reads its `/metrics` while it runs.
     pub fn operator_with(&self, name: &str, args: &[String]) -> Operator {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Operator::start_with(
+        let operator = Operator::start_with(
             &self.identity.kubeconfig,
             &self.config,
             &self.dir.join(format!("operator-{name}.log")),
             &[("POD_NAME", name)],
             &args,
-        )
+        );
+        self.track(&operator);
+        operator
     }
 
     /// Stops the harness's operator and starts one serving the webhook on `port` (`extra`
