@@ -721,15 +721,17 @@ async fn vault_outage_leaves_no_pod_without_and_none_with_two_wraps() {
     let carried_out = undelivered().await.len();
     let answers_lost = env.op().log_text().matches("mint answer lost").count();
     println!("FIGURES lost mint answers carried out by Vault: {carried_out} of {answers_lost}");
-    // Counted: every mint beyond one per pod is a request whose answer the operator lost (it
-    // never mints again for a pod whose wrap it delivered).
+    // Counted: every create beyond one per pod is a request whose answer the operator lost
+    // (it never mints again for a pod whose wrap it delivered); Vault logs such a request
+    // whether it carried it out or found its client gone.
     assert!(
         carried_out <= answers_lost,
         "{carried_out} undelivered mints"
     );
-    assert_eq!(
-        env.audit_requests("auth/token/create/") - 1,
-        5 + carried_out
+    let creates = env.audit_requests("auth/token/create/") - 1;
+    assert!(
+        (5 + carried_out..=5 + answers_lost).contains(&creates),
+        "{creates} creates for 5 pods, {carried_out} carried out of {answers_lost} lost"
     );
     eventually(
         "the lost mints' wraps expired",
