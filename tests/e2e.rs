@@ -757,18 +757,7 @@ async fn sweep_cleans_records_of_a_force_deleted_binding() {
     let accessor = ann(&s)["wrap-accessor"].clone();
     // Strip the finalizer and delete while the operator is stopped.
     env.operator.take().unwrap().kill();
-    env.bindings()
-        .patch(
-            "doomed",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
-    env.bindings()
-        .delete("doomed", &DeleteParams::default())
-        .await
-        .unwrap();
+    env.force_delete_binding("doomed").await;
     env.restart_operator();
     let root = env.bao.root_client();
     eventually("swept", T, || async {

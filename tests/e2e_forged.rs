@@ -674,18 +674,7 @@ async fn leaked_key_records_act_on_no_bystander(ending: Ending) {
         // The binding goes while nobody is there to clean up: the sweep retires its records.
         Ending::BindingSwept => {
             env.operator.take().unwrap().kill();
-            env.bindings()
-                .patch(
-                    "b",
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
-                )
-                .await
-                .unwrap();
-            env.bindings()
-                .delete("b", &DeleteParams::default())
-                .await
-                .unwrap();
+            env.force_delete_binding("b").await;
             env.restart_operator();
         }
     }

@@ -146,7 +146,6 @@ use crate::controller::context::Memory;
 use crate::controller::effects::{Holder, RecordOps, VaultOps};
 use crate::controller::execute::{self, Executor};
 use crate::controller::reconcile::{looked_up, recently_taken, renewed};
-use crate::controller::vouch::TokenFacts;
 use crate::core::plan::{self, Action, Input, Issue, Revoke, Settings};
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
 use crate::crd::AgentSecretBinding;
@@ -157,7 +156,9 @@ use crate::record::writes::{
 };
 use crate::record::{Phase, SecretsByName, WrapState, ann};
 use crate::rng::Rng;
-use crate::vault::{Renewed, Revoked, SecretString, TokenRequest, VaultError, WrapInfo};
+use crate::vault::{
+    Renewed, Revoked, SecretString, TokenFacts, TokenRequest, VaultError, WrapInfo,
+};
 
 /// The agent container named in `Settings::agent_container`.
 const AGENT: &str = crate::core::pod::UNWRAP_CONTAINER;

@@ -19,8 +19,7 @@ use crate::core::plan::Revoke;
 use crate::crd::AgentSecretBinding;
 use crate::metrics::{Metrics, RenewalResult, TokenKind};
 use crate::record::WrapState;
-pub use crate::vault::TokenFacts;
-use crate::vault::{Revoked, VaultError};
+use crate::vault::{Revoked, TokenFacts, VaultError};
 
 /// The only policy a response-wrapping token carries.
 const WRAP_POLICY: &str = "response-wrapping";

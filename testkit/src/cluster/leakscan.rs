@@ -220,9 +220,13 @@ impl Env {
 
     /// True when `pid` (the replica serving on `port`) still runs: not gone, not a zombie.
     fn running_replica(&self, port: u16, pid: u32) -> bool {
-        let is_main = self.operator.as_ref().is_some_and(|op| op.port == port);
         let state = crate::process::process_state(pid);
-        !is_main && state.is_some_and(|s| s != 'Z')
+        !self.is_main_operator(port) && state.is_some_and(|s| s != 'Z')
+    }
+
+    /// True when `port` is the main operator's (`Env::operator`, scanned as `/metrics`).
+    fn is_main_operator(&self, port: u16) -> bool {
+        self.operator.as_ref().is_some_and(|op| op.port == port)
     }
 
     /// Plants the canary where each source's collection must pick it up, through what really
@@ -288,8 +292,10 @@ impl Env {
         }
         for (port, _) in self.replicas.lock().unwrap().iter() {
             // Other operators still running (one a test stopped has nothing more to say).
-            let is_main = self.operator.as_ref().is_some_and(|op| op.port == *port);
-            if let Some((_, metrics)) = http_get(*port, "/metrics").filter(|_| !is_main) {
+            if self.is_main_operator(*port) {
+                continue;
+            }
+            if let Some((_, metrics)) = http_get(*port, "/metrics") {
                 corpus.push((format!("/metrics of the replica on port {port}"), metrics));
             }
         }

@@ -620,6 +620,24 @@ impl Env {
             .expect("apply binding");
     }
 
+    /// Deletes binding `name` past its finalizers (stripped first), as someone would while the
+    /// operator is down: nothing cleans up after it but the sweep.
+    pub async fn force_delete_binding(&self, name: &str) {
+        let bindings = self.bindings();
+        bindings
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+            )
+            .await
+            .unwrap();
+        bindings
+            .delete(name, &kube::api::DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
     /// Deletes binding `name` and panics unless it is gone within 10 s: no finalizer of an
     /// operator holds it (e.g. after `cubbyhole uninstall`).
     pub async fn delete_binding_at_once(&self, name: &str) {
