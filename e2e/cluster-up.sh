@@ -20,7 +20,7 @@ export KUBECONFIG="$DIR/cluster/kubeconfig"
 source "$DIR/cluster/env"
 
 if ! alive "$DIR/bao.pid"; then
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  port="$(python3 "$ROOT/e2e/free-port.py")"
   (exec 3<>"/dev/tcp/127.0.0.1/$((port + 1))") 2>/dev/null && die "port $((port + 1)) is taken; run again"
   umask 077
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/root-token"

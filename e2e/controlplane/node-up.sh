@@ -24,7 +24,7 @@ READY_TIMEOUT="${CUBBYHOLE_READY_TIMEOUT:-90}"
 
 die() { echo "node-up.sh: ERROR: $*" >&2; exit 1; }
 alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { python3 "$HERE/../free-port.py"; }
 
 [[ -s "$DIR/ports.env" && -s "$DIR/env" ]] || die "no control plane in $DIR: run up.sh $DIR first"
 source "$DIR/ports.env"

@@ -16,10 +16,7 @@ READY_TIMEOUT="${CUBBYHOLE_READY_TIMEOUT:-60}"
 die() { echo "up.sh: ERROR: $*" >&2; exit 1; }
 alive() { [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-    || echo $((20000 + RANDOM % 30000))
-}
+free_port() { python3 "$HERE/../free-port.py"; }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 api() { # path: GET as admin, quiet

@@ -651,13 +651,20 @@ fn judge(
             if may_mint && restarts > wrap.start {
                 actions.push(fresh_wrap(pod, wrap, restarts, None));
             } else if may_mint && wrap.replaced < MAX_REPLACEMENTS {
-                replace_after(wrap.issued_at.unwrap_or(now), pod, wrap, now, plan, actions);
+                replace_after(
+                    long_ago_if_unknown(wrap.issued_at),
+                    pod,
+                    wrap,
+                    now,
+                    plan,
+                    actions,
+                );
             }
             return;
         }
         Phase::Failed => {
             let retry_at = add(
-                wrap.claimed_at.unwrap_or(now),
+                long_ago_if_unknown(wrap.claimed_at),
                 failed_mint_pause(wrap.failures),
             );
             if now < retry_at {
@@ -721,7 +728,7 @@ fn judge(
             .any(|r| r.receipt.is_unwrapped())
     {
         replace_after(
-            wrap.expires_at.unwrap_or(now),
+            long_ago_if_unknown(wrap.expires_at),
             pod,
             wrap,
             now,
@@ -738,6 +745,13 @@ fn judge(
             .filter(|_| wrap.phase == Phase::Unwrapped);
         actions.push(fresh_wrap(pod, wrap, restarts, previous));
     }
+}
+
+/// The time a pause is counted from, when the record does not say (an unparseable or missing
+/// annotation): long past, so the step it paces is taken now and the record it writes carries
+/// the time. Counting from `now` instead would move the goal with every round: never taken.
+fn long_ago_if_unknown(at: Option<Timestamp>) -> Timestamp {
+    at.unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// Replaces `wrap` for the same start once the pause for its next replacement has passed
@@ -1880,6 +1894,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_record_without_the_time_a_pause_counts_from_is_acted_on_now() {
+        // Counted from `now`, the pause would move with every round and never end.
+        let mut failed = issued("a", 0);
+        failed.phase = Phase::Failed;
+        failed.claimed_at = None;
+        failed.issued_at = None;
+        let mut expired = issued("a", 0);
+        expired.phase = Phase::Expired;
+        expired.expires_at = None;
+        for w in [failed, expired] {
+            let plan = run(&[pod("a")], std::slice::from_ref(&w), 1_000);
+            assert!(
+                matches!(plan.actions.as_slice(), [Action::Issue(_)]),
+                "{:?} without its time: {:?}",
+                w.phase,
+                plan.actions
+            );
+        }
+    }
+
+    #[test]
     fn gone_pods_are_cleaned_up_and_revoked() {
         let plan = run(&[], &[issued("a", 0)], 5);
         assert_eq!(
@@ -1984,6 +2019,11 @@ pub(crate) mod tests {
                 w.phase = PHASES[rng.below(7) as usize];
                 w.start = rng.below(3) as u32;
                 w.claimed_at = rng.chance(700).then(|| t(rng.below(100) as i64));
+                // A record whose times did not parse (hand-edited, or an older writer).
+                if rng.chance(100) {
+                    w.issued_at = None;
+                    w.expires_at = None;
+                }
                 w.verified = rng.chance(200);
                 w.deleting = rng.chance(100);
                 w.replaced = rng.below(u64::from(MAX_REPLACEMENTS) + 1) as u32;
@@ -2059,7 +2099,8 @@ pub(crate) mod tests {
         }
         // A pause counts from a known time (the record's); from an unknown one it never ends.
         let passed = |since: Option<Timestamp>, pause: Duration| {
-            since.is_some_and(|t| t.as_second() + pause.as_secs() as i64 <= now.as_second())
+            // An unknown time is long past (`long_ago_if_unknown`).
+            since.is_none_or(|t| t.as_second() + pause.as_secs() as i64 <= now.as_second())
         };
         // The agent container's instance now running, and what it reported about this record.
         let run = s

@@ -8,10 +8,7 @@ use std::process::{Command, Stdio};
 
 /// An address where nothing listens (a port we bound and released).
 pub fn closed_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", free_port())
 }
 
 /// Writes `content` to a new file readable only by us.
@@ -40,9 +37,26 @@ pub fn scratch_dir() -> PathBuf {
 /// A port P with P and P + 1 free right now (the dev server's API and cluster listeners).
 pub fn free_port_pair() -> u16 {
     loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
+        let port = free_port();
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 free right now, drawn below the kernel's ephemeral range: a port
+/// the kernel hands out (bind to 0) is also what it gives the next outgoing connection, which
+/// can take it before the server we start binds it.
+pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(20_000));
+    loop {
+        let draw = u16::from_str_radix(&random_hex(2), 16).expect("hex");
+        let port = low + draw % (high - low);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }

@@ -20,6 +20,7 @@ use serde_json::json;
 use cubbyhole::config::{AuthConfig, KubernetesAuth, OperatorConfig, RoleRule, VaultConfig};
 
 use crate::openbao::Bao;
+pub use crate::process::free_port;
 
 mod identity;
 mod leakscan;
@@ -53,12 +54,29 @@ impl Cluster {
     /// Starts etcd + the API server with `e2e/controlplane/up.sh`, with these `--feature-gates`
     /// (e.g. `WatchList=false`) if any.
     pub fn start_with(dir: &Path, feature_gates: Option<&str>) -> Cluster {
-        let up = crate::paths::repo().join("e2e/controlplane/up.sh");
-        let mut up = Command::new(up);
-        if let Some(gates) = feature_gates {
-            up.env("CUBBYHOLE_APISERVER_FEATURE_GATES", gates);
-        }
-        let out = up.arg(dir).output().expect("run up.sh");
+        // up.sh picks free ports, then binds them: another test may take one in between. A
+        // first start that lost that race is wiped (nothing ran on it) and tried again.
+        let fresh = !dir.join("ports.env").exists();
+        let mut attempts = 0;
+        let out = loop {
+            attempts += 1;
+            let mut up = Command::new(crate::paths::repo().join("e2e/controlplane/up.sh"));
+            if let Some(gates) = feature_gates {
+                up.env("CUBBYHOLE_APISERVER_FEATURE_GATES", gates);
+            }
+            let out = up.arg(dir).output().expect("run up.sh");
+            let lost_a_port =
+                String::from_utf8_lossy(&out.stderr).contains("address already in use");
+            if out.status.success() || !fresh || !lost_a_port || attempts == 3 {
+                break out;
+            }
+            eprintln!("up.sh lost a port to another process; starting again on new ports");
+            let down = crate::paths::repo().join("e2e/controlplane/down.sh");
+            let _ = Command::new(down)
+                .env("CUBBYHOLE_WIPE", "1")
+                .arg(dir)
+                .output();
+        };
         assert!(
             out.status.success(),
             "up.sh failed:\n{}\n{}",
@@ -322,15 +340,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((code, body))
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Namespace of the operator's service account and Lease (`config/rbac/`).
