@@ -59,6 +59,13 @@ impl Backoff {
     }
 }
 
+/// A delay drawn uniformly from `[ceiling / 2, ceiling]`, for a caller that counts its own
+/// failures (the controller's requeue of a failed binding): bindings that failed together (a
+/// Vault outage) then retry spread out, not at the same instant.
+pub fn jittered(ceiling: Duration) -> Duration {
+    jitter(ceiling, &mut rand::rng())
+}
+
 /// A uniformly random delay in `[ceiling / 2, ceiling]`.
 fn jitter(ceiling: Duration, rng: &mut impl Rng) -> Duration {
     let half = ceiling / 2;
@@ -134,6 +141,18 @@ mod tests {
             .collect();
         let (lo, hi) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
         assert!(*hi - *lo > first / 4, "{lo:?}..{hi:?}");
+    }
+
+    #[test]
+    fn requeues_of_bindings_failing_together_spread_over_the_upper_half() {
+        let ceiling = Duration::from_secs(8);
+        let requeues: Vec<Duration> = (0..200).map(|_| jittered(ceiling)).collect();
+        assert!(requeues.iter().all(|d| *d >= ceiling / 2 && *d <= ceiling));
+        let (lo, hi) = (
+            requeues.iter().min().unwrap(),
+            requeues.iter().max().unwrap(),
+        );
+        assert!(*hi - *lo > ceiling / 4, "{lo:?}..{hi:?}");
     }
 
     #[tokio::test]

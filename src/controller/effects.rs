@@ -15,6 +15,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::controller::cache::IndexedCache;
 use crate::core::plan::Issue;
+use crate::record::cached::version_reached;
 use crate::record::writes::{self, Change, Records, WrapData, WriteError};
 use crate::record::{BINDING_LABEL, CachedRecord, Phase, WrapState};
 use crate::vault::{
@@ -180,16 +181,6 @@ pub async fn until_cached(
     cache.wait_until(shows, within).await
 }
 
-/// True when a cached `cached` resourceVersion is `written` or later. Versions are opaque to
-/// clients; the API server's are etcd revisions, compared as numbers when both are (anything
-/// else counts only when equal).
-pub fn version_reached(cached: &str, written: &str) -> bool {
-    match (cached.parse::<u64>(), written.parse::<u64>()) {
-        (Ok(c), Ok(w)) => c >= w,
-        _ => cached == written,
-    }
-}
-
 impl RecordOps for LiveRecords<'_> {
     fn now(&self) -> Timestamp {
         Timestamp::now()
@@ -253,25 +244,5 @@ pub fn event(type_: EventType, reason: &str, action: &str, note: &str) -> Event 
         note: Some(note.into()),
         action: action.into(),
         secondary: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_version_is_reached_by_itself_and_by_later_revisions_only() {
-        assert!(version_reached("42", "42"));
-        assert!(version_reached("43", "42"));
-        assert!(
-            version_reached("100", "99"),
-            "compared as numbers, not as text"
-        );
-        assert!(!version_reached("41", "42"));
-        assert!(!version_reached("99", "100"));
-        assert!(version_reached("opaque", "opaque"));
-        assert!(!version_reached("opaque-2", "opaque-1"));
-        assert!(!version_reached("43", "opaque"));
     }
 }

@@ -95,7 +95,8 @@ pub async fn reconcile(
     result
 }
 
-/// Requeues a failed binding with exponential backoff (1 s doubling, at most 60 s).
+/// Requeues a failed binding with exponential backoff (1 s doubling, at most 60 s), each delay
+/// drawn from the upper half of that (`backoff::jittered`).
 pub fn error_policy(binding: Arc<AgentSecretBinding>, error: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_error(error.category());
     let k = key(
@@ -105,13 +106,13 @@ pub fn error_policy(binding: Arc<AgentSecretBinding>, error: &Error, ctx: Arc<Co
     let mut failures = ctx.failures.lock().expect("failures lock");
     let n = failures.entry(k.clone()).or_default();
     *n = n.saturating_add(1);
-    let delay = backoff_delay(*n);
+    let delay = crate::backoff::jittered(backoff_delay(*n));
     warn!(binding = %k, category = error.category(), error = %error, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
 }
 
-/// The requeue delay after `failures` consecutive failed reconciles (counting this one): 1 s,
-/// doubling with each failure, at most 60 s.
+/// The ceiling of the requeue delay after `failures` consecutive failed reconciles (counting
+/// this one): 1 s, doubling with each failure, at most 60 s.
 pub fn backoff_delay(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_BACKOFF)
 }

@@ -110,9 +110,34 @@ impl std::fmt::Debug for CachedRecord {
     }
 }
 
+/// True when a cached `cached` resourceVersion is `written` or later. Versions are opaque to
+/// clients; the API server's are etcd revisions, compared as numbers when both are (anything
+/// else counts only when equal).
+pub fn version_reached(cached: &str, written: &str) -> bool {
+    match (cached.parse::<u64>(), written.parse::<u64>()) {
+        (Ok(c), Ok(w)) => c >= w,
+        _ => cached == written,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_is_reached_by_itself_and_by_later_revisions_only() {
+        assert!(version_reached("42", "42"));
+        assert!(version_reached("43", "42"));
+        assert!(
+            version_reached("100", "99"),
+            "compared as numbers, not as text"
+        );
+        assert!(!version_reached("41", "42"));
+        assert!(!version_reached("99", "100"));
+        assert!(version_reached("opaque", "opaque"));
+        assert!(!version_reached("opaque-2", "opaque-1"));
+        assert!(!version_reached("43", "opaque"));
+    }
 
     #[test]
     fn a_secret_too_large_to_be_a_record_is_kept_as_a_stub() {

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::record::cached::version_reached;
+
 /// How long a write is remembered: far longer than any watch takes to deliver it.
 const REMEMBER: Duration = Duration::from_secs(60);
 /// At most this many records are remembered (the oldest go first).
@@ -43,7 +45,7 @@ impl OwnWrites {
         let Some((rv, at)) = written.get(key) else {
             return false;
         };
-        if at.elapsed() >= REMEMBER || cached == Some(rv.as_str()) {
+        if at.elapsed() >= REMEMBER || cached.is_some_and(|c| version_reached(c, rv)) {
             written.remove(key);
             return false;
         }
@@ -85,6 +87,11 @@ mod tests {
         );
         assert!(own.cache_may_lag("ns/r", Some("5")), "an older version");
         assert!(!own.cache_may_lag("ns/r", Some("7")), "caught up");
+        own.wrote("ns/r".into(), "9".into());
+        assert!(
+            !own.cache_may_lag("ns/r", Some("12")),
+            "a later write by someone else shows ours too"
+        );
         assert!(
             !own.cache_may_lag("ns/r", Some("5")),
             "trusted again once caught up"
