@@ -26,18 +26,6 @@ use serde_json::json;
 const T: Duration = Duration::from_secs(30);
 const FORGED: &str = "ForgedRecord";
 
-/// A live token nobody's pod holds (created with the root token); returns its accessor.
-fn victim(env: &Env) -> String {
-    let created = env
-        .bao
-        .cli_json(&["token", "create", "-orphan", "-format=json"]);
-    env.remember(created["auth"]["client_token"].as_str().expect("token"));
-    created["auth"]["accessor"]
-        .as_str()
-        .expect("accessor")
-        .to_string()
-}
-
 /// The Secret from the issue: labelled as a record of `binding`, naming `accessor` as an
 /// unwrapped token of a pod that does not exist, without a signature.
 fn forged_secret(ns: &str, name: &str, binding: &str, accessor: &str) -> Secret {
@@ -97,21 +85,9 @@ async fn forged_events(env: &Env, ns: &str) -> Vec<Event> {
 
 /// `cubbyhole_forged_records_total` for `ns` on the operator's /metrics.
 fn forged_metric(env: &Env, ns: &str) -> f64 {
-    metric(
-        env,
-        &format!("cubbyhole_forged_records_total{{namespace=\"{ns}\"}}"),
-    )
-}
-
-async fn assert_live(env: &Env, accessor: &str) {
-    assert!(
-        env.bao
-            .root_client()
-            .accessor_is_live(accessor)
-            .await
-            .expect("lookup accessor"),
-        "the victim token was revoked"
-    );
+    env.metric(&format!(
+        "cubbyhole_forged_records_total{{namespace=\"{ns}\"}}"
+    ))
 }
 
 #[tokio::test]
@@ -119,7 +95,7 @@ async fn a_forged_record_of_a_binding_that_does_not_exist_is_reported_not_acted_
     let env = Env::start(Options::default()).await;
     let ns = format!("{}-forged", env.ns);
     cluster::create_namespace(&env.client, &ns).await;
-    let accessor = victim(&env);
+    let accessor = env.bystander_token();
     create_forged(&env, &ns, "ghost-wrap", "ghost", &accessor).await;
 
     // The sweep (every 3 s here) finds a record of a binding that is gone; it reports it on the
@@ -142,7 +118,7 @@ async fn a_forged_record_of_a_binding_that_does_not_exist_is_reported_not_acted_
             .contains(&accessor),
         "the Event names no accessor"
     );
-    assert_live(&env, &accessor).await;
+    env.assert_bystander_live(&accessor).await;
     assert!(secret_exists(&env, &ns, "ghost-wrap").await);
     assert!(forged_metric(&env, &ns) > 0.0);
     // Reported once, not every sweep (the sweep runs every 3 s).
@@ -151,7 +127,7 @@ async fn a_forged_record_of_a_binding_that_does_not_exist_is_reported_not_acted_
     })
     .await;
     assert_eq!(forged_metric(&env, &ns), 1.0);
-    assert_live(&env, &accessor).await;
+    env.assert_bystander_live(&accessor).await;
     assert!(secret_exists(&env, &ns, "ghost-wrap").await);
 
     env.assert_no_leaks().await;
@@ -163,7 +139,7 @@ async fn a_forged_record_of_a_binding_that_does_not_exist_is_reported_not_acted_
 async fn a_forged_record_next_to_a_live_binding_is_left_alone_and_real_pods_are_served() {
     let env = Env::start(Options::default()).await;
     env.apply_binding("b", Env::spec("web", "60s")).await;
-    let accessor = victim(&env);
+    let accessor = env.bystander_token();
     create_forged(&env, &env.ns, "forged-record", "b", &accessor).await;
     // Another one squats the Secret name a real pod will need.
     create_forged(&env, &env.ns, "squatted-b-wrap", "b", &accessor).await;
@@ -209,7 +185,7 @@ async fn a_forged_record_next_to_a_live_binding_is_left_alone_and_real_pods_are_
     })
     .await;
 
-    assert_live(&env, &accessor).await;
+    env.assert_bystander_live(&accessor).await;
     assert!(secret_exists(&env, &env.ns, "forged-record").await);
     assert!(secret_exists(&env, &env.ns, "squatted-b-wrap").await);
     let forged = env
@@ -231,7 +207,7 @@ async fn an_altered_accessor_on_a_real_record_is_never_revoked() {
     env.create_pod("web-0", "web").await;
     let (real, _token) = issued(&env, "b", "web-0").await;
     assert!(ann(&real).contains_key("signature"), "records are signed");
-    let accessor = victim(&env);
+    let accessor = env.bystander_token();
 
     // Someone who can patch Secrets points the record at another token.
     let patch = json!({"metadata": {"annotations": {"cubbyhole.dev/accessor": accessor}}});
@@ -254,7 +230,7 @@ async fn an_altered_accessor_on_a_real_record_is_never_revoked() {
     // A new pod served afterwards shows the operator has reconciled since the deletion.
     env.create_pod("web-1", "web").await;
     issued(&env, "b", "web-1").await;
-    assert_live(&env, &accessor).await;
+    env.assert_bystander_live(&accessor).await;
     // Its pod is gone, so its Secret is released (nothing stranded), without any Vault call.
     eventually("the altered record released", T, || async {
         (!secret_exists(&env, &env.ns, &real.name_any()).await).then_some(())
@@ -265,7 +241,7 @@ async fn an_altered_accessor_on_a_real_record_is_never_revoked() {
             .await
             .is_empty()
     );
-    assert_live(&env, &accessor).await;
+    env.assert_bystander_live(&accessor).await;
     // Reported once per version of the Secret, not once per reconcile.
     let reports = forged_metric(&env, &env.ns);
     assert!((1.0..=2.0).contains(&reports), "{reports} reports");
@@ -406,12 +382,12 @@ async fn a_signed_record_copied_to_another_name_or_put_back_in_an_older_version_
         .delete("copied-b-wrap", &DeleteParams::default())
         .await
         .expect("delete the copy");
-    assert_live(&env, &held).await;
+    env.assert_bystander_live(&held).await;
 
     // The record put back as it was when issued (a valid signature of an earlier version):
     // it names only what was minted for this pod, so the agent's token is never revoked; the
     // operator sees the wrap consumed and, from the agent's receipt, verified again.
-    let victim = victim(&env);
+    let victim = env.bystander_token();
     let mut replay: BTreeMap<String, Option<String>> = record_annotations(&verified)
         .into_keys()
         .map(|k| (k, None))
@@ -433,8 +409,8 @@ async fn a_signed_record_copied_to_another_name_or_put_back_in_an_older_version_
         .then_some(())
     })
     .await;
-    assert_live(&env, &held).await;
-    assert_live(&env, &victim).await;
+    env.assert_bystander_live(&held).await;
+    env.assert_bystander_live(&victim).await;
     let revoked = revoked_accessors(&env.bao.audit_entries());
     assert!(
         !revoked.contains(&held) && !revoked.contains(&victim),
@@ -448,71 +424,8 @@ async fn a_signed_record_copied_to_another_name_or_put_back_in_an_older_version_
         (!root.accessor_is_live(&held).await.ok()?).then_some(())
     })
     .await;
-    assert_live(&env, &victim).await;
+    env.assert_bystander_live(&victim).await;
     env.assert_no_leaks().await;
-}
-
-/// The operator's record keys, as someone who leaked them (or can read Secrets in the
-/// operator's namespace) has them.
-async fn leaked_record_keys(env: &Env) -> RecordKeys {
-    let api: Api<Secret> = Api::namespaced(env.client.clone(), cluster::OPERATOR_NS);
-    let secret = api.get(KEY_SECRET).await.expect("the record key Secret");
-    keys_from_secret(&secret).expect("the record keys")
-}
-
-/// Rewrites record `name` with `changes` (full annotation keys) and signs it with `keys`
-/// exactly as the operator signs its writes, so the result verifies. Guarded by the
-/// resourceVersion read (retried if the operator wrote in between).
-async fn rewrite_signed(env: &Env, keys: &RecordKeys, name: &str, changes: &[(&str, String)]) {
-    eventually(&format!("{name} rewritten and re-signed"), T, || async {
-        let secret = env.secrets().get(name).await.ok()?;
-        let mut annotations = secret.annotations().clone();
-        let mut patch = serde_json::Map::new();
-        for (k, v) in changes {
-            annotations.insert(k.to_string(), v.clone());
-            patch.insert(k.to_string(), json!(v));
-        }
-        let binding = secret.labels().get(BINDING_LABEL)?.clone();
-        let fields = Fields {
-            namespace: &env.ns,
-            name,
-            binding: &binding,
-            annotations: &annotations,
-        };
-        patch.insert(ann::SIGNATURE.into(), json!(keys.sign(&fields)));
-        let patch = json!({"metadata": {
-            "resourceVersion": secret.resource_version(),
-            "annotations": patch,
-        }});
-        let patched = env
-            .secrets()
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .ok()?;
-        let fields = Fields {
-            annotations: patched.annotations(),
-            ..fields
-        };
-        let signature = patched
-            .annotations()
-            .get(ann::SIGNATURE)
-            .map(String::as_str);
-        assert_eq!(keys.verify(&fields, signature), Authenticity::Authentic);
-        Some(())
-    })
-    .await;
-}
-
-/// A series' value on the operator's /metrics (0 when absent), e.g.
-/// `cubbyhole_token_renewals_total{result="refused"}`.
-fn metric(env: &Env, series: &str) -> f64 {
-    let metrics = env.op().get("/metrics").map(|(_, b)| b).unwrap_or_default();
-    let prefix = format!("{series} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Issue 33, item 1: a record signed with the REAL record key (as someone who leaked it would
@@ -573,32 +486,19 @@ async fn leaked_key_records_act_on_no_bystander(ending: Ending) {
 
     // Bystanders: two live tokens and a real wrap nobody's pod holds, all made with root;
     // the wrap at auth/token/create, not at the binding's tokenRole.
-    let token_a = victim(&env);
-    let token_b = victim(&env);
-    let wrap = env
-        .bao
-        .cli_json(&["token", "create", "-orphan", "-wrap-ttl=5m", "-format=json"]);
-    env.remember(wrap["wrap_info"]["token"].as_str().expect("wrapping token"));
-    let wrap_c = wrap["wrap_info"]["accessor"]
-        .as_str()
-        .expect("wrap accessor")
-        .to_string();
+    let token_a = env.bystander_token();
+    let token_b = env.bystander_token();
+    let wrap_c = env.bystander_wrap();
 
-    let keys = leaked_record_keys(&env).await;
+    let keys = env.leaked_record_keys().await;
     // (a) web-0's record now names token_a as the token its agent holds.
-    rewrite_signed(
-        &env,
-        &keys,
-        &r0.name_any(),
-        &[(ann::ACCESSOR, token_a.clone())],
-    )
-    .await;
+    env.rewrite_signed(&keys, &r0.name_any(), &[(ann::ACCESSOR, token_a.clone())])
+        .await;
     // (b) web-1's record names token_b as its wrap, whose expiry has passed.
     let expired = Timestamp::now()
         .checked_sub(SignedDuration::from_secs(60))
         .unwrap();
-    rewrite_signed(
-        &env,
+    env.rewrite_signed(
         &keys,
         &r1.name_any(),
         &[
@@ -608,8 +508,7 @@ async fn leaked_key_records_act_on_no_bystander(ending: Ending) {
     )
     .await;
     // (c) web-2's record names the root-made wrap as its own.
-    rewrite_signed(
-        &env,
+    env.rewrite_signed(
         &keys,
         &r2.name_any(),
         &[(ann::WRAP_ACCESSOR, wrap_c.clone())],
@@ -639,7 +538,7 @@ async fn leaked_key_records_act_on_no_bystander(ending: Ending) {
     eventually("web-0's renewal and web-1's expiry probe", T, || async {
         let done = touched(&env.bao.audit_entries());
         let refused =
-            metric(&env, renewals_refused) >= 1.0 && metric(&env, &revocations_refused) >= 1.0;
+            env.metric(renewals_refused) >= 1.0 && env.metric(&revocations_refused) >= 1.0;
         (refused || !done.is_empty()).then_some(())
     })
     .await;
@@ -688,18 +587,18 @@ async fn leaked_key_records_act_on_no_bystander(ending: Ending) {
         "the operator acted on bystanders: {done:?}"
     );
     for v in victims {
-        assert_live(&env, v).await;
+        env.assert_bystander_live(v).await;
     }
     if matches!(ending, Ending::PodsDeleted) {
         // (The restarted operator of the sweep renews nothing: its records' binding is gone.)
         assert!(
-            metric(&env, renewals_refused) >= 1.0,
+            env.metric(renewals_refused) >= 1.0,
             "renewal refusals not counted"
         );
     }
     // web-1's probe, web-0's token and web-2's wrap at cleanup; the restarted operator of the
     // sweep counts its own: web-0's token and web-2's wrap (web-1's wrap was probed before).
-    let refused = metric(&env, &revocations_refused);
+    let refused = env.metric(&revocations_refused);
     let least = match ending {
         Ending::PodsDeleted => 3.0,
         Ending::BindingSwept => 2.0,

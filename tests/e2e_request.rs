@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cubbyhole::agent::ask::{Answer, Asker};
+use cubbyhole::record::ann as record_ann;
 use cubbyhole::request::protocol::{WrapFacts, reason};
 use cubbyhole_testkit::cluster::webhook::{
     agent_pod, injected_ca, is_injected, report_restarts, webhook_port,
 };
 use cubbyhole_testkit::cluster::{Env, Options, ann, create_namespace, eventually};
-use cubbyhole_testkit::openbao::ROLE_PATH;
+use cubbyhole_testkit::openbao::{ROLE_PATH, revoked_accessors};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -342,6 +343,57 @@ async fn pods_on_request_ask_unwrap_and_verify_and_no_secret_ever_holds_their_wr
     // The watch ends before the control plane does.
     watching.abort();
     let _ = watching.await;
+    env.assert_no_leaks().await;
+}
+
+/// Issue 34: the endpoint revokes the previous run's wrap and token only where Vault vouches
+/// for them. A record signed with the leaked key (as its tenant could, having the key) names a
+/// bystander's token and a root-made wrap as its pod's: the pod's next run is served, neither
+/// bystander is revoked, and both refusals are counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_run_revokes_nothing_another_pod_holds_that_a_leaked_key_record_names() {
+    let (env, port) = env_on_request().await;
+    if env.skip_external("the API server calling a webhook on 127.0.0.1") {
+        return;
+    }
+    let pods = create_deployment(&env, 1).await;
+    let pod = env.pods().get(&pods[0].name_any()).await.unwrap();
+    let name = pod.name_any();
+    let identity = env.pod_identity_token(&name, "cubbyhole").await;
+    let direct = asker(&env, &pod, port, &identity, "leaked");
+    let (first, _) = served(&direct, "the first run").await;
+    env.remember(first.expose());
+    let record = eventually("the first run's record", T, || record_of(&env, &name)).await;
+
+    let (token, wrap) = (env.bystander_token(), env.bystander_wrap());
+    let keys = env.leaked_record_keys().await;
+    let changes = [
+        (record_ann::ACCESSOR, token.clone()),
+        (record_ann::WRAP_ACCESSOR, wrap.clone()),
+    ];
+    env.rewrite_signed(&keys, &record.name_any(), &changes)
+        .await;
+    let refused = format!(
+        "cubbyhole_revocations_refused_total{{namespace=\"{}\"}}",
+        env.ns
+    );
+    let refused_before = env.metric(&refused);
+
+    env.report_restarts_of(&name, INIT, 1).await;
+    let (next, _) = served(&direct, "the next run").await;
+    env.remember(next.expose());
+    let revoked = revoked_accessors(&env.bao.audit_entries());
+    assert!(
+        !revoked.contains(&token) && !revoked.contains(&wrap),
+        "the endpoint revoked a bystander: {revoked:?}"
+    );
+    env.assert_bystander_live(&token).await;
+    env.assert_bystander_live(&wrap).await;
+    assert_eq!(
+        env.metric(&refused) - refused_before,
+        2.0,
+        "the wrap's and the token's revocations refused"
+    );
     env.assert_no_leaks().await;
 }
 

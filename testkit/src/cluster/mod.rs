@@ -22,6 +22,7 @@ use cubbyhole::config::{AuthConfig, KubernetesAuth, OperatorConfig, RoleRule, Va
 use crate::openbao::Bao;
 pub use crate::process::free_port;
 
+mod forge;
 mod identity;
 mod leakscan;
 pub mod node;
