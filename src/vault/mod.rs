@@ -16,20 +16,29 @@ use tokio::sync::Mutex;
 
 use crate::metrics::Metrics;
 
-/// A token or wrapping token. `Debug` prints `<redacted>`; read it with [`SecretString::expose`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
+/// A token or wrapping token, kept as the `secrecy` crate keeps secrets: its memory is zeroed
+/// when dropped, `Debug` prints `<redacted>`; read it with [`SecretString::expose`].
+#[derive(Clone)]
+pub struct SecretString(secrecy::SecretString);
 
 impl SecretString {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(value.into().into())
     }
     /// The secret itself; only for the request or file that needs it.
     pub fn expose(&self) -> &str {
-        &self.0
+        secrecy::ExposeSecret::expose_secret(&self.0)
     }
 }
+
+impl PartialEq for SecretString {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for SecretString {}
 
 impl std::fmt::Debug for SecretString {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -341,7 +350,7 @@ impl VaultClient {
             });
         }
         Ok(WrapInfo {
-            token: SecretString(w.token),
+            token: SecretString::new(w.token),
             accessor: w.accessor,
             wrapped_accessor: w.wrapped_accessor,
             ttl: w.ttl,
@@ -403,7 +412,7 @@ impl VaultClient {
             detail: "the wrap does not hold a token".into(),
         })?;
         Ok(UnwrappedToken {
-            token: SecretString(auth.client_token),
+            token: SecretString::new(auth.client_token),
             accessor: auth.accessor,
             policies: auth.policies,
         })
@@ -610,7 +619,7 @@ impl VaultClient {
                     client_token: String,
                 }
                 let raw: Raw = parse(OP, resp).await.map_err(login_error)?;
-                Ok(SecretString(raw.auth.client_token))
+                Ok(SecretString::new(raw.auth.client_token))
             }
         }
     }
@@ -862,6 +871,16 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_prints_redacted_and_is_read_only_through_expose() {
+        let token = SecretString::new("s.abc");
+        assert_eq!(format!("{token:?}"), "<redacted>");
+        assert_eq!(format!("{:?}", Some(token.clone())), "Some(<redacted>)");
+        assert_eq!(token.expose(), "s.abc");
+        assert_eq!(token, SecretString::new("s.abc"));
+        assert_ne!(token, SecretString::new("s.abd"));
+    }
 
     /// A client without authentication for `address`, with `namespace`.
     fn agent(address: &str, namespace: Option<&str>) -> VaultClient {
