@@ -66,6 +66,15 @@ pub fn jittered(ceiling: Duration) -> Duration {
     jitter(ceiling, &mut rand::rng())
 }
 
+/// The wait before asking again after a server answered `Retry-After: retry_after`: never
+/// sooner than it (nor than `backoff`, the caller's own next delay), drawn uniformly from the
+/// half after it, so clients refused together (a rate limit, an endpoint starting) do not all
+/// come back at the same instant.
+pub fn after_retry_after(retry_after: Duration, backoff: Duration) -> Duration {
+    let spread = (retry_after / 2).mul_f64(rand::rng().random_range(0.0..=1.0));
+    retry_after.saturating_add(spread).max(backoff)
+}
+
 /// A uniformly random delay in `[ceiling / 2, ceiling]`.
 fn jitter(ceiling: Duration, rng: &mut impl Rng) -> Duration {
     let half = ceiling / 2;
@@ -153,6 +162,20 @@ mod tests {
             requeues.iter().max().unwrap(),
         );
         assert!(*hi - *lo > ceiling / 4, "{lo:?}..{hi:?}");
+    }
+
+    #[test]
+    fn clients_told_the_same_retry_after_come_back_spread_never_sooner() {
+        let after = Duration::from_secs(4);
+        let waits: Vec<Duration> = (0..200)
+            .map(|_| after_retry_after(after, Duration::from_millis(500)))
+            .collect();
+        assert!(waits.iter().all(|w| *w >= after && *w <= after * 3 / 2));
+        let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*hi - *lo > after / 4, "{lo:?}..{hi:?}");
+        // The caller's own delay wins when it is longer.
+        let long = Duration::from_secs(30);
+        assert_eq!(after_retry_after(after, long), long);
     }
 
     #[tokio::test]

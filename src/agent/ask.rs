@@ -148,9 +148,11 @@ impl Asker {
             };
             match (why, wait) {
                 (why, wait) if retry < retries => {
+                    let backoff = delays.next_delay();
                     let wait = wait
-                        .unwrap_or_default()
-                        .max(delays.next_delay())
+                        .map_or(backoff, |after| {
+                            crate::backoff::after_retry_after(after, backoff)
+                        })
                         .min(MAX_WAIT);
                     log(&format!(
                         "{why}; asking again in {:.1}s (retry {} of {retries})",
