@@ -16,7 +16,9 @@
 //!
 //! **The round** ([`World::reconcile`]) mirrors `reconcile::apply` (list, vet, plan with the
 //! real memory helpers `recently_taken` and `remembered`) and `sweep::retire_records` (a
-//! binding's finalizer), then hands the plan to the **real executor**
+//! binding's finalizer and the sweep: listing and vetting modelled, the revocations and
+//! removals by the real `sweep::retire_trusted` over [`SimOps`]), then hands the plan to the
+//! **real executor**
 //! (`execute::run_all` over `controller::effects`, implemented by [`SimOps`]): every Vault call
 //! and record write it makes is one operation of the models, a crash may fall before any of
 //! them (the round's future is then dropped where it stands, as a killed process would leave
@@ -32,7 +34,8 @@
 //! a valid wrap, `unexpected-creation-path`), a thief
 //! unwrapping first, pods deleted, removed and finishing, pods relabelled, a second binding
 //! selecting some pods (created and deleted: its finalizer runs), foreign and forged Secrets
-//! holding a pod's Secret name, time advancing. Faults: the operator crashing after any number
+//! holding a pod's Secret name, records written with the leaked record key (under b, or
+//! under c to be retired by its finalizer) naming another pod's token, time advancing. Faults: the operator crashing after any number
 //! of operations of a round (its memory, the last-lookup times, is lost; the next round plans
 //! from the stores only), lost Vault answers (Vault did the work; a lost mint may even be carried
 //! out later, before Vault next answers), Vault refusing a mint, Vault down for a while, API
@@ -146,6 +149,8 @@ use crate::controller::context::Memory;
 use crate::controller::effects::{Holder, RecordOps, VaultOps};
 use crate::controller::execute::{self, Executor};
 use crate::controller::reconcile::{looked_up, recently_taken, renewed};
+use crate::controller::sweep;
+use crate::controller::vouch::Claim;
 use crate::core::plan::{self, Action, Input, Issue, Revoke, Settings};
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
 use crate::crd::AgentSecretBinding;
@@ -1719,30 +1724,53 @@ impl World {
         Ok(())
     }
 
-    /// `sweep::retire_records`: revokes what the binding's records name and removes them; true
-    /// when all of them were.
+    /// `sweep::retire_records`: what the binding's records name revoked and the records
+    /// removed by the real `sweep::retire_trusted` (Vault vouching for each); true when all of
+    /// them were.
     fn retire(&mut self, name: &str) -> Step<bool> {
         let Ok((wraps, untrusted, _)) = self.list_records(name, false)? else {
             return Ok(false);
         };
         self.release_unverified(&untrusted)?;
-        for wrap in &wraps {
-            let revoke = plan::revocations(wrap, true);
-            for (revoke, accessor) in [
-                (revoke.wrap(), &wrap.wrap_accessor),
-                (revoke.token(), &wrap.accessor),
-            ] {
-                if let (true, Some(a)) = (revoke, accessor)
-                    && self.v_revoke(a)?.is_err()
-                {
-                    return Ok(false);
-                }
-            }
-            if !matches!(self.remove(wrap)?, Ok(true)) {
-                return Ok(false);
+        // The finalizer's binding is live (its role known); the sweep's is gone.
+        let resource = self.bindings.get(name).map(|b| b.resource(name));
+        let claim = resource.as_ref().map_or(
+            Claim {
+                namespace: NS,
+                binding: name,
+                role: None,
+            },
+            Claim::of,
+        );
+        // Each record's pod may have its own tokens revoked, nobody else's (invariant 8).
+        let mut round = RoundPlan::default();
+        for w in &wraps {
+            if let Some(accessor) = &w.accessor {
+                let namers = round.namers.entry(accessor.clone()).or_default();
+                namers.push(w.pod_uid.clone());
             }
         }
-        Ok(true)
+        let metrics = self.metrics.clone();
+        // The finalizer and the sweep publish no Event of their own.
+        let routine_events = std::mem::replace(&mut self.routine_events, false);
+        let result = {
+            let ops = SimOps {
+                world: Mutex::new(self),
+                binding: name.to_string(),
+                starts: HashMap::new(),
+                discarding: Mutex::new(None),
+                stop: Mutex::new(None),
+                round,
+                owed: Mutex::new(Owed::default()),
+            };
+            let retired = drive(
+                sweep::retire_trusted(&ops, &ops, &metrics, claim, &wraps),
+                &ops.stop,
+            );
+            retired.map(|r| matches!(r, Ok((removed, None)) if removed == wraps.len()))
+        };
+        self.routine_events = routine_events;
+        result
     }
 
     // ---------------------------------------------------------------- the world around it
@@ -2269,21 +2297,28 @@ impl World {
         let Some((victim, mut sec)) = self.rng.pick(&victims).cloned() else {
             return;
         };
+        // Under b, or (a third of them, while it lives) under c: c's finalizer or the sweep
+        // then retires a record naming b's token.
+        let under = match self.bindings.get("c") {
+            Some(c) if !c.deleting && !c.settings.on_request && self.rng.chance(333) => "c",
+            _ => "b",
+        };
         let tenants: Vec<usize> = self
             .running_pods()
             .into_iter()
-            .filter(|&i| self.bindings["b"].selects(&self.pods[i]))
+            .filter(|&i| self.bindings[under].selects(&self.pods[i]))
             .filter(|&i| {
                 !self
                     .secrets
-                    .contains_key(&secret_name(&self.pods[i].view(), "b"))
+                    .contains_key(&secret_name(&self.pods[i].view(), under))
             })
             .collect();
         let Some(&i) = self.rng.pick(&tenants) else {
             return;
         };
         let pod = self.pods[i].clone();
-        let name = secret_name(&pod.view(), "b");
+        let name = secret_name(&pod.view(), under);
+        sec.binding = Some(under.to_string());
         sec.ann.insert(ann::POD, pod.name.clone());
         sec.ann.insert(ann::POD_UID, pod.uid.clone());
         // Half the forgeries name the token as the record's wrap too, not yet taken: the
@@ -2299,7 +2334,7 @@ impl World {
         sec.deleting = false;
         sec.view = read_record(&name, &sec);
         self.note(format!(
-            "a record for pod {} forged with the key, naming {victim}'s token{}",
+            "a record of {under} for pod {} forged with the key, naming {victim}'s token{}",
             pod.name,
             if as_wrap { " as its wrap too" } else { "" }
         ));

@@ -12,13 +12,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error};
+use crate::controller::effects::{LiveRecords, RecordOps, VaultOps};
 use crate::controller::lists::paged;
 use crate::controller::trust;
 use crate::controller::vouch::{Claim, revoke_named};
 use crate::core::plan;
 use crate::core::pod::is_valid_secret_name;
 use crate::crd::AgentSecretBinding;
-use crate::record::writes::{self, Records, Sealer};
+use crate::metrics::Metrics;
+use crate::record::writes::{Records, Sealer};
 use crate::record::{BINDING_LABEL, SecretsByName, WrapState};
 
 /// Every `sweep_period` (first after 5 s), once the operator is ready: retires the records of
@@ -106,24 +108,15 @@ pub async fn retire_records(
         binding,
         role: on.map(|b| b.spec.vault.token_role.as_str()),
     };
-    let mut removed = 0;
-    let mut changed = None;
-    for wrap in &vetted.trusted {
-        // The binding is going: every token it minted goes with it.
-        revoke_named(
-            &ctx.vault,
-            &ctx.metrics,
-            claim,
-            wrap,
-            plan::revocations(wrap, true),
-        )
-        .await?;
-        if writes::remove(&secrets, wrap).await? {
-            removed += 1;
-        } else {
-            changed.get_or_insert_with(|| wrap.secret.clone());
-        }
-    }
+    let records = LiveRecords {
+        records: writer,
+        recorder: &ctx.recorder,
+        client: &ctx.client,
+        reporter: &ctx.reporter,
+        written: Default::default(),
+    };
+    let (removed, changed) =
+        retire_trusted(&ctx.vault, &records, &ctx.metrics, claim, &vetted.trusted).await?;
     if !vetted.untrusted.is_empty() {
         tracing::debug!(namespace = %namespace, binding = %binding, left = vetted.untrusted.len(),
             "records that are not ours were left untouched");
@@ -133,6 +126,31 @@ pub async fn retire_records(
         (None, Some(secret)) => Err(Error::RecordChanged(secret)),
         (None, None) => Ok(removed),
     }
+}
+
+/// Retires a going binding's authentic records: revokes every token each names (Vault vouching
+/// for each) and removes it. Returns how many were removed and the first that changed under us
+/// (its removal lost the guard: retried). Stops at the first Vault or API error. The finalizer,
+/// the sweep and the simulation's model of both run this.
+pub async fn retire_trusted(
+    vault: &impl VaultOps,
+    records: &impl RecordOps,
+    metrics: &Metrics,
+    claim: Claim<'_>,
+    trusted: &[WrapState],
+) -> Result<(usize, Option<String>), Error> {
+    let mut removed = 0;
+    let mut changed = None;
+    for wrap in trusted {
+        // The binding is going: every token it minted goes with it.
+        revoke_named(vault, metrics, claim, wrap, plan::revocations(wrap, true)).await?;
+        if records.remove(wrap).await? {
+            removed += 1;
+        } else {
+            changed.get_or_insert_with(|| wrap.secret.clone());
+        }
+    }
+    Ok((removed, changed))
 }
 
 /// The binding's records listed from the API server (each with its authenticity), and the raw
