@@ -150,7 +150,7 @@ use crate::controller::effects::{Holder, RecordOps, VaultOps};
 use crate::controller::execute::{self, Executor};
 use crate::controller::reconcile::{looked_up, recently_taken, renewed};
 use crate::controller::sweep;
-use crate::controller::vouch::Claim;
+use crate::controller::vouch::{self, Claim};
 use crate::core::plan::{self, Action, Input, Issue, Revoke, Settings};
 use crate::core::pod::{ObservedReceipt, PodView, secret_name};
 use crate::crd::AgentSecretBinding;
@@ -1530,15 +1530,7 @@ impl World {
         let budget = LookupBudget::stopped_at(self.lookup_budget, instant(self.now));
         let deferred_before = deferred_lookups(&self.metrics);
         let result = {
-            let ops = SimOps {
-                world: Mutex::new(self),
-                binding: name.to_string(),
-                starts,
-                discarding: Mutex::new(None),
-                stop: Mutex::new(None),
-                round,
-                owed: Mutex::new(Owed::default()),
-            };
+            let ops = SimOps::acting(self, name, starts, round);
             let executor = Executor {
                 vault: &ops,
                 records: &ops,
@@ -1662,23 +1654,6 @@ impl World {
         }
     }
 
-    /// `vouch::revoke_named` without the vouching (the request endpoint's model).
-    fn revoke_record(&mut self, wrap: &WrapState, revoke: Revoke) -> Step<Result<(), VErr>> {
-        if revoke.wrap()
-            && let Some(a) = &wrap.wrap_accessor
-            && let Err(e) = self.v_revoke(a)?
-        {
-            return Ok(Err(e));
-        }
-        if revoke.token()
-            && let Some(a) = &wrap.accessor
-            && let Err(e) = self.v_revoke(a)?
-        {
-            return Ok(Err(e));
-        }
-        Ok(Ok(()))
-    }
-
     /// `trust::vet`: a record that does not verify is never acted on in Vault, but once its
     /// Secret is being deleted its finalizer is released (guarded), so it is never stranded.
     fn release_unverified(&mut self, untrusted: &BTreeSet<String>) -> Step<()> {
@@ -1742,27 +1717,11 @@ impl World {
             },
             Claim::of,
         );
-        // Each record's pod may have its own tokens revoked, nobody else's (invariant 8).
-        let mut round = RoundPlan::default();
-        for w in &wraps {
-            if let Some(accessor) = &w.accessor {
-                let namers = round.namers.entry(accessor.clone()).or_default();
-                namers.push(w.pod_uid.clone());
-            }
-        }
         let metrics = self.metrics.clone();
         // The finalizer and the sweep publish no Event of their own.
         let routine_events = std::mem::replace(&mut self.routine_events, false);
         let result = {
-            let ops = SimOps {
-                world: Mutex::new(self),
-                binding: name.to_string(),
-                starts: HashMap::new(),
-                discarding: Mutex::new(None),
-                stop: Mutex::new(None),
-                round,
-                owed: Mutex::new(Owed::default()),
-            };
+            let ops = SimOps::acting(self, name, HashMap::new(), RoundPlan::naming(&wraps));
             let retired = drive(
                 sweep::retire_trusted(&ops, &ops, &metrics, claim, &wraps),
                 &ops.stop,
@@ -2015,7 +1974,20 @@ impl World {
             .filter(|_| self.mutant != Mutant::NoRevokeBeforeAsk)
         {
             let revoke = plan::revocations(old, binding.settings.revoke_on_pod_deletion);
-            if self.revoke_record(old, revoke)?.is_err() {
+            let resource = binding.resource(name);
+            let metrics = self.metrics.clone();
+            let routine_events = std::mem::replace(&mut self.routine_events, false);
+            let revoked = {
+                let round = RoundPlan::naming(std::slice::from_ref(old));
+                let ops = SimOps::acting(self, name, HashMap::new(), round);
+                let claim = Claim::of(&resource);
+                drive(
+                    vouch::revoke_named(&ops, &metrics, claim, old, revoke),
+                    &ops.stop,
+                )
+            };
+            self.routine_events = routine_events;
+            if revoked?.is_err() {
                 return Ok(None);
             }
         }
@@ -2275,12 +2247,8 @@ impl World {
     /// Someone who holds the record key (a leaked key) writes a valid record for one pod that
     /// names another pod's live token (in half of them as its wrap too): Vault's answer says
     /// whose token it is and that it is no wrap, and the operator must never revoke or renew
-    /// it for this record (invariant 8). Not for request delivery (its
-    /// endpoint's model does not vouch).
+    /// it for this record (invariant 8), nor the request endpoint at the pod's next ask.
     fn forge_with_the_key(&mut self) {
-        if self.bindings["b"].settings.on_request {
-            return;
-        }
         let victims: Vec<(String, Sec)> = self
             .secrets
             .iter()
@@ -2300,7 +2268,7 @@ impl World {
         // Under b, or (a third of them, while it lives) under c: c's finalizer or the sweep
         // then retires a record naming b's token.
         let under = match self.bindings.get("c") {
-            Some(c) if !c.deleting && !c.settings.on_request && self.rng.chance(333) => "c",
+            Some(c) if !c.deleting && self.rng.chance(333) => "c",
             _ => "b",
         };
         let tenants: Vec<usize> = self
@@ -2926,6 +2894,19 @@ struct RoundPlan {
 }
 
 impl RoundPlan {
+    /// Revocations only, of what `records` name: each record's pod may have its own token
+    /// revoked, nobody else's (invariant 8).
+    fn naming(records: &[WrapState]) -> Self {
+        let mut round = Self::default();
+        for w in records {
+            if let Some(accessor) = &w.accessor {
+                let namers = round.namers.entry(accessor.clone()).or_default();
+                namers.push(w.pod_uid.clone());
+            }
+        }
+        round
+    }
+
     fn of(actions: &[Action]) -> Self {
         let mut round = Self::default();
         for a in actions {
@@ -3125,7 +3106,25 @@ struct SimOps<'w> {
     owed: Mutex<Owed>,
 }
 
-impl SimOps<'_> {
+impl<'w> SimOps<'w> {
+    /// The operations of one act of `binding` (a round, a retirement, an ask) on `world`.
+    fn acting(
+        world: &'w mut World,
+        binding: &str,
+        starts: HashMap<String, (u32, u32)>,
+        round: RoundPlan,
+    ) -> Self {
+        SimOps {
+            world: Mutex::new(world),
+            binding: binding.to_string(),
+            starts,
+            discarding: Mutex::new(None),
+            stop: Mutex::new(None),
+            round,
+            owed: Mutex::new(Owed::default()),
+        }
+    }
+
     /// Runs one operation on the world; `None` once the round stopped. The Events owed for
     /// the operations before it must have been published by now (invariant 7).
     fn with<T>(&self, f: impl FnOnce(&mut World) -> Step<T>) -> Option<T> {
