@@ -29,7 +29,7 @@ use crate::metrics::{Metrics, RenewalResult, TokenKind};
 use crate::record::seal::Authenticity;
 use crate::record::writes::{self, WriteError};
 use crate::record::{Phase, SecretsByName, WrapState};
-use crate::vault::{Renewed, Revoked, VaultError, WrapInfo};
+use crate::vault::{Renewed, Revoked, TokenRequest, VaultError, WrapInfo};
 
 /// What carrying out a plan met that the binding's status must show.
 #[derive(Debug, Default)]
@@ -220,46 +220,30 @@ impl<V: VaultOps, R: RecordOps> Executor<'_, V, R> {
             self.settings.wrap_ttl,
             self.token_grace,
         );
-        // Vault counts the wrap's TTL from its own receipt of the request: start the clock
-        // before sending, so our expiry is never later than Vault's.
-        let issued_at = self.records.now();
-        let wrap = match self.vault.create_wrapped_token(&request).await {
-            Ok(wrap) => wrap,
-            Err(e) if e.may_have_been_processed() => {
+        let key = self.binding.spec.secret_key.as_str();
+        let minted = mint_and_record(
+            self.vault,
+            self.records,
+            self.metrics,
+            &issue,
+            &request,
+            Some(key),
+        )
+        .await;
+        let (wrap, expires_at) = match minted {
+            Minted::Delivered { wrap, expires_at } => (wrap, expires_at),
+            Minted::VaultFailed(e) if e.may_have_been_processed() => {
                 // Nothing names what that request may have made: nobody can hold its wrap, it
                 // expires by itself and its token at wrapTTL + tokenGrace.
                 warn!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, error = %e,
                     "mint answer lost; whatever it made expires unheld");
                 return Ok(Met::VaultUnavailable(e.to_string()));
             }
-            Err(e) => return self.mint_failed(&issue, e).await,
+            Minted::VaultFailed(e) => return self.mint_failed(&issue, e).await,
+            Minted::NotRecorded(WriteError::Taken) => return Ok(self.name_taken(&issue)),
+            Minted::NotRecorded(WriteError::Lost) => return Ok(Met::Nothing),
+            Minted::NotRecorded(WriteError::Kube(e)) => return Err(e.into()),
         };
-        failpoint::hit("after-mint").await;
-        let expires_at = issued_at
-            .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
-            .unwrap_or(issued_at);
-        let ending = writes::deliver_changes(
-            &wrap.accessor,
-            &wrap.wrapped_accessor,
-            issued_at,
-            expires_at,
-        );
-        let changes = writes::issue_changes(&issue, ending);
-        let key = self.binding.spec.secret_key.as_str();
-        let written = self
-            .records
-            .write_issue(&issue, &changes, Some((key, &wrap.token)))
-            .await;
-        if let Err(e) = written {
-            // Nobody can ever read this wrap: kill it and its token at once.
-            discard_unheld(self.vault, self.metrics, &wrap).await;
-            return match e {
-                WriteError::Taken => Ok(self.name_taken(&issue)),
-                WriteError::Lost => Ok(Met::Nothing),
-                WriteError::Kube(e) => Err(e.into()),
-            };
-        }
-        self.metrics.wrap_issued();
         info!(namespace = %self.ns(), binding = %binding, pod = %issue.pod, start = issue.start,
             wrap_accessor = %wrap.accessor, accessor = %wrap.wrapped_accessor, "wrap issued");
         if self.routine_events {
@@ -745,6 +729,61 @@ const KEPT_TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(32 *
 
 /// How long a token role's explicit max is trusted before it is read again.
 const ROLE_REREAD: SignedDuration = SignedDuration::from_secs(300);
+
+/// What one mint came to.
+pub enum Minted {
+    /// Vault minted the wrap and its record names it: it can be delivered (it is in the
+    /// Secret already, or goes back to the agent that asked).
+    Delivered {
+        /// What Vault made.
+        wrap: WrapInfo,
+        /// When the wrap expires (counted from before the request: never later than Vault's).
+        expires_at: Timestamp,
+    },
+    /// Vault did not answer with a wrap; `may_have_been_processed` says whether one may exist.
+    VaultFailed(VaultError),
+    /// The record write failed or lost: what was minted is already revoked.
+    NotRecorded(WriteError),
+}
+
+/// The one mint: asks Vault for `request`'s wrap and records it for `issue` (with the wrapping
+/// token in the Secret's `secret_key` when the wrap is delivered by Secret); a wrap whose record
+/// write fails is revoked at once with its token, as nobody can ever read it. The executor and
+/// the request endpoint both mint here.
+pub async fn mint_and_record(
+    vault: &impl VaultOps,
+    records: &impl RecordOps,
+    metrics: &Metrics,
+    issue: &Issue,
+    request: &TokenRequest,
+    secret_key: Option<&str>,
+) -> Minted {
+    // Vault counts the wrap's TTL from its own receipt of the request: start the clock
+    // before sending, so our expiry is never later than Vault's.
+    let issued_at = records.now();
+    let wrap = match vault.create_wrapped_token(request).await {
+        Ok(wrap) => wrap,
+        Err(e) => return Minted::VaultFailed(e),
+    };
+    failpoint::hit("after-mint").await;
+    let expires_at = issued_at
+        .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
+        .unwrap_or(issued_at);
+    let ending = writes::deliver_changes(
+        &wrap.accessor,
+        &wrap.wrapped_accessor,
+        issued_at,
+        expires_at,
+    );
+    let changes = writes::issue_changes(issue, ending);
+    let data = secret_key.map(|key| (key, &wrap.token));
+    if let Err(e) = records.write_issue(issue, &changes, data).await {
+        discard_unheld(vault, metrics, &wrap).await;
+        return Minted::NotRecorded(e);
+    }
+    metrics.wrap_issued();
+    Minted::Delivered { wrap, expires_at }
+}
 
 /// Revokes a wrap this process just minted that nobody can ever read (its record write
 /// failed or lost a race), and the token inside it. Best effort: what a failure leaves ends

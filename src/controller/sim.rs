@@ -1992,50 +1992,33 @@ impl World {
             }
         }
         let issue = plan::asked(&pod.view(), secret.clone(), old);
-        let owner = Owner {
-            binding: name.clone(),
-            uid: pod.uid.clone(),
-            start: issue.start,
-        };
+        let resource = binding.resource(name);
         let request = crate::core::spec::token_request(
-            &binding.resource(name),
+            &resource,
             &pod.name,
             &pod.uid,
             binding.settings.wrap_ttl,
             Duration::from_secs(GRACE as u64),
         );
-        let life = Life::of(&request);
-        let ttl = life.wrap;
-        let issued_at = self.now;
-        let Ok((token, wacc, tacc)) = self.v_create(owner, life)? else {
-            return Ok(None);
+        // The real mint: Vault, the record (no token in it), the discard of an unrecorded wrap.
+        let metrics = self.metrics.clone();
+        let routine_events = std::mem::replace(&mut self.routine_events, false);
+        let minted = {
+            let starts = HashMap::from([(pod.uid.clone(), (issue.start, issue.replaced))]);
+            let mut ops = SimOps::acting(self, name, starts, RoundPlan::default());
+            ops.asking = true;
+            drive(
+                execute::mint_and_record(&ops, &ops, &metrics, &issue, &request, None),
+                &ops.stop,
+            )
         };
-        let ending = deliver_changes(&wacc, &tacc, ts(issued_at), ts(issued_at + ttl));
-        let changes = issue_changes(&issue, ending);
-        let m = usize::from(self.replica == Replica::Rival);
-        let written = self.write_issue(name, &issue, &changes, Data::Clear)?;
-        if written.is_ok() {
-            self.vault.wraps.get_mut(&wacc).expect("minted").delivered = true;
-            self.in_hand[m].clear();
-            return Ok(Some((token, name.clone(), secret)));
-        }
-        self.discard(&wacc, &tacc)?;
-        self.in_hand[m].clear();
-        Ok(None)
-    }
-
-    /// A mint whose record write failed: its wrap and token revoked at once (`.ok()` in
-    /// `Executor::issue` and `Endpoint::discard`: a failed revocation is not retried).
-    fn discard(&mut self, wacc: &str, tacc: &str) -> Step<()> {
-        self.stats.delivery_failures += 1;
-        let wrap = self.v_revoke(wacc)?;
-        let token = self.v_revoke(tacc)?;
-        if (wrap.is_err() || token.is_err())
-            && let Some(t) = self.vault.tokens.get_mut(tacc)
-        {
-            t.lost = Some("revocation after a failed delivery failed");
-        }
-        Ok(())
+        self.routine_events = routine_events;
+        Ok(match minted? {
+            execute::Minted::Delivered { wrap, .. } => {
+                Some((wrap.token.expose().to_string(), name.clone(), secret))
+            }
+            _ => None,
+        })
     }
 
     /// `request::serve::Endpoint::report`: the receipt recorded in the pod's current record
@@ -3104,6 +3087,8 @@ struct SimOps<'w> {
     round: RoundPlan,
     /// What the executor owes for what it did so far.
     owed: Mutex<Owed>,
+    /// An ask of the request endpoint: the wrap goes back to the asker, never into the record.
+    asking: bool,
 }
 
 impl<'w> SimOps<'w> {
@@ -3122,6 +3107,7 @@ impl<'w> SimOps<'w> {
             stop: Mutex::new(None),
             round,
             owed: Mutex::new(Owed::default()),
+            asking: false,
         }
     }
 
@@ -3495,6 +3481,18 @@ impl RecordOps for SimOps<'_> {
         data: WrapData<'_>,
     ) -> Result<(), writes::WriteError> {
         let token = data.map(|(_, t)| t.expose().to_string());
+        // The wrap this write delivers: in the Secret, or (an ask) the one its record names.
+        let delivered = if self.asking {
+            // The last change of a key wins (a takeover clears it first).
+            changes
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == ann::WRAP_ACCESSOR)
+                .and_then(|(_, v)| v.clone())
+        } else {
+            None
+        };
+        let delivers = token.is_some() || delivered.is_some();
         let m = self.replica();
         let written = self.with(|w| {
             let sent = match &token {
@@ -3502,8 +3500,11 @@ impl RecordOps for SimOps<'_> {
                 None => Data::Clear,
             };
             let written = w.write_issue(&self.binding, issue, changes, sent)?;
-            if let Some(t) = &token {
-                let wacc = w.vault.by_token[t].clone();
+            let wacc = match &token {
+                Some(t) => Some(w.vault.by_token[t].clone()),
+                None => delivered.clone(),
+            };
+            if let Some(wacc) = wacc {
                 if written.is_ok() {
                     w.vault.wraps.get_mut(&wacc).expect("minted").delivered = true;
                     w.in_hand[m].clear();
@@ -3518,7 +3519,7 @@ impl RecordOps for SimOps<'_> {
         let written = Self::answer(written).await;
         let pod = (issue.pod.clone(), issue.pod_uid.clone());
         let mint_failed = self.owed.lock().expect("owed lock").mint_failed.take();
-        match (&written, token.is_some(), mint_failed) {
+        match (&written, delivers, mint_failed) {
             (Ok(_), true, _) => {
                 self.count(|c| c.issued += 1);
                 if self.routine() {

@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
@@ -31,7 +30,8 @@ use tracing::{info, warn};
 use crate::agent::receipt::Receipt;
 use crate::config::RoleRule;
 use crate::controller::context::{Context, key};
-use crate::controller::execute::{discard_unheld, publish};
+use crate::controller::effects::LiveRecords;
+use crate::controller::execute::{Minted, mint_and_record, publish};
 use crate::controller::vouch::{Claim, revoke_named, wrap_pending};
 use crate::core::plan::{AskKind, ask_kind, asked, revocations, serve_same_run};
 use crate::core::pod::{PodView, is_valid_secret_name, secret_name};
@@ -576,53 +576,49 @@ impl Endpoint {
             wrap_ttl,
             self.ctx.config.token_grace,
         );
-        let issued_at = Timestamp::now();
-        let wrap = match self.ctx.vault.create_wrapped_token(&request).await {
-            Ok(w) => w,
-            Err(e) => {
+        let api = self.secrets(namespace);
+        let keys = self.ctx.record_keys.current();
+        let records = LiveRecords {
+            records: Self::records(&api, namespace, &binding, &keys),
+            recorder: &self.ctx.recorder,
+            client: &self.ctx.client,
+            reporter: &self.ctx.reporter,
+            written: Default::default(),
+        };
+        // No Secret key: the wrap goes back to the agent that asked, never into the record.
+        let minted = mint_and_record(
+            &self.ctx.vault,
+            &records,
+            &self.ctx.metrics,
+            &issue,
+            &request,
+            None,
+        )
+        .await;
+        for (secret, version) in records.written.into_inner().expect("written lock") {
+            if let Some(version) = version {
+                self.own_writes.wrote(key(namespace, &secret), version);
+            }
+        }
+        let (wrap, expires_at) = match minted {
+            Minted::Delivered { wrap, expires_at } => (wrap, expires_at),
+            Minted::VaultFailed(e) => {
                 warn!(%namespace, %binding, pod = %issue.pod, error = %e, "mint on request failed");
                 return Err(vault_refusal(&e));
             }
+            Minted::NotRecorded(WriteError::Taken) => {
+                let message = format!(
+                    "Secret {namespace}/{} is not this binding's record",
+                    issue.secret
+                );
+                return Err(Refusal::new(reason::NAME_TAKEN, message).into());
+            }
+            Minted::NotRecorded(WriteError::Lost) => {
+                let message = "another ask for this pod won; ask again";
+                return Err(Refusal::new(reason::RETRY, message).into());
+            }
+            Minted::NotRecorded(WriteError::Kube(e)) => return Err(internal(e)),
         };
-        let expires_at = issued_at
-            .saturating_add(SignedDuration::from_secs(wrap.ttl as i64))
-            .unwrap_or(issued_at);
-        let changes = writes::issue_changes(
-            &issue,
-            writes::deliver_changes(
-                &wrap.accessor,
-                &wrap.wrapped_accessor,
-                issued_at,
-                expires_at,
-            ),
-        );
-        let api = self.secrets(namespace);
-        let keys = self.ctx.record_keys.current();
-        let records = Self::records(&api, namespace, &binding, &keys);
-        let written = writes::write_issue(&records, &issue, &changes, None).await;
-        if let Ok(rv) = &written {
-            self.own_writes
-                .wrote(key(namespace, &issue.secret), rv.clone());
-        }
-        if let Err(e) = written {
-            // Nobody will ever hold this wrap: end it and its token now.
-            discard_unheld(&self.ctx.vault, &self.ctx.metrics, &wrap).await;
-            return Err(match e {
-                WriteError::Taken => Refusal::new(
-                    reason::NAME_TAKEN,
-                    format!(
-                        "Secret {namespace}/{} is not this binding's record",
-                        issue.secret
-                    ),
-                )
-                .into(),
-                WriteError::Lost => {
-                    Refusal::new(reason::RETRY, "another ask for this pod won; ask again").into()
-                }
-                WriteError::Kube(e) => internal(e),
-            });
-        }
-        self.ctx.metrics.wrap_issued();
         info!(%namespace, %binding, pod = %issue.pod, start = issue.start,
             wrap_accessor = %wrap.accessor, accessor = %wrap.wrapped_accessor, "wrap issued on request");
         if self.ctx.config.routine_events {
