@@ -126,45 +126,7 @@ impl Asker {
         retries: u32,
         log: impl Fn(&str),
     ) -> Result<(SecretString, WrapFacts), AskError> {
-        let mut retry = 0;
-        let mut delays = crate::agent::unwrap::backoff();
-        loop {
-            let (why, wait) = match self.ask_once().await? {
-                Answer::Wrap(token, facts) => return Ok((token, facts)),
-                Answer::Refused {
-                    refusal,
-                    retry_after,
-                } if reason::retriable(&refusal.reason) => (
-                    format!("{} ({})", refusal.message, refusal.reason),
-                    retry_after,
-                ),
-                Answer::Refused { refusal, .. } => return Err(AskError::Refused(refusal)),
-                Answer::Failed {
-                    what,
-                    retry: true,
-                    retry_after,
-                } => (what, retry_after),
-                Answer::Failed { what, .. } => return Err(AskError::Unreachable(what)),
-            };
-            match (why, wait) {
-                (why, wait) if retry < retries => {
-                    let backoff = delays.next_delay();
-                    let wait = wait
-                        .map_or(backoff, |after| {
-                            crate::backoff::after_retry_after(after, backoff)
-                        })
-                        .min(MAX_WAIT);
-                    log(&format!(
-                        "{why}; asking again in {:.1}s (retry {} of {retries})",
-                        wait.as_secs_f64(),
-                        retry + 1
-                    ));
-                    tokio::time::sleep(wait).await;
-                    retry += 1;
-                }
-                (why, _) => return Err(AskError::Unreachable(why)),
-            }
-        }
+        retrying(retries, log, || self.ask_once()).await
     }
 
     /// One ask, no retry.
@@ -243,6 +205,59 @@ impl Asker {
     }
 }
 
+/// The retry loop of [`Asker::ask`] around `once` (one ask): a wrap ends it, a transient
+/// refusal or failure is asked again after the backoff (at least `Retry-After`) up to
+/// `retries` times, anything else ends it with its reason.
+async fn retrying<F, Fut>(
+    retries: u32,
+    log: impl Fn(&str),
+    mut once: F,
+) -> Result<(SecretString, WrapFacts), AskError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Answer, AskError>>,
+{
+    let mut retry = 0;
+    let mut delays = crate::agent::unwrap::backoff();
+    loop {
+        let (why, wait) = match once().await? {
+            Answer::Wrap(token, facts) => return Ok((token, facts)),
+            Answer::Refused {
+                refusal,
+                retry_after,
+            } if reason::retriable(&refusal.reason) => (
+                format!("{} ({})", refusal.message, refusal.reason),
+                retry_after,
+            ),
+            Answer::Refused { refusal, .. } => return Err(AskError::Refused(refusal)),
+            Answer::Failed {
+                what,
+                retry: true,
+                retry_after,
+            } => (what, retry_after),
+            Answer::Failed { what, .. } => return Err(AskError::Unreachable(what)),
+        };
+        match (why, wait) {
+            (why, wait) if retry < retries => {
+                let backoff = delays.next_delay();
+                let wait = wait
+                    .map_or(backoff, |after| {
+                        crate::backoff::after_retry_after(after, backoff)
+                    })
+                    .min(MAX_WAIT);
+                log(&format!(
+                    "{why}; asking again in {:.1}s (retry {} of {retries})",
+                    wait.as_secs_f64(),
+                    retry + 1
+                ));
+                tokio::time::sleep(wait).await;
+                retry += 1;
+            }
+            (why, _) => return Err(AskError::Unreachable(why)),
+        }
+    }
+}
+
 /// Reads a successful answer: the wrapping token and what the endpoint says about it.
 fn read_wrap(body: &[u8]) -> Answer {
     let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
@@ -264,7 +279,103 @@ fn read_wrap(body: &[u8]) -> Answer {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::collections::VecDeque;
+
     use super::*;
+
+    fn refused(why: &str, retry_after: Option<u64>) -> Answer {
+        Answer::Refused {
+            refusal: Refusal::new(why, "no"),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    fn failed(retry: bool) -> Answer {
+        Answer::Failed {
+            what: "down".into(),
+            retry,
+            retry_after: None,
+        }
+    }
+
+    fn wrap() -> Answer {
+        let facts = WrapFacts {
+            wrap_accessor: "a".into(),
+            binding: "b".into(),
+            start: 0,
+            wrap_ttl_seconds: 60,
+        };
+        Answer::Wrap(SecretString::new("s.w"), facts)
+    }
+
+    /// Runs the retry loop against `answers` (then transient failures forever): the result,
+    /// the asks made and the retries logged.
+    async fn script(
+        retries: u32,
+        answers: Vec<Answer>,
+    ) -> (Result<(SecretString, WrapFacts), AskError>, u32, u32) {
+        let answers = RefCell::new(VecDeque::from(answers));
+        let (asks, logged) = (Cell::new(0), Cell::new(0));
+        let result = retrying(
+            retries,
+            |_| logged.set(logged.get() + 1),
+            || {
+                asks.set(asks.get() + 1);
+                let next = answers.borrow_mut().pop_front().unwrap_or(failed(true));
+                async move { Ok(next) }
+            },
+        )
+        .await;
+        (result, asks.get(), logged.get())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_asked_again_exactly_retries_times() {
+        let (result, asks, logged) = script(2, vec![]).await;
+        assert!(matches!(result, Err(AskError::Unreachable(_))));
+        assert_eq!((asks, logged), (3, 2), "the first ask and two retries");
+        let (result, asks, _) = script(0, vec![]).await;
+        assert!(matches!(result, Err(AskError::Unreachable(_))));
+        assert_eq!(asks, 1, "no retry");
+        // A transient refusal is retried like a failure, and a later wrap ends the loop.
+        let answers = vec![
+            refused(reason::VAULT_UNAVAILABLE, None),
+            failed(true),
+            wrap(),
+        ];
+        let (result, asks, logged) = script(5, answers).await;
+        assert_eq!(result.expect("served").1.wrap_accessor, "a");
+        assert_eq!((asks, logged), (3, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn final_refusals_and_failures_end_the_run_at_once() {
+        let answers = vec![refused(reason::ALREADY_SERVED, Some(1)), wrap()];
+        let (result, asks, logged) = script(5, answers).await;
+        assert!(
+            matches!(&result, Err(AskError::Refused(r)) if r.reason == reason::ALREADY_SERVED),
+            "{result:?}"
+        );
+        assert_eq!((asks, logged), (1, 0));
+        let (result, asks, _) = script(5, vec![failed(false), wrap()]).await;
+        assert!(matches!(result, Err(AskError::Unreachable(_))));
+        assert_eq!(asks, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_at_least_and_at_most_half_again() {
+        let began = tokio::time::Instant::now();
+        let answers = vec![refused(reason::RATE_LIMITED, Some(4)), wrap()];
+        let (result, asks, _) = script(5, answers).await;
+        assert!(result.is_ok());
+        assert_eq!(asks, 2);
+        let waited = began.elapsed();
+        assert!(
+            waited >= Duration::from_secs(4) && waited <= Duration::from_secs(6),
+            "{waited:?}"
+        );
+    }
 
     #[test]
     fn only_https_and_real_pem_are_accepted() {
