@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use crate::core::labels::{LabelQuery, Labels};
 use crate::core::pod::CachedPod;
 use crate::core::reason::Reason;
-use crate::core::spec;
+use crate::core::selection::label_query;
 use crate::core::status::READY;
 use crate::crd::AgentSecretBinding;
 use crate::record::CachedRecord;
@@ -278,7 +278,7 @@ impl CachedBinding {
         Self {
             namespace: b.namespace().unwrap_or_default().into(),
             name: b.name_any().into(),
-            selector: spec::pod_selector(&b.spec).ok().map(LabelQuery::from),
+            selector: label_query(&b.spec).ok(),
             deleting: b.meta().deletion_timestamp.is_some(),
             spec_changed: b.meta().deletion_timestamp.is_some()
                 || b.status.as_ref().and_then(|s| s.observed_generation) != b.metadata.generation,

@@ -7,5 +7,6 @@ pub mod labels;
 pub mod plan;
 pub mod pod;
 pub mod reason;
+pub mod selection;
 pub mod spec;
 pub mod status;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use crate::config::RoleRule;
-use crate::core::labels::LabelQuery;
 use crate::core::pod::PodView;
-use crate::core::spec::{ValidSpec, pod_selector, validate_watched};
+use crate::core::selection::selecting;
+use crate::core::spec::{ValidSpec, validate_watched};
 use crate::crd::{AgentSecretBinding, Delivery};
 use crate::request::identity::PodIdentity;
 use crate::request::protocol::{Refusal, reason};
@@ -50,16 +50,8 @@ pub fn choose(
             format!("{name} has finished"),
         ));
     }
-    let mut selecting: Vec<&Arc<AgentSecretBinding>> = bindings
-        .iter()
-        .filter(|b| {
-            b.namespace().as_deref() == Some(who.namespace.as_str())
-                && b.metadata.deletion_timestamp.is_none()
-                && pod_selector(&b.spec).is_ok_and(|s| LabelQuery::from(s).matches(&pod.labels))
-        })
-        .collect();
-    selecting.sort_by_key(|b| b.name_any());
-    let binding = match selecting.as_slice() {
+    let selection = selecting(bindings, &who.namespace, &pod.labels);
+    let binding = match selection.selecting.as_slice() {
         [] => {
             return Err(Refusal::new(
                 reason::NOT_SELECTED,

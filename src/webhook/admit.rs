@@ -3,12 +3,13 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::core::SelectorExt;
 use serde_json::Value;
 
 use crate::config::{InjectorConfig, RoleRule};
+use crate::core::labels::Labels;
 use crate::core::reason::Reason;
-use crate::core::spec::{pod_selector, validate_watched};
+use crate::core::selection::{self, Selection};
+use crate::core::spec::validate_watched;
 use crate::crd::AgentSecretBinding;
 use crate::webhook::inject::{INJECT_LABEL, INJECTED_ANNOTATION, Target, build, describe_pod};
 
@@ -58,20 +59,10 @@ pub fn decide(
         return Decision::Skip("already-injected");
     }
     let who = describe_pod(pod);
-    let local = bindings.iter().filter(|b| {
-        b.namespace().as_deref() == Some(namespace) && b.metadata.deletion_timestamp.is_none()
-    });
-    let mut selecting = vec![];
-    let mut unreadable = vec![];
-    for b in local {
-        match pod_selector(&b.spec) {
-            Ok(s) if s.matches(pod.labels()) => selecting.push(b),
-            Ok(_) => {}
-            Err(e) => unreadable.push((b.name_any(), e.message)),
-        }
-    }
-    selecting.sort_by_key(|b| b.name_any());
-    unreadable.sort();
+    let Selection {
+        selecting,
+        unreadable,
+    } = selection::selecting(bindings, namespace, &Labels::from_map(pod.labels()));
     match selecting.as_slice() {
         [] => {
             let labels: Vec<String> = pod
