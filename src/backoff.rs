@@ -71,8 +71,10 @@ pub fn jittered(ceiling: Duration) -> Duration {
 /// half after it, so clients refused together (a rate limit, an endpoint starting) do not all
 /// come back at the same instant.
 pub fn after_retry_after(retry_after: Duration, backoff: Duration) -> Duration {
-    let spread = (retry_after / 2).mul_f64(rand::rng().random_range(0.0..=1.0));
-    retry_after.saturating_add(spread).max(backoff)
+    // Half of it, plus a draw from its upper half: [retry_after, 1.5 × retry_after].
+    (retry_after / 2)
+        .saturating_add(jitter(retry_after, &mut rand::rng()))
+        .max(backoff)
 }
 
 /// A uniformly random delay in `[ceiling / 2, ceiling]`.

@@ -11,12 +11,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use crate::config::OperatorConfig;
 use crate::controller::budget::LookupBudget;
 use crate::controller::cache::{CachedBinding, IndexedCache};
-use crate::controller::effects::OwnWrite;
+use crate::controller::effects::{LiveRecords, OwnWrite};
 use crate::controller::fair::FairSlots;
 use crate::core::pod::CachedPod;
 use crate::metrics::Metrics;
 use crate::record::CachedRecord;
 use crate::record::signing_keys::KeyRing;
+use crate::record::writes::Records;
 use crate::vault::{VaultClient, VaultError};
 
 /// One error type for the reconciler; `category` is its metric label.
@@ -218,6 +219,18 @@ impl Context {
             forged: Default::default(),
             lookups: LookupBudget::new(config.max_lookups_per_second),
             config,
+        }
+    }
+
+    /// `records` with this operator's Event recorders: what the executor, the sweep and the
+    /// request endpoint write records and publish Events through.
+    pub fn live_records<'a>(&'a self, records: Records<'a>) -> LiveRecords<'a> {
+        LiveRecords {
+            records,
+            recorder: &self.recorder,
+            client: &self.client,
+            reporter: &self.reporter,
+            written: Default::default(),
         }
     }
 }

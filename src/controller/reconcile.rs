@@ -17,7 +17,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error, LastDone, Memory, key};
-use crate::controller::effects::{self, LiveRecords};
+use crate::controller::effects;
 use crate::controller::execute::{self, Executor};
 use crate::controller::{sweep, trust};
 use crate::core::labels::LabelQuery;
@@ -180,13 +180,7 @@ async fn apply(b: &AgentSecretBinding, ctx: &Context) -> Result<Requeue, Error> 
 
     if !plan.actions.is_empty() {
         let planned = plan.actions.len();
-        let live = LiveRecords {
-            records,
-            recorder: &ctx.recorder,
-            client: &ctx.client,
-            reporter: &ctx.reporter,
-            written: Default::default(),
-        };
+        let live = ctx.live_records(records);
         let executor = Executor {
             vault: &ctx.vault,
             records: &live,

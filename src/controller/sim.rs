@@ -1718,18 +1718,12 @@ impl World {
             Claim::of,
         );
         let metrics = self.metrics.clone();
-        // The finalizer and the sweep publish no Event of their own.
-        let routine_events = std::mem::replace(&mut self.routine_events, false);
-        let result = {
-            let ops = SimOps::acting(self, name, HashMap::new(), RoundPlan::naming(&wraps));
-            let retired = drive(
-                sweep::retire_trusted(&ops, &ops, &metrics, claim, &wraps),
-                &ops.stop,
-            );
-            retired.map(|r| matches!(r, Ok((removed, None)) if removed == wraps.len()))
-        };
-        self.routine_events = routine_events;
-        result
+        let ops = SimOps::quietly(self, name, HashMap::new(), RoundPlan::naming(&wraps));
+        let retired = drive(
+            sweep::retire_trusted(&ops, &ops, &metrics, claim, &wraps),
+            &ops.stop,
+        );
+        retired.map(|r| matches!(r, Ok((removed, None)) if removed == wraps.len()))
     }
 
     // ---------------------------------------------------------------- the world around it
@@ -1976,17 +1970,15 @@ impl World {
             let revoke = plan::revocations(old, binding.settings.revoke_on_pod_deletion);
             let resource = binding.resource(name);
             let metrics = self.metrics.clone();
-            let routine_events = std::mem::replace(&mut self.routine_events, false);
             let revoked = {
                 let round = RoundPlan::naming(std::slice::from_ref(old));
-                let ops = SimOps::acting(self, name, HashMap::new(), round);
+                let ops = SimOps::quietly(self, name, HashMap::new(), round);
                 let claim = Claim::of(&resource);
                 drive(
                     vouch::revoke_named(&ops, &metrics, claim, old, revoke),
                     &ops.stop,
                 )
             };
-            self.routine_events = routine_events;
             if revoked?.is_err() {
                 return Ok(None);
             }
@@ -2002,17 +1994,17 @@ impl World {
         );
         // The real mint: Vault, the record (no token in it), the discard of an unrecorded wrap.
         let metrics = self.metrics.clone();
-        let routine_events = std::mem::replace(&mut self.routine_events, false);
         let minted = {
             let starts = HashMap::from([(pod.uid.clone(), (issue.start, issue.replaced))]);
-            let mut ops = SimOps::acting(self, name, starts, RoundPlan::default());
-            ops.asking = true;
+            let ops = SimOps {
+                asking: true,
+                ..SimOps::quietly(self, name, starts, RoundPlan::default())
+            };
             drive(
                 execute::mint_and_record(&ops, &ops, &metrics, &issue, &request, None),
                 &ops.stop,
             )
         };
-        self.routine_events = routine_events;
         Ok(match minted? {
             execute::Minted::Delivered { wrap, .. } => {
                 Some((wrap.token.expose().to_string(), name.clone(), secret))
@@ -3089,17 +3081,22 @@ struct SimOps<'w> {
     owed: Mutex<Owed>,
     /// An ask of the request endpoint: the wrap goes back to the asker, never into the record.
     asking: bool,
+    /// The act publishes routine Events (a round, when the schedule has them on; a retirement
+    /// or an ask publishes none of its own).
+    routine: bool,
 }
 
 impl<'w> SimOps<'w> {
-    /// The operations of one act of `binding` (a round, a retirement, an ask) on `world`.
+    /// The operations of a round of `binding` on `world`.
     fn acting(
         world: &'w mut World,
         binding: &str,
         starts: HashMap<String, (u32, u32)>,
         round: RoundPlan,
     ) -> Self {
+        let routine = world.routine_events;
         SimOps {
+            routine,
             world: Mutex::new(world),
             binding: binding.to_string(),
             starts,
@@ -3108,6 +3105,19 @@ impl<'w> SimOps<'w> {
             round,
             owed: Mutex::new(Owed::default()),
             asking: false,
+        }
+    }
+
+    /// The operations of an act outside a round (a retirement, an ask): no Event of its own.
+    fn quietly(
+        world: &'w mut World,
+        binding: &str,
+        starts: HashMap<String, (u32, u32)>,
+        round: RoundPlan,
+    ) -> Self {
+        Self {
+            routine: false,
+            ..Self::acting(world, binding, starts, round)
         }
     }
 
@@ -3216,7 +3226,7 @@ impl<'w> SimOps<'w> {
     }
 
     fn routine(&self) -> bool {
-        self.world.lock().expect("world lock").routine_events
+        self.routine
     }
 
     /// Invariant 7, Events: exactly the Events owed so far were published, in order.

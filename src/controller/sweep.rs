@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::controller::context::{Context, Error};
-use crate::controller::effects::{LiveRecords, RecordOps, VaultOps};
+use crate::controller::effects::{RecordOps, VaultOps};
 use crate::controller::lists::paged;
 use crate::controller::trust;
 use crate::controller::vouch::{Claim, revoke_named};
@@ -108,13 +108,7 @@ pub async fn retire_records(
         binding,
         role: on.map(|b| b.spec.vault.token_role.as_str()),
     };
-    let records = LiveRecords {
-        records: writer,
-        recorder: &ctx.recorder,
-        client: &ctx.client,
-        reporter: &ctx.reporter,
-        written: Default::default(),
-    };
+    let records = ctx.live_records(writer);
     let (removed, changed) =
         retire_trusted(&ctx.vault, &records, &ctx.metrics, claim, &vetted.trusted).await?;
     if !vetted.untrusted.is_empty() {

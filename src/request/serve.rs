@@ -30,7 +30,6 @@ use tracing::{info, warn};
 use crate::agent::receipt::Receipt;
 use crate::config::RoleRule;
 use crate::controller::context::{Context, key};
-use crate::controller::effects::LiveRecords;
 use crate::controller::execute::{Minted, mint_and_record, publish};
 use crate::controller::vouch::{Claim, revoke_named, wrap_pending};
 use crate::core::plan::{AskKind, ask_kind, asked, revocations, serve_same_run};
@@ -578,13 +577,9 @@ impl Endpoint {
         );
         let api = self.secrets(namespace);
         let keys = self.ctx.record_keys.current();
-        let records = LiveRecords {
-            records: Self::records(&api, namespace, &binding, &keys),
-            recorder: &self.ctx.recorder,
-            client: &self.ctx.client,
-            reporter: &self.ctx.reporter,
-            written: Default::default(),
-        };
+        let records = self
+            .ctx
+            .live_records(Self::records(&api, namespace, &binding, &keys));
         // No Secret key: the wrap goes back to the agent that asked, never into the record.
         let minted = mint_and_record(
             &self.ctx.vault,

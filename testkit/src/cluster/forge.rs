@@ -92,22 +92,6 @@ impl Env {
             .to_string()
     }
 
-    /// A series' value on the operator's /metrics (0 when absent), e.g.
-    /// `cubbyhole_token_renewals_total{result="refused"}`.
-    pub fn metric(&self, series: &str) -> f64 {
-        let metrics = self
-            .op()
-            .get("/metrics")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        let prefix = format!("{series} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
     /// Panics unless the token or wrap behind `accessor` is still alive in Vault.
     pub async fn assert_bystander_live(&self, accessor: &str) {
         assert!(

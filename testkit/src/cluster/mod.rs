@@ -548,6 +548,22 @@ impl Env {
         self.operator.as_ref().expect("operator running")
     }
 
+    /// A series' value on the operator's /metrics (0 when absent), e.g.
+    /// `cubbyhole_token_renewals_total{result="refused"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let metrics = self
+            .op()
+            .get("/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let prefix = format!("{series} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Starts the operator again (after a kill or stop).
     pub fn restart_operator(&mut self) {
         self.operator = Some(Operator::start(
